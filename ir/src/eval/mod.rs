@@ -1,0 +1,245 @@
+//! The reference evaluator: the meaning of every op, and the oracle every optimization is checked
+//! against. It favours clarity over speed and computes f32 ops in plain f32 arithmetic without
+//! fused multiply-add.
+
+mod elementwise;
+mod nn;
+mod quant;
+mod shape_ops;
+
+pub use quant::{dequantize_value, quantize_value};
+
+use crate::attr::Attrs;
+use crate::graph::{ConstValue, Graph, ValueId};
+use crate::ops::OpKind;
+use crate::tensor::Tensor;
+use crate::types::{Dim, TensorType};
+use ndarray::ArrayD;
+use std::collections::HashMap;
+use std::fmt;
+use std::sync::Arc;
+
+/// An evaluation failure, naming the value whose op failed.
+#[derive(Clone, Debug, PartialEq)]
+pub struct EvalError(pub String);
+
+impl fmt::Display for EvalError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for EvalError {}
+
+/// Evaluates a verified graph on `inputs` (one per parameter); returns one tensor per output.
+pub fn evaluate(g: &Graph, inputs: &[Tensor]) -> Result<Vec<Tensor>, EvalError> {
+    evaluate_observed(g, inputs, |_, _| {})
+}
+
+/// Like [`evaluate`], calling `observe` with every value as it is computed (inputs included).
+pub fn evaluate_observed(
+    g: &Graph,
+    inputs: &[Tensor],
+    mut observe: impl FnMut(ValueId, &Tensor),
+) -> Result<Vec<Tensor>, EvalError> {
+    check_inputs(g, inputs)?;
+    let order = g.topo_order().map_err(|n| EvalError(format!("the graph has a cycle through {n}")))?;
+    // How many more times each value is read, so that dead tensors are dropped early.
+    let mut remaining: HashMap<ValueId, usize> = HashMap::new();
+    for &id in &order {
+        for &o in &g.node(id).operands {
+            *remaining.entry(o).or_default() += 1;
+        }
+    }
+    for &o in g.outputs() {
+        *remaining.entry(o).or_default() += 1;
+    }
+    let mut env: HashMap<ValueId, Arc<Tensor>> = HashMap::new();
+    for (&p, t) in g.params().iter().zip(inputs) {
+        observe(p, t);
+        env.insert(p, Arc::new(t.clone()));
+    }
+    for id in order {
+        let node = g.node(id);
+        let r = node.results[0];
+        let who = || format!("{} = {}", g.display_value(r), node.kind);
+        let value: Arc<Tensor> = match &node.value {
+            Some(ConstValue::Weight(name)) => g
+                .weights
+                .get(name)
+                .cloned()
+                .ok_or_else(|| EvalError(format!("{}: weight \"{name}\" is not loaded", who())))?,
+            Some(ConstValue::Dense(t)) => Arc::new(t.clone()),
+            None => {
+                let args: Vec<&Tensor> = node.operands.iter().map(|o| env[o].as_ref()).collect();
+                let tys: Vec<&TensorType> = node.operands.iter().map(|&o| g.ty(o)).collect();
+                let t = eval_op(node.kind, &node.attrs, &args, &tys, g.ty(r)).map_err(|e| EvalError(format!("{}: {e}", who())))?;
+                Arc::new(t)
+            }
+        };
+        if !value.matches(g.ty(r)) {
+            return Err(EvalError(format!(
+                "{}: computed {} of shape {:?}, but the IR declares {}",
+                who(),
+                value.scalar_type(),
+                value.shape(),
+                g.ty(r)
+            )));
+        }
+        observe(r, &value);
+        for &o in &node.operands {
+            let n = remaining.get_mut(&o).expect("counted");
+            *n -= 1;
+            if *n == 0 {
+                env.remove(&o);
+            }
+        }
+        env.insert(r, value);
+    }
+    Ok(g.outputs().iter().map(|o| env[o].as_ref().clone()).collect())
+}
+
+fn check_inputs(g: &Graph, inputs: &[Tensor]) -> Result<(), EvalError> {
+    if inputs.len() != g.params().len() {
+        return Err(EvalError(format!("@{} takes {} inputs, got {}", g.name, g.params().len(), inputs.len())));
+    }
+    for (&p, t) in g.params().iter().zip(inputs) {
+        if !t.matches(g.ty(p)) {
+            return Err(EvalError(format!(
+                "input {} must be {}, got {} of shape {:?}",
+                g.display_value(p),
+                g.ty(p),
+                t.scalar_type(),
+                t.shape()
+            )));
+        }
+        if let Tensor::F32(a) = t
+            && let Some(i) = a.iter().position(|x| !x.is_finite())
+        {
+            return Err(EvalError(format!("input {} holds {} at flat index {i}", g.display_value(p), a.iter().nth(i).expect("found"))));
+        }
+    }
+    Ok(())
+}
+
+fn f32_arg<'a>(kind: OpKind, t: &'a Tensor, i: usize) -> Result<&'a ArrayD<f32>, String> {
+    t.as_f32().ok_or_else(|| format!("operand {i} of {kind} is {}, and the evaluator computes this op on f32 only", t.scalar_type()))
+}
+
+/// Computes one op. `tys` are the operand types and `out` the result type (quantization
+/// parameters live there).
+pub fn eval_op(kind: OpKind, attrs: &Attrs, args: &[&Tensor], tys: &[&TensorType], out: &TensorType) -> Result<Tensor, String> {
+    let quantized = tys.iter().any(|t| t.elem.quant().is_some()) || out.elem.quant().is_some();
+    let shape_only = matches!(
+        kind,
+        OpKind::Reshape
+            | OpKind::Flatten
+            | OpKind::Transpose
+            | OpKind::Concat
+            | OpKind::Slice
+            | OpKind::Pad
+            | OpKind::Gather
+            | OpKind::Squeeze
+            | OpKind::Unsqueeze
+            | OpKind::Shape
+            | OpKind::Cast
+            | OpKind::Quantize
+            | OpKind::Dequantize
+            | OpKind::Add
+            | OpKind::Sub
+            | OpKind::Mul
+            | OpKind::Div
+            | OpKind::MaxPool
+            | OpKind::Relu
+    );
+    if quantized && !shape_only {
+        return Err(format!("integer {kind} is not implemented by the evaluator yet"));
+    }
+    let f = |i: usize| f32_arg(kind, args[i], i);
+    let out_dims = || -> Vec<usize> { out.dims.iter().map(|d| d.fixed().unwrap_or(0) as usize).collect() };
+    Ok(match kind {
+        OpKind::Const => return Err("const is evaluated from its value".into()),
+        OpKind::Conv2d => Tensor::F32(elementwise::fused_activation(nn::conv2d(f(0)?, f(1)?, args.get(2).map(|_| f(2)).transpose()?, attrs)?, attrs)),
+        OpKind::ConvTranspose2d => Tensor::F32(nn::conv_transpose2d(f(0)?, f(1)?, args.get(2).map(|_| f(2)).transpose()?, attrs)?),
+        OpKind::MatMul => Tensor::F32(elementwise::fused_activation(nn::matmul(f(0)?, f(1)?)?, attrs)),
+        OpKind::Gemm => Tensor::F32(elementwise::fused_activation(nn::gemm(f(0)?, f(1)?, args.get(2).map(|_| f(2)).transpose()?, attrs)?, attrs)),
+        OpKind::Add | OpKind::Sub | OpKind::Mul | OpKind::Div => {
+            if quantized {
+                return Err(format!("integer {kind} is not implemented by the evaluator yet"));
+            }
+            elementwise::binary(kind, args[0], args[1])?
+        }
+        OpKind::Relu if quantized => {
+            let zp = tys[0].elem.quant().map(|q| q.zero_points[0]).unwrap_or(0);
+            if tys[0].elem.quant().is_some_and(|q| q.axis.is_some()) {
+                return Err("relu on per-axis quantized values is not supported".into());
+            }
+            quant::relu_q(args[0], zp)
+        }
+        OpKind::Relu | OpKind::Clip | OpKind::Sigmoid | OpKind::HardSigmoid | OpKind::HardSwish => {
+            Tensor::F32(elementwise::unary(kind, f(0)?, attrs))
+        }
+        OpKind::BatchNorm => Tensor::F32(nn::batch_norm(f(0)?, f(1)?, f(2)?, f(3)?, f(4)?, attrs.float("epsilon", 1e-5))),
+        OpKind::MaxPool => nn::max_pool(args[0], attrs)?,
+        OpKind::AvgPool => Tensor::F32(nn::avg_pool(f(0)?, attrs)?),
+        OpKind::GlobalAvgPool => {
+            let rank = f(0)?.ndim();
+            Tensor::F32(shape_ops::reduce_mean(f(0)?, &(2..rank).collect::<Vec<_>>(), true))
+        }
+        OpKind::ReduceMean => {
+            let rank = f(0)?.ndim();
+            let axes = match attrs.ints("axes") {
+                Some(a) if !a.is_empty() => crate::infer::normalize_axes(a, rank)?,
+                _ => (0..rank).collect(),
+            };
+            Tensor::F32(shape_ops::reduce_mean(f(0)?, &axes, attrs.bool("keepdims", true)))
+        }
+        OpKind::Flatten => {
+            let s = args[0].shape();
+            let axis = attrs.int("axis", 1);
+            let axis = if axis < 0 { (axis + s.len() as i64) as usize } else { axis as usize };
+            let a: usize = s[..axis].iter().product();
+            let b: usize = s[axis..].iter().product();
+            shape_ops::reshape(args[0], &[a, b])?
+        }
+        OpKind::Reshape => {
+            let spec = match (attrs.ints("shape"), args.get(1)) {
+                (Some(s), _) => s.to_vec(),
+                (None, Some(t)) => t.to_i64_vec().ok_or("the shape operand must be integers")?,
+                (None, None) => return Err("reshape has no shape".into()),
+            };
+            let dims = shape_ops::resolve_reshape(args[0].shape(), &spec, attrs.bool("allowzero", false))?;
+            shape_ops::reshape(args[0], &dims)?
+        }
+        OpKind::Transpose => {
+            let rank = args[0].shape().len();
+            let perm = match attrs.ints("perm") {
+                Some(p) => crate::infer::normalize_axes(p, rank)?,
+                None => (0..rank).rev().collect(),
+            };
+            shape_ops::transpose(args[0], &perm)
+        }
+        OpKind::Concat => shape_ops::concat(args, attrs.int("axis", 0))?,
+        OpKind::Slice => shape_ops::slice(args[0], attrs)?,
+        OpKind::Pad => shape_ops::pad(args[0], attrs, tys[0])?,
+        OpKind::Resize => Tensor::F32(nn::resize(f(0)?, attrs, &out_dims())?),
+        OpKind::Softmax => Tensor::F32(nn::softmax(f(0)?, attrs.int("axis", -1))?),
+        OpKind::Quantize => quant::quantize(f(0)?, out)?,
+        OpKind::Dequantize => Tensor::F32(quant::dequantize(args[0], tys[0])?),
+        OpKind::Shape => Tensor::from_i64s(args[0].shape().iter().map(|&d| d as i64).collect()),
+        OpKind::Gather => shape_ops::gather(args[0], args[1], attrs.int("axis", 0))?,
+        OpKind::Cast => args[0].cast(out.elem.storage()),
+        OpKind::Squeeze | OpKind::Unsqueeze => {
+            let dims: Vec<usize> = out
+                .dims
+                .iter()
+                .zip(shape_ops::squeeze_dims(kind, args[0].shape(), attrs)?)
+                .map(|(d, n)| match d {
+                    Dim::Fixed(f) => *f as usize,
+                    Dim::Dynamic => n,
+                })
+                .collect();
+            shape_ops::reshape(args[0], &dims)?
+        }
+    })
+}

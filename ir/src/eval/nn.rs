@@ -1,0 +1,374 @@
+//! Convolution, matrix products, normalization, pooling, resize, softmax.
+
+use crate::attr::Attrs;
+use crate::infer::{ints_or, normalize_axis, window_out};
+use crate::tensor::Tensor;
+use crate::types::ScalarType;
+use ndarray::{Array2, ArrayD, Axis, Ix2, IxDyn};
+
+/// Window geometry of a conv or pool over NCHW input.
+struct Window {
+    k: [usize; 2],
+    stride: [usize; 2],
+    pad: [usize; 4],
+    dil: [usize; 2],
+    out: [usize; 2],
+}
+
+fn window(attrs: &Attrs, in_hw: [usize; 2], k: [usize; 2], ceil: bool) -> Result<Window, String> {
+    let s = ints_or(attrs, "strides", 2, 1)?;
+    let p = ints_or(attrs, "pads", 4, 0)?;
+    let d = ints_or(attrs, "dilations", 2, 1)?;
+    let mut out = [0; 2];
+    for i in 0..2 {
+        out[i] = window_out(in_hw[i] as u64, k[i] as u64, s[i], p[i], p[i + 2], d[i], ceil)? as usize;
+    }
+    Ok(Window {
+        k,
+        stride: [s[0] as usize, s[1] as usize],
+        pad: [p[0] as usize, p[1] as usize, p[2] as usize, p[3] as usize],
+        dil: [d[0] as usize, d[1] as usize],
+        out,
+    })
+}
+
+impl Window {
+    /// The input coordinate of kernel tap `k` for output position `o` along dim `i`, if inside.
+    fn at(&self, i: usize, o: usize, k: usize, len: usize) -> Option<usize> {
+        let pos = (o * self.stride[i] + k * self.dil[i]) as isize - self.pad[i] as isize;
+        (pos >= 0 && (pos as usize) < len).then_some(pos as usize)
+    }
+}
+
+fn dims4(a: &ArrayD<f32>) -> Result<[usize; 4], String> {
+    let s = a.shape();
+    if s.len() != 4 {
+        return Err(format!("expected a rank-4 tensor, got shape {s:?}"));
+    }
+    Ok([s[0], s[1], s[2], s[3]])
+}
+
+/// 2-D convolution, NCHW input, OIHW weight, optional bias.
+pub fn conv2d(x: &ArrayD<f32>, w: &ArrayD<f32>, b: Option<&ArrayD<f32>>, attrs: &Attrs) -> Result<ArrayD<f32>, String> {
+    let [n, c, h, wd] = dims4(x)?;
+    let [o, ci, kh, kw] = dims4(w)?;
+    let g = attrs.int("groups", 1).max(1) as usize;
+    if ci * g != c || o % g != 0 {
+        return Err(format!("conv2d: input has {c} channels, weight [{o}, {ci}, ..] with {g} groups"));
+    }
+    let win = window(attrs, [h, wd], [kh, kw], false)?;
+    let [oh, ow] = win.out;
+    let x = x.as_standard_layout();
+    let w = w.as_standard_layout();
+    let (xs, ws) = (x.as_slice().expect("standard"), w.as_slice().expect("standard"));
+    let bias: Vec<f32> = b.map_or(vec![0.0; o], |b| b.iter().copied().collect());
+    let og = o / g;
+    let mut out = vec![0f32; n * o * oh * ow];
+    for ni in 0..n {
+        for oc in 0..o {
+            let grp = oc / og;
+            for y in 0..oh {
+                for xo in 0..ow {
+                    let mut acc = 0f32;
+                    for ic in 0..ci {
+                        let chan = grp * ci + ic;
+                        for ky in 0..kh {
+                            let Some(iy) = win.at(0, y, ky, h) else { continue };
+                            for kx in 0..kw {
+                                let Some(ix) = win.at(1, xo, kx, wd) else { continue };
+                                acc += xs[((ni * c + chan) * h + iy) * wd + ix] * ws[((oc * ci + ic) * kh + ky) * kw + kx];
+                            }
+                        }
+                    }
+                    out[((ni * o + oc) * oh + y) * ow + xo] = acc + bias[oc];
+                }
+            }
+        }
+    }
+    Ok(ArrayD::from_shape_vec(IxDyn(&[n, o, oh, ow]), out).expect("sized"))
+}
+
+/// 2-D transposed convolution, weight `[C_in, C_out/groups, kH, kW]`.
+pub fn conv_transpose2d(x: &ArrayD<f32>, w: &ArrayD<f32>, b: Option<&ArrayD<f32>>, attrs: &Attrs) -> Result<ArrayD<f32>, String> {
+    let [n, c, h, wd] = dims4(x)?;
+    let [wc, og, kh, kw] = dims4(w)?;
+    let g = attrs.int("groups", 1).max(1) as usize;
+    if wc != c || c % g != 0 {
+        return Err(format!("conv_transpose2d: input has {c} channels, weight has {wc}"));
+    }
+    let s = ints_or(attrs, "strides", 2, 1)?;
+    let p = ints_or(attrs, "pads", 4, 0)?;
+    let d = ints_or(attrs, "dilations", 2, 1)?;
+    let op = ints_or(attrs, "output_padding", 2, 0)?;
+    let size = |i: usize, len: usize, k: usize| -> isize {
+        ((len as isize - 1) * s[i] as isize + d[i] as isize * (k as isize - 1) + 1 + op[i] as isize) - p[i] as isize - p[i + 2] as isize
+    };
+    let (oh, ow) = (size(0, h, kh), size(1, wd, kw));
+    if oh <= 0 || ow <= 0 {
+        return Err("conv_transpose2d output is empty".into());
+    }
+    let (oh, ow) = (oh as usize, ow as usize);
+    let o = og * g;
+    let cg = c / g;
+    let mut out = ArrayD::<f32>::zeros(IxDyn(&[n, o, oh, ow]));
+    for ni in 0..n {
+        for ic in 0..c {
+            let grp = ic / cg;
+            for y in 0..h {
+                for xi in 0..wd {
+                    let v = x[[ni, ic, y, xi]];
+                    for oc in 0..og {
+                        for ky in 0..kh {
+                            let oy = (y * s[0] as usize + ky * d[0] as usize) as isize - p[0] as isize;
+                            if oy < 0 || oy >= oh as isize {
+                                continue;
+                            }
+                            for kx in 0..kw {
+                                let ox = (xi * s[1] as usize + kx * d[1] as usize) as isize - p[1] as isize;
+                                if ox < 0 || ox >= ow as isize {
+                                    continue;
+                                }
+                                out[[ni, grp * og + oc, oy as usize, ox as usize]] += v * w[[ic, oc, ky, kx]];
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+    if let Some(b) = b {
+        for oc in 0..o {
+            out.index_axis_mut(Axis(1), oc).mapv_inplace(|v| v + b[oc]);
+        }
+    }
+    Ok(out)
+}
+
+fn as2(a: &ArrayD<f32>) -> Array2<f32> {
+    a.view().into_dimensionality::<Ix2>().expect("rank 2").to_owned()
+}
+
+/// Numpy `matmul`.
+pub fn matmul(a: &ArrayD<f32>, b: &ArrayD<f32>) -> Result<ArrayD<f32>, String> {
+    let a2 = if a.ndim() == 1 { a.view().insert_axis(Axis(0)).to_owned() } else { a.clone() };
+    let b2 = if b.ndim() == 1 { b.view().insert_axis(Axis(1)).to_owned() } else { b.clone() };
+    let (ra, rb) = (a2.ndim(), b2.ndim());
+    let (m, k) = (a2.shape()[ra - 2], a2.shape()[ra - 1]);
+    let (k2, n) = (b2.shape()[rb - 2], b2.shape()[rb - 1]);
+    if k != k2 {
+        return Err(format!("matmul inner dims differ: {k} vs {k2}"));
+    }
+    let batch = super::elementwise::broadcast_shape(&a2.shape()[..ra - 2], &b2.shape()[..rb - 2])?;
+    let mut ash = batch.clone();
+    ash.extend([m, k]);
+    let mut bsh = batch.clone();
+    bsh.extend([k, n]);
+    let av = a2.broadcast(IxDyn(&ash)).ok_or("broadcast")?.to_owned();
+    let bv = b2.broadcast(IxDyn(&bsh)).ok_or("broadcast")?.to_owned();
+    let nb: usize = batch.iter().product();
+    let av = av.into_shape_with_order(IxDyn(&[nb, m, k])).map_err(|e| e.to_string())?;
+    let bv = bv.into_shape_with_order(IxDyn(&[nb, k, n])).map_err(|e| e.to_string())?;
+    let mut out = Vec::with_capacity(nb * m * n);
+    for i in 0..nb {
+        let p = as2(&av.index_axis(Axis(0), i).to_owned()).dot(&as2(&bv.index_axis(Axis(0), i).to_owned()));
+        out.extend(p.iter().copied());
+    }
+    let mut shape = batch;
+    if a.ndim() > 1 {
+        shape.push(m);
+    }
+    if b.ndim() > 1 {
+        shape.push(n);
+    }
+    Ok(ArrayD::from_shape_vec(IxDyn(&shape), out).expect("sized"))
+}
+
+/// `alpha * op(A) op(B) + beta * C`.
+pub fn gemm(a: &ArrayD<f32>, b: &ArrayD<f32>, c: Option<&ArrayD<f32>>, attrs: &Attrs) -> Result<ArrayD<f32>, String> {
+    if a.ndim() != 2 || b.ndim() != 2 {
+        return Err("gemm operands must be 2-D".into());
+    }
+    let a2 = if attrs.bool("trans_a", false) { as2(a).reversed_axes() } else { as2(a) };
+    let b2 = if attrs.bool("trans_b", false) { as2(b).reversed_axes() } else { as2(b) };
+    if a2.ncols() != b2.nrows() {
+        return Err(format!("gemm inner dims differ: {} vs {}", a2.ncols(), b2.nrows()));
+    }
+    let (alpha, beta) = (attrs.float("alpha", 1.0), attrs.float("beta", 1.0));
+    let mut y = a2.dot(&b2).into_dyn();
+    if alpha != 1.0 {
+        y.mapv_inplace(|v| v * alpha);
+    }
+    if let Some(c) = c {
+        let shape = y.shape().to_vec();
+        let cb = c.broadcast(IxDyn(&shape)).ok_or("gemm C does not broadcast")?;
+        ndarray::Zip::from(&mut y).and(&cb).for_each(|v, &cv| *v += beta * cv);
+    }
+    Ok(y)
+}
+
+/// Inference batch norm over axis 1: `(x - mean) / sqrt(var + eps) * scale + bias`.
+pub fn batch_norm(x: &ArrayD<f32>, scale: &ArrayD<f32>, bias: &ArrayD<f32>, mean: &ArrayD<f32>, var: &ArrayD<f32>, eps: f32) -> ArrayD<f32> {
+    let mut y = x.clone();
+    for c in 0..x.shape()[1] {
+        let inv = 1.0 / (var[c] + eps).sqrt();
+        let (s, b, m) = (scale[c], bias[c], mean[c]);
+        y.index_axis_mut(Axis(1), c).mapv_inplace(|v| (v - m) * inv * s + b);
+    }
+    y
+}
+
+fn pool_geometry(attrs: &Attrs, shape: &[usize]) -> Result<Window, String> {
+    if shape.len() != 4 {
+        return Err(format!("pooling expects NCHW input, got shape {shape:?}"));
+    }
+    let k = ints_or(attrs, "kernel_shape", 2, 1)?;
+    window(attrs, [shape[2], shape[3]], [k[0] as usize, k[1] as usize], attrs.bool("ceil_mode", false))
+}
+
+/// Max pooling; padding never wins. Works on f32 and on integers (quantized values).
+pub fn max_pool(x: &Tensor, attrs: &Attrs) -> Result<Tensor, String> {
+    let st = x.scalar_type();
+    let xf = match x {
+        Tensor::F32(a) => a.clone(),
+        Tensor::I8(_) | Tensor::U8(_) | Tensor::I32(_) => match x.cast(ScalarType::F32) {
+            Tensor::F32(a) => a,
+            _ => unreachable!("cast"),
+        },
+        _ => return Err(format!("max_pool on {st} is not supported")),
+    };
+    let [n, c, h, w] = dims4(&xf)?;
+    let win = pool_geometry(attrs, xf.shape())?;
+    let [oh, ow] = win.out;
+    let mut out = ArrayD::<f32>::zeros(IxDyn(&[n, c, oh, ow]));
+    for ni in 0..n {
+        for ci in 0..c {
+            for y in 0..oh {
+                for xo in 0..ow {
+                    let mut m = f32::NEG_INFINITY;
+                    for ky in 0..win.k[0] {
+                        let Some(iy) = win.at(0, y, ky, h) else { continue };
+                        for kx in 0..win.k[1] {
+                            let Some(ix) = win.at(1, xo, kx, w) else { continue };
+                            m = m.max(xf[[ni, ci, iy, ix]]);
+                        }
+                    }
+                    out[[ni, ci, y, xo]] = m;
+                }
+            }
+        }
+    }
+    Ok(if st == ScalarType::F32 { Tensor::F32(out) } else { Tensor::F32(out).cast(st) })
+}
+
+/// Average pooling; `count_include_pad` counts padded positions (not those past the padding).
+pub fn avg_pool(x: &ArrayD<f32>, attrs: &Attrs) -> Result<ArrayD<f32>, String> {
+    let [n, c, h, w] = dims4(x)?;
+    let win = pool_geometry(attrs, x.shape())?;
+    let include_pad = attrs.bool("count_include_pad", false);
+    let [oh, ow] = win.out;
+    let mut out = ArrayD::<f32>::zeros(IxDyn(&[n, c, oh, ow]));
+    let padded = |i: usize, o: usize, k: usize, len: usize| {
+        let pos = (o * win.stride[i] + k * win.dil[i]) as isize - win.pad[i] as isize;
+        pos >= -(win.pad[i] as isize) && pos < (len + win.pad[i + 2]) as isize
+    };
+    for ni in 0..n {
+        for ci in 0..c {
+            for y in 0..oh {
+                for xo in 0..ow {
+                    let (mut sum, mut count) = (0f32, 0usize);
+                    for ky in 0..win.k[0] {
+                        for kx in 0..win.k[1] {
+                            match (win.at(0, y, ky, h), win.at(1, xo, kx, w)) {
+                                (Some(iy), Some(ix)) => {
+                                    sum += x[[ni, ci, iy, ix]];
+                                    count += 1;
+                                }
+                                _ if include_pad && padded(0, y, ky, h) && padded(1, xo, kx, w) => count += 1,
+                                _ => {}
+                            }
+                        }
+                    }
+                    out[[ni, ci, y, xo]] = if count == 0 { 0.0 } else { sum / count as f32 };
+                }
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// The source coordinate of output index `o` along one axis.
+fn source_coord(mode: &str, o: usize, in_len: usize, out_len: usize, scale: f32) -> f32 {
+    let o = o as f32;
+    match mode {
+        "asymmetric" => o / scale,
+        "align_corners" => {
+            if out_len <= 1 { 0.0 } else { o * (in_len as f32 - 1.0) / (out_len as f32 - 1.0) }
+        }
+        "pytorch_half_pixel" if out_len <= 1 => 0.0,
+        _ => (o + 0.5) / scale - 0.5,
+    }
+}
+
+fn nearest_index(mode: &str, c: f32, in_len: usize) -> usize {
+    let i = match mode {
+        "floor" => c.floor(),
+        "ceil" => c.ceil(),
+        "round_prefer_ceil" => (c + 0.5).floor(),
+        // round_prefer_floor: halves go down.
+        _ => {
+            if c.fract() == 0.5 { c.floor() } else { c.round() }
+        }
+    };
+    (i.max(0.0) as usize).min(in_len - 1)
+}
+
+/// Resize to `out_shape`, one axis at a time (nearest, or linear = separable bilinear).
+pub fn resize(x: &ArrayD<f32>, attrs: &Attrs, out_shape: &[usize]) -> Result<ArrayD<f32>, String> {
+    let mode = attrs.str("mode").unwrap_or("nearest");
+    let ctm = attrs.str("coordinate_transformation_mode").unwrap_or("half_pixel");
+    let nm = attrs.str("nearest_mode").unwrap_or("round_prefer_floor");
+    let scales = attrs.floats("scales");
+    let mut cur = x.clone();
+    for axis in 0..x.ndim() {
+        let in_len = x.shape()[axis];
+        let out_len = if let Some(s) = scales { (in_len as f64 * s[axis] as f64).floor() as usize } else { out_shape[axis] };
+        let scale = scales.map_or(out_len as f32 / in_len as f32, |s| s[axis]);
+        if out_len == in_len && scale == 1.0 {
+            continue;
+        }
+        if in_len == 0 {
+            return Err("cannot resize an empty axis".into());
+        }
+        let mut shape = cur.shape().to_vec();
+        shape[axis] = out_len;
+        let mut next = ArrayD::<f32>::zeros(IxDyn(&shape));
+        for o in 0..out_len {
+            let c = source_coord(ctm, o, in_len, out_len, scale);
+            let mut dst = next.index_axis_mut(Axis(axis), o);
+            if mode == "nearest" {
+                dst.assign(&cur.index_axis(Axis(axis), nearest_index(nm, c, in_len)));
+            } else {
+                let c = c.clamp(0.0, (in_len - 1) as f32);
+                let (i0, frac) = (c.floor() as usize, c - c.floor());
+                let i1 = (i0 + 1).min(in_len - 1);
+                let (a, b) = (cur.index_axis(Axis(axis), i0), cur.index_axis(Axis(axis), i1));
+                ndarray::Zip::from(&mut dst).and(&a).and(&b).for_each(|d, &p, &q| *d = p * (1.0 - frac) + q * frac);
+            }
+        }
+        cur = next;
+    }
+    Ok(cur)
+}
+
+/// Softmax along `axis`, subtracting the maximum first.
+pub fn softmax(x: &ArrayD<f32>, axis: i64) -> Result<ArrayD<f32>, String> {
+    let axis = Axis(normalize_axis(axis, x.ndim())?);
+    let mut y = x.clone();
+    for mut lane in y.lanes_mut(axis) {
+        let m = lane.fold(f32::NEG_INFINITY, |a, &b| a.max(b));
+        lane.mapv_inplace(|v| (v - m).exp());
+        let s: f32 = lane.sum();
+        lane.mapv_inplace(|v| v / s);
+    }
+    Ok(y)
+}
