@@ -373,6 +373,33 @@ impl Graph {
         }
     }
 
+    /// The order ops are printed in: topological, insertion order where dependencies allow, and
+    /// each `const` placed just before its first user. Printing and re-parsing keeps it.
+    pub fn canonical_order(&self) -> Result<Vec<NodeId>, NodeId> {
+        let topo = self.topo_order()?;
+        let is_used_const = |id: NodeId| {
+            let n = self.node(id);
+            n.kind == OpKind::Const && n.results.iter().any(|&r| !self.uses(r).is_empty())
+        };
+        let mut placed: HashSet<NodeId> = HashSet::new();
+        let mut order = Vec::with_capacity(topo.len());
+        for id in topo {
+            if is_used_const(id) {
+                continue;
+            }
+            for &o in &self.node(id).operands {
+                if let Some(p) = self.producer(o)
+                    && is_used_const(p)
+                    && placed.insert(p)
+                {
+                    order.push(p);
+                }
+            }
+            order.push(id);
+        }
+        Ok(order)
+    }
+
     /// A value name not yet used in this graph, derived from `base` (`base`, `base.1`, ...).
     pub fn unique_name(&self, base: &str) -> String {
         let taken: HashSet<&str> = self.values.iter().filter_map(|v| v.name.as_deref()).collect();
@@ -393,7 +420,7 @@ impl Graph {
     /// Structural equality: the same params, ops (in topological order), attributes, types,
     /// names, locations and outputs. Node and value ids may differ; weights are not compared.
     pub fn same_as(&self, other: &Graph) -> bool {
-        let (Ok(a), Ok(b)) = (self.topo_order(), other.topo_order()) else {
+        let (Ok(a), Ok(b)) = (self.canonical_order(), other.canonical_order()) else {
             return false;
         };
         if self.name != other.name || a.len() != b.len() || self.params.len() != other.params.len() {

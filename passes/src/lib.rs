@@ -1,1 +1,190 @@
+//! `qc-passes`: the [`Pass`] trait, the registry of every pass, named pipelines, and the runner
+//! that verifies the graph after each pass and can print or dump the IR after any of them.
+#![warn(missing_docs)]
 
+mod dead_code;
+mod fold_bn;
+mod fold_constants;
+mod fuse_activation;
+mod rewrite;
+
+pub use dead_code::DeadCode;
+pub use fold_bn::FoldBn;
+pub use fold_constants::FoldConstants;
+pub use fuse_activation::FuseActivation;
+
+use qc_ir::diag::Diagnostic;
+use qc_ir::text::print;
+use qc_ir::verify::{VerifyOptions, verify};
+use qc_ir::Graph;
+use std::fmt;
+use std::path::PathBuf;
+
+/// Whether a pass changed the graph.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Changed {
+    /// The graph is different.
+    Yes,
+    /// The graph is as it was.
+    No,
+}
+
+impl From<bool> for Changed {
+    fn from(b: bool) -> Self {
+        if b { Changed::Yes } else { Changed::No }
+    }
+}
+
+/// A pass failed: the graph is not what it requires, or its input is bad.
+#[derive(Clone, Debug, PartialEq)]
+pub struct PassError {
+    /// The pass.
+    pub pass: String,
+    /// What went wrong; verifier failures carry their diagnostics.
+    pub message: String,
+    /// Diagnostics, when the failure is a verifier error after the pass.
+    pub diagnostics: Vec<Diagnostic>,
+}
+
+impl PassError {
+    /// A plain failure of `pass`.
+    pub fn new(pass: &str, message: impl Into<String>) -> PassError {
+        PassError { pass: pass.to_string(), message: message.into(), diagnostics: Vec::new() }
+    }
+}
+
+impl fmt::Display for PassError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "pass {}: {}", self.pass, self.message)?;
+        for d in &self.diagnostics {
+            write!(f, "\n  {d}")?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for PassError {}
+
+/// A transformation of the graph. `run` either leaves a graph the verifier accepts or fails.
+pub trait Pass {
+    /// The registered name (`fold-bn`).
+    fn name(&self) -> &'static str;
+    /// Runs the pass.
+    fn run(&self, g: &mut Graph) -> Result<Changed, PassError>;
+}
+
+/// A registry entry.
+pub struct PassInfo {
+    /// The name used on the command line.
+    pub name: &'static str,
+    /// One line of documentation.
+    pub doc: &'static str,
+    /// Makes the pass.
+    pub make: fn() -> Box<dyn Pass>,
+}
+
+/// Every pass, in the order `qc passes` lists them.
+pub const REGISTRY: &[PassInfo] = &[
+    PassInfo {
+        name: "fold-constants",
+        doc: "evaluate ops whose operands are all constant (shape arithmetic included); constant shape operands become attributes",
+        make: || Box::new(FoldConstants),
+    },
+    PassInfo { name: "fold-bn", doc: "fold batch_norm into the conv2d/gemm before it, or into a standalone mul + add", make: || Box::new(FoldBn) },
+    PassInfo {
+        name: "fuse-activation",
+        doc: "mark a relu/clip that follows a conv2d/gemm/matmul as that op's fused activation",
+        make: || Box::new(FuseActivation),
+    },
+    PassInfo { name: "dead-code", doc: "remove ops whose results are never used, and weights no const refers to", make: || Box::new(DeadCode) },
+];
+
+/// Named pipelines: (name, passes, doc).
+pub const PIPELINES: &[(&str, &[&str], &str)] = &[
+    ("default", &["fold-constants", "fold-bn", "fuse-activation", "dead-code"], "the fp32 clean-up before quantization"),
+    ("cleanup", &["fold-constants", "dead-code"], "constant folding and dead-code removal only"),
+];
+
+/// Makes the pass called `name`, or an error listing the valid names.
+pub fn lookup(name: &str) -> Result<Box<dyn Pass>, String> {
+    REGISTRY.iter().find(|p| p.name == name).map(|p| (p.make)()).ok_or_else(|| {
+        let names: Vec<&str> = REGISTRY.iter().map(|p| p.name).collect();
+        format!("unknown pass `{name}`; valid passes: {}", names.join(", "))
+    })
+}
+
+/// The pass names of pipeline `name`, or an error listing the valid pipelines.
+pub fn pipeline(name: &str) -> Result<Vec<String>, String> {
+    PIPELINES.iter().find(|p| p.0 == name).map(|p| p.1.iter().map(|s| s.to_string()).collect()).ok_or_else(|| {
+        let names: Vec<&str> = PIPELINES.iter().map(|p| p.0).collect();
+        format!("unknown pipeline `{name}`; valid pipelines: {}", names.join(", "))
+    })
+}
+
+/// How the runner reports and checks.
+#[derive(Clone, Debug, Default)]
+pub struct PipelineOptions {
+    /// Print the IR after every pass.
+    pub print_after_all: bool,
+    /// Print the IR after the passes named here.
+    pub print_after: Vec<String>,
+    /// Write `NN-name.qir` after each pass (and `00-input.qir`) into this directory.
+    pub dump_dir: Option<PathBuf>,
+    /// Stop after the pass of this name.
+    pub stop_after: Option<String>,
+    /// Verify against the weights too (they are loaded).
+    pub check_weights: bool,
+}
+
+/// What one pass did.
+#[derive(Clone, Debug, PartialEq)]
+pub struct PassRecord {
+    /// The pass.
+    pub name: String,
+    /// Whether it changed the graph.
+    pub changed: Changed,
+}
+
+/// Runs `passes` in order, verifying after each; IR printed after passes goes to `print_to`.
+pub fn run_pipeline(
+    g: &mut Graph,
+    passes: &[String],
+    opts: &PipelineOptions,
+    print_to: &mut dyn std::io::Write,
+) -> Result<Vec<PassRecord>, PassError> {
+    let made: Vec<Box<dyn Pass>> = passes.iter().map(|n| lookup(n).map_err(|e| PassError::new("pipeline", e))).collect::<Result<_, _>>()?;
+    for n in opts.print_after.iter().chain(&opts.stop_after) {
+        lookup(n).map_err(|e| PassError::new("pipeline", e))?;
+    }
+    let vopts = VerifyOptions { check_weights: opts.check_weights };
+    verify(g, vopts).map_err(|d| PassError { pass: "input".into(), message: "the input does not verify".into(), diagnostics: d })?;
+    let dump = |index: usize, name: &str, g: &Graph| -> Result<(), PassError> {
+        if let Some(dir) = &opts.dump_dir {
+            std::fs::create_dir_all(dir).map_err(|e| PassError::new(name, format!("cannot create {}: {e}", dir.display())))?;
+            let path = dir.join(format!("{index:02}-{name}.qir"));
+            std::fs::write(&path, print(g)).map_err(|e| PassError::new(name, format!("cannot write {}: {e}", path.display())))?;
+        }
+        Ok(())
+    };
+    dump(0, "input", g)?;
+    let mut records = Vec::new();
+    for (i, pass) in made.iter().enumerate() {
+        let name = pass.name();
+        let changed = pass.run(g)?;
+        verify(g, vopts).map_err(|d| PassError {
+            pass: name.into(),
+            message: "the pass produced a graph that does not verify (a bug in the pass)".into(),
+            diagnostics: d,
+        })?;
+        records.push(PassRecord { name: name.into(), changed });
+        if opts.print_after_all || opts.print_after.iter().any(|p| p == name) {
+            let note = if changed == Changed::Yes { "" } else { " (no change)" };
+            writeln!(print_to, "// ----- IR after {name}{note} -----\n{}", print(g)).map_err(|e| PassError::new(name, e.to_string()))?;
+        }
+        dump(i + 1, name, g)?;
+        if opts.stop_after.as_deref() == Some(name) {
+            break;
+        }
+    }
+    Ok(records)
+}

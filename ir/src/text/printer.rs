@@ -88,7 +88,7 @@ pub fn print(g: &Graph) -> String {
         write!(out, "({})", tys.join(", ")).expect("String");
     }
     out.push_str(" {\n");
-    let order = g.topo_order().unwrap_or_else(|_| g.node_ids().collect());
+    let order = g.canonical_order().unwrap_or_else(|_| g.node_ids().collect());
     for id in order {
         let node = g.node(id);
         out.push_str("  ");

@@ -1,0 +1,149 @@
+//! File I/O: `.npy` tensors, safetensors weights, and atomic writes.
+
+use anyhow::{Context, Result, anyhow, bail};
+use ndarray::ArrayD;
+use ndarray_npy::{ReadNpyError, read_npy, write_npy};
+use qc_ir::{Tensor, Weights};
+use safetensors::tensor::{Dtype, SafeTensors, TensorView};
+use std::path::Path;
+
+/// Reads a `.npy` file of f32, f64 (converted to f32), i64, i32, i8, u8 or bool.
+pub fn read_tensor(path: &Path) -> Result<Tensor> {
+    fn attempt<T: ndarray_npy::ReadableElement>(path: &Path) -> Result<Option<ArrayD<T>>> {
+        match read_npy::<_, ArrayD<T>>(path) {
+            Ok(a) => Ok(Some(a)),
+            Err(ReadNpyError::WrongDescriptor(_)) => Ok(None),
+            Err(e) => Err(anyhow!("{}: not a readable .npy file: {e}", path.display())),
+        }
+    }
+    if !path.exists() {
+        bail!("{}: no such file", path.display());
+    }
+    if let Some(a) = attempt::<f32>(path)? {
+        return Ok(Tensor::F32(a));
+    }
+    if let Some(a) = attempt::<f64>(path)? {
+        return Ok(Tensor::F32(a.mapv(|v| v as f32)));
+    }
+    if let Some(a) = attempt::<i64>(path)? {
+        return Ok(Tensor::I64(a));
+    }
+    if let Some(a) = attempt::<i32>(path)? {
+        return Ok(Tensor::I32(a));
+    }
+    if let Some(a) = attempt::<i8>(path)? {
+        return Ok(Tensor::I8(a));
+    }
+    if let Some(a) = attempt::<u8>(path)? {
+        return Ok(Tensor::U8(a));
+    }
+    if let Some(a) = attempt::<bool>(path)? {
+        return Ok(Tensor::Bool(a));
+    }
+    bail!("{}: unsupported .npy element type (expected little-endian float32, float64, int64, int32, int8, uint8 or bool)", path.display())
+}
+
+/// Writes a tensor as `.npy`, atomically.
+pub fn write_tensor(path: &Path, t: &Tensor) -> Result<()> {
+    let tmp = temp_path(path);
+    let r = match t {
+        Tensor::F32(a) => write_npy(&tmp, a),
+        Tensor::I64(a) => write_npy(&tmp, a),
+        Tensor::I32(a) => write_npy(&tmp, a),
+        Tensor::I8(a) => write_npy(&tmp, a),
+        Tensor::U8(a) => write_npy(&tmp, a),
+        Tensor::Bool(a) => write_npy(&tmp, a),
+        Tensor::F16(a) => write_npy(&tmp, &a.mapv(|v| v.to_f32())),
+    };
+    r.with_context(|| format!("cannot write {}", path.display()))?;
+    std::fs::rename(&tmp, path).with_context(|| format!("cannot write {}", path.display()))
+}
+
+fn temp_path(path: &Path) -> std::path::PathBuf {
+    let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    path.with_file_name(format!(".{name}.tmp{}", std::process::id()))
+}
+
+/// Writes `bytes` to `path` through a temporary file and a rename, so that a failure never leaves
+/// half a file behind.
+pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
+    let tmp = temp_path(path);
+    std::fs::write(&tmp, bytes).with_context(|| format!("cannot write {}", path.display()))?;
+    std::fs::rename(&tmp, path).with_context(|| format!("cannot write {}", path.display()))
+}
+
+fn dtype_of(t: &Tensor) -> Dtype {
+    match t {
+        Tensor::F32(_) => Dtype::F32,
+        Tensor::F16(_) => Dtype::F16,
+        Tensor::I64(_) => Dtype::I64,
+        Tensor::I32(_) => Dtype::I32,
+        Tensor::I8(_) => Dtype::I8,
+        Tensor::U8(_) => Dtype::U8,
+        Tensor::Bool(_) => Dtype::BOOL,
+    }
+}
+
+fn le_bytes(t: &Tensor) -> Vec<u8> {
+    match t {
+        Tensor::F32(a) => a.iter().flat_map(|v| v.to_le_bytes()).collect(),
+        Tensor::F16(a) => a.iter().flat_map(|v| v.to_le_bytes()).collect(),
+        Tensor::I64(a) => a.iter().flat_map(|v| v.to_le_bytes()).collect(),
+        Tensor::I32(a) => a.iter().flat_map(|v| v.to_le_bytes()).collect(),
+        Tensor::I8(a) => a.iter().map(|v| *v as u8).collect(),
+        Tensor::U8(a) => a.iter().copied().collect(),
+        Tensor::Bool(a) => a.iter().map(|v| *v as u8).collect(),
+    }
+}
+
+/// Serializes weights to safetensors bytes.
+pub fn weights_to_bytes(w: &Weights) -> Result<Vec<u8>> {
+    let data: Vec<(String, Dtype, Vec<usize>, Vec<u8>)> =
+        w.iter().map(|(n, t)| (n.to_string(), dtype_of(t), t.shape().to_vec(), le_bytes(t))).collect();
+    let views: Vec<(String, TensorView)> = data
+        .iter()
+        .map(|(n, d, s, b)| Ok((n.clone(), TensorView::new(*d, s.clone(), b)?)))
+        .collect::<Result<_, safetensors::SafeTensorError>>()?;
+    Ok(safetensors::serialize(views, None)?)
+}
+
+/// Parses safetensors bytes; `file` names the source in errors.
+pub fn weights_from_bytes(bytes: &[u8], file: &Path) -> Result<Weights> {
+    let st = SafeTensors::deserialize(bytes).map_err(|e| anyhow!("{}: not a valid safetensors file: {e}", file.display()))?;
+    let mut w = Weights::default();
+    for (name, view) in st.iter() {
+        let shape = view.shape().to_vec();
+        let raw = view.data();
+        let arr = |n: usize| -> Result<Vec<&[u8]>> {
+            let count: usize = shape.iter().product();
+            if raw.len() != count * n {
+                bail!("{}: tensor \"{name}\" has {} bytes, its shape {shape:?} needs {}", file.display(), raw.len(), count * n);
+            }
+            Ok(raw.chunks_exact(n).collect())
+        };
+        let sh = ndarray::IxDyn(&shape);
+        let t = match view.dtype() {
+            Dtype::F32 => Tensor::F32(ArrayD::from_shape_vec(sh, arr(4)?.iter().map(|c| f32::from_le_bytes((*c).try_into().unwrap())).collect())?),
+            Dtype::F16 => Tensor::F16(ArrayD::from_shape_vec(sh, arr(2)?.iter().map(|c| half::f16::from_le_bytes((*c).try_into().unwrap())).collect())?),
+            Dtype::I64 => Tensor::I64(ArrayD::from_shape_vec(sh, arr(8)?.iter().map(|c| i64::from_le_bytes((*c).try_into().unwrap())).collect())?),
+            Dtype::I32 => Tensor::I32(ArrayD::from_shape_vec(sh, arr(4)?.iter().map(|c| i32::from_le_bytes((*c).try_into().unwrap())).collect())?),
+            Dtype::I8 => Tensor::I8(ArrayD::from_shape_vec(sh, arr(1)?.iter().map(|c| c[0] as i8).collect())?),
+            Dtype::U8 => Tensor::U8(ArrayD::from_shape_vec(sh, arr(1)?.iter().map(|c| c[0]).collect())?),
+            Dtype::BOOL => Tensor::Bool(ArrayD::from_shape_vec(sh, arr(1)?.iter().map(|c| c[0] != 0).collect())?),
+            d => bail!("{}: tensor \"{name}\" has unsupported dtype {d:?}", file.display()),
+        };
+        if let Tensor::F32(a) = &t
+            && let Some(bad) = a.iter().find(|v| !v.is_finite())
+        {
+            bail!("{}: tensor \"{name}\" contains {bad}; weights must be finite", file.display());
+        }
+        w.insert(name, t);
+    }
+    Ok(w)
+}
+
+/// Reads a safetensors file.
+pub fn read_weights(path: &Path) -> Result<Weights> {
+    let bytes = std::fs::read(path).with_context(|| format!("cannot read weights file {}", path.display()))?;
+    weights_from_bytes(&bytes, path)
+}

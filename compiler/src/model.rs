@@ -1,0 +1,90 @@
+//! Loading a model (QIR text + the safetensors file beside it) and saving one.
+
+use crate::QcError;
+use crate::io::{read_weights, weights_to_bytes, write_atomic};
+use qc_ir::diag::render_all;
+use qc_ir::text::{parse, print};
+use qc_ir::verify::{VerifyOptions, verify};
+use qc_ir::{ConstValue, Graph};
+use std::path::{Path, PathBuf};
+
+/// A loaded model: the graph with its weights, and the text it came from (for diagnostics).
+pub struct Model {
+    /// The graph, weights attached.
+    pub graph: Graph,
+    /// The file it was read from.
+    pub path: PathBuf,
+    /// The source text.
+    pub source: String,
+}
+
+impl Model {
+    /// Renders diagnostics against this model's source.
+    pub fn render(&self, diags: &[qc_ir::Diagnostic]) -> String {
+        render_all(diags, &self.path.display().to_string(), &self.source)
+    }
+}
+
+/// The weights file that belongs to a model file: `model.qir` → `model.safetensors`.
+pub fn weights_path(model: &Path) -> PathBuf {
+    model.with_extension("safetensors")
+}
+
+/// Names of the weights a graph refers to, in order of appearance.
+pub fn referenced_weights(g: &Graph) -> Vec<String> {
+    g.node_ids()
+        .filter_map(|id| match &g.node(id).value {
+            Some(ConstValue::Weight(w)) => Some(w.clone()),
+            _ => None,
+        })
+        .collect()
+}
+
+/// Parses and verifies QIR text without weights (what `qc fmt` needs).
+pub fn parse_source(path: &Path, source: &str) -> Result<Graph, QcError> {
+    let file = path.display().to_string();
+    let g = parse(source).map_err(|d| QcError::Input(render_all(&d, &file, source)))?;
+    verify(&g, VerifyOptions::default()).map_err(|d| QcError::Input(render_all(&d, &file, source)))?;
+    Ok(g)
+}
+
+/// Reads a model file, and the weights it refers to (from `weights`, else the file beside it),
+/// and verifies the whole.
+pub fn load_model(path: &Path, weights: Option<&Path>) -> Result<Model, QcError> {
+    if path.extension().is_some_and(|e| e == "onnx") {
+        return Err(QcError::Input(format!(
+            "error: {}: ONNX models are not supported yet; write the model in QIR (see README)",
+            path.display()
+        )));
+    }
+    let source = std::fs::read_to_string(path).map_err(|e| QcError::Input(format!("error: cannot read {}: {e}", path.display())))?;
+    let mut graph = parse_source(path, &source)?;
+    let needed = referenced_weights(&graph);
+    let wpath = weights.map(Path::to_path_buf).unwrap_or_else(|| weights_path(path));
+    if !needed.is_empty() {
+        if !wpath.exists() {
+            return Err(QcError::Input(format!(
+                "error: {} refers to weights (\"{}\", ...) but the weights file {} does not exist",
+                path.display(),
+                needed[0],
+                wpath.display()
+            )));
+        }
+        graph.weights = read_weights(&wpath)?;
+    }
+    let model = Model { graph, path: path.to_path_buf(), source };
+    verify(&model.graph, VerifyOptions { check_weights: true }).map_err(|d| QcError::Input(model.render(&d)))?;
+    Ok(model)
+}
+
+/// Writes `OUT.qir` and, when the graph refers to weights, `OUT.safetensors` with exactly those.
+pub fn save_model(g: &Graph, out: &Path) -> Result<(), QcError> {
+    let needed = referenced_weights(g);
+    if !needed.is_empty() {
+        let mut w = g.weights.clone();
+        w.retain(|n| needed.iter().any(|m| m == n));
+        write_atomic(&weights_path(out), &weights_to_bytes(&w)?)?;
+    }
+    write_atomic(out, print(g).as_bytes())?;
+    Ok(())
+}
