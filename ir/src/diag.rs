@@ -53,10 +53,8 @@ impl Diagnostic {
         let mut report = Report::build(ReportKind::Error, (file, span.clone()))
             .with_config(Config::default().with_color(false).with_index_type(IndexType::Byte))
             .with_message(&self.message);
-        let mut label = Label::new((file, span));
-        if let Some(l) = &self.label {
-            label = label.with_message(l);
-        }
+        // Without colour, ariadne draws the underline and caret only for labels with a message.
+        let label = Label::new((file, span)).with_message(self.label.as_deref().unwrap_or("here"));
         report = report.with_label(label);
         for n in &self.notes {
             report = report.with_note(n);

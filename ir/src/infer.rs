@@ -120,7 +120,7 @@ pub fn infer(kind: OpKind, attrs: &Attrs, ops: &[Operand]) -> R<Vec<TypeFact>> {
         OpKind::Transpose => {
             let rank = x().rank();
             let perm: Vec<usize> = match attrs.ints("perm") {
-                Some(p) => normalize_axes(p, rank)?,
+                Some(p) => p.iter().map(|&a| normalize_axis(a, rank)).collect::<R<_>>()?,
                 None => (0..rank).rev().collect(),
             };
             let mut sorted = perm.clone();
