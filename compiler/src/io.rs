@@ -40,7 +40,10 @@ pub fn read_tensor(path: &Path) -> Result<Tensor> {
     if let Some(a) = attempt::<bool>(path)? {
         return Ok(Tensor::Bool(a));
     }
-    bail!("{}: unsupported .npy element type (expected little-endian float32, float64, int64, int32, int8, uint8 or bool)", path.display())
+    bail!(
+        "{}: unsupported .npy element type (expected little-endian float32, float64, int64, int32, int8, uint8 or bool)",
+        path.display()
+    )
 }
 
 /// Writes a tensor as `.npy`, atomically.
@@ -123,10 +126,22 @@ pub fn weights_from_bytes(bytes: &[u8], file: &Path) -> Result<Weights> {
         };
         let sh = ndarray::IxDyn(&shape);
         let t = match view.dtype() {
-            Dtype::F32 => Tensor::F32(ArrayD::from_shape_vec(sh, arr(4)?.iter().map(|c| f32::from_le_bytes((*c).try_into().unwrap())).collect())?),
-            Dtype::F16 => Tensor::F16(ArrayD::from_shape_vec(sh, arr(2)?.iter().map(|c| half::f16::from_le_bytes((*c).try_into().unwrap())).collect())?),
-            Dtype::I64 => Tensor::I64(ArrayD::from_shape_vec(sh, arr(8)?.iter().map(|c| i64::from_le_bytes((*c).try_into().unwrap())).collect())?),
-            Dtype::I32 => Tensor::I32(ArrayD::from_shape_vec(sh, arr(4)?.iter().map(|c| i32::from_le_bytes((*c).try_into().unwrap())).collect())?),
+            Dtype::F32 => Tensor::F32(ArrayD::from_shape_vec(
+                sh,
+                arr(4)?.iter().map(|c| f32::from_le_bytes((*c).try_into().unwrap())).collect(),
+            )?),
+            Dtype::F16 => Tensor::F16(ArrayD::from_shape_vec(
+                sh,
+                arr(2)?.iter().map(|c| half::f16::from_le_bytes((*c).try_into().unwrap())).collect(),
+            )?),
+            Dtype::I64 => Tensor::I64(ArrayD::from_shape_vec(
+                sh,
+                arr(8)?.iter().map(|c| i64::from_le_bytes((*c).try_into().unwrap())).collect(),
+            )?),
+            Dtype::I32 => Tensor::I32(ArrayD::from_shape_vec(
+                sh,
+                arr(4)?.iter().map(|c| i32::from_le_bytes((*c).try_into().unwrap())).collect(),
+            )?),
             Dtype::I8 => Tensor::I8(ArrayD::from_shape_vec(sh, arr(1)?.iter().map(|c| c[0] as i8).collect())?),
             Dtype::U8 => Tensor::U8(ArrayD::from_shape_vec(sh, arr(1)?.iter().map(|c| c[0]).collect())?),
             Dtype::BOOL => Tensor::Bool(ArrayD::from_shape_vec(sh, arr(1)?.iter().map(|c| c[0] != 0).collect())?),

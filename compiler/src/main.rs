@@ -107,12 +107,17 @@ fn main() {
 }
 
 fn fmt(path: &Path, check: bool) -> Result<(), QcError> {
-    let source = std::fs::read_to_string(path).map_err(|e| QcError::Input(format!("error: cannot read {}: {e}", path.display())))?;
+    let source =
+        std::fs::read_to_string(path).map_err(|e| QcError::Input(format!("error: cannot read {}: {e}", path.display())))?;
     let g = parse_source(path, &source)?;
     let canonical = print(&g);
     if check {
         if canonical != source {
-            let line = source.lines().zip(canonical.lines()).position(|(a, b)| a != b).unwrap_or_else(|| source.lines().count().min(canonical.lines().count()));
+            let line = source
+                .lines()
+                .zip(canonical.lines())
+                .position(|(a, b)| a != b)
+                .unwrap_or_else(|| source.lines().count().min(canonical.lines().count()));
             return Err(QcError::Input(format!(
                 "error: {} is not in canonical form (first difference at line {}); run `qc fmt {}` to see it",
                 path.display(),
@@ -192,7 +197,11 @@ fn run(path: &Path, input: &str, out: &Path, weights: Option<&Path>, engine: Eng
         Some((name, file)) => {
             let p = g.params()[0];
             if g.value(p).name.as_deref() != Some(name) {
-                return Err(QcError::Usage(format!("error: @{} has no input named {name}; it takes {}", g.name, g.display_value(p))));
+                return Err(QcError::Usage(format!(
+                    "error: @{} has no input named {name}; it takes {}",
+                    g.name,
+                    g.display_value(p)
+                )));
             }
             file
         }
@@ -201,7 +210,8 @@ fn run(path: &Path, input: &str, out: &Path, weights: Option<&Path>, engine: Eng
     let x = read_tensor(Path::new(file))?;
     let param_ty = g.ty(g.params()[0]);
     // A model specialized to batch 1 runs a larger batch one sample at a time.
-    let per_sample = param_ty.dims.first() == Some(&Dim::Fixed(1)) && x.shape().first().is_some_and(|&n| n > 1) && x.as_f32().is_some();
+    let per_sample =
+        param_ty.dims.first() == Some(&Dim::Fixed(1)) && x.shape().first().is_some_and(|&n| n > 1) && x.as_f32().is_some();
     let outputs: Vec<Tensor> = if per_sample {
         let n = x.shape()[0];
         let mut outs = Vec::with_capacity(n);

@@ -57,7 +57,8 @@ pub fn load_model(path: &Path, weights: Option<&Path>) -> Result<Model, QcError>
             path.display()
         )));
     }
-    let source = std::fs::read_to_string(path).map_err(|e| QcError::Input(format!("error: cannot read {}: {e}", path.display())))?;
+    let source =
+        std::fs::read_to_string(path).map_err(|e| QcError::Input(format!("error: cannot read {}: {e}", path.display())))?;
     let mut graph = parse_source(path, &source)?;
     let needed = referenced_weights(&graph);
     let wpath = weights.map(Path::to_path_buf).unwrap_or_else(|| weights_path(path));

@@ -29,9 +29,7 @@ impl PartialEq for Attr {
             (Attr::Bool(a), Attr::Bool(b)) => a == b,
             (Attr::Str(a), Attr::Str(b)) => a == b,
             (Attr::Ints(a), Attr::Ints(b)) => a == b,
-            (Attr::Floats(a), Attr::Floats(b)) => {
-                a.len() == b.len() && a.iter().zip(b).all(|(x, y)| x.to_bits() == y.to_bits())
-            }
+            (Attr::Floats(a), Attr::Floats(b)) => a.len() == b.len() && a.iter().zip(b).all(|(x, y)| x.to_bits() == y.to_bits()),
             // An empty list reads back as `Ints`.
             (Attr::Ints(a), Attr::Floats(b)) | (Attr::Floats(b), Attr::Ints(a)) => a.is_empty() && b.is_empty(),
             _ => false,

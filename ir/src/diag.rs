@@ -60,10 +60,7 @@ impl Diagnostic {
             report = report.with_note(n);
         }
         let mut out = Vec::new();
-        report
-            .finish()
-            .write((file, Source::from(source)), &mut out)
-            .expect("writing to a Vec cannot fail");
+        report.finish().write((file, Source::from(source)), &mut out).expect("writing to a Vec cannot fail");
         String::from_utf8_lossy(&out).into_owned()
     }
 }

@@ -455,8 +455,7 @@ impl Graph {
                 map.insert(r, s);
             }
         }
-        self.outputs.len() == other.outputs.len()
-            && self.outputs.iter().zip(&other.outputs).all(|(o, p)| map.get(o) == Some(p))
+        self.outputs.len() == other.outputs.len() && self.outputs.iter().zip(&other.outputs).all(|(o, p)| map.get(o) == Some(p))
     }
 
     /// A name for `v` in messages: `%name` or `%N`.

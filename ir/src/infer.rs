@@ -270,9 +270,8 @@ pub fn infer(kind: OpKind, attrs: &Attrs, ops: &[Operand]) -> R<Vec<TypeFact>> {
             let out_rank = x().rank() + attrs.ints("axes").map_or(0, <[i64]>::len);
             let axes = normalize_axes(attrs.ints("axes").unwrap_or(&[]), out_rank)?;
             let mut rest = x().dims.iter();
-            let dims = (0..out_rank)
-                .map(|i| if axes.contains(&i) { Dim::Fixed(1) } else { *rest.next().expect("counted") })
-                .collect();
+            let dims =
+                (0..out_rank).map(|i| if axes.contains(&i) { Dim::Fixed(1) } else { *rest.next().expect("counted") }).collect();
             one(dims, Some(x().elem.clone()))
         }
     }
@@ -338,7 +337,8 @@ fn conv2d(attrs: &Attrs, ops: &[Operand]) -> R<Vec<TypeFact>> {
         return Err(format!("groups must be positive, got {groups}"));
     }
     let g = groups as u64;
-    let (strides, pads, dil) = (ints_or(attrs, "strides", 2, 1)?, ints_or(attrs, "pads", 4, 0)?, ints_or(attrs, "dilations", 2, 1)?);
+    let (strides, pads, dil) =
+        (ints_or(attrs, "strides", 2, 1)?, ints_or(attrs, "pads", 4, 0)?, ints_or(attrs, "dilations", 2, 1)?);
     let wd = w.fixed_dims().ok_or("conv2d weight must have fixed dims")?;
     let (o, ci, kh, kw) = (wd[0] as u64, wd[1] as u64, wd[2] as u64, wd[3] as u64);
     if let Dim::Fixed(c) = x.dims[1]
@@ -373,7 +373,8 @@ fn conv_transpose2d(attrs: &Attrs, ops: &[Operand]) -> R<Vec<TypeFact>> {
         return Err(format!("groups must be positive, got {g}"));
     }
     let g = g as u64;
-    let (strides, pads, dil) = (ints_or(attrs, "strides", 2, 1)?, ints_or(attrs, "pads", 4, 0)?, ints_or(attrs, "dilations", 2, 1)?);
+    let (strides, pads, dil) =
+        (ints_or(attrs, "strides", 2, 1)?, ints_or(attrs, "pads", 4, 0)?, ints_or(attrs, "dilations", 2, 1)?);
     let out_pad = ints_or(attrs, "output_padding", 2, 0)?;
     let wd = w.fixed_dims().ok_or("conv_transpose2d weight must have fixed dims")?;
     if let Dim::Fixed(c) = x.dims[1]
@@ -428,7 +429,8 @@ fn pool(kind: OpKind, attrs: &Attrs, ops: &[Operand]) -> R<Vec<TypeFact>> {
     let x = ops[0].ty;
     rank_exactly(x, 4, &format!("{kind} input"))?;
     let k = ints_or(attrs, "kernel_shape", 2, 1)?;
-    let (strides, pads, dil) = (ints_or(attrs, "strides", 2, 1)?, ints_or(attrs, "pads", 4, 0)?, ints_or(attrs, "dilations", 2, 1)?);
+    let (strides, pads, dil) =
+        (ints_or(attrs, "strides", 2, 1)?, ints_or(attrs, "pads", 4, 0)?, ints_or(attrs, "dilations", 2, 1)?);
     if (0..2).any(|i| pads[i] >= k[i] || pads[i + 2] >= k[i]) {
         return Err(format!("pads {pads:?} must be smaller than the kernel {k:?}"));
     }

@@ -29,28 +29,14 @@ use AttrKind::{Bool, Float, Floats, Int, Ints, Str};
 /// `activation = "relu"` or `activation = "clip", clip_min = 0.0, clip_max = 6.0`.
 const FUSED: [AttrSpec; 3] = [opt("activation", Str), opt("clip_min", Float), opt("clip_max", Float)];
 
-const CONV_ATTRS: [AttrSpec; 7] = [
-    opt("strides", Ints),
-    opt("pads", Ints),
-    opt("dilations", Ints),
-    opt("groups", Int),
-    FUSED[0],
-    FUSED[1],
-    FUSED[2],
-];
+const CONV_ATTRS: [AttrSpec; 7] =
+    [opt("strides", Ints), opt("pads", Ints), opt("dilations", Ints), opt("groups", Int), FUSED[0], FUSED[1], FUSED[2]];
 
 const CONV_T_ATTRS: [AttrSpec; 5] =
     [opt("strides", Ints), opt("pads", Ints), opt("dilations", Ints), opt("groups", Int), opt("output_padding", Ints)];
 
-const GEMM_ATTRS: [AttrSpec; 7] = [
-    opt("trans_a", Bool),
-    opt("trans_b", Bool),
-    opt("alpha", Float),
-    opt("beta", Float),
-    FUSED[0],
-    FUSED[1],
-    FUSED[2],
-];
+const GEMM_ATTRS: [AttrSpec; 7] =
+    [opt("trans_a", Bool), opt("trans_b", Bool), opt("alpha", Float), opt("beta", Float), FUSED[0], FUSED[1], FUSED[2]];
 
 macro_rules! ops {
     ($( $variant:ident = $name:literal, operands $min:literal ..= $max:expr, attrs $attrs:expr, $doc:literal; )*) => {

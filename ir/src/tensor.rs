@@ -154,7 +154,9 @@ impl Tensor {
             ScalarType::F16 => Tensor::F16(ArrayD::from_shape_vec(shape, v.iter().map(|&x| f16::from_f64(x)).collect()).unwrap()),
             ScalarType::I64 => Tensor::I64(ArrayD::from_shape_vec(shape, v.iter().map(|&x| x as i64).collect()).unwrap()),
             ScalarType::I32 => Tensor::I32(ArrayD::from_shape_vec(shape, v.iter().map(|&x| x as i32).collect()).unwrap()),
-            ScalarType::I8 | ScalarType::I4 => Tensor::I8(ArrayD::from_shape_vec(shape, v.iter().map(|&x| x as i8).collect()).unwrap()),
+            ScalarType::I8 | ScalarType::I4 => {
+                Tensor::I8(ArrayD::from_shape_vec(shape, v.iter().map(|&x| x as i8).collect()).unwrap())
+            }
             ScalarType::U8 => Tensor::U8(ArrayD::from_shape_vec(shape, v.iter().map(|&x| x as u8).collect()).unwrap()),
             ScalarType::Bool => Tensor::Bool(ArrayD::from_shape_vec(shape, v.iter().map(|&x| x != 0.0).collect()).unwrap()),
         }

@@ -230,11 +230,7 @@ impl TensorType {
 
 /// Formats an f32 so that it reads back bit-exact (Rust's shortest round-trip form).
 pub fn format_f32(x: f32) -> String {
-    if x.is_nan() {
-        "nan".to_string()
-    } else {
-        format!("{x:?}")
-    }
+    if x.is_nan() { "nan".to_string() } else { format!("{x:?}") }
 }
 
 impl fmt::Display for QuantParams {

@@ -93,7 +93,13 @@ impl Verifier<'_> {
         let kind = node.kind;
         let (min, max) = kind.arity();
         if node.operands.len() < min || node.operands.len() > max {
-            let want = if min == max { format!("{min}") } else if max == usize::MAX { format!("at least {min}") } else { format!("{min} to {max}") };
+            let want = if min == max {
+                format!("{min}")
+            } else if max == usize::MAX {
+                format!("at least {min}")
+            } else {
+                format!("{min} to {max}")
+            };
             self.at_node(id, format!("{kind} takes {want} operands, got {}", node.operands.len()));
             return;
         }
@@ -118,14 +124,21 @@ impl Verifier<'_> {
                 None => self.at_node(id, "const has no value".into()),
                 Some(ConstValue::Dense(t)) => {
                     if !t.matches(declared) || declared.fixed_dims().is_none() {
-                        self.at_node(id, format!("inline data of shape {:?} ({}) does not match {declared}", t.shape(), t.scalar_type()));
+                        self.at_node(
+                            id,
+                            format!("inline data of shape {:?} ({}) does not match {declared}", t.shape(), t.scalar_type()),
+                        );
                     }
                 }
                 Some(ConstValue::Weight(name)) if opts.check_weights => match g.weights.get(name) {
                     None => self.at_node(id, format!("weight \"{name}\" is not in the weights file")),
                     Some(t) if !t.matches(declared) || declared.fixed_dims().is_none() => self.at_node(
                         id,
-                        format!("weight \"{name}\" is {} of shape {:?} but the IR declares {declared}", t.scalar_type(), t.shape()),
+                        format!(
+                            "weight \"{name}\" is {} of shape {:?} but the IR declares {declared}",
+                            t.scalar_type(),
+                            t.shape()
+                        ),
                     ),
                     Some(_) => {}
                 },
@@ -164,7 +177,8 @@ impl Verifier<'_> {
                 if kind == OpKind::Quantize && declared.elem.quant().is_none() {
                     self.at_node(id, format!("quantize must produce a quantized type, not {declared}"));
                 }
-                if fact.elem.is_none() && kind != OpKind::Quantize && !(declared.elem.is_f32() || declared.elem.quant().is_some()) {
+                if fact.elem.is_none() && kind != OpKind::Quantize && !(declared.elem.is_f32() || declared.elem.quant().is_some())
+                {
                     self.at_node(id, format!("an integer {kind} produces a quantized or f32 result, not {declared}"));
                 }
             }

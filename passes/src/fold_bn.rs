@@ -80,11 +80,8 @@ fn fold_into_producer(g: &mut Graph, bn: NodeId, a: &Affine) -> bool {
             let beta = pn.attrs.float("beta", 1.0);
             let trans_b = pn.attrs.bool("trans_b", false);
             let cols = wshape[1];
-            let w2: Vec<f32> = wdata
-                .iter()
-                .enumerate()
-                .map(|(i, v)| v * a.s[if trans_b { i / cols } else { i % cols }])
-                .collect();
+            let w2: Vec<f32> =
+                wdata.iter().enumerate().map(|(i, v)| v * a.s[if trans_b { i / cols } else { i % cols }]).collect();
             let b2: Vec<f32> = (0..c).map(|o| beta * bias[o] * a.s[o] + a.t[o]).collect();
             (w2, b2)
         }
@@ -93,7 +90,13 @@ fn fold_into_producer(g: &mut Graph, bn: NodeId, a: &Affine) -> bool {
     let loc = g.node(p).loc.clone();
     let wty = g.ty(w).clone();
     let w_new = add_const(g, &format!("{origin}.weight.bn"), f32_tensor(&wshape, new_w), wty, loc.clone());
-    let b_new = add_const(g, &format!("{origin}.bias.bn"), f32_tensor(&[c], new_b), TensorType::new(&[c as u64], qc_ir::ScalarType::F32), loc);
+    let b_new = add_const(
+        g,
+        &format!("{origin}.bias.bn"),
+        f32_tensor(&[c], new_b),
+        TensorType::new(&[c as u64], qc_ir::ScalarType::F32),
+        loc,
+    );
     let bn_loc = g.node(bn).loc.clone();
     let bn_result = g.node(bn).results[0];
     let pn = g.node_mut(p);

@@ -13,10 +13,10 @@ pub use fold_bn::FoldBn;
 pub use fold_constants::FoldConstants;
 pub use fuse_activation::FuseActivation;
 
+use qc_ir::Graph;
 use qc_ir::diag::Diagnostic;
 use qc_ir::text::print;
 use qc_ir::verify::{VerifyOptions, verify};
-use qc_ir::Graph;
 use std::fmt;
 use std::path::PathBuf;
 
@@ -90,13 +90,21 @@ pub const REGISTRY: &[PassInfo] = &[
         doc: "evaluate ops whose operands are all constant (shape arithmetic included); constant shape operands become attributes",
         make: || Box::new(FoldConstants),
     },
-    PassInfo { name: "fold-bn", doc: "fold batch_norm into the conv2d/gemm before it, or into a standalone mul + add", make: || Box::new(FoldBn) },
+    PassInfo {
+        name: "fold-bn",
+        doc: "fold batch_norm into the conv2d/gemm before it, or into a standalone mul + add",
+        make: || Box::new(FoldBn),
+    },
     PassInfo {
         name: "fuse-activation",
         doc: "mark a relu/clip that follows a conv2d/gemm/matmul as that op's fused activation",
         make: || Box::new(FuseActivation),
     },
-    PassInfo { name: "dead-code", doc: "remove ops whose results are never used, and weights no const refers to", make: || Box::new(DeadCode) },
+    PassInfo {
+        name: "dead-code",
+        doc: "remove ops whose results are never used, and weights no const refers to",
+        make: || Box::new(DeadCode),
+    },
 ];
 
 /// Named pipelines: (name, passes, doc).
@@ -152,12 +160,17 @@ pub fn run_pipeline(
     opts: &PipelineOptions,
     print_to: &mut dyn std::io::Write,
 ) -> Result<Vec<PassRecord>, PassError> {
-    let made: Vec<Box<dyn Pass>> = passes.iter().map(|n| lookup(n).map_err(|e| PassError::new("pipeline", e))).collect::<Result<_, _>>()?;
+    let made: Vec<Box<dyn Pass>> =
+        passes.iter().map(|n| lookup(n).map_err(|e| PassError::new("pipeline", e))).collect::<Result<_, _>>()?;
     for n in opts.print_after.iter().chain(&opts.stop_after) {
         lookup(n).map_err(|e| PassError::new("pipeline", e))?;
     }
     let vopts = VerifyOptions { check_weights: opts.check_weights };
-    verify(g, vopts).map_err(|d| PassError { pass: "input".into(), message: "the input does not verify".into(), diagnostics: d })?;
+    verify(g, vopts).map_err(|d| PassError {
+        pass: "input".into(),
+        message: "the input does not verify".into(),
+        diagnostics: d,
+    })?;
     let dump = |index: usize, name: &str, g: &Graph| -> Result<(), PassError> {
         if let Some(dir) = &opts.dump_dir {
             std::fs::create_dir_all(dir).map_err(|e| PassError::new(name, format!("cannot create {}: {e}", dir.display())))?;
@@ -179,7 +192,8 @@ pub fn run_pipeline(
         records.push(PassRecord { name: name.into(), changed });
         if opts.print_after_all || opts.print_after.iter().any(|p| p == name) {
             let note = if changed == Changed::Yes { "" } else { " (no change)" };
-            writeln!(print_to, "// ----- IR after {name}{note} -----\n{}", print(g)).map_err(|e| PassError::new(name, e.to_string()))?;
+            writeln!(print_to, "// ----- IR after {name}{note} -----\n{}", print(g))
+                .map_err(|e| PassError::new(name, e.to_string()))?;
         }
         dump(i + 1, name, g)?;
         if opts.stop_after.as_deref() == Some(name) {

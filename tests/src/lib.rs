@@ -11,12 +11,12 @@
 //! expected error, the reference evaluator runs the graph before and after the pipeline on seeded
 //! random inputs and the outputs must agree within `1e-5 * max(1, |b|)`.
 
+use ndarray::{ArrayD, IxDyn};
 use qc_ir::eval::evaluate;
 use qc_ir::text::{parse, print};
 use qc_ir::verify::{VerifyOptions, verify};
 use qc_ir::{ConstValue, Dim, Graph, ScalarType, Tensor, TensorType};
 use qc_passes::{PipelineOptions, run_pipeline};
-use ndarray::{ArrayD, IxDyn};
 use std::path::Path;
 
 /// A small deterministic random generator (xorshift64*), so tests need no extra crate.
@@ -59,8 +59,13 @@ pub fn random_tensor(ty: &TensorType, rng: &mut Rng, dynamic: usize, positive: b
         ScalarType::I64 | ScalarType::I32 => t.cast(ScalarType::F32),
         s => {
             let (lo, hi) = s.quant_range().unwrap_or((0, 1));
-            let ints: Vec<i64> = (0..n).map(|_| lo as i64 + (rng.next_u64() % (hi as i64 - lo as i64 + 1) as u64) as i64).collect();
-            Tensor::I64(ArrayD::from_shape_vec(IxDyn(&shape), ints).expect("sized")).cast(if s == ScalarType::I4 { ScalarType::I8 } else { s })
+            let ints: Vec<i64> =
+                (0..n).map(|_| lo as i64 + (rng.next_u64() % (hi as i64 - lo as i64 + 1) as u64) as i64).collect();
+            Tensor::I64(ArrayD::from_shape_vec(IxDyn(&shape), ints).expect("sized")).cast(if s == ScalarType::I4 {
+                ScalarType::I8
+            } else {
+                s
+            })
         }
     }
 }
@@ -147,7 +152,9 @@ fn check_case(file: &str, case: &str, h: &Header) -> String {
     let expected = expected_error(case);
     let outcome = run_case(file, case, h);
     match (&expected, &outcome) {
-        (Some(want), Err(got)) => assert!(got.contains(want.as_str()), "{file}: expected an error containing `{want}`, got:\n{got}"),
+        (Some(want), Err(got)) => {
+            assert!(got.contains(want.as_str()), "{file}: expected an error containing `{want}`, got:\n{got}")
+        }
         (Some(want), Ok(ir)) => panic!("{file}: expected an error containing `{want}`, but the case passed:\n{ir}"),
         (None, Err(got)) => panic!("{file}: unexpected error:\n{got}"),
         (None, Ok(_)) => {}

@@ -23,7 +23,8 @@ fn every_case_round_trips() {
                 continue;
             }
             let printed = print(&g);
-            let again = parse(&printed).unwrap_or_else(|d| panic!("{}: printed text does not parse: {d:?}\n{printed}", path.display()));
+            let again =
+                parse(&printed).unwrap_or_else(|d| panic!("{}: printed text does not parse: {d:?}\n{printed}", path.display()));
             assert!(g.same_as(&again), "{}: re-parsed graph differs\n{printed}", path.display());
             assert_eq!(print(&again), printed, "{}: printing is not stable", path.display());
             checked += 1;

@@ -45,8 +45,10 @@ pub fn binary(kind: OpKind, a: &Tensor, b: &Tensor) -> Result<Tensor, String> {
                 _ => p.wrapping_div(q),
             })?))
         }
-        (Tensor::I32(_), Tensor::I32(_)) => binary(kind, &a.cast(crate::types::ScalarType::I64), &b.cast(crate::types::ScalarType::I64))
-            .map(|t| t.cast(crate::types::ScalarType::I32)),
+        (Tensor::I32(_), Tensor::I32(_)) => {
+            binary(kind, &a.cast(crate::types::ScalarType::I64), &b.cast(crate::types::ScalarType::I64))
+                .map(|t| t.cast(crate::types::ScalarType::I32))
+        }
         _ => Err(format!("{kind} on {} and {} is not supported", a.scalar_type(), b.scalar_type())),
     }
 }

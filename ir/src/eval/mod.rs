@@ -64,16 +64,15 @@ pub fn evaluate_observed(
         let r = node.results[0];
         let who = || format!("{} = {}", g.display_value(r), node.kind);
         let value: Arc<Tensor> = match &node.value {
-            Some(ConstValue::Weight(name)) => g
-                .weights
-                .get(name)
-                .cloned()
-                .ok_or_else(|| EvalError(format!("{}: weight \"{name}\" is not loaded", who())))?,
+            Some(ConstValue::Weight(name)) => {
+                g.weights.get(name).cloned().ok_or_else(|| EvalError(format!("{}: weight \"{name}\" is not loaded", who())))?
+            }
             Some(ConstValue::Dense(t)) => Arc::new(t.clone()),
             None => {
                 let args: Vec<&Tensor> = node.operands.iter().map(|o| env[o].as_ref()).collect();
                 let tys: Vec<&TensorType> = node.operands.iter().map(|&o| g.ty(o)).collect();
-                let t = eval_op(node.kind, &node.attrs, &args, &tys, g.ty(r)).map_err(|e| EvalError(format!("{}: {e}", who())))?;
+                let t =
+                    eval_op(node.kind, &node.attrs, &args, &tys, g.ty(r)).map_err(|e| EvalError(format!("{}: {e}", who())))?;
                 Arc::new(t)
             }
         };
@@ -116,14 +115,19 @@ fn check_inputs(g: &Graph, inputs: &[Tensor]) -> Result<(), EvalError> {
         if let Tensor::F32(a) = t
             && let Some(i) = a.iter().position(|x| !x.is_finite())
         {
-            return Err(EvalError(format!("input {} holds {} at flat index {i}", g.display_value(p), a.iter().nth(i).expect("found"))));
+            return Err(EvalError(format!(
+                "input {} holds {} at flat index {i}",
+                g.display_value(p),
+                a.iter().nth(i).expect("found")
+            )));
         }
     }
     Ok(())
 }
 
 fn f32_arg<'a>(kind: OpKind, t: &'a Tensor, i: usize) -> Result<&'a ArrayD<f32>, String> {
-    t.as_f32().ok_or_else(|| format!("operand {i} of {kind} is {}, and the evaluator computes this op on f32 only", t.scalar_type()))
+    t.as_f32()
+        .ok_or_else(|| format!("operand {i} of {kind} is {}, and the evaluator computes this op on f32 only", t.scalar_type()))
 }
 
 /// Computes one op. `tys` are the operand types and `out` the result type (quantization
@@ -159,10 +163,18 @@ pub fn eval_op(kind: OpKind, attrs: &Attrs, args: &[&Tensor], tys: &[&TensorType
     let out_dims = || -> Vec<usize> { out.dims.iter().map(|d| d.fixed().unwrap_or(0) as usize).collect() };
     Ok(match kind {
         OpKind::Const => return Err("const is evaluated from its value".into()),
-        OpKind::Conv2d => Tensor::F32(elementwise::fused_activation(nn::conv2d(f(0)?, f(1)?, args.get(2).map(|_| f(2)).transpose()?, attrs)?, attrs)),
-        OpKind::ConvTranspose2d => Tensor::F32(nn::conv_transpose2d(f(0)?, f(1)?, args.get(2).map(|_| f(2)).transpose()?, attrs)?),
+        OpKind::Conv2d => Tensor::F32(elementwise::fused_activation(
+            nn::conv2d(f(0)?, f(1)?, args.get(2).map(|_| f(2)).transpose()?, attrs)?,
+            attrs,
+        )),
+        OpKind::ConvTranspose2d => {
+            Tensor::F32(nn::conv_transpose2d(f(0)?, f(1)?, args.get(2).map(|_| f(2)).transpose()?, attrs)?)
+        }
         OpKind::MatMul => Tensor::F32(elementwise::fused_activation(nn::matmul(f(0)?, f(1)?)?, attrs)),
-        OpKind::Gemm => Tensor::F32(elementwise::fused_activation(nn::gemm(f(0)?, f(1)?, args.get(2).map(|_| f(2)).transpose()?, attrs)?, attrs)),
+        OpKind::Gemm => Tensor::F32(elementwise::fused_activation(
+            nn::gemm(f(0)?, f(1)?, args.get(2).map(|_| f(2)).transpose()?, attrs)?,
+            attrs,
+        )),
         OpKind::Add | OpKind::Sub | OpKind::Mul | OpKind::Div => {
             if quantized {
                 return Err(format!("integer {kind} is not implemented by the evaluator yet"));

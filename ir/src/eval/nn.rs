@@ -101,7 +101,9 @@ pub fn conv_transpose2d(x: &ArrayD<f32>, w: &ArrayD<f32>, b: Option<&ArrayD<f32>
     let d = ints_or(attrs, "dilations", 2, 1)?;
     let op = ints_or(attrs, "output_padding", 2, 0)?;
     let size = |i: usize, len: usize, k: usize| -> isize {
-        ((len as isize - 1) * s[i] as isize + d[i] as isize * (k as isize - 1) + 1 + op[i] as isize) - p[i] as isize - p[i + 2] as isize
+        ((len as isize - 1) * s[i] as isize + d[i] as isize * (k as isize - 1) + 1 + op[i] as isize)
+            - p[i] as isize
+            - p[i + 2] as isize
     };
     let (oh, ow) = (size(0, h, kh), size(1, wd, kw));
     if oh <= 0 || ow <= 0 {
@@ -207,7 +209,14 @@ pub fn gemm(a: &ArrayD<f32>, b: &ArrayD<f32>, c: Option<&ArrayD<f32>>, attrs: &A
 }
 
 /// Inference batch norm over axis 1: `(x - mean) / sqrt(var + eps) * scale + bias`.
-pub fn batch_norm(x: &ArrayD<f32>, scale: &ArrayD<f32>, bias: &ArrayD<f32>, mean: &ArrayD<f32>, var: &ArrayD<f32>, eps: f32) -> ArrayD<f32> {
+pub fn batch_norm(
+    x: &ArrayD<f32>,
+    scale: &ArrayD<f32>,
+    bias: &ArrayD<f32>,
+    mean: &ArrayD<f32>,
+    var: &ArrayD<f32>,
+    eps: f32,
+) -> ArrayD<f32> {
     let mut y = x.clone();
     for c in 0..x.shape()[1] {
         let inv = 1.0 / (var[c] + eps).sqrt();
@@ -302,7 +311,11 @@ fn source_coord(mode: &str, o: usize, in_len: usize, out_len: usize, scale: f32)
     match mode {
         "asymmetric" => o / scale,
         "align_corners" => {
-            if out_len <= 1 { 0.0 } else { o * (in_len as f32 - 1.0) / (out_len as f32 - 1.0) }
+            if out_len <= 1 {
+                0.0
+            } else {
+                o * (in_len as f32 - 1.0) / (out_len as f32 - 1.0)
+            }
         }
         "pytorch_half_pixel" if out_len <= 1 => 0.0,
         _ => (o + 0.5) / scale - 0.5,
@@ -316,7 +329,11 @@ fn nearest_index(mode: &str, c: f32, in_len: usize) -> usize {
         "round_prefer_ceil" => (c + 0.5).floor(),
         // round_prefer_floor: halves go down.
         _ => {
-            if c.fract() == 0.5 { c.floor() } else { c.round() }
+            if c.fract() == 0.5 {
+                c.floor()
+            } else {
+                c.round()
+            }
         }
     };
     (i.max(0.0) as usize).min(in_len - 1)

@@ -4,7 +4,7 @@ use crate::attr::Attr;
 use crate::graph::Span;
 use crate::text::ast::Lit;
 use crate::text::lexer::SyntaxError;
-use crate::types::{Dim, ElemType, QuantParams, ScalarType, TensorType, MAX_ELEMENTS};
+use crate::types::{Dim, ElemType, MAX_ELEMENTS, QuantParams, ScalarType, TensorType};
 
 /// An element type as written, before validation.
 #[derive(Clone, Debug)]
@@ -47,10 +47,9 @@ pub fn make_type(dims: &str, elem: ElemSyntax, span: Span) -> Result<TensorType,
         return Err(err(format!("tensor type has {count} elements or more, above the limit of 2^40"), span));
     }
     let elem = match elem {
-        ElemSyntax::Scalar(name, s) => ElemType::Scalar(
-            ScalarType::from_name(&name)
-                .ok_or_else(|| err(format!("unknown element type `{name}` (expected f32, f16, i64, i32, i8, u8, bool or i4, or !q<...>)"), s))?,
-        ),
+        ElemSyntax::Scalar(name, s) => ElemType::Scalar(ScalarType::from_name(&name).ok_or_else(|| {
+            err(format!("unknown element type `{name}` (expected f32, f16, i64, i32, i8, u8, bool or i4, or !q<...>)"), s)
+        })?),
         ElemSyntax::Quant { storage, axis, scales, zero_points, span } => {
             let st = ScalarType::from_name(&storage)
                 .filter(|t| t.quant_range().is_some())
@@ -79,7 +78,10 @@ pub fn make_type(dims: &str, elem: ElemSyntax, span: Span) -> Result<TensorType,
             }
             match axis {
                 None if scales.len() != 1 || zps.len() != 1 => {
-                    return Err(err("per-tensor quantization takes one scale and one zero point; write `:axisN` for per-axis", span));
+                    return Err(err(
+                        "per-tensor quantization takes one scale and one zero point; write `:axisN` for per-axis",
+                        span,
+                    ));
                 }
                 Some(_) if zps.len() == 1 => zps = vec![zps[0]; scales.len()],
                 Some(_) if zps.len() != scales.len() => {

@@ -37,7 +37,11 @@ fn syntax_diagnostic(e: ParseError<usize, Token<'_>, SyntaxError>, len: usize) -
         let mut v: Vec<&str> = exp.iter().map(|s| s.as_str()).collect();
         v.sort_unstable();
         v.dedup();
-        if v.len() > 8 { format!("expected one of {} or more", v[..8].join(", ")) } else { format!("expected {}", v.join(" or ")) }
+        if v.len() > 8 {
+            format!("expected one of {} or more", v[..8].join(", "))
+        } else {
+            format!("expected {}", v.join(" or "))
+        }
     };
     match e {
         ParseError::InvalidToken { location } => Diagnostic::at("invalid token", Some(location..location + 1)),
@@ -81,7 +85,10 @@ impl Resolver {
         match self.names.get(&name.node) {
             Some((v, _)) => Some(*v),
             None => {
-                self.errors.push(Diagnostic::at(format!("use of undefined value %{}", name.node), Some(name.span.clone())).with_label("not defined anywhere in this function"));
+                self.errors.push(
+                    Diagnostic::at(format!("use of undefined value %{}", name.node), Some(name.span.clone()))
+                        .with_label("not defined anywhere in this function"),
+                );
                 None
             }
         }
@@ -122,8 +129,11 @@ impl Resolver {
             for ((o, decl), r) in outs.iter().zip(&func.results).zip(&func.ret) {
                 if *g.ty(*o) != decl.node {
                     self.errors.push(
-                        Diagnostic::at(format!("%{} has type {} but the function declares {}", r.node, g.ty(*o), decl.node), Some(r.span.clone()))
-                            .with_label("returned here"),
+                        Diagnostic::at(
+                            format!("%{} has type {} but the function declares {}", r.node, g.ty(*o), decl.node),
+                            Some(r.span.clone()),
+                        )
+                        .with_label("returned here"),
                     );
                 }
             }

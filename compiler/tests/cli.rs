@@ -1,0 +1,207 @@
+//! The `qc` command line, end to end: what users run, and what bad input gets.
+
+use ndarray::{ArrayD, IxDyn};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+fn qc(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_qc")).args(args).current_dir(root()).env("RUST_BACKTRACE", "0").output().expect("qc runs")
+}
+
+fn code(o: &Output) -> i32 {
+    o.status.code().expect("exited normally")
+}
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+fn stdout(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+fn scratch(name: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!("qc-cli-{}-{name}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+fn p(path: &Path) -> &str {
+    path.to_str().unwrap()
+}
+
+/// Asserts a bad-input failure: exit code 1 (never a panic's 101) and a message containing `want`.
+fn fails_with(o: &Output, want: &str) {
+    let e = stderr(o);
+    assert_eq!(code(o), 1, "expected exit code 1, stderr:\n{e}");
+    assert!(e.contains(want), "expected `{want}` in:\n{e}");
+}
+
+#[test]
+fn fmt_check_accepts_examples_and_rejects_non_canonical() {
+    for ex in ["examples/tiny_cnn.qir", "examples/mlp.qir"] {
+        let o = qc(&["fmt", "--check", ex]);
+        assert_eq!(code(&o), 0, "{ex}: {}", stderr(&o));
+    }
+    let d = scratch("fmt");
+    let f = d.join("loose.qir");
+    std::fs::write(&f, "func @f(%x: tensor<4xf32>) -> tensor<4xf32> {\n  %y = relu(%x) : tensor<4xf32>\n    return %y\n}\n")
+        .unwrap();
+    fails_with(&qc(&["fmt", "--check", p(&f)]), "is not in canonical form (first difference at line 3)");
+    let o = qc(&["fmt", p(&f)]);
+    assert_eq!(code(&o), 0);
+    assert!(stdout(&o).contains("\n  return %y\n"));
+}
+
+#[test]
+fn passes_lists_every_pass_and_pipeline() {
+    let out = stdout(&qc(&["passes"]));
+    for name in ["fold-constants", "fold-bn", "fuse-activation", "dead-code", "default", "cleanup"] {
+        assert!(out.contains(name), "{name} missing from:\n{out}");
+    }
+}
+
+#[test]
+fn compile_prints_after_every_pass() {
+    let o = qc(&["compile", "examples/tiny_cnn.qir", "--print-after-all"]);
+    assert_eq!(code(&o), 0, "{}", stderr(&o));
+    let out = stdout(&o);
+    for pass in ["fold-constants", "fold-bn", "fuse-activation", "dead-code"] {
+        assert!(out.contains(&format!("// ----- IR after {pass} -----")), "{pass}:\n{out}");
+    }
+    assert!(out.contains("loc(\"conv1\", fused = [\"bn1\", \"relu1\"])"));
+}
+
+#[test]
+fn compile_dump_dir_stop_after_and_print_after() {
+    let d = scratch("dump");
+    let o = qc(&["compile", "examples/tiny_cnn.qir", "--dump-dir", p(&d), "--stop-after", "fold-bn", "--print-after", "fold-bn"]);
+    assert_eq!(code(&o), 0, "{}", stderr(&o));
+    let mut files: Vec<String> =
+        std::fs::read_dir(&d).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
+    files.sort();
+    assert_eq!(files, ["00-input.qir", "01-fold-constants.qir", "02-fold-bn.qir"]);
+    let out = stdout(&o);
+    assert!(out.contains("IR after fold-bn") && !out.contains("IR after fold-constants"));
+    assert!(!std::fs::read_to_string(d.join("02-fold-bn.qir")).unwrap().contains("batch_norm"));
+}
+
+#[test]
+fn compiled_model_runs_like_the_original() {
+    let d = scratch("run");
+    let out = d.join("cnn.qir");
+    let o = qc(&["compile", "examples/tiny_cnn.qir", "-o", p(&out)]);
+    assert_eq!(code(&o), 0, "{}", stderr(&o));
+    assert!(d.join("cnn.safetensors").exists());
+    let o = qc(&["fmt", "--check", p(&out)]);
+    assert_eq!(code(&o), 0, "{}", stderr(&o));
+    // A batch of 3 runs through a model specialized to batch 1.
+    let x = ArrayD::from_shape_vec(IxDyn(&[3, 1, 8, 8]), (0..192).map(|i| ((i * 37) % 17) as f32 / 8.0 - 1.0).collect()).unwrap();
+    let xin = d.join("x.npy");
+    ndarray_npy::write_npy(&xin, &x).unwrap();
+    let (y0, y1) = (d.join("y0.npy"), d.join("y1.npy"));
+    for (model, y) in [("examples/tiny_cnn.qir", &y0), (p(&out), &y1)] {
+        let o = qc(&["run", model, "--input", p(&xin), "-o", p(y), "--engine", "interp"]);
+        assert_eq!(code(&o), 0, "{}", stderr(&o));
+    }
+    let a: ArrayD<f32> = ndarray_npy::read_npy(&y0).unwrap();
+    let b: ArrayD<f32> = ndarray_npy::read_npy(&y1).unwrap();
+    assert_eq!(a.shape(), [3, 10]);
+    for (x, y) in a.iter().zip(b.iter()) {
+        assert!((x - y).abs() <= 1e-5 * y.abs().max(1.0), "{x} vs {y}");
+    }
+}
+
+#[test]
+fn usage_errors_exit_2() {
+    let o = qc(&["compile", "examples/mlp.qir", "--passes", "fold-bn,nope"]);
+    assert_eq!(code(&o), 2);
+    assert!(stderr(&o).contains("unknown pass `nope`; valid passes: fold-constants, fold-bn"), "{}", stderr(&o));
+    let o = qc(&["compile", "examples/mlp.qir", "--pipeline", "fast"]);
+    assert_eq!(code(&o), 2);
+    assert!(stderr(&o).contains("valid pipelines: default"));
+    assert_eq!(code(&qc(&["frobnicate"])), 2);
+}
+
+#[test]
+fn bad_weights_are_reported() {
+    let d = scratch("weights");
+    // The weights file is missing.
+    let m = d.join("m.qir");
+    std::fs::copy(root().join("examples/mlp.qir"), &m).unwrap();
+    fails_with(&qc(&["compile", p(&m)]), "refers to weights (\"fc1.weight\", ...) but the weights file");
+    // A weight is missing from the file.
+    fails_with(
+        &qc(&["compile", "examples/tiny_cnn.qir", "--weights", "examples/mlp.safetensors"]),
+        "weight \"conv1.weight\" is not in the weights file",
+    );
+    // A weight of the wrong shape, and of the wrong dtype.
+    let text = std::fs::read_to_string(root().join("examples/mlp.qir")).unwrap();
+    std::fs::write(
+        &m,
+        text.replace("%fc1.bias = const @\"fc1.bias\" : tensor<32xf32>", "%fc1.bias = const @\"fc1.bias\" : tensor<1x32xf32>"),
+    )
+    .unwrap();
+    std::fs::copy(root().join("examples/mlp.safetensors"), d.join("m.safetensors")).unwrap();
+    fails_with(&qc(&["compile", p(&m)]), "weight \"fc1.bias\" is f32 of shape [32] but the IR declares tensor<1x32xf32>");
+    std::fs::write(
+        &m,
+        text.replace("%fc2.bias = const @\"fc2.bias\" : tensor<10xf32>", "%fc2.bias = const @\"fc2.bias\" : tensor<10xi32>"),
+    )
+    .unwrap();
+    fails_with(&qc(&["compile", p(&m)]), "weight \"fc2.bias\" is f32 of shape [10] but the IR declares tensor<10xi32>");
+    // A corrupt weights file.
+    std::fs::write(&m, &text).unwrap();
+    std::fs::write(d.join("m.safetensors"), b"\xff\xff\xff\xff\xff\xff\xff\x7fgarbage").unwrap();
+    fails_with(&qc(&["compile", p(&m)]), "not a valid safetensors file");
+    let bytes = std::fs::read(root().join("examples/mlp.safetensors")).unwrap();
+    std::fs::write(d.join("m.safetensors"), &bytes[..bytes.len() / 2]).unwrap();
+    fails_with(&qc(&["compile", p(&m)]), "not a valid safetensors file");
+}
+
+#[test]
+fn bad_inputs_are_reported() {
+    let d = scratch("inputs");
+    let y = d.join("y.npy");
+    let wrong = d.join("wrong.npy");
+    ndarray_npy::write_npy(&wrong, &ArrayD::<f32>::zeros(IxDyn(&[2, 63]))).unwrap();
+    fails_with(
+        &qc(&["run", "examples/mlp.qir", "--input", p(&wrong), "-o", p(&y)]),
+        "input %input must be tensor<?x64xf32>, got f32 of shape [2, 63]",
+    );
+    let nan = d.join("nan.npy");
+    let mut a = ArrayD::<f32>::zeros(IxDyn(&[2, 64]));
+    a[[1, 3]] = f32::NAN;
+    ndarray_npy::write_npy(&nan, &a).unwrap();
+    fails_with(&qc(&["run", "examples/mlp.qir", "--input", p(&nan), "-o", p(&y)]), "holds NaN at flat index 67");
+    let ints = d.join("ints.npy");
+    ndarray_npy::write_npy(&ints, &ArrayD::<i64>::zeros(IxDyn(&[2, 64]))).unwrap();
+    fails_with(&qc(&["run", "examples/mlp.qir", "--input", p(&ints), "-o", p(&y)]), "must be tensor<?x64xf32>, got i64");
+    let junk = d.join("junk.npy");
+    std::fs::write(&junk, b"\x93NUMPY\x01\x00garbage").unwrap();
+    fails_with(&qc(&["run", "examples/mlp.qir", "--input", p(&junk), "-o", p(&y)]), "not a readable .npy file");
+    fails_with(&qc(&["run", "examples/mlp.qir", "--input", "no/such.npy", "-o", p(&y)]), "no such file");
+    fails_with(&qc(&["fmt", "no/such.qir"]), "cannot read no/such.qir");
+}
+
+#[test]
+fn parse_errors_show_the_line_and_a_caret() {
+    let d = scratch("parse");
+    let f = d.join("bad.qir");
+    std::fs::write(
+        &f,
+        "func @f(%x: tensor<4xf32>) -> tensor<4xf32> {\n  %y = relu(%x) {alpha = 1.0} : tensor<4xf32>\n  return %y\n}\n",
+    )
+    .unwrap();
+    let o = qc(&["compile", p(&f)]);
+    fails_with(&o, "relu has no attribute `alpha`; it takes none");
+    let e = stderr(&o);
+    assert!(e.contains("bad.qir:2:18"), "{e}");
+    assert!(e.contains(" 2 │   %y = relu(%x) {alpha = 1.0} : tensor<4xf32>"), "{e}");
+    assert!(e.contains("─────┬─────"), "{e}");
+}
