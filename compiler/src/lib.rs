@@ -3,6 +3,7 @@
 
 pub mod io;
 pub mod model;
+pub mod onnx;
 
 pub use model::{Model, load_model, save_model};
 

@@ -28,6 +28,17 @@ enum Engine {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Import an ONNX model as QIR + safetensors weights.
+    Import {
+        /// The ONNX model.
+        model: PathBuf,
+        /// Where to write the QIR (weights go beside it).
+        #[arg(short, long)]
+        output: PathBuf,
+        /// Fix the dims of an input: NAME=1x3x48x192 (repeatable; `?` keeps a dim dynamic).
+        #[arg(long = "input-shape")]
+        input_shape: Vec<String>,
+    },
     /// Print a QIR file in canonical form.
     Fmt {
         /// The QIR file.
@@ -89,6 +100,7 @@ enum Command {
 fn main() {
     let cli = Cli::parse();
     let result = match cli.command {
+        Command::Import { model, output, input_shape } => import(&model, &output, &input_shape),
         Command::Fmt { model, check } => fmt(&model, check),
         Command::Passes => {
             list_passes();
@@ -104,6 +116,27 @@ fn main() {
         eprintln!("{e}");
         std::process::exit(e.exit_code());
     }
+}
+
+fn import(path: &Path, out: &Path, shapes: &[String]) -> Result<(), QcError> {
+    let mut opts = qc::onnx::ImportOptions::default();
+    for s in shapes {
+        let (name, dims) =
+            s.split_once('=').ok_or_else(|| QcError::Usage(format!("error: --input-shape takes NAME=DIMS, got `{s}`")))?;
+        let dims = dims
+            .split('x')
+            .map(|d| match d {
+                "?" => Ok(Dim::Dynamic),
+                d => d.parse::<u64>().ok().filter(|&n| n > 0).map(Dim::Fixed).ok_or(()),
+            })
+            .collect::<Result<Vec<_>, ()>>()
+            .map_err(|_| {
+                QcError::Usage(format!("error: --input-shape {name}: `{dims}` is not a list of positive dims like 1x3x224x224"))
+            })?;
+        opts.input_shapes.push((name.to_string(), dims));
+    }
+    let g = qc::onnx::import_file(path, &opts)?;
+    save_model(&g, out)
 }
 
 fn fmt(path: &Path, check: bool) -> Result<(), QcError> {

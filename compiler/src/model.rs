@@ -52,10 +52,9 @@ pub fn parse_source(path: &Path, source: &str) -> Result<Graph, QcError> {
 /// and verifies the whole.
 pub fn load_model(path: &Path, weights: Option<&Path>) -> Result<Model, QcError> {
     if path.extension().is_some_and(|e| e == "onnx") {
-        return Err(QcError::Input(format!(
-            "error: {}: ONNX models are not supported yet; write the model in QIR (see README)",
-            path.display()
-        )));
+        let graph = crate::onnx::import_file(path, &crate::onnx::ImportOptions::default())?;
+        let source = qc_ir::text::print(&graph);
+        return Ok(Model { graph, path: path.to_path_buf(), source });
     }
     let source =
         std::fs::read_to_string(path).map_err(|e| QcError::Input(format!("error: cannot read {}: {e}", path.display())))?;

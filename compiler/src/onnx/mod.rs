@@ -1,0 +1,25 @@
+//! ONNX models: protobuf messages, tensor decoding, and import into QIR.
+
+pub mod import;
+pub mod proto;
+pub mod tensor;
+
+pub use import::{ImportOptions, import, sanitize};
+
+use crate::QcError;
+use prost::Message;
+use qc_ir::Graph;
+use std::path::Path;
+
+/// Decodes ONNX bytes and imports the model; `name` becomes the function's name.
+pub fn import_bytes(bytes: &[u8], name: &str, opts: &ImportOptions) -> Result<Graph, String> {
+    let model = proto::ModelProto::decode(bytes).map_err(|e| format!("not a valid ONNX protobuf: {e}"))?;
+    import(&model, name, opts)
+}
+
+/// Reads and imports an ONNX file.
+pub fn import_file(path: &Path, opts: &ImportOptions) -> Result<Graph, QcError> {
+    let bytes = std::fs::read(path).map_err(|e| QcError::Input(format!("error: cannot read {}: {e}", path.display())))?;
+    let name = path.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_else(|| "model".into());
+    import_bytes(&bytes, &name, opts).map_err(|e| QcError::Input(format!("error: {}: {e}", path.display())))
+}
