@@ -101,3 +101,25 @@ fn qdq_models_match_onnx_runtime_within_one_step() {
         assert_eq!(argmax_same, 16, "{name}");
     }
 }
+
+#[test]
+fn dynamic_models_match_onnx_runtime_at_batch_1() {
+    let x = inputs16();
+    let xs = x.as_f32().unwrap();
+    let dynamic = models(|n| n.contains("_dyn_"));
+    assert_eq!(dynamic.len(), 4);
+    for (name, path) in dynamic {
+        let g = import(&path);
+        let want = golden(&name);
+        let mut worst = 0f32;
+        for i in 0..16 {
+            let xi = Tensor::F32(xs.slice_axis(ndarray::Axis(0), ndarray::Slice::from(i..i + 1)).to_owned());
+            let got = run(&g, &xi);
+            let w = &want[i * 10..(i + 1) * 10];
+            assert_eq!(argmax(&got), argmax(w), "{name}, sample {i}");
+            worst = got.iter().zip(w).map(|(a, b)| (a - b).abs() / b.abs().max(1.0)).fold(worst, f32::max);
+        }
+        println!("{name}: max error {worst:e}");
+        assert!(worst <= 1e-5, "{name}: max error {worst:e}");
+    }
+}

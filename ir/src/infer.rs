@@ -245,6 +245,28 @@ pub fn infer(kind: OpKind, attrs: &Attrs, ops: &[Operand]) -> R<Vec<TypeFact>> {
             dims.extend_from_slice(&x().dims[axis + 1..]);
             one(dims, Some(x().elem.clone()))
         }
+        OpKind::DynamicQuantize => {
+            if !x().elem.is_f32() {
+                return Err(format!("dynamic_quantize needs an f32 operand, got {}", x().elem));
+            }
+            Ok(vec![
+                TypeFact::full(x().dims.clone(), ScalarType::U8.into()),
+                TypeFact::full(vec![], F32),
+                TypeFact::full(vec![], ScalarType::U8.into()),
+            ])
+        }
+        OpKind::MatMulInteger => {
+            let int8 = |t: &TensorType| matches!(t.elem, ElemType::Scalar(ScalarType::U8 | ScalarType::I8));
+            if let Some((i, o)) = ops.iter().enumerate().find(|(_, o)| !int8(o.ty)) {
+                return Err(format!("matmul_integer operand {i} must be plain u8 or i8, got {}", o.ty));
+            }
+            for (i, z) in ops.iter().enumerate().skip(2) {
+                if z.ty.rank() > 1 || z.ty.elem != ops[i - 2].ty.elem {
+                    return Err(format!("zero point {} must be a scalar or vector of {}", i - 2, ops[i - 2].ty.elem));
+                }
+            }
+            one(matmul_dims(&ops[0].ty.dims, &ops[1].ty.dims)?, Some(ScalarType::I32.into()))
+        }
         OpKind::Cast => {
             let to = attrs.str("to").unwrap_or("");
             let Some(t) = ScalarType::from_name(to) else {

@@ -105,6 +105,8 @@ ops! {
     Dequantize = "dequantize", operands 1 ..= 1, attrs [], "quantized operand to f32: scale * (q - zp)";
     Shape = "shape", operands 1 ..= 1, attrs [], "the operand's shape as an i64 vector";
     Gather = "gather", operands 2 ..= 2, attrs [opt("axis", Int)], "ONNX Gather: take `indices` (i64) along `axis`";
+    DynamicQuantize = "dynamic_quantize", operands 1 ..= 1, attrs [], "f32 to (u8 data, f32 scale, u8 zero point), the parameters computed per call over the whole tensor (ONNX DynamicQuantizeLinear)";
+    MatMulInteger = "matmul_integer", operands 2 ..= 4, attrs [], "(a - a_zp)(b - b_zp) on plain 8-bit integers, accumulated in i32 (ONNX MatMulInteger)";
     Cast = "cast", operands 1 ..= 1, attrs [req("to", Str)], "convert elements to the scalar type named by `to`";
     Squeeze = "squeeze", operands 1 ..= 1, attrs [opt("axes", Ints)], "remove size-1 dims (`axes`, or all)";
     Unsqueeze = "unsqueeze", operands 1 ..= 1, attrs [req("axes", Ints)], "insert size-1 dims at `axes` of the result";
@@ -119,6 +121,14 @@ impl OpKind {
     /// The spec of attribute `name`, if this op accepts it.
     pub fn attr_spec(self, name: &str) -> Option<&'static AttrSpec> {
         self.attrs().iter().find(|a| a.name == name)
+    }
+
+    /// How many results the op has.
+    pub fn num_results(self) -> usize {
+        match self {
+            OpKind::DynamicQuantize => 3,
+            _ => 1,
+        }
     }
 
     /// Whether the op computes elementwise on one operand (so it commutes with layout changes).

@@ -103,8 +103,8 @@ impl Verifier<'_> {
             self.at_node(id, format!("{kind} takes {want} operands, got {}", node.operands.len()));
             return;
         }
-        if node.results.len() != 1 {
-            self.at_node(id, format!("{kind} has one result, got {}", node.results.len()));
+        if node.results.len() != kind.num_results() {
+            self.at_node(id, format!("{kind} has {} results, got {}", kind.num_results(), node.results.len()));
             return;
         }
         if let Err((_, msg)) = check_attrs(kind, &node.attrs) {
@@ -117,8 +117,7 @@ impl Verifier<'_> {
                 return;
             }
         }
-        let result = node.results[0];
-        let declared = g.ty(result);
+        let declared = g.ty(node.results[0]);
         if kind == OpKind::Const {
             match &node.value {
                 None => self.at_node(id, "const has no value".into()),
@@ -163,23 +162,28 @@ impl Verifier<'_> {
         match infer(kind, &node.attrs, &operands) {
             Err(msg) => self.at_node(id, msg),
             Ok(facts) => {
-                let fact = &facts[0];
-                if !fact.admits(declared) {
-                    let derived = match fact.complete() {
-                        Some(t) => t.to_string(),
-                        None => {
-                            let dims = fact.dims.as_ref().map(|d| d.iter().map(|d| d.to_string()).collect::<Vec<_>>().join("x"));
-                            format!("shape {}", dims.unwrap_or_else(|| "?".into()))
-                        }
-                    };
-                    self.at_node(id, format!("{kind} gives {derived} but the IR declares {declared}"));
-                }
-                if kind == OpKind::Quantize && declared.elem.quant().is_none() {
-                    self.at_node(id, format!("quantize must produce a quantized type, not {declared}"));
-                }
-                if fact.elem.is_none() && kind != OpKind::Quantize && !(declared.elem.is_f32() || declared.elem.quant().is_some())
-                {
-                    self.at_node(id, format!("an integer {kind} produces a quantized or f32 result, not {declared}"));
+                for (fact, &r) in facts.iter().zip(&node.results) {
+                    let declared = g.ty(r);
+                    if !fact.admits(declared) {
+                        let derived = match fact.complete() {
+                            Some(t) => t.to_string(),
+                            None => {
+                                let dims =
+                                    fact.dims.as_ref().map(|d| d.iter().map(|d| d.to_string()).collect::<Vec<_>>().join("x"));
+                                format!("shape {}", dims.unwrap_or_else(|| "?".into()))
+                            }
+                        };
+                        self.at_node(id, format!("{kind} gives {derived} but the IR declares {declared}"));
+                    }
+                    if kind == OpKind::Quantize && declared.elem.quant().is_none() {
+                        self.at_node(id, format!("quantize must produce a quantized type, not {declared}"));
+                    }
+                    if fact.elem.is_none()
+                        && kind != OpKind::Quantize
+                        && !(declared.elem.is_f32() || declared.elem.quant().is_some())
+                    {
+                        self.at_node(id, format!("an integer {kind} produces a quantized or f32 result, not {declared}"));
+                    }
                 }
             }
         }

@@ -25,6 +25,50 @@ pub struct ImportOptions {
 /// The opsets of the default domain qc reads.
 pub const OPSETS: std::ops::RangeInclusive<i64> = 11..=21;
 
+/// The ONNX op types qc imports (default domain).
+pub const SUPPORTED_OPS: &[&str] = &[
+    "Add",
+    "AveragePool",
+    "BatchNormalization",
+    "Cast",
+    "Clip",
+    "Concat",
+    "Constant",
+    "Conv",
+    "ConvTranspose",
+    "DequantizeLinear",
+    "Div",
+    "DynamicQuantizeLinear",
+    "Flatten",
+    "Gather",
+    "Gemm",
+    "GlobalAveragePool",
+    "HardSigmoid",
+    "HardSwish",
+    "Identity",
+    "MatMul",
+    "MatMulInteger",
+    "MaxPool",
+    "Mul",
+    "Pad",
+    "QLinearConv",
+    "QLinearMatMul",
+    "QuantizeLinear",
+    "ReduceMean",
+    "Relu",
+    "Reshape",
+    "Resize",
+    "Shape",
+    "Sigmoid",
+    "Slice",
+    "Softmax",
+    "Split",
+    "Squeeze",
+    "Sub",
+    "Transpose",
+    "Unsqueeze",
+];
+
 /// Constants up to this many elements, and all i64 constants, are written inline.
 const INLINE_LIMIT: usize = 16;
 
@@ -198,6 +242,11 @@ impl Importer {
             return Ok(Val::Const(Arc::new(t)));
         }
         let operands: Vec<ValueId> = inputs.iter().map(|&i| self.operand(c, i)).collect::<R<_>>()?;
+        self.emit_values(kind, operands, attrs, ty, &c.loc)
+    }
+
+    /// Adds a `kind` op over QIR values; its result type is inferred unless `ty` is given.
+    fn emit_values(&mut self, kind: OpKind, operands: Vec<ValueId>, attrs: Attrs, ty: Option<TensorType>, loc: &Loc) -> R<Val> {
         let out = match ty {
             Some(t) => t,
             None => {
@@ -214,7 +263,7 @@ impl Importer {
                 infer_type(kind, &attrs, &ops).map_err(Fail::Error)?
             }
         };
-        let id = self.g.add_node(Node::new(kind, operands, attrs, c.loc.clone()), vec![out]);
+        let id = self.g.add_node(Node::new(kind, operands, attrs, loc.clone()), vec![out]);
         Ok(Val::Value(self.g.node(id).results[0]))
     }
 
@@ -252,11 +301,7 @@ impl Importer {
             }
             "Clip" => {
                 let mut a = Attrs::new();
-                let (lo, hi) = if self.opset >= 11 {
-                    (c.const_f32(1, "min")?, c.const_f32(2, "max")?)
-                } else {
-                    (c.attr("min").map(|x| x.f), c.attr("max").map(|x| x.f))
-                };
+                let (lo, hi) = (c.const_f32(1, "min")?, c.const_f32(2, "max")?);
                 if let Some(v) = lo {
                     a.set("min", Attr::Float(v));
                 }
@@ -356,11 +401,8 @@ impl Importer {
                 one(self.emit(c, kind, &[0], a, None))
             }
             "Slice" => {
-                let (starts, ends, axes, steps) = if self.opset >= 10 {
-                    (c.const_ints(1, "starts")?, c.const_ints(2, "ends")?, c.const_ints(3, "axes")?, c.const_ints(4, "steps")?)
-                } else {
-                    (c.ints("starts"), c.ints("ends"), c.ints("axes"), None)
-                };
+                let (starts, ends, axes, steps) =
+                    (c.const_ints(1, "starts")?, c.const_ints(2, "ends")?, c.const_ints(3, "axes")?, c.const_ints(4, "steps")?);
                 let (Some(starts), Some(ends)) = (starts, ends) else { return err("Slice needs starts and ends") };
                 let mut a = Attrs::new().with("starts", ints(&starts)).with("ends", ints(&ends));
                 if let Some(ax) = axes {
@@ -404,18 +446,44 @@ impl Importer {
             }
             "QuantizeLinear" => {
                 let x_ty = self.ty_of(c.req(0)?).ok_or_else(|| Fail::Error("input is missing".into()))?;
-                let q = self.quant_params(c, x_ty.rank())?;
+                let q = self.quant_params(c, &x_ty)?;
                 one(self.emit(c, OpKind::Quantize, &[0], Attrs::new(), Some(x_ty.with_elem(ElemType::Quant(q)))))
             }
             "DequantizeLinear" => self.dequantize(c),
+            "QLinearConv" | "QLinearMatMul" => self.qlinear(c),
+            "DynamicQuantizeLinear" => {
+                let x = self.operand(c, 0)?;
+                let ops = [Operand { ty: self.g.ty(x), value: None }];
+                let tys: Vec<TensorType> = qc_ir::infer::infer(OpKind::DynamicQuantize, &Attrs::new(), &ops)
+                    .map_err(Fail::Error)?
+                    .iter()
+                    .map(|f| f.complete().expect("complete"))
+                    .collect();
+                let id = self.g.add_node(Node::new(OpKind::DynamicQuantize, vec![x], Attrs::new(), c.loc.clone()), tys);
+                Ok(self.g.node(id).results.iter().map(|&r| Val::Value(r)).collect())
+            }
+            "MatMulInteger" => {
+                let inputs: Vec<usize> = (0..c.inputs.len()).filter(|&i| c.input(i).is_some()).collect();
+                if inputs.len() == 3 && inputs[2] == 3 {
+                    return Err(Fail::Unsupported("MatMulInteger with only b's zero point".into()));
+                }
+                one(self.emit(c, OpKind::MatMulInteger, &inputs, Attrs::new(), None))
+            }
             _ => Err(Fail::Unsupported(op.to_string())),
         }
     }
 
     fn conv(&mut self, c: &Ctx) -> R<Vec<Val>> {
-        let transpose = c.node.op_type == "ConvTranspose";
         let x_ty = self.ty_of(c.req(0)?).ok_or_else(|| Fail::Error("input is missing".into()))?;
         let w_ty = self.ty_of(c.req(1)?).ok_or_else(|| Fail::Error("weight is missing".into()))?;
+        let a = self.conv_attrs(c, &x_ty, &w_ty)?;
+        let inputs: Vec<usize> = if c.input(2).is_some() { vec![0, 1, 2] } else { vec![0, 1] };
+        let kind = if c.node.op_type == "ConvTranspose" { OpKind::ConvTranspose2d } else { OpKind::Conv2d };
+        Ok(vec![self.emit(c, kind, &inputs, a, None)?])
+    }
+
+    /// The attributes of a Conv, ConvTranspose or QLinearConv node.
+    fn conv_attrs(&self, c: &Ctx, x_ty: &TensorType, w_ty: &TensorType) -> R<Attrs> {
         if x_ty.rank() != 4 || w_ty.rank() != 4 {
             return Err(Fail::Unsupported(format!(
                 "{} with {} spatial dims (qc has 2-D convolution)",
@@ -426,7 +494,7 @@ impl Importer {
         let k: Vec<u64> = w_ty.dims[2..].iter().map(|d| d.fixed().unwrap_or(1)).collect();
         let strides = c.ints("strides").unwrap_or(vec![1, 1]);
         let dil = c.ints("dilations").unwrap_or(vec![1, 1]);
-        let pads = self.resolve_pads(c, &x_ty, &k, &strides, &dil)?;
+        let pads = self.resolve_pads(c, x_ty, &k, &strides, &dil)?;
         let mut a = Attrs::new();
         if strides != [1, 1] {
             a.set("strides", ints(&strides));
@@ -441,7 +509,7 @@ impl Importer {
         if group != 1 {
             a.set("groups", Attr::Int(group));
         }
-        if transpose {
+        if c.node.op_type == "ConvTranspose" {
             if c.attr("output_shape").is_some() {
                 return Err(Fail::Unsupported("ConvTranspose with output_shape".into()));
             }
@@ -449,9 +517,42 @@ impl Importer {
                 a.set("output_padding", ints(&op));
             }
         }
-        let inputs: Vec<usize> = if c.input(2).is_some() { vec![0, 1, 2] } else { vec![0, 1] };
-        let kind = if transpose { OpKind::ConvTranspose2d } else { OpKind::Conv2d };
-        Ok(vec![self.emit(c, kind, &inputs, a, None)?])
+        Ok(a)
+    }
+
+    /// QLinearConv and QLinearMatMul, written as what they compute: dequantize the operands,
+    /// the f32 op, quantize the result. `fold-qdq` and `fuse-requant` turn this back into one
+    /// integer op; the parameters live in the types.
+    fn qlinear(&mut self, c: &Ctx) -> R<Vec<Val>> {
+        let conv = c.node.op_type == "QLinearConv";
+        let x = c.req(0)?.clone();
+        let w = c.req(3)?.clone();
+        let x_ty = self.ty_of(&x).ok_or_else(|| Fail::Error("input is missing".into()))?;
+        let w_ty = self.ty_of(&w).ok_or_else(|| Fail::Error("weight is missing".into()))?;
+        let xq = self.quant_params_at(c, (1, 2), None, &x_ty)?;
+        let wq = self.quant_params_at(c, (4, 5), if conv { Some(0) } else { Some(w_ty.rank() as i64 - 1) }, &w_ty)?;
+        let yq = self.quant_params_at(c, (6, 7), None, &x_ty)?;
+        let xf = self.dequantize_val(&c.node.input[0], x, xq.clone(), &c.loc)?;
+        let wf = self.dequantize_val(&c.node.input[3], w, wq.clone(), &c.loc)?;
+        let mut operands = vec![xf, wf];
+        if conv && let Some(b) = c.input(8).cloned() {
+            let scales: Vec<f32> = wq.scales.iter().map(|&sw| xq.scales[0] * sw).collect();
+            let n = scales.len();
+            let bq = QuantParams { storage: ScalarType::I32, axis: (n > 1).then_some(0), scales, zero_points: vec![0; n] };
+            operands.push(self.dequantize_val(&c.node.input[8], b, bq, &c.loc)?);
+        }
+        let (kind, attrs) = if conv {
+            let a = self.conv_attrs(c, &x_ty, &w_ty)?;
+            (OpKind::Conv2d, a)
+        } else {
+            (OpKind::MatMul, Attrs::new())
+        };
+        let y = match self.emit_values(kind, operands, attrs, None, &c.loc)? {
+            Val::Value(v) => v,
+            _ => unreachable!("emit_values makes a value"),
+        };
+        let ty = self.g.ty(y).with_elem(ElemType::Quant(yq));
+        Ok(vec![self.emit_values(OpKind::Quantize, vec![y], Attrs::new(), Some(ty), &c.loc)?])
     }
 
     /// Explicit pads [top, left, bottom, right] from `pads` or `auto_pad`.
@@ -550,11 +651,7 @@ impl Importer {
 
     fn pad(&mut self, c: &Ctx) -> R<Vec<Val>> {
         let rank = self.ty_of(c.req(0)?).ok_or_else(|| Fail::Error("input is missing".into()))?.rank();
-        let (pads, value, axes) = if self.opset >= 11 {
-            (c.const_ints(1, "pads")?, c.const_f32(2, "constant_value")?, c.const_ints(3, "axes")?)
-        } else {
-            (c.ints("pads"), c.attr("value").map(|a| a.f), None)
-        };
+        let (pads, value, axes) = (c.const_ints(1, "pads")?, c.const_f32(2, "constant_value")?, c.const_ints(3, "axes")?);
         let pads = pads.ok_or_else(|| Fail::Error("Pad needs pads".into()))?;
         let full = match axes {
             None => pads,
@@ -590,11 +687,7 @@ impl Importer {
         if c.attr("axes").is_some() || c.string("keep_aspect_ratio_policy").is_some_and(|p| p != "stretch") {
             return Err(Fail::Unsupported("Resize with axes or keep_aspect_ratio_policy".into()));
         }
-        let (scales, sizes) = if self.opset >= 11 {
-            (c.const_input(2, "scales")?, c.const_ints(3, "sizes")?)
-        } else {
-            (c.const_input(1, "scales")?, None)
-        };
+        let (scales, sizes) = (c.const_input(2, "scales")?, c.const_ints(3, "sizes")?);
         let mut a = Attrs::new().with("mode", Attr::Str(mode.clone()));
         let ctm = c.string("coordinate_transformation_mode").unwrap_or_else(|| "half_pixel".into());
         if ctm == "tf_crop_and_resize" || ctm == "half_pixel_symmetric" {
@@ -616,10 +709,18 @@ impl Importer {
         Ok(vec![self.emit(c, OpKind::Resize, &[0], a, None)?])
     }
 
-    /// Quantization parameters from inputs 1 (scale) and 2 (zero point) and the `axis` attribute.
-    fn quant_params(&self, c: &Ctx, rank: usize) -> R<QuantParams> {
-        let scale = c.const_input(1, "scale")?.ok_or_else(|| Fail::Error("a scale is required".into()))?;
-        let zp = c.const_input(2, "zero point")?;
+    /// Quantization parameters of QuantizeLinear / DequantizeLinear: inputs 1 (scale) and 2
+    /// (zero point) and the `axis` attribute.
+    fn quant_params(&self, c: &Ctx, x_ty: &TensorType) -> R<QuantParams> {
+        self.quant_params_at(c, (1, 2), Some(c.int("axis", 1)), x_ty)
+    }
+
+    /// Quantization parameters from the scale and zero-point inputs at `at`, for a tensor of type
+    /// `x_ty`; a scale vector runs along `axis`.
+    fn quant_params_at(&self, c: &Ctx, at: (usize, usize), axis: Option<i64>, x_ty: &TensorType) -> R<QuantParams> {
+        let rank = x_ty.rank();
+        let scale = c.const_input(at.0, "scale")?.ok_or_else(|| Fail::Error("a scale is required".into()))?;
+        let zp = c.const_input(at.1, "zero point")?;
         let storage = match zp.as_deref().map(Tensor::scalar_type) {
             None | Some(ScalarType::U8) => ScalarType::U8,
             Some(ScalarType::I8) => ScalarType::I8,
@@ -634,19 +735,20 @@ impl Importer {
         if scales.iter().any(|s| !(s.is_finite() && *s > 0.0)) {
             return err(format!("scales must be positive and finite, got {scales:?}"));
         }
-        if scales.len() != zps.len() {
+        if scales.is_empty() || scales.len() != zps.len() {
             return err("scale and zero point differ in length");
         }
-        let per_axis = scale.shape().len() == 1 && !(scales.len() == 1 && rank == 0);
-        let axis = if per_axis && !(scales.len() == 1 && c.attr("axis").is_none() && rank < 2) {
-            let a = c.int("axis", 1);
-            let a = if a < 0 { a + rank as i64 } else { a };
-            if a < 0 || a as usize >= rank {
-                return err(format!("quantization axis {} is out of range for rank {rank}", c.int("axis", 1)));
+        // One scale is per tensor (ONNX Runtime reads a one-element vector so, too).
+        let axis = match axis {
+            _ if scales.len() == 1 => None,
+            Some(a) => {
+                let a = if a < 0 { a + rank as i64 } else { a };
+                if a < 0 || a as usize >= rank {
+                    return err(format!("quantization axis {a} is out of range for rank {rank}"));
+                }
+                Some(a as usize)
             }
-            Some(a as usize)
-        } else {
-            None
+            None => return err("a scale vector needs an axis"),
         };
         Ok(QuantParams { storage, axis, scales, zero_points: zps })
     }
@@ -654,28 +756,30 @@ impl Importer {
     fn dequantize(&mut self, c: &Ctx) -> R<Vec<Val>> {
         let x = c.req(0)?.clone();
         let x_ty = self.ty_of(&x).ok_or_else(|| Fail::Error("input is missing".into()))?;
-        let mut q = self.quant_params(c, x_ty.rank())?;
-        // A per-axis parameter set of length one along a dim of size one is per-tensor.
-        if q.scales.len() == 1 && q.axis.is_some() && x_ty.dims.get(q.axis.unwrap_or(0)) != Some(&Dim::Fixed(1)) {
-            q.axis = None;
-        }
+        let q = self.quant_params(c, &x_ty)?;
+        Ok(vec![Val::Value(self.dequantize_val(&c.node.input[0], x, q, &c.loc)?)])
+    }
+
+    /// Dequantizes `x` (ONNX name `name`) with parameters `q`: a constant becomes a const of the
+    /// quantized type; a value must already carry exactly these parameters.
+    fn dequantize_val(&mut self, name: &str, x: Val, q: QuantParams, loc: &Loc) -> R<ValueId> {
         let operand = match x {
             Val::Const(t) => {
                 if t.scalar_type() != q.storage {
                     return err(format!("the quantized tensor is {} but its zero point is {}", t.scalar_type(), q.storage));
                 }
-                self.materialize(&c.node.input[0], &t, Some(x_ty.with_elem(ElemType::Quant(q))))
+                let ty = TensorType::new(&t.shape().iter().map(|&d| d as u64).collect::<Vec<_>>(), ElemType::Quant(q));
+                self.materialize(name, &t, Some(ty))
             }
             Val::Value(v) => {
                 match self.g.ty(v).elem.quant() {
                     Some(have) if *have == q => {}
                     Some(have) => {
                         return Err(Fail::Unsupported(format!(
-                            "DequantizeLinear with parameters {} other than its producer's {}",
-                            q, have
+                            "dequantizing with parameters {q} other than its producer's {have}"
                         )));
                     }
-                    None => return Err(Fail::Unsupported("DequantizeLinear of a plain integer tensor".into())),
+                    None => return Err(Fail::Unsupported("dequantizing a plain integer tensor".into())),
                 }
                 v
             }
@@ -683,8 +787,8 @@ impl Importer {
             Val::Unavailable(why) => return err(why),
         };
         let ty = self.g.ty(operand).with_elem(ScalarType::F32);
-        let id = self.g.add_node(Node::new(OpKind::Dequantize, vec![operand], Attrs::new(), c.loc.clone()), vec![ty]);
-        Ok(vec![Val::Value(self.g.node(id).results[0])])
+        let id = self.g.add_node(Node::new(OpKind::Dequantize, vec![operand], Attrs::new(), loc.clone()), vec![ty]);
+        Ok(self.g.node(id).results[0])
     }
 }
 
@@ -844,7 +948,13 @@ pub fn import(model: &ModelProto, name: &str, opts: &ImportOptions) -> Result<Gr
                 Some(v) => inputs.push(Some(v.clone())),
             }
         }
+        let foreign = !node.domain.is_empty() && node.domain != "ai.onnx";
         let outputs: Vec<Val> = if skip {
+            // Still report an op qc could not import even if its inputs failed.
+            if foreign || !SUPPORTED_OPS.contains(&node.op_type.as_str()) {
+                let op = if foreign { format!("{}::{}", node.domain, node.op_type) } else { node.op_type.clone() };
+                im.unsupported.entry(op).or_default().push(label.clone());
+            }
             vec![Val::Missing; node.output.len()]
         } else if !node.domain.is_empty() && node.domain != "ai.onnx" {
             im.unsupported.entry(format!("{}::{}", node.domain, node.op_type)).or_default().push(label.clone());

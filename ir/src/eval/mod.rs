@@ -61,31 +61,33 @@ pub fn evaluate_observed(
     }
     for id in order {
         let node = g.node(id);
-        let r = node.results[0];
-        let who = || format!("{} = {}", g.display_value(r), node.kind);
-        let value: Arc<Tensor> = match &node.value {
-            Some(ConstValue::Weight(name)) => {
-                g.weights.get(name).cloned().ok_or_else(|| EvalError(format!("{}: weight \"{name}\" is not loaded", who())))?
-            }
-            Some(ConstValue::Dense(t)) => Arc::new(t.clone()),
+        let who = || format!("{} = {}", g.display_value(node.results[0]), node.kind);
+        let values: Vec<Arc<Tensor>> = match &node.value {
+            Some(ConstValue::Weight(name)) => vec![
+                g.weights.get(name).cloned().ok_or_else(|| EvalError(format!("{}: weight \"{name}\" is not loaded", who())))?,
+            ],
+            Some(ConstValue::Dense(t)) => vec![Arc::new(t.clone())],
             None => {
                 let args: Vec<&Tensor> = node.operands.iter().map(|o| env[o].as_ref()).collect();
                 let tys: Vec<&TensorType> = node.operands.iter().map(|&o| g.ty(o)).collect();
-                let t =
-                    eval_op(node.kind, &node.attrs, &args, &tys, g.ty(r)).map_err(|e| EvalError(format!("{}: {e}", who())))?;
-                Arc::new(t)
+                let outs: Vec<&TensorType> = node.results.iter().map(|&r| g.ty(r)).collect();
+                let ts = eval_op_multi(node.kind, &node.attrs, &args, &tys, &outs)
+                    .map_err(|e| EvalError(format!("{}: {e}", who())))?;
+                ts.into_iter().map(Arc::new).collect()
             }
         };
-        if !value.matches(g.ty(r)) {
-            return Err(EvalError(format!(
-                "{}: computed {} of shape {:?}, but the IR declares {}",
-                who(),
-                value.scalar_type(),
-                value.shape(),
-                g.ty(r)
-            )));
+        for (&r, value) in node.results.iter().zip(&values) {
+            if !value.matches(g.ty(r)) {
+                return Err(EvalError(format!(
+                    "{}: computed {} of shape {:?}, but the IR declares {}",
+                    who(),
+                    value.scalar_type(),
+                    value.shape(),
+                    g.ty(r)
+                )));
+            }
+            observe(r, value);
         }
-        observe(r, &value);
         for &o in &node.operands {
             let n = remaining.get_mut(&o).expect("counted");
             *n -= 1;
@@ -93,7 +95,9 @@ pub fn evaluate_observed(
                 env.remove(&o);
             }
         }
-        env.insert(r, value);
+        for (&r, value) in node.results.iter().zip(values) {
+            env.insert(r, value);
+        }
     }
     Ok(g.outputs().iter().map(|o| env[o].as_ref().clone()).collect())
 }
@@ -128,6 +132,23 @@ fn check_inputs(g: &Graph, inputs: &[Tensor]) -> Result<(), EvalError> {
 fn f32_arg<'a>(kind: OpKind, t: &'a Tensor, i: usize) -> Result<&'a ArrayD<f32>, String> {
     t.as_f32()
         .ok_or_else(|| format!("operand {i} of {kind} is {}, and the evaluator computes this op on f32 only", t.scalar_type()))
+}
+
+/// Computes an op with several results (`outs` are their types).
+pub fn eval_op_multi(
+    kind: OpKind,
+    attrs: &Attrs,
+    args: &[&Tensor],
+    tys: &[&TensorType],
+    outs: &[&TensorType],
+) -> Result<Vec<Tensor>, String> {
+    match kind {
+        OpKind::DynamicQuantize => {
+            let (q, s, z) = quant::dynamic_quantize(f32_arg(kind, args[0], 0)?);
+            Ok(vec![q, s, z])
+        }
+        _ => Ok(vec![eval_op(kind, attrs, args, tys, outs[0])?]),
+    }
 }
 
 /// Computes one op. `tys` are the operand types and `out` the result type (quantization
@@ -241,6 +262,8 @@ pub fn eval_op(kind: OpKind, attrs: &Attrs, args: &[&Tensor], tys: &[&TensorType
         OpKind::Shape => Tensor::from_i64s(args[0].shape().iter().map(|&d| d as i64).collect()),
         OpKind::Gather => shape_ops::gather(args[0], args[1], attrs.int("axis", 0))?,
         OpKind::Cast => args[0].cast(out.elem.storage()),
+        OpKind::DynamicQuantize => return Err("dynamic_quantize has three results".into()),
+        OpKind::MatMulInteger => quant::matmul_integer(args)?,
         OpKind::Squeeze | OpKind::Unsqueeze => {
             let dims: Vec<usize> = out
                 .dims

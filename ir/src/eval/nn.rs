@@ -146,12 +146,12 @@ pub fn conv_transpose2d(x: &ArrayD<f32>, w: &ArrayD<f32>, b: Option<&ArrayD<f32>
     Ok(out)
 }
 
-fn as2(a: &ArrayD<f32>) -> Array2<f32> {
+fn as2<T: Clone>(a: &ArrayD<T>) -> Array2<T> {
     a.view().into_dimensionality::<Ix2>().expect("rank 2").to_owned()
 }
 
-/// Numpy `matmul`.
-pub fn matmul(a: &ArrayD<f32>, b: &ArrayD<f32>) -> Result<ArrayD<f32>, String> {
+/// Numpy `matmul`, in f32 or (exactly) in integers.
+pub fn matmul<T: ndarray::LinalgScalar>(a: &ArrayD<T>, b: &ArrayD<T>) -> Result<ArrayD<T>, String> {
     let a2 = if a.ndim() == 1 { a.view().insert_axis(Axis(0)).to_owned() } else { a.clone() };
     let b2 = if b.ndim() == 1 { b.view().insert_axis(Axis(1)).to_owned() } else { b.clone() };
     let (ra, rb) = (a2.ndim(), b2.ndim());

@@ -80,3 +80,50 @@ pub fn relu_q(x: &Tensor, zp: i32) -> Tensor {
         _ => unreachable!("cast to i32"),
     }
 }
+
+/// ONNX DynamicQuantizeLinear as DESIGN.md defines it: u8, the range widened to include 0,
+/// `s = (max - min) / 255` (1 when max = min), `zp = rne(clamp(-min / s, 0, 255))`.
+/// Returns (data, scale, zero point).
+pub fn dynamic_quantize(x: &ArrayD<f32>) -> (Tensor, Tensor, Tensor) {
+    let lo = x.iter().fold(0f32, |a, &b| a.min(b));
+    let hi = x.iter().fold(0f32, |a, &b| a.max(b));
+    let s = if hi == lo { 1.0 } else { (hi - lo) / 255.0 };
+    let zp = (-lo / s).clamp(0.0, 255.0).round_ties_even() as i32;
+    let q = x.mapv(|v| quantize_value(v, s, zp, 0, 255) as u8);
+    let scalar = ndarray::IxDyn(&[]);
+    (Tensor::U8(q), Tensor::F32(ArrayD::from_elem(scalar.clone(), s)), Tensor::U8(ArrayD::from_elem(scalar, zp as u8)))
+}
+
+/// ONNX MatMulInteger: `(a - a_zp)(b - b_zp)` exactly, in i32. `a_zp` is a scalar or one per row
+/// of `a`; `b_zp` a scalar or one per column of `b`.
+pub fn matmul_integer(args: &[&Tensor]) -> Result<Tensor, String> {
+    let wide = |t: &Tensor| match t.cast(ScalarType::I64) {
+        Tensor::I64(a) => a,
+        _ => unreachable!("cast to i64"),
+    };
+    let (mut a, mut b) = (wide(args[0]), wide(args[1]));
+    if let Some(z) = args.get(2) {
+        let zs: Vec<i64> = wide(z).iter().copied().collect();
+        let (last, m) = (a.ndim() - 1, if a.ndim() >= 2 { a.shape()[a.ndim() - 2] } else { 1 });
+        if zs.len() != 1 && zs.len() != m {
+            return Err(format!("a's zero point has {} values for {m} rows", zs.len()));
+        }
+        for (i, mut row) in a.lanes_mut(Axis(last)).into_iter().enumerate() {
+            let zi = if zs.len() == 1 { zs[0] } else { zs[i % m] };
+            row.mapv_inplace(|v| v - zi);
+        }
+    }
+    if let Some(z) = args.get(3) {
+        let zs: Vec<i64> = wide(z).iter().copied().collect();
+        let last = b.ndim() - 1;
+        if zs.len() != 1 && zs.len() != b.shape()[last] {
+            return Err(format!("b's zero point has {} values for {} columns", zs.len(), b.shape()[last]));
+        }
+        for (j, mut col) in b.axis_iter_mut(Axis(last)).enumerate() {
+            let zj = if zs.len() == 1 { zs[0] } else { zs[j] };
+            col.mapv_inplace(|v| v - zj);
+        }
+    }
+    let y = super::nn::matmul(&a, &b)?;
+    Ok(Tensor::I32(y.mapv(|v| v as i32)))
+}

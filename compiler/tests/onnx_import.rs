@@ -1,0 +1,342 @@
+//! ONNX import of small models built here with qc's own protobuf structs: one per opset
+//! difference and per import rule, each with a snapshot of the QIR it becomes, and the errors
+//! bad models get.
+
+use ndarray::{ArrayD, IxDyn};
+use prost::Message;
+use qc::onnx::proto::*;
+use qc::onnx::tensor::encode;
+use qc::onnx::{ImportOptions, import_bytes};
+use qc_ir::eval::evaluate;
+use qc_ir::text::print;
+use qc_ir::{Dim, Tensor};
+
+fn node(op: &str, inputs: &[&str], outputs: &[&str], attrs: Vec<AttributeProto>) -> NodeProto {
+    NodeProto {
+        input: inputs.iter().map(|s| s.to_string()).collect(),
+        output: outputs.iter().map(|s| s.to_string()).collect(),
+        name: format!("{}_{}", op.to_lowercase(), outputs[0]),
+        op_type: op.into(),
+        attribute: attrs,
+        ..Default::default()
+    }
+}
+
+fn ai(name: &str, i: i64) -> AttributeProto {
+    AttributeProto { name: name.into(), r#type: attribute_type::INT, i, ..Default::default() }
+}
+
+fn af(name: &str, f: f32) -> AttributeProto {
+    AttributeProto { name: name.into(), r#type: attribute_type::FLOAT, f, ..Default::default() }
+}
+
+fn ais(name: &str, v: &[i64]) -> AttributeProto {
+    AttributeProto { name: name.into(), r#type: attribute_type::INTS, ints: v.to_vec(), ..Default::default() }
+}
+
+fn astr(name: &str, s: &str) -> AttributeProto {
+    AttributeProto { name: name.into(), r#type: attribute_type::STRING, s: s.as_bytes().to_vec(), ..Default::default() }
+}
+
+fn f32s(name: &str, shape: &[usize], v: Vec<f32>) -> TensorProto {
+    encode(name, &Tensor::F32(ArrayD::from_shape_vec(IxDyn(shape), v).unwrap()))
+}
+
+fn i64s(name: &str, v: &[i64]) -> TensorProto {
+    encode(name, &Tensor::from_i64s(v.to_vec()))
+}
+
+fn ramp(n: usize) -> Vec<f32> {
+    (0..n).map(|i| ((i * 7) % 11) as f32 / 10.0 - 0.5).collect()
+}
+
+fn vi(name: &str, dims: &[i64]) -> ValueInfoProto {
+    let dim = dims
+        .iter()
+        .map(|&d| {
+            if d < 0 {
+                Dimension { dim_param: Some("batch".into()), ..Default::default() }
+            } else {
+                Dimension { dim_value: Some(d), ..Default::default() }
+            }
+        })
+        .collect();
+    ValueInfoProto {
+        name: name.into(),
+        r#type: Some(TypeProto {
+            tensor_type: Some(TypeProtoTensor { elem_type: data_type::FLOAT, shape: Some(TensorShapeProto { dim }) }),
+        }),
+    }
+}
+
+fn model(opset: i64, nodes: Vec<NodeProto>, inits: Vec<TensorProto>, inputs: Vec<ValueInfoProto>, outputs: &[&str]) -> Vec<u8> {
+    ModelProto {
+        ir_version: 8,
+        opset_import: vec![OperatorSetIdProto { domain: String::new(), version: opset }],
+        graph: Some(GraphProto {
+            node: nodes,
+            name: "g".into(),
+            initializer: inits,
+            input: inputs,
+            output: outputs.iter().map(|o| ValueInfoProto { name: o.to_string(), r#type: None }).collect(),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+    .encode_to_vec()
+}
+
+fn import_ok(bytes: &[u8]) -> qc_ir::Graph {
+    import_bytes(bytes, "m", &ImportOptions::default()).unwrap_or_else(|e| panic!("{e}"))
+}
+
+fn import_err(bytes: &[u8], opts: &ImportOptions) -> String {
+    match import_bytes(bytes, "m", opts) {
+        Ok(g) => panic!("expected an error, got\n{}", print(&g)),
+        Err(e) => e,
+    }
+}
+
+/// Imports, snapshots the QIR, and evaluates it on a ramp input to show it runs.
+fn check(name: &str, bytes: Vec<u8>) -> qc_ir::Graph {
+    let g = import_ok(&bytes);
+    insta::assert_snapshot!(name, print(&g));
+    let inputs: Vec<Tensor> = g
+        .params()
+        .iter()
+        .map(|&p| {
+            let dims: Vec<usize> = g.ty(p).dims.iter().map(|d| d.fixed().unwrap_or(2) as usize).collect();
+            Tensor::F32(ArrayD::from_shape_vec(IxDyn(&dims), ramp(dims.iter().product())).unwrap())
+        })
+        .collect();
+    evaluate(&g, &inputs).unwrap_or_else(|e| panic!("{name}: {e}"));
+    g
+}
+
+#[test]
+fn clip_bounds_are_inputs_from_opset_11() {
+    let nodes = vec![node("Clip", &["x", "lo", "hi"], &["y"], vec![]), node("Clip", &["y", "", "hi"], &["z"], vec![])];
+    let inits = vec![f32s("lo", &[], vec![0.0]), f32s("hi", &[], vec![6.0])];
+    check("clip_opset11", model(11, nodes, inits, vec![vi("x", &[-1, 4])], &["z"]));
+}
+
+#[test]
+fn reduce_mean_axes_attribute_then_input() {
+    let n13 = vec![node("ReduceMean", &["x"], &["y"], vec![ais("axes", &[2, 3]), ai("keepdims", 0)])];
+    check("reduce_mean_opset13", model(13, n13, vec![], vec![vi("x", &[1, 3, 4, 4])], &["y"]));
+    let n18 = vec![node("ReduceMean", &["x", "axes"], &["y"], vec![])];
+    check("reduce_mean_opset18", model(18, n18, vec![i64s("axes", &[-1])], vec![vi("x", &[1, 3, 4, 4])], &["y"]));
+}
+
+#[test]
+fn resize_scales_or_sizes() {
+    let n = vec![node(
+        "Resize",
+        &["x", "", "scales"],
+        &["y"],
+        vec![astr("mode", "nearest"), astr("coordinate_transformation_mode", "asymmetric"), astr("nearest_mode", "floor")],
+    )];
+    let scales = f32s("scales", &[4], vec![1.0, 1.0, 2.0, 2.0]);
+    check("resize_scales_opset13", model(13, n, vec![scales], vec![vi("x", &[1, 2, 3, 3])], &["y"]));
+    let n = vec![node("Resize", &["x", "roi", "scales", "sizes"], &["y"], vec![astr("mode", "linear")])];
+    let inits = vec![f32s("roi", &[0], vec![]), f32s("scales", &[0], vec![]), i64s("sizes", &[1, 2, 5, 4])];
+    check("resize_sizes_opset11", model(11, n, inits, vec![vi("x", &[1, 2, 3, 3])], &["y"]));
+}
+
+#[test]
+fn squeeze_unsqueeze_axes_attribute_then_input() {
+    let n = vec![
+        node("Unsqueeze", &["x"], &["u"], vec![ais("axes", &[0])]),
+        node("Squeeze", &["u"], &["y"], vec![ais("axes", &[0])]),
+    ];
+    check("squeeze_opset11", model(11, n, vec![], vec![vi("x", &[3, 4])], &["y"]));
+    let n = vec![node("Unsqueeze", &["x", "a"], &["u"], vec![]), node("Squeeze", &["u", "a"], &["y"], vec![])];
+    check("squeeze_opset13", model(13, n, vec![i64s("a", &[-1])], vec![vi("x", &[3, 4])], &["y"]));
+}
+
+#[test]
+fn reshape_zero_copies_unless_allowzero() {
+    let n = vec![node("Reshape", &["x", "s"], &["y"], vec![])];
+    check("reshape_copy_zero", model(13, n, vec![i64s("s", &[0, -1])], vec![vi("x", &[-1, 2, 3])], &["y"]));
+    let n = vec![node("Reshape", &["x", "s"], &["y"], vec![ai("allowzero", 1)])];
+    check("reshape_allowzero", model(14, n, vec![i64s("s", &[-1, 6])], vec![vi("x", &[-1, 2, 3])], &["y"]));
+}
+
+#[test]
+fn batch_norm_and_conv_with_constant_node_weights() {
+    // Weights in Constant nodes (typed float_data), as many exporters write them.
+    let w = TensorProto { dims: vec![2, 1, 3, 3], data_type: data_type::FLOAT, float_data: ramp(18), ..Default::default() };
+    let cw = NodeProto {
+        attribute: vec![AttributeProto {
+            name: "value".into(),
+            r#type: attribute_type::TENSOR,
+            t: Some(w),
+            ..Default::default()
+        }],
+        ..node("Constant", &[], &["w"], vec![])
+    };
+    let conv = node(
+        "Conv",
+        &["x", "w"],
+        &["c"],
+        vec![ais("kernel_shape", &[3, 3]), astr("auto_pad", "SAME_UPPER"), ais("strides", &[2, 2])],
+    );
+    let bn = node("BatchNormalization", &["c", "s", "b", "m", "v"], &["y"], vec![af("epsilon", 1e-3), ai("training_mode", 0)]);
+    let inits = vec![
+        f32s("s", &[2], vec![1.0, 2.0]),
+        f32s("b", &[2], vec![0.0, 0.5]),
+        f32s("m", &[2], vec![0.1, 0.2]),
+        f32s("v", &[2], vec![1.0, 0.5]),
+    ];
+    check("conv_bn_opset15", model(15, vec![cw, conv, bn], inits, vec![vi("x", &[1, 1, 5, 5])], &["y"]));
+}
+
+#[test]
+fn split_sizes_attribute_input_or_even() {
+    let n = vec![node("Split", &["x"], &["a", "b"], vec![ai("axis", 1), ais("split", &[1, 3])])];
+    check("split_opset11", model(11, n, vec![], vec![vi("x", &[2, 4])], &["a", "b"]));
+    let n = vec![node("Split", &["x", "s"], &["a", "b"], vec![ai("axis", -1)])];
+    check("split_opset13", model(13, n, vec![i64s("s", &[2, 2])], vec![vi("x", &[2, 4])], &["a", "b"]));
+    let n = vec![node("Split", &["x"], &["a", "b", "c"], vec![ai("axis", 1), ai("num_outputs", 3)])];
+    check("split_opset18", model(18, n, vec![], vec![vi("x", &[2, 5])], &["a", "b", "c"]));
+}
+
+#[test]
+fn slice_inputs_and_pad_inputs() {
+    let n = vec![
+        node("Slice", &["x", "st", "en", "ax", "sp"], &["s"], vec![]),
+        node("Pad", &["s", "p", "cv"], &["y"], vec![astr("mode", "constant")]),
+    ];
+    let inits = vec![
+        i64s("st", &[-1]),
+        i64s("en", &[-100]),
+        i64s("ax", &[1]),
+        i64s("sp", &[-2]),
+        i64s("p", &[0, 1, 0, 2]),
+        f32s("cv", &[], vec![0.5]),
+    ];
+    check("slice_pad_opset13", model(13, n, inits, vec![vi("x", &[2, 5])], &["y"]));
+}
+
+#[test]
+fn shape_subgraph_folds_once_dims_are_fixed() {
+    let n = vec![
+        node("Shape", &["x"], &["sh"], vec![]),
+        node("Gather", &["sh", "zero"], &["n"], vec![ai("axis", 0)]),
+        node("Unsqueeze", &["n", "ax"], &["n1"], vec![]),
+        node("Concat", &["n1", "k"], &["shape"], vec![ai("axis", 0)]),
+        node("Reshape", &["x", "shape"], &["y"], vec![]),
+    ];
+    let inits = vec![i64s("ax", &[0]), i64s("k", &[-1]), encode("zero", &Tensor::I64(ArrayD::from_elem(IxDyn(&[]), 0)))];
+    let bytes = model(13, n, inits, vec![vi("x", &[-1, 2, 3])], &["y"]);
+    // With a dynamic batch the shape is known only at run time.
+    let e = import_err(&bytes, &ImportOptions::default());
+    assert!(e.contains("fix the input dims with --input-shape"), "{e}");
+    let opts = ImportOptions { input_shapes: vec![("x".into(), vec![Dim::Fixed(4), Dim::Fixed(2), Dim::Fixed(3)])] };
+    let g = import_bytes(&bytes, "m", &opts).unwrap();
+    insta::assert_snapshot!("shape_subgraph_fixed", print(&g));
+}
+
+#[test]
+fn qdq_per_axis_and_qlinear() {
+    let wq = encode("wq", &Tensor::I8(ArrayD::from_shape_vec(IxDyn(&[2, 1, 1, 1]), vec![-127, 64]).unwrap()));
+    let n = vec![
+        node("QuantizeLinear", &["x", "xs", "xz"], &["xq"], vec![]),
+        node("DequantizeLinear", &["xq", "xs", "xz"], &["xd"], vec![]),
+        node("DequantizeLinear", &["wq", "ws", "wz"], &["wd"], vec![ai("axis", 0)]),
+        node("Conv", &["xd", "wd"], &["y"], vec![]),
+    ];
+    let inits = vec![
+        f32s("xs", &[], vec![0.02]),
+        encode("xz", &Tensor::U8(ArrayD::from_elem(IxDyn(&[]), 128))),
+        wq.clone(),
+        f32s("ws", &[2], vec![0.01, 0.005]),
+        encode("wz", &Tensor::I8(ArrayD::zeros(IxDyn(&[2])))),
+    ];
+    check("qdq_per_axis", model(13, n, inits, vec![vi("x", &[1, 1, 2, 2])], &["y"]));
+    let n = vec![
+        node("QuantizeLinear", &["x", "xs", "xz"], &["xq"], vec![]),
+        node("QLinearConv", &["xq", "xs", "xz", "wq", "ws", "wz", "ys", "yz"], &["yq"], vec![]),
+        node("DequantizeLinear", &["yq", "ys", "yz"], &["y"], vec![]),
+    ];
+    let inits = vec![
+        f32s("xs", &[], vec![0.02]),
+        encode("xz", &Tensor::U8(ArrayD::from_elem(IxDyn(&[]), 128))),
+        wq,
+        f32s("ws", &[2], vec![0.01, 0.005]),
+        encode("wz", &Tensor::I8(ArrayD::zeros(IxDyn(&[2])))),
+        f32s("ys", &[], vec![0.05]),
+        encode("yz", &Tensor::U8(ArrayD::from_elem(IxDyn(&[]), 100))),
+    ];
+    check("qlinear_conv", model(13, n, inits, vec![vi("x", &[1, 1, 2, 2])], &["y"]));
+}
+
+#[test]
+fn unsupported_ops_are_listed_with_counts() {
+    let n = vec![
+        node("Erf", &["x"], &["a"], vec![]),
+        node("Relu", &["a"], &["b"], vec![]),
+        node("Erf", &["b"], &["c"], vec![]),
+        node("LpNormalization", &["c"], &["d"], vec![]),
+    ];
+    let e = import_err(&model(13, n, vec![], vec![vi("x", &[2, 3])], &["d"]), &ImportOptions::default());
+    insta::assert_snapshot!("unsupported_ops", e);
+}
+
+#[test]
+fn malformed_models_get_clear_errors() {
+    let good = model(13, vec![node("Relu", &["x"], &["y"], vec![])], vec![], vec![vi("x", &[2, 3])], &["y"]);
+    let o = ImportOptions::default();
+    assert!(import_err(&good[..good.len() - 3], &o).contains("not a valid ONNX protobuf"));
+    assert!(import_err(b"\xff\xff\xff\xff", &o).contains("not a valid ONNX protobuf"));
+    let e = import_err(&model(23, vec![node("Relu", &["x"], &["y"], vec![])], vec![], vec![vi("x", &[2])], &["y"]), &o);
+    assert!(e.contains("opset 23 is not supported (qc reads opsets 11 to 21)"), "{e}");
+    let e = import_err(&model(13, vec![node("Relu", &["nope"], &["y"], vec![])], vec![], vec![vi("x", &[2])], &["y"]), &o);
+    assert!(e.contains("reads \"nope\", which no node, input or initializer defines"), "{e}");
+    let cyc = vec![node("Relu", &["x", "b"], &["a"], vec![]), node("Relu", &["a"], &["b"], vec![])];
+    assert!(import_err(&model(13, cyc, vec![], vec![vi("x", &[2])], &["b"]), &o).contains("cycle"));
+    let mut short = f32s("w", &[2, 2], vec![1.0, 2.0, 3.0, 4.0]);
+    short.raw_data.truncate(12);
+    let e =
+        import_err(&model(13, vec![node("Add", &["x", "w"], &["y"], vec![])], vec![short], vec![vi("x", &[2, 2])], &["y"]), &o);
+    assert!(e.contains("tensor \"w\" declares 4 elements (dims [2, 2]) but holds 3"), "{e}");
+    let mut ext = f32s("w", &[2], vec![1.0, 2.0]);
+    ext.data_location = 1;
+    let e = import_err(&model(13, vec![node("Add", &["x", "w"], &["y"], vec![])], vec![ext], vec![vi("x", &[2])], &["y"]), &o);
+    assert!(e.contains("keeps its data in an external file"), "{e}");
+    let mut sym = vi("x", &[1, 3]);
+    sym.r#type.as_mut().unwrap().tensor_type.as_mut().unwrap().shape.as_mut().unwrap().dim[1] =
+        Dimension { dim_param: Some("w".into()), ..Default::default() };
+    let e = import_err(&model(13, vec![node("Relu", &["x"], &["y"], vec![])], vec![], vec![sym], &["y"]), &o);
+    assert!(e.contains("dim 1 of input \"x\" is symbolic (w); fix it with --input-shape x=DIMS"), "{e}");
+    let e = import_err(
+        &model(13, vec![node("Add", &["x", "x"], &["y"], vec![])], vec![], vec![vi("x", &[2, 3])], &["y"]),
+        &ImportOptions { input_shapes: vec![("z".into(), vec![Dim::Fixed(1)])] },
+    );
+    assert!(e.contains("--input-shape names \"z\", but the model's inputs are x"), "{e}");
+    let e = import_err(
+        &model(
+            13,
+            vec![
+                node("MaxPool", &["x"], &["y", "idx"], vec![ais("kernel_shape", &[2, 2])]),
+                node("Relu", &["idx"], &["z"], vec![]),
+            ],
+            vec![],
+            vec![vi("x", &[1, 1, 2, 2])],
+            &["z"],
+        ),
+        &o,
+    );
+    assert!(e.contains("MaxPool's indices output is not supported"), "{e}");
+    let e = import_err(
+        &model(
+            13,
+            vec![node("Conv", &["x", "w"], &["y"], vec![])],
+            vec![f32s("w", &[2, 3, 3, 3], ramp(54))],
+            vec![vi("x", &[1, 2, 5, 5])],
+            &["y"],
+        ),
+        &o,
+    );
+    assert!(e.contains("input has 2 channels but weight expects 3"), "{e}");
+}
