@@ -85,10 +85,10 @@ fn compile_dump_dir_stop_after_and_print_after() {
     let mut files: Vec<String> =
         std::fs::read_dir(&d).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
     files.sort();
-    assert_eq!(files, ["00-input.qir", "01-fold-constants.qir", "02-fold-bn.qir"]);
+    assert_eq!(files, ["00-input.qir", "01-fold-constants.qir", "02-fold-hard-swish.qir", "03-fold-bn.qir"]);
     let out = stdout(&o);
     assert!(out.contains("IR after fold-bn") && !out.contains("IR after fold-constants"));
-    assert!(!std::fs::read_to_string(d.join("02-fold-bn.qir")).unwrap().contains("batch_norm"));
+    assert!(!std::fs::read_to_string(d.join("03-fold-bn.qir")).unwrap().contains("batch_norm"));
 }
 
 #[test]
@@ -121,7 +121,7 @@ fn compiled_model_runs_like_the_original() {
 fn usage_errors_exit_2() {
     let o = qc(&["compile", "examples/mlp.qir", "--passes", "fold-bn,nope"]);
     assert_eq!(code(&o), 2);
-    assert!(stderr(&o).contains("unknown pass `nope`; valid passes: fold-constants, fold-bn"), "{}", stderr(&o));
+    assert!(stderr(&o).contains("unknown pass `nope`; valid passes: fold-constants, fold-hard-swish, fold-bn"), "{}", stderr(&o));
     let o = qc(&["compile", "examples/mlp.qir", "--pipeline", "fast"]);
     assert_eq!(code(&o), 2);
     assert!(stderr(&o).contains("valid pipelines: default"));
@@ -204,4 +204,46 @@ fn parse_errors_show_the_line_and_a_caret() {
     assert!(e.contains("bad.qir:2:18"), "{e}");
     assert!(e.contains(" 2 │   %y = relu(%x) {alpha = 1.0} : tensor<4xf32>"), "{e}");
     assert!(e.contains("─────┬─────"), "{e}");
+}
+
+#[test]
+fn import_then_run_an_onnx_model() {
+    let d = scratch("import");
+    let out = d.join("cnn.qir");
+    let o = qc(&["import", "../shared/corpus/models/digits_cnn_fp32.onnx", "-o", p(&out)]);
+    assert_eq!(code(&o), 0, "{}", stderr(&o));
+    assert!(d.join("cnn.safetensors").exists());
+    assert_eq!(code(&qc(&["fmt", "--check", p(&out)])), 0);
+    let x = "../shared/corpus/goldens/digits_inputs16.npy";
+    let (y0, y1) = (d.join("y0.npy"), d.join("y1.npy"));
+    let o = qc(&["run", p(&out), "--input", x, "-o", p(&y0)]);
+    assert_eq!(code(&o), 0, "{}", stderr(&o));
+    // Every command that takes a model takes the .onnx file too.
+    let o = qc(&["run", "../shared/corpus/models/digits_cnn_fp32.onnx", "--input", &format!("input={x}"), "-o", p(&y1)]);
+    assert_eq!(code(&o), 0, "{}", stderr(&o));
+    let a: ArrayD<f32> = ndarray_npy::read_npy(&y0).unwrap();
+    let b: ArrayD<f32> = ndarray_npy::read_npy(&y1).unwrap();
+    let golden: ArrayD<f32> = ndarray_npy::read_npy(root().join("../shared/corpus/goldens/digits_cnn_fp32.npy")).unwrap();
+    assert_eq!(a, b);
+    for (x, y) in a.iter().zip(golden.iter()) {
+        assert!((x - y).abs() <= 1e-5 * y.abs().max(1.0), "{x} vs {y}");
+    }
+    let o = qc(&["compile", "../shared/corpus/models/digits_cnn_fp32.onnx", "--print-after", "fold-bn"]);
+    assert_eq!(code(&o), 0, "{}", stderr(&o));
+    assert!(!stdout(&o).contains("= batch_norm("));
+}
+
+#[test]
+fn import_errors() {
+    let d = scratch("import-err");
+    let out = d.join("x.qir");
+    let bad = d.join("bad.onnx");
+    std::fs::write(&bad, b"\x08\x07\x12garbage that is not protobuf").unwrap();
+    fails_with(&qc(&["import", p(&bad), "-o", p(&out)]), "not a valid ONNX protobuf");
+    assert!(!out.exists(), "a failed import leaves no output");
+    let o = qc(&["import", "../shared/corpus/models/digits_mlp_fp32.onnx", "-o", p(&out), "--input-shape", "input=1xbadx8"]);
+    assert_eq!(code(&o), 2, "{}", stderr(&o));
+    let o = qc(&["import", "../shared/corpus/models/digits_mlp_fp32.onnx", "-o", p(&out), "--input-shape", "input=4x1x8x8"]);
+    assert_eq!(code(&o), 0, "{}", stderr(&o));
+    assert!(std::fs::read_to_string(&out).unwrap().contains("%input: tensor<4x1x8x8xf32>"));
 }

@@ -340,3 +340,15 @@ fn malformed_models_get_clear_errors() {
     );
     assert!(e.contains("input has 2 channels but weight expects 3"), "{e}");
 }
+
+#[test]
+fn hard_swish_pattern_becomes_one_op() {
+    let n = vec![
+        node("Add", &["x", "three"], &["a"], vec![]),
+        node("Clip", &["a", "zero", "six"], &["c"], vec![]),
+        node("Mul", &["x", "c"], &["m"], vec![]),
+        node("Div", &["m", "six"], &["y"], vec![]),
+    ];
+    let inits = vec![f32s("three", &[], vec![3.0]), f32s("zero", &[], vec![0.0]), f32s("six", &[], vec![6.0])];
+    check("hard_swish_pattern", model(13, n, inits, vec![vi("x", &[-1, 8])], &["y"]));
+}

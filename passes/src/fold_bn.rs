@@ -4,7 +4,7 @@
 //! feeds it, when that op is f32, has no fused activation, and its result feeds only the batch
 //! norm. With `s = scale / sqrt(var + eps)` and `t = bias - mean * s`, output channel `c` gets
 //! `w'[c] = w[c] * s[c]` and `b'[c] = b[c] * s[c] + t[c]`. The new tensors are named after the
-//! conv (`conv1.weight.bn`, `conv1.bias.bn`) and the conv's `loc` records the batch norm.
+//! tensors they replace (`conv1.weight.bn`, `conv1.bias.bn`) and the conv's `loc` records the batch norm.
 //!
 //! ```text
 //! %c = conv2d(%x, %w, %b) ... loc("conv1")            %c = conv2d(%x, %w.bn, %b.bn) ...
@@ -20,7 +20,7 @@
 use crate::rewrite::{add_const, const_f32, origin_name};
 use crate::{Changed, Pass, PassError};
 use ndarray::{ArrayD, IxDyn};
-use qc_ir::{Graph, Node, NodeId, OpKind, Tensor, TensorType, ValueId};
+use qc_ir::{ConstValue, Graph, Node, NodeId, OpKind, Tensor, TensorType, ValueId};
 
 /// The `fold-bn` pass.
 pub struct FoldBn;
@@ -86,17 +86,24 @@ fn fold_into_producer(g: &mut Graph, bn: NodeId, a: &Affine) -> bool {
             (w2, b2)
         }
     };
+    // New tensors are named after the ones they replace (`conv1.weight` → `conv1.weight.bn`).
     let origin = origin_name(g, x);
+    let named = |v: Option<ValueId>, role: &str| {
+        let weight = v.and_then(|v| g.producer(v)).and_then(|p| match &g.node(p).value {
+            Some(ConstValue::Weight(w)) => Some(w.clone()),
+            _ => None,
+        });
+        match weight.or_else(|| v.and_then(|v| g.value(v).name.clone())) {
+            Some(n) => format!("{n}.bn"),
+            None => format!("{origin}.{role}.bn"),
+        }
+    };
+    let (w_name, b_name) = (named(Some(w), "weight"), named(b, "bias"));
     let loc = g.node(p).loc.clone();
     let wty = g.ty(w).clone();
-    let w_new = add_const(g, &format!("{origin}.weight.bn"), f32_tensor(&wshape, new_w), wty, loc.clone());
-    let b_new = add_const(
-        g,
-        &format!("{origin}.bias.bn"),
-        f32_tensor(&[c], new_b),
-        TensorType::new(&[c as u64], qc_ir::ScalarType::F32),
-        loc,
-    );
+    let bty = TensorType::new(&[c as u64], qc_ir::ScalarType::F32);
+    let w_new = add_const(g, &w_name, f32_tensor(&wshape, new_w), wty, loc.clone());
+    let b_new = add_const(g, &b_name, f32_tensor(&[c], new_b), bty, loc);
     let bn_loc = g.node(bn).loc.clone();
     let bn_result = g.node(bn).results[0];
     let pn = g.node_mut(p);

@@ -5,12 +5,14 @@
 mod dead_code;
 mod fold_bn;
 mod fold_constants;
+mod fold_hard_swish;
 mod fuse_activation;
 mod rewrite;
 
 pub use dead_code::DeadCode;
 pub use fold_bn::FoldBn;
 pub use fold_constants::FoldConstants;
+pub use fold_hard_swish::FoldHardSwish;
 pub use fuse_activation::FuseActivation;
 
 use qc_ir::Graph;
@@ -91,6 +93,11 @@ pub const REGISTRY: &[PassInfo] = &[
         make: || Box::new(FoldConstants),
     },
     PassInfo {
+        name: "fold-hard-swish",
+        doc: "replace x * clip(x + 3, 0, 6) / 6 and x * hard_sigmoid(x) with hard_swish",
+        make: || Box::new(FoldHardSwish),
+    },
+    PassInfo {
         name: "fold-bn",
         doc: "fold batch_norm into the conv2d/gemm before it, or into a standalone mul + add",
         make: || Box::new(FoldBn),
@@ -109,7 +116,11 @@ pub const REGISTRY: &[PassInfo] = &[
 
 /// Named pipelines: (name, passes, doc).
 pub const PIPELINES: &[(&str, &[&str], &str)] = &[
-    ("default", &["fold-constants", "fold-bn", "fuse-activation", "dead-code"], "the fp32 clean-up before quantization"),
+    (
+        "default",
+        &["fold-constants", "fold-hard-swish", "fold-bn", "fuse-activation", "dead-code"],
+        "the fp32 clean-up before quantization",
+    ),
     ("cleanup", &["fold-constants", "dead-code"], "constant folding and dead-code removal only"),
 ];
 

@@ -9,12 +9,18 @@ pub use import::{ImportOptions, import, sanitize};
 use crate::QcError;
 use prost::Message;
 use qc_ir::Graph;
+use qc_passes::Pass;
 use std::path::Path;
 
-/// Decodes ONNX bytes and imports the model; `name` becomes the function's name.
+/// Decodes ONNX bytes and imports the model; `name` becomes the function's name. The
+/// exporters' spelled-out hard-swish is folded into `hard_swish` on the way in.
 pub fn import_bytes(bytes: &[u8], name: &str, opts: &ImportOptions) -> Result<Graph, String> {
     let model = proto::ModelProto::decode(bytes).map_err(|e| format!("not a valid ONNX protobuf: {e}"))?;
-    import(&model, name, opts)
+    let mut g = import(&model, name, opts)?;
+    for pass in [&qc_passes::FoldHardSwish as &dyn Pass, &qc_passes::DeadCode] {
+        pass.run(&mut g).map_err(|e| e.to_string())?;
+    }
+    Ok(g)
 }
 
 /// Reads and imports an ONNX file.
