@@ -5,9 +5,10 @@ use qc::io::{read_tensor, write_tensor};
 use qc::model::parse_source;
 use qc::{QcError, load_model, save_model};
 use qc_ir::eval::evaluate;
+use qc_ir::requant::RequantMode;
 use qc_ir::text::print;
 use qc_ir::{Dim, Tensor};
-use qc_passes::{PIPELINES, PipelineOptions, REGISTRY, run_pipeline};
+use qc_passes::{PIPELINES, PassOptions, PipelineOptions, REGISTRY, run_pipeline};
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
@@ -16,6 +17,14 @@ use std::path::{Path, PathBuf};
 struct Cli {
     #[command(subcommand)]
     command: Command,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum Requant {
+    /// `M = f32(f32(s_x·s_w) / s_y)`, `y = rne(f32(acc)·M) + zp`.
+    F32,
+    /// `M = m0·2^-n`, one rounding in i64.
+    Q31,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -77,6 +86,9 @@ enum Command {
         /// Stop after this pass.
         #[arg(long)]
         stop_after: Option<String>,
+        /// How integer ops requantize: f32 (ONNX Runtime's formula) or q31 (integer only).
+        #[arg(long, value_enum, default_value = "f32")]
+        requant: Requant,
     },
     /// Run a model on inputs from .npy files.
     Run {
@@ -106,8 +118,24 @@ fn main() {
             list_passes();
             Ok(())
         }
-        Command::Compile { model, output, weights, pipeline, passes, print_after_all, print_after, dump_dir, stop_after } => {
-            let opts = PipelineOptions { print_after_all, print_after, dump_dir, stop_after, check_weights: true };
+        Command::Compile {
+            model,
+            output,
+            weights,
+            pipeline,
+            passes,
+            print_after_all,
+            print_after,
+            dump_dir,
+            stop_after,
+            requant,
+        } => {
+            let requant = match requant {
+                Requant::F32 => RequantMode::F32,
+                Requant::Q31 => RequantMode::Q31,
+            };
+            let pass_options = PassOptions { requant };
+            let opts = PipelineOptions { print_after_all, print_after, dump_dir, stop_after, check_weights: true, pass_options };
             compile(&model, output.as_deref(), weights.as_deref(), pipeline, passes, &opts)
         }
         Command::Run { model, input, output, weights, engine } => run(&model, &input, &output, weights.as_deref(), engine),
@@ -189,7 +217,7 @@ fn compile(
         (None, None) => qc_passes::pipeline("default").expect("the default pipeline exists"),
     };
     for n in names.iter().chain(&opts.print_after).chain(&opts.stop_after) {
-        qc_passes::lookup(n).map_err(|e| QcError::Usage(format!("error: {e}")))?;
+        qc_passes::lookup(n, &opts.pass_options).map_err(|e| QcError::Usage(format!("error: {e}")))?;
     }
     let mut model = load_model(path, weights)?;
     let stdout = std::io::stdout();

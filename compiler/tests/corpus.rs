@@ -123,3 +123,61 @@ fn dynamic_models_match_onnx_runtime_at_batch_1() {
         assert!(worst <= 1e-5, "{name}: max error {worst:e}");
     }
 }
+
+fn compile(g: &mut Graph, pipeline: &str, mode: qc_ir::requant::RequantMode) {
+    let opts = qc_passes::PipelineOptions {
+        check_weights: true,
+        pass_options: qc_passes::PassOptions { requant: mode, ..Default::default() },
+        ..Default::default()
+    };
+    qc_passes::run_pipeline(g, &qc_passes::pipeline(pipeline).unwrap(), &opts, &mut std::io::sink()).unwrap();
+}
+
+/// Largest |Δq| between two output batches, and whether arg-max agrees on every row (a row
+/// whose reference top two are within one step may differ).
+fn agreement(got: &[f32], want: &[f32], s: f32, zp: i32) -> (i64, bool) {
+    let q = |v: f32| (v / s).round_ties_even() as i64 + zp as i64;
+    let dq = got.iter().zip(want).map(|(a, b)| (q(*a) - q(*b)).abs()).max().unwrap();
+    let ok = got.chunks(10).zip(want.chunks(10)).all(|(a, b)| {
+        let mut sorted: Vec<i64> = b.iter().map(|&v| q(v)).collect();
+        sorted.sort_unstable();
+        argmax(a) == argmax(b) || sorted[9] - sorted[8] <= 1
+    });
+    (dq, ok)
+}
+
+#[test]
+fn onnx_runtime_qdq_models_compile_to_integer_ops_that_match_it() {
+    let x = inputs16();
+    for (name, path) in models(|n| n.contains("_qdq_pre_")) {
+        let mut g = import(&path);
+        let (s, zp) = output_params(&g).unwrap();
+        compile(&mut g, "qdq", qc_ir::requant::RequantMode::F32);
+        // Only the model's input quantize and output dequantize are left; everything else is integer.
+        let qdq = g.node_ids().filter(|&n| matches!(g.node(n).kind, OpKind::Quantize | OpKind::Dequantize)).count();
+        let f32_ops: Vec<String> = g
+            .node_ids()
+            .filter(|&n| {
+                let k = g.node(n).kind;
+                !matches!(k, OpKind::Const | OpKind::Quantize | OpKind::Dequantize) && g.ty(g.node(n).results[0]).elem.is_f32()
+            })
+            .map(|n| g.node(n).kind.to_string())
+            .collect();
+        assert_eq!(qdq, 2, "{name}: Q/DQ left:\n{}", print(&g));
+        assert!(f32_ops.is_empty(), "{name}: f32 ops left: {f32_ops:?}");
+        let (got, want) = (run(&g, &x), golden(&name));
+        let (dq, argmax_ok) = agreement(&got, &want, s, zp);
+        println!("{name}: integer ops, max |dq| = {dq}");
+        if name.starts_with("digits_resdw") {
+            assert!(dq <= 2 && argmax_ok, "{name}: max |dq| = {dq}");
+        } else {
+            assert_eq!(dq, 0, "{name}");
+        }
+        // q31 requantization stays within a step of ONNX Runtime's f32 formula.
+        let mut g31 = import(&path);
+        compile(&mut g31, "qdq", qc_ir::requant::RequantMode::Q31);
+        let (dq31, ok31) = agreement(&run(&g31, &x), &want, s, zp);
+        println!("{name}: q31, max |dq| = {dq31}");
+        assert!(dq31 <= 2 && ok31, "{name}: q31 max |dq| = {dq31}");
+    }
+}

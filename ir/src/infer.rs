@@ -220,6 +220,12 @@ pub fn infer(kind: OpKind, attrs: &Attrs, ops: &[Operand]) -> R<Vec<TypeFact>> {
             }
             one(x().dims.clone(), None)
         }
+        OpKind::Requantize => {
+            if x().elem.quant().is_none() {
+                return Err(format!("requantize needs a quantized operand, got {}", x().elem));
+            }
+            one(x().dims.clone(), None)
+        }
         OpKind::Dequantize => {
             if x().elem.quant().is_none() {
                 return Err(format!("dequantize needs a quantized operand, got {}", x().elem));

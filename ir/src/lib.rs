@@ -15,6 +15,7 @@ pub mod eval;
 pub mod graph;
 pub mod infer;
 pub mod ops;
+pub mod requant;
 pub mod tensor;
 pub mod text;
 pub mod types;

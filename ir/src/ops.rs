@@ -27,16 +27,16 @@ use AttrKind::{Bool, Float, Floats, Int, Ints, Str};
 
 /// Attributes of an activation fused into conv/gemm/matmul by `fuse-activation`:
 /// `activation = "relu"` or `activation = "clip", clip_min = 0.0, clip_max = 6.0`.
-const FUSED: [AttrSpec; 3] = [opt("activation", Str), opt("clip_min", Float), opt("clip_max", Float)];
+const FUSED: [AttrSpec; 4] = [opt("activation", Str), opt("clip_min", Float), opt("clip_max", Float), opt("requant", Str)];
 
-const CONV_ATTRS: [AttrSpec; 7] =
-    [opt("strides", Ints), opt("pads", Ints), opt("dilations", Ints), opt("groups", Int), FUSED[0], FUSED[1], FUSED[2]];
+const CONV_ATTRS: [AttrSpec; 8] =
+    [opt("strides", Ints), opt("pads", Ints), opt("dilations", Ints), opt("groups", Int), FUSED[0], FUSED[1], FUSED[2], FUSED[3]];
 
 const CONV_T_ATTRS: [AttrSpec; 5] =
     [opt("strides", Ints), opt("pads", Ints), opt("dilations", Ints), opt("groups", Int), opt("output_padding", Ints)];
 
-const GEMM_ATTRS: [AttrSpec; 7] =
-    [opt("trans_a", Bool), opt("trans_b", Bool), opt("alpha", Float), opt("beta", Float), FUSED[0], FUSED[1], FUSED[2]];
+const GEMM_ATTRS: [AttrSpec; 8] =
+    [opt("trans_a", Bool), opt("trans_b", Bool), opt("alpha", Float), opt("beta", Float), FUSED[0], FUSED[1], FUSED[2], FUSED[3]];
 
 macro_rules! ops {
     ($( $variant:ident = $name:literal, operands $min:literal ..= $max:expr, attrs $attrs:expr, $doc:literal; )*) => {
@@ -90,9 +90,9 @@ ops! {
     HardSwish = "hard_swish", operands 1 ..= 1, attrs [], "x * max(0, min(1, x / 6 + 0.5))";
     BatchNorm = "batch_norm", operands 5 ..= 5, attrs [opt("epsilon", Float)], "inference batch norm (x, scale, bias, mean, var) over axis 1, epsilon 1e-5 by default";
     MaxPool = "max_pool", operands 1 ..= 1, attrs [req("kernel_shape", Ints), opt("strides", Ints), opt("pads", Ints), opt("dilations", Ints), opt("ceil_mode", Bool)], "2-D max pooling";
-    AvgPool = "avg_pool", operands 1 ..= 1, attrs [req("kernel_shape", Ints), opt("strides", Ints), opt("pads", Ints), opt("ceil_mode", Bool), opt("count_include_pad", Bool)], "2-D average pooling";
-    GlobalAvgPool = "global_avg_pool", operands 1 ..= 1, attrs [], "mean over the spatial dims, keeping them as 1";
-    ReduceMean = "reduce_mean", operands 1 ..= 1, attrs [opt("axes", Ints), opt("keepdims", Bool)], "mean over `axes` (all when absent), keepdims true by default";
+    AvgPool = "avg_pool", operands 1 ..= 1, attrs [req("kernel_shape", Ints), opt("strides", Ints), opt("pads", Ints), opt("ceil_mode", Bool), opt("count_include_pad", Bool), opt("requant", Str)], "2-D average pooling";
+    GlobalAvgPool = "global_avg_pool", operands 1 ..= 1, attrs [opt("requant", Str)], "mean over the spatial dims, keeping them as 1";
+    ReduceMean = "reduce_mean", operands 1 ..= 1, attrs [opt("axes", Ints), opt("keepdims", Bool), opt("requant", Str)], "mean over `axes` (all when absent), keepdims true by default";
     Flatten = "flatten", operands 1 ..= 1, attrs [opt("axis", Int)], "reshape to 2-D [prod(dims[..axis]), prod(dims[axis..])], axis 1 by default";
     Reshape = "reshape", operands 1 ..= 2, attrs [opt("shape", Ints), opt("allowzero", Bool)], "reshape to `shape` (attribute or i64 operand; 0 copies a dim unless allowzero, -1 is inferred)";
     Transpose = "transpose", operands 1 ..= 1, attrs [opt("perm", Ints)], "permute dims (reversed when perm is absent)";
@@ -102,6 +102,7 @@ ops! {
     Resize = "resize", operands 1 ..= 1, attrs [opt("mode", Str), opt("coordinate_transformation_mode", Str), opt("nearest_mode", Str), opt("scales", Floats), opt("sizes", Ints)], "resize NCHW spatially, mode nearest or linear";
     Softmax = "softmax", operands 1 ..= 1, attrs [opt("axis", Int)], "softmax along `axis`, -1 by default";
     Quantize = "quantize", operands 1 ..= 1, attrs [], "f32 to the quantized result type: clamp(round_half_even(x / scale) + zp)";
+    Requantize = "requantize", operands 1 ..= 1, attrs [], "quantized operand to the result's quantization parameters: clamp(rne(f32(q - zp_in) * f32(s_in / s_out)) + zp_out)";
     Dequantize = "dequantize", operands 1 ..= 1, attrs [], "quantized operand to f32: scale * (q - zp)";
     Shape = "shape", operands 1 ..= 1, attrs [], "the operand's shape as an i64 vector";
     Gather = "gather", operands 2 ..= 2, attrs [opt("axis", Int)], "ONNX Gather: take `indices` (i64) along `axis`";

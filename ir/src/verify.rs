@@ -175,11 +175,11 @@ impl Verifier<'_> {
                         };
                         self.at_node(id, format!("{kind} gives {derived} but the IR declares {declared}"));
                     }
-                    if kind == OpKind::Quantize && declared.elem.quant().is_none() {
-                        self.at_node(id, format!("quantize must produce a quantized type, not {declared}"));
+                    if matches!(kind, OpKind::Quantize | OpKind::Requantize) && declared.elem.quant().is_none() {
+                        self.at_node(id, format!("{kind} must produce a quantized type, not {declared}"));
                     }
                     if fact.elem.is_none()
-                        && kind != OpKind::Quantize
+                        && !matches!(kind, OpKind::Quantize | OpKind::Requantize)
                         && !(declared.elem.is_f32() || declared.elem.quant().is_some())
                     {
                         self.at_node(id, format!("an integer {kind} produces a quantized or f32 result, not {declared}"));

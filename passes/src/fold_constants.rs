@@ -12,8 +12,8 @@
 //! %r = reshape(%x, %t) : tensor<1x256xf32>            %r = reshape(%x) {shape = [1, 256]} : tensor<1x256xf32>
 //! ```
 //!
-//! Leaves alone: ops with a non-constant operand, constants themselves, and constants whose
-//! weights are not loaded. The replaced ops' operands stay until `dead-code` removes them.
+//! Leaves alone: ops with a non-constant operand, constants whose weights are not loaded, and
+//! quantize/dequantize of constants (weights stay integers; `fold-qdq` decides). The replaced ops' operands stay until `dead-code` removes them.
 
 use crate::rewrite::{const_value, origin_name, store_const};
 use crate::{Changed, Pass, PassError};
@@ -34,7 +34,11 @@ impl Pass for FoldConstants {
         for id in order {
             let node = g.node(id);
             let kind = node.kind;
-            if kind == OpKind::Const {
+            // Quantized constants stay quantized: Q/DQ of constants are fold-qdq's to decide.
+            if matches!(
+                kind,
+                OpKind::Const | OpKind::Quantize | OpKind::Dequantize | OpKind::Requantize | OpKind::DynamicQuantize
+            ) {
                 continue;
             }
             let result = node.results[0];

@@ -6,14 +6,18 @@ mod dead_code;
 mod fold_bn;
 mod fold_constants;
 mod fold_hard_swish;
+mod fold_qdq;
 mod fuse_activation;
+mod fuse_requant;
 mod rewrite;
 
 pub use dead_code::DeadCode;
 pub use fold_bn::FoldBn;
 pub use fold_constants::FoldConstants;
 pub use fold_hard_swish::FoldHardSwish;
+pub use fold_qdq::FoldQdq;
 pub use fuse_activation::FuseActivation;
+pub use fuse_requant::{FuseRequant, explain as explain_unfused};
 
 use qc_ir::Graph;
 use qc_ir::diag::Diagnostic;
@@ -67,6 +71,13 @@ impl fmt::Display for PassError {
 
 impl std::error::Error for PassError {}
 
+/// The options of the passes (`qc passes` lists which pass reads which).
+#[derive(Clone, Debug, Default)]
+pub struct PassOptions {
+    /// How `fuse-requant` requantizes: `f32` (ONNX Runtime's formula) or `q31`.
+    pub requant: qc_ir::requant::RequantMode,
+}
+
 /// A transformation of the graph. `run` either leaves a graph the verifier accepts or fails.
 pub trait Pass {
     /// The registered name (`fold-bn`).
@@ -82,7 +93,7 @@ pub struct PassInfo {
     /// One line of documentation.
     pub doc: &'static str,
     /// Makes the pass.
-    pub make: fn() -> Box<dyn Pass>,
+    pub make: fn(&PassOptions) -> Box<dyn Pass>,
 }
 
 /// Every pass, in the order `qc passes` lists them.
@@ -90,27 +101,37 @@ pub const REGISTRY: &[PassInfo] = &[
     PassInfo {
         name: "fold-constants",
         doc: "evaluate ops whose operands are all constant (shape arithmetic included); constant shape operands become attributes",
-        make: || Box::new(FoldConstants),
+        make: |_| Box::new(FoldConstants),
     },
     PassInfo {
         name: "fold-hard-swish",
         doc: "replace x * clip(x + 3, 0, 6) / 6 and x * hard_sigmoid(x) with hard_swish",
-        make: || Box::new(FoldHardSwish),
+        make: |_| Box::new(FoldHardSwish),
     },
     PassInfo {
         name: "fold-bn",
         doc: "fold batch_norm into the conv2d/gemm before it, or into a standalone mul + add",
-        make: || Box::new(FoldBn),
+        make: |_| Box::new(FoldBn),
     },
     PassInfo {
         name: "fuse-activation",
         doc: "mark a relu/clip that follows a conv2d/gemm/matmul as that op's fused activation",
-        make: || Box::new(FuseActivation),
+        make: |_| Box::new(FuseActivation),
+    },
+    PassInfo {
+        name: "fold-qdq",
+        doc: "quantize constants; cancel quantize(dequantize(q)) or make it a requantize; move Q/DQ through reshape, transpose, max_pool, relu",
+        make: |_| Box::new(FoldQdq),
+    },
+    PassInfo {
+        name: "fuse-requant",
+        doc: "dequantize → conv2d/gemm/matmul/add/pool/concat/activation → quantize becomes one integer op (--requant f32|q31)",
+        make: |o| Box::new(FuseRequant::new(o)),
     },
     PassInfo {
         name: "dead-code",
         doc: "remove ops whose results are never used, and weights no const refers to",
-        make: || Box::new(DeadCode),
+        make: |_| Box::new(DeadCode),
     },
 ];
 
@@ -122,11 +143,16 @@ pub const PIPELINES: &[(&str, &[&str], &str)] = &[
         "the fp32 clean-up before quantization",
     ),
     ("cleanup", &["fold-constants", "dead-code"], "constant folding and dead-code removal only"),
+    (
+        "qdq",
+        &["fold-constants", "fold-hard-swish", "fold-bn", "fold-qdq", "fuse-requant", "dead-code"],
+        "compile a model quantized elsewhere (QDQ from ONNX Runtime or quantization-aware training) to integer ops",
+    ),
 ];
 
-/// Makes the pass called `name`, or an error listing the valid names.
-pub fn lookup(name: &str) -> Result<Box<dyn Pass>, String> {
-    REGISTRY.iter().find(|p| p.name == name).map(|p| (p.make)()).ok_or_else(|| {
+/// Makes the pass called `name` with `opts`, or an error listing the valid names.
+pub fn lookup(name: &str, opts: &PassOptions) -> Result<Box<dyn Pass>, String> {
+    REGISTRY.iter().find(|p| p.name == name).map(|p| (p.make)(opts)).ok_or_else(|| {
         let names: Vec<&str> = REGISTRY.iter().map(|p| p.name).collect();
         format!("unknown pass `{name}`; valid passes: {}", names.join(", "))
     })
@@ -153,6 +179,8 @@ pub struct PipelineOptions {
     pub stop_after: Option<String>,
     /// Verify against the weights too (they are loaded).
     pub check_weights: bool,
+    /// The passes' options.
+    pub pass_options: PassOptions,
 }
 
 /// What one pass did.
@@ -171,10 +199,12 @@ pub fn run_pipeline(
     opts: &PipelineOptions,
     print_to: &mut dyn std::io::Write,
 ) -> Result<Vec<PassRecord>, PassError> {
-    let made: Vec<Box<dyn Pass>> =
-        passes.iter().map(|n| lookup(n).map_err(|e| PassError::new("pipeline", e))).collect::<Result<_, _>>()?;
+    let made: Vec<Box<dyn Pass>> = passes
+        .iter()
+        .map(|n| lookup(n, &opts.pass_options).map_err(|e| PassError::new("pipeline", e)))
+        .collect::<Result<_, _>>()?;
     for n in opts.print_after.iter().chain(&opts.stop_after) {
-        lookup(n).map_err(|e| PassError::new("pipeline", e))?;
+        lookup(n, &opts.pass_options).map_err(|e| PassError::new("pipeline", e))?;
     }
     let vopts = VerifyOptions { check_weights: opts.check_weights };
     verify(g, vopts).map_err(|d| PassError {

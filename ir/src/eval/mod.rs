@@ -3,10 +3,12 @@
 //! fused multiply-add.
 
 mod elementwise;
+mod integer;
 mod nn;
 mod quant;
 mod shape_ops;
 
+pub use integer::weight_output_axis;
 pub use quant::{dequantize_value, quantize_value};
 
 use crate::attr::Attrs;
@@ -155,30 +157,30 @@ pub fn eval_op_multi(
 /// parameters live there).
 pub fn eval_op(kind: OpKind, attrs: &Attrs, args: &[&Tensor], tys: &[&TensorType], out: &TensorType) -> Result<Tensor, String> {
     let quantized = tys.iter().any(|t| t.elem.quant().is_some()) || out.elem.quant().is_some();
-    let shape_only = matches!(
-        kind,
-        OpKind::Reshape
-            | OpKind::Flatten
-            | OpKind::Transpose
-            | OpKind::Concat
-            | OpKind::Slice
-            | OpKind::Pad
-            | OpKind::Gather
-            | OpKind::Squeeze
-            | OpKind::Unsqueeze
-            | OpKind::Shape
-            | OpKind::Cast
-            | OpKind::Quantize
-            | OpKind::Dequantize
-            | OpKind::Add
+    if quantized {
+        match kind {
+            OpKind::Conv2d | OpKind::Gemm | OpKind::MatMul => return integer::kernel(kind, attrs, args, tys, out),
+            OpKind::Add if tys.iter().all(|t| t.elem.quant().is_some()) => return integer::add(args, tys, out),
+            OpKind::AvgPool | OpKind::GlobalAvgPool | OpKind::ReduceMean => return integer::mean(kind, attrs, args, tys, out),
+            OpKind::Concat if tys.iter().any(|t| t.elem != out.elem) => {
+                return integer::concat(args, tys, out, attrs.int("axis", 0));
+            }
+            OpKind::Sigmoid | OpKind::HardSigmoid | OpKind::HardSwish | OpKind::Clip => {
+                return integer::lookup(kind, attrs, args[0], tys[0], out);
+            }
+            OpKind::Requantize => return integer::requantize(args[0], tys[0], out),
+            OpKind::Add
             | OpKind::Sub
             | OpKind::Mul
             | OpKind::Div
-            | OpKind::MaxPool
-            | OpKind::Relu
-    );
-    if quantized && !shape_only {
-        return Err(format!("integer {kind} is not implemented by the evaluator yet"));
+            | OpKind::ConvTranspose2d
+            | OpKind::BatchNorm
+            | OpKind::Resize
+            | OpKind::Softmax => {
+                return Err(format!("{kind} has no integer form; dequantize its operands first"));
+            }
+            _ => {}
+        }
     }
     let f = |i: usize| f32_arg(kind, args[i], i);
     let out_dims = || -> Vec<usize> { out.dims.iter().map(|d| d.fixed().unwrap_or(0) as usize).collect() };
@@ -196,12 +198,7 @@ pub fn eval_op(kind: OpKind, attrs: &Attrs, args: &[&Tensor], tys: &[&TensorType
             nn::gemm(f(0)?, f(1)?, args.get(2).map(|_| f(2)).transpose()?, attrs)?,
             attrs,
         )),
-        OpKind::Add | OpKind::Sub | OpKind::Mul | OpKind::Div => {
-            if quantized {
-                return Err(format!("integer {kind} is not implemented by the evaluator yet"));
-            }
-            elementwise::binary(kind, args[0], args[1])?
-        }
+        OpKind::Add | OpKind::Sub | OpKind::Mul | OpKind::Div => elementwise::binary(kind, args[0], args[1])?,
         OpKind::Relu if quantized => {
             let zp = tys[0].elem.quant().map(|q| q.zero_points[0]).unwrap_or(0);
             if tys[0].elem.quant().is_some_and(|q| q.axis.is_some()) {
@@ -258,6 +255,7 @@ pub fn eval_op(kind: OpKind, attrs: &Attrs, args: &[&Tensor], tys: &[&TensorType
         OpKind::Resize => Tensor::F32(nn::resize(f(0)?, attrs, &out_dims())?),
         OpKind::Softmax => Tensor::F32(nn::softmax(f(0)?, attrs.int("axis", -1))?),
         OpKind::Quantize => quant::quantize(f(0)?, out)?,
+        OpKind::Requantize => return Err("requantize needs a quantized operand".into()),
         OpKind::Dequantize => Tensor::F32(quant::dequantize(args[0], tys[0])?),
         OpKind::Shape => Tensor::from_i64s(args[0].shape().iter().map(|&d| d as i64).collect()),
         OpKind::Gather => shape_ops::gather(args[0], args[1], attrs.int("axis", 0))?,

@@ -40,7 +40,7 @@ impl Window {
     }
 }
 
-fn dims4(a: &ArrayD<f32>) -> Result<[usize; 4], String> {
+fn dims4<T>(a: &ArrayD<T>) -> Result<[usize; 4], String> {
     let s = a.shape();
     if s.len() != 4 {
         return Err(format!("expected a rank-4 tensor, got shape {s:?}"));
@@ -48,8 +48,14 @@ fn dims4(a: &ArrayD<f32>) -> Result<[usize; 4], String> {
     Ok([s[0], s[1], s[2], s[3]])
 }
 
-/// 2-D convolution, NCHW input, OIHW weight, optional bias.
-pub fn conv2d(x: &ArrayD<f32>, w: &ArrayD<f32>, b: Option<&ArrayD<f32>>, attrs: &Attrs) -> Result<ArrayD<f32>, String> {
+/// 2-D convolution, NCHW input, OIHW weight, optional bias; in f32, or exactly in integers
+/// (the caller has subtracted the zero points, so padding reads real zero).
+pub fn conv2d<T: ndarray::LinalgScalar>(
+    x: &ArrayD<T>,
+    w: &ArrayD<T>,
+    b: Option<&ArrayD<T>>,
+    attrs: &Attrs,
+) -> Result<ArrayD<T>, String> {
     let [n, c, h, wd] = dims4(x)?;
     let [o, ci, kh, kw] = dims4(w)?;
     let g = attrs.int("groups", 1).max(1) as usize;
@@ -61,22 +67,22 @@ pub fn conv2d(x: &ArrayD<f32>, w: &ArrayD<f32>, b: Option<&ArrayD<f32>>, attrs: 
     let x = x.as_standard_layout();
     let w = w.as_standard_layout();
     let (xs, ws) = (x.as_slice().expect("standard"), w.as_slice().expect("standard"));
-    let bias: Vec<f32> = b.map_or(vec![0.0; o], |b| b.iter().copied().collect());
+    let bias: Vec<T> = b.map_or(vec![T::zero(); o], |b| b.iter().copied().collect());
     let og = o / g;
-    let mut out = vec![0f32; n * o * oh * ow];
+    let mut out = vec![T::zero(); n * o * oh * ow];
     for ni in 0..n {
         for oc in 0..o {
             let grp = oc / og;
             for y in 0..oh {
                 for xo in 0..ow {
-                    let mut acc = 0f32;
+                    let mut acc = T::zero();
                     for ic in 0..ci {
                         let chan = grp * ci + ic;
                         for ky in 0..kh {
                             let Some(iy) = win.at(0, y, ky, h) else { continue };
                             for kx in 0..kw {
                                 let Some(ix) = win.at(1, xo, kx, wd) else { continue };
-                                acc += xs[((ni * c + chan) * h + iy) * wd + ix] * ws[((oc * ci + ic) * kh + ky) * kw + kx];
+                                acc = acc + xs[((ni * c + chan) * h + iy) * wd + ix] * ws[((oc * ci + ic) * kh + ky) * kw + kx];
                             }
                         }
                     }
@@ -165,8 +171,8 @@ pub fn matmul<T: ndarray::LinalgScalar>(a: &ArrayD<T>, b: &ArrayD<T>) -> Result<
     ash.extend([m, k]);
     let mut bsh = batch.clone();
     bsh.extend([k, n]);
-    let av = a2.broadcast(IxDyn(&ash)).ok_or("broadcast")?.to_owned();
-    let bv = b2.broadcast(IxDyn(&bsh)).ok_or("broadcast")?.to_owned();
+    let av = a2.broadcast(IxDyn(&ash)).ok_or("broadcast")?.as_standard_layout().into_owned();
+    let bv = b2.broadcast(IxDyn(&bsh)).ok_or("broadcast")?.as_standard_layout().into_owned();
     let nb: usize = batch.iter().product();
     let av = av.into_shape_with_order(IxDyn(&[nb, m, k])).map_err(|e| e.to_string())?;
     let bv = bv.into_shape_with_order(IxDyn(&[nb, k, n])).map_err(|e| e.to_string())?;
@@ -271,11 +277,18 @@ pub fn max_pool(x: &Tensor, attrs: &Attrs) -> Result<Tensor, String> {
 
 /// Average pooling; `count_include_pad` counts padded positions (not those past the padding).
 pub fn avg_pool(x: &ArrayD<f32>, attrs: &Attrs) -> Result<ArrayD<f32>, String> {
+    let (sums, counts) = window_sums(x, attrs)?;
+    Ok(ndarray::Zip::from(&sums).and(&counts).map_collect(|&s, &n| if n == 0 { 0.0 } else { s / n as f32 }))
+}
+
+/// The sums of every average-pooling window and the number of positions each counts.
+pub fn window_sums<T: ndarray::LinalgScalar>(x: &ArrayD<T>, attrs: &Attrs) -> Result<(ArrayD<T>, ArrayD<usize>), String> {
     let [n, c, h, w] = dims4(x)?;
     let win = pool_geometry(attrs, x.shape())?;
     let include_pad = attrs.bool("count_include_pad", false);
     let [oh, ow] = win.out;
-    let mut out = ArrayD::<f32>::zeros(IxDyn(&[n, c, oh, ow]));
+    let mut sums = ArrayD::<T>::zeros(IxDyn(&[n, c, oh, ow]));
+    let mut counts = ArrayD::<usize>::zeros(IxDyn(&[n, c, oh, ow]));
     let padded = |i: usize, o: usize, k: usize, len: usize| {
         let pos = (o * win.stride[i] + k * win.dil[i]) as isize - win.pad[i] as isize;
         pos >= -(win.pad[i] as isize) && pos < (len + win.pad[i + 2]) as isize
@@ -284,12 +297,12 @@ pub fn avg_pool(x: &ArrayD<f32>, attrs: &Attrs) -> Result<ArrayD<f32>, String> {
         for ci in 0..c {
             for y in 0..oh {
                 for xo in 0..ow {
-                    let (mut sum, mut count) = (0f32, 0usize);
+                    let (mut sum, mut count) = (T::zero(), 0usize);
                     for ky in 0..win.k[0] {
                         for kx in 0..win.k[1] {
                             match (win.at(0, y, ky, h), win.at(1, xo, kx, w)) {
                                 (Some(iy), Some(ix)) => {
-                                    sum += x[[ni, ci, iy, ix]];
+                                    sum = sum + x[[ni, ci, iy, ix]];
                                     count += 1;
                                 }
                                 _ if include_pad && padded(0, y, ky, h) && padded(1, xo, kx, w) => count += 1,
@@ -297,12 +310,13 @@ pub fn avg_pool(x: &ArrayD<f32>, attrs: &Attrs) -> Result<ArrayD<f32>, String> {
                             }
                         }
                     }
-                    out[[ni, ci, y, xo]] = if count == 0 { 0.0 } else { sum / count as f32 };
+                    sums[[ni, ci, y, xo]] = sum;
+                    counts[[ni, ci, y, xo]] = count;
                 }
             }
         }
     }
-    Ok(out)
+    Ok((sums, counts))
 }
 
 /// The source coordinate of output index `o` along one axis.
