@@ -9,7 +9,8 @@
 //! - a quantize after reshape, flatten, transpose, squeeze, unsqueeze, slice, max_pool or relu
 //!   moves above the op, so the op works on integers (these ops commute with a per-tensor
 //!   quantization exactly): when the op's operand is `dequantize(%q)` with the same parameters,
-//!   the pair cancels and the op reads `%q`; otherwise the op's operand is quantized instead.
+//!   the pair cancels and the op reads `%q`; otherwise the op's operand is quantized instead
+//!   (except a relu after conv/gemm/matmul, which `fuse-requant` folds into the clamp).
 //!
 //! ```text
 //! %d = dequantize(%q) : tensor<?x32x2x2xf32>                %v = reshape(%q) {shape = [-1, 128]}
@@ -100,7 +101,12 @@ fn sink_through(g: &mut Graph, q: NodeId) -> bool {
     let input = g.node(op).operands[0];
     let quantized_input = match dequantized(g, input) {
         Some(inner) if g.ty(inner).elem == g.ty(result).elem => inner,
-        _ => {
+        Some(_) => return false,
+        // A relu after conv/gemm/matmul stays where fuse-requant folds it into the clamp.
+        None if kind == OpKind::Relu && g.producer(input).is_some_and(|p| g.node(p).kind.accepts_fused_activation()) => {
+            return false;
+        }
+        None => {
             // Quantize the op's input instead (same parameters, the input's shape).
             let ty = g.ty(input).with_elem(g.ty(result).elem.clone());
             let mut nq = Node::new(OpKind::Quantize, vec![input], Default::default(), g.node(q).loc.clone());

@@ -1,6 +1,7 @@
-//! `fuse-requant` — exact: the fused op computes what the evaluator computes for the QDQ form it
-//! replaces, in the integer semantics of DESIGN.md (for f32 requantization, bit for bit what
-//! ONNX Runtime's kernels compute).
+//! `fuse-requant` — approximating by design: the fused op computes the integer semantics of
+//! DESIGN.md (with f32 requantization, bit for bit what ONNX Runtime's integer kernels compute),
+//! which may differ from the f32 simulation of the QDQ form it replaces by one quantization step
+//! where the f32 sum rounds differently.
 //!
 //! Turns `dequantize → op → quantize` into one op on quantized operands:
 //!

@@ -58,7 +58,8 @@ pub fn random_tensor(ty: &TensorType, rng: &mut Rng, dynamic: usize, positive: b
         ScalarType::F32 => t,
         ScalarType::I64 | ScalarType::I32 => t.cast(ScalarType::F32),
         s => {
-            let (lo, hi) = s.quant_range().unwrap_or((0, 1));
+            // Biases stay small so that accumulators cannot overflow.
+            let (lo, hi) = if s == ScalarType::I32 { (-1000, 1000) } else { s.quant_range().unwrap_or((0, 1)) };
             let ints: Vec<i64> =
                 (0..n).map(|_| lo as i64 + (rng.next_u64() % (hi as i64 - lo as i64 + 1) as u64) as i64).collect();
             Tensor::I64(ArrayD::from_shape_vec(IxDyn(&shape), ints).expect("sized")).cast(if s == ScalarType::I4 {
@@ -108,10 +109,25 @@ pub fn compare(a: &Tensor, b: &Tensor, tol: f64) -> Result<(), String> {
     Ok(())
 }
 
+/// `|a - b| <= tol` elementwise.
+pub fn compare_abs(a: &Tensor, b: &Tensor, tol: f64) -> Result<(), String> {
+    if a.shape() != b.shape() || a.scalar_type() != b.scalar_type() {
+        return Err(format!("{} {:?} vs {} {:?}", a.scalar_type(), a.shape(), b.scalar_type(), b.shape()));
+    }
+    match a.to_f64_vec().into_iter().zip(b.to_f64_vec()).enumerate().find(|(_, (x, y))| (x - y).abs() > tol) {
+        Some((i, (x, y))) => Err(format!("element {i}: {x} vs {y}")),
+        None => Ok(()),
+    }
+}
+
 /// Header directives of a case file.
 #[derive(Default, Debug)]
 struct Header {
     passes: Vec<String>,
+    options: qc_passes::PassOptions,
+    /// Absolute tolerance of the before/after comparison, when the passes approximate by more
+    /// than f32 rounding (`//@ tolerance: 1` allows one quantization step on integer outputs).
+    tolerance: Option<f64>,
 }
 
 fn header(text: &str) -> Header {
@@ -119,6 +135,15 @@ fn header(text: &str) -> Header {
     for line in text.lines() {
         if let Some(rest) = line.strip_prefix("//@ passes:") {
             h.passes = rest.split(',').map(|s| s.trim().to_string()).filter(|s| !s.is_empty()).collect();
+        }
+        if let Some(rest) = line.strip_prefix("//@ requant:") {
+            h.options.requant = match rest.trim() {
+                "q31" => qc_ir::requant::RequantMode::Q31,
+                _ => qc_ir::requant::RequantMode::F32,
+            };
+        }
+        if let Some(rest) = line.strip_prefix("//@ tolerance:") {
+            h.tolerance = Some(rest.trim().parse().expect("a number"));
         }
     }
     h
@@ -172,7 +197,7 @@ fn run_case(file: &str, case: &str, h: &Header) -> Result<String, String> {
         return Ok(print(&g));
     }
     let before = g.clone();
-    let opts = PipelineOptions { check_weights: true, ..Default::default() };
+    let opts = PipelineOptions { check_weights: true, pass_options: h.options.clone(), ..Default::default() };
     let records = run_pipeline(&mut g, &h.passes, &opts, &mut std::io::sink()).map_err(|e| {
         let mut s = format!("error: pass {}: {}\n", e.pass, e.message);
         s.push_str(&qc_ir::diag::render_all(&e.diagnostics, file, case));
@@ -187,11 +212,18 @@ fn run_case(file: &str, case: &str, h: &Header) -> Result<String, String> {
     match (evaluate(&before, &inputs), evaluate(&g, &inputs)) {
         (Ok(a), Ok(b)) => {
             for (i, (x, y)) in b.iter().zip(&a).enumerate() {
-                if let Err(e) = compare(x, y, 1e-5) {
-                    panic!("{file}: output {i} changed by the passes beyond 1e-5: {e}\n{out}");
+                let r = match h.tolerance {
+                    None => compare(x, y, 1e-5),
+                    Some(t) => compare_abs(x, y, t),
+                };
+                if let Err(e) = r {
+                    panic!("{file}: output {i} changed by the passes beyond the tolerance: {e}\n{out}");
                 }
             }
-            out.push_str("// eval: outputs agree on random inputs\n");
+            match h.tolerance {
+                None => out.push_str("// eval: outputs agree on random inputs\n"),
+                Some(t) => out.push_str(&format!("// eval: outputs agree on random inputs within {t}\n")),
+            }
         }
         (Err(e), _) => out.push_str(&format!("// eval: not run ({e})\n")),
         (Ok(_), Err(e)) => panic!("{file}: the graph evaluated before the passes but not after: {e}\n{out}"),
