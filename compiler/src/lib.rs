@@ -1,9 +1,11 @@
 //! `qc`: the compiler driver behind the `qc` command — loading models and weights, running
 //! pipelines, evaluating, and writing results.
 
+pub mod exec;
 pub mod io;
 pub mod model;
 pub mod onnx;
+pub mod report;
 
 pub use model::{Model, load_model, save_model};
 

@@ -7,7 +7,7 @@ use qc::{QcError, load_model, save_model};
 use qc_ir::eval::evaluate;
 use qc_ir::requant::RequantMode;
 use qc_ir::text::print;
-use qc_ir::{Dim, Tensor};
+use qc_ir::{Dim, ScalarType};
 use qc_passes::{PIPELINES, PassOptions, PipelineOptions, REGISTRY, run_pipeline};
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -35,6 +35,83 @@ enum Engine {
     Jit,
 }
 
+/// `qc eval`'s arguments.
+#[derive(clap::Args)]
+struct EvalArgs {
+    /// The model.
+    model: PathBuf,
+    /// The inputs (.npy, a batch).
+    #[arg(long)]
+    input: PathBuf,
+    /// The labels (.npy, integers).
+    #[arg(long)]
+    labels: PathBuf,
+    /// A reference model (e.g. the fp32 original) to measure top-1 agreement with.
+    #[arg(long)]
+    reference: Option<PathBuf>,
+    /// The weights file, if not beside the model.
+    #[arg(long)]
+    weights: Option<PathBuf>,
+    /// Samples per evaluation for models with a dynamic batch (dynamic quantization depends on it).
+    #[arg(long, default_value = "1")]
+    batch: usize,
+}
+
+/// `qc compile`'s arguments.
+#[derive(clap::Args)]
+struct CompileArgs {
+    /// The model (.qir, weights in the .safetensors beside it; or .onnx).
+    model: PathBuf,
+    /// Where to write the optimized QIR (weights go beside it); stdout when absent.
+    #[arg(short, long)]
+    output: Option<PathBuf>,
+    /// The weights file, if not beside the model.
+    #[arg(long)]
+    weights: Option<PathBuf>,
+    /// A named pipeline (see `qc passes`); `int8` when --calib is given, else `default`.
+    #[arg(long, conflicts_with = "passes")]
+    pipeline: Option<String>,
+    /// Passes to run, comma separated.
+    #[arg(long, value_delimiter = ',')]
+    passes: Option<Vec<String>>,
+    /// Print the IR after every pass.
+    #[arg(long)]
+    print_after_all: bool,
+    /// Print the IR after this pass (repeatable).
+    #[arg(long)]
+    print_after: Vec<String>,
+    /// Write NN-pass.qir after every pass into this directory.
+    #[arg(long)]
+    dump_dir: Option<PathBuf>,
+    /// Stop after this pass.
+    #[arg(long)]
+    stop_after: Option<String>,
+    /// How integer ops requantize: f32 (ONNX Runtime's formula) or q31 (integer only).
+    #[arg(long, value_enum, default_value = "f32")]
+    requant: Requant,
+    /// Calibration samples: a batch of model inputs (.npy).
+    #[arg(long)]
+    calib: Option<PathBuf>,
+    /// Calibration method: minmax, percentile[:P], kl, js or mse.
+    #[arg(long, default_value = "minmax")]
+    calib_method: String,
+    /// A method for one tensor, by value name or op location: NAME=METHOD (repeatable).
+    #[arg(long)]
+    calib_override: Vec<String>,
+    /// Activation storage: u8 or i8.
+    #[arg(long, default_value = "u8")]
+    activations: String,
+    /// Symmetric activations (zero point 0 for i8, 128 for u8).
+    #[arg(long)]
+    symmetric: bool,
+    /// One weight scale per tensor instead of one per output channel.
+    #[arg(long)]
+    per_tensor: bool,
+    /// Write the fusion report (what stayed f32 and why) to this JSON file.
+    #[arg(long)]
+    report: Option<PathBuf>,
+}
+
 #[derive(Subcommand)]
 enum Command {
     /// Import an ONNX model as QIR + safetensors weights.
@@ -59,37 +136,9 @@ enum Command {
     /// List every pass and pipeline.
     Passes,
     /// Run a pipeline of passes over a model and write the result.
-    Compile {
-        /// The model (.qir, weights in the .safetensors beside it).
-        model: PathBuf,
-        /// Where to write the optimized QIR (weights go beside it); stdout when absent.
-        #[arg(short, long)]
-        output: Option<PathBuf>,
-        /// The weights file, if not beside the model.
-        #[arg(long)]
-        weights: Option<PathBuf>,
-        /// A named pipeline (see `qc passes`).
-        #[arg(long, conflicts_with = "passes")]
-        pipeline: Option<String>,
-        /// Passes to run, comma separated.
-        #[arg(long, value_delimiter = ',')]
-        passes: Option<Vec<String>>,
-        /// Print the IR after every pass.
-        #[arg(long)]
-        print_after_all: bool,
-        /// Print the IR after this pass (repeatable).
-        #[arg(long)]
-        print_after: Vec<String>,
-        /// Write NN-pass.qir after every pass into this directory.
-        #[arg(long)]
-        dump_dir: Option<PathBuf>,
-        /// Stop after this pass.
-        #[arg(long)]
-        stop_after: Option<String>,
-        /// How integer ops requantize: f32 (ONNX Runtime's formula) or q31 (integer only).
-        #[arg(long, value_enum, default_value = "f32")]
-        requant: Requant,
-    },
+    Compile(CompileArgs),
+    /// Accuracy of a model on labelled inputs, and top-1 agreement with a reference model.
+    Eval(EvalArgs),
     /// Run a model on inputs from .npy files.
     Run {
         /// The model.
@@ -118,26 +167,8 @@ fn main() {
             list_passes();
             Ok(())
         }
-        Command::Compile {
-            model,
-            output,
-            weights,
-            pipeline,
-            passes,
-            print_after_all,
-            print_after,
-            dump_dir,
-            stop_after,
-            requant,
-        } => {
-            let requant = match requant {
-                Requant::F32 => RequantMode::F32,
-                Requant::Q31 => RequantMode::Q31,
-            };
-            let pass_options = PassOptions { requant };
-            let opts = PipelineOptions { print_after_all, print_after, dump_dir, stop_after, check_weights: true, pass_options };
-            compile(&model, output.as_deref(), weights.as_deref(), pipeline, passes, &opts)
-        }
+        Command::Compile(args) => compile(args),
+        Command::Eval(args) => eval(args),
         Command::Run { model, input, output, weights, engine } => run(&model, &input, &output, weights.as_deref(), engine),
     };
     if let Err(e) = result {
@@ -203,26 +234,58 @@ fn list_passes() {
     }
 }
 
-fn compile(
-    path: &Path,
-    out: Option<&Path>,
-    weights: Option<&Path>,
-    pipeline: Option<String>,
-    passes: Option<Vec<String>>,
-    opts: &PipelineOptions,
-) -> Result<(), QcError> {
-    let names = match (pipeline, passes) {
-        (_, Some(p)) => p,
-        (Some(name), None) => qc_passes::pipeline(&name).map_err(QcError::Usage)?,
-        (None, None) => qc_passes::pipeline("default").expect("the default pipeline exists"),
+fn usage(e: impl std::fmt::Display) -> QcError {
+    QcError::Usage(format!("error: {e}"))
+}
+
+fn pass_options(a: &CompileArgs) -> Result<PassOptions, QcError> {
+    let mut o = PassOptions {
+        requant: match a.requant {
+            Requant::F32 => RequantMode::F32,
+            Requant::Q31 => RequantMode::Q31,
+        },
+        calib_method: a.calib_method.parse().map_err(usage)?,
+        symmetric_activations: a.symmetric,
+        per_tensor_weights: a.per_tensor,
+        ..Default::default()
     };
-    for n in names.iter().chain(&opts.print_after).chain(&opts.stop_after) {
-        qc_passes::lookup(n, &opts.pass_options).map_err(|e| QcError::Usage(format!("error: {e}")))?;
+    o.activations = match a.activations.as_str() {
+        "u8" => ScalarType::U8,
+        "i8" => ScalarType::I8,
+        other => return Err(usage(format!("--activations takes u8 or i8, not `{other}`"))),
+    };
+    for ov in &a.calib_override {
+        let (name, m) = ov.split_once('=').ok_or_else(|| usage(format!("--calib-override takes NAME=METHOD, got `{ov}`")))?;
+        o.calib_overrides.push((name.to_string(), m.parse().map_err(usage)?));
     }
-    let mut model = load_model(path, weights)?;
+    if let Some(path) = &a.calib {
+        o.calibration = Some(std::sync::Arc::new(read_tensor(path)?));
+    }
+    Ok(o)
+}
+
+fn compile(a: CompileArgs) -> Result<(), QcError> {
+    let names = match (&a.pipeline, &a.passes) {
+        (_, Some(p)) => p.clone(),
+        (Some(name), None) => qc_passes::pipeline(name).map_err(QcError::Usage)?,
+        (None, None) => qc_passes::pipeline(if a.calib.is_some() { "int8" } else { "default" }).expect("the pipeline exists"),
+    };
+    let pass_options = pass_options(&a)?;
+    for n in names.iter().chain(&a.print_after).chain(&a.stop_after) {
+        qc_passes::lookup(n, &pass_options).map_err(usage)?;
+    }
+    let opts = PipelineOptions {
+        print_after_all: a.print_after_all,
+        print_after: a.print_after.clone(),
+        dump_dir: a.dump_dir.clone(),
+        stop_after: a.stop_after.clone(),
+        check_weights: true,
+        pass_options,
+    };
+    let mut model = load_model(&a.model, a.weights.as_deref())?;
     let stdout = std::io::stdout();
     let mut lock = stdout.lock();
-    let result = run_pipeline(&mut model.graph, &names, opts, &mut lock);
+    let result = run_pipeline(&mut model.graph, &names, &opts, &mut lock);
     result.map_err(|e| {
         if e.diagnostics.is_empty() {
             QcError::Input(format!("error: {e}"))
@@ -230,7 +293,14 @@ fn compile(
             QcError::Input(format!("error: pass {}: {}\n{}", e.pass, e.message, model.render(&e.diagnostics)))
         }
     })?;
-    match out {
+    let report = qc::report::fusion_report(&model.graph);
+    if report.has_findings() {
+        eprint!("{}", report.summary());
+    }
+    if let Some(path) = &a.report {
+        qc::io::write_atomic(path, report.to_json().as_bytes())?;
+    }
+    match &a.output {
         Some(o) => save_model(&model.graph, o)?,
         None if !(opts.print_after_all || !opts.print_after.is_empty()) => {
             write!(lock, "{}", print(&model.graph)).map_err(|e| QcError::Input(e.to_string()))?;
@@ -269,31 +339,35 @@ fn run(path: &Path, input: &str, out: &Path, weights: Option<&Path>, engine: Eng
         None => input,
     };
     let x = read_tensor(Path::new(file))?;
-    let param_ty = g.ty(g.params()[0]);
-    // A model specialized to batch 1 runs a larger batch one sample at a time.
-    let per_sample =
-        param_ty.dims.first() == Some(&Dim::Fixed(1)) && x.shape().first().is_some_and(|&n| n > 1) && x.as_f32().is_some();
-    let outputs: Vec<Tensor> = if per_sample {
-        let n = x.shape()[0];
-        let mut outs = Vec::with_capacity(n);
-        for i in 0..n {
-            let xi = slice_batch(&x, i);
-            outs.push(evaluate(g, &[xi]).map_err(|e| QcError::Input(format!("error: {file}, sample {i}: {e}")))?.remove(0));
-        }
-        vec![concat_batch(&outs)]
-    } else {
-        evaluate(g, &[x]).map_err(|e| QcError::Input(format!("error: {file}: {e}")))?
-    };
-    write_tensor(out, &outputs[0])?;
+    let y = match g.ty(g.params()[0]).dims.first() {
+        // A model specialized to a batch size runs a larger batch in chunks of it.
+        Some(Dim::Fixed(_)) if x.as_f32().is_some() => qc::exec::run_batch(g, &x, 1),
+        _ => evaluate(g, &[x]).map(|mut v| v.remove(0)).map_err(|e| e.to_string()),
+    }
+    .map_err(|e| QcError::Input(format!("error: {file}: {e}")))?;
+    write_tensor(out, &y)?;
     Ok(())
 }
 
-fn slice_batch(x: &Tensor, i: usize) -> Tensor {
-    let a = x.as_f32().expect("batches are split only for f32 inputs");
-    Tensor::F32(a.slice_axis(ndarray::Axis(0), ndarray::Slice::from(i..i + 1)).to_owned())
-}
-
-fn concat_batch(parts: &[Tensor]) -> Tensor {
-    let views: Vec<_> = parts.iter().filter_map(|t| t.as_f32().map(|a| a.view())).collect();
-    Tensor::F32(ndarray::concatenate(ndarray::Axis(0), &views).expect("outputs of one model agree in shape"))
+fn eval(a: EvalArgs) -> Result<(), QcError> {
+    let model = load_model(&a.model, a.weights.as_deref())?;
+    let x = read_tensor(&a.input)?;
+    let labels = read_tensor(&a.labels)?.to_i64_vec().ok_or_else(|| QcError::Input(format!("error: {}: labels must be integers", a.labels.display())))?;
+    let run = |g: &qc_ir::Graph| qc::exec::run_batch(g, &x, a.batch).map_err(|e| QcError::Input(format!("error: {}: {e}", a.input.display())));
+    let pred = qc::exec::argmax_rows(&run(&model.graph)?);
+    if pred.len() != labels.len() {
+        return Err(QcError::Input(format!("error: {} samples but {} labels", pred.len(), labels.len())));
+    }
+    let correct = pred.iter().zip(&labels).filter(|(p, l)| **p as i64 == **l).count();
+    let n = labels.len();
+    println!("{}: accuracy {:.2} % ({correct}/{n}, {} errors)", a.model.display(), 100.0 * correct as f64 / n as f64, n - correct);
+    if let Some(r) = &a.reference {
+        let reference = load_model(r, None)?;
+        let rp = qc::exec::argmax_rows(&run(&reference.graph)?);
+        let same = pred.iter().zip(&rp).filter(|(a, b)| a == b).count();
+        let rc = rp.iter().zip(&labels).filter(|(p, l)| **p as i64 == **l).count();
+        println!("{}: accuracy {:.2} % ({rc}/{n})", r.display(), 100.0 * rc as f64 / n as f64);
+        println!("top-1 agreement {:.2} % ({same}/{n})", 100.0 * same as f64 / n as f64);
+    }
+    Ok(())
 }

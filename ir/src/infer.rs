@@ -62,6 +62,7 @@ pub fn infer(kind: OpKind, attrs: &Attrs, ops: &[Operand]) -> R<Vec<TypeFact>> {
         }
         OpKind::Gemm => gemm(attrs, ops),
         OpKind::Add | OpKind::Sub | OpKind::Mul | OpKind::Div => {
+            check_activation(attrs)?;
             let elem = arith_elem(ops)?;
             one(broadcast(&ops[0].ty.dims, &ops[1].ty.dims)?, elem)
         }
@@ -219,6 +220,16 @@ pub fn infer(kind: OpKind, attrs: &Attrs, ops: &[Operand]) -> R<Vec<TypeFact>> {
                 return Err(format!("quantize needs an f32 operand, got {}", x().elem));
             }
             one(x().dims.clone(), None)
+        }
+        OpKind::Stats => {
+            if !x().elem.is_f32() {
+                return Err(format!("stats records the range of an f32 value, got {}", x().elem));
+            }
+            let (lo, hi) = (attrs.float("min", 0.0), attrs.float("max", 0.0));
+            if !(lo.is_finite() && hi.is_finite() && lo <= 0.0 && 0.0 <= hi) {
+                return Err(format!("the calibrated range [{lo}, {hi}] must be finite and include 0"));
+            }
+            one(x().dims.clone(), Some(F32))
         }
         OpKind::Requantize => {
             if x().elem.quant().is_none() {

@@ -79,7 +79,7 @@ ops! {
     ConvTranspose2d = "conv_transpose2d", operands 2 ..= 3, attrs CONV_T_ATTRS, "2-D transposed convolution, weight [C_in, C_out/groups, kH, kW]";
     MatMul = "matmul", operands 2 ..= 2, attrs FUSED, "matrix product with numpy broadcasting of batch dims";
     Gemm = "gemm", operands 2 ..= 3, attrs GEMM_ATTRS, "alpha * op(A) op(B) + beta * C on 2-D operands";
-    Add = "add", operands 2 ..= 2, attrs [], "elementwise a + b with numpy broadcasting";
+    Add = "add", operands 2 ..= 2, attrs [FUSED[0], FUSED[1], FUSED[2]], "elementwise a + b with numpy broadcasting (and a fused activation)";
     Sub = "sub", operands 2 ..= 2, attrs [], "elementwise a - b with numpy broadcasting";
     Mul = "mul", operands 2 ..= 2, attrs [], "elementwise a * b with numpy broadcasting";
     Div = "div", operands 2 ..= 2, attrs [], "elementwise a / b with numpy broadcasting";
@@ -102,6 +102,7 @@ ops! {
     Resize = "resize", operands 1 ..= 1, attrs [opt("mode", Str), opt("coordinate_transformation_mode", Str), opt("nearest_mode", Str), opt("scales", Floats), opt("sizes", Ints)], "resize NCHW spatially, mode nearest or linear";
     Softmax = "softmax", operands 1 ..= 1, attrs [opt("axis", Int)], "softmax along `axis`, -1 by default";
     Quantize = "quantize", operands 1 ..= 1, attrs [], "f32 to the quantized result type: clamp(round_half_even(x / scale) + zp)";
+    Stats = "stats", operands 1 ..= 1, attrs [req("min", Float), req("max", Float)], "identity that records the calibrated range [min, max] of its operand (set by calibrate, read by insert-qdq)";
     Requantize = "requantize", operands 1 ..= 1, attrs [], "quantized operand to the result's quantization parameters: clamp(rne(f32(q - zp_in) * f32(s_in / s_out)) + zp_out)";
     Dequantize = "dequantize", operands 1 ..= 1, attrs [], "quantized operand to f32: scale * (q - zp)";
     Shape = "shape", operands 1 ..= 1, attrs [], "the operand's shape as an i64 vector";
@@ -139,7 +140,7 @@ impl OpKind {
 
     /// Whether the op accepts a fused activation (`activation = ...`).
     pub fn accepts_fused_activation(self) -> bool {
-        matches!(self, OpKind::Conv2d | OpKind::Gemm | OpKind::MatMul)
+        matches!(self, OpKind::Conv2d | OpKind::Gemm | OpKind::MatMul | OpKind::Add)
     }
 }
 

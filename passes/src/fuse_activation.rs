@@ -1,6 +1,6 @@
 //! `fuse-activation` — exact.
 //!
-//! Marks a `relu` or `clip` that follows an f32 `conv2d`, `gemm` or `matmul` as that op's fused
+//! Marks a `relu` or `clip` that follows an f32 `conv2d`, `gemm`, `matmul` or `add` as that op's fused
 //! activation, when the op's result feeds nothing else. The activation's uses move to the op,
 //! and the op's `loc` records the absorbed activation.
 //!

@@ -2,6 +2,7 @@
 //! that verifies the graph after each pass and can print or dump the IR after any of them.
 #![warn(missing_docs)]
 
+mod calibrate;
 mod dead_code;
 mod fold_bn;
 mod fold_constants;
@@ -9,8 +10,11 @@ mod fold_hard_swish;
 mod fold_qdq;
 mod fuse_activation;
 mod fuse_requant;
+mod insert_qdq;
+pub mod observer;
 mod rewrite;
 
+pub use calibrate::Calibrate;
 pub use dead_code::DeadCode;
 pub use fold_bn::FoldBn;
 pub use fold_constants::FoldConstants;
@@ -18,6 +22,8 @@ pub use fold_hard_swish::FoldHardSwish;
 pub use fold_qdq::FoldQdq;
 pub use fuse_activation::FuseActivation;
 pub use fuse_requant::{FuseRequant, explain as explain_unfused};
+pub use insert_qdq::{InsertQdq, activation_params};
+pub use observer::CalibMethod;
 
 use qc_ir::Graph;
 use qc_ir::diag::Diagnostic;
@@ -72,10 +78,36 @@ impl fmt::Display for PassError {
 impl std::error::Error for PassError {}
 
 /// The options of the passes (`qc passes` lists which pass reads which).
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Debug)]
 pub struct PassOptions {
     /// How `fuse-requant` requantizes: `f32` (ONNX Runtime's formula) or `q31`.
     pub requant: qc_ir::requant::RequantMode,
+    /// `calibrate`'s samples (a batch of model inputs).
+    pub calibration: Option<std::sync::Arc<qc_ir::Tensor>>,
+    /// `calibrate`'s method.
+    pub calib_method: CalibMethod,
+    /// Per-tensor methods, by value name or op location.
+    pub calib_overrides: Vec<(String, CalibMethod)>,
+    /// `insert-qdq`'s activation storage: u8 or i8.
+    pub activations: qc_ir::ScalarType,
+    /// `insert-qdq`: symmetric activations.
+    pub symmetric_activations: bool,
+    /// `insert-qdq`: one weight scale per tensor instead of per output channel.
+    pub per_tensor_weights: bool,
+}
+
+impl Default for PassOptions {
+    fn default() -> Self {
+        PassOptions {
+            requant: Default::default(),
+            calibration: None,
+            calib_method: CalibMethod::MinMax,
+            calib_overrides: Vec::new(),
+            activations: qc_ir::ScalarType::U8,
+            symmetric_activations: false,
+            per_tensor_weights: false,
+        }
+    }
 }
 
 /// A transformation of the graph. `run` either leaves a graph the verifier accepts or fails.
@@ -119,6 +151,16 @@ pub const REGISTRY: &[PassInfo] = &[
         make: |_| Box::new(FuseActivation),
     },
     PassInfo {
+        name: "calibrate",
+        doc: "run the evaluator on --calib samples and record each activation's range in a stats op (--calib-method, --calib-override)",
+        make: |o| Box::new(Calibrate::new(o)),
+    },
+    PassInfo {
+        name: "insert-qdq",
+        doc: "quantize/dequantize calibrated activations next to integer-capable ops, and their weights and biases (--activations, --symmetric, --per-tensor)",
+        make: |o| Box::new(InsertQdq::new(o)),
+    },
+    PassInfo {
         name: "fold-qdq",
         doc: "quantize constants; cancel quantize(dequantize(q)) or make it a requantize; move Q/DQ through reshape, transpose, max_pool, relu",
         make: |_| Box::new(FoldQdq),
@@ -143,6 +185,21 @@ pub const PIPELINES: &[(&str, &[&str], &str)] = &[
         "the fp32 clean-up before quantization",
     ),
     ("cleanup", &["fold-constants", "dead-code"], "constant folding and dead-code removal only"),
+    (
+        "int8",
+        &[
+            "fold-constants",
+            "fold-hard-swish",
+            "fold-bn",
+            "fuse-activation",
+            "calibrate",
+            "insert-qdq",
+            "fold-qdq",
+            "fuse-requant",
+            "dead-code",
+        ],
+        "post-training static quantization to integer ops (needs --calib)",
+    ),
     (
         "qdq",
         &["fold-constants", "fold-hard-swish", "fold-bn", "fold-qdq", "fuse-requant", "dead-code"],

@@ -147,11 +147,12 @@ pub fn kernel(kind: OpKind, attrs: &Attrs, args: &[&Tensor], tys: &[&TensorType]
     }
 }
 
-/// `y = clamp(rne((s_a(a−z_a) + s_b(b−z_b)) / s_y) + z_y)` in f32, without fused multiply-add.
-pub fn add(args: &[&Tensor], tys: &[&TensorType], out: &TensorType) -> Result<Tensor, String> {
+/// `y = clamp(rne((s_a(a−z_a) + s_b(b−z_b)) / s_y) + z_y)` in f32, without fused multiply-add; a
+/// fused activation narrows the clamp.
+pub fn add(attrs: &Attrs, args: &[&Tensor], tys: &[&TensorType], out: &TensorType) -> Result<Tensor, String> {
     let (aq, bq, yq) = (per_tensor(tys[0], "a")?, per_tensor(tys[1], "b")?, per_tensor(out, "the result")?);
     let ((sa, za), (sb, zb), (sy, zy)) = (aq.at(0), bq.at(0), yq.at(0));
-    let (lo, hi) = yq.storage.quant_range().expect("quantized");
+    let (lo, hi) = output_range(yq, attrs);
     let (a, b) = (ints(args[0]), ints(args[1]));
     let shape = broadcast_shape(a.shape(), b.shape())?;
     let (av, bv) = (a.broadcast(IxDyn(&shape)).ok_or("broadcast")?, b.broadcast(IxDyn(&shape)).ok_or("broadcast")?);

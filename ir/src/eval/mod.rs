@@ -160,7 +160,7 @@ pub fn eval_op(kind: OpKind, attrs: &Attrs, args: &[&Tensor], tys: &[&TensorType
     if quantized {
         match kind {
             OpKind::Conv2d | OpKind::Gemm | OpKind::MatMul => return integer::kernel(kind, attrs, args, tys, out),
-            OpKind::Add if tys.iter().all(|t| t.elem.quant().is_some()) => return integer::add(args, tys, out),
+            OpKind::Add if tys.iter().all(|t| t.elem.quant().is_some()) => return integer::add(attrs, args, tys, out),
             OpKind::AvgPool | OpKind::GlobalAvgPool | OpKind::ReduceMean => return integer::mean(kind, attrs, args, tys, out),
             OpKind::Concat if tys.iter().any(|t| t.elem != out.elem) => {
                 return integer::concat(args, tys, out, attrs.int("axis", 0));
@@ -198,7 +198,10 @@ pub fn eval_op(kind: OpKind, attrs: &Attrs, args: &[&Tensor], tys: &[&TensorType
             nn::gemm(f(0)?, f(1)?, args.get(2).map(|_| f(2)).transpose()?, attrs)?,
             attrs,
         )),
-        OpKind::Add | OpKind::Sub | OpKind::Mul | OpKind::Div => elementwise::binary(kind, args[0], args[1])?,
+        OpKind::Add | OpKind::Sub | OpKind::Mul | OpKind::Div => match elementwise::binary(kind, args[0], args[1])? {
+            Tensor::F32(y) => Tensor::F32(elementwise::fused_activation(y, attrs)),
+            other => other,
+        },
         OpKind::Relu if quantized => {
             let zp = tys[0].elem.quant().map(|q| q.zero_points[0]).unwrap_or(0);
             if tys[0].elem.quant().is_some_and(|q| q.axis.is_some()) {
@@ -256,6 +259,7 @@ pub fn eval_op(kind: OpKind, attrs: &Attrs, args: &[&Tensor], tys: &[&TensorType
         OpKind::Softmax => Tensor::F32(nn::softmax(f(0)?, attrs.int("axis", -1))?),
         OpKind::Quantize => quant::quantize(f(0)?, out)?,
         OpKind::Requantize => return Err("requantize needs a quantized operand".into()),
+        OpKind::Stats => args[0].clone(),
         OpKind::Dequantize => Tensor::F32(quant::dequantize(args[0], tys[0])?),
         OpKind::Shape => Tensor::from_i64s(args[0].shape().iter().map(|&d| d as i64).collect()),
         OpKind::Gather => shape_ops::gather(args[0], args[1], attrs.int("axis", 0))?,
