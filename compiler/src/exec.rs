@@ -7,7 +7,12 @@ use qc_ir::{Dim, Graph, Tensor};
 /// dim is fixed runs in chunks of that size. Returns the batch of outputs.
 pub fn run_batch(g: &Graph, x: &Tensor, chunk: usize) -> Result<Tensor, String> {
     if g.params().len() != 1 || g.outputs().len() != 1 {
-        return Err(format!("@{} has {} inputs and {} outputs; batches are run for one of each", g.name, g.params().len(), g.outputs().len()));
+        return Err(format!(
+            "@{} has {} inputs and {} outputs; batches are run for one of each",
+            g.name,
+            g.params().len(),
+            g.outputs().len()
+        ));
     }
     let a = x.as_f32().ok_or_else(|| format!("the input batch must be f32, got {}", x.scalar_type()))?;
     let n = *a.shape().first().ok_or("the input batch has no batch dimension")?;

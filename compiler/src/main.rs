@@ -352,15 +352,24 @@ fn run(path: &Path, input: &str, out: &Path, weights: Option<&Path>, engine: Eng
 fn eval(a: EvalArgs) -> Result<(), QcError> {
     let model = load_model(&a.model, a.weights.as_deref())?;
     let x = read_tensor(&a.input)?;
-    let labels = read_tensor(&a.labels)?.to_i64_vec().ok_or_else(|| QcError::Input(format!("error: {}: labels must be integers", a.labels.display())))?;
-    let run = |g: &qc_ir::Graph| qc::exec::run_batch(g, &x, a.batch).map_err(|e| QcError::Input(format!("error: {}: {e}", a.input.display())));
+    let labels = read_tensor(&a.labels)?
+        .to_i64_vec()
+        .ok_or_else(|| QcError::Input(format!("error: {}: labels must be integers", a.labels.display())))?;
+    let run = |g: &qc_ir::Graph| {
+        qc::exec::run_batch(g, &x, a.batch).map_err(|e| QcError::Input(format!("error: {}: {e}", a.input.display())))
+    };
     let pred = qc::exec::argmax_rows(&run(&model.graph)?);
     if pred.len() != labels.len() {
         return Err(QcError::Input(format!("error: {} samples but {} labels", pred.len(), labels.len())));
     }
     let correct = pred.iter().zip(&labels).filter(|(p, l)| **p as i64 == **l).count();
     let n = labels.len();
-    println!("{}: accuracy {:.2} % ({correct}/{n}, {} errors)", a.model.display(), 100.0 * correct as f64 / n as f64, n - correct);
+    println!(
+        "{}: accuracy {:.2} % ({correct}/{n}, {} errors)",
+        a.model.display(),
+        100.0 * correct as f64 / n as f64,
+        n - correct
+    );
     if let Some(r) = &a.reference {
         let reference = load_model(r, None)?;
         let rp = qc::exec::argmax_rows(&run(&reference.graph)?);

@@ -61,7 +61,11 @@ pub fn fusion_report(g: &Graph) -> FusionReport {
                 r.findings.push(finding("quantize", reason));
             }
             OpKind::Dequantize => {
-                let users: Vec<String> = g.uses(result).iter().map(|&(u, _)| format!("{} ({})", g.display_value(g.node(u).results[0]), g.node(u).kind)).collect();
+                let users: Vec<String> = g
+                    .uses(result)
+                    .iter()
+                    .map(|&(u, _)| format!("{} ({})", g.display_value(g.node(u).results[0]), g.node(u).kind))
+                    .collect();
                 let reason = if users.is_empty() && g.is_output(result) {
                     "dequantizes a model output: the integer graph ends here".to_string()
                 } else {

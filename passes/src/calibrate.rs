@@ -4,7 +4,8 @@
 //! streaming: each f32 activation (function inputs and op results, not constants) gets an
 //! [`Observer`] with bounded state. The chosen clipping range (`--calib-method`, per tensor with
 //! `--calib-override NAME=METHOD`) is recorded by a `stats` op on the value, which every former
-//! use of the value now reads:
+//! use of the value now reads. Data movement (reshape, transpose, max_pool, ...) shares its
+//! input's range, so that quantization parameters pass through it unchanged:
 //!
 //! ```text
 //! %c = conv2d(%x, %w, %b) {activation = "relu"} ...      %c = conv2d(%x, %w, %b) {activation = "relu"} ...
@@ -16,6 +17,7 @@
 //! produces (naming the sample and the tensor). A tensor with zero range records [0, 0]; the
 //! quantization parameters derived from it are still valid. Existing `stats` ops are replaced.
 
+use crate::fold_qdq::commutes_with_quantize;
 use crate::observer::{CalibMethod, Observer};
 use crate::{Changed, Pass, PassError, PassOptions};
 use qc_ir::eval::evaluate_observed;
@@ -127,9 +129,16 @@ impl Pass for Calibrate {
             }
             start = end;
         }
+        let mut ranges: HashMap<ValueId, (f32, f32)> = HashMap::new();
         for (v, obs) in values.into_iter().zip(observers) {
-            let method = self.method_for(g, v);
-            let (lo, hi) = obs.range(method);
+            // Data movement shares its input's range (as ONNX Runtime does), so that no
+            // requantization is needed around it.
+            let shared = g
+                .producer(v)
+                .filter(|&p| g.node(p).kind != OpKind::Relu && commutes_with_quantize(g.node(p).kind))
+                .and_then(|p| ranges.get(&g.node(p).operands[0]).copied());
+            let (lo, hi) = shared.unwrap_or_else(|| obs.range(self.method_for(g, v)));
+            ranges.insert(v, (lo, hi));
             let attrs = Attrs::new().with("max", Attr::Float(hi)).with("min", Attr::Float(lo));
             let stats = g.add_node(Node::new(OpKind::Stats, vec![v], attrs, Loc::default()), vec![g.ty(v).clone()]);
             let s = g.node(stats).results[0];

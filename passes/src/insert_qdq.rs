@@ -132,7 +132,8 @@ impl InsertQdq {
     }
 
     fn weights(&self, g: &mut Graph) -> Result<bool, PassError> {
-        let kernels: Vec<NodeId> = g.node_ids().filter(|&n| matches!(g.node(n).kind, OpKind::Conv2d | OpKind::Gemm | OpKind::MatMul)).collect();
+        let kernels: Vec<NodeId> =
+            g.node_ids().filter(|&n| matches!(g.node(n).kind, OpKind::Conv2d | OpKind::Gemm | OpKind::MatMul)).collect();
         let mut changed = false;
         for k in kernels {
             let node = g.node(k).clone();
@@ -174,7 +175,10 @@ impl InsertQdq {
                 let bq = if g.ty(b).rank() == 1 && g.ty(b).dims[0] == qc_ir::Dim::Fixed(n as u64) {
                     bq
                 } else {
-                    return Err(PassError::new("insert-qdq", format!("the bias of {} is not a vector of {n}", g.display_value(node.results[0]))));
+                    return Err(PassError::new(
+                        "insert-qdq",
+                        format!("the bias of {} is not a vector of {n}", g.display_value(node.results[0])),
+                    ));
                 };
                 let bbase = base_name(g, b);
                 let bd = add_qdq(g, b, bq, &bbase);

@@ -66,14 +66,17 @@ pub struct Observer {
     pub min: f32,
     /// The largest value seen.
     pub max: f32,
-    /// Counts of |x| in `BINS` equal bins over `[0, range]`.
+    /// Counts of nonzero |x| in `BINS` equal bins over `[0, range]`.
     hist: Vec<u64>,
     range: f32,
+    /// Exact zeros (ReLU outputs, padding) are kept apart: they quantize exactly, and a spike at
+    /// zero would otherwise dominate the divergence searches.
+    zeros: u64,
 }
 
 impl Default for Observer {
     fn default() -> Self {
-        Observer { min: f32::INFINITY, max: f32::NEG_INFINITY, hist: vec![0; BINS], range: 0.0 }
+        Observer { min: f32::INFINITY, max: f32::NEG_INFINITY, hist: vec![0; BINS], range: 0.0, zeros: 0 }
     }
 }
 
@@ -98,11 +101,15 @@ impl Observer {
             self.range *= 2.0;
         }
         if self.range == 0.0 {
-            self.hist[0] += values.count() as u64;
+            self.zeros += values.count() as u64;
             return;
         }
         let width = self.range / BINS as f32;
         for v in values {
+            if v == 0.0 {
+                self.zeros += 1;
+                continue;
+            }
             let b = ((v.abs() / width) as usize).min(BINS - 1);
             self.hist[b] += 1;
         }
@@ -129,9 +136,9 @@ impl Observer {
     }
 
     fn percentile(&self, p: f64) -> f32 {
-        let total: u64 = self.hist.iter().sum();
+        let total: u64 = self.hist.iter().sum::<u64>() + self.zeros;
         let target = (total as f64 * p / 100.0).ceil() as u64;
-        let mut seen = 0;
+        let mut seen = self.zeros;
         for (i, &h) in self.hist.iter().enumerate() {
             seen += h;
             if seen >= target {
@@ -145,9 +152,9 @@ impl Observer {
     /// the first `i` bins with the outliers added to the last; the candidate is that, merged into
     /// 128 levels and spread back; pick the `i` of least divergence.
     fn divergence_threshold(&self, divergence: fn(&[f64], &[f64]) -> f64) -> f32 {
-        const LEVELS: usize = 128;
+        const LEVELS: usize = 64;
         let mut best = (f64::INFINITY, BINS);
-        for i in (LEVELS..=BINS).step_by(16) {
+        for i in (2 * LEVELS..=BINS).step_by(16) {
             let mut p: Vec<f64> = self.hist[..i].iter().map(|&h| h as f64).collect();
             p[i - 1] += self.hist[i..].iter().map(|&h| h as f64).sum::<f64>();
             if p.iter().sum::<f64>() == 0.0 {
@@ -234,7 +241,7 @@ mod tests {
         o.observe([3.5f32].into_iter());
         assert_eq!((o.min, o.max), (-0.5, 3.5));
         assert_eq!(o.range, 4.0);
-        assert_eq!(o.hist.iter().sum::<u64>(), 3);
+        assert_eq!(o.hist.iter().sum::<u64>() + o.zeros, 3);
         assert_eq!(o.range(CalibMethod::MinMax), (-0.5, 3.5));
     }
 

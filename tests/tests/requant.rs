@@ -1,7 +1,7 @@
 //! The requantization arithmetic against hand-computed cases and an exact rational reference.
 
 use proptest::prelude::*;
-use qc_ir::requant::{Q31, RequantMode, Requant, output_range, q31, requant_f32, requant_q31};
+use qc_ir::requant::{Q31, Requant, RequantMode, output_range, q31, requant_f32, requant_q31};
 use qc_ir::{Attr, Attrs, QuantParams, ScalarType};
 
 #[test]
@@ -52,7 +52,10 @@ fn activation_narrows_the_output_range() {
     let q = QuantParams::per_tensor(ScalarType::I8, 0.1, -20);
     assert_eq!(output_range(&q, &Attrs::new()), (-128, 127));
     assert_eq!(output_range(&q, &Attrs::new().with("activation", Attr::Str("relu".into()))), (-20, 127));
-    let clip = Attrs::new().with("activation", Attr::Str("clip".into())).with("clip_min", Attr::Float(0.0)).with("clip_max", Attr::Float(6.0));
+    let clip = Attrs::new()
+        .with("activation", Attr::Str("clip".into()))
+        .with("clip_min", Attr::Float(0.0))
+        .with("clip_max", Attr::Float(6.0));
     assert_eq!(output_range(&q, &clip), (-20, 40));
     let u = QuantParams::per_tensor(ScalarType::U8, 0.01, 0);
     assert_eq!(output_range(&u, &clip), (0, 255));
