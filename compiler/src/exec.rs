@@ -42,3 +42,44 @@ pub fn argmax_rows(y: &Tensor) -> Vec<usize> {
     let v: Vec<f32> = a.iter().copied().collect();
     v.chunks(c).map(|r| r.iter().enumerate().fold(0, |b, (i, x)| if *x > r[b] { i } else { b })).collect()
 }
+
+/// Signal-to-quantization-noise ratio of `got` against `reference`, in dB.
+pub fn sqnr_db(reference: &Tensor, got: &Tensor) -> f64 {
+    let (r, g) = (reference.to_f64_vec(), got.to_f64_vec());
+    let signal: f64 = r.iter().map(|v| v * v).sum();
+    let noise: f64 = r.iter().zip(&g).map(|(a, b)| (a - b) * (a - b)).sum();
+    if noise == 0.0 { f64::INFINITY } else { 10.0 * (signal / noise).log10() }
+}
+
+/// The calibration methods `auto` tries.
+pub const AUTO_METHODS: [&str; 5] = ["minmax", "percentile", "kl", "js", "mse"];
+
+/// Compiles `g` with each calibration method and keeps the one whose outputs on the calibration
+/// samples have the best SQNR against the uncompiled graph. Returns the choice and every score.
+pub fn choose_calibration(
+    g: &Graph,
+    passes: &[String],
+    opts: &qc_passes::PipelineOptions,
+    samples: &Tensor,
+) -> Result<(qc_passes::CalibMethod, Vec<(String, f64)>), String> {
+    let reference = run_batch(g, samples, 64)?;
+    let mut scores = Vec::new();
+    let mut best: Option<(qc_passes::CalibMethod, f64)> = None;
+    for name in AUTO_METHODS {
+        let method: qc_passes::CalibMethod = name.parse().expect("a known method");
+        let mut o = qc_passes::PipelineOptions {
+            check_weights: opts.check_weights,
+            pass_options: opts.pass_options.clone(),
+            ..Default::default()
+        };
+        o.pass_options.calib_method = method;
+        let mut trial = g.clone();
+        qc_passes::run_pipeline(&mut trial, passes, &o, &mut std::io::sink()).map_err(|e| e.to_string())?;
+        let s = sqnr_db(&reference, &run_batch(&trial, samples, 64)?);
+        scores.push((name.to_string(), s));
+        if best.is_none_or(|(_, b)| s > b) {
+            best = Some((method, s));
+        }
+    }
+    Ok((best.expect("methods were tried").0, scores))
+}

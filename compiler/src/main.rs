@@ -92,7 +92,8 @@ struct CompileArgs {
     /// Calibration samples: a batch of model inputs (.npy).
     #[arg(long)]
     calib: Option<PathBuf>,
-    /// Calibration method: minmax, percentile[:P], kl, js or mse.
+    /// Calibration method: minmax, percentile[:P], kl, js, mse, or auto (the best SQNR on the
+    /// calibration samples).
     #[arg(long, default_value = "minmax")]
     calib_method: String,
     /// A method for one tensor, by value name or op location: NAME=METHOD (repeatable).
@@ -244,7 +245,7 @@ fn pass_options(a: &CompileArgs) -> Result<PassOptions, QcError> {
             Requant::F32 => RequantMode::F32,
             Requant::Q31 => RequantMode::Q31,
         },
-        calib_method: a.calib_method.parse().map_err(usage)?,
+        calib_method: if a.calib_method == "auto" { Default::default() } else { a.calib_method.parse().map_err(usage)? },
         symmetric_activations: a.symmetric,
         per_tensor_weights: a.per_tensor,
         ..Default::default()
@@ -270,9 +271,19 @@ fn compile(a: CompileArgs) -> Result<(), QcError> {
         (Some(name), None) => qc_passes::pipeline(name).map_err(QcError::Usage)?,
         (None, None) => qc_passes::pipeline(if a.calib.is_some() { "int8" } else { "default" }).expect("the pipeline exists"),
     };
-    let pass_options = pass_options(&a)?;
+    let mut pass_options = pass_options(&a)?;
     for n in names.iter().chain(&a.print_after).chain(&a.stop_after) {
         qc_passes::lookup(n, &pass_options).map_err(usage)?;
+    }
+    let mut model = load_model(&a.model, a.weights.as_deref())?;
+    if a.calib_method == "auto" {
+        let samples = pass_options.calibration.clone().ok_or_else(|| usage("--calib-method auto needs --calib"))?;
+        let trial = PipelineOptions { check_weights: true, pass_options: pass_options.clone(), ..Default::default() };
+        let (method, scores) = qc::exec::choose_calibration(&model.graph, &names, &trial, &samples)
+            .map_err(|e| QcError::Input(format!("error: {e}")))?;
+        let table: Vec<String> = scores.iter().map(|(m, s)| format!("{m} {s:.2} dB")).collect();
+        eprintln!("calibration: {method} (output SQNR on the calibration samples: {})", table.join(", "));
+        pass_options.calib_method = method;
     }
     let opts = PipelineOptions {
         print_after_all: a.print_after_all,
@@ -282,7 +293,6 @@ fn compile(a: CompileArgs) -> Result<(), QcError> {
         check_weights: true,
         pass_options,
     };
-    let mut model = load_model(&a.model, a.weights.as_deref())?;
     let stdout = std::io::stdout();
     let mut lock = stdout.lock();
     let result = run_pipeline(&mut model.graph, &names, &opts, &mut lock);

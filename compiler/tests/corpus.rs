@@ -181,3 +181,75 @@ fn onnx_runtime_qdq_models_compile_to_integer_ops_that_match_it() {
         assert!(dq31 <= 2 && ok31, "{name}: q31 max |dq| = {dq31}");
     }
 }
+
+/// ONNX Runtime's results for every model file, from `results.json`.
+fn ort_results() -> serde_json::Value {
+    let text = std::fs::read_to_string(corpus().join("results.json")).unwrap();
+    serde_json::from_str::<serde_json::Value>(&text).unwrap()["models"].clone()
+}
+
+fn labels() -> Vec<i64> {
+    read_tensor(&corpus().join("data/digits_test_y.npy")).unwrap().to_i64_vec().unwrap()
+}
+
+#[test]
+fn post_training_quantization_matches_or_beats_onnx_runtime() {
+    let ort = ort_results();
+    let test_x = read_tensor(&corpus().join("data/digits_test_x.npy")).unwrap();
+    let calib = std::sync::Arc::new(read_tensor(&corpus().join("data/digits_calib_x.npy")).unwrap());
+    let y = labels();
+    let x16 = inputs16();
+    for base in ["digits_cnn", "digits_resdw", "digits_mlp", "digits_mlpmm"] {
+        let fp32 = import(&corpus().join(format!("models/{base}_fp32.onnx")));
+        // The method is chosen on the calibration samples only.
+        let opts = qc_passes::PipelineOptions {
+            check_weights: true,
+            pass_options: qc_passes::PassOptions { calibration: Some(calib.clone()), ..Default::default() },
+            ..Default::default()
+        };
+        let passes = qc_passes::pipeline("int8").unwrap();
+        let (method, _) = qc::exec::choose_calibration(&fp32, &passes, &opts, &calib).unwrap();
+        let mut int8 = fp32.clone();
+        let mut o = opts.clone();
+        o.pass_options.calib_method = method;
+        qc_passes::run_pipeline(&mut int8, &passes, &o, &mut std::io::sink()).unwrap();
+        let report = qc::report::fusion_report(&int8);
+        assert!(!report.has_findings(), "{base}: {}", report.summary());
+
+        let pred = qc::exec::argmax_rows(&qc::exec::run_batch(&int8, &test_x, 64).unwrap());
+        let ref_pred = qc::exec::argmax_rows(&qc::exec::run_batch(&fp32, &test_x, 64).unwrap());
+        let errors = pred.iter().zip(&y).filter(|(p, l)| **p as i64 != **l).count();
+        let agree = pred.iter().zip(&ref_pred).filter(|(a, b)| a == b).count() as f64 / y.len() as f64;
+        let (best_name, best_acc) = ort
+            .as_object()
+            .unwrap()
+            .iter()
+            .filter(|(k, _)| k.starts_with(&format!("{base}_")) && (k.contains("_qdq_") || k.contains("_dyn_")))
+            .map(|(k, v)| (k.clone(), v["test_acc_b1"].as_f64().unwrap()))
+            .fold((String::new(), 0.0), |b, c| if c.1 > b.1 { c } else { b });
+        let ort_errors = ((1.0 - best_acc) * y.len() as f64).round() as usize;
+        // SQNR of the logits against fp32 on the 16 golden inputs, ours and ONNX Runtime's best.
+        let fp32_golden =
+            Tensor::F32(ndarray::ArrayD::from_shape_vec(ndarray::IxDyn(&[16, 10]), golden(&format!("{base}_fp32"))).unwrap());
+        let ours = qc::exec::sqnr_db(&fp32_golden, &qc::exec::run_batch(&int8, &x16, 16).unwrap());
+        let ort_sqnr = ort
+            .as_object()
+            .unwrap()
+            .keys()
+            .filter(|k| {
+                k.starts_with(&format!("{base}_")) && k.contains("_qdq_") && corpus().join(format!("goldens/{k}.npy")).exists()
+            })
+            .map(|k| {
+                let g = Tensor::F32(ndarray::ArrayD::from_shape_vec(ndarray::IxDyn(&[16, 10]), golden(k)).unwrap());
+                qc::exec::sqnr_db(&fp32_golden, &g)
+            })
+            .fold(f64::NEG_INFINITY, f64::max);
+        println!(
+            "{base}: {method}: {errors} test errors (ONNX Runtime's best, {best_name}: {ort_errors}), agreement {:.2} %, SQNR {ours:.2} dB (ONNX Runtime's best {ort_sqnr:.2} dB)",
+            100.0 * agree
+        );
+        assert!(errors <= ort_errors + 1, "{base}: {errors} errors vs {ort_errors}");
+        assert!(agree >= 0.996, "{base}: agreement {agree}");
+        assert!(ours >= ort_sqnr - 1.0, "{base}: SQNR {ours:.2} dB vs {ort_sqnr:.2} dB");
+    }
+}

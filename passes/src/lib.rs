@@ -9,6 +9,7 @@ mod fold_constants;
 mod fold_hard_swish;
 mod fold_qdq;
 mod fuse_activation;
+mod fuse_matmul_add;
 mod fuse_requant;
 mod insert_qdq;
 pub mod observer;
@@ -21,6 +22,7 @@ pub use fold_constants::FoldConstants;
 pub use fold_hard_swish::FoldHardSwish;
 pub use fold_qdq::FoldQdq;
 pub use fuse_activation::FuseActivation;
+pub use fuse_matmul_add::FuseMatmulAdd;
 pub use fuse_requant::{FuseRequant, explain as explain_unfused};
 pub use insert_qdq::{InsertQdq, activation_params};
 pub use observer::CalibMethod;
@@ -146,6 +148,11 @@ pub const REGISTRY: &[PassInfo] = &[
         make: |_| Box::new(FoldBn),
     },
     PassInfo {
+        name: "fuse-matmul-add",
+        doc: "rewrite a 2-D matmul by a constant weight plus a constant bias vector as one gemm",
+        make: |_| Box::new(FuseMatmulAdd),
+    },
+    PassInfo {
         name: "fuse-activation",
         doc: "mark a relu/clip that follows a conv2d/gemm/matmul as that op's fused activation",
         make: |_| Box::new(FuseActivation),
@@ -181,7 +188,7 @@ pub const REGISTRY: &[PassInfo] = &[
 pub const PIPELINES: &[(&str, &[&str], &str)] = &[
     (
         "default",
-        &["fold-constants", "fold-hard-swish", "fold-bn", "fuse-activation", "dead-code"],
+        &["fold-constants", "fold-hard-swish", "fold-bn", "fuse-matmul-add", "fuse-activation", "dead-code"],
         "the fp32 clean-up before quantization",
     ),
     ("cleanup", &["fold-constants", "dead-code"], "constant folding and dead-code removal only"),
@@ -191,6 +198,7 @@ pub const PIPELINES: &[(&str, &[&str], &str)] = &[
             "fold-constants",
             "fold-hard-swish",
             "fold-bn",
+            "fuse-matmul-add",
             "fuse-activation",
             "calibrate",
             "insert-qdq",
