@@ -108,6 +108,9 @@ struct CompileArgs {
     /// One weight scale per tensor instead of one per output channel.
     #[arg(long)]
     per_tensor: bool,
+    /// Dynamic quantization (the `dynamic` pipeline) instead of calibrated static quantization.
+    #[arg(long, conflicts_with_all = ["calib", "pipeline", "passes"])]
+    dynamic: bool,
     /// Write the fusion report (what stayed f32 and why) to this JSON file.
     #[arg(long)]
     report: Option<PathBuf>,
@@ -269,7 +272,16 @@ fn compile(a: CompileArgs) -> Result<(), QcError> {
     let names = match (&a.pipeline, &a.passes) {
         (_, Some(p)) => p.clone(),
         (Some(name), None) => qc_passes::pipeline(name).map_err(QcError::Usage)?,
-        (None, None) => qc_passes::pipeline(if a.calib.is_some() { "int8" } else { "default" }).expect("the pipeline exists"),
+        (None, None) => {
+            let name = if a.dynamic {
+                "dynamic"
+            } else if a.calib.is_some() {
+                "int8"
+            } else {
+                "default"
+            };
+            qc_passes::pipeline(name).expect("the pipeline exists")
+        }
     };
     let mut pass_options = pass_options(&a)?;
     for n in names.iter().chain(&a.print_after).chain(&a.stop_after) {

@@ -13,6 +13,7 @@ mod fuse_matmul_add;
 mod fuse_requant;
 mod insert_qdq;
 pub mod observer;
+mod quantize_dynamic;
 mod rewrite;
 
 pub use calibrate::Calibrate;
@@ -26,6 +27,7 @@ pub use fuse_matmul_add::FuseMatmulAdd;
 pub use fuse_requant::{FuseRequant, explain as explain_unfused};
 pub use insert_qdq::{InsertQdq, activation_params};
 pub use observer::CalibMethod;
+pub use quantize_dynamic::QuantizeDynamic;
 
 use qc_ir::Graph;
 use qc_ir::diag::Diagnostic;
@@ -178,6 +180,11 @@ pub const REGISTRY: &[PassInfo] = &[
         make: |o| Box::new(FuseRequant::new(o)),
     },
     PassInfo {
+        name: "quantize-dynamic",
+        doc: "dynamic quantization of gemm/matmul: i8 weights, u8 activations quantized per call (--per-tensor)",
+        make: |o| Box::new(QuantizeDynamic::new(o)),
+    },
+    PassInfo {
         name: "dead-code",
         doc: "remove ops whose results are never used, and weights no const refers to",
         make: |_| Box::new(DeadCode),
@@ -207,6 +214,11 @@ pub const PIPELINES: &[(&str, &[&str], &str)] = &[
             "dead-code",
         ],
         "post-training static quantization to integer ops (needs --calib)",
+    ),
+    (
+        "dynamic",
+        &["fold-constants", "fold-hard-swish", "fold-bn", "fuse-matmul-add", "fuse-activation", "quantize-dynamic", "dead-code"],
+        "dynamic quantization of gemm and matmul (ONNX Runtime's quantize_dynamic)",
     ),
     (
         "qdq",
