@@ -141,6 +141,17 @@ enum Command {
     Passes,
     /// Run a pipeline of passes over a model and write the result.
     Compile(CompileArgs),
+    /// Write a model as ONNX (QDQ for quantized graphs) that ONNX Runtime runs.
+    Export {
+        /// The model.
+        model: PathBuf,
+        /// The ONNX file to write.
+        #[arg(short, long)]
+        output: PathBuf,
+        /// The weights file, if not beside the model.
+        #[arg(long)]
+        weights: Option<PathBuf>,
+    },
     /// Accuracy of a model on labelled inputs, and top-1 agreement with a reference model.
     Eval(EvalArgs),
     /// Run a model on inputs from .npy files.
@@ -173,6 +184,7 @@ fn main() {
         }
         Command::Compile(args) => compile(args),
         Command::Eval(args) => eval(args),
+        Command::Export { model, output, weights } => export(&model, &output, weights.as_deref()),
         Command::Run { model, input, output, weights, engine } => run(&model, &input, &output, weights.as_deref(), engine),
     };
     if let Err(e) = result {
@@ -369,6 +381,13 @@ fn run(path: &Path, input: &str, out: &Path, weights: Option<&Path>, engine: Eng
     .map_err(|e| QcError::Input(format!("error: {file}: {e}")))?;
     write_tensor(out, &y)?;
     Ok(())
+}
+
+fn export(path: &Path, out: &Path, weights: Option<&Path>) -> Result<(), QcError> {
+    use prost::Message;
+    let model = load_model(path, weights)?;
+    let onnx = qc::onnx::export::export(&model.graph).map_err(|e| QcError::Input(format!("error: {}: {e}", path.display())))?;
+    Ok(qc::io::write_atomic(out, &onnx.encode_to_vec())?)
 }
 
 fn eval(a: EvalArgs) -> Result<(), QcError> {

@@ -1,5 +1,6 @@
 //! ONNX models: protobuf messages, tensor decoding, and import into QIR.
 
+pub mod export;
 pub mod import;
 pub mod proto;
 pub mod tensor;

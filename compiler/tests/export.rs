@@ -1,0 +1,68 @@
+//! `qc export` output runs in ONNX Runtime and agrees with qc's evaluator. Skipped, with the
+//! reason printed, when python3 with onnxruntime and numpy is not installed (.ci/run installs it).
+
+use qc::exec::{argmax_rows, run_batch};
+use qc::io::{read_tensor, write_atomic};
+use qc::onnx::{ImportOptions, import_file};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+const RUN_ORT: &str = r#"
+import sys, numpy as np, onnxruntime as ort
+x = np.load(sys.argv[2]).astype(np.float32)
+s = ort.InferenceSession(sys.argv[1], providers=["CPUExecutionProvider"])
+name = s.get_inputs()[0].name
+np.save(sys.argv[3], np.concatenate([s.run(None, {name: x[i:i+1]})[0] for i in range(len(x))]))
+"#;
+
+fn corpus() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/corpus")
+}
+
+fn onnxruntime_available() -> Result<(), String> {
+    match Command::new("python3").args(["-c", "import onnxruntime, numpy"]).output() {
+        Ok(o) if o.status.success() => Ok(()),
+        Ok(o) => Err(String::from_utf8_lossy(&o.stderr).lines().last().unwrap_or("import failed").to_string()),
+        Err(e) => Err(format!("python3: {e}")),
+    }
+}
+
+#[test]
+fn exported_models_run_in_onnx_runtime_and_agree() {
+    if let Err(why) = onnxruntime_available() {
+        println!("skipped: onnxruntime is not installed for python3 ({why}); `pip install onnxruntime numpy` enables this test");
+        return;
+    }
+    let dir = std::env::temp_dir().join(format!("qc-export-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let x_path = corpus().join("data/digits_test_x.npy");
+    let x = read_tensor(&x_path).unwrap();
+    let calib = std::sync::Arc::new(read_tensor(&corpus().join("data/digits_calib_x.npy")).unwrap());
+    let cases = [
+        ("digits_cnn", "default"),
+        ("digits_cnn", "int8"),
+        ("digits_resdw", "int8"),
+        ("digits_mlp", "int8"),
+        ("digits_mlpmm", "dynamic"),
+    ];
+    for (base, pipeline) in cases {
+        let mut g = import_file(&corpus().join(format!("models/{base}_fp32.onnx")), &ImportOptions::default()).unwrap();
+        let opts = qc_passes::PipelineOptions {
+            check_weights: true,
+            pass_options: qc_passes::PassOptions { calibration: Some(calib.clone()), ..Default::default() },
+            ..Default::default()
+        };
+        qc_passes::run_pipeline(&mut g, &qc_passes::pipeline(pipeline).unwrap(), &opts, &mut std::io::sink()).unwrap();
+        let onnx = qc::onnx::export::export(&g).unwrap();
+        let path = dir.join(format!("{base}_{pipeline}.onnx"));
+        write_atomic(&path, &prost::Message::encode_to_vec(&onnx)).unwrap();
+        let y_path = dir.join(format!("{base}_{pipeline}.npy"));
+        let o = Command::new("python3").args(["-c", RUN_ORT]).arg(&path).arg(&x_path).arg(&y_path).output().unwrap();
+        assert!(o.status.success(), "{base} {pipeline}: onnxruntime failed:\n{}", String::from_utf8_lossy(&o.stderr));
+        let ort = argmax_rows(&read_tensor(&y_path).unwrap());
+        let ours = argmax_rows(&run_batch(&g, &x, 1).unwrap());
+        let agree = ours.iter().zip(&ort).filter(|(a, b)| a == b).count() as f64 / ours.len() as f64;
+        println!("{base} ({pipeline}): arg-max agreement with ONNX Runtime {:.2} %", 100.0 * agree);
+        assert!(agree >= 0.995, "{base} {pipeline}: agreement {agree}");
+    }
+}
