@@ -20,6 +20,7 @@ use crate::rewrite::{add_const, const_f32, const_value, origin_name};
 use crate::{Changed, Pass, PassError, PassOptions};
 use ndarray::{ArrayD, IxDyn};
 use qc_ir::{Attr, Attrs, Dim, Graph, Loc, Node, NodeId, OpKind, ScalarType, Tensor, TensorType, ValueId};
+use std::collections::HashMap;
 
 /// The `quantize-dynamic` pass.
 pub struct QuantizeDynamic {
@@ -39,7 +40,7 @@ fn add_op(g: &mut Graph, kind: OpKind, operands: Vec<ValueId>, attrs: Attrs, ty:
 }
 
 impl QuantizeDynamic {
-    fn rewrite(&self, g: &mut Graph, op: NodeId) -> bool {
+    fn rewrite(&self, g: &mut Graph, op: NodeId, inputs: &mut HashMap<ValueId, [ValueId; 3]>) -> bool {
         let node = g.node(op).clone();
         if !g.ty(node.results[0]).elem.is_f32() || node.attrs.bool("trans_a", false) {
             return false;
@@ -98,15 +99,27 @@ impl QuantizeDynamic {
             TensorType::new(&[n as u64], ScalarType::F32),
             loc.clone(),
         );
-        let dq = g.add_node(
-            Node::new(OpKind::DynamicQuantize, vec![x], Attrs::new(), loc.clone()),
-            vec![g.ty(x).with_elem(ScalarType::U8), TensorType::new(&[], ScalarType::F32), TensorType::new(&[], ScalarType::U8)],
-        );
-        let [xq, xs, xz] = [0, 1, 2].map(|i| g.node(dq).results[i]);
-        let xname = g.value(x).name.clone().unwrap_or_else(|| base.clone());
-        for (v, suffix) in [(xq, "q"), (xs, "scale"), (xz, "zp")] {
-            g.value_mut(v).name = Some(g.unique_name(&format!("{xname}.{suffix}")));
-        }
+        // Each input is quantized once, however many ops read it.
+        let [xq, xs, xz] = match inputs.get(&x) {
+            Some(&q) => q,
+            None => {
+                let dq = g.add_node(
+                    Node::new(OpKind::DynamicQuantize, vec![x], Attrs::new(), loc.clone()),
+                    vec![
+                        g.ty(x).with_elem(ScalarType::U8),
+                        TensorType::new(&[], ScalarType::F32),
+                        TensorType::new(&[], ScalarType::U8),
+                    ],
+                );
+                let q = [0, 1, 2].map(|i| g.node(dq).results[i]);
+                let xname = g.value(x).name.clone().unwrap_or_else(|| base.clone());
+                for (v, suffix) in q.iter().zip(["q", "scale", "zp"]) {
+                    g.value_mut(*v).name = Some(g.unique_name(&format!("{xname}.{suffix}")));
+                }
+                inputs.insert(x, q);
+                q
+            }
+        };
         let out = |elem: ScalarType| TensorType { dims: vec![batch, Dim::Fixed(n as u64)], elem: elem.into() };
         let acc = add_op(g, OpKind::MatMulInteger, vec![xq, wq, xz], Attrs::new(), out(ScalarType::I32), &loc);
         let accf =
@@ -151,8 +164,9 @@ impl Pass for QuantizeDynamic {
     fn run(&self, g: &mut Graph) -> Result<Changed, PassError> {
         let ops: Vec<NodeId> = g.node_ids().filter(|&n| matches!(g.node(n).kind, OpKind::Gemm | OpKind::MatMul)).collect();
         let mut changed = false;
+        let mut inputs = HashMap::new();
         for op in ops {
-            changed |= self.rewrite(g, op);
+            changed |= self.rewrite(g, op, &mut inputs);
         }
         if changed {
             g.rebuild_edges();

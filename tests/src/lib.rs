@@ -128,6 +128,8 @@ struct Header {
     /// Absolute tolerance of the before/after comparison, when the passes approximate by more
     /// than f32 rounding (`//@ tolerance: 1` allows one quantization step on integer outputs).
     tolerance: Option<f64>,
+    /// `//@ calib: N`: calibrate on N seeded random samples of the first input.
+    calib_samples: usize,
 }
 
 fn header(text: &str) -> Header {
@@ -141,6 +143,15 @@ fn header(text: &str) -> Header {
                 "q31" => qc_ir::requant::RequantMode::Q31,
                 _ => qc_ir::requant::RequantMode::F32,
             };
+        }
+        if let Some(rest) = line.strip_prefix("//@ activations:") {
+            h.options.activations = if rest.trim() == "i8" { ScalarType::I8 } else { ScalarType::U8 };
+        }
+        if line.trim() == "//@ symmetric" {
+            h.options.symmetric_activations = true;
+        }
+        if let Some(rest) = line.strip_prefix("//@ calib:") {
+            h.calib_samples = rest.trim().parse().expect("a sample count");
         }
         if let Some(rest) = line.strip_prefix("//@ tolerance:") {
             h.tolerance = Some(rest.trim().parse().expect("a number"));
@@ -197,7 +208,15 @@ fn run_case(file: &str, case: &str, h: &Header) -> Result<String, String> {
         return Ok(print(&g));
     }
     let before = g.clone();
-    let opts = PipelineOptions { check_weights: true, pass_options: h.options.clone(), ..Default::default() };
+    let mut pass_options = h.options.clone();
+    if h.calib_samples > 0
+        && let Some(&p) = g.params().first()
+    {
+        let mut ty = g.ty(p).clone();
+        ty.dims[0] = qc_ir::Dim::Fixed(h.calib_samples as u64);
+        pass_options.calibration = Some(std::sync::Arc::new(random_tensor(&ty, &mut Rng::new(7), 1, false)));
+    }
+    let opts = PipelineOptions { check_weights: true, pass_options, ..Default::default() };
     let records = run_pipeline(&mut g, &h.passes, &opts, &mut std::io::sink()).map_err(|e| {
         let mut s = format!("error: pass {}: {}\n", e.pass, e.message);
         s.push_str(&qc_ir::diag::render_all(&e.diagnostics, file, case));
