@@ -247,3 +247,82 @@ fn import_errors() {
     assert_eq!(code(&o), 0, "{}", stderr(&o));
     assert!(std::fs::read_to_string(&out).unwrap().contains("%input: tensor<4x1x8x8xf32>"));
 }
+
+const CALIB: &str = "../shared/corpus/data/digits_calib_x.npy";
+const TEST_X: &str = "../shared/corpus/data/digits_test_x.npy";
+const TEST_Y: &str = "../shared/corpus/data/digits_test_y.npy";
+
+#[test]
+fn quantize_evaluate_report_and_export() {
+    let d = scratch("ptq");
+    let out = d.join("cnn_int8.qir");
+    let report = d.join("report.json");
+    let model = "../shared/corpus/models/digits_resdw_fp32.onnx";
+    let o = qc(&["compile", model, "--calib", CALIB, "--calib-method", "auto", "-o", p(&out), "--report", p(&report)]);
+    assert_eq!(code(&o), 0, "{}", stderr(&o));
+    assert!(stderr(&o).contains("calibration: "), "{}", stderr(&o));
+    let text = std::fs::read_to_string(&out).unwrap();
+    assert!(text.contains("conv2d(%input.q") && text.contains("!q<u8"), "{text}");
+    let json = std::fs::read_to_string(&report).unwrap();
+    assert!(json.contains("\"integer_ops\": ") && json.contains("the integer graph starts here"), "{json}");
+    let o = qc(&["eval", p(&out), "--input", TEST_X, "--labels", TEST_Y, "--reference", model, "--batch", "64"]);
+    assert_eq!(code(&o), 0, "{}", stderr(&o));
+    assert!(stdout(&o).contains("accuracy 98.") && stdout(&o).contains("top-1 agreement"), "{}", stdout(&o));
+    let onnx = d.join("cnn_int8.onnx");
+    let o = qc(&["export", p(&out), "-o", p(&onnx)]);
+    assert_eq!(code(&o), 0, "{}", stderr(&o));
+    assert!(std::fs::metadata(&onnx).unwrap().len() > 1000);
+    // Dynamic quantization, and q31 requantization.
+    let o = qc(&["compile", "../shared/corpus/models/digits_mlp_fp32.onnx", "--dynamic"]);
+    assert_eq!(code(&o), 0, "{}", stderr(&o));
+    assert!(stdout(&o).contains("dynamic_quantize("));
+    let o = qc(&["compile", model, "--calib", CALIB, "--requant", "q31", "--activations", "i8", "--symmetric"]);
+    assert_eq!(code(&o), 0, "{}", stderr(&o));
+    assert!(stdout(&o).contains("requant = \"q31\"") && stdout(&o).contains("!q<i8, "), "{}", stdout(&o));
+}
+
+#[test]
+fn fusion_report_explains_what_stayed_f32() {
+    let d = scratch("report");
+    let m = d.join("m.qir");
+    std::fs::write(
+        &m,
+        "func @m(%x: tensor<2x4xf32>) -> tensor<2x4xf32> {\n  %s = softmax(%x) : tensor<2x4xf32> loc(\"softmax\")\n  %y = relu(%s) : tensor<2x4xf32> loc(\"relu\")\n  return %y\n}\n",
+    )
+    .unwrap();
+    let calib = d.join("calib.npy");
+    ndarray_npy::write_npy(
+        &calib,
+        &ArrayD::from_shape_vec(IxDyn(&[3, 4]), (0..12).map(|i| i as f32 / 6.0 - 1.0).collect()).unwrap(),
+    )
+    .unwrap();
+    let o = qc(&["compile", p(&m), "--calib", p(&calib)]);
+    assert_eq!(code(&o), 0, "{}", stderr(&o));
+    let e = stderr(&o);
+    assert!(e.contains("fusion report: 1 integer ops, 1 f32 ops"), "{e}");
+    assert!(e.contains("%s = softmax loc(\"softmax\"): softmax has no integer form"), "{e}");
+}
+
+#[test]
+fn calibration_errors() {
+    let d = scratch("calib-err");
+    let nan = d.join("nan.npy");
+    let mut a = ArrayD::<f32>::zeros(IxDyn(&[4, 1, 8, 8]));
+    a[[2, 0, 1, 1]] = f32::INFINITY;
+    ndarray_npy::write_npy(&nan, &a).unwrap();
+    let model = "../shared/corpus/models/digits_cnn_fp32.onnx";
+    fails_with(&qc(&["compile", model, "--calib", p(&nan)]), "calibration sample 2 holds inf in input %input (flat index 9)");
+    let wrong = d.join("wrong.npy");
+    ndarray_npy::write_npy(&wrong, &ArrayD::<f32>::zeros(IxDyn(&[4, 64]))).unwrap();
+    fails_with(&qc(&["compile", model, "--calib", p(&wrong)]), "calibration samples of shape [4, 64] do not fit the input");
+    fails_with(&qc(&["compile", model, "--pipeline", "int8"]), "calibration needs samples: pass --calib X.npy");
+    let o = qc(&["compile", model, "--calib", CALIB, "--calib-method", "median"]);
+    assert_eq!(code(&o), 2);
+    assert!(stderr(&o).contains("unknown calibration method `median`"));
+    // A zero-range input still gets a valid scale.
+    let zeros = d.join("zeros.npy");
+    ndarray_npy::write_npy(&zeros, &ArrayD::<f32>::zeros(IxDyn(&[4, 1, 8, 8]))).unwrap();
+    let o = qc(&["compile", model, "--calib", p(&zeros)]);
+    assert_eq!(code(&o), 0, "{}", stderr(&o));
+    assert!(stdout(&o).contains("quantize(%input) : tensor<?x1x8x8x!q<u8, 1.0, 0>>"), "{}", stdout(&o));
+}

@@ -62,6 +62,24 @@ fn is_const(g: &Graph, v: ValueId) -> bool {
 fn plan(g: &Graph, op: NodeId, mut attrs: Attrs, absorbed: Vec<NodeId>) -> Result<Fusion, String> {
     let node = g.node(op);
     let kind = node.kind;
+    let has_integer_form = matches!(
+        kind,
+        OpKind::Conv2d
+            | OpKind::Gemm
+            | OpKind::MatMul
+            | OpKind::Add
+            | OpKind::AvgPool
+            | OpKind::GlobalAvgPool
+            | OpKind::ReduceMean
+            | OpKind::Concat
+            | OpKind::Sigmoid
+            | OpKind::HardSigmoid
+            | OpKind::HardSwish
+            | OpKind::Clip
+    );
+    if !has_integer_form {
+        return Err(format!("{kind} has no integer form"));
+    }
     let deq: Vec<Option<ValueId>> = node.operands.iter().map(|&o| dequantized(g, o)).collect();
     if let Some(i) = deq.iter().position(Option::is_none) {
         return Err(format!("operand {} ({}) is not dequantized from integers", i, g.display_value(node.operands[i])));
@@ -108,7 +126,7 @@ fn plan(g: &Graph, op: NodeId, mut attrs: Attrs, absorbed: Vec<NodeId>) -> Resul
                 return Err("the operand is quantized per axis".into());
             }
         }
-        _ => return Err(format!("{kind} has no integer form")),
+        _ => unreachable!("checked above"),
     }
     for (k, v) in &node.attrs.0 {
         attrs.0.entry(k.clone()).or_insert_with(|| v.clone());
