@@ -399,7 +399,8 @@ fn eval(a: EvalArgs) -> Result<(), QcError> {
     let run = |g: &qc_ir::Graph| {
         qc::exec::run_batch(g, &x, a.batch).map_err(|e| QcError::Input(format!("error: {}: {e}", a.input.display())))
     };
-    let pred = qc::exec::argmax_rows(&run(&model.graph)?);
+    let y = run(&model.graph)?;
+    let pred = qc::exec::argmax_rows(&y);
     if pred.len() != labels.len() {
         return Err(QcError::Input(format!("error: {} samples but {} labels", pred.len(), labels.len())));
     }
@@ -413,11 +414,13 @@ fn eval(a: EvalArgs) -> Result<(), QcError> {
     );
     if let Some(r) = &a.reference {
         let reference = load_model(r, None)?;
-        let rp = qc::exec::argmax_rows(&run(&reference.graph)?);
+        let ry = run(&reference.graph)?;
+        let rp = qc::exec::argmax_rows(&ry);
         let same = pred.iter().zip(&rp).filter(|(a, b)| a == b).count();
         let rc = rp.iter().zip(&labels).filter(|(p, l)| **p as i64 == **l).count();
         println!("{}: accuracy {:.2} % ({rc}/{n})", r.display(), 100.0 * rc as f64 / n as f64);
         println!("top-1 agreement {:.2} % ({same}/{n})", 100.0 * same as f64 / n as f64);
+        println!("output SQNR against the reference {:.2} dB", qc::exec::sqnr_db(&ry, &y));
     }
     Ok(())
 }
