@@ -22,22 +22,6 @@ fn node(op: &str, inputs: &[&str], outputs: &[&str], attrs: Vec<AttributeProto>)
     }
 }
 
-fn ai(name: &str, i: i64) -> AttributeProto {
-    AttributeProto { name: name.into(), r#type: attribute_type::INT, i, ..Default::default() }
-}
-
-fn af(name: &str, f: f32) -> AttributeProto {
-    AttributeProto { name: name.into(), r#type: attribute_type::FLOAT, f, ..Default::default() }
-}
-
-fn ais(name: &str, v: &[i64]) -> AttributeProto {
-    AttributeProto { name: name.into(), r#type: attribute_type::INTS, ints: v.to_vec(), ..Default::default() }
-}
-
-fn astr(name: &str, s: &str) -> AttributeProto {
-    AttributeProto { name: name.into(), r#type: attribute_type::STRING, s: s.as_bytes().to_vec(), ..Default::default() }
-}
-
 fn f32s(name: &str, shape: &[usize], v: Vec<f32>) -> TensorProto {
     encode(name, &Tensor::F32(ArrayD::from_shape_vec(IxDyn(shape), v).unwrap()))
 }
@@ -122,7 +106,8 @@ fn clip_bounds_are_inputs_from_opset_11() {
 
 #[test]
 fn reduce_mean_axes_attribute_then_input() {
-    let n13 = vec![node("ReduceMean", &["x"], &["y"], vec![ais("axes", &[2, 3]), ai("keepdims", 0)])];
+    let n13 =
+        vec![node("ReduceMean", &["x"], &["y"], vec![AttributeProto::ints("axes", &[2, 3]), AttributeProto::int("keepdims", 0)])];
     check("reduce_mean_opset13", model(13, n13, vec![], vec![vi("x", &[1, 3, 4, 4])], &["y"]));
     let n18 = vec![node("ReduceMean", &["x", "axes"], &["y"], vec![])];
     check("reduce_mean_opset18", model(18, n18, vec![i64s("axes", &[-1])], vec![vi("x", &[1, 3, 4, 4])], &["y"]));
@@ -134,11 +119,15 @@ fn resize_scales_or_sizes() {
         "Resize",
         &["x", "", "scales"],
         &["y"],
-        vec![astr("mode", "nearest"), astr("coordinate_transformation_mode", "asymmetric"), astr("nearest_mode", "floor")],
+        vec![
+            AttributeProto::string("mode", "nearest"),
+            AttributeProto::string("coordinate_transformation_mode", "asymmetric"),
+            AttributeProto::string("nearest_mode", "floor"),
+        ],
     )];
     let scales = f32s("scales", &[4], vec![1.0, 1.0, 2.0, 2.0]);
     check("resize_scales_opset13", model(13, n, vec![scales], vec![vi("x", &[1, 2, 3, 3])], &["y"]));
-    let n = vec![node("Resize", &["x", "roi", "scales", "sizes"], &["y"], vec![astr("mode", "linear")])];
+    let n = vec![node("Resize", &["x", "roi", "scales", "sizes"], &["y"], vec![AttributeProto::string("mode", "linear")])];
     let inits = vec![f32s("roi", &[0], vec![]), f32s("scales", &[0], vec![]), i64s("sizes", &[1, 2, 5, 4])];
     check("resize_sizes_opset11", model(11, n, inits, vec![vi("x", &[1, 2, 3, 3])], &["y"]));
 }
@@ -146,8 +135,8 @@ fn resize_scales_or_sizes() {
 #[test]
 fn squeeze_unsqueeze_axes_attribute_then_input() {
     let n = vec![
-        node("Unsqueeze", &["x"], &["u"], vec![ais("axes", &[0])]),
-        node("Squeeze", &["u"], &["y"], vec![ais("axes", &[0])]),
+        node("Unsqueeze", &["x"], &["u"], vec![AttributeProto::ints("axes", &[0])]),
+        node("Squeeze", &["u"], &["y"], vec![AttributeProto::ints("axes", &[0])]),
     ];
     check("squeeze_opset11", model(11, n, vec![], vec![vi("x", &[3, 4])], &["y"]));
     let n = vec![node("Unsqueeze", &["x", "a"], &["u"], vec![]), node("Squeeze", &["u", "a"], &["y"], vec![])];
@@ -158,7 +147,7 @@ fn squeeze_unsqueeze_axes_attribute_then_input() {
 fn reshape_zero_copies_unless_allowzero() {
     let n = vec![node("Reshape", &["x", "s"], &["y"], vec![])];
     check("reshape_copy_zero", model(13, n, vec![i64s("s", &[0, -1])], vec![vi("x", &[-1, 2, 3])], &["y"]));
-    let n = vec![node("Reshape", &["x", "s"], &["y"], vec![ai("allowzero", 1)])];
+    let n = vec![node("Reshape", &["x", "s"], &["y"], vec![AttributeProto::int("allowzero", 1)])];
     check("reshape_allowzero", model(14, n, vec![i64s("s", &[-1, 6])], vec![vi("x", &[-1, 2, 3])], &["y"]));
 }
 
@@ -179,9 +168,18 @@ fn batch_norm_and_conv_with_constant_node_weights() {
         "Conv",
         &["x", "w"],
         &["c"],
-        vec![ais("kernel_shape", &[3, 3]), astr("auto_pad", "SAME_UPPER"), ais("strides", &[2, 2])],
+        vec![
+            AttributeProto::ints("kernel_shape", &[3, 3]),
+            AttributeProto::string("auto_pad", "SAME_UPPER"),
+            AttributeProto::ints("strides", &[2, 2]),
+        ],
     );
-    let bn = node("BatchNormalization", &["c", "s", "b", "m", "v"], &["y"], vec![af("epsilon", 1e-3), ai("training_mode", 0)]);
+    let bn = node(
+        "BatchNormalization",
+        &["c", "s", "b", "m", "v"],
+        &["y"],
+        vec![AttributeProto::float("epsilon", 1e-3), AttributeProto::int("training_mode", 0)],
+    );
     let inits = vec![
         f32s("s", &[2], vec![1.0, 2.0]),
         f32s("b", &[2], vec![0.0, 0.5]),
@@ -193,11 +191,17 @@ fn batch_norm_and_conv_with_constant_node_weights() {
 
 #[test]
 fn split_sizes_attribute_input_or_even() {
-    let n = vec![node("Split", &["x"], &["a", "b"], vec![ai("axis", 1), ais("split", &[1, 3])])];
+    let n =
+        vec![node("Split", &["x"], &["a", "b"], vec![AttributeProto::int("axis", 1), AttributeProto::ints("split", &[1, 3])])];
     check("split_opset11", model(11, n, vec![], vec![vi("x", &[2, 4])], &["a", "b"]));
-    let n = vec![node("Split", &["x", "s"], &["a", "b"], vec![ai("axis", -1)])];
+    let n = vec![node("Split", &["x", "s"], &["a", "b"], vec![AttributeProto::int("axis", -1)])];
     check("split_opset13", model(13, n, vec![i64s("s", &[2, 2])], vec![vi("x", &[2, 4])], &["a", "b"]));
-    let n = vec![node("Split", &["x"], &["a", "b", "c"], vec![ai("axis", 1), ai("num_outputs", 3)])];
+    let n = vec![node(
+        "Split",
+        &["x"],
+        &["a", "b", "c"],
+        vec![AttributeProto::int("axis", 1), AttributeProto::int("num_outputs", 3)],
+    )];
     check("split_opset18", model(18, n, vec![], vec![vi("x", &[2, 5])], &["a", "b", "c"]));
 }
 
@@ -205,7 +209,7 @@ fn split_sizes_attribute_input_or_even() {
 fn slice_inputs_and_pad_inputs() {
     let n = vec![
         node("Slice", &["x", "st", "en", "ax", "sp"], &["s"], vec![]),
-        node("Pad", &["s", "p", "cv"], &["y"], vec![astr("mode", "constant")]),
+        node("Pad", &["s", "p", "cv"], &["y"], vec![AttributeProto::string("mode", "constant")]),
     ];
     let inits = vec![
         i64s("st", &[-1]),
@@ -222,9 +226,9 @@ fn slice_inputs_and_pad_inputs() {
 fn shape_subgraph_folds_once_dims_are_fixed() {
     let n = vec![
         node("Shape", &["x"], &["sh"], vec![]),
-        node("Gather", &["sh", "zero"], &["n"], vec![ai("axis", 0)]),
+        node("Gather", &["sh", "zero"], &["n"], vec![AttributeProto::int("axis", 0)]),
         node("Unsqueeze", &["n", "ax"], &["n1"], vec![]),
-        node("Concat", &["n1", "k"], &["shape"], vec![ai("axis", 0)]),
+        node("Concat", &["n1", "k"], &["shape"], vec![AttributeProto::int("axis", 0)]),
         node("Reshape", &["x", "shape"], &["y"], vec![]),
     ];
     let inits = vec![i64s("ax", &[0]), i64s("k", &[-1]), encode("zero", &Tensor::I64(ArrayD::from_elem(IxDyn(&[]), 0)))];
@@ -243,7 +247,7 @@ fn qdq_per_axis_and_qlinear() {
     let n = vec![
         node("QuantizeLinear", &["x", "xs", "xz"], &["xq"], vec![]),
         node("DequantizeLinear", &["xq", "xs", "xz"], &["xd"], vec![]),
-        node("DequantizeLinear", &["wq", "ws", "wz"], &["wd"], vec![ai("axis", 0)]),
+        node("DequantizeLinear", &["wq", "ws", "wz"], &["wd"], vec![AttributeProto::int("axis", 0)]),
         node("Conv", &["xd", "wd"], &["y"], vec![]),
     ];
     let inits = vec![
@@ -318,7 +322,7 @@ fn malformed_models_get_clear_errors() {
         &model(
             13,
             vec![
-                node("MaxPool", &["x"], &["y", "idx"], vec![ais("kernel_shape", &[2, 2])]),
+                node("MaxPool", &["x"], &["y", "idx"], vec![AttributeProto::ints("kernel_shape", &[2, 2])]),
                 node("Relu", &["idx"], &["z"], vec![]),
             ],
             vec![],

@@ -45,6 +45,25 @@ impl FuseRequant {
     }
 }
 
+/// Whether `kind` on quantized operands has an integer kernel (data movement aside).
+pub fn has_integer_form(kind: OpKind) -> bool {
+    matches!(
+        kind,
+        OpKind::Conv2d
+            | OpKind::Gemm
+            | OpKind::MatMul
+            | OpKind::Add
+            | OpKind::AvgPool
+            | OpKind::GlobalAvgPool
+            | OpKind::ReduceMean
+            | OpKind::Concat
+            | OpKind::Sigmoid
+            | OpKind::HardSigmoid
+            | OpKind::HardSwish
+            | OpKind::Clip
+    )
+}
+
 /// What a fusion would produce: the op, its quantized operands, attributes, and absorbed locs.
 struct Fusion {
     kind: OpKind,
@@ -62,22 +81,7 @@ fn is_const(g: &Graph, v: ValueId) -> bool {
 fn plan(g: &Graph, op: NodeId, mut attrs: Attrs, absorbed: Vec<NodeId>) -> Result<Fusion, String> {
     let node = g.node(op);
     let kind = node.kind;
-    let has_integer_form = matches!(
-        kind,
-        OpKind::Conv2d
-            | OpKind::Gemm
-            | OpKind::MatMul
-            | OpKind::Add
-            | OpKind::AvgPool
-            | OpKind::GlobalAvgPool
-            | OpKind::ReduceMean
-            | OpKind::Concat
-            | OpKind::Sigmoid
-            | OpKind::HardSigmoid
-            | OpKind::HardSwish
-            | OpKind::Clip
-    );
-    if !has_integer_form {
+    if !has_integer_form(kind) {
         return Err(format!("{kind} has no integer form"));
     }
     let deq: Vec<Option<ValueId>> = node.operands.iter().map(|&o| dequantized(g, o)).collect();

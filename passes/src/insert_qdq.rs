@@ -24,6 +24,7 @@
 //! ops whose input is not quantized. Run `fold-qdq` and `fuse-requant` after it.
 
 use crate::fold_qdq::{commutes_with_quantize, dequantized};
+use crate::fuse_requant::has_integer_form;
 use crate::{Changed, Pass, PassError, PassOptions};
 use qc_ir::eval::weight_output_axis;
 use qc_ir::requant::acc_scale;
@@ -63,22 +64,14 @@ pub fn activation_params(lo: f32, hi: f32, storage: ScalarType, symmetric: bool)
     }
 }
 
-/// Ops with an integer form after fold-qdq and fuse-requant.
+/// Ops with an integer form after fold-qdq and fuse-requant (kernels need a constant weight).
 fn integer_capable(g: &Graph, n: NodeId) -> bool {
     let node = g.node(n);
     match node.kind {
         OpKind::Conv2d | OpKind::Gemm | OpKind::MatMul => {
             node.operands.get(1).is_some_and(|&w| g.producer_of_kind(w, OpKind::Const).is_some())
         }
-        OpKind::Add
-        | OpKind::AvgPool
-        | OpKind::GlobalAvgPool
-        | OpKind::ReduceMean
-        | OpKind::Concat
-        | OpKind::Sigmoid
-        | OpKind::HardSigmoid
-        | OpKind::HardSwish => true,
-        k => commutes_with_quantize(k),
+        k => has_integer_form(k) || commutes_with_quantize(k),
     }
 }
 

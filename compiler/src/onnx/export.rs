@@ -19,22 +19,6 @@ struct Exporter<'g> {
     counter: usize,
 }
 
-fn ai(name: &str, i: i64) -> AttributeProto {
-    AttributeProto { name: name.into(), r#type: attribute_type::INT, i, ..Default::default() }
-}
-
-fn af(name: &str, f: f32) -> AttributeProto {
-    AttributeProto { name: name.into(), r#type: attribute_type::FLOAT, f, ..Default::default() }
-}
-
-fn ais(name: &str, v: &[i64]) -> AttributeProto {
-    AttributeProto { name: name.into(), r#type: attribute_type::INTS, ints: v.to_vec(), ..Default::default() }
-}
-
-fn astr(name: &str, s: &str) -> AttributeProto {
-    AttributeProto { name: name.into(), r#type: attribute_type::STRING, s: s.as_bytes().to_vec(), ..Default::default() }
-}
-
 fn elem_type(st: ScalarType) -> i32 {
     match st {
         ScalarType::F32 => data_type::FLOAT,
@@ -110,7 +94,7 @@ impl Exporter<'_> {
             s => s,
         });
         let z = self.init(&format!("{base}_zero_point"), &zt);
-        let attrs = q.axis.map(|a| vec![ai("axis", a as i64)]).unwrap_or_default();
+        let attrs = q.axis.map(|a| vec![AttributeProto::int("axis", a as i64)]).unwrap_or_default();
         (s, z, attrs)
     }
 
@@ -174,9 +158,9 @@ impl Exporter<'_> {
                 let ins: Vec<String> = node.operands.iter().map(|&o| self.name(o)).collect();
                 let (op, attrs) = match node.kind {
                     OpKind::MatMulInteger => ("MatMulInteger", vec![]),
-                    OpKind::Cast => ("Cast", vec![ai("to", elem_type(self.g.ty(r).elem.storage()) as i64)]),
+                    OpKind::Cast => ("Cast", vec![AttributeProto::int("to", elem_type(self.g.ty(r).elem.storage()) as i64)]),
                     OpKind::Shape => ("Shape", vec![]),
-                    _ => ("Gather", vec![ai("axis", a.int("axis", 0))]),
+                    _ => ("Gather", vec![AttributeProto::int("axis", a.int("axis", 0))]),
                 };
                 self.node(op, ins, vec![self.name(r)], attrs, &loc);
                 return Ok(());
@@ -187,12 +171,12 @@ impl Exporter<'_> {
         let ints = |k: &str| a.ints(k).map(<[i64]>::to_vec);
         let (op, attrs): (&str, Vec<AttributeProto>) = match node.kind {
             OpKind::Conv2d | OpKind::ConvTranspose2d => {
-                let mut v = vec![ai("group", a.int("groups", 1))];
+                let mut v = vec![AttributeProto::int("group", a.int("groups", 1))];
                 for (k, o) in
                     [("strides", "strides"), ("pads", "pads"), ("dilations", "dilations"), ("output_padding", "output_padding")]
                 {
                     if let Some(x) = ints(k) {
-                        v.push(ais(o, &x));
+                        v.push(AttributeProto::ints(o, &x));
                     }
                 }
                 (if node.kind == OpKind::Conv2d { "Conv" } else { "ConvTranspose" }, v)
@@ -201,10 +185,10 @@ impl Exporter<'_> {
             OpKind::Gemm => (
                 "Gemm",
                 vec![
-                    ai("transA", a.bool("trans_a", false) as i64),
-                    ai("transB", a.bool("trans_b", false) as i64),
-                    af("alpha", a.float("alpha", 1.0)),
-                    af("beta", a.float("beta", 1.0)),
+                    AttributeProto::int("transA", a.bool("trans_a", false) as i64),
+                    AttributeProto::int("transB", a.bool("trans_b", false) as i64),
+                    AttributeProto::float("alpha", a.float("alpha", 1.0)),
+                    AttributeProto::float("beta", a.float("beta", 1.0)),
                 ],
             ),
             OpKind::Add => ("Add", vec![]),
@@ -214,7 +198,10 @@ impl Exporter<'_> {
             OpKind::Relu => ("Relu", vec![]),
             OpKind::Sigmoid => ("Sigmoid", vec![]),
             OpKind::HardSwish => ("HardSwish", vec![]),
-            OpKind::HardSigmoid => ("HardSigmoid", vec![af("alpha", a.float("alpha", 0.2)), af("beta", a.float("beta", 0.5))]),
+            OpKind::HardSigmoid => (
+                "HardSigmoid",
+                vec![AttributeProto::float("alpha", a.float("alpha", 0.2)), AttributeProto::float("beta", a.float("beta", 0.5))],
+            ),
             OpKind::Clip => {
                 let lo = self
                     .init("clip_min", &Tensor::F32(ndarray::ArrayD::from_elem(ndarray::IxDyn(&[]), a.float("min", f32::MIN))));
@@ -223,19 +210,19 @@ impl Exporter<'_> {
                 ins.extend([lo, hi]);
                 ("Clip", vec![])
             }
-            OpKind::BatchNorm => ("BatchNormalization", vec![af("epsilon", a.float("epsilon", 1e-5))]),
+            OpKind::BatchNorm => ("BatchNormalization", vec![AttributeProto::float("epsilon", a.float("epsilon", 1e-5))]),
             OpKind::MaxPool | OpKind::AvgPool => {
                 let mut v = vec![
-                    ais("kernel_shape", &ints("kernel_shape").unwrap_or_default()),
-                    ai("ceil_mode", a.bool("ceil_mode", false) as i64),
+                    AttributeProto::ints("kernel_shape", &ints("kernel_shape").unwrap_or_default()),
+                    AttributeProto::int("ceil_mode", a.bool("ceil_mode", false) as i64),
                 ];
                 for k in ["strides", "pads", "dilations"] {
                     if let Some(x) = ints(k) {
-                        v.push(ais(k, &x));
+                        v.push(AttributeProto::ints(k, &x));
                     }
                 }
                 if node.kind == OpKind::AvgPool {
-                    v.push(ai("count_include_pad", a.bool("count_include_pad", false) as i64));
+                    v.push(AttributeProto::int("count_include_pad", a.bool("count_include_pad", false) as i64));
                     ("AveragePool", v)
                 } else {
                     ("MaxPool", v)
@@ -243,22 +230,22 @@ impl Exporter<'_> {
             }
             OpKind::GlobalAvgPool => ("GlobalAveragePool", vec![]),
             OpKind::ReduceMean => {
-                let mut v = vec![ai("keepdims", a.bool("keepdims", true) as i64)];
+                let mut v = vec![AttributeProto::int("keepdims", a.bool("keepdims", true) as i64)];
                 if let Some(x) = ints("axes") {
-                    v.push(ais("axes", &x));
+                    v.push(AttributeProto::ints("axes", &x));
                 }
                 ("ReduceMean", v)
             }
-            OpKind::Flatten => ("Flatten", vec![ai("axis", a.int("axis", 1))]),
+            OpKind::Flatten => ("Flatten", vec![AttributeProto::int("axis", a.int("axis", 1))]),
             OpKind::Reshape => {
                 let shape = ints("shape").ok_or("a reshape with a computed shape cannot be exported; run fold-constants")?;
                 ins.truncate(1);
                 let s = self.i64s("shape", &shape);
                 ins.push(s);
-                ("Reshape", vec![ai("allowzero", a.bool("allowzero", false) as i64)])
+                ("Reshape", vec![AttributeProto::int("allowzero", a.bool("allowzero", false) as i64)])
             }
-            OpKind::Transpose => ("Transpose", ints("perm").map(|p| vec![ais("perm", &p)]).unwrap_or_default()),
-            OpKind::Concat => ("Concat", vec![ai("axis", a.int("axis", 0))]),
+            OpKind::Transpose => ("Transpose", ints("perm").map(|p| vec![AttributeProto::ints("perm", &p)]).unwrap_or_default()),
+            OpKind::Concat => ("Concat", vec![AttributeProto::int("axis", a.int("axis", 0))]),
             OpKind::Slice => {
                 for k in ["starts", "ends", "axes", "steps"] {
                     if let Some(x) = ints(k) {
@@ -277,7 +264,7 @@ impl Exporter<'_> {
                 let v =
                     self.init("pad_value", &Tensor::F32(ndarray::ArrayD::from_elem(ndarray::IxDyn(&[]), a.float("value", 0.0))));
                 ins.extend([p, v]);
-                ("Pad", vec![astr("mode", a.str("mode").unwrap_or("constant"))])
+                ("Pad", vec![AttributeProto::string("mode", a.str("mode").unwrap_or("constant"))])
             }
             OpKind::Resize => {
                 let roi = self.init("roi", &Tensor::F32(ndarray::ArrayD::zeros(ndarray::IxDyn(&[0]))));
@@ -297,12 +284,15 @@ impl Exporter<'_> {
                     }
                     _ => return Err("resize without scales or sizes".into()),
                 }
-                let mut v = vec![astr("mode", a.str("mode").unwrap_or("nearest"))];
-                v.push(astr("coordinate_transformation_mode", a.str("coordinate_transformation_mode").unwrap_or("half_pixel")));
-                v.push(astr("nearest_mode", a.str("nearest_mode").unwrap_or("round_prefer_floor")));
+                let mut v = vec![AttributeProto::string("mode", a.str("mode").unwrap_or("nearest"))];
+                v.push(AttributeProto::string(
+                    "coordinate_transformation_mode",
+                    a.str("coordinate_transformation_mode").unwrap_or("half_pixel"),
+                ));
+                v.push(AttributeProto::string("nearest_mode", a.str("nearest_mode").unwrap_or("round_prefer_floor")));
                 ("Resize", v)
             }
-            OpKind::Softmax => ("Softmax", vec![ai("axis", a.int("axis", -1))]),
+            OpKind::Softmax => ("Softmax", vec![AttributeProto::int("axis", a.int("axis", -1))]),
             OpKind::Squeeze | OpKind::Unsqueeze => {
                 if let Some(x) = ints("axes") {
                     let s = self.i64s("axes", &x);

@@ -94,6 +94,28 @@ pub struct AttributeProto {
     pub strings: Vec<Vec<u8>>,
 }
 
+impl AttributeProto {
+    /// An integer attribute.
+    pub fn int(name: &str, i: i64) -> AttributeProto {
+        AttributeProto { name: name.into(), r#type: attribute_type::INT, i, ..Default::default() }
+    }
+
+    /// A float attribute.
+    pub fn float(name: &str, f: f32) -> AttributeProto {
+        AttributeProto { name: name.into(), r#type: attribute_type::FLOAT, f, ..Default::default() }
+    }
+
+    /// A list-of-integers attribute.
+    pub fn ints(name: &str, v: &[i64]) -> AttributeProto {
+        AttributeProto { name: name.into(), r#type: attribute_type::INTS, ints: v.to_vec(), ..Default::default() }
+    }
+
+    /// A string attribute.
+    pub fn string(name: &str, s: &str) -> AttributeProto {
+        AttributeProto { name: name.into(), r#type: attribute_type::STRING, s: s.as_bytes().to_vec(), ..Default::default() }
+    }
+}
+
 #[derive(Clone, PartialEq, Message)]
 pub struct ValueInfoProto {
     #[prost(string, tag = "1")]

@@ -92,27 +92,20 @@ pub fn kernel(kind: OpKind, attrs: &Attrs, args: &[&Tensor], tys: &[&TensorType]
     };
     let (acc, out_axis) = match kind {
         OpKind::Conv2d => (nn::conv2d(&x, &w, bias.as_ref(), attrs)?, 1),
-        OpKind::Gemm => {
-            if attrs.float("alpha", 1.0) != 1.0 || attrs.float("beta", 1.0) != 1.0 {
-                return Err("an integer gemm needs alpha = beta = 1".into());
-            }
-            let a = if attrs.bool("trans_a", false) { x.t().to_owned() } else { x };
-            let b = if attrs.bool("trans_b", false) { w.t().to_owned() } else { w };
+        _ => {
+            let (a, b) = if kind == OpKind::Gemm {
+                if attrs.float("alpha", 1.0) != 1.0 || attrs.float("beta", 1.0) != 1.0 {
+                    return Err("an integer gemm needs alpha = beta = 1".into());
+                }
+                let a = if attrs.bool("trans_a", false) { x.t().to_owned() } else { x };
+                (a, if attrs.bool("trans_b", false) { w.t().to_owned() } else { w })
+            } else {
+                (x, w)
+            };
             let mut y = nn::matmul(&a, &b)?;
             if let Some(bias) = &bias {
                 let shape = y.shape().to_vec();
-                let bb = bias.broadcast(IxDyn(&shape)).ok_or("the bias does not broadcast")?;
-                y = &y + &bb;
-            }
-            let rank = y.ndim();
-            (y, rank - 1)
-        }
-        _ => {
-            let mut y = nn::matmul(&x, &w)?;
-            if let Some(bias) = &bias {
-                let shape = y.shape().to_vec();
-                let bb = bias.broadcast(IxDyn(&shape)).ok_or("the bias does not broadcast")?;
-                y = &y + &bb;
+                y = &y + &bias.broadcast(IxDyn(&shape)).ok_or("the bias does not broadcast")?;
             }
             let rank = y.ndim();
             (y, rank - 1)
