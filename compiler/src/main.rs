@@ -320,14 +320,20 @@ fn compile(a: CompileArgs) -> Result<(), QcError> {
     let stdout = std::io::stdout();
     let mut lock = stdout.lock();
     let result = run_pipeline(&mut model.graph, &names, &opts, &mut lock);
-    result.map_err(|e| {
+    let records = result.map_err(|e| {
         if e.diagnostics.is_empty() {
             QcError::Input(format!("error: {e}"))
         } else {
             QcError::Input(format!("error: pass {}: {}\n{}", e.pass, e.message, model.render(&e.diagnostics)))
         }
     })?;
-    let report = qc::report::fusion_report(&model.graph);
+    for r in &records {
+        for n in &r.notes {
+            eprintln!("note: {}: {n}", r.name);
+        }
+    }
+    let mut report = qc::report::fusion_report(&model.graph);
+    report.notes = records.iter().flat_map(|r| r.notes.iter().map(|n| format!("{}: {n}", r.name))).collect();
     if report.has_findings() {
         eprint!("{}", report.summary());
     }

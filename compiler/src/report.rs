@@ -26,6 +26,8 @@ pub struct FusionReport {
     pub integer_ops: usize,
     /// Everything else worth a look.
     pub findings: Vec<Finding>,
+    /// What the passes reported (e.g. a weight scale raised to keep a bias in range).
+    pub notes: Vec<String>,
 }
 
 fn is_integer(g: &Graph, n: NodeId) -> bool {
@@ -134,6 +136,12 @@ impl FusionReport {
                 )
             })
             .collect();
-        format!("{{\n  \"integer_ops\": {},\n  \"findings\": [\n{}\n  ]\n}}\n", self.integer_ops, items.join(",\n"))
+        let notes: Vec<String> = self.notes.iter().map(|n| format!("    \"{}\"", esc(n))).collect();
+        format!(
+            "{{\n  \"integer_ops\": {},\n  \"findings\": [\n{}\n  ],\n  \"notes\": [\n{}\n  ]\n}}\n",
+            self.integer_ops,
+            items.join(",\n"),
+            notes.join(",\n")
+        )
     }
 }

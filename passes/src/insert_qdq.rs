@@ -35,12 +35,18 @@ pub struct InsertQdq {
     activations: ScalarType,
     symmetric: bool,
     per_channel: bool,
+    notes: std::sync::Mutex<Vec<String>>,
 }
 
 impl InsertQdq {
     /// The pass with its options.
     pub fn new(opts: &PassOptions) -> InsertQdq {
-        InsertQdq { activations: opts.activations, symmetric: opts.symmetric_activations, per_channel: !opts.per_tensor_weights }
+        InsertQdq {
+            activations: opts.activations,
+            symmetric: opts.symmetric_activations,
+            per_channel: !opts.per_tensor_weights,
+            notes: Default::default(),
+        }
     }
 }
 
@@ -150,7 +156,13 @@ impl InsertQdq {
                 for c in 0..n.min(bdata.len()) {
                     let limit = (1u32 << 30) as f32;
                     if (bdata[c] / acc_scale(s_x, scales[c])).abs() > limit {
-                        scales[c] = bdata[c].abs() / (limit * s_x) * 1.0001;
+                        let raised = bdata[c].abs() / (limit * s_x) * 1.0001;
+                        self.notes.lock().expect("not poisoned").push(format!(
+                            "{}: the bias of channel {c} would exceed 2^30 as i32; its weight scale was raised from {:?} to {raised:?}",
+                            g.display_value(node.results[0]),
+                            scales[c]
+                        ));
+                        scales[c] = raised;
                     }
                 }
             }
@@ -188,7 +200,12 @@ impl Pass for InsertQdq {
         "insert-qdq"
     }
 
+    fn notes(&self) -> Vec<String> {
+        self.notes.lock().expect("not poisoned").clone()
+    }
+
     fn run(&self, g: &mut Graph) -> Result<Changed, PassError> {
+        self.notes.lock().expect("not poisoned").clear();
         let a = self.activations(g);
         let w = self.weights(g)?;
         g.rebuild_edges();

@@ -120,6 +120,10 @@ pub trait Pass {
     fn name(&self) -> &'static str;
     /// Runs the pass.
     fn run(&self, g: &mut Graph) -> Result<Changed, PassError>;
+    /// What the last run wants the user to know (decisions it took that change accuracy).
+    fn notes(&self) -> Vec<String> {
+        Vec::new()
+    }
 }
 
 /// A registry entry.
@@ -267,6 +271,8 @@ pub struct PassRecord {
     pub name: String,
     /// Whether it changed the graph.
     pub changed: Changed,
+    /// What the pass reported.
+    pub notes: Vec<String>,
 }
 
 /// Runs `passes` in order, verifying after each; IR printed after passes goes to `print_to`.
@@ -307,7 +313,7 @@ pub fn run_pipeline(
             message: "the pass produced a graph that does not verify (a bug in the pass)".into(),
             diagnostics: d,
         })?;
-        records.push(PassRecord { name: name.into(), changed });
+        records.push(PassRecord { name: name.into(), changed, notes: pass.notes() });
         if opts.print_after_all || opts.print_after.iter().any(|p| p == name) {
             let note = if changed == Changed::Yes { "" } else { " (no change)" };
             writeln!(print_to, "// ----- IR after {name}{note} -----\n{}", print(g))

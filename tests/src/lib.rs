@@ -225,6 +225,9 @@ fn run_case(file: &str, case: &str, h: &Header) -> Result<String, String> {
     let mut out = String::new();
     for r in &records {
         out.push_str(&format!("// {}: {}\n", r.name, if r.changed == qc_passes::Changed::Yes { "changed" } else { "no change" }));
+        for n in &r.notes {
+            out.push_str(&format!("// note: {n}\n"));
+        }
     }
     out.push_str(&print(&g));
     let inputs = random_inputs(&before, 42);
