@@ -356,3 +356,23 @@ fn hard_swish_pattern_becomes_one_op() {
     let inits = vec![f32s("three", &[], vec![3.0]), f32s("zero", &[], vec![0.0]), f32s("six", &[], vec![6.0])];
     check("hard_swish_pattern", model(13, n, inits, vec![vi("x", &[-1, 8])], &["y"]));
 }
+
+#[test]
+fn conv_integer_is_exact() {
+    let n = vec![node("ConvInteger", &["x", "w", "xz", "wz"], &["y"], vec![AttributeProto::ints("pads", &[1, 1, 1, 1])])];
+    let inits = vec![
+        encode("w", &Tensor::I8(ArrayD::from_shape_vec(IxDyn(&[2, 1, 1, 1]), vec![3, -2]).unwrap())),
+        encode("xz", &Tensor::U8(ArrayD::from_elem(IxDyn(&[]), 10))),
+        encode("wz", &Tensor::I8(ArrayD::from_shape_vec(IxDyn(&[2]), vec![1, 0]).unwrap())),
+    ];
+    let mut x = vi("x", &[1, 1, 1, 2]);
+    x.r#type.as_mut().unwrap().tensor_type.as_mut().unwrap().elem_type = data_type::UINT8;
+    let g = import_ok(&model(13, n, inits, vec![x], &["y"]));
+    insta::assert_snapshot!("conv_integer", print(&g));
+    let xin = Tensor::U8(ArrayD::from_shape_vec(IxDyn(&[1, 1, 1, 2]), vec![12, 255]).unwrap());
+    let y = evaluate(&g, &[xin]).unwrap().remove(0);
+    // Channel 0: (x - 10) * (3 - 1) = [4, 490]; channel 1: (x - 10) * -2 = [-4, -490]; padding
+    // reads the zero point and contributes 0.
+    let want = [0, 0, 0, 0, 0, 4, 490, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, -4, -490, 0, 0, 0, 0, 0];
+    assert_eq!(y.to_i64_vec().unwrap(), want);
+}

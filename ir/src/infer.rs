@@ -272,7 +272,7 @@ pub fn infer(kind: OpKind, attrs: &Attrs, ops: &[Operand]) -> R<Vec<TypeFact>> {
                 TypeFact::full(vec![], ScalarType::U8.into()),
             ])
         }
-        OpKind::MatMulInteger => {
+        OpKind::MatMulInteger | OpKind::ConvInteger => {
             let int8 = |t: &TensorType| matches!(t.elem, ElemType::Scalar(ScalarType::U8 | ScalarType::I8));
             if let Some((i, o)) = ops.iter().enumerate().find(|(_, o)| !int8(o.ty)) {
                 return Err(format!("matmul_integer operand {i} must be plain u8 or i8, got {}", o.ty));
@@ -282,7 +282,12 @@ pub fn infer(kind: OpKind, attrs: &Attrs, ops: &[Operand]) -> R<Vec<TypeFact>> {
                     return Err(format!("zero point {} must be a scalar or vector of {}", i - 2, ops[i - 2].ty.elem));
                 }
             }
-            one(matmul_dims(&ops[0].ty.dims, &ops[1].ty.dims)?, Some(ScalarType::I32.into()))
+            let dims = if kind == OpKind::MatMulInteger {
+                matmul_dims(&ops[0].ty.dims, &ops[1].ty.dims)?
+            } else {
+                conv_dims(attrs, ops[0].ty, ops[1].ty)?
+            };
+            one(dims, Some(ScalarType::I32.into()))
         }
         OpKind::Cast => {
             let to = attrs.str("to").unwrap_or("");
@@ -368,9 +373,18 @@ pub fn ints_or(attrs: &Attrs, key: &str, len: usize, default: u64) -> R<Vec<u64>
 }
 
 fn conv2d(attrs: &Attrs, ops: &[Operand]) -> R<Vec<TypeFact>> {
-    let (x, w) = (ops[0].ty, ops[1].ty);
-    rank_exactly(x, 4, "conv2d input")?;
-    rank_exactly(w, 4, "conv2d weight")?;
+    if let Some(b) = ops.get(2) {
+        let o = ops[1].ty.dims.first().copied().unwrap_or(Dim::Dynamic);
+        expect_vector(b.ty, o, "bias")?;
+    }
+    check_activation(attrs)?;
+    Ok(vec![TypeFact { dims: Some(conv_dims(attrs, ops[0].ty, ops[1].ty)?), elem: kernel_elem(&ops[..2])? }])
+}
+
+/// The result dims of a 2-D convolution of `x` (NCHW) by `w` (OIHW).
+fn conv_dims(attrs: &Attrs, x: &TensorType, w: &TensorType) -> R<Vec<Dim>> {
+    rank_exactly(x, 4, "conv input")?;
+    rank_exactly(w, 4, "conv weight")?;
     let groups = attrs.int("groups", 1);
     if groups < 1 {
         return Err(format!("groups must be positive, got {groups}"));
@@ -378,7 +392,7 @@ fn conv2d(attrs: &Attrs, ops: &[Operand]) -> R<Vec<TypeFact>> {
     let g = groups as u64;
     let (strides, pads, dil) =
         (ints_or(attrs, "strides", 2, 1)?, ints_or(attrs, "pads", 4, 0)?, ints_or(attrs, "dilations", 2, 1)?);
-    let wd = w.fixed_dims().ok_or("conv2d weight must have fixed dims")?;
+    let wd = w.fixed_dims().ok_or("the conv weight must have fixed dims")?;
     let (o, ci, kh, kw) = (wd[0] as u64, wd[1] as u64, wd[2] as u64, wd[3] as u64);
     if let Dim::Fixed(c) = x.dims[1]
         && c != ci * g
@@ -388,10 +402,6 @@ fn conv2d(attrs: &Attrs, ops: &[Operand]) -> R<Vec<TypeFact>> {
     if o % g != 0 {
         return Err(format!("{o} output channels are not divisible by {g} groups"));
     }
-    if let Some(b) = ops.get(2) {
-        expect_vector(b.ty, Dim::Fixed(o), "bias")?;
-    }
-    check_activation(attrs)?;
     let mut dims = vec![x.dims[0], Dim::Fixed(o)];
     for i in 0..2 {
         dims.push(match x.dims[2 + i] {
@@ -399,7 +409,7 @@ fn conv2d(attrs: &Attrs, ops: &[Operand]) -> R<Vec<TypeFact>> {
             Dim::Dynamic => Dim::Dynamic,
         });
     }
-    Ok(vec![TypeFact { dims: Some(dims), elem: kernel_elem(&ops[..2])? }])
+    Ok(dims)
 }
 
 fn conv_transpose2d(attrs: &Attrs, ops: &[Operand]) -> R<Vec<TypeFact>> {

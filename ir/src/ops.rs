@@ -109,6 +109,7 @@ ops! {
     Gather = "gather", operands 2 ..= 2, attrs [opt("axis", Int)], "ONNX Gather: take `indices` (i64) along `axis`";
     DynamicQuantize = "dynamic_quantize", operands 1 ..= 1, attrs [], "f32 to (u8 data, f32 scale, u8 zero point), the parameters computed per call over the whole tensor (ONNX DynamicQuantizeLinear)";
     MatMulInteger = "matmul_integer", operands 2 ..= 4, attrs [], "(a - a_zp)(b - b_zp) on plain 8-bit integers, accumulated in i32 (ONNX MatMulInteger)";
+    ConvInteger = "conv_integer", operands 2 ..= 4, attrs [opt("strides", Ints), opt("pads", Ints), opt("dilations", Ints), opt("groups", Int)], "2-D convolution (x - x_zp) * (w - w_zp) on plain 8-bit integers, accumulated in i32 (ONNX ConvInteger)";
     Cast = "cast", operands 1 ..= 1, attrs [req("to", Str)], "convert elements to the scalar type named by `to`";
     Squeeze = "squeeze", operands 1 ..= 1, attrs [opt("axes", Ints)], "remove size-1 dims (`axes`, or all)";
     Unsqueeze = "unsqueeze", operands 1 ..= 1, attrs [req("axes", Ints)], "insert size-1 dims at `axes` of the result";

@@ -154,6 +154,17 @@ impl Exporter<'_> {
                 self.node("DynamicQuantizeLinear", vec![x], outs, vec![], &loc);
                 return Ok(());
             }
+            OpKind::ConvInteger => {
+                let ins: Vec<String> = node.operands.iter().map(|&o| self.name(o)).collect();
+                let mut attrs = vec![AttributeProto::int("group", a.int("groups", 1))];
+                for k in ["strides", "pads", "dilations"] {
+                    if let Some(x) = a.ints(k) {
+                        attrs.push(AttributeProto::ints(k, x));
+                    }
+                }
+                self.node("ConvInteger", ins, vec![self.name(r)], attrs, &loc);
+                return Ok(());
+            }
             OpKind::MatMulInteger | OpKind::Cast | OpKind::Shape | OpKind::Gather => {
                 let ins: Vec<String> = node.operands.iter().map(|&o| self.name(o)).collect();
                 let (op, attrs) = match node.kind {

@@ -462,6 +462,16 @@ impl Importer {
                 let id = self.g.add_node(Node::new(OpKind::DynamicQuantize, vec![x], Attrs::new(), c.loc.clone()), tys);
                 Ok(self.g.node(id).results.iter().map(|&r| Val::Value(r)).collect())
             }
+            "ConvInteger" => {
+                let x_ty = self.ty_of(c.req(0)?).ok_or_else(|| Fail::Error("input is missing".into()))?;
+                let w_ty = self.ty_of(c.req(1)?).ok_or_else(|| Fail::Error("weight is missing".into()))?;
+                let a = self.conv_attrs(c, &x_ty, &w_ty)?;
+                let inputs: Vec<usize> = (0..c.inputs.len()).filter(|&i| c.input(i).is_some()).collect();
+                if inputs.len() == 3 && inputs[2] == 3 {
+                    return Err(Fail::Unsupported("ConvInteger with only w's zero point".into()));
+                }
+                one(self.emit(c, OpKind::ConvInteger, &inputs, a, None))
+            }
             "MatMulInteger" => {
                 let inputs: Vec<usize> = (0..c.inputs.len()).filter(|&i| c.input(i).is_some()).collect();
                 if inputs.len() == 3 && inputs[2] == 3 {

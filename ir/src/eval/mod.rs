@@ -266,6 +266,7 @@ pub fn eval_op(kind: OpKind, attrs: &Attrs, args: &[&Tensor], tys: &[&TensorType
         OpKind::Cast => args[0].cast(out.elem.storage()),
         OpKind::DynamicQuantize => return Err("dynamic_quantize has three results".into()),
         OpKind::MatMulInteger => quant::matmul_integer(args)?,
+        OpKind::ConvInteger => quant::conv_integer(args, attrs)?,
         OpKind::Squeeze | OpKind::Unsqueeze => {
             let dims: Vec<usize> = out
                 .dims

@@ -127,3 +127,37 @@ pub fn matmul_integer(args: &[&Tensor]) -> Result<Tensor, String> {
     let y = super::nn::matmul(&a, &b)?;
     Ok(Tensor::I32(y.mapv(|v| v as i32)))
 }
+
+/// ONNX ConvInteger: `(x - x_zp) * (w - w_zp)` exactly, in i32; `x_zp` is a scalar, `w_zp` a
+/// scalar or one per output channel. Padding reads `x_zp` (zero after the subtraction).
+pub fn conv_integer(args: &[&Tensor], attrs: &crate::attr::Attrs) -> Result<Tensor, String> {
+    let wide = |t: &Tensor| match t.cast(ScalarType::I64) {
+        Tensor::I64(a) => a,
+        _ => unreachable!("cast to i64"),
+    };
+    let mut x = wide(args[0]);
+    let mut w = wide(args[1]);
+    if let Some(z) = args.get(2) {
+        let zs: Vec<i64> = wide(z).iter().copied().collect();
+        if zs.len() != 1 {
+            return Err(format!("x's zero point must be a scalar, got {} values", zs.len()));
+        }
+        x.mapv_inplace(|v| v - zs[0]);
+    }
+    if let Some(z) = args.get(3) {
+        let zs: Vec<i64> = wide(z).iter().copied().collect();
+        let o = w.shape()[0];
+        if zs.len() != 1 && zs.len() != o {
+            return Err(format!("w's zero point has {} values for {o} output channels", zs.len()));
+        }
+        for (c, mut lane) in w.axis_iter_mut(Axis(0)).enumerate() {
+            let zc = if zs.len() == 1 { zs[0] } else { zs[c] };
+            lane.mapv_inplace(|v| v - zc);
+        }
+    }
+    let y = super::nn::conv2d(&x, &w, None, attrs)?;
+    if let Some(v) = y.iter().find(|v| v.unsigned_abs() >= 1 << 31) {
+        return Err(format!("an accumulator reaches {v}, outside i32"));
+    }
+    Ok(Tensor::I32(y.mapv(|v| v as i32)))
+}
