@@ -275,7 +275,22 @@ fn pass_options(a: &CompileArgs) -> Result<PassOptions, QcError> {
         o.calib_overrides.push((name.to_string(), m.parse().map_err(usage)?));
     }
     if let Some(path) = &a.calib {
-        o.calibration = Some(std::sync::Arc::new(read_tensor(path)?));
+        let samples = read_tensor(path)?;
+        // A progress bar on stderr when a person is watching a long calibration.
+        let n = samples.shape().first().copied().unwrap_or(0);
+        if std::io::IsTerminal::is_terminal(&std::io::stderr()) && n >= 64 {
+            let bar = indicatif::ProgressBar::new(n as u64);
+            bar.set_style(
+                indicatif::ProgressStyle::with_template("calibrating {bar:40} {pos}/{len} samples").expect("a valid template"),
+            );
+            o.progress = Some(qc_passes::Progress(std::sync::Arc::new(move |done, total| {
+                bar.set_position(done as u64);
+                if done >= total {
+                    bar.finish_and_clear();
+                }
+            })));
+        }
+        o.calibration = Some(std::sync::Arc::new(samples));
     }
     Ok(o)
 }

@@ -27,6 +27,7 @@ use std::sync::Arc;
 
 /// The `calibrate` pass.
 pub struct Calibrate {
+    progress: Option<crate::Progress>,
     samples: Option<Arc<Tensor>>,
     method: CalibMethod,
     overrides: Vec<(String, CalibMethod)>,
@@ -35,7 +36,12 @@ pub struct Calibrate {
 impl Calibrate {
     /// The pass with its options.
     pub fn new(opts: &PassOptions) -> Calibrate {
-        Calibrate { samples: opts.calibration.clone(), method: opts.calib_method, overrides: opts.calib_overrides.clone() }
+        Calibrate {
+            progress: opts.progress.clone(),
+            samples: opts.calibration.clone(),
+            method: opts.calib_method,
+            overrides: opts.calib_overrides.clone(),
+        }
     }
 }
 
@@ -128,6 +134,9 @@ impl Pass for Calibrate {
                 return Err(err(format!("calibration samples {start}..{end} make {} hold {nf}", g.display_value(v))));
             }
             start = end;
+            if let Some(p) = &self.progress {
+                (p.0)(end, n);
+            }
         }
         let mut ranges: HashMap<ValueId, (f32, f32)> = HashMap::new();
         for (v, obs) in values.into_iter().zip(observers) {

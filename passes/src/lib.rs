@@ -98,6 +98,18 @@ pub struct PassOptions {
     pub symmetric_activations: bool,
     /// `insert-qdq`: one weight scale per tensor instead of per output channel.
     pub per_tensor_weights: bool,
+    /// Called by `calibrate` with (samples done, samples in all) after each batch.
+    pub progress: Option<Progress>,
+}
+
+/// A progress callback: (done, total).
+#[derive(Clone)]
+pub struct Progress(pub std::sync::Arc<dyn Fn(usize, usize) + Send + Sync>);
+
+impl std::fmt::Debug for Progress {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Progress")
+    }
 }
 
 impl Default for PassOptions {
@@ -110,6 +122,7 @@ impl Default for PassOptions {
             activations: qc_ir::ScalarType::U8,
             symmetric_activations: false,
             per_tensor_weights: false,
+            progress: None,
         }
     }
 }
