@@ -198,7 +198,7 @@ pub const REGISTRY: &[PassInfo] = &[
     },
     PassInfo {
         name: "quantize-dynamic",
-        doc: "dynamic quantization of gemm/matmul: i8 weights, u8 activations quantized per call (--per-tensor)",
+        doc: "dynamic quantization of gemm/matmul/conv2d: i8 weights, u8 activations quantized per call (--per-tensor)",
         make: |o| Box::new(QuantizeDynamic::new(o)),
     },
     PassInfo {
