@@ -1,0 +1,306 @@
+//! The integer GEMM kernel: `out[m, n] = requant(bias[n] + Σ_k (a[m, k] − zp_a)(w[n, k] − zp_w[n]))`,
+//! a Cranelift function specialized to one layer — N, K, the zero points, the weights, the bias
+//! and the requantization constants are fixed when it is compiled; M (the batch) is an argument.
+//!
+//! This is the scalar path: exact, portable to every target Cranelift supports, and the reference
+//! the vector paths are checked against.
+
+use crate::jit::{Jit, JitCode};
+use cranelift_codegen::ir::{InstBuilder, MemFlagsData, Value, condcodes::IntCC, types};
+use cranelift_frontend::{FunctionBuilder, Variable};
+use qc_ir::requant::{Requant, RequantMode, acc_scale, output_range};
+use qc_ir::{Attrs, ElemType, OpKind, ScalarType, Tensor, TensorType};
+use std::sync::Arc;
+
+/// Everything a GEMM kernel is specialized to.
+#[derive(Clone, Debug)]
+pub struct GemmSpec {
+    /// Output columns.
+    pub n: usize,
+    /// The reduction length.
+    pub k: usize,
+    /// The activations' zero point.
+    pub zp_a: i32,
+    /// Whether activations are stored as i8 (else u8).
+    pub a_signed: bool,
+    /// `w − zp_w`, row `n` holding column `n`'s K weights.
+    pub weights: Vec<i32>,
+    /// The i32 bias of each column.
+    pub bias: Vec<i32>,
+    /// Each column's requantization.
+    pub requant: Vec<Requant>,
+    /// The output zero point.
+    pub zp_y: i32,
+    /// The output clamp (the storage range, narrowed by a fused activation).
+    pub lo: i32,
+    /// See `lo`.
+    pub hi: i32,
+}
+
+fn quant<'a>(t: &'a TensorType, what: &str) -> Result<&'a qc_ir::QuantParams, String> {
+    t.elem.quant().ok_or_else(|| format!("{what} must be quantized, got {t}"))
+}
+
+impl GemmSpec {
+    /// The kernel for an integer `gemm` or 2-D `matmul` node: its attributes, operand types,
+    /// constant weight (and bias) and result type. Derived from the types with the same functions
+    /// the evaluator uses.
+    pub fn from_node(
+        kind: OpKind,
+        attrs: &Attrs,
+        tys: &[&TensorType],
+        weight: &Tensor,
+        bias: Option<&Tensor>,
+        out: &TensorType,
+    ) -> Result<GemmSpec, String> {
+        if !matches!(kind, OpKind::Gemm | OpKind::MatMul) || attrs.bool("trans_a", false) {
+            return Err(format!("the GEMM kernel takes gemm (without trans_a) or matmul, not {kind}"));
+        }
+        if attrs.float("alpha", 1.0) != 1.0 || attrs.float("beta", 1.0) != 1.0 {
+            return Err("an integer gemm needs alpha = beta = 1".into());
+        }
+        let (xq, wq, yq) = (quant(tys[0], "the input")?, quant(tys[1], "the weight")?, quant(out, "the result")?);
+        if xq.axis.is_some() || yq.axis.is_some() {
+            return Err("activations must be quantized per tensor".into());
+        }
+        if !matches!(yq.storage, ScalarType::I8 | ScalarType::U8) || !matches!(xq.storage, ScalarType::I8 | ScalarType::U8) {
+            return Err("the GEMM kernel reads and writes 8-bit values".into());
+        }
+        let w = weight.to_i64_vec().ok_or("the weight must be integers")?;
+        let shape = weight.shape();
+        if shape.len() != 2 {
+            return Err(format!("the weight must be 2-D, got {shape:?}"));
+        }
+        let trans_b = kind == OpKind::Gemm && attrs.bool("trans_b", false);
+        let (n, k) = if trans_b { (shape[0], shape[1]) } else { (shape[1], shape[0]) };
+        let w_axis = if trans_b { 0 } else { 1 };
+        if wq.axis.is_some_and(|a| a != w_axis) {
+            return Err("per-channel weight parameters must lie on the output axis".into());
+        }
+        let (s_x, zp_a) = xq.at(0);
+        let (s_y, zp_y) = yq.at(0);
+        let mode = RequantMode::of(attrs)?;
+        let mut weights = vec![0i32; n * k];
+        let mut requant = Vec::with_capacity(n);
+        for c in 0..n {
+            let (s_w, zp_w) = wq.at(c);
+            for kk in 0..k {
+                let v = if trans_b { w[c * k + kk] } else { w[kk * n + c] };
+                weights[c * k + kk] = v as i32 - zp_w;
+            }
+            requant.push(Requant::new(mode, acc_scale(s_x, s_w), s_y)?);
+        }
+        let bias = match bias {
+            Some(b) => b.to_i64_vec().ok_or("the bias must be integers")?.into_iter().map(|v| v as i32).collect(),
+            None => vec![0; n],
+        };
+        if bias.len() != n {
+            return Err(format!("the bias has {} values for {n} columns", bias.len()));
+        }
+        let (lo, hi) = output_range(yq, attrs);
+        Ok(GemmSpec { n, k, zp_a, a_signed: xq.storage == ScalarType::I8, weights, bias, requant, zp_y, lo, hi })
+    }
+}
+
+/// The constant tables a kernel reads; their addresses are compiled into it.
+struct Tables {
+    weights: Box<[i32]>,
+    bias: Box<[i32]>,
+    mult: Box<[f32]>,
+    m0: Box<[i64]>,
+    round: Box<[i64]>,
+    shift: Box<[i64]>,
+}
+
+/// A compiled GEMM kernel.
+pub struct GemmKernel {
+    f: unsafe extern "C" fn(*const u8, *mut u8, i64),
+    n: usize,
+    k: usize,
+    _tables: Box<Tables>,
+    _code: Arc<JitCode>,
+}
+
+/// Emits `for var in start..end { body }`.
+fn emit_loop(b: &mut FunctionBuilder, start: Value, end: Value, mut body: impl FnMut(&mut FunctionBuilder, Value)) {
+    let var = b.declare_var(types::I64);
+    b.def_var(var, start);
+    let (header, block, exit) = (b.create_block(), b.create_block(), b.create_block());
+    b.ins().jump(header, &[]);
+    b.switch_to_block(header);
+    let i = b.use_var(var);
+    let more = b.ins().icmp(IntCC::SignedLessThan, i, end);
+    b.ins().brif(more, block, &[], exit, &[]);
+    b.switch_to_block(block);
+    b.seal_block(block);
+    body(b, i);
+    let next = b.ins().iadd_imm_s(i, 1);
+    b.def_var(var, next);
+    b.ins().jump(header, &[]);
+    b.seal_block(header);
+    b.switch_to_block(exit);
+    b.seal_block(exit);
+}
+
+impl GemmKernel {
+    /// Compiles the kernel.
+    pub fn compile(spec: &GemmSpec) -> Result<GemmKernel, String> {
+        let (n, k) = (spec.n, spec.k);
+        if spec.weights.len() != n * k || spec.bias.len() != n || spec.requant.len() != n || n == 0 || k == 0 {
+            return Err("inconsistent GEMM kernel tables".into());
+        }
+        let mut mult = vec![0f32; n];
+        let (mut m0, mut round, mut shift) = (vec![0i64; n], vec![0i64; n], vec![0i64; n]);
+        let q31 = matches!(spec.requant[0], Requant::Q31(_));
+        for (c, r) in spec.requant.iter().enumerate() {
+            match *r {
+                Requant::F32(m) if !q31 => mult[c] = m,
+                Requant::Q31(q) if q31 => {
+                    // n > 62 gives the zero point: a zero multiplier does that.
+                    if q.n <= 62 {
+                        m0[c] = q.m0;
+                        shift[c] = q.n as i64;
+                        round[c] = if q.n == 0 { 0 } else { 1 << (q.n - 1) };
+                    }
+                }
+                _ => return Err("a kernel requantizes in one mode".into()),
+            }
+        }
+        let tables = Box::new(Tables {
+            weights: spec.weights.clone().into_boxed_slice(),
+            bias: spec.bias.clone().into_boxed_slice(),
+            mult: mult.into_boxed_slice(),
+            m0: m0.into_boxed_slice(),
+            round: round.into_boxed_slice(),
+            shift: shift.into_boxed_slice(),
+        });
+        let addr = |p: *const u8| p as i64;
+        let (wt, bt, mt) =
+            (addr(tables.weights.as_ptr().cast()), addr(tables.bias.as_ptr().cast()), addr(tables.mult.as_ptr().cast()));
+        let (m0t, rt, st) =
+            (addr(tables.m0.as_ptr().cast()), addr(tables.round.as_ptr().cast()), addr(tables.shift.as_ptr().cast()));
+        let mut jit = Jit::new()?;
+        let ptr = jit.pointer_type();
+        let s = spec.clone();
+        let id = jit.define(&[ptr, ptr, types::I64], |b, args| {
+            let (a, out, m) = (args[0], args[1], args[2]);
+            let flags = MemFlagsData::trusted();
+            let zero = b.ins().iconst(types::I64, 0);
+            let n_end = b.ins().iconst(types::I64, n as i64);
+            let k_end = b.ins().iconst(types::I64, k as i64);
+            emit_loop(b, zero, m, |b, i| {
+                let a_row = {
+                    let off = b.ins().imul_imm_s(i, k as i64);
+                    b.ins().iadd(a, off)
+                };
+                let o_row = {
+                    let off = b.ins().imul_imm_s(i, n as i64);
+                    b.ins().iadd(out, off)
+                };
+                emit_loop(b, zero, n_end, |b, j| {
+                    let acc_var: Variable = b.declare_var(types::I32);
+                    let j4 = b.ins().imul_imm_s(j, 4);
+                    let bias_addr = b.ins().iadd_imm_s(j4, bt);
+                    let bias = b.ins().load(types::I32, flags, bias_addr, 0);
+                    b.def_var(acc_var, bias);
+                    let w_row = {
+                        let off = b.ins().imul_imm_s(j, 4 * k as i64);
+                        b.ins().iadd_imm_s(off, wt)
+                    };
+                    emit_loop(b, zero, k_end, |b, kk| {
+                        let a_addr = b.ins().iadd(a_row, kk);
+                        let av = if s.a_signed {
+                            b.ins().sload8(types::I32, flags, a_addr, 0)
+                        } else {
+                            b.ins().uload8(types::I32, flags, a_addr, 0)
+                        };
+                        let av = b.ins().iadd_imm_s(av, -(s.zp_a as i64));
+                        let k4 = b.ins().imul_imm_s(kk, 4);
+                        let w_addr = b.ins().iadd(w_row, k4);
+                        let wv = b.ins().load(types::I32, flags, w_addr, 0);
+                        let p = b.ins().imul(av, wv);
+                        let acc = b.use_var(acc_var);
+                        let acc = b.ins().iadd(acc, p);
+                        b.def_var(acc_var, acc);
+                    });
+                    let acc = b.use_var(acc_var);
+                    let v = if q31 {
+                        let j8 = b.ins().imul_imm_s(j, 8);
+                        let (m0a, ra, sa) = (b.ins().iadd_imm_s(j8, m0t), b.ins().iadd_imm_s(j8, rt), b.ins().iadd_imm_s(j8, st));
+                        let (m0v, rv, sv) = (
+                            b.ins().load(types::I64, flags, m0a, 0),
+                            b.ins().load(types::I64, flags, ra, 0),
+                            b.ins().load(types::I64, flags, sa, 0),
+                        );
+                        let wide = b.ins().sextend(types::I64, acc);
+                        let prod = b.ins().imul(wide, m0v);
+                        let prod = b.ins().iadd(prod, rv);
+                        b.ins().sshr(prod, sv)
+                    } else {
+                        let ma = b.ins().iadd_imm_s(j4, mt);
+                        let mv = b.ins().load(types::F32, flags, ma, 0);
+                        let f = b.ins().fcvt_from_sint(types::F32, acc);
+                        let f = b.ins().fmul(f, mv);
+                        let f = b.ins().nearest(f);
+                        let q = b.ins().fcvt_to_sint_sat(types::I32, f);
+                        b.ins().sextend(types::I64, q)
+                    };
+                    let v = b.ins().iadd_imm_s(v, s.zp_y as i64);
+                    let lo = b.ins().iconst(types::I64, s.lo as i64);
+                    let hi = b.ins().iconst(types::I64, s.hi as i64);
+                    let v = b.ins().smax(v, lo);
+                    let v = b.ins().smin(v, hi);
+                    let byte = b.ins().ireduce(types::I8, v);
+                    let o_addr = b.ins().iadd(o_row, j);
+                    b.ins().store(flags, byte, o_addr, 0);
+                });
+            });
+            b.ins().return_(&[]);
+        })?;
+        let code = Arc::new(jit.finish()?);
+        let p = code.function(id);
+        // SAFETY: `p` is the finalized function defined above with the signature
+        // (pointer, pointer, i64) -> (), and the System V calling convention of the host.
+        let f = unsafe { std::mem::transmute::<*const u8, unsafe extern "C" fn(*const u8, *mut u8, i64)>(p) };
+        Ok(GemmKernel { f, n, k, _tables: tables, _code: code })
+    }
+
+    /// Runs the kernel on `m` rows of activations (`m × k` bytes, i8 or u8 as compiled) into
+    /// `m × n` output bytes. The lengths are checked, so the kernel never touches memory outside
+    /// the two slices and its own tables.
+    pub fn run(&self, a: &[u8], m: usize, out: &mut [u8]) -> Result<(), String> {
+        if a.len() != m * self.k || out.len() != m * self.n {
+            return Err(format!(
+                "GEMM kernel {}x{}: {} input bytes and {} output bytes for {m} rows",
+                self.k,
+                self.n,
+                a.len(),
+                out.len()
+            ));
+        }
+        // SAFETY: the kernel reads exactly m·k bytes from `a`, writes m·n bytes to `out` (both
+        // checked above) and reads its own tables, which live as long as `self`.
+        unsafe { (self.f)(a.as_ptr(), out.as_mut_ptr(), m as i64) };
+        Ok(())
+    }
+}
+
+/// The bytes of a quantized tensor as the kernels store them (i8 and u8 bit patterns).
+pub fn tensor_bytes(t: &Tensor) -> Option<Vec<u8>> {
+    match t {
+        Tensor::I8(a) => Some(a.iter().map(|&v| v as u8).collect()),
+        Tensor::U8(a) => Some(a.iter().copied().collect()),
+        _ => None,
+    }
+}
+
+/// A tensor of the result type from kernel output bytes.
+pub fn bytes_tensor(bytes: Vec<u8>, shape: &[usize], elem: &ElemType) -> Tensor {
+    let sh = ndarray::IxDyn(shape);
+    match elem.storage() {
+        ScalarType::I8 => {
+            Tensor::I8(ndarray::ArrayD::from_shape_vec(sh, bytes.into_iter().map(|v| v as i8).collect()).expect("sized"))
+        }
+        _ => Tensor::U8(ndarray::ArrayD::from_shape_vec(sh, bytes).expect("sized")),
+    }
+}

@@ -1,0 +1,99 @@
+//! A small wrapper over Cranelift's JIT: the host ISA (from `cranelift-native`), functions built
+//! with a closure, and finalized code that stays alive as long as the [`JitCode`] that owns it.
+
+use cranelift_codegen::ir::{AbiParam, Function, Type, UserFuncName, Value};
+use cranelift_codegen::settings::{self, Configurable};
+use cranelift_codegen::{Context, isa::OwnedTargetIsa};
+use cranelift_frontend::{FunctionBuilder, FunctionBuilderContext};
+use cranelift_jit::{JITBuilder, JITModule};
+use cranelift_module::{FuncId, Linkage, Module, default_libcall_names};
+
+/// The host ISA with the settings qc's kernels want. `opt_level = "none"`: on kernel code it ran
+/// faster than `"speed"` (see shared/notes/cranelift-int8.md) and compiles 2–3× faster.
+pub fn host_isa() -> Result<OwnedTargetIsa, String> {
+    let mut flags = settings::builder();
+    flags.set("opt_level", "none").map_err(|e| e.to_string())?;
+    flags.set("use_colocated_libcalls", "false").map_err(|e| e.to_string())?;
+    flags.set("is_pic", "false").map_err(|e| e.to_string())?;
+    let isa = cranelift_native::builder().map_err(|e| format!("this host is not supported by Cranelift: {e}"))?;
+    isa.finish(settings::Flags::new(flags)).map_err(|e| e.to_string())
+}
+
+/// Functions being built into one JIT module.
+pub struct Jit {
+    module: JITModule,
+    ctx: Context,
+    fctx: FunctionBuilderContext,
+    count: usize,
+}
+
+impl Jit {
+    /// A new module for the host.
+    pub fn new() -> Result<Jit, String> {
+        let module = JITModule::new(JITBuilder::with_isa(host_isa()?, default_libcall_names()));
+        Ok(Jit { ctx: module.make_context(), module, fctx: FunctionBuilderContext::new(), count: 0 })
+    }
+
+    /// The pointer type.
+    pub fn pointer_type(&self) -> Type {
+        self.module.target_config().pointer_type()
+    }
+
+    /// Defines a function taking `params` and returning nothing; `build` emits its body from the
+    /// entry block (whose parameters it receives) and must end it with a return.
+    pub fn define(&mut self, params: &[Type], build: impl FnOnce(&mut FunctionBuilder, &[Value])) -> Result<FuncId, String> {
+        self.module.clear_context(&mut self.ctx);
+        for &p in params {
+            self.ctx.func.signature.params.push(AbiParam::new(p));
+        }
+        let name = format!("qc_kernel_{}", self.count);
+        self.count += 1;
+        let id = self.module.declare_function(&name, Linkage::Local, &self.ctx.func.signature).map_err(|e| e.to_string())?;
+        self.ctx.func = Function::with_name_signature(UserFuncName::user(0, id.as_u32()), self.ctx.func.signature.clone());
+        let config = self.module.target_config();
+        let mut b = FunctionBuilder::new(&mut self.ctx.func, &mut self.fctx);
+        let entry = b.create_block();
+        b.append_block_params_for_function_params(entry);
+        b.switch_to_block(entry);
+        b.seal_block(entry);
+        let args = b.block_params(entry).to_vec();
+        build(&mut b, &args);
+        b.finalize(config);
+        self.module.define_function(id, &mut self.ctx).map_err(|e| format!("Cranelift rejected a kernel: {e:?}"))?;
+        Ok(id)
+    }
+
+    /// Finalizes every function; the code lives as long as the returned [`JitCode`].
+    pub fn finish(mut self) -> Result<JitCode, String> {
+        self.module.finalize_definitions().map_err(|e| e.to_string())?;
+        Ok(JitCode { module: Some(self.module) })
+    }
+}
+
+/// Finalized machine code.
+pub struct JitCode {
+    module: Option<JITModule>,
+}
+
+// SAFETY: after `finalize_definitions` the module's code and data are immutable; `JitCode` only
+// hands out function addresses, and the memory is freed once, when it is dropped.
+unsafe impl Send for JitCode {}
+// SAFETY: as above; no method takes `&self` mutably or changes the code.
+unsafe impl Sync for JitCode {}
+
+impl JitCode {
+    /// The address of a finalized function.
+    pub fn function(&self, id: FuncId) -> *const u8 {
+        self.module.as_ref().expect("alive until dropped").get_finalized_function(id)
+    }
+}
+
+impl Drop for JitCode {
+    fn drop(&mut self) {
+        if let Some(m) = self.module.take() {
+            // SAFETY: no function pointer obtained from this module outlives `JitCode`: kernels
+            // keep their `JitCode` in an `Arc` next to the pointers.
+            unsafe { m.free_memory() };
+        }
+    }
+}

@@ -1,0 +1,145 @@
+//! The JIT GEMM kernel against the reference evaluator, bit for bit, over random shapes, zero
+//! points, scales, activations and both requantization modes. `QC_SLOW=1` runs 1000 cases.
+
+use ndarray::{ArrayD, IxDyn};
+use proptest::prelude::*;
+use qc_codegen::gemm::{GemmKernel, GemmSpec, bytes_tensor, tensor_bytes};
+use qc_ir::eval::eval_op;
+use qc_ir::requant::acc_scale;
+use qc_ir::{Attr, Attrs, ElemType, OpKind, QuantParams, ScalarType, Tensor, TensorType};
+
+#[derive(Debug, Clone)]
+struct Case {
+    m: usize,
+    n: usize,
+    k: usize,
+    a_signed: bool,
+    y_signed: bool,
+    zp_x: i32,
+    zp_y: i32,
+    s_x: f32,
+    s_y: f32,
+    s_w: Vec<f32>,
+    zp_w: Vec<i32>,
+    a: Vec<i32>,
+    w: Vec<i32>,
+    bias: Vec<i32>,
+    relu: bool,
+    q31: bool,
+    trans_b: bool,
+}
+
+fn case() -> impl Strategy<Value = Case> {
+    (1usize..5, 1usize..24, 1usize..70, any::<bool>(), any::<bool>(), any::<bool>(), any::<bool>(), any::<bool>(), any::<bool>())
+        .prop_flat_map(|(m, n, k, a_signed, y_signed, relu, q31, trans_b, zp_w_zero)| {
+            let (alo, ahi) = if a_signed { (-128, 127) } else { (0, 255) };
+            let (ylo, yhi) = if y_signed { (-128, 127) } else { (0, 255) };
+            (
+                Just((m, n, k, a_signed, y_signed, relu, q31, trans_b)),
+                alo..=ahi,
+                ylo..=yhi,
+                1e-4f32..0.1,
+                1e-3f32..1.0,
+                prop::collection::vec(1e-4f32..0.05, n),
+                prop::collection::vec(if zp_w_zero { 0..=0 } else { -10..=10 }, n),
+                prop::collection::vec(alo..=ahi, m * k),
+                prop::collection::vec(-128i32..=127, n * k),
+                prop::collection::vec(-5000i32..5000, n),
+            )
+        })
+        .prop_map(|((m, n, k, a_signed, y_signed, relu, q31, trans_b), zp_x, zp_y, s_x, s_y, s_w, zp_w, a, w, bias)| Case {
+            m,
+            n,
+            k,
+            a_signed,
+            y_signed,
+            zp_x,
+            zp_y,
+            s_x,
+            s_y,
+            s_w,
+            zp_w,
+            a,
+            w,
+            bias,
+            relu,
+            q31,
+            trans_b,
+        })
+}
+
+fn tensor(shape: &[usize], v: &[i32], st: ScalarType) -> Tensor {
+    Tensor::I32(ArrayD::from_shape_vec(IxDyn(shape), v.to_vec()).unwrap()).cast(st)
+}
+
+fn check(c: &Case) -> Result<(), TestCaseError> {
+    let (st_a, st_y) =
+        (if c.a_signed { ScalarType::I8 } else { ScalarType::U8 }, if c.y_signed { ScalarType::I8 } else { ScalarType::U8 });
+    let w_axis = if c.trans_b { 0 } else { 1 };
+    let w_shape = if c.trans_b { [c.n, c.k] } else { [c.k, c.n] };
+    // Weights are generated as [n][k]; lay them out as the op reads them.
+    let w_data: Vec<i32> = if c.trans_b { c.w.clone() } else { (0..c.k * c.n).map(|i| c.w[(i % c.n) * c.k + i / c.n]).collect() };
+    let xt = TensorType::new(&[c.m as u64, c.k as u64], ElemType::Quant(QuantParams::per_tensor(st_a, c.s_x, c.zp_x)));
+    let wq = QuantParams { storage: ScalarType::I8, axis: Some(w_axis), scales: c.s_w.clone(), zero_points: c.zp_w.clone() };
+    let wt = TensorType::new(&w_shape.map(|d| d as u64), ElemType::Quant(wq));
+    let bs: Vec<f32> = c.s_w.iter().map(|&s| acc_scale(c.s_x, s)).collect();
+    let bt = TensorType::new(
+        &[c.n as u64],
+        ElemType::Quant(QuantParams { storage: ScalarType::I32, axis: Some(0), scales: bs, zero_points: vec![0; c.n] }),
+    );
+    let yt = TensorType::new(&[c.m as u64, c.n as u64], ElemType::Quant(QuantParams::per_tensor(st_y, c.s_y, c.zp_y)));
+    let mut attrs = Attrs::new();
+    if c.trans_b {
+        attrs.set("trans_b", Attr::Bool(true));
+    }
+    if c.relu {
+        attrs.set("activation", Attr::Str("relu".into()));
+    }
+    if c.q31 {
+        attrs.set("requant", Attr::Str("q31".into()));
+    }
+    let (x, w, b) =
+        (tensor(&[c.m, c.k], &c.a, st_a), tensor(&w_shape, &w_data, ScalarType::I8), tensor(&[c.n], &c.bias, ScalarType::I32));
+    let kind = if c.trans_b { OpKind::Gemm } else { OpKind::MatMul };
+    let (args, tys) = if kind == OpKind::Gemm { (vec![&x, &w, &b], vec![&xt, &wt, &bt]) } else { (vec![&x, &w], vec![&xt, &wt]) };
+    let want = eval_op(kind, &attrs, &args, &tys, &yt).map_err(TestCaseError::fail)?;
+    let spec = GemmSpec::from_node(kind, &attrs, &tys, &w, if kind == OpKind::Gemm { Some(&b) } else { None }, &yt)
+        .map_err(TestCaseError::fail)?;
+    let kernel = GemmKernel::compile(&spec).map_err(TestCaseError::fail)?;
+    let mut out = vec![0u8; c.m * c.n];
+    kernel.run(&tensor_bytes(&x).unwrap(), c.m, &mut out).map_err(TestCaseError::fail)?;
+    let got = bytes_tensor(out, &[c.m, c.n], &yt.elem);
+    prop_assert_eq!(got, want);
+    Ok(())
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(if std::env::var("QC_SLOW").is_ok() { 1000 } else { 64 }))]
+
+    #[test]
+    fn gemm_kernel_is_bit_exact(c in case()) {
+        check(&c)?;
+    }
+}
+
+#[test]
+fn lengths_are_checked() {
+    let spec = GemmSpec {
+        n: 2,
+        k: 3,
+        zp_a: 0,
+        a_signed: false,
+        weights: vec![1; 6],
+        bias: vec![0; 2],
+        requant: vec![qc_ir::requant::Requant::F32(1.0); 2],
+        zp_y: 0,
+        lo: 0,
+        hi: 255,
+    };
+    let k = GemmKernel::compile(&spec).unwrap();
+    let mut out = vec![0u8; 4];
+    assert!(k.run(&[1, 2, 3, 4, 5], 2, &mut out).is_err());
+    assert!(k.run(&[1, 2, 3, 4, 5, 6], 2, &mut out[..3]).is_err());
+    k.run(&[1, 2, 3, 4, 5, 6], 2, &mut out).unwrap();
+    assert_eq!(out, [6, 6, 15, 15]);
+}
