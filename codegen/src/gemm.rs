@@ -103,13 +103,35 @@ impl GemmSpec {
 }
 
 /// The constant tables a kernel reads; their addresses are compiled into it.
-struct Tables {
-    weights: Box<[i32]>,
-    bias: Box<[i32]>,
-    mult: Box<[f32]>,
-    m0: Box<[i64]>,
-    round: Box<[i64]>,
-    shift: Box<[i64]>,
+pub(crate) struct Tables {
+    pub(crate) weights: Box<[i32]>,
+    pub(crate) bias: Box<[i32]>,
+    pub(crate) mult: Box<[f32]>,
+    pub(crate) m0: Box<[i64]>,
+    pub(crate) round: Box<[i64]>,
+    pub(crate) shift: Box<[i64]>,
+    pub(crate) packed: Box<[i8]>,
+}
+
+/// Which code a kernel runs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Path {
+    /// One multiply-add at a time: exact on every target, and the reference for the others.
+    Scalar,
+    /// 128-bit vectors: four u8×i8 products summed per i32 lane with the dot-product tree the
+    /// x64 backend turns into `vpdpbusd` (AVX-512 VNNI / AVX-VNNI), or a short sequence without.
+    Simd,
+}
+
+impl Path {
+    /// The path to use: `QC_ISA=scalar` forces the scalar one; otherwise SIMD where the layer
+    /// allows it (symmetric weights, f32 requantization).
+    pub fn choose(spec: &GemmSpec) -> Path {
+        let forced_scalar = std::env::var("QC_ISA").is_ok_and(|v| v == "scalar");
+        let simd_ok = spec.weights.iter().all(|w| (-128..=127).contains(w))
+            && spec.requant.iter().all(|r| matches!(r, Requant::F32(_)));
+        if forced_scalar || !simd_ok { Path::Scalar } else { Path::Simd }
+    }
 }
 
 /// A compiled GEMM kernel.
@@ -117,12 +139,13 @@ pub struct GemmKernel {
     f: unsafe extern "C" fn(*const u8, *mut u8, i64),
     n: usize,
     k: usize,
+    path: Path,
     _tables: Box<Tables>,
     _code: Arc<JitCode>,
 }
 
 /// Emits `for var in start..end { body }`.
-fn emit_loop(b: &mut FunctionBuilder, start: Value, end: Value, mut body: impl FnMut(&mut FunctionBuilder, Value)) {
+pub(crate) fn emit_loop(b: &mut FunctionBuilder, start: Value, end: Value, mut body: impl FnMut(&mut FunctionBuilder, Value)) {
     let var = b.declare_var(types::I64);
     b.def_var(var, start);
     let (header, block, exit) = (b.create_block(), b.create_block(), b.create_block());
@@ -143,8 +166,33 @@ fn emit_loop(b: &mut FunctionBuilder, start: Value, end: Value, mut body: impl F
 }
 
 impl GemmKernel {
-    /// Compiles the kernel.
+    /// Compiles the kernel on the path [`Path::choose`] picks.
     pub fn compile(spec: &GemmSpec) -> Result<GemmKernel, String> {
+        GemmKernel::compile_on(spec, Path::choose(spec))
+    }
+
+    /// Compiles the kernel on a given path.
+    pub fn compile_on(spec: &GemmSpec, path: Path) -> Result<GemmKernel, String> {
+        match path {
+            Path::Scalar => GemmKernel::compile_scalar(spec),
+            Path::Simd => crate::gemm_simd::compile(spec),
+        }
+    }
+
+    /// Which path the kernel runs.
+    pub fn path(&self) -> Path {
+        self.path
+    }
+
+    /// Assembles a kernel from compiled parts (for the vector path's module).
+    pub(crate) fn from_parts(f: *const u8, n: usize, k: usize, path: Path, tables: Box<Tables>, code: Arc<JitCode>) -> GemmKernel {
+        // SAFETY: `f` is a finalized function of `code` with the signature
+        // (pointer, pointer, i64) -> (), and the System V calling convention of the host.
+        let f = unsafe { std::mem::transmute::<*const u8, unsafe extern "C" fn(*const u8, *mut u8, i64)>(f) };
+        GemmKernel { f, n, k, path, _tables: tables, _code: code }
+    }
+
+    fn compile_scalar(spec: &GemmSpec) -> Result<GemmKernel, String> {
         let (n, k) = (spec.n, spec.k);
         if spec.weights.len() != n * k || spec.bias.len() != n || spec.requant.len() != n || n == 0 || k == 0 {
             return Err("inconsistent GEMM kernel tables".into());
@@ -173,6 +221,7 @@ impl GemmKernel {
             m0: m0.into_boxed_slice(),
             round: round.into_boxed_slice(),
             shift: shift.into_boxed_slice(),
+            packed: Box::new([]),
         });
         let addr = |p: *const u8| p as i64;
         let (wt, bt, mt) =
@@ -259,10 +308,7 @@ impl GemmKernel {
         })?;
         let code = Arc::new(jit.finish()?);
         let p = code.function(id);
-        // SAFETY: `p` is the finalized function defined above with the signature
-        // (pointer, pointer, i64) -> (), and the System V calling convention of the host.
-        let f = unsafe { std::mem::transmute::<*const u8, unsafe extern "C" fn(*const u8, *mut u8, i64)>(p) };
-        Ok(GemmKernel { f, n, k, _tables: tables, _code: code })
+        Ok(GemmKernel::from_parts(p, n, k, Path::Scalar, tables, code))
     }
 
     /// Runs the kernel on `m` rows of activations (`m × k` bytes, i8 or u8 as compiled) into
@@ -278,8 +324,22 @@ impl GemmKernel {
                 out.len()
             ));
         }
-        // SAFETY: the kernel reads exactly m·k bytes from `a`, writes m·n bytes to `out` (both
-        // checked above) and reads its own tables, which live as long as `self`.
+        // The vector path reads rows in groups of 4 bytes: pad rows whose length is not a multiple.
+        let stride = crate::gemm_simd::row_stride(self.k);
+        let padded: Vec<u8>;
+        let a = if self.path == Path::Simd && stride != self.k {
+            let mut p = vec![0u8; m * stride];
+            for (dst, src) in p.chunks_exact_mut(stride).zip(a.chunks_exact(self.k)) {
+                dst[..self.k].copy_from_slice(src);
+            }
+            padded = p;
+            &padded[..]
+        } else {
+            a
+        };
+        // SAFETY: the kernel reads m rows of `stride` (vector path) or `k` (scalar path) bytes from
+        // `a`, which holds exactly that many; writes m·n bytes to `out` (checked above); and reads
+        // its own tables, which live as long as `self`.
         unsafe { (self.f)(a.as_ptr(), out.as_mut_ptr(), m as i64) };
         Ok(())
     }

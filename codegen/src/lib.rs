@@ -6,6 +6,7 @@
 #![warn(missing_docs)]
 
 pub mod gemm;
+mod gemm_simd;
 pub mod jit;
 
-pub use gemm::{GemmKernel, GemmSpec};
+pub use gemm::{GemmKernel, GemmSpec, Path};

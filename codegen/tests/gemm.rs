@@ -3,7 +3,7 @@
 
 use ndarray::{ArrayD, IxDyn};
 use proptest::prelude::*;
-use qc_codegen::gemm::{GemmKernel, GemmSpec, bytes_tensor, tensor_bytes};
+use qc_codegen::gemm::{GemmKernel, GemmSpec, Path, bytes_tensor, tensor_bytes};
 use qc_ir::eval::eval_op;
 use qc_ir::requant::acc_scale;
 use qc_ir::{Attr, Attrs, ElemType, OpKind, QuantParams, ScalarType, Tensor, TensorType};
@@ -105,11 +105,18 @@ fn check(c: &Case) -> Result<(), TestCaseError> {
     let want = eval_op(kind, &attrs, &args, &tys, &yt).map_err(TestCaseError::fail)?;
     let spec = GemmSpec::from_node(kind, &attrs, &tys, &w, if kind == OpKind::Gemm { Some(&b) } else { None }, &yt)
         .map_err(TestCaseError::fail)?;
-    let kernel = GemmKernel::compile(&spec).map_err(TestCaseError::fail)?;
-    let mut out = vec![0u8; c.m * c.n];
-    kernel.run(&tensor_bytes(&x).unwrap(), c.m, &mut out).map_err(TestCaseError::fail)?;
-    let got = bytes_tensor(out, &[c.m, c.n], &yt.elem);
-    prop_assert_eq!(got, want);
+    // Every path on this machine: the scalar one always, the vector one when the layer allows it.
+    let mut paths = vec![Path::Scalar];
+    if Path::choose(&spec) == Path::Simd {
+        paths.push(Path::Simd);
+    }
+    for path in paths {
+        let kernel = GemmKernel::compile_on(&spec, path).map_err(TestCaseError::fail)?;
+        let mut out = vec![0u8; c.m * c.n];
+        kernel.run(&tensor_bytes(&x).unwrap(), c.m, &mut out).map_err(TestCaseError::fail)?;
+        let got = bytes_tensor(out, &[c.m, c.n], &yt.elem);
+        prop_assert_eq!(&got, &want, "{:?} path", path);
+    }
     Ok(())
 }
 

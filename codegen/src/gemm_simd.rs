@@ -1,0 +1,184 @@
+//! The vector path of the GEMM kernel (128-bit, what Cranelift 0.135's x64 backend supports).
+//!
+//! Weights are packed at compile time in panels `[N/4][K/4][4 columns][4 k]`, so one 16-byte load
+//! gives 4 output columns × 4 values of k. For each row and group of 4 k, the row's 4 activation
+//! bytes are broadcast to all lanes and multiplied with the panel by the tree
+//! `iadd(iadd_pairwise(iadd_pairwise(swiden_low lo, swiden_high lo), iadd_pairwise(swiden_low hi,
+//! swiden_high hi)), acc)`, which the backend emits as one `vpdpbusd` where the CPU has VNNI
+//! (each i32 lane accumulates four u8 × i8 products). Activations are u8; an i8 input is flipped
+//! to u8 (`q ^ 0x80`, zero point + 128). The zero-point term `−zp_a·Σ_k w` goes into the bias, so
+//! the accumulators start from it. Up to four column vectors (16 columns) are accumulated at
+//! once; requantization (f32 mode) and the clamp run on vectors, and the result is narrowed to
+//! bytes. Rows are read in whole groups of 4 bytes: the row stride is K rounded up to 4.
+
+use crate::gemm::{GemmKernel, GemmSpec, Path, Tables, emit_loop};
+use crate::jit::Jit;
+use cranelift_codegen::ir::{Endianness, InstBuilder, MemFlagsData, Value, types};
+use cranelift_frontend::FunctionBuilder;
+use qc_ir::requant::Requant;
+use std::sync::Arc;
+
+/// The row stride of activations the vector kernel reads.
+pub fn row_stride(k: usize) -> usize {
+    k.div_ceil(4) * 4
+}
+
+/// u8 (as i8x16 bits) · i8 weights, four products summed into each i32 lane, plus `acc`.
+fn dot(b: &mut FunctionBuilder, acc: Value, w: Value, a: Value) -> Value {
+    let (sl, ul) = (b.ins().swiden_low(w), b.ins().uwiden_low(a));
+    let lo = b.ins().imul(sl, ul);
+    let (sh, uh) = (b.ins().swiden_high(w), b.ins().uwiden_high(a));
+    let hi = b.ins().imul(sh, uh);
+    let (lo_l, lo_h) = (b.ins().swiden_low(lo), b.ins().swiden_high(lo));
+    let p_lo = b.ins().iadd_pairwise(lo_l, lo_h);
+    let (hi_l, hi_h) = (b.ins().swiden_low(hi), b.ins().swiden_high(hi));
+    let p_hi = b.ins().iadd_pairwise(hi_l, hi_h);
+    let t = b.ins().iadd_pairwise(p_lo, p_hi);
+    b.ins().iadd(t, acc)
+}
+
+pub(crate) fn compile(spec: &GemmSpec) -> Result<GemmKernel, String> {
+    let (n, k) = (spec.n, spec.k);
+    if n == 0 || k == 0 || spec.weights.len() != n * k || spec.bias.len() != n || spec.requant.len() != n {
+        return Err("inconsistent GEMM kernel tables".into());
+    }
+    let groups = k.div_ceil(4);
+    let nv = n.div_ceil(4);
+    let mut packed = vec![0i8; nv * groups * 16];
+    for c in 0..n {
+        for kk in 0..k {
+            let w = spec.weights[c * k + kk];
+            let w = i8::try_from(w).map_err(|_| format!("weight {w} does not fit i8; use the scalar path"))?;
+            packed[((c / 4) * groups + kk / 4) * 16 + (c % 4) * 4 + kk % 4] = w;
+        }
+    }
+    let zp_u = spec.zp_a + if spec.a_signed { 128 } else { 0 };
+    let mut bias = vec![0i32; nv * 4];
+    let mut mult = vec![0f32; nv * 4];
+    for c in 0..n {
+        let wsum: i64 = spec.weights[c * k..(c + 1) * k].iter().map(|&w| w as i64).sum();
+        bias[c] = (spec.bias[c] as i64 - zp_u as i64 * wsum) as i32;
+        mult[c] = match spec.requant[c] {
+            Requant::F32(m) => m,
+            Requant::Q31(_) => return Err("the vector path requantizes in f32 mode".into()),
+        };
+    }
+    let tables = Box::new(Tables {
+        weights: Box::new([]),
+        bias: bias.into_boxed_slice(),
+        mult: mult.into_boxed_slice(),
+        m0: Box::new([]),
+        round: Box::new([]),
+        shift: Box::new([]),
+        packed: packed.into_boxed_slice(),
+    });
+    let (bt, mt, pt) = (tables.bias.as_ptr() as i64, tables.mult.as_ptr() as i64, tables.packed.as_ptr() as i64);
+    let (lda, signed_in, unsigned_out) = (row_stride(k) as i64, spec.a_signed, spec.lo >= 0);
+    let (zp_y, lo, hi) = (spec.zp_y, spec.lo, spec.hi);
+    let mut jit = Jit::new()?;
+    let ptr = jit.pointer_type();
+    let id = jit.define(&[ptr, ptr, types::I64], |b, args| {
+        let (a, out, m) = (args[0], args[1], args[2]);
+        let flags = MemFlagsData::trusted();
+        let raw = MemFlagsData::new().with_notrap();
+        let little = MemFlagsData::new().with_endianness(Endianness::Little);
+        let zero = b.ins().iconst(types::I64, 0);
+        emit_loop(b, zero, m, |b, i| {
+            let a_off = b.ins().imul_imm_s(i, lda);
+            let a_row = b.ins().iadd(a, a_off);
+            let o_off = b.ins().imul_imm_s(i, n as i64);
+            let o_row = b.ins().iadd(out, o_off);
+            // One block: `vecs` column vectors starting at vector `first`.
+            let block = |b: &mut FunctionBuilder, first: Value, vecs: usize, last_cols: usize| {
+                let accs: Vec<_> = (0..vecs).map(|_| b.declare_var(types::I32X4)).collect();
+                for (v, &var) in accs.iter().enumerate() {
+                    let off = b.ins().imul_imm_s(first, 16);
+                    let addr = b.ins().iadd_imm_s(off, bt + 16 * v as i64);
+                    let init = b.ins().load(types::I32X4, raw, addr, 0);
+                    b.def_var(var, init);
+                }
+                let g_end = b.ins().iconst(types::I64, groups as i64);
+                let zero = b.ins().iconst(types::I64, 0);
+                emit_loop(b, zero, g_end, |b, g| {
+                    let g4 = b.ins().imul_imm_s(g, 4);
+                    let a_addr = b.ins().iadd(a_row, g4);
+                    let a4 = b.ins().load(types::I32, raw, a_addr, 0);
+                    let splat = b.ins().splat(types::I32X4, a4);
+                    let mut av = b.ins().bitcast(types::I8X16, little, splat);
+                    if signed_in {
+                        let flip = b.ins().iconst(types::I8, -128);
+                        let flip = b.ins().splat(types::I8X16, flip);
+                        av = b.ins().bxor(av, flip);
+                    }
+                    for (v, &var) in accs.iter().enumerate() {
+                        // Panel (first + v, g): ((first + v) * groups + g) * 16.
+                        let fv = b.ins().iadd_imm_s(first, v as i64);
+                        let row = b.ins().imul_imm_s(fv, groups as i64);
+                        let idx = b.ins().iadd(row, g);
+                        let off = b.ins().imul_imm_s(idx, 16);
+                        let w_addr = b.ins().iadd_imm_s(off, pt);
+                        let w = b.ins().load(types::I8X16, flags, w_addr, 0);
+                        let acc = b.use_var(var);
+                        let acc = dot(b, acc, w, av);
+                        b.def_var(var, acc);
+                    }
+                });
+                for (v, &var) in accs.iter().enumerate() {
+                    let acc = b.use_var(var);
+                    let off = b.ins().imul_imm_s(first, 16);
+                    let m_addr = b.ins().iadd_imm_s(off, mt + 16 * v as i64);
+                    let mv = b.ins().load(types::F32X4, raw, m_addr, 0);
+                    let f = b.ins().fcvt_from_sint(types::F32X4, acc);
+                    let f = b.ins().fmul(f, mv);
+                    let f = b.ins().nearest(f);
+                    let q = b.ins().fcvt_to_sint_sat(types::I32X4, f);
+                    let splat = |b: &mut FunctionBuilder, v: i32| {
+                        let c = b.ins().iconst(types::I32, v as i64);
+                        b.ins().splat(types::I32X4, c)
+                    };
+                    let (z, l, h) = (splat(b, zp_y), splat(b, lo), splat(b, hi));
+                    let q = b.ins().iadd(q, z);
+                    let q = b.ins().smax(q, l);
+                    let q = b.ins().smin(q, h);
+                    let h16 = b.ins().snarrow(q, q);
+                    let bytes = if unsigned_out { b.ins().unarrow(h16, h16) } else { b.ins().snarrow(h16, h16) };
+                    let col = b.ins().imul_imm_s(first, 4);
+                    let col = b.ins().iadd_imm_s(col, 4 * v as i64);
+                    let o_addr = b.ins().iadd(o_row, col);
+                    let cols = if v + 1 == vecs { last_cols } else { 4 };
+                    if cols == 4 {
+                        let words = b.ins().bitcast(types::I32X4, little, bytes);
+                        let word = b.ins().extractlane(words, 0);
+                        b.ins().store(raw, word, o_addr, 0);
+                    } else {
+                        for t in 0..cols {
+                            let byte = b.ins().extractlane(bytes, t as u8);
+                            b.ins().store(raw, byte, o_addr, t as i32);
+                        }
+                    }
+                }
+            };
+            // Whole blocks of 16 columns in a loop, then the rest in one block whose last
+            // vector may be partial (then only its columns are stored).
+            let complete = n / 4;
+            let full = complete / 4;
+            if full > 0 {
+                let end = b.ins().iconst(types::I64, full as i64);
+                let zero = b.ins().iconst(types::I64, 0);
+                emit_loop(b, zero, end, |b, blk| {
+                    let first = b.ins().imul_imm_s(blk, 4);
+                    block(b, first, 4, 4);
+                });
+            }
+            let rest = complete % 4 + usize::from(n % 4 != 0);
+            if rest > 0 {
+                let first = b.ins().iconst(types::I64, (full * 4) as i64);
+                let last_cols = if n % 4 != 0 { n % 4 } else { 4 };
+                block(b, first, rest, last_cols);
+            }
+        });
+        b.ins().return_(&[]);
+    })?;
+    let code = Arc::new(jit.finish()?);
+    Ok(GemmKernel::from_parts(code.function(id), n, k, Path::Simd, tables, code))
+}
