@@ -13,11 +13,15 @@ fn median(mut v: Vec<f64>) -> f64 {
 
 fn time(runs: usize, mut f: impl FnMut()) -> f64 {
     f();
-    median((0..runs).map(|_| {
-        let t = Instant::now();
-        f();
-        t.elapsed().as_secs_f64()
-    }).collect())
+    median(
+        (0..runs)
+            .map(|_| {
+                let t = Instant::now();
+                f();
+                t.elapsed().as_secs_f64()
+            })
+            .collect(),
+    )
 }
 
 fn main() {

@@ -128,8 +128,8 @@ impl Path {
     /// allows it (symmetric weights, f32 requantization).
     pub fn choose(spec: &GemmSpec) -> Path {
         let forced_scalar = std::env::var("QC_ISA").is_ok_and(|v| v == "scalar");
-        let simd_ok = spec.weights.iter().all(|w| (-128..=127).contains(w))
-            && spec.requant.iter().all(|r| matches!(r, Requant::F32(_)));
+        let simd_ok =
+            spec.weights.iter().all(|w| (-128..=127).contains(w)) && spec.requant.iter().all(|r| matches!(r, Requant::F32(_)));
         if forced_scalar || !simd_ok { Path::Scalar } else { Path::Simd }
     }
 }
@@ -185,7 +185,14 @@ impl GemmKernel {
     }
 
     /// Assembles a kernel from compiled parts (for the vector path's module).
-    pub(crate) fn from_parts(f: *const u8, n: usize, k: usize, path: Path, tables: Box<Tables>, code: Arc<JitCode>) -> GemmKernel {
+    pub(crate) fn from_parts(
+        f: *const u8,
+        n: usize,
+        k: usize,
+        path: Path,
+        tables: Box<Tables>,
+        code: Arc<JitCode>,
+    ) -> GemmKernel {
         // SAFETY: `f` is a finalized function of `code` with the signature
         // (pointer, pointer, i64) -> (), and the System V calling convention of the host.
         let f = unsafe { std::mem::transmute::<*const u8, unsafe extern "C" fn(*const u8, *mut u8, i64)>(f) };

@@ -8,8 +8,8 @@
 //! (each i32 lane accumulates four u8 × i8 products). Activations are u8; an i8 input is flipped
 //! to u8 (`q ^ 0x80`, zero point + 128). The zero-point term `−zp_a·Σ_k w` goes into the bias, so
 //! the accumulators start from it. Up to four column vectors (16 columns) are accumulated at
-//! once; requantization (f32 mode) and the clamp run on vectors, and the result is narrowed to
-//! bytes. Rows are read in whole groups of 4 bytes: the row stride is K rounded up to 4.
+//! once, for two rows at a time (8 accumulators, each panel load serving both rows);
+//! requantization (f32 mode) and the clamp run on vectors, and the result is narrowed to bytes. Rows are read in whole groups of 4 bytes: the row stride is K rounded up to 4.
 
 use crate::gemm::{GemmKernel, GemmSpec, Path, Tables, emit_loop};
 use crate::jit::Jit;
@@ -83,77 +83,105 @@ pub(crate) fn compile(spec: &GemmSpec) -> Result<GemmKernel, String> {
         let raw = MemFlagsData::new().with_notrap();
         let little = MemFlagsData::new().with_endianness(Endianness::Little);
         let zero = b.ins().iconst(types::I64, 0);
-        emit_loop(b, zero, m, |b, i| {
-            let a_off = b.ins().imul_imm_s(i, lda);
-            let a_row = b.ins().iadd(a, a_off);
-            let o_off = b.ins().imul_imm_s(i, n as i64);
-            let o_row = b.ins().iadd(out, o_off);
-            // One block: `vecs` column vectors starting at vector `first`.
+        // Rows in pairs (each panel load serves both), then the odd row.
+        let rows_block = |b: &mut FunctionBuilder, row0: Value, rows: usize| {
+            let a_rows: Vec<Value> = (0..rows)
+                .map(|r| {
+                    let i = b.ins().iadd_imm_s(row0, r as i64);
+                    let off = b.ins().imul_imm_s(i, lda);
+                    b.ins().iadd(a, off)
+                })
+                .collect();
+            let o_rows: Vec<Value> = (0..rows)
+                .map(|r| {
+                    let i = b.ins().iadd_imm_s(row0, r as i64);
+                    let off = b.ins().imul_imm_s(i, n as i64);
+                    b.ins().iadd(out, off)
+                })
+                .collect();
+            // One block: `vecs` column vectors starting at vector `first`, for every row.
             let block = |b: &mut FunctionBuilder, first: Value, vecs: usize, last_cols: usize| {
-                let accs: Vec<_> = (0..vecs).map(|_| b.declare_var(types::I32X4)).collect();
-                for (v, &var) in accs.iter().enumerate() {
+                let accs: Vec<Vec<_>> = (0..rows).map(|_| (0..vecs).map(|_| b.declare_var(types::I32X4)).collect()).collect();
+                for v in 0..vecs {
                     let off = b.ins().imul_imm_s(first, 16);
                     let addr = b.ins().iadd_imm_s(off, bt + 16 * v as i64);
                     let init = b.ins().load(types::I32X4, raw, addr, 0);
-                    b.def_var(var, init);
+                    for row in &accs {
+                        b.def_var(row[v], init);
+                    }
                 }
+                // Panel (first + v, g) starts at pt + ((first + v) * groups + g) * 16.
+                let panel_bases: Vec<Value> = (0..vecs)
+                    .map(|v| {
+                        let fv = b.ins().iadd_imm_s(first, v as i64);
+                        let row = b.ins().imul_imm_s(fv, 16 * groups as i64);
+                        b.ins().iadd_imm_s(row, pt)
+                    })
+                    .collect();
                 let g_end = b.ins().iconst(types::I64, groups as i64);
                 let zero = b.ins().iconst(types::I64, 0);
                 emit_loop(b, zero, g_end, |b, g| {
                     let g4 = b.ins().imul_imm_s(g, 4);
-                    let a_addr = b.ins().iadd(a_row, g4);
-                    let a4 = b.ins().load(types::I32, raw, a_addr, 0);
-                    let splat = b.ins().splat(types::I32X4, a4);
-                    let mut av = b.ins().bitcast(types::I8X16, little, splat);
-                    if signed_in {
-                        let flip = b.ins().iconst(types::I8, -128);
-                        let flip = b.ins().splat(types::I8X16, flip);
-                        av = b.ins().bxor(av, flip);
-                    }
-                    for (v, &var) in accs.iter().enumerate() {
-                        // Panel (first + v, g): ((first + v) * groups + g) * 16.
-                        let fv = b.ins().iadd_imm_s(first, v as i64);
-                        let row = b.ins().imul_imm_s(fv, groups as i64);
-                        let idx = b.ins().iadd(row, g);
-                        let off = b.ins().imul_imm_s(idx, 16);
-                        let w_addr = b.ins().iadd_imm_s(off, pt);
+                    let g16 = b.ins().imul_imm_s(g, 16);
+                    let avs: Vec<Value> = a_rows
+                        .iter()
+                        .map(|&a_row| {
+                            let a_addr = b.ins().iadd(a_row, g4);
+                            let a4 = b.ins().load(types::I32, raw, a_addr, 0);
+                            let splat = b.ins().splat(types::I32X4, a4);
+                            let av = b.ins().bitcast(types::I8X16, little, splat);
+                            if signed_in {
+                                let flip = b.ins().iconst(types::I8, -128);
+                                let flip = b.ins().splat(types::I8X16, flip);
+                                b.ins().bxor(av, flip)
+                            } else {
+                                av
+                            }
+                        })
+                        .collect();
+                    for v in 0..vecs {
+                        let w_addr = b.ins().iadd(panel_bases[v], g16);
                         let w = b.ins().load(types::I8X16, flags, w_addr, 0);
-                        let acc = b.use_var(var);
-                        let acc = dot(b, acc, w, av);
-                        b.def_var(var, acc);
+                        for (r, row) in accs.iter().enumerate() {
+                            let acc = b.use_var(row[v]);
+                            let acc = dot(b, acc, w, avs[r]);
+                            b.def_var(row[v], acc);
+                        }
                     }
                 });
-                for (v, &var) in accs.iter().enumerate() {
-                    let acc = b.use_var(var);
-                    let off = b.ins().imul_imm_s(first, 16);
-                    let m_addr = b.ins().iadd_imm_s(off, mt + 16 * v as i64);
-                    let mv = b.ins().load(types::F32X4, raw, m_addr, 0);
-                    let f = b.ins().fcvt_from_sint(types::F32X4, acc);
-                    let f = b.ins().fmul(f, mv);
-                    let f = b.ins().nearest(f);
-                    let q = b.ins().fcvt_to_sint_sat(types::I32X4, f);
-                    let splat = |b: &mut FunctionBuilder, v: i32| {
-                        let c = b.ins().iconst(types::I32, v as i64);
-                        b.ins().splat(types::I32X4, c)
-                    };
-                    let (z, l, h) = (splat(b, zp_y), splat(b, lo), splat(b, hi));
-                    let q = b.ins().iadd(q, z);
-                    let q = b.ins().smax(q, l);
-                    let q = b.ins().smin(q, h);
-                    let h16 = b.ins().snarrow(q, q);
-                    let bytes = if unsigned_out { b.ins().unarrow(h16, h16) } else { b.ins().snarrow(h16, h16) };
-                    let col = b.ins().imul_imm_s(first, 4);
-                    let col = b.ins().iadd_imm_s(col, 4 * v as i64);
-                    let o_addr = b.ins().iadd(o_row, col);
-                    let cols = if v + 1 == vecs { last_cols } else { 4 };
-                    if cols == 4 {
-                        let words = b.ins().bitcast(types::I32X4, little, bytes);
-                        let word = b.ins().extractlane(words, 0);
-                        b.ins().store(raw, word, o_addr, 0);
-                    } else {
-                        for t in 0..cols {
-                            let byte = b.ins().extractlane(bytes, t as u8);
-                            b.ins().store(raw, byte, o_addr, t as i32);
+                for (r, row) in accs.iter().enumerate() {
+                    for (v, &var) in row.iter().enumerate() {
+                        let acc = b.use_var(var);
+                        let off = b.ins().imul_imm_s(first, 16);
+                        let m_addr = b.ins().iadd_imm_s(off, mt + 16 * v as i64);
+                        let mv = b.ins().load(types::F32X4, raw, m_addr, 0);
+                        let f = b.ins().fcvt_from_sint(types::F32X4, acc);
+                        let f = b.ins().fmul(f, mv);
+                        let f = b.ins().nearest(f);
+                        let q = b.ins().fcvt_to_sint_sat(types::I32X4, f);
+                        let splat = |b: &mut FunctionBuilder, v: i32| {
+                            let c = b.ins().iconst(types::I32, v as i64);
+                            b.ins().splat(types::I32X4, c)
+                        };
+                        let (z, l, h) = (splat(b, zp_y), splat(b, lo), splat(b, hi));
+                        let q = b.ins().iadd(q, z);
+                        let q = b.ins().smax(q, l);
+                        let q = b.ins().smin(q, h);
+                        let h16 = b.ins().snarrow(q, q);
+                        let bytes = if unsigned_out { b.ins().unarrow(h16, h16) } else { b.ins().snarrow(h16, h16) };
+                        let col = b.ins().imul_imm_s(first, 4);
+                        let col = b.ins().iadd_imm_s(col, 4 * v as i64);
+                        let o_addr = b.ins().iadd(o_rows[r], col);
+                        let cols = if v + 1 == vecs { last_cols } else { 4 };
+                        if cols == 4 {
+                            let words = b.ins().bitcast(types::I32X4, little, bytes);
+                            let word = b.ins().extractlane(words, 0);
+                            b.ins().store(raw, word, o_addr, 0);
+                        } else {
+                            for t in 0..cols {
+                                let byte = b.ins().extractlane(bytes, t as u8);
+                                b.ins().store(raw, byte, o_addr, t as i32);
+                            }
                         }
                     }
                 }
@@ -176,7 +204,22 @@ pub(crate) fn compile(spec: &GemmSpec) -> Result<GemmKernel, String> {
                 let last_cols = if n % 4 != 0 { n % 4 } else { 4 };
                 block(b, first, rest, last_cols);
             }
+        };
+        let pairs = b.ins().sshr_imm_s(m, 1);
+        emit_loop(b, zero, pairs, |b, p| {
+            let row0 = b.ins().imul_imm_s(p, 2);
+            rows_block(b, row0, 2);
         });
+        let odd = b.ins().band_imm_s(m, 1);
+        let (tail, done) = (b.create_block(), b.create_block());
+        b.ins().brif(odd, tail, &[], done, &[]);
+        b.switch_to_block(tail);
+        b.seal_block(tail);
+        let last = b.ins().iadd_imm_s(m, -1);
+        rows_block(b, last, 1);
+        b.ins().jump(done, &[]);
+        b.switch_to_block(done);
+        b.seal_block(done);
         b.ins().return_(&[]);
     })?;
     let code = Arc::new(jit.finish()?);
