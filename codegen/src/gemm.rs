@@ -184,6 +184,11 @@ impl GemmKernel {
         self.path
     }
 
+    /// The number of output columns.
+    pub fn columns(&self) -> usize {
+        self.n
+    }
+
     /// Assembles a kernel from compiled parts (for the vector path's module).
     pub(crate) fn from_parts(
         f: *const u8,

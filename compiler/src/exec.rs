@@ -6,6 +6,16 @@ use qc_ir::{Dim, Graph, Tensor};
 /// Runs `g` on the batch `x` (its first dim), `chunk` samples per evaluation: a model whose batch
 /// dim is fixed runs in chunks of that size. Returns the batch of outputs.
 pub fn run_batch(g: &Graph, x: &Tensor, chunk: usize) -> Result<Tensor, String> {
+    run_batch_with(g, x, chunk, |xi| evaluate(g, &[xi]).map(|mut v| v.remove(0)).map_err(|e| e.to_string()))
+}
+
+/// Like [`run_batch`], running each chunk with `run` (the evaluator or a compiled model).
+pub fn run_batch_with(
+    g: &Graph,
+    x: &Tensor,
+    chunk: usize,
+    run: impl Fn(Tensor) -> Result<Tensor, String>,
+) -> Result<Tensor, String> {
     if g.params().len() != 1 || g.outputs().len() != 1 {
         return Err(format!(
             "@{} has {} inputs and {} outputs; batches are run for one of each",
@@ -28,7 +38,7 @@ pub fn run_batch(g: &Graph, x: &Tensor, chunk: usize) -> Result<Tensor, String> 
     for start in (0..n).step_by(chunk) {
         let end = (start + chunk).min(n);
         let xi = Tensor::F32(a.slice_axis(ndarray::Axis(0), ndarray::Slice::from(start..end)).to_owned());
-        let y = evaluate(g, &[xi]).map_err(|e| format!("samples {start}..{end}: {e}"))?.remove(0);
+        let y = run(xi).map_err(|e| format!("samples {start}..{end}: {e}"))?;
         outs.push(y.as_f32().ok_or_else(|| format!("the output is {}, not f32", y.scalar_type()))?.clone());
     }
     let views: Vec<_> = outs.iter().map(|o| o.view()).collect();

@@ -168,7 +168,7 @@ enum Command {
         #[arg(long)]
         weights: Option<PathBuf>,
         /// Which engine runs the model.
-        #[arg(long, value_enum, default_value = "interp")]
+        #[arg(long, value_enum, default_value = "jit")]
         engine: Engine,
     },
 }
@@ -366,9 +366,6 @@ fn compile(a: CompileArgs) -> Result<(), QcError> {
 }
 
 fn run(path: &Path, input: &str, out: &Path, weights: Option<&Path>, engine: Engine) -> Result<(), QcError> {
-    if let Engine::Jit = engine {
-        return Err(QcError::Usage("error: the JIT engine is not available in this build yet; use --engine interp".into()));
-    }
     let model = load_model(path, weights)?;
     let g = &model.graph;
     if g.params().len() != 1 || g.outputs().len() != 1 {
@@ -394,10 +391,21 @@ fn run(path: &Path, input: &str, out: &Path, weights: Option<&Path>, engine: Eng
         None => input,
     };
     let x = read_tensor(Path::new(file))?;
-    let y = match g.ty(g.params()[0]).dims.first() {
-        // A model specialized to a batch size runs a larger batch in chunks of it.
-        Some(Dim::Fixed(_)) if x.as_f32().is_some() => qc::exec::run_batch(g, &x, 1),
-        _ => evaluate(g, &[x]).map(|mut v| v.remove(0)).map_err(|e| e.to_string()),
+    let y = match engine {
+        Engine::Jit => {
+            let compiled = qc_codegen::CompiledModel::compile(g).map_err(|e| QcError::Input(format!("error: {e}")))?;
+            match g.ty(g.params()[0]).dims.first() {
+                // A model specialized to a batch size runs a larger batch in chunks of it.
+                Some(Dim::Fixed(b)) if x.shape().first() != Some(&(*b as usize)) => qc::exec::run_batch_with(g, &x, 1, |xi| {
+                    compiled.run(&[xi]).map(|mut v| v.remove(0)).map_err(|e| e.to_string())
+                }),
+                _ => compiled.run(&[x]).map(|mut v| v.remove(0)).map_err(|e| e.to_string()),
+            }
+        }
+        Engine::Interp => match g.ty(g.params()[0]).dims.first() {
+            Some(Dim::Fixed(_)) if x.as_f32().is_some() => qc::exec::run_batch(g, &x, 1),
+            _ => evaluate(g, &[x]).map(|mut v| v.remove(0)).map_err(|e| e.to_string()),
+        },
     }
     .map_err(|e| QcError::Input(format!("error: {file}: {e}")))?;
     write_tensor(out, &y)?;

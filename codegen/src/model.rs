@@ -1,0 +1,319 @@
+//! `CompiledModel`: a verified graph compiled for execution. Integer gemm, matmul and
+//! convolution (groups = 1) run as JIT-compiled GEMM kernels specialized to their layer (a
+//! convolution gathers its input patches first, padding with the input's zero point); every other
+//! op runs the reference evaluator's implementation, so results equal the evaluator's bit for bit.
+//!
+//! `run` takes `&self` and keeps its working values on its own stack frame, so one model can run
+//! on many threads at once.
+
+use crate::gemm::{GemmKernel, GemmSpec, bytes_tensor, tensor_bytes};
+use qc_ir::eval::eval_op_multi;
+use qc_ir::{Attr, Attrs, ConstValue, Dim, ElemType, Graph, OpKind, Tensor, TensorType, ValueId};
+use std::collections::HashMap;
+use std::fmt;
+use std::sync::Arc;
+
+/// Why a model could not be compiled or run.
+#[derive(Clone, Debug, PartialEq)]
+pub struct CodegenError(pub String);
+
+impl fmt::Display for CodegenError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for CodegenError {}
+
+type Slot = usize;
+
+/// How a convolution's input patches are gathered into GEMM rows.
+struct Im2col {
+    c: usize,
+    h: usize,
+    w: usize,
+    kh: usize,
+    kw: usize,
+    oh: usize,
+    ow: usize,
+    stride: [usize; 2],
+    pad: [usize; 2],
+    dil: [usize; 2],
+    pad_value: u8,
+}
+
+enum Step {
+    Gemm {
+        kernel: GemmKernel,
+        a: Slot,
+        out: Slot,
+        elem: ElemType,
+    },
+    Conv {
+        kernel: GemmKernel,
+        geometry: Im2col,
+        x: Slot,
+        out: Slot,
+        elem: ElemType,
+    },
+    Eval {
+        kind: OpKind,
+        attrs: Attrs,
+        args: Vec<Slot>,
+        arg_types: Vec<TensorType>,
+        results: Vec<Slot>,
+        result_types: Vec<TensorType>,
+    },
+}
+
+/// A model compiled for execution.
+pub struct CompiledModel {
+    name: String,
+    steps: Vec<Step>,
+    consts: Vec<(Slot, Arc<Tensor>)>,
+    slots: usize,
+    inputs: Vec<(Slot, TensorType, String)>,
+    outputs: Vec<Slot>,
+    kernels: usize,
+}
+
+fn err(msg: impl Into<String>) -> CodegenError {
+    CodegenError(msg.into())
+}
+
+impl CompiledModel {
+    /// Compiles a verified graph whose weights are loaded.
+    pub fn compile(g: &Graph) -> Result<CompiledModel, CodegenError> {
+        let order = g.canonical_order().map_err(|n| err(format!("the graph has a cycle through {n}")))?;
+        let mut slot_of: HashMap<ValueId, Slot> = HashMap::new();
+        let mut next = 0;
+        let mut slot = |v: ValueId| -> Slot {
+            *slot_of.entry(v).or_insert_with(|| {
+                next += 1;
+                next - 1
+            })
+        };
+        let inputs = g.params().iter().map(|&p| (slot(p), g.ty(p).clone(), g.display_value(p))).collect();
+        let mut consts = Vec::new();
+        let mut values: HashMap<ValueId, Arc<Tensor>> = HashMap::new();
+        let mut steps = Vec::new();
+        let mut kernels = 0;
+        for id in order {
+            let node = g.node(id);
+            let who = || format!("{} = {}", g.display_value(node.results[0]), node.kind);
+            if let Some(value) = &node.value {
+                let t = match value {
+                    ConstValue::Dense(t) => Arc::new(t.clone()),
+                    ConstValue::Weight(w) => {
+                        g.weights.get(w).cloned().ok_or_else(|| err(format!("{}: weight \"{w}\" is not loaded", who())))?
+                    }
+                };
+                let r = node.results[0];
+                consts.push((slot(r), t.clone()));
+                values.insert(r, t);
+                continue;
+            }
+            let tys: Vec<&TensorType> = node.operands.iter().map(|&o| g.ty(o)).collect();
+            let out_ty = g.ty(node.results[0]);
+            let integer = tys.iter().all(|t| t.elem.quant().is_some()) && out_ty.elem.quant().is_some();
+            let weight = node.operands.get(1).and_then(|w| values.get(w).cloned());
+            let bias = node.operands.get(2).and_then(|b| values.get(b).cloned());
+            let kernel_step = match (node.kind, integer, &weight) {
+                (OpKind::Gemm | OpKind::MatMul, true, Some(w)) if tys[0].rank() == 2 && w.shape().len() == 2 => {
+                    let spec = GemmSpec::from_node(node.kind, &node.attrs, &tys, w, bias.as_deref(), out_ty)
+                        .map_err(|e| err(format!("{}: {e}", who())))?;
+                    let kernel = GemmKernel::compile(&spec).map_err(|e| err(format!("{}: {e}", who())))?;
+                    Some(Step::Gemm { kernel, a: slot(node.operands[0]), out: slot(node.results[0]), elem: out_ty.elem.clone() })
+                }
+                (OpKind::Conv2d, true, Some(w)) if node.attrs.int("groups", 1) == 1 => {
+                    let (kernel, geometry) =
+                        conv_kernel(&node.attrs, &tys, w, bias.as_deref(), out_ty).map_err(|e| err(format!("{}: {e}", who())))?;
+                    Some(Step::Conv {
+                        kernel,
+                        geometry,
+                        x: slot(node.operands[0]),
+                        out: slot(node.results[0]),
+                        elem: out_ty.elem.clone(),
+                    })
+                }
+                _ => None,
+            };
+            match kernel_step {
+                Some(s) => {
+                    kernels += 1;
+                    steps.push(s);
+                }
+                None => steps.push(Step::Eval {
+                    kind: node.kind,
+                    attrs: node.attrs.clone(),
+                    args: node.operands.iter().map(|&o| slot(o)).collect(),
+                    arg_types: tys.iter().map(|&t| t.clone()).collect(),
+                    results: node.results.iter().map(|&r| slot(r)).collect(),
+                    result_types: node.results.iter().map(|&r| g.ty(r).clone()).collect(),
+                }),
+            }
+        }
+        let outputs = g.outputs().iter().map(|&o| slot(o)).collect();
+        Ok(CompiledModel { name: g.name.clone(), steps, consts, slots: next, inputs, outputs, kernels })
+    }
+
+    /// How many ops run as JIT-compiled kernels.
+    pub fn kernel_count(&self) -> usize {
+        self.kernels
+    }
+
+    /// Runs the model. Inputs are checked against the compiled types (a dynamic dim accepts any
+    /// size); a wrong input is an error, never undefined behaviour.
+    pub fn run(&self, inputs: &[Tensor]) -> Result<Vec<Tensor>, CodegenError> {
+        if inputs.len() != self.inputs.len() {
+            return Err(err(format!("@{} takes {} inputs, got {}", self.name, self.inputs.len(), inputs.len())));
+        }
+        let mut slots: Vec<Option<Arc<Tensor>>> = vec![None; self.slots];
+        for ((s, ty, name), t) in self.inputs.iter().zip(inputs) {
+            if !t.matches(ty) {
+                return Err(err(format!("input {name} must be {ty}, got {} of shape {:?}", t.scalar_type(), t.shape())));
+            }
+            if let Tensor::F32(a) = t
+                && let Some(v) = a.iter().find(|v| !v.is_finite())
+            {
+                return Err(err(format!("input {name} holds {v}")));
+            }
+            slots[*s] = Some(Arc::new(t.clone()));
+        }
+        for (s, t) in &self.consts {
+            slots[*s] = Some(t.clone());
+        }
+        let get = |slots: &[Option<Arc<Tensor>>], s: Slot| {
+            slots[s].clone().ok_or_else(|| err("a value was read before it was computed"))
+        };
+        for step in &self.steps {
+            match step {
+                Step::Gemm { kernel, a, out, elem } => {
+                    let x = get(&slots, *a)?;
+                    let (m, n) = (x.shape()[0], kernel.columns());
+                    let bytes = tensor_bytes(&x).ok_or_else(|| err("a GEMM input is not 8-bit"))?;
+                    let mut y = vec![0u8; m * n];
+                    kernel.run(&bytes, m, &mut y).map_err(err)?;
+                    slots[*out] = Some(Arc::new(bytes_tensor(y, &[m, n], elem)));
+                }
+                Step::Conv { kernel, geometry: g, x, out, elem } => {
+                    let x = get(&slots, *x)?;
+                    let bytes = tensor_bytes(&x).ok_or_else(|| err("a convolution input is not 8-bit"))?;
+                    let batch = x.shape()[0];
+                    let o = kernel.columns();
+                    let rows = g.oh * g.ow;
+                    let kk = g.c * g.kh * g.kw;
+                    let mut patches = vec![0u8; rows * kk];
+                    let mut tmp = vec![0u8; rows * o];
+                    let mut y = vec![0u8; batch * o * rows];
+                    for b in 0..batch {
+                        im2col(&bytes[b * g.c * g.h * g.w..(b + 1) * g.c * g.h * g.w], g, &mut patches);
+                        kernel.run(&patches, rows, &mut tmp).map_err(err)?;
+                        // [rows, O] → [O, rows] (NCHW).
+                        let dst = &mut y[b * o * rows..(b + 1) * o * rows];
+                        for r in 0..rows {
+                            for c in 0..o {
+                                dst[c * rows + r] = tmp[r * o + c];
+                            }
+                        }
+                    }
+                    slots[*out] = Some(Arc::new(bytes_tensor(y, &[batch, o, g.oh, g.ow], elem)));
+                }
+                Step::Eval { kind, attrs, args, arg_types, results, result_types } => {
+                    let vals: Vec<Arc<Tensor>> = args.iter().map(|&s| get(&slots, s)).collect::<Result<_, _>>()?;
+                    let refs: Vec<&Tensor> = vals.iter().map(|v| v.as_ref()).collect();
+                    let tys: Vec<&TensorType> = arg_types.iter().collect();
+                    let outs: Vec<&TensorType> = result_types.iter().collect();
+                    let ts = eval_op_multi(*kind, attrs, &refs, &tys, &outs).map_err(|e| err(format!("{kind}: {e}")))?;
+                    for (&s, t) in results.iter().zip(ts) {
+                        slots[s] = Some(Arc::new(t));
+                    }
+                }
+            }
+        }
+        self.outputs.iter().map(|&s| get(&slots, s).map(|t| t.as_ref().clone())).collect()
+    }
+}
+
+/// The GEMM kernel of an integer conv2d (groups = 1): weights `[O, C·kh·kw]`, rows = output
+/// positions.
+fn conv_kernel(
+    attrs: &Attrs,
+    tys: &[&TensorType],
+    w: &Tensor,
+    bias: Option<&Tensor>,
+    out: &TensorType,
+) -> Result<(GemmKernel, Im2col), String> {
+    let x = tys[0];
+    if x.rank() != 4 {
+        return Err(format!("a convolution input must be NCHW, got {x}"));
+    }
+    let d: Option<Vec<usize>> = x.dims[1..].iter().map(|d| d.fixed().map(|n| n as usize)).collect();
+    let d = d.ok_or("convolution inputs need fixed channel and spatial dims")?;
+    let (c, h, wd) = (d[0], d[1], d[2]);
+    let ws = w.shape();
+    let (o, kh, kw) = (ws[0], ws[2], ws[3]);
+    let ints = |k: &str, n: usize, d: u64| qc_ir::infer::ints_or(attrs, k, n, d);
+    let (s, p, dil) = (ints("strides", 2, 1)?, ints("pads", 4, 0)?, ints("dilations", 2, 1)?);
+    let oh = out.dims[2].fixed().ok_or("fixed output dims")? as usize;
+    let ow = out.dims[3].fixed().ok_or("fixed output dims")? as usize;
+    let xq = x.elem.quant().ok_or("the input must be quantized")?;
+    let zp = xq.at(0).1;
+    let flat_w = match w {
+        Tensor::I8(a) => {
+            Tensor::I8(a.clone().into_shape_with_order(ndarray::IxDyn(&[o, c * kh * kw])).map_err(|e| e.to_string())?)
+        }
+        _ => return Err("convolution weights must be i8".into()),
+    };
+    let wty = TensorType { dims: vec![Dim::Fixed(o as u64), Dim::Fixed((c * kh * kw) as u64)], elem: tys[1].elem.clone() };
+    let xty = TensorType { dims: vec![Dim::Dynamic, Dim::Fixed((c * kh * kw) as u64)], elem: x.elem.clone() };
+    let oty = TensorType { dims: vec![Dim::Dynamic, Dim::Fixed(o as u64)], elem: out.elem.clone() };
+    let mut gemm_attrs = attrs.clone();
+    for k in ["strides", "pads", "dilations", "groups"] {
+        gemm_attrs.0.remove(k);
+    }
+    gemm_attrs.set("trans_b", Attr::Bool(true));
+    let mut types = vec![&xty, &wty];
+    if let Some(b) = tys.get(2) {
+        types.push(b);
+    }
+    let spec = GemmSpec::from_node(OpKind::Gemm, &gemm_attrs, &types, &flat_w, bias, &oty)?;
+    let kernel = GemmKernel::compile(&spec)?;
+    let pad_value = if xq.storage == qc_ir::ScalarType::I8 { zp as i8 as u8 } else { zp as u8 };
+    let geometry = Im2col {
+        c,
+        h,
+        w: wd,
+        kh,
+        kw,
+        oh,
+        ow,
+        stride: [s[0] as usize, s[1] as usize],
+        pad: [p[0] as usize, p[1] as usize],
+        dil: [dil[0] as usize, dil[1] as usize],
+        pad_value,
+    };
+    Ok((kernel, geometry))
+}
+
+/// Gathers one image's patches: row `oy·ow + ox`, column `(c·kh + ky)·kw + kx`; positions in
+/// the padding read the zero point.
+fn im2col(x: &[u8], g: &Im2col, out: &mut [u8]) {
+    let kk = g.c * g.kh * g.kw;
+    for oy in 0..g.oh {
+        for ox in 0..g.ow {
+            let row = &mut out[(oy * g.ow + ox) * kk..(oy * g.ow + ox + 1) * kk];
+            for c in 0..g.c {
+                for ky in 0..g.kh {
+                    let iy = (oy * g.stride[0] + ky * g.dil[0]) as isize - g.pad[0] as isize;
+                    for kx in 0..g.kw {
+                        let ix = (ox * g.stride[1] + kx * g.dil[1]) as isize - g.pad[1] as isize;
+                        let inside = iy >= 0 && (iy as usize) < g.h && ix >= 0 && (ix as usize) < g.w;
+                        row[(c * g.kh + ky) * g.kw + kx] =
+                            if inside { x[(c * g.h + iy as usize) * g.w + ix as usize] } else { g.pad_value };
+                    }
+                }
+            }
+        }
+    }
+}
