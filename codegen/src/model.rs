@@ -7,7 +7,7 @@
 //! on many threads at once.
 
 use crate::gemm::{GemmKernel, GemmSpec, bytes_tensor, tensor_bytes};
-use qc_ir::eval::eval_op_multi;
+use qc_ir::eval::{check_input, eval_op_multi};
 use qc_ir::{Attr, Attrs, ConstValue, Dim, ElemType, Graph, OpKind, Tensor, TensorType, ValueId};
 use std::collections::HashMap;
 use std::fmt;
@@ -170,14 +170,7 @@ impl CompiledModel {
         }
         let mut slots: Vec<Option<Arc<Tensor>>> = vec![None; self.slots];
         for ((s, ty, name), t) in self.inputs.iter().zip(inputs) {
-            if !t.matches(ty) {
-                return Err(err(format!("input {name} must be {ty}, got {} of shape {:?}", t.scalar_type(), t.shape())));
-            }
-            if let Tensor::F32(a) = t
-                && let Some(v) = a.iter().find(|v| !v.is_finite())
-            {
-                return Err(err(format!("input {name} holds {v}")));
-            }
+            check_input(name, ty, t).map_err(err)?;
             slots[*s] = Some(Arc::new(t.clone()));
         }
         for (s, t) in &self.consts {

@@ -109,24 +109,21 @@ fn check_inputs(g: &Graph, inputs: &[Tensor]) -> Result<(), EvalError> {
         return Err(EvalError(format!("@{} takes {} inputs, got {}", g.name, g.params().len(), inputs.len())));
     }
     for (&p, t) in g.params().iter().zip(inputs) {
-        if !t.matches(g.ty(p)) {
-            return Err(EvalError(format!(
-                "input {} must be {}, got {} of shape {:?}",
-                g.display_value(p),
-                g.ty(p),
-                t.scalar_type(),
-                t.shape()
-            )));
-        }
-        if let Tensor::F32(a) = t
-            && let Some(i) = a.iter().position(|x| !x.is_finite())
-        {
-            return Err(EvalError(format!(
-                "input {} holds {} at flat index {i}",
-                g.display_value(p),
-                a.iter().nth(i).expect("found")
-            )));
-        }
+        check_input(&g.display_value(p), g.ty(p), t).map_err(EvalError)?;
+    }
+    Ok(())
+}
+
+/// Checks one model input against its parameter `name` of type `ty`: element type, shape (a
+/// dynamic dim accepts any size) and, for f32, that every value is finite.
+pub fn check_input(name: &str, ty: &TensorType, t: &Tensor) -> Result<(), String> {
+    if !t.matches(ty) {
+        return Err(format!("input {name} must be {ty}, got {} of shape {:?}", t.scalar_type(), t.shape()));
+    }
+    if let Tensor::F32(a) = t
+        && let Some(i) = a.iter().position(|x| !x.is_finite())
+    {
+        return Err(format!("input {name} holds {} at flat index {i}", a.iter().nth(i).expect("found")));
     }
     Ok(())
 }
