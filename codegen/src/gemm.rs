@@ -189,6 +189,11 @@ impl GemmKernel {
         self.n
     }
 
+    /// The reduction length K.
+    pub fn depth(&self) -> usize {
+        self.k
+    }
+
     /// Assembles a kernel from compiled parts (for the vector path's module).
     pub(crate) fn from_parts(
         f: *const u8,

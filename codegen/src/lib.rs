@@ -13,4 +13,4 @@ pub mod jit;
 pub mod model;
 
 pub use gemm::{GemmKernel, GemmSpec, Path};
-pub use model::{CodegenError, CompiledModel};
+pub use model::{CodegenError, CompiledModel, StepProfile};

@@ -69,7 +69,8 @@ enum Step {
 /// A model compiled for execution.
 pub struct CompiledModel {
     name: String,
-    steps: Vec<Step>,
+    /// Each step with a label for profiles: `%value = op loc("...")`.
+    steps: Vec<(String, Step)>,
     consts: Vec<(Slot, Arc<Tensor>)>,
     slots: usize,
     inputs: Vec<(Slot, TensorType, String)>,
@@ -138,20 +139,23 @@ impl CompiledModel {
                 }
                 _ => None,
             };
-            match kernel_step {
+            let loc = if node.loc.name.is_empty() { String::new() } else { format!(" loc(\"{}\")", node.loc.name) };
+            let label = format!("{} = {}{loc}", g.display_value(node.results[0]), node.kind);
+            let step = match kernel_step {
                 Some(s) => {
                     kernels += 1;
-                    steps.push(s);
+                    s
                 }
-                None => steps.push(Step::Eval {
+                None => Step::Eval {
                     kind: node.kind,
                     attrs: node.attrs.clone(),
                     args: node.operands.iter().map(|&o| slot(o)).collect(),
                     arg_types: tys.iter().map(|&t| t.clone()).collect(),
                     results: node.results.iter().map(|&r| slot(r)).collect(),
                     result_types: node.results.iter().map(|&r| g.ty(r).clone()).collect(),
-                }),
-            }
+                },
+            };
+            steps.push((label, step));
         }
         let outputs = g.outputs().iter().map(|&o| slot(o)).collect();
         Ok(CompiledModel { name: g.name.clone(), steps, consts, slots: next, inputs, outputs, kernels })
@@ -165,6 +169,40 @@ impl CompiledModel {
     /// Runs the model. Inputs are checked against the compiled types (a dynamic dim accepts any
     /// size); a wrong input is an error, never undefined behaviour.
     pub fn run(&self, inputs: &[Tensor]) -> Result<Vec<Tensor>, CodegenError> {
+        let mut slots = self.load(inputs)?;
+        for (_, step) in &self.steps {
+            exec(step, &mut slots)?;
+        }
+        self.outputs.iter().map(|&s| get(&slots, s).map(|t| t.as_ref().clone())).collect()
+    }
+
+    /// Runs the model `runs` times and returns each step's median time and the integer
+    /// operations (2 · multiply-adds) its kernel did, for `qc bench`.
+    pub fn profile(&self, inputs: &[Tensor], runs: usize) -> Result<Vec<StepProfile>, CodegenError> {
+        let mut times: Vec<Vec<f64>> = vec![Vec::new(); self.steps.len()];
+        let mut ops = vec![0u64; self.steps.len()];
+        for _ in 0..runs.max(1) {
+            let mut slots = self.load(inputs)?;
+            for (i, (_, step)) in self.steps.iter().enumerate() {
+                let t = std::time::Instant::now();
+                ops[i] = exec(step, &mut slots)?;
+                times[i].push(t.elapsed().as_secs_f64());
+            }
+        }
+        Ok(self
+            .steps
+            .iter()
+            .zip(times)
+            .zip(ops)
+            .map(|(((label, step), mut t), ops)| {
+                t.sort_by(f64::total_cmp);
+                StepProfile { label: label.clone(), jit: !matches!(step, Step::Eval { .. }), seconds: t[t.len() / 2], ops }
+            })
+            .collect())
+    }
+
+    /// The working values of one run: inputs (checked) and constants.
+    fn load(&self, inputs: &[Tensor]) -> Result<Vec<Option<Arc<Tensor>>>, CodegenError> {
         if inputs.len() != self.inputs.len() {
             return Err(err(format!("@{} takes {} inputs, got {}", self.name, self.inputs.len(), inputs.len())));
         }
@@ -176,56 +214,75 @@ impl CompiledModel {
         for (s, t) in &self.consts {
             slots[*s] = Some(t.clone());
         }
-        let get = |slots: &[Option<Arc<Tensor>>], s: Slot| {
-            slots[s].clone().ok_or_else(|| err("a value was read before it was computed"))
-        };
-        for step in &self.steps {
-            match step {
-                Step::Gemm { kernel, a, out, elem } => {
-                    let x = get(&slots, *a)?;
-                    let (m, n) = (x.shape()[0], kernel.columns());
-                    let bytes = tensor_bytes(&x).ok_or_else(|| err("a GEMM input is not 8-bit"))?;
-                    let mut y = vec![0u8; m * n];
-                    kernel.run(&bytes, m, &mut y).map_err(err)?;
-                    slots[*out] = Some(Arc::new(bytes_tensor(y, &[m, n], elem)));
-                }
-                Step::Conv { kernel, geometry: g, x, out, elem } => {
-                    let x = get(&slots, *x)?;
-                    let bytes = tensor_bytes(&x).ok_or_else(|| err("a convolution input is not 8-bit"))?;
-                    let batch = x.shape()[0];
-                    let o = kernel.columns();
-                    let rows = g.oh * g.ow;
-                    let kk = g.c * g.kh * g.kw;
-                    let mut patches = vec![0u8; rows * kk];
-                    let mut tmp = vec![0u8; rows * o];
-                    let mut y = vec![0u8; batch * o * rows];
-                    for b in 0..batch {
-                        im2col(&bytes[b * g.c * g.h * g.w..(b + 1) * g.c * g.h * g.w], g, &mut patches);
-                        kernel.run(&patches, rows, &mut tmp).map_err(err)?;
-                        // [rows, O] → [O, rows] (NCHW).
-                        let dst = &mut y[b * o * rows..(b + 1) * o * rows];
-                        for r in 0..rows {
-                            for c in 0..o {
-                                dst[c * rows + r] = tmp[r * o + c];
-                            }
-                        }
-                    }
-                    slots[*out] = Some(Arc::new(bytes_tensor(y, &[batch, o, g.oh, g.ow], elem)));
-                }
-                Step::Eval { kind, attrs, args, arg_types, results, result_types } => {
-                    let vals: Vec<Arc<Tensor>> = args.iter().map(|&s| get(&slots, s)).collect::<Result<_, _>>()?;
-                    let refs: Vec<&Tensor> = vals.iter().map(|v| v.as_ref()).collect();
-                    let tys: Vec<&TensorType> = arg_types.iter().collect();
-                    let outs: Vec<&TensorType> = result_types.iter().collect();
-                    let ts = eval_op_multi(*kind, attrs, &refs, &tys, &outs).map_err(|e| err(format!("{kind}: {e}")))?;
-                    for (&s, t) in results.iter().zip(ts) {
-                        slots[s] = Some(Arc::new(t));
+        Ok(slots)
+    }
+}
+
+/// One step's share of a run.
+#[derive(Clone, Debug)]
+pub struct StepProfile {
+    /// `%value = op loc("...")`.
+    pub label: String,
+    /// Whether a JIT kernel runs it (else the evaluator's implementation).
+    pub jit: bool,
+    /// Median seconds.
+    pub seconds: f64,
+    /// Integer operations (2 · multiply-adds) of a kernel; 0 for other steps.
+    pub ops: u64,
+}
+
+fn get(slots: &[Option<Arc<Tensor>>], s: Slot) -> Result<Arc<Tensor>, CodegenError> {
+    slots[s].clone().ok_or_else(|| err("a value was read before it was computed"))
+}
+
+/// Runs one step; returns the integer operations a kernel did.
+fn exec(step: &Step, slots: &mut [Option<Arc<Tensor>>]) -> Result<u64, CodegenError> {
+    Ok(match step {
+        Step::Gemm { kernel, a, out, elem } => {
+            let x = get(slots, *a)?;
+            let (m, n) = (x.shape()[0], kernel.columns());
+            let bytes = tensor_bytes(&x).ok_or_else(|| err("a GEMM input is not 8-bit"))?;
+            let mut y = vec![0u8; m * n];
+            kernel.run(&bytes, m, &mut y).map_err(err)?;
+            slots[*out] = Some(Arc::new(bytes_tensor(y, &[m, n], elem)));
+            2 * (m * n * kernel.depth()) as u64
+        }
+        Step::Conv { kernel, geometry: g, x, out, elem } => {
+            let x = get(slots, *x)?;
+            let bytes = tensor_bytes(&x).ok_or_else(|| err("a convolution input is not 8-bit"))?;
+            let batch = x.shape()[0];
+            let o = kernel.columns();
+            let rows = g.oh * g.ow;
+            let kk = g.c * g.kh * g.kw;
+            let mut patches = vec![0u8; rows * kk];
+            let mut tmp = vec![0u8; rows * o];
+            let mut y = vec![0u8; batch * o * rows];
+            for b in 0..batch {
+                im2col(&bytes[b * g.c * g.h * g.w..(b + 1) * g.c * g.h * g.w], g, &mut patches);
+                kernel.run(&patches, rows, &mut tmp).map_err(err)?;
+                // [rows, O] → [O, rows] (NCHW).
+                let dst = &mut y[b * o * rows..(b + 1) * o * rows];
+                for r in 0..rows {
+                    for c in 0..o {
+                        dst[c * rows + r] = tmp[r * o + c];
                     }
                 }
             }
+            slots[*out] = Some(Arc::new(bytes_tensor(y, &[batch, o, g.oh, g.ow], elem)));
+            2 * (batch * rows * o * kk) as u64
         }
-        self.outputs.iter().map(|&s| get(&slots, s).map(|t| t.as_ref().clone())).collect()
-    }
+        Step::Eval { kind, attrs, args, arg_types, results, result_types } => {
+            let vals: Vec<Arc<Tensor>> = args.iter().map(|&s| get(slots, s)).collect::<Result<_, _>>()?;
+            let refs: Vec<&Tensor> = vals.iter().map(|v| v.as_ref()).collect();
+            let tys: Vec<&TensorType> = arg_types.iter().collect();
+            let outs: Vec<&TensorType> = result_types.iter().collect();
+            let ts = eval_op_multi(*kind, attrs, &refs, &tys, &outs).map_err(|e| err(format!("{kind}: {e}")))?;
+            for (&s, t) in results.iter().zip(ts) {
+                slots[s] = Some(Arc::new(t));
+            }
+            0
+        }
+    })
 }
 
 /// The GEMM kernel of an integer conv2d (groups = 1): weights `[O, C·kh·kw]`, rows = output

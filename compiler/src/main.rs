@@ -7,9 +7,19 @@ use qc::{QcError, load_model, save_model};
 use qc_ir::eval::evaluate;
 use qc_ir::requant::RequantMode;
 use qc_ir::text::print;
-use qc_ir::{Dim, ScalarType};
+use qc_ir::{Dim, ScalarType, Tensor};
 use qc_passes::{PIPELINES, PassOptions, PipelineOptions, REGISTRY, run_pipeline};
 use std::io::Write;
+
+/// Prints a line to stdout; a closed pipe (`qc ... | head`) ends the output quietly instead of
+/// panicking.
+macro_rules! say {
+    ($($t:tt)*) => {{
+        if writeln!(std::io::stdout(), $($t)*).is_err() {
+            std::process::exit(0);
+        }
+    }};
+}
 use std::path::{Path, PathBuf};
 
 #[derive(Parser)]
@@ -154,6 +164,23 @@ enum Command {
     },
     /// Accuracy of a model on labelled inputs, and top-1 agreement with a reference model.
     Eval(EvalArgs),
+    /// Latency of the JIT and the evaluator, the JIT compile time, and time per layer.
+    Bench {
+        /// The model.
+        model: PathBuf,
+        /// Inputs to time (.npy); the first `--batch` samples are used.
+        #[arg(long)]
+        input: Option<PathBuf>,
+        /// The batch size.
+        #[arg(long, default_value = "1")]
+        batch: usize,
+        /// Timed runs (medians are reported).
+        #[arg(long, default_value = "50")]
+        runs: usize,
+        /// The weights file, if not beside the model.
+        #[arg(long)]
+        weights: Option<PathBuf>,
+    },
     /// Run a model on inputs from .npy files.
     Run {
         /// The model.
@@ -184,6 +211,7 @@ fn main() {
         }
         Command::Compile(args) => compile(args),
         Command::Eval(args) => eval(args),
+        Command::Bench { model, input, batch, runs, weights } => bench(&model, input.as_deref(), batch, runs, weights.as_deref()),
         Command::Export { model, output, weights } => export(&model, &output, weights.as_deref()),
         Command::Run { model, input, output, weights, engine } => run(&model, &input, &output, weights.as_deref(), engine),
     };
@@ -235,18 +263,18 @@ fn fmt(path: &Path, check: bool) -> Result<(), QcError> {
         }
         return Ok(());
     }
-    print!("{canonical}");
+    say!("{}", canonical.trim_end_matches('\n'));
     Ok(())
 }
 
 fn list_passes() {
-    println!("passes:");
+    say!("passes:");
     for p in REGISTRY {
-        println!("  {:<18} {}", p.name, p.doc);
+        say!("  {:<18} {}", p.name, p.doc);
     }
-    println!("pipelines:");
+    say!("pipelines:");
     for (name, passes, doc) in PIPELINES {
-        println!("  {:<18} {} — {}", name, passes.join(","), doc);
+        say!("  {:<18} {} — {}", name, passes.join(","), doc);
     }
 }
 
@@ -419,6 +447,68 @@ fn export(path: &Path, out: &Path, weights: Option<&Path>) -> Result<(), QcError
     Ok(qc::io::write_atomic(out, &onnx.encode_to_vec())?)
 }
 
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
+}
+
+fn bench(path: &Path, input: Option<&Path>, batch: usize, runs: usize, weights: Option<&Path>) -> Result<(), QcError> {
+    let model = load_model(path, weights)?;
+    let g = &model.graph;
+    if g.params().len() != 1 {
+        return Err(QcError::Usage("error: qc bench times models with one input".into()));
+    }
+    let batch = match g.ty(g.params()[0]).dims.first() {
+        Some(Dim::Fixed(b)) => *b as usize,
+        _ => batch.max(1),
+    };
+    let mut dims: Vec<usize> = g.ty(g.params()[0]).dims.iter().map(|d| d.fixed().map_or(batch, |n| n as usize)).collect();
+    dims[0] = batch;
+    let x = match input {
+        Some(p) => {
+            let t = read_tensor(p)?;
+            let a = t.as_f32().ok_or_else(|| QcError::Input(format!("error: {}: inputs must be f32", p.display())))?;
+            if a.shape().first().copied().unwrap_or(0) < batch {
+                return Err(QcError::Input(format!("error: {} holds fewer than {batch} samples", p.display())));
+            }
+            Tensor::F32(a.slice_axis(ndarray::Axis(0), ndarray::Slice::from(0..batch)).to_owned())
+        }
+        None => {
+            let n: usize = dims.iter().product();
+            Tensor::F32(
+                ndarray::ArrayD::from_shape_vec(ndarray::IxDyn(&dims), (0..n).map(|i| ((i * 7) % 11) as f32 / 11.0).collect())
+                    .expect("sized"),
+            )
+        }
+    };
+    let t = std::time::Instant::now();
+    let compiled = qc_codegen::CompiledModel::compile(g).map_err(|e| QcError::Input(format!("error: {e}")))?;
+    let compile_ms = t.elapsed().as_secs_f64() * 1e3;
+    let time = |f: &dyn Fn() -> Result<(), String>, n: usize| -> Result<f64, QcError> {
+        f().map_err(|e| QcError::Input(format!("error: {e}")))?;
+        let mut v = Vec::with_capacity(n);
+        for _ in 0..n {
+            let t = std::time::Instant::now();
+            f().map_err(|e| QcError::Input(format!("error: {e}")))?;
+            v.push(t.elapsed().as_secs_f64());
+        }
+        Ok(median(v))
+    };
+    let jit = time(&|| compiled.run(std::slice::from_ref(&x)).map(|_| ()).map_err(|e| e.to_string()), runs)?;
+    let interp = time(&|| evaluate(g, std::slice::from_ref(&x)).map(|_| ()).map_err(|e| e.to_string()), runs.div_ceil(5))?;
+    say!("{}: batch {batch}, {} JIT kernels compiled in {compile_ms:.2} ms", path.display(), compiled.kernel_count());
+    say!("  jit     {:>10.4} ms (median of {runs})", jit * 1e3);
+    say!("  interp  {:>10.4} ms ({:.1}x the JIT's time)", interp * 1e3, interp / jit);
+    let mut profile = compiled.profile(std::slice::from_ref(&x), runs).map_err(|e| QcError::Input(format!("error: {e}")))?;
+    profile.sort_by(|a, b| b.seconds.total_cmp(&a.seconds));
+    say!("  per layer (median):");
+    for p in profile.iter().take(12) {
+        let gops = if p.ops > 0 { format!("{:>7.1} GOPS", p.ops as f64 / p.seconds / 1e9) } else { String::new() };
+        say!("    {:>9.4} ms  {:<4} {gops:>12}  {}", p.seconds * 1e3, if p.jit { "jit" } else { "rust" }, p.label);
+    }
+    Ok(())
+}
+
 fn eval(a: EvalArgs) -> Result<(), QcError> {
     let model = load_model(&a.model, a.weights.as_deref())?;
     let x = read_tensor(&a.input)?;
@@ -435,21 +525,16 @@ fn eval(a: EvalArgs) -> Result<(), QcError> {
     }
     let correct = pred.iter().zip(&labels).filter(|(p, l)| **p as i64 == **l).count();
     let n = labels.len();
-    println!(
-        "{}: accuracy {:.2} % ({correct}/{n}, {} errors)",
-        a.model.display(),
-        100.0 * correct as f64 / n as f64,
-        n - correct
-    );
+    say!("{}: accuracy {:.2} % ({correct}/{n}, {} errors)", a.model.display(), 100.0 * correct as f64 / n as f64, n - correct);
     if let Some(r) = &a.reference {
         let reference = load_model(r, None)?;
         let ry = run(&reference.graph)?;
         let rp = qc::exec::argmax_rows(&ry);
         let same = pred.iter().zip(&rp).filter(|(a, b)| a == b).count();
         let rc = rp.iter().zip(&labels).filter(|(p, l)| **p as i64 == **l).count();
-        println!("{}: accuracy {:.2} % ({rc}/{n})", r.display(), 100.0 * rc as f64 / n as f64);
-        println!("top-1 agreement {:.2} % ({same}/{n})", 100.0 * same as f64 / n as f64);
-        println!("output SQNR against the reference {:.2} dB", qc::exec::sqnr_db(&ry, &y));
+        say!("{}: accuracy {:.2} % ({rc}/{n})", r.display(), 100.0 * rc as f64 / n as f64);
+        say!("top-1 agreement {:.2} % ({same}/{n})", 100.0 * same as f64 / n as f64);
+        say!("output SQNR against the reference {:.2} dB", qc::exec::sqnr_db(&ry, &y));
     }
     Ok(())
 }

@@ -326,3 +326,15 @@ fn calibration_errors() {
     assert_eq!(code(&o), 0, "{}", stderr(&o));
     assert!(stdout(&o).contains("quantize(%input) : tensor<?x1x8x8x!q<u8, 1.0, 0>>"), "{}", stdout(&o));
 }
+
+#[test]
+fn bench_times_the_jit_and_the_evaluator() {
+    let d = scratch("bench");
+    let out = d.join("mlp.qir");
+    let o = qc(&["compile", "../shared/corpus/models/digits_mlp_fp32.onnx", "--calib", CALIB, "-o", p(&out)]);
+    assert_eq!(code(&o), 0, "{}", stderr(&o));
+    let o = qc(&["bench", p(&out), "--batch", "4", "--runs", "5"]);
+    assert_eq!(code(&o), 0, "{}", stderr(&o));
+    let s = stdout(&o);
+    assert!(s.contains("batch 4, 3 JIT kernels compiled in") && s.contains("jit ") && s.contains("GOPS"), "{s}");
+}
