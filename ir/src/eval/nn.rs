@@ -3,7 +3,6 @@
 use crate::attr::Attrs;
 use crate::infer::{ints_or, normalize_axis, window_out};
 use crate::tensor::Tensor;
-use crate::types::ScalarType;
 use ndarray::{Array2, ArrayD, Axis, Ix2, IxDyn};
 
 /// Window geometry of a conv or pool over NCHW input.
@@ -242,37 +241,42 @@ fn pool_geometry(attrs: &Attrs, shape: &[usize]) -> Result<Window, String> {
 
 /// Max pooling; padding never wins. Works on f32 and on integers (quantized values).
 pub fn max_pool(x: &Tensor, attrs: &Attrs) -> Result<Tensor, String> {
-    let st = x.scalar_type();
-    let xf = match x {
-        Tensor::F32(a) => a.clone(),
-        Tensor::I8(_) | Tensor::U8(_) | Tensor::I32(_) => match x.cast(ScalarType::F32) {
-            Tensor::F32(a) => a,
-            _ => unreachable!("cast"),
-        },
-        _ => return Err(format!("max_pool on {st} is not supported")),
-    };
-    let [n, c, h, w] = dims4(&xf)?;
-    let win = pool_geometry(attrs, xf.shape())?;
+    Ok(match x {
+        Tensor::F32(a) => Tensor::F32(max_pool_of(a, attrs, f32::NEG_INFINITY)?),
+        Tensor::I8(a) => Tensor::I8(max_pool_of(a, attrs, i8::MIN)?),
+        Tensor::U8(a) => Tensor::U8(max_pool_of(a, attrs, u8::MIN)?),
+        Tensor::I32(a) => Tensor::I32(max_pool_of(a, attrs, i32::MIN)?),
+        other => return Err(format!("max_pool on {} is not supported", other.scalar_type())),
+    })
+}
+
+/// Max pooling of one element type; `lowest` is what the padding reads (it never wins).
+fn max_pool_of<T: Copy + PartialOrd>(x: &ArrayD<T>, attrs: &Attrs, lowest: T) -> Result<ArrayD<T>, String> {
+    let [n, c, h, w] = dims4(x)?;
+    let win = pool_geometry(attrs, x.shape())?;
     let [oh, ow] = win.out;
-    let mut out = ArrayD::<f32>::zeros(IxDyn(&[n, c, oh, ow]));
-    for ni in 0..n {
-        for ci in 0..c {
-            for y in 0..oh {
-                for xo in 0..ow {
-                    let mut m = f32::NEG_INFINITY;
-                    for ky in 0..win.k[0] {
-                        let Some(iy) = win.at(0, y, ky, h) else { continue };
-                        for kx in 0..win.k[1] {
-                            let Some(ix) = win.at(1, xo, kx, w) else { continue };
-                            m = m.max(xf[[ni, ci, iy, ix]]);
+    let x = x.as_standard_layout();
+    let xs = x.as_slice().expect("standard layout");
+    let mut out = Vec::with_capacity(n * c * oh * ow);
+    for plane in xs.chunks_exact(h * w) {
+        for y in 0..oh {
+            for xo in 0..ow {
+                let mut m = lowest;
+                for ky in 0..win.k[0] {
+                    let Some(iy) = win.at(0, y, ky, h) else { continue };
+                    for kx in 0..win.k[1] {
+                        let Some(ix) = win.at(1, xo, kx, w) else { continue };
+                        let v = plane[iy * w + ix];
+                        if v > m {
+                            m = v;
                         }
                     }
-                    out[[ni, ci, y, xo]] = m;
                 }
+                out.push(m);
             }
         }
     }
-    Ok(if st == ScalarType::F32 { Tensor::F32(out) } else { Tensor::F32(out).cast(st) })
+    Ok(ArrayD::from_shape_vec(IxDyn(&[n, c, oh, ow]), out).expect("sized"))
 }
 
 /// Average pooling; `count_include_pad` counts padded positions (not those past the padding).
