@@ -161,6 +161,11 @@ impl CompiledModel {
         Ok(CompiledModel { name: g.name.clone(), steps, consts, slots: next, inputs, outputs, kernels })
     }
 
+    /// The dims of the first input (0 for a dynamic dim).
+    pub fn input_dims(&self) -> Vec<usize> {
+        self.inputs.first().map_or(Vec::new(), |(_, t, _)| t.dims.iter().map(|d| d.fixed().unwrap_or(0) as usize).collect())
+    }
+
     /// How many ops run as JIT-compiled kernels.
     pub fn kernel_count(&self) -> usize {
         self.kernels

@@ -1,0 +1,39 @@
+/* qc's C ABI: load a model (.qir with its .safetensors beside it, or .onnx), compile it with the
+ * JIT, run it on f32 inputs, free it. Every function that can fail returns NULL or -1 and leaves a
+ * message for qc_last_error() (per thread). A compiled model may be run from many threads. */
+#ifndef QC_H
+#define QC_H
+
+#include <stddef.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+typedef struct qc_model qc_model;
+
+/* Loads and verifies a model. NULL on error. */
+qc_model *qc_load(const char *path);
+
+/* JIT-compiles a loaded model. 0 on success, -1 on error. */
+int qc_compile(qc_model *model);
+
+/* The number of dims of the model's input and their sizes (0 for a dynamic dim), written to dims
+ * (at most max_dims of them). Returns the rank, or -1 on error. */
+int qc_input_dims(const qc_model *model, size_t *dims, size_t max_dims);
+
+/* Runs a compiled model on one f32 input of the given shape; writes the f32 output (its element
+ * count must be output_len) and returns 0, or returns -1 on error (wrong shape, NaN, ...). */
+int qc_run(const qc_model *model, const float *input, const size_t *shape, size_t rank, float *output, size_t output_len);
+
+/* Frees a model (NULL is allowed). */
+void qc_free(qc_model *model);
+
+/* The last error of this thread, or NULL. Valid until the next qc call on this thread. */
+const char *qc_last_error(void);
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif
