@@ -8,9 +8,15 @@ use cranelift_frontend::{FunctionBuilder, FunctionBuilderContext};
 use cranelift_jit::{JITBuilder, JITModule};
 use cranelift_module::{FuncId, Linkage, Module, default_libcall_names};
 
-/// The host ISA with the settings qc's kernels want. `opt_level = "none"`: on kernel code it ran
-/// faster than `"speed"` (see shared/notes/cranelift-int8.md) and compiles 2–3× faster.
+/// The host ISA with the settings qc's kernels want, detected once per process.
 pub fn host_isa() -> Result<OwnedTargetIsa, String> {
+    static ISA: std::sync::OnceLock<Result<OwnedTargetIsa, String>> = std::sync::OnceLock::new();
+    ISA.get_or_init(detect_isa).clone()
+}
+
+/// `opt_level = "none"`: on kernel code it ran faster than `"speed"` (see
+/// shared/notes/cranelift-int8.md) and compiles 2–3× faster.
+fn detect_isa() -> Result<OwnedTargetIsa, String> {
     let mut flags = settings::builder();
     flags.set("opt_level", "none").map_err(|e| e.to_string())?;
     flags.set("use_colocated_libcalls", "false").map_err(|e| e.to_string())?;
