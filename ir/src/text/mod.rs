@@ -190,11 +190,19 @@ impl Resolver {
     }
 }
 
+/// The most elements a `dense<...>` literal may expand to (a splat of one value included).
+pub const DENSE_LIMIT: usize = 1 << 24;
+
 /// Builds the tensor of a `dense<[...]>` literal of type `ty` (fixed dims; one literal per
 /// element, or a single literal splatted).
 fn dense_tensor(lits: &[Lit], ty: &TensorType) -> Result<Tensor, String> {
     let shape = ty.fixed_dims().ok_or_else(|| format!("a dense constant needs fixed dims, got {ty}"))?;
     let n: usize = shape.iter().product();
+    if n > DENSE_LIMIT {
+        return Err(format!(
+            "a dense constant of type {ty} has {n} elements; more than {DENSE_LIMIT} belong in the weights file"
+        ));
+    }
     if lits.len() != n && lits.len() != 1 {
         return Err(format!("dense constant of type {ty} needs {n} values, got {}", lits.len()));
     }
