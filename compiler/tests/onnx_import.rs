@@ -376,3 +376,46 @@ fn conv_integer_is_exact() {
     let want = [0, 0, 0, 0, 0, 4, 490, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, -4, -490, 0, 0, 0, 0, 0];
     assert_eq!(y.to_i64_vec().unwrap(), want);
 }
+
+#[test]
+fn corrupted_onnx_files_never_panic() {
+    let corpus = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/corpus/models");
+    let seeds: Vec<Vec<u8>> = ["digits_cnn_fp32.onnx", "digits_resdw_qdq_pre_u8s8_minmax.onnx", "digits_mlp_dyn_s8_pc.onnx"]
+        .iter()
+        .map(|m| std::fs::read(corpus.join(m)).unwrap())
+        .collect();
+    let n = if std::env::var("QC_SLOW").is_ok() { 5_000 } else { 300 };
+    let mut state = 0x2545_f491_4f6c_dd1du64;
+    let mut next = move || {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        state
+    };
+    let (mut imported, mut failed) = (0, 0);
+    for i in 0..n {
+        let mut b = seeds[i % seeds.len()].clone();
+        for _ in 0..1 + next() % 4 {
+            let at = (next() % b.len() as u64) as usize;
+            match next() % 3 {
+                0 => b[at] ^= 1 << (next() % 8),
+                1 => b[at] = next() as u8,
+                _ => b.truncate(at.max(1)),
+            }
+        }
+        let r = std::panic::catch_unwind(|| match import_bytes(&b, "m", &ImportOptions::default()) {
+            Ok(g) => {
+                let x = Tensor::F32(ArrayD::from_elem(IxDyn(&[1, 1, 8, 8]), 0.5));
+                let _ = evaluate(&g, &[x]);
+                true
+            }
+            Err(_) => false,
+        });
+        match r {
+            Ok(true) => imported += 1,
+            Ok(false) => failed += 1,
+            Err(_) => panic!("mutant {i} of the corpus panicked the importer"),
+        }
+    }
+    println!("{n} corrupted files: {imported} imported, {failed} rejected with an error");
+}
