@@ -27,18 +27,17 @@ impl std::error::Error for CodegenError {}
 
 type Slot = usize;
 
-/// How a convolution's input patches are gathered into GEMM rows.
+/// How a convolution's input patches are gathered into GEMM rows: for every (output position,
+/// tap) the index of the input byte it reads within one image, or -1 for the padding (which reads
+/// the zero point). Computed once, when the model is compiled.
 struct Im2col {
     c: usize,
     h: usize,
     w: usize,
-    kh: usize,
-    kw: usize,
     oh: usize,
     ow: usize,
-    stride: [usize; 2],
-    pad: [usize; 2],
-    dil: [usize; 2],
+    kk: usize,
+    gather: Vec<i32>,
     pad_value: u8,
 }
 
@@ -258,7 +257,7 @@ fn exec(step: &Step, slots: &mut [Option<Arc<Tensor>>]) -> Result<u64, CodegenEr
             let batch = x.shape()[0];
             let o = kernel.columns();
             let rows = g.oh * g.ow;
-            let kk = g.c * g.kh * g.kw;
+            let kk = g.kk;
             let mut patches = vec![0u8; rows * kk];
             let mut tmp = vec![0u8; rows * o];
             let mut y = vec![0u8; batch * o * rows];
@@ -335,40 +334,29 @@ fn conv_kernel(
     let spec = GemmSpec::from_node(OpKind::Gemm, &gemm_attrs, &types, &flat_w, bias, &oty)?;
     let kernel = GemmKernel::compile(&spec)?;
     let pad_value = if xq.storage == qc_ir::ScalarType::I8 { zp as i8 as u8 } else { zp as u8 };
-    let geometry = Im2col {
-        c,
-        h,
-        w: wd,
-        kh,
-        kw,
-        oh,
-        ow,
-        stride: [s[0] as usize, s[1] as usize],
-        pad: [p[0] as usize, p[1] as usize],
-        dil: [dil[0] as usize, dil[1] as usize],
-        pad_value,
-    };
-    Ok((kernel, geometry))
-}
-
-/// Gathers one image's patches: row `oy·ow + ox`, column `(c·kh + ky)·kw + kx`; positions in
-/// the padding read the zero point.
-fn im2col(x: &[u8], g: &Im2col, out: &mut [u8]) {
-    let kk = g.c * g.kh * g.kw;
-    for oy in 0..g.oh {
-        for ox in 0..g.ow {
-            let row = &mut out[(oy * g.ow + ox) * kk..(oy * g.ow + ox + 1) * kk];
-            for c in 0..g.c {
-                for ky in 0..g.kh {
-                    let iy = (oy * g.stride[0] + ky * g.dil[0]) as isize - g.pad[0] as isize;
-                    for kx in 0..g.kw {
-                        let ix = (ox * g.stride[1] + kx * g.dil[1]) as isize - g.pad[1] as isize;
-                        let inside = iy >= 0 && (iy as usize) < g.h && ix >= 0 && (ix as usize) < g.w;
-                        row[(c * g.kh + ky) * g.kw + kx] =
-                            if inside { x[(c * g.h + iy as usize) * g.w + ix as usize] } else { g.pad_value };
+    let kk = c * kh * kw;
+    let mut gather = Vec::with_capacity(oh * ow * kk);
+    for oy in 0..oh {
+        for ox in 0..ow {
+            for ch in 0..c {
+                for ky in 0..kh {
+                    let iy = (oy * s[0] as usize + ky * dil[0] as usize) as isize - p[0] as isize;
+                    for kx in 0..kw {
+                        let ix = (ox * s[1] as usize + kx * dil[1] as usize) as isize - p[1] as isize;
+                        let inside = iy >= 0 && (iy as usize) < h && ix >= 0 && (ix as usize) < wd;
+                        gather.push(if inside { ((ch * h + iy as usize) * wd + ix as usize) as i32 } else { -1 });
                     }
                 }
             }
         }
+    }
+    let geometry = Im2col { c, h, w: wd, oh, ow, kk, gather, pad_value };
+    Ok((kernel, geometry))
+}
+
+/// Gathers one image's patches through the precomputed index table.
+fn im2col(x: &[u8], g: &Im2col, out: &mut [u8]) {
+    for (dst, &i) in out.iter_mut().zip(&g.gather) {
+        *dst = if i < 0 { g.pad_value } else { x[i as usize] };
     }
 }
