@@ -1,7 +1,9 @@
 //! `CompiledModel`: a verified graph compiled for execution. Integer gemm, matmul and
 //! convolution (groups = 1) run as JIT-compiled GEMM kernels specialized to their layer (a
-//! convolution gathers its input patches first, padding with the input's zero point); every other
-//! op runs the reference evaluator's implementation, so results equal the evaluator's bit for bit.
+//! convolution gathers its input patches first through an index table, padding with the input's
+//! zero point); integer depthwise convolution and same-shape add run as Rust kernels on bytes;
+//! every other op runs the reference evaluator's implementation. Results equal the evaluator's
+//! bit for bit (tested on the corpus).
 //!
 //! `run` takes `&self` and keeps its working values on its own stack frame, so one model can run
 //! on many threads at once.
@@ -41,7 +43,50 @@ struct Im2col {
     pad_value: u8,
 }
 
+/// A depthwise integer convolution (one input channel per output channel), in Rust.
+struct Depthwise {
+    c: usize,
+    plane: usize,
+    positions: usize,
+    taps: usize,
+    /// For every (output position, tap), the input index within one channel plane, or -1.
+    gather: Vec<i32>,
+    /// `w − zp_w`, `[C][taps]`.
+    weights: Vec<i32>,
+    bias: Vec<i32>,
+    requant: Vec<qc_ir::requant::Requant>,
+    zp_x: i32,
+    x_signed: bool,
+    zp_y: i32,
+    lo: i32,
+    hi: i32,
+    out_dims: [usize; 3],
+}
+
+/// An integer add of two same-shape per-tensor quantized tensors, in Rust:
+/// `clamp(rne((s_a(a − z_a) + s_b(b − z_b)) / s_y) + z_y)` in f32, as the evaluator.
+struct AddQ {
+    a: (f32, i32, bool),
+    b: (f32, i32, bool),
+    y: (f32, i32),
+    lo: i32,
+    hi: i32,
+}
+
 enum Step {
+    Depthwise {
+        spec: Box<Depthwise>,
+        x: Slot,
+        out: Slot,
+        elem: ElemType,
+    },
+    AddQ {
+        spec: AddQ,
+        a: Slot,
+        b: Slot,
+        out: Slot,
+        elem: ElemType,
+    },
     Gemm {
         kernel: GemmKernel,
         a: Slot,
@@ -136,13 +181,30 @@ impl CompiledModel {
                         elem: out_ty.elem.clone(),
                     })
                 }
+                (OpKind::Conv2d, true, Some(w)) if node.attrs.int("groups", 1) > 1 => {
+                    depthwise(&node.attrs, &tys, w, bias.as_deref(), out_ty).map(|spec| Step::Depthwise {
+                        spec: Box::new(spec),
+                        x: slot(node.operands[0]),
+                        out: slot(node.results[0]),
+                        elem: out_ty.elem.clone(),
+                    })
+                }
+                (OpKind::Add, true, _) if tys[0].dims == tys[1].dims && tys[0].dims == out_ty.dims => {
+                    add_q(&node.attrs, &tys, out_ty).map(|spec| Step::AddQ {
+                        spec,
+                        a: slot(node.operands[0]),
+                        b: slot(node.operands[1]),
+                        out: slot(node.results[0]),
+                        elem: out_ty.elem.clone(),
+                    })
+                }
                 _ => None,
             };
             let loc = if node.loc.name.is_empty() { String::new() } else { format!(" loc(\"{}\")", node.loc.name) };
             let label = format!("{} = {}{loc}", g.display_value(node.results[0]), node.kind);
             let step = match kernel_step {
                 Some(s) => {
-                    kernels += 1;
+                    kernels += usize::from(matches!(s, Step::Gemm { .. } | Step::Conv { .. }));
                     s
                 }
                 None => Step::Eval {
@@ -200,7 +262,12 @@ impl CompiledModel {
             .zip(ops)
             .map(|(((label, step), mut t), ops)| {
                 t.sort_by(f64::total_cmp);
-                StepProfile { label: label.clone(), jit: !matches!(step, Step::Eval { .. }), seconds: t[t.len() / 2], ops }
+                StepProfile {
+                    label: label.clone(),
+                    jit: matches!(step, Step::Gemm { .. } | Step::Conv { .. }),
+                    seconds: t[t.len() / 2],
+                    ops,
+                }
             })
             .collect())
     }
@@ -227,7 +294,7 @@ impl CompiledModel {
 pub struct StepProfile {
     /// `%value = op loc("...")`.
     pub label: String,
-    /// Whether a JIT kernel runs it (else the evaluator's implementation).
+    /// Whether a JIT kernel runs it (else Rust code).
     pub jit: bool,
     /// Median seconds.
     pub seconds: f64,
@@ -275,6 +342,50 @@ fn exec(step: &Step, slots: &mut [Option<Arc<Tensor>>]) -> Result<u64, CodegenEr
             slots[*out] = Some(Arc::new(bytes_tensor(y, &[batch, o, g.oh, g.ow], elem)));
             2 * (batch * rows * o * kk) as u64
         }
+        Step::Depthwise { spec: d, x, out, elem } => {
+            let x = get(slots, *x)?;
+            let bytes = tensor_bytes(&x).ok_or_else(|| err("a convolution input is not 8-bit"))?;
+            let batch = x.shape()[0];
+            let mut y = vec![0u8; batch * d.c * d.positions];
+            for (img, dst) in bytes.chunks_exact(d.c * d.plane).zip(y.chunks_exact_mut(d.c * d.positions)) {
+                for ch in 0..d.c {
+                    let plane = &img[ch * d.plane..(ch + 1) * d.plane];
+                    let w = &d.weights[ch * d.taps..(ch + 1) * d.taps];
+                    let out = &mut dst[ch * d.positions..(ch + 1) * d.positions];
+                    for (p, o) in out.iter_mut().enumerate() {
+                        let mut acc = d.bias[ch];
+                        for (t, &g) in d.gather[p * d.taps..(p + 1) * d.taps].iter().enumerate() {
+                            if g >= 0 {
+                                let v = if d.x_signed { plane[g as usize] as i8 as i32 } else { plane[g as usize] as i32 };
+                                acc = acc.wrapping_add((v - d.zp_x).wrapping_mul(w[t]));
+                            }
+                        }
+                        *o = d.requant[ch].apply(acc, d.zp_y, d.lo, d.hi) as u8;
+                    }
+                }
+            }
+            slots[*out] = Some(Arc::new(bytes_tensor(y, &[batch, d.out_dims[0], d.out_dims[1], d.out_dims[2]], elem)));
+            2 * (batch * d.c * d.positions * d.taps) as u64
+        }
+        Step::AddQ { spec: q, a, b, out, elem } => {
+            let (ta, tb) = (get(slots, *a)?, get(slots, *b)?);
+            let (ba, bb) = (
+                tensor_bytes(&ta).ok_or_else(|| err("an add input is not 8-bit"))?,
+                tensor_bytes(&tb).ok_or_else(|| err("an add input is not 8-bit"))?,
+            );
+            let val = |v: u8, signed: bool| if signed { v as i8 as i32 } else { v as i32 };
+            let y: Vec<u8> = ba
+                .iter()
+                .zip(&bb)
+                .map(|(&p, &r)| {
+                    let real = q.a.0 * (val(p, q.a.2) - q.a.1) as f32 + q.b.0 * (val(r, q.b.2) - q.b.1) as f32;
+                    let v = (real / q.y.0).round_ties_even() + q.y.1 as f32;
+                    v.clamp(q.lo as f32, q.hi as f32) as i32 as u8
+                })
+                .collect();
+            slots[*out] = Some(Arc::new(bytes_tensor(y, ta.shape(), elem)));
+            0
+        }
         Step::Eval { kind, attrs, args, arg_types, results, result_types } => {
             let vals: Vec<Arc<Tensor>> = args.iter().map(|&s| get(slots, s)).collect::<Result<_, _>>()?;
             let refs: Vec<&Tensor> = vals.iter().map(|v| v.as_ref()).collect();
@@ -287,6 +398,90 @@ fn exec(step: &Step, slots: &mut [Option<Arc<Tensor>>]) -> Result<u64, CodegenEr
             0
         }
     })
+}
+
+/// The Rust kernel of an integer depthwise conv2d (groups = C_in = C_out), or `None`.
+fn depthwise(attrs: &Attrs, tys: &[&TensorType], w: &Tensor, bias: Option<&Tensor>, out: &TensorType) -> Option<Depthwise> {
+    let (x, wt) = (tys[0], tys[1]);
+    let dims: Vec<usize> = x.dims[1..].iter().map(|d| d.fixed().map(|n| n as usize)).collect::<Option<_>>()?;
+    let (c, h, wd) = (dims[0], dims[1], dims[2]);
+    let ws = w.shape();
+    if x.rank() != 4 || attrs.int("groups", 1) as usize != c || ws[0] != c || ws[1] != 1 {
+        return None;
+    }
+    let (kh, kw) = (ws[2], ws[3]);
+    let (xq, wq, yq) = (x.elem.quant()?, wt.elem.quant()?, out.elem.quant()?);
+    if xq.axis.is_some()
+        || yq.axis.is_some()
+        || wq.axis.is_some_and(|a| a != 0)
+        || !matches!(yq.storage, qc_ir::ScalarType::I8 | qc_ir::ScalarType::U8)
+    {
+        return None;
+    }
+    let ints = |k: &str, n: usize, d: u64| qc_ir::infer::ints_or(attrs, k, n, d).ok();
+    let (s, p, dil) = (ints("strides", 2, 1)?, ints("pads", 4, 0)?, ints("dilations", 2, 1)?);
+    let (oh, ow) = (out.dims[2].fixed()? as usize, out.dims[3].fixed()? as usize);
+    let mut gather = Vec::with_capacity(oh * ow * kh * kw);
+    for oy in 0..oh {
+        for ox in 0..ow {
+            for ky in 0..kh {
+                let iy = (oy * s[0] as usize + ky * dil[0] as usize) as isize - p[0] as isize;
+                for kx in 0..kw {
+                    let ix = (ox * s[1] as usize + kx * dil[1] as usize) as isize - p[1] as isize;
+                    let inside = iy >= 0 && (iy as usize) < h && ix >= 0 && (ix as usize) < wd;
+                    gather.push(if inside { (iy as usize * wd + ix as usize) as i32 } else { -1 });
+                }
+            }
+        }
+    }
+    let wv = w.to_i64_vec()?;
+    let taps = kh * kw;
+    let (s_x, zp_x) = xq.at(0);
+    let (s_y, zp_y) = yq.at(0);
+    let mode = qc_ir::requant::RequantMode::of(attrs).ok()?;
+    let mut weights = Vec::with_capacity(c * taps);
+    let mut requant = Vec::with_capacity(c);
+    for ch in 0..c {
+        let (s_w, zp_w) = wq.at(ch);
+        weights.extend(wv[ch * taps..(ch + 1) * taps].iter().map(|&v| v as i32 - zp_w));
+        requant.push(qc_ir::requant::Requant::new(mode, qc_ir::requant::acc_scale(s_x, s_w), s_y).ok()?);
+    }
+    let bias = match bias {
+        Some(b) => b.to_i64_vec()?.into_iter().map(|v| v as i32).collect(),
+        None => vec![0; c],
+    };
+    let (lo, hi) = qc_ir::requant::output_range(yq, attrs);
+    Some(Depthwise {
+        c,
+        plane: h * wd,
+        positions: oh * ow,
+        taps,
+        gather,
+        weights,
+        bias,
+        requant,
+        zp_x,
+        x_signed: xq.storage == qc_ir::ScalarType::I8,
+        zp_y,
+        lo,
+        hi,
+        out_dims: [c, oh, ow],
+    })
+}
+
+/// The Rust kernel of an integer add of same-shape operands, or `None`.
+fn add_q(attrs: &Attrs, tys: &[&TensorType], out: &TensorType) -> Option<AddQ> {
+    let (aq, bq, yq) = (tys[0].elem.quant()?, tys[1].elem.quant()?, out.elem.quant()?);
+    if aq.axis.is_some()
+        || bq.axis.is_some()
+        || yq.axis.is_some()
+        || !matches!(yq.storage, qc_ir::ScalarType::I8 | qc_ir::ScalarType::U8)
+    {
+        return None;
+    }
+    let (lo, hi) = qc_ir::requant::output_range(yq, attrs);
+    let signed = |q: &qc_ir::QuantParams| q.storage == qc_ir::ScalarType::I8;
+    Some(AddQ { a: (aq.at(0).0, aq.at(0).1, signed(aq)), b: (bq.at(0).0, bq.at(0).1, signed(bq)), y: yq.at(0), lo, hi })
 }
 
 /// The GEMM kernel of an integer conv2d (groups = 1): weights `[O, C·kh·kw]`, rows = output
