@@ -9,7 +9,7 @@
 //! on many threads at once.
 
 use crate::gemm::{GemmKernel, GemmSpec, bytes_tensor, tensor_bytes};
-use qc_ir::eval::{check_input, eval_op_multi};
+use qc_ir::eval::{check_input, dequantize_value, eval_op_multi, quantize_value};
 use qc_ir::{Attr, Attrs, ConstValue, Dim, ElemType, Graph, OpKind, Tensor, TensorType, ValueId};
 use std::collections::HashMap;
 use std::fmt;
@@ -73,32 +73,80 @@ struct AddQ {
     hi: i32,
 }
 
+/// Per-tensor 8-bit quantization parameters for the byte steps.
+#[derive(Clone, Copy)]
+struct Q8 {
+    scale: f32,
+    zp: i32,
+    signed: bool,
+}
+
+impl Q8 {
+    fn of(t: &TensorType) -> Option<Q8> {
+        let q = t.elem.quant()?;
+        if q.axis.is_some() || !matches!(q.storage, qc_ir::ScalarType::I8 | qc_ir::ScalarType::U8) {
+            return None;
+        }
+        Some(Q8 { scale: q.scales[0], zp: q.zero_points[0], signed: q.storage == qc_ir::ScalarType::I8 })
+    }
+
+    fn value(self, b: u8) -> i32 {
+        if self.signed { b as i8 as i32 } else { b as i32 }
+    }
+}
+
+/// Max pooling over 8-bit planes through a gather table (-1 = padding, which never wins).
+struct MaxPool8 {
+    plane: usize,
+    positions: usize,
+    taps: usize,
+    gather: Vec<i32>,
+    signed: bool,
+    out_dims: [usize; 2],
+}
+
 enum Step {
+    Quantize {
+        q: Q8,
+        x: Slot,
+        out: Slot,
+    },
+    Dequantize {
+        q: Q8,
+        x: Slot,
+        out: Slot,
+    },
+    MaxPool {
+        spec: Box<MaxPool8>,
+        x: Slot,
+        out: Slot,
+    },
+    Reshape {
+        dims: Vec<Dim>,
+        x: Slot,
+        out: Slot,
+    },
     Depthwise {
         spec: Box<Depthwise>,
         x: Slot,
         out: Slot,
-        elem: ElemType,
     },
     AddQ {
         spec: AddQ,
         a: Slot,
         b: Slot,
         out: Slot,
-        elem: ElemType,
     },
     Gemm {
         kernel: GemmKernel,
         a: Slot,
         out: Slot,
-        elem: ElemType,
     },
     Conv {
         kernel: GemmKernel,
         geometry: Im2col,
         x: Slot,
         out: Slot,
-        elem: ElemType,
     },
     Eval {
         kind: OpKind,
@@ -118,7 +166,7 @@ pub struct CompiledModel {
     consts: Vec<(Slot, Arc<Tensor>)>,
     slots: usize,
     inputs: Vec<(Slot, TensorType, String)>,
-    outputs: Vec<Slot>,
+    outputs: Vec<(Slot, ElemType)>,
     kernels: usize,
 }
 
@@ -168,25 +216,36 @@ impl CompiledModel {
                     let spec = GemmSpec::from_node(node.kind, &node.attrs, &tys, w, bias.as_deref(), out_ty)
                         .map_err(|e| err(format!("{}: {e}", who())))?;
                     let kernel = GemmKernel::compile(&spec).map_err(|e| err(format!("{}: {e}", who())))?;
-                    Some(Step::Gemm { kernel, a: slot(node.operands[0]), out: slot(node.results[0]), elem: out_ty.elem.clone() })
+                    Some(Step::Gemm { kernel, a: slot(node.operands[0]), out: slot(node.results[0]) })
                 }
                 (OpKind::Conv2d, true, Some(w)) if node.attrs.int("groups", 1) == 1 => {
                     let (kernel, geometry) =
                         conv_kernel(&node.attrs, &tys, w, bias.as_deref(), out_ty).map_err(|e| err(format!("{}: {e}", who())))?;
-                    Some(Step::Conv {
-                        kernel,
-                        geometry,
-                        x: slot(node.operands[0]),
-                        out: slot(node.results[0]),
-                        elem: out_ty.elem.clone(),
-                    })
+                    Some(Step::Conv { kernel, geometry, x: slot(node.operands[0]), out: slot(node.results[0]) })
+                }
+                (OpKind::Quantize, _, _) if tys[0].elem.is_f32() => {
+                    Q8::of(out_ty).map(|q| Step::Quantize { q, x: slot(node.operands[0]), out: slot(node.results[0]) })
+                }
+                (OpKind::Dequantize, _, _) if out_ty.elem.is_f32() => {
+                    Q8::of(tys[0]).map(|q| Step::Dequantize { q, x: slot(node.operands[0]), out: slot(node.results[0]) })
+                }
+                (OpKind::MaxPool, true, _) => max_pool8(&node.attrs, tys[0], out_ty).map(|spec| Step::MaxPool {
+                    spec: Box::new(spec),
+                    x: slot(node.operands[0]),
+                    out: slot(node.results[0]),
+                }),
+                (OpKind::Reshape | OpKind::Flatten | OpKind::Squeeze | OpKind::Unsqueeze, true, _)
+                    if node.operands.len() == 1
+                        && Q8::of(tys[0]).is_some()
+                        && out_ty.dims.iter().filter(|d| **d == Dim::Dynamic).count() <= 1 =>
+                {
+                    Some(Step::Reshape { dims: out_ty.dims.clone(), x: slot(node.operands[0]), out: slot(node.results[0]) })
                 }
                 (OpKind::Conv2d, true, Some(w)) if node.attrs.int("groups", 1) > 1 => {
                     depthwise(&node.attrs, &tys, w, bias.as_deref(), out_ty).map(|spec| Step::Depthwise {
                         spec: Box::new(spec),
                         x: slot(node.operands[0]),
                         out: slot(node.results[0]),
-                        elem: out_ty.elem.clone(),
                     })
                 }
                 (OpKind::Add, true, _) if tys[0].dims == tys[1].dims && tys[0].dims == out_ty.dims => {
@@ -195,7 +254,6 @@ impl CompiledModel {
                         a: slot(node.operands[0]),
                         b: slot(node.operands[1]),
                         out: slot(node.results[0]),
-                        elem: out_ty.elem.clone(),
                     })
                 }
                 _ => None,
@@ -218,7 +276,7 @@ impl CompiledModel {
             };
             steps.push((label, step));
         }
-        let outputs = g.outputs().iter().map(|&o| slot(o)).collect();
+        let outputs = g.outputs().iter().map(|&o| (slot(o), g.ty(o).elem.clone())).collect();
         Ok(CompiledModel { name: g.name.clone(), steps, consts, slots: next, inputs, outputs, kernels })
     }
 
@@ -239,7 +297,7 @@ impl CompiledModel {
         for (_, step) in &self.steps {
             exec(step, &mut slots)?;
         }
-        self.outputs.iter().map(|&s| get(&slots, s).map(|t| t.as_ref().clone())).collect()
+        self.outputs.iter().map(|&(s, ref elem)| tensor(&slots, s, elem).map(|t| t.as_ref().clone())).collect()
     }
 
     /// Runs the model `runs` times and returns each step's median time and the integer
@@ -273,17 +331,17 @@ impl CompiledModel {
     }
 
     /// The working values of one run: inputs (checked) and constants.
-    fn load(&self, inputs: &[Tensor]) -> Result<Vec<Option<Arc<Tensor>>>, CodegenError> {
+    fn load(&self, inputs: &[Tensor]) -> Result<Slots, CodegenError> {
         if inputs.len() != self.inputs.len() {
             return Err(err(format!("@{} takes {} inputs, got {}", self.name, self.inputs.len(), inputs.len())));
         }
-        let mut slots: Vec<Option<Arc<Tensor>>> = vec![None; self.slots];
+        let mut slots: Slots = vec![None; self.slots];
         for ((s, ty, name), t) in self.inputs.iter().zip(inputs) {
             check_input(name, ty, t).map_err(err)?;
-            slots[*s] = Some(Arc::new(t.clone()));
+            slots[*s] = Some(Val::T(Arc::new(t.clone())));
         }
         for (s, t) in &self.consts {
-            slots[*s] = Some(t.clone());
+            slots[*s] = Some(Val::T(t.clone()));
         }
         Ok(slots)
     }
@@ -302,26 +360,50 @@ pub struct StepProfile {
     pub ops: u64,
 }
 
-fn get(slots: &[Option<Arc<Tensor>>], s: Slot) -> Result<Arc<Tensor>, CodegenError> {
-    slots[s].clone().ok_or_else(|| err("a value was read before it was computed"))
+/// A working value: a tensor, or the bytes of an 8-bit quantized tensor with its shape — what the
+/// kernels read and write, so that nothing is converted between two kernels.
+#[derive(Clone)]
+enum Val {
+    T(Arc<Tensor>),
+    B(Arc<Vec<u8>>, Vec<usize>),
+}
+
+type Slots = Vec<Option<Val>>;
+
+fn val(slots: &Slots, s: Slot) -> Result<&Val, CodegenError> {
+    slots[s].as_ref().ok_or_else(|| err("a value was read before it was computed"))
+}
+
+/// The bytes and shape of an 8-bit value.
+fn bytes(slots: &Slots, s: Slot) -> Result<(Arc<Vec<u8>>, Vec<usize>), CodegenError> {
+    match val(slots, s)? {
+        Val::B(b, shape) => Ok((b.clone(), shape.clone())),
+        Val::T(t) => Ok((Arc::new(tensor_bytes(t).ok_or_else(|| err("a kernel input is not 8-bit"))?), t.shape().to_vec())),
+    }
+}
+
+/// A value as a tensor of element type `elem`.
+fn tensor(slots: &Slots, s: Slot, elem: &ElemType) -> Result<Arc<Tensor>, CodegenError> {
+    match val(slots, s)? {
+        Val::T(t) => Ok(t.clone()),
+        Val::B(b, shape) => Ok(Arc::new(bytes_tensor(b.as_ref().clone(), shape, elem))),
+    }
 }
 
 /// Runs one step; returns the integer operations a kernel did.
-fn exec(step: &Step, slots: &mut [Option<Arc<Tensor>>]) -> Result<u64, CodegenError> {
+fn exec(step: &Step, slots: &mut Slots) -> Result<u64, CodegenError> {
     Ok(match step {
-        Step::Gemm { kernel, a, out, elem } => {
-            let x = get(slots, *a)?;
-            let (m, n) = (x.shape()[0], kernel.columns());
-            let bytes = tensor_bytes(&x).ok_or_else(|| err("a GEMM input is not 8-bit"))?;
+        Step::Gemm { kernel, a, out, .. } => {
+            let (x, shape) = bytes(slots, *a)?;
+            let (m, n) = (shape[0], kernel.columns());
             let mut y = vec![0u8; m * n];
-            kernel.run(&bytes, m, &mut y).map_err(err)?;
-            slots[*out] = Some(Arc::new(bytes_tensor(y, &[m, n], elem)));
+            kernel.run(&x, m, &mut y).map_err(err)?;
+            slots[*out] = Some(Val::B(Arc::new(y), vec![m, n]));
             2 * (m * n * kernel.depth()) as u64
         }
-        Step::Conv { kernel, geometry: g, x, out, elem } => {
-            let x = get(slots, *x)?;
-            let bytes = tensor_bytes(&x).ok_or_else(|| err("a convolution input is not 8-bit"))?;
-            let batch = x.shape()[0];
+        Step::Conv { kernel, geometry: g, x, out, .. } => {
+            let (bytes, shape) = bytes(slots, *x)?;
+            let batch = shape[0];
             let o = kernel.columns();
             let rows = g.oh * g.ow;
             let kk = g.kk;
@@ -339,13 +421,50 @@ fn exec(step: &Step, slots: &mut [Option<Arc<Tensor>>]) -> Result<u64, CodegenEr
                     }
                 }
             }
-            slots[*out] = Some(Arc::new(bytes_tensor(y, &[batch, o, g.oh, g.ow], elem)));
+            slots[*out] = Some(Val::B(Arc::new(y), vec![batch, o, g.oh, g.ow]));
             2 * (batch * rows * o * kk) as u64
         }
-        Step::Depthwise { spec: d, x, out, elem } => {
-            let x = get(slots, *x)?;
-            let bytes = tensor_bytes(&x).ok_or_else(|| err("a convolution input is not 8-bit"))?;
-            let batch = x.shape()[0];
+        Step::Quantize { q, x, out } => {
+            let t = tensor(slots, *x, &ElemType::Scalar(qc_ir::ScalarType::F32))?;
+            let a = t.as_f32().ok_or_else(|| err("quantize reads f32"))?;
+            let (lo, hi) = if q.signed { (-128, 127) } else { (0, 255) };
+            let y: Vec<u8> = a.iter().map(|&v| quantize_value(v, q.scale, q.zp, lo, hi) as u8).collect();
+            slots[*out] = Some(Val::B(Arc::new(y), a.shape().to_vec()));
+            0
+        }
+        Step::Dequantize { q, x, out } => {
+            let (b, shape) = bytes(slots, *x)?;
+            let y: Vec<f32> = b.iter().map(|&v| dequantize_value(q.value(v), q.scale, q.zp)).collect();
+            let t = Tensor::F32(ndarray::ArrayD::from_shape_vec(ndarray::IxDyn(&shape), y).map_err(|e| err(e.to_string()))?);
+            slots[*out] = Some(Val::T(Arc::new(t)));
+            0
+        }
+        Step::MaxPool { spec: m, x, out } => {
+            let (b, shape) = bytes(slots, *x)?;
+            let planes = b.len() / m.plane;
+            let mut y = vec![0u8; planes * m.positions];
+            for (plane, dst) in b.chunks_exact(m.plane).zip(y.chunks_exact_mut(m.positions)) {
+                for (p, o) in dst.iter_mut().enumerate() {
+                    let taps = m.gather[p * m.taps..(p + 1) * m.taps].iter().filter(|&&g| g >= 0).map(|&g| plane[g as usize]);
+                    *o = if m.signed { taps.map(|v| v as i8).max().unwrap_or(i8::MIN) as u8 } else { taps.max().unwrap_or(0) };
+                }
+            }
+            slots[*out] = Some(Val::B(Arc::new(y), vec![shape[0], shape[1], m.out_dims[0], m.out_dims[1]]));
+            0
+        }
+        Step::Reshape { dims, x, out } => {
+            let (b, _) = bytes(slots, *x)?;
+            let fixed: usize = dims.iter().filter_map(|d| d.fixed()).map(|n| n as usize).product();
+            if fixed == 0 || b.len() % fixed != 0 {
+                return Err(err("a reshape does not divide its input"));
+            }
+            let shape: Vec<usize> = dims.iter().map(|d| d.fixed().map_or(b.len() / fixed, |n| n as usize)).collect();
+            slots[*out] = Some(Val::B(b, shape));
+            0
+        }
+        Step::Depthwise { spec: d, x, out, .. } => {
+            let (bytes, shape) = bytes(slots, *x)?;
+            let batch = shape[0];
             let mut y = vec![0u8; batch * d.c * d.positions];
             for (img, dst) in bytes.chunks_exact(d.c * d.plane).zip(y.chunks_exact_mut(d.c * d.positions)) {
                 for ch in 0..d.c {
@@ -364,36 +483,33 @@ fn exec(step: &Step, slots: &mut [Option<Arc<Tensor>>]) -> Result<u64, CodegenEr
                     }
                 }
             }
-            slots[*out] = Some(Arc::new(bytes_tensor(y, &[batch, d.out_dims[0], d.out_dims[1], d.out_dims[2]], elem)));
+            slots[*out] = Some(Val::B(Arc::new(y), vec![batch, d.out_dims[0], d.out_dims[1], d.out_dims[2]]));
             2 * (batch * d.c * d.positions * d.taps) as u64
         }
-        Step::AddQ { spec: q, a, b, out, elem } => {
-            let (ta, tb) = (get(slots, *a)?, get(slots, *b)?);
-            let (ba, bb) = (
-                tensor_bytes(&ta).ok_or_else(|| err("an add input is not 8-bit"))?,
-                tensor_bytes(&tb).ok_or_else(|| err("an add input is not 8-bit"))?,
-            );
+        Step::AddQ { spec: q, a, b, out, .. } => {
+            let ((ba, shape), (bb, _)) = (bytes(slots, *a)?, bytes(slots, *b)?);
             let val = |v: u8, signed: bool| if signed { v as i8 as i32 } else { v as i32 };
             let y: Vec<u8> = ba
                 .iter()
-                .zip(&bb)
+                .zip(bb.iter())
                 .map(|(&p, &r)| {
                     let real = q.a.0 * (val(p, q.a.2) - q.a.1) as f32 + q.b.0 * (val(r, q.b.2) - q.b.1) as f32;
                     let v = (real / q.y.0).round_ties_even() + q.y.1 as f32;
                     v.clamp(q.lo as f32, q.hi as f32) as i32 as u8
                 })
                 .collect();
-            slots[*out] = Some(Arc::new(bytes_tensor(y, ta.shape(), elem)));
+            slots[*out] = Some(Val::B(Arc::new(y), shape));
             0
         }
         Step::Eval { kind, attrs, args, arg_types, results, result_types } => {
-            let vals: Vec<Arc<Tensor>> = args.iter().map(|&s| get(slots, s)).collect::<Result<_, _>>()?;
+            let vals: Vec<Arc<Tensor>> =
+                args.iter().zip(arg_types).map(|(&s, t)| tensor(slots, s, &t.elem)).collect::<Result<_, _>>()?;
             let refs: Vec<&Tensor> = vals.iter().map(|v| v.as_ref()).collect();
             let tys: Vec<&TensorType> = arg_types.iter().collect();
             let outs: Vec<&TensorType> = result_types.iter().collect();
             let ts = eval_op_multi(*kind, attrs, &refs, &tys, &outs).map_err(|e| err(format!("{kind}: {e}")))?;
             for (&s, t) in results.iter().zip(ts) {
-                slots[s] = Some(Arc::new(t));
+                slots[s] = Some(Val::T(Arc::new(t)));
             }
             0
         }
@@ -467,6 +583,34 @@ fn depthwise(attrs: &Attrs, tys: &[&TensorType], w: &Tensor, bias: Option<&Tenso
         hi,
         out_dims: [c, oh, ow],
     })
+}
+
+/// The byte kernel of an 8-bit max pooling, or `None`.
+fn max_pool8(attrs: &Attrs, x: &TensorType, out: &TensorType) -> Option<MaxPool8> {
+    let q = Q8::of(x)?;
+    if x.rank() != 4 || Q8::of(out).is_none() {
+        return None;
+    }
+    let (h, w) = (x.dims[2].fixed()? as usize, x.dims[3].fixed()? as usize);
+    let (oh, ow) = (out.dims[2].fixed()? as usize, out.dims[3].fixed()? as usize);
+    let k = attrs.ints("kernel_shape")?;
+    let (kh, kw) = (k[0] as usize, k[1] as usize);
+    let ints = |key: &str, n: usize, d: u64| qc_ir::infer::ints_or(attrs, key, n, d).ok();
+    let (s, p, dil) = (ints("strides", 2, 1)?, ints("pads", 4, 0)?, ints("dilations", 2, 1)?);
+    let mut gather = Vec::with_capacity(oh * ow * kh * kw);
+    for oy in 0..oh {
+        for ox in 0..ow {
+            for ky in 0..kh {
+                let iy = (oy * s[0] as usize + ky * dil[0] as usize) as isize - p[0] as isize;
+                for kx in 0..kw {
+                    let ix = (ox * s[1] as usize + kx * dil[1] as usize) as isize - p[1] as isize;
+                    let inside = iy >= 0 && (iy as usize) < h && ix >= 0 && (ix as usize) < w;
+                    gather.push(if inside { (iy as usize * w + ix as usize) as i32 } else { -1 });
+                }
+            }
+        }
+    }
+    Some(MaxPool8 { plane: h * w, positions: oh * ow, taps: kh * kw, gather, signed: q.signed, out_dims: [oh, ow] })
 }
 
 /// The Rust kernel of an integer add of same-shape operands, or `None`.
