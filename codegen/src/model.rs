@@ -407,17 +407,23 @@ fn exec(step: &Step, slots: &mut Slots) -> Result<u64, CodegenError> {
             let o = kernel.columns();
             let rows = g.oh * g.ow;
             let kk = g.kk;
-            let mut patches = vec![0u8; rows * kk];
-            let mut tmp = vec![0u8; rows * o];
+            // Every image's patches in one matrix, so that one kernel call covers the batch.
+            let image = g.c * g.h * g.w;
+            if bytes.len() != batch * image {
+                return Err(err("a convolution input does not have its compiled shape"));
+            }
+            let mut patches = vec![0u8; batch * rows * kk];
+            for (img, dst) in bytes.chunks_exact(image).zip(patches.chunks_exact_mut(rows * kk)) {
+                im2col(img, g, dst);
+            }
+            let mut tmp = vec![0u8; batch * rows * o];
+            kernel.run(&patches, batch * rows, &mut tmp).map_err(err)?;
+            // [batch·rows, O] → [batch, O, rows] (NCHW).
             let mut y = vec![0u8; batch * o * rows];
-            for b in 0..batch {
-                im2col(&bytes[b * g.c * g.h * g.w..(b + 1) * g.c * g.h * g.w], g, &mut patches);
-                kernel.run(&patches, rows, &mut tmp).map_err(err)?;
-                // [rows, O] → [O, rows] (NCHW).
-                let dst = &mut y[b * o * rows..(b + 1) * o * rows];
+            for (src, dst) in tmp.chunks_exact(rows * o).zip(y.chunks_exact_mut(o * rows)) {
                 for r in 0..rows {
                     for c in 0..o {
-                        dst[c * rows + r] = tmp[r * o + c];
+                        dst[c * rows + r] = src[r * o + c];
                     }
                 }
             }
