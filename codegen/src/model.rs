@@ -13,6 +13,7 @@ use qc_ir::eval::{check_input, dequantize_value, eval_op_multi, quantize_value};
 use qc_ir::{Attr, Attrs, ConstValue, Dim, ElemType, Graph, OpKind, Tensor, TensorType, ValueId};
 use std::collections::HashMap;
 use std::fmt;
+use std::ops::Add;
 use std::sync::Arc;
 
 /// Why a model could not be compiled or run.
@@ -49,8 +50,9 @@ struct Depthwise {
     plane: usize,
     positions: usize,
     taps: usize,
-    /// For every (output position, tap), the input index within one channel plane, or -1.
-    gather: Vec<i32>,
+    /// For every (tap, output position), the input index within one channel plane; `plane` for
+    /// the padding.
+    gather: Vec<u32>,
     /// `w − zp_w`, `[C][taps]`.
     weights: Vec<i32>,
     bias: Vec<i32>,
@@ -471,21 +473,28 @@ fn exec(step: &Step, slots: &mut Slots) -> Result<u64, CodegenError> {
         Step::Depthwise { spec: d, x, out, .. } => {
             let (bytes, shape) = bytes(slots, *x)?;
             let batch = shape[0];
+            if bytes.len() != batch * d.c * d.plane {
+                return Err(err("a convolution input does not have its compiled shape"));
+            }
             let mut y = vec![0u8; batch * d.c * d.positions];
+            // One channel plane widened to i32 minus the zero point, plus a 0 that padding reads.
+            let mut xz = vec![0i32; d.plane + 1];
+            let mut acc = vec![0i32; d.positions];
             for (img, dst) in bytes.chunks_exact(d.c * d.plane).zip(y.chunks_exact_mut(d.c * d.positions)) {
                 for ch in 0..d.c {
-                    let plane = &img[ch * d.plane..(ch + 1) * d.plane];
-                    let w = &d.weights[ch * d.taps..(ch + 1) * d.taps];
-                    let out = &mut dst[ch * d.positions..(ch + 1) * d.positions];
-                    for (p, o) in out.iter_mut().enumerate() {
-                        let mut acc = d.bias[ch];
-                        for (t, &g) in d.gather[p * d.taps..(p + 1) * d.taps].iter().enumerate() {
-                            if g >= 0 {
-                                let v = if d.x_signed { plane[g as usize] as i8 as i32 } else { plane[g as usize] as i32 };
-                                acc = acc.wrapping_add((v - d.zp_x).wrapping_mul(w[t]));
-                            }
+                    for (v, &b) in xz.iter_mut().zip(&img[ch * d.plane..(ch + 1) * d.plane]) {
+                        *v = if d.x_signed { b as i8 as i32 } else { b as i32 } - d.zp_x;
+                    }
+                    acc.fill(d.bias[ch]);
+                    for t in 0..d.taps {
+                        let w = d.weights[ch * d.taps + t];
+                        for (a, &g) in acc.iter_mut().zip(&d.gather[t * d.positions..(t + 1) * d.positions]) {
+                            *a = a.wrapping_add(w.wrapping_mul(xz[g as usize]));
                         }
-                        *o = d.requant[ch].apply(acc, d.zp_y, d.lo, d.hi) as u8;
+                    }
+                    let r = d.requant[ch];
+                    for (o, &a) in dst[ch * d.positions..(ch + 1) * d.positions].iter_mut().zip(&acc) {
+                        *o = r.apply(a, d.zp_y, d.lo, d.hi) as u8;
                     }
                 }
             }
@@ -494,15 +503,20 @@ fn exec(step: &Step, slots: &mut Slots) -> Result<u64, CodegenError> {
         }
         Step::AddQ { spec: q, a, b, out, .. } => {
             let ((ba, shape), (bb, _)) = (bytes(slots, *a)?, bytes(slots, *b)?);
-            let val = |v: u8, signed: bool| if signed { v as i8 as i32 } else { v as i32 };
+            if ba.len() != bb.len() {
+                return Err(err("add operands differ in size"));
+            }
+            // s·(v − z) for every byte value: the same f32 operations as element by element.
+            let table = |(s, z, signed): (f32, i32, bool)| -> Vec<f32> {
+                (0..=255u8).map(|v| s * (if signed { v as i8 as i32 } else { v as i32 } - z) as f32).collect()
+            };
+            let (ta, tb) = (table(q.a), table(q.b));
+            let (sy, zy) = (q.y.0, q.y.1 as f32);
+            let (lo, hi) = (q.lo as f32, q.hi as f32);
             let y: Vec<u8> = ba
                 .iter()
                 .zip(bb.iter())
-                .map(|(&p, &r)| {
-                    let real = q.a.0 * (val(p, q.a.2) - q.a.1) as f32 + q.b.0 * (val(r, q.b.2) - q.b.1) as f32;
-                    let v = (real / q.y.0).round_ties_even() + q.y.1 as f32;
-                    v.clamp(q.lo as f32, q.hi as f32) as i32 as u8
-                })
+                .map(|(&p, &r)| ((ta[p as usize] + tb[r as usize]) / sy).round_ties_even().add(zy).clamp(lo, hi) as i32 as u8)
                 .collect();
             slots[*out] = Some(Val::B(Arc::new(y), shape));
             0
@@ -543,7 +557,9 @@ fn depthwise(attrs: &Attrs, tys: &[&TensorType], w: &Tensor, bias: Option<&Tenso
     let ints = |k: &str, n: usize, d: u64| qc_ir::infer::ints_or(attrs, k, n, d).ok();
     let (s, p, dil) = (ints("strides", 2, 1)?, ints("pads", 4, 0)?, ints("dilations", 2, 1)?);
     let (oh, ow) = (out.dims[2].fixed()? as usize, out.dims[3].fixed()? as usize);
-    let mut gather = Vec::with_capacity(oh * ow * kh * kw);
+    // Tap-major: gather[t · positions + p] is the input index tap t of position p reads; the
+    // padding reads index `plane`, a zero.
+    let mut gather = vec![0u32; kh * kw * oh * ow];
     for oy in 0..oh {
         for ox in 0..ow {
             for ky in 0..kh {
@@ -551,7 +567,8 @@ fn depthwise(attrs: &Attrs, tys: &[&TensorType], w: &Tensor, bias: Option<&Tenso
                 for kx in 0..kw {
                     let ix = (ox * s[1] as usize + kx * dil[1] as usize) as isize - p[1] as isize;
                     let inside = iy >= 0 && (iy as usize) < h && ix >= 0 && (ix as usize) < wd;
-                    gather.push(if inside { (iy as usize * wd + ix as usize) as i32 } else { -1 });
+                    gather[(ky * kw + kx) * oh * ow + oy * ow + ox] =
+                        if inside { (iy as usize * wd + ix as usize) as u32 } else { (h * wd) as u32 };
                 }
             }
         }
