@@ -97,12 +97,13 @@ impl Q8 {
     }
 }
 
-/// Max pooling over 8-bit planes through a gather table (-1 = padding, which never wins).
+/// Max pooling over 8-bit planes through a window table (the padding reads the type's lowest
+/// value, which never wins).
 struct MaxPool8 {
     plane: usize,
     positions: usize,
     taps: usize,
-    gather: Vec<i32>,
+    gather: Vec<u32>,
     signed: bool,
     out_dims: [usize; 2],
 }
@@ -451,10 +452,22 @@ fn exec(step: &Step, slots: &mut Slots) -> Result<u64, CodegenError> {
             let (b, shape) = bytes(slots, *x)?;
             let planes = b.len() / m.plane;
             let mut y = vec![0u8; planes * m.positions];
+            // Compare as i16 (i8 or u8 values fit); the padding index reads the lowest value.
+            let lowest = if m.signed { i8::MIN as i16 } else { 0 };
+            let mut ext = vec![lowest; m.plane + 1];
+            let mut best = vec![lowest; m.positions];
             for (plane, dst) in b.chunks_exact(m.plane).zip(y.chunks_exact_mut(m.positions)) {
-                for (p, o) in dst.iter_mut().enumerate() {
-                    let taps = m.gather[p * m.taps..(p + 1) * m.taps].iter().filter(|&&g| g >= 0).map(|&g| plane[g as usize]);
-                    *o = if m.signed { taps.map(|v| v as i8).max().unwrap_or(i8::MIN) as u8 } else { taps.max().unwrap_or(0) };
+                for (e, &v) in ext.iter_mut().zip(plane) {
+                    *e = if m.signed { v as i8 as i16 } else { v as i16 };
+                }
+                best.fill(lowest);
+                for t in 0..m.taps {
+                    for (bv, &g) in best.iter_mut().zip(&m.gather[t * m.positions..(t + 1) * m.positions]) {
+                        *bv = (*bv).max(ext[g as usize]);
+                    }
+                }
+                for (o, &v) in dst.iter_mut().zip(&best) {
+                    *o = v as u8;
                 }
             }
             slots[*out] = Some(Val::B(Arc::new(y), vec![shape[0], shape[1], m.out_dims[0], m.out_dims[1]]));
@@ -536,6 +549,31 @@ fn exec(step: &Step, slots: &mut Slots) -> Result<u64, CodegenError> {
     })
 }
 
+/// The window of a convolution or pooling over one `h × w` plane: for every (tap, output
+/// position), the index in the plane that the tap reads, or `h · w` where it falls in the padding.
+/// Tap-major, so that kernels sweep all positions for one tap at a time.
+fn window_taps(attrs: &Attrs, (h, w): (usize, usize), (kh, kw): (usize, usize), (oh, ow): (usize, usize)) -> Option<Vec<u32>> {
+    let ints = |k: &str, n: usize, d: u64| qc_ir::infer::ints_or(attrs, k, n, d).ok();
+    let (s, p, dil) = (ints("strides", 2, 1)?, ints("pads", 4, 0)?, ints("dilations", 2, 1)?);
+    let mut taps = vec![(h * w) as u32; kh * kw * oh * ow];
+    for oy in 0..oh {
+        let y0 = (oy * s[0] as usize) as isize - p[0] as isize;
+        for ox in 0..ow {
+            let x0 = (ox * s[1] as usize) as isize - p[1] as isize;
+            for ky in 0..kh {
+                let iy = y0 + (ky * dil[0] as usize) as isize;
+                for kx in 0..kw {
+                    let ix = x0 + (kx * dil[1] as usize) as isize;
+                    if iy >= 0 && (iy as usize) < h && ix >= 0 && (ix as usize) < w {
+                        taps[(ky * kw + kx) * oh * ow + oy * ow + ox] = (iy as usize * w + ix as usize) as u32;
+                    }
+                }
+            }
+        }
+    }
+    Some(taps)
+}
+
 /// The Rust kernel of an integer depthwise conv2d (groups = C_in = C_out), or `None`.
 fn depthwise(attrs: &Attrs, tys: &[&TensorType], w: &Tensor, bias: Option<&Tensor>, out: &TensorType) -> Option<Depthwise> {
     let (x, wt) = (tys[0], tys[1]);
@@ -554,25 +592,8 @@ fn depthwise(attrs: &Attrs, tys: &[&TensorType], w: &Tensor, bias: Option<&Tenso
     {
         return None;
     }
-    let ints = |k: &str, n: usize, d: u64| qc_ir::infer::ints_or(attrs, k, n, d).ok();
-    let (s, p, dil) = (ints("strides", 2, 1)?, ints("pads", 4, 0)?, ints("dilations", 2, 1)?);
     let (oh, ow) = (out.dims[2].fixed()? as usize, out.dims[3].fixed()? as usize);
-    // Tap-major: gather[t · positions + p] is the input index tap t of position p reads; the
-    // padding reads index `plane`, a zero.
-    let mut gather = vec![0u32; kh * kw * oh * ow];
-    for oy in 0..oh {
-        for ox in 0..ow {
-            for ky in 0..kh {
-                let iy = (oy * s[0] as usize + ky * dil[0] as usize) as isize - p[0] as isize;
-                for kx in 0..kw {
-                    let ix = (ox * s[1] as usize + kx * dil[1] as usize) as isize - p[1] as isize;
-                    let inside = iy >= 0 && (iy as usize) < h && ix >= 0 && (ix as usize) < wd;
-                    gather[(ky * kw + kx) * oh * ow + oy * ow + ox] =
-                        if inside { (iy as usize * wd + ix as usize) as u32 } else { (h * wd) as u32 };
-                }
-            }
-        }
-    }
+    let gather = window_taps(attrs, (h, wd), (kh, kw), (oh, ow))?;
     let wv = w.to_i64_vec()?;
     let taps = kh * kw;
     let (s_x, zp_x) = xq.at(0);
@@ -618,21 +639,7 @@ fn max_pool8(attrs: &Attrs, x: &TensorType, out: &TensorType) -> Option<MaxPool8
     let (oh, ow) = (out.dims[2].fixed()? as usize, out.dims[3].fixed()? as usize);
     let k = attrs.ints("kernel_shape")?;
     let (kh, kw) = (k[0] as usize, k[1] as usize);
-    let ints = |key: &str, n: usize, d: u64| qc_ir::infer::ints_or(attrs, key, n, d).ok();
-    let (s, p, dil) = (ints("strides", 2, 1)?, ints("pads", 4, 0)?, ints("dilations", 2, 1)?);
-    let mut gather = Vec::with_capacity(oh * ow * kh * kw);
-    for oy in 0..oh {
-        for ox in 0..ow {
-            for ky in 0..kh {
-                let iy = (oy * s[0] as usize + ky * dil[0] as usize) as isize - p[0] as isize;
-                for kx in 0..kw {
-                    let ix = (ox * s[1] as usize + kx * dil[1] as usize) as isize - p[1] as isize;
-                    let inside = iy >= 0 && (iy as usize) < h && ix >= 0 && (ix as usize) < w;
-                    gather.push(if inside { (iy as usize * w + ix as usize) as i32 } else { -1 });
-                }
-            }
-        }
-    }
+    let gather = window_taps(attrs, (h, w), (kh, kw), (oh, ow))?;
     Some(MaxPool8 { plane: h * w, positions: oh * ow, taps: kh * kw, gather, signed: q.signed, out_dims: [oh, ow] })
 }
 
@@ -669,8 +676,6 @@ fn conv_kernel(
     let (c, h, wd) = (d[0], d[1], d[2]);
     let ws = w.shape();
     let (o, kh, kw) = (ws[0], ws[2], ws[3]);
-    let ints = |k: &str, n: usize, d: u64| qc_ir::infer::ints_or(attrs, k, n, d);
-    let (s, p, dil) = (ints("strides", 2, 1)?, ints("pads", 4, 0)?, ints("dilations", 2, 1)?);
     let oh = out.dims[2].fixed().ok_or("fixed output dims")? as usize;
     let ow = out.dims[3].fixed().ok_or("fixed output dims")? as usize;
     let xq = x.elem.quant().ok_or("the input must be quantized")?;
@@ -697,17 +702,15 @@ fn conv_kernel(
     let kernel = GemmKernel::compile(&spec)?;
     let pad_value = if xq.storage == qc_ir::ScalarType::I8 { zp as i8 as u8 } else { zp as u8 };
     let kk = c * kh * kw;
-    let mut gather = Vec::with_capacity(oh * ow * kk);
-    for oy in 0..oh {
-        for ox in 0..ow {
-            for ch in 0..c {
-                for ky in 0..kh {
-                    let iy = (oy * s[0] as usize + ky * dil[0] as usize) as isize - p[0] as isize;
-                    for kx in 0..kw {
-                        let ix = (ox * s[1] as usize + kx * dil[1] as usize) as isize - p[1] as isize;
-                        let inside = iy >= 0 && (iy as usize) < h && ix >= 0 && (ix as usize) < wd;
-                        gather.push(if inside { ((ch * h + iy as usize) * wd + ix as usize) as i32 } else { -1 });
-                    }
+    let (taps, positions, plane) = (kh * kw, oh * ow, h * wd);
+    let window = window_taps(attrs, (h, wd), (kh, kw), (oh, ow)).ok_or("bad convolution attributes")?;
+    let mut gather = vec![-1i32; positions * kk];
+    for pos in 0..positions {
+        for ch in 0..c {
+            for t in 0..taps {
+                let g = window[t * positions + pos] as usize;
+                if g != plane {
+                    gather[pos * kk + ch * taps + t] = (ch * plane + g) as i32;
                 }
             }
         }
