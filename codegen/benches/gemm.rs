@@ -48,7 +48,7 @@ fn main() {
             std::hint::black_box(af.dot(&bf));
         });
         println!("{m}x{n}x{k}: f32 ndarray {:.3} ms, {:.1} GFLOPS", f32_t * 1e3, ops / f32_t / 1e9);
-        for path in [Path::Scalar, Path::Simd] {
+        for path in [Path::Scalar, Path::Sse, Path::Vnni] {
             let t0 = Instant::now();
             let kernel = GemmKernel::compile_on(&spec, path).expect("compiles");
             let compile = t0.elapsed().as_secs_f64();

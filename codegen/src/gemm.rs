@@ -118,19 +118,28 @@ pub(crate) struct Tables {
 pub enum Path {
     /// One multiply-add at a time: exact on every target, and the reference for the others.
     Scalar,
-    /// 128-bit vectors: four u8×i8 products summed per i32 lane with the dot-product tree the
-    /// x64 backend turns into `vpdpbusd` (AVX-512 VNNI / AVX-VNNI), or a short sequence without.
-    Simd,
+    /// 128-bit vectors, products widened to i16 and summed in pairs (`pmaddwd` on x64).
+    Sse,
+    /// 128-bit vectors, four u8 × i8 products summed per i32 lane by the dot-product tree the
+    /// x64 backend turns into one `vpdpbusd` (AVX-512 VNNI / AVX-VNNI).
+    Vnni,
 }
 
 impl Path {
-    /// The path to use: `QC_ISA=scalar` forces the scalar one; otherwise SIMD where the layer
-    /// allows it (symmetric weights, f32 requantization).
+    /// The path to use: `QC_ISA=scalar|sse|vnni` forces one; otherwise VNNI where the host has it,
+    /// else SSE — the vector paths where the layer allows them (weights in i8, f32 requantization),
+    /// else scalar.
     pub fn choose(spec: &GemmSpec) -> Path {
-        let forced_scalar = std::env::var("QC_ISA").is_ok_and(|v| v == "scalar");
-        let simd_ok =
+        let vector_ok =
             spec.weights.iter().all(|w| (-128..=127).contains(w)) && spec.requant.iter().all(|r| matches!(r, Requant::F32(_)));
-        if forced_scalar || !simd_ok { Path::Scalar } else { Path::Simd }
+        let wanted = match std::env::var("QC_ISA").as_deref() {
+            Ok("scalar") => Path::Scalar,
+            Ok("sse") => Path::Sse,
+            Ok("vnni") => Path::Vnni,
+            _ if crate::jit::host_has_vnni() => Path::Vnni,
+            _ => Path::Sse,
+        };
+        if vector_ok { wanted } else { Path::Scalar }
     }
 }
 
@@ -175,7 +184,7 @@ impl GemmKernel {
     pub fn compile_on(spec: &GemmSpec, path: Path) -> Result<GemmKernel, String> {
         match path {
             Path::Scalar => GemmKernel::compile_scalar(spec),
-            Path::Simd => crate::gemm_simd::compile(spec),
+            Path::Sse | Path::Vnni => crate::gemm_simd::compile(spec, path),
         }
     }
 
@@ -344,7 +353,7 @@ impl GemmKernel {
         // The vector path reads rows in groups of 4 bytes: pad rows whose length is not a multiple.
         let stride = crate::gemm_simd::row_stride(self.k);
         let padded: Vec<u8>;
-        let a = if self.path == Path::Simd && stride != self.k {
+        let a = if self.path != Path::Scalar && stride != self.k {
             let mut p = vec![0u8; m * stride];
             for (dst, src) in p.chunks_exact_mut(stride).zip(a.chunks_exact(self.k)) {
                 dst[..self.k].copy_from_slice(src);

@@ -1,4 +1,5 @@
-//! The vector path of the GEMM kernel (128-bit, what Cranelift 0.135's x64 backend supports).
+//! The vector paths of the GEMM kernel (128-bit, what Cranelift 0.135's x64 backend supports):
+//! VNNI and SSE differ only in how one 4-byte dot product per lane is written.
 //!
 //! Weights are packed at compile time in panels `[N/4][K/4][4 columns][4 k]`, so one 16-byte load
 //! gives 4 output columns × 4 values of k. For each row and group of 4 k, the row's 4 activation
@@ -23,8 +24,9 @@ pub fn row_stride(k: usize) -> usize {
     k.div_ceil(4) * 4
 }
 
-/// u8 (as i8x16 bits) · i8 weights, four products summed into each i32 lane, plus `acc`.
-fn dot(b: &mut FunctionBuilder, acc: Value, w: Value, a: Value) -> Value {
+/// u8 (as i8x16 bits) · i8 weights, four products summed into each i32 lane, plus `acc`: the tree
+/// the x64 backend emits as one `vpdpbusd` where the CPU has VNNI.
+fn dot_vnni(b: &mut FunctionBuilder, acc: Value, w: Value, a: Value) -> Value {
     let (sl, ul) = (b.ins().swiden_low(w), b.ins().uwiden_low(a));
     let lo = b.ins().imul(sl, ul);
     let (sh, uh) = (b.ins().swiden_high(w), b.ins().uwiden_high(a));
@@ -37,7 +39,27 @@ fn dot(b: &mut FunctionBuilder, acc: Value, w: Value, a: Value) -> Value {
     b.ins().iadd(t, acc)
 }
 
-pub(crate) fn compile(spec: &GemmSpec) -> Result<GemmKernel, String> {
+/// The same sum with `pmaddwd`: widen to i16 (u8 activations, i8 weights), multiply and add
+/// adjacent pairs into i32 (columns 0–1 from the low halves, 2–3 from the high), then add the
+/// pairs of each column.
+fn dot_sse(b: &mut FunctionBuilder, acc: Value, w: Value, a: Value) -> Value {
+    let pmaddwd = |b: &mut FunctionBuilder, x: Value, y: Value| {
+        let (xl, yl) = (b.ins().swiden_low(x), b.ins().swiden_low(y));
+        let lo = b.ins().imul(xl, yl);
+        let (xh, yh) = (b.ins().swiden_high(x), b.ins().swiden_high(y));
+        let hi = b.ins().imul(xh, yh);
+        b.ins().iadd_pairwise(lo, hi)
+    };
+    let (al, wl) = (b.ins().uwiden_low(a), b.ins().swiden_low(w));
+    let m_lo = pmaddwd(b, al, wl);
+    let (ah, wh) = (b.ins().uwiden_high(a), b.ins().swiden_high(w));
+    let m_hi = pmaddwd(b, ah, wh);
+    let t = b.ins().iadd_pairwise(m_lo, m_hi);
+    b.ins().iadd(t, acc)
+}
+
+pub(crate) fn compile(spec: &GemmSpec, path: Path) -> Result<GemmKernel, String> {
+    let dot = if path == Path::Vnni { dot_vnni } else { dot_sse };
     let (n, k) = (spec.n, spec.k);
     if n == 0 || k == 0 || spec.weights.len() != n * k || spec.bias.len() != n || spec.requant.len() != n {
         return Err("inconsistent GEMM kernel tables".into());
@@ -223,5 +245,5 @@ pub(crate) fn compile(spec: &GemmSpec) -> Result<GemmKernel, String> {
         b.ins().return_(&[]);
     })?;
     let code = Arc::new(jit.finish()?);
-    Ok(GemmKernel::from_parts(code.function(id), n, k, Path::Simd, tables, code))
+    Ok(GemmKernel::from_parts(code.function(id), n, k, path, tables, code))
 }

@@ -14,6 +14,14 @@ pub fn host_isa() -> Result<OwnedTargetIsa, String> {
     ISA.get_or_init(detect_isa).clone()
 }
 
+/// Whether the host has a VNNI dot-product instruction (AVX512-VNNI or AVX-VNNI), which the
+/// vector GEMM's dot tree becomes.
+pub fn host_has_vnni() -> bool {
+    host_isa().is_ok_and(|isa| {
+        isa.isa_flags().iter().any(|f| (f.name == "has_avx512vnni" || f.name == "has_avx_vnni") && f.as_bool() == Some(true))
+    })
+}
+
 /// `opt_level = "none"`: on kernel code it ran faster than `"speed"` (see
 /// shared/notes/cranelift-int8.md) and compiles 2–3× faster.
 fn detect_isa() -> Result<OwnedTargetIsa, String> {

@@ -107,8 +107,8 @@ fn check(c: &Case) -> Result<(), TestCaseError> {
         .map_err(TestCaseError::fail)?;
     // Every path on this machine: the scalar one always, the vector one when the layer allows it.
     let mut paths = vec![Path::Scalar];
-    if Path::choose(&spec) == Path::Simd {
-        paths.push(Path::Simd);
+    if Path::choose(&spec) != Path::Scalar {
+        paths.extend([Path::Sse, Path::Vnni]);
     }
     for path in paths {
         let kernel = GemmKernel::compile_on(&spec, path).map_err(TestCaseError::fail)?;
