@@ -5,8 +5,9 @@
 //! every other op runs the reference evaluator's implementation. Results equal the evaluator's
 //! bit for bit (tested on the corpus).
 //!
-//! `run` takes `&self` and keeps its working values on its own stack frame, so one model can run
-//! on many threads at once.
+//! `run` takes `&self` and keeps its working values on its own stack frame, with convolution
+//! scratch (patches, GEMM product) owned by the calling thread, so one model can run on many
+//! threads at once.
 
 use crate::gemm::{GemmKernel, GemmSpec, bytes_tensor, tensor_bytes};
 use qc_ir::eval::{check_input, dequantize_value, eval_op_multi, quantize_value};
@@ -31,8 +32,9 @@ impl std::error::Error for CodegenError {}
 type Slot = usize;
 
 /// How a convolution's input patches are gathered into GEMM rows: for every (output position,
-/// tap) the index of the input byte it reads within one image, or -1 for the padding (which reads
-/// the zero point). Computed once, when the model is compiled.
+/// tap) the index of the input byte it reads within one image, or `c·h·w` (one past the image)
+/// for the padding, which reads the zero point appended there. Computed once, when the model is
+/// compiled.
 struct Im2col {
     c: usize,
     h: usize,
@@ -40,7 +42,7 @@ struct Im2col {
     oh: usize,
     ow: usize,
     kk: usize,
-    gather: Vec<i32>,
+    gather: Vec<u32>,
     pad_value: u8,
 }
 
@@ -415,21 +417,25 @@ fn exec(step: &Step, slots: &mut Slots) -> Result<u64, CodegenError> {
             if bytes.len() != batch * image {
                 return Err(err("a convolution input does not have its compiled shape"));
             }
-            let mut patches = vec![0u8; batch * rows * kk];
-            for (img, dst) in bytes.chunks_exact(image).zip(patches.chunks_exact_mut(rows * kk)) {
-                im2col(img, g, dst);
-            }
-            let mut tmp = vec![0u8; batch * rows * o];
-            kernel.run(&patches, batch * rows, &mut tmp).map_err(err)?;
-            // [batch·rows, O] → [batch, O, rows] (NCHW).
             let mut y = vec![0u8; batch * o * rows];
-            for (src, dst) in tmp.chunks_exact(rows * o).zip(y.chunks_exact_mut(o * rows)) {
-                for r in 0..rows {
-                    for c in 0..o {
-                        dst[c * rows + r] = src[r * o + c];
-                    }
+            CONV_SCRATCH.with(|scratch| -> Result<(), CodegenError> {
+                let mut scratch = scratch.borrow_mut();
+                let ConvScratch { padded, patches, product } = &mut *scratch;
+                let patches = grown(patches, batch * rows * kk);
+                let padded = grown(padded, image + 1);
+                padded[image] = g.pad_value;
+                for (img, dst) in bytes.chunks_exact(image).zip(patches.chunks_exact_mut(rows * kk)) {
+                    padded[..image].copy_from_slice(img);
+                    im2col(padded, g, dst);
                 }
-            }
+                let product = grown(product, batch * rows * o);
+                kernel.run(patches, batch * rows, product).map_err(err)?;
+                // [batch·rows, O] → [batch, O, rows] (NCHW).
+                for (src, dst) in product.chunks_exact(rows * o).zip(y.chunks_exact_mut(o * rows)) {
+                    transpose(src, rows, o, dst);
+                }
+                Ok(())
+            })?;
             slots[*out] = Some(Val::B(Arc::new(y), vec![batch, o, g.oh, g.ow]));
             2 * (batch * rows * o * kk) as u64
         }
@@ -704,13 +710,14 @@ fn conv_kernel(
     let kk = c * kh * kw;
     let (taps, positions, plane) = (kh * kw, oh * ow, h * wd);
     let window = window_taps(attrs, (h, wd), (kh, kw), (oh, ow)).ok_or("bad convolution attributes")?;
-    let mut gather = vec![-1i32; positions * kk];
+    let image = (c * plane) as u32;
+    let mut gather = vec![image; positions * kk];
     for pos in 0..positions {
         for ch in 0..c {
             for t in 0..taps {
                 let g = window[t * positions + pos] as usize;
                 if g != plane {
-                    gather[pos * kk + ch * taps + t] = (ch * plane + g) as i32;
+                    gather[pos * kk + ch * taps + t] = (ch * plane + g) as u32;
                 }
             }
         }
@@ -719,9 +726,46 @@ fn conv_kernel(
     Ok((kernel, geometry))
 }
 
-/// Gathers one image's patches through the precomputed index table.
-fn im2col(x: &[u8], g: &Im2col, out: &mut [u8]) {
+/// A thread's reusable buffers for convolutions, so that a run does not allocate (and fault in)
+/// fresh pages for every layer's patch matrix.
+#[derive(Default)]
+struct ConvScratch {
+    padded: Vec<u8>,
+    patches: Vec<u8>,
+    product: Vec<u8>,
+}
+
+thread_local! {
+    static CONV_SCRATCH: std::cell::RefCell<ConvScratch> = std::cell::RefCell::default();
+}
+
+/// The first `n` bytes of `v`, growing it if needed (the contents are stale: callers overwrite).
+fn grown(v: &mut Vec<u8>, n: usize) -> &mut [u8] {
+    if v.len() < n {
+        v.resize(n, 0);
+    }
+    &mut v[..n]
+}
+
+/// Gathers one image's patches through the precomputed index table; `padded` is the image with
+/// the zero point appended.
+fn im2col(padded: &[u8], g: &Im2col, out: &mut [u8]) {
     for (dst, &i) in out.iter_mut().zip(&g.gather) {
-        *dst = if i < 0 { g.pad_value } else { x[i as usize] };
+        *dst = padded[i as usize];
+    }
+}
+
+/// `dst[c][r] = src[r][c]` for a `rows × cols` byte matrix, in tiles that stay in cache.
+fn transpose(src: &[u8], rows: usize, cols: usize, dst: &mut [u8]) {
+    const TILE: usize = 32;
+    for r0 in (0..rows).step_by(TILE) {
+        for c0 in (0..cols).step_by(TILE) {
+            for r in r0..(r0 + TILE).min(rows) {
+                let row = &src[r * cols..(r + 1) * cols];
+                for c in c0..(c0 + TILE).min(cols) {
+                    dst[c * rows + r] = row[c];
+                }
+            }
+        }
     }
 }
