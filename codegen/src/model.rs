@@ -31,18 +31,19 @@ impl std::error::Error for CodegenError {}
 
 type Slot = usize;
 
-/// How a convolution's input patches are gathered into GEMM rows: for every (output position,
-/// tap) the index of the input byte it reads within one image, or `c·h·w` (one past the image)
-/// for the padding, which reads the zero point appended there. Computed once, when the model is
-/// compiled.
+/// How a convolution's input patches are gathered into GEMM rows. Each image is first made
+/// channels-last (`[h·w][c]`, with one more pixel of zero points for the padding), so a patch row
+/// is `kh·kw` runs of `c` contiguous bytes; the weights are flattened in the same
+/// `[kh][kw][c]` order. Computed once, when the model is compiled.
 struct Im2col {
     c: usize,
     h: usize,
     w: usize,
     oh: usize,
     ow: usize,
-    kk: usize,
-    gather: Vec<u32>,
+    taps: usize,
+    /// For every (output position, tap), the input pixel it reads, or `h·w` for the padding.
+    pixels: Vec<u32>,
     pad_value: u8,
 }
 
@@ -411,7 +412,7 @@ fn exec(step: &Step, slots: &mut Slots) -> Result<u64, CodegenError> {
             let batch = shape[0];
             let o = kernel.columns();
             let rows = g.oh * g.ow;
-            let kk = g.kk;
+            let kk = g.c * g.taps;
             // Every image's patches in one matrix, so that one kernel call covers the batch.
             let image = g.c * g.h * g.w;
             if bytes.len() != batch * image {
@@ -422,11 +423,10 @@ fn exec(step: &Step, slots: &mut Slots) -> Result<u64, CodegenError> {
                 let mut scratch = scratch.borrow_mut();
                 let ConvScratch { padded, patches, product } = &mut *scratch;
                 let patches = grown(patches, batch * rows * kk);
-                let padded = grown(padded, image + 1);
-                padded[image] = g.pad_value;
+                let padded = grown(padded, image + g.c);
+                padded[image..].fill(g.pad_value);
                 for (img, dst) in bytes.chunks_exact(image).zip(patches.chunks_exact_mut(rows * kk)) {
-                    padded[..image].copy_from_slice(img);
-                    im2col(padded, g, dst);
+                    im2col(img, g, padded, dst);
                 }
                 let product = grown(product, batch * rows * o);
                 kernel.run(patches, batch * rows, product).map_err(err)?;
@@ -686,10 +686,16 @@ fn conv_kernel(
     let ow = out.dims[3].fixed().ok_or("fixed output dims")? as usize;
     let xq = x.elem.quant().ok_or("the input must be quantized")?;
     let zp = xq.at(0).1;
+    // `[O, C, kh, kw]` → `[O, kh·kw·C]`, the order of the channels-last patch rows.
     let flat_w = match w {
-        Tensor::I8(a) => {
-            Tensor::I8(a.clone().into_shape_with_order(ndarray::IxDyn(&[o, c * kh * kw])).map_err(|e| e.to_string())?)
-        }
+        Tensor::I8(a) => Tensor::I8(
+            a.view()
+                .permuted_axes(ndarray::IxDyn(&[0, 2, 3, 1]))
+                .as_standard_layout()
+                .into_owned()
+                .into_shape_with_order(ndarray::IxDyn(&[o, c * kh * kw]))
+                .map_err(|e| e.to_string())?,
+        ),
         _ => return Err("convolution weights must be i8".into()),
     };
     let wty = TensorType { dims: vec![Dim::Fixed(o as u64), Dim::Fixed((c * kh * kw) as u64)], elem: tys[1].elem.clone() };
@@ -707,22 +713,15 @@ fn conv_kernel(
     let spec = GemmSpec::from_node(OpKind::Gemm, &gemm_attrs, &types, &flat_w, bias, &oty)?;
     let kernel = GemmKernel::compile(&spec)?;
     let pad_value = if xq.storage == qc_ir::ScalarType::I8 { zp as i8 as u8 } else { zp as u8 };
-    let kk = c * kh * kw;
-    let (taps, positions, plane) = (kh * kw, oh * ow, h * wd);
+    let (taps, positions) = (kh * kw, oh * ow);
     let window = window_taps(attrs, (h, wd), (kh, kw), (oh, ow)).ok_or("bad convolution attributes")?;
-    let image = (c * plane) as u32;
-    let mut gather = vec![image; positions * kk];
+    let mut pixels = vec![0u32; positions * taps];
     for pos in 0..positions {
-        for ch in 0..c {
-            for t in 0..taps {
-                let g = window[t * positions + pos] as usize;
-                if g != plane {
-                    gather[pos * kk + ch * taps + t] = (ch * plane + g) as u32;
-                }
-            }
+        for t in 0..taps {
+            pixels[pos * taps + t] = window[t * positions + pos];
         }
     }
-    let geometry = Im2col { c, h, w: wd, oh, ow, kk, gather, pad_value };
+    let geometry = Im2col { c, h, w: wd, oh, ow, taps, pixels, pad_value };
     Ok((kernel, geometry))
 }
 
@@ -747,11 +746,22 @@ fn grown(v: &mut Vec<u8>, n: usize) -> &mut [u8] {
     &mut v[..n]
 }
 
-/// Gathers one image's patches through the precomputed index table; `padded` is the image with
-/// the zero point appended.
-fn im2col(padded: &[u8], g: &Im2col, out: &mut [u8]) {
-    for (dst, &i) in out.iter_mut().zip(&g.gather) {
-        *dst = padded[i as usize];
+/// Gathers one NCHW image's patches: `hwc` (`[h·w + 1][c]`, its last pixel already the zero
+/// point) receives the image channels-last, then every (position, tap) copies one pixel's `c`
+/// bytes.
+fn im2col(img: &[u8], g: &Im2col, hwc: &mut [u8], out: &mut [u8]) {
+    let (c, plane) = (g.c, g.h * g.w);
+    if c == 1 {
+        hwc[..plane].copy_from_slice(img);
+        for (dst, &p) in out.iter_mut().zip(&g.pixels) {
+            *dst = hwc[p as usize];
+        }
+        return;
+    }
+    transpose(img, c, plane, &mut hwc[..c * plane]);
+    for (dst, &p) in out.chunks_exact_mut(c).zip(&g.pixels) {
+        let p = p as usize * c;
+        dst.copy_from_slice(&hwc[p..p + c]);
     }
 }
 
