@@ -53,9 +53,11 @@ struct Depthwise {
     plane: usize,
     positions: usize,
     taps: usize,
-    /// For every (tap, output position), the input index within one channel plane; `plane` for
-    /// the padding.
-    gather: Vec<u32>,
+    /// The in-bounds part of every (tap, output row), as runs over contiguous outputs; padded
+    /// taps are left out (they read `x = zp_x`, which adds 0).
+    runs: Vec<TapRun>,
+    /// The input step between neighbouring outputs of a run (the horizontal stride).
+    step: usize,
     /// `w − zp_w`, `[C][taps]`.
     weights: Vec<i32>,
     bias: Vec<i32>,
@@ -66,6 +68,14 @@ struct Depthwise {
     lo: i32,
     hi: i32,
     out_dims: [usize; 3],
+}
+
+/// `acc[out..out + len] += w[tap] · x[src + i·step]`, one tap over part of one output row.
+struct TapRun {
+    tap: usize,
+    out: usize,
+    src: usize,
+    len: usize,
 }
 
 /// An integer add of two same-shape per-tensor quantized tensors, in Rust:
@@ -496,8 +506,8 @@ fn exec(step: &Step, slots: &mut Slots) -> Result<u64, CodegenError> {
                 return Err(err("a convolution input does not have its compiled shape"));
             }
             let mut y = vec![0u8; batch * d.c * d.positions];
-            // One channel plane widened to i32 minus the zero point, plus a 0 that padding reads.
-            let mut xz = vec![0i32; d.plane + 1];
+            // One channel plane widened to i32 minus the zero point.
+            let mut xz = vec![0i32; d.plane];
             let mut acc = vec![0i32; d.positions];
             for (img, dst) in bytes.chunks_exact(d.c * d.plane).zip(y.chunks_exact_mut(d.c * d.positions)) {
                 for ch in 0..d.c {
@@ -505,10 +515,17 @@ fn exec(step: &Step, slots: &mut Slots) -> Result<u64, CodegenError> {
                         *v = if d.x_signed { b as i8 as i32 } else { b as i32 } - d.zp_x;
                     }
                     acc.fill(d.bias[ch]);
-                    for t in 0..d.taps {
-                        let w = d.weights[ch * d.taps + t];
-                        for (a, &g) in acc.iter_mut().zip(&d.gather[t * d.positions..(t + 1) * d.positions]) {
-                            *a = a.wrapping_add(w.wrapping_mul(xz[g as usize]));
+                    let weights = &d.weights[ch * d.taps..(ch + 1) * d.taps];
+                    for r in &d.runs {
+                        let (w, acc) = (weights[r.tap], &mut acc[r.out..r.out + r.len]);
+                        if d.step == 1 {
+                            for (a, &v) in acc.iter_mut().zip(&xz[r.src..r.src + r.len]) {
+                                *a = a.wrapping_add(w.wrapping_mul(v));
+                            }
+                        } else {
+                            for (a, &v) in acc.iter_mut().zip(xz[r.src..].iter().step_by(d.step)) {
+                                *a = a.wrapping_add(w.wrapping_mul(v));
+                            }
                         }
                     }
                     let r = d.requant[ch];
@@ -535,7 +552,9 @@ fn exec(step: &Step, slots: &mut Slots) -> Result<u64, CodegenError> {
             let y: Vec<u8> = ba
                 .iter()
                 .zip(bb.iter())
-                .map(|(&p, &r)| ((ta[p as usize] + tb[r as usize]) / sy).round_ties_even().add(zy).clamp(lo, hi) as i32 as u8)
+                .map(|(&p, &r)| {
+                    qc_ir::requant::round_even((ta[p as usize] + tb[r as usize]) / sy).add(zy).clamp(lo, hi) as i32 as u8
+                })
                 .collect();
             slots[*out] = Some(Val::B(Arc::new(y), shape));
             0
@@ -599,7 +618,35 @@ fn depthwise(attrs: &Attrs, tys: &[&TensorType], w: &Tensor, bias: Option<&Tenso
         return None;
     }
     let (oh, ow) = (out.dims[2].fixed()? as usize, out.dims[3].fixed()? as usize);
-    let gather = window_taps(attrs, (h, wd), (kh, kw), (oh, ow))?;
+    let ints = |k: &str, n: usize, d: u64| qc_ir::infer::ints_or(attrs, k, n, d).ok();
+    let (st, pads, dil) = (ints("strides", 2, 1)?, ints("pads", 4, 0)?, ints("dilations", 2, 1)?);
+    let (st, pads, dil) =
+        ([st[0] as isize, st[1] as isize], [pads[0] as isize, pads[1] as isize], [dil[0] as isize, dil[1] as isize]);
+    let mut runs = Vec::new();
+    for ky in 0..kh as isize {
+        for kx in 0..kw as isize {
+            // Output columns whose input column `ox·s + kx·d − p` lies in [0, w).
+            let first = kx * dil[1] - pads[1];
+            let ox0 = if first >= 0 { 0 } else { (-first + st[1] - 1) / st[1] };
+            let last = wd as isize - 1 - first;
+            let ox1 = if last < 0 { 0 } else { (last / st[1] + 1).min(ow as isize) };
+            if ox0 >= ox1 {
+                continue;
+            }
+            for oy in 0..oh as isize {
+                let iy = oy * st[0] + ky * dil[0] - pads[0];
+                if iy < 0 || iy >= h as isize {
+                    continue;
+                }
+                runs.push(TapRun {
+                    tap: (ky * kw as isize + kx) as usize,
+                    out: (oy * ow as isize + ox0) as usize,
+                    src: (iy * wd as isize + ox0 * st[1] + first) as usize,
+                    len: (ox1 - ox0) as usize,
+                });
+            }
+        }
+    }
     let wv = w.to_i64_vec()?;
     let taps = kh * kw;
     let (s_x, zp_x) = xq.at(0);
@@ -622,7 +669,8 @@ fn depthwise(attrs: &Attrs, tys: &[&TensorType], w: &Tensor, bias: Option<&Tenso
         plane: h * wd,
         positions: oh * ow,
         taps,
-        gather,
+        runs,
+        step: st[1] as usize,
         weights,
         bias,
         requant,

@@ -90,10 +90,19 @@ pub fn q31(m: f64) -> Result<Q31, String> {
 
 /// f32-mode requantization of one accumulator.
 pub fn requant_f32(acc: i32, m: f32, zp: i32, lo: i32, hi: i32) -> i32 {
-    let v = (acc as f32 * m).round_ties_even();
+    let v = round_even(acc as f32 * m);
     // Saturate in f32 before leaving it, so that huge values cannot wrap.
     let v = v.clamp(i32::MIN as f32 / 2.0, i32::MAX as f32 / 2.0) as i64 + zp as i64;
     v.clamp(lo as i64, hi as i64) as i32
+}
+
+/// `x.round_ties_even()`, without the `rintf` call it becomes on x86-64 targets without SSE4.1:
+/// below 2^22 in magnitude, adding and subtracting 1.5·2^23 leaves the integer that the FPU's
+/// default round-to-nearest-even picked; larger, NaN and infinite values take the library path.
+#[inline]
+pub fn round_even(x: f32) -> f32 {
+    const MAGIC: f32 = 12_582_912.0;
+    if x.abs() < 4_194_304.0 { (x + MAGIC) - MAGIC } else { x.round_ties_even() }
 }
 
 /// q31-mode requantization of one accumulator, with one rounding: adding `2^(n-1)` and then

@@ -1,7 +1,7 @@
 //! The requantization arithmetic against hand-computed cases and an exact rational reference.
 
 use proptest::prelude::*;
-use qc_ir::requant::{Q31, Requant, RequantMode, output_range, q31, requant_f32, requant_q31};
+use qc_ir::requant::{Q31, Requant, RequantMode, output_range, q31, requant_f32, requant_q31, round_even};
 use qc_ir::{Attr, Attrs, QuantParams, ScalarType};
 
 #[test]
@@ -14,6 +14,39 @@ fn f32_mode_rounds_half_to_even_and_saturates() {
     assert_eq!(requant_f32(i32::MIN, 1.0, 0, 0, 255), 0);
     assert_eq!(requant_f32(i32::MAX, 3.0, 10, 0, 255), 255); // M ≥ 1
     assert_eq!(requant_f32(1 << 30, 1e-12, 7, -128, 127), 7); // a tiny multiplier gives zp
+}
+
+#[test]
+fn round_even_is_round_ties_even() {
+    // Every half between −2^23 and 2^23 in steps of 0.5, the magic-number boundary, and beyond.
+    let mut xs: Vec<f32> = (-16_777_216i32..=16_777_216).step_by(7).map(|i| i as f32 * 0.5).collect();
+    xs.extend([
+        4_194_303.5,
+        4_194_304.0,
+        4_194_304.5,
+        -4_194_303.5,
+        -4_194_304.5,
+        8_388_607.5,
+        1e30,
+        -1e30,
+        0.49999997,
+        -0.5,
+        2.5,
+    ]);
+    xs.extend([f32::INFINITY, f32::NEG_INFINITY, f32::MIN_POSITIVE, f32::MAX]);
+    for x in xs {
+        assert_eq!(round_even(x), x.round_ties_even(), "{x}");
+    }
+    assert!(round_even(f32::NAN).is_nan());
+}
+
+proptest! {
+    #[test]
+    fn round_even_matches_on_any_f32(bits in any::<u32>()) {
+        let x = f32::from_bits(bits);
+        prop_assume!(!x.is_nan());
+        prop_assert_eq!(round_even(x), x.round_ties_even());
+    }
 }
 
 #[test]

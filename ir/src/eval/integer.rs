@@ -151,7 +151,7 @@ pub fn add(attrs: &Attrs, args: &[&Tensor], tys: &[&TensorType], out: &TensorTyp
     let (av, bv) = (a.broadcast(IxDyn(&shape)).ok_or("broadcast")?, b.broadcast(IxDyn(&shape)).ok_or("broadcast")?);
     let y = ndarray::Zip::from(&av).and(&bv).map_collect(|&p, &q| {
         let real = sa * (p as i32 - za) as f32 + sb * (q as i32 - zb) as f32;
-        let v = (real / sy).round_ties_even() + zy as f32;
+        let v = crate::requant::round_even(real / sy) + zy as f32;
         v.clamp(lo as f32, hi as f32) as i32
     });
     Ok(store(y, out))
@@ -224,7 +224,7 @@ pub fn requantize(x: &Tensor, ty: &TensorType, out: &TensorType) -> Result<Tenso
     let (lo, hi) = yq.storage.quant_range().expect("quantized");
     let m = s_in / s_out;
     let y = ints(x).mapv(|q| {
-        let v = ((q as i32 - z_in) as f32 * m).round_ties_even() + z_out as f32;
+        let v = crate::requant::round_even((q as i32 - z_in) as f32 * m) + z_out as f32;
         v.clamp(lo as f32, hi as f32) as i32
     });
     Ok(store(y, out))

@@ -7,7 +7,7 @@ use ndarray::{ArrayD, Axis};
 /// `clamp(round_half_even(r / scale) + zp, qmin, qmax)`: divide by the scale, never multiply by
 /// its reciprocal.
 pub fn quantize_value(r: f32, scale: f32, zp: i32, lo: i32, hi: i32) -> i32 {
-    let q = (r / scale).round_ties_even() + zp as f32;
+    let q = crate::requant::round_even(r / scale) + zp as f32;
     // Inputs are checked for NaN before evaluation; should one arise inside, it maps to zp.
     if q.is_nan() { zp } else { q.clamp(lo as f32, hi as f32) as i32 }
 }
