@@ -1,7 +1,7 @@
 //! `CompiledModel`: a verified graph compiled for execution. Integer gemm, matmul and
 //! convolution (groups = 1) run as JIT-compiled GEMM kernels specialized to their layer (a
-//! convolution gathers its input patches first through an index table, padding with the input's
-//! zero point); integer depthwise convolution and same-shape add run as Rust kernels on bytes;
+//! convolution first gathers channels-last input patches, padding with the input's zero point);
+//! integer depthwise convolution (row runs per tap) and same-shape add run as Rust kernels on bytes;
 //! every other op runs the reference evaluator's implementation. Results equal the evaluator's
 //! bit for bit (tested on the corpus).
 //!
