@@ -431,12 +431,12 @@ fn exec(step: &Step, slots: &mut Slots) -> Result<u64, CodegenError> {
             let mut y = vec![0u8; batch * o * rows];
             CONV_SCRATCH.with(|scratch| -> Result<(), CodegenError> {
                 let mut scratch = scratch.borrow_mut();
-                let ConvScratch { padded, patches, product } = &mut *scratch;
+                let ConvScratch { hwc, patches, product } = &mut *scratch;
                 let patches = grown(patches, batch * rows * kk);
-                let padded = grown(padded, image + g.c);
-                padded[image..].fill(g.pad_value);
+                let hwc = grown(hwc, image + g.c);
+                hwc[image..].fill(g.pad_value);
                 for (img, dst) in bytes.chunks_exact(image).zip(patches.chunks_exact_mut(rows * kk)) {
-                    im2col(img, g, padded, dst);
+                    im2col(img, g, hwc, dst);
                 }
                 let product = grown(product, batch * rows * o);
                 kernel.run(patches, batch * rows, product).map_err(err)?;
@@ -777,7 +777,8 @@ fn conv_kernel(
 /// fresh pages for every layer's patch matrix.
 #[derive(Default)]
 struct ConvScratch {
-    padded: Vec<u8>,
+    /// One image channels-last, plus a pixel of zero points that the padding reads.
+    hwc: Vec<u8>,
     patches: Vec<u8>,
     product: Vec<u8>,
 }
