@@ -577,18 +577,24 @@ fn exec(step: &Step, slots: &mut Slots) -> Result<u64, CodegenError> {
 /// The window of a convolution or pooling over one `h × w` plane: for every (tap, output
 /// position), the index in the plane that the tap reads, or `h · w` where it falls in the padding.
 /// Tap-major, so that kernels sweep all positions for one tap at a time.
-fn window_taps(attrs: &Attrs, (h, w): (usize, usize), (kh, kw): (usize, usize), (oh, ow): (usize, usize)) -> Option<Vec<u32>> {
+/// A sliding window's `(strides, [top, left] pads, dilations)`, with ONNX's defaults.
+fn window_geometry(attrs: &Attrs) -> Option<([isize; 2], [isize; 2], [isize; 2])> {
     let ints = |k: &str, n: usize, d: u64| qc_ir::infer::ints_or(attrs, k, n, d).ok();
-    let (s, p, dil) = (ints("strides", 2, 1)?, ints("pads", 4, 0)?, ints("dilations", 2, 1)?);
+    let (s, p, d) = (ints("strides", 2, 1)?, ints("pads", 4, 0)?, ints("dilations", 2, 1)?);
+    Some(([s[0] as isize, s[1] as isize], [p[0] as isize, p[1] as isize], [d[0] as isize, d[1] as isize]))
+}
+
+fn window_taps(attrs: &Attrs, (h, w): (usize, usize), (kh, kw): (usize, usize), (oh, ow): (usize, usize)) -> Option<Vec<u32>> {
+    let (s, p, dil) = window_geometry(attrs)?;
     let mut taps = vec![(h * w) as u32; kh * kw * oh * ow];
     for oy in 0..oh {
-        let y0 = (oy * s[0] as usize) as isize - p[0] as isize;
+        let y0 = oy as isize * s[0] - p[0];
         for ox in 0..ow {
-            let x0 = (ox * s[1] as usize) as isize - p[1] as isize;
+            let x0 = ox as isize * s[1] - p[1];
             for ky in 0..kh {
-                let iy = y0 + (ky * dil[0] as usize) as isize;
+                let iy = y0 + ky as isize * dil[0];
                 for kx in 0..kw {
-                    let ix = x0 + (kx * dil[1] as usize) as isize;
+                    let ix = x0 + kx as isize * dil[1];
                     if iy >= 0 && (iy as usize) < h && ix >= 0 && (ix as usize) < w {
                         taps[(ky * kw + kx) * oh * ow + oy * ow + ox] = (iy as usize * w + ix as usize) as u32;
                     }
@@ -618,10 +624,7 @@ fn depthwise(attrs: &Attrs, tys: &[&TensorType], w: &Tensor, bias: Option<&Tenso
         return None;
     }
     let (oh, ow) = (out.dims[2].fixed()? as usize, out.dims[3].fixed()? as usize);
-    let ints = |k: &str, n: usize, d: u64| qc_ir::infer::ints_or(attrs, k, n, d).ok();
-    let (st, pads, dil) = (ints("strides", 2, 1)?, ints("pads", 4, 0)?, ints("dilations", 2, 1)?);
-    let (st, pads, dil) =
-        ([st[0] as isize, st[1] as isize], [pads[0] as isize, pads[1] as isize], [dil[0] as isize, dil[1] as isize]);
+    let (st, pads, dil) = window_geometry(attrs)?;
     let mut runs = Vec::new();
     for ky in 0..kh as isize {
         for kx in 0..kw as isize {
