@@ -124,6 +124,35 @@ struct CompileArgs {
     /// Write the fusion report (what stayed f32 and why) to this JSON file.
     #[arg(long)]
     report: Option<PathBuf>,
+    /// Structured pruning: remove this fraction of every prunable layer's output channels
+    /// (adds `prune-channels` before `fold-bn` to the pipeline).
+    #[arg(long)]
+    prune_ratio: Option<f32>,
+    /// A pruning ratio for one layer (its location, result or weight name): NAME=RATIO (repeatable).
+    #[arg(long)]
+    prune_layer: Vec<String>,
+    /// How channels are ranked for pruning: l1, l2 or bn-gamma.
+    #[arg(long, default_value = "l2")]
+    prune_criterion: String,
+    /// Kept channel counts are multiples of this (4: the JIT's GEMM column panel).
+    #[arg(long, default_value = "4")]
+    prune_multiple: usize,
+    /// After pruning, re-fit the following layers by least squares on the --calib samples.
+    #[arg(long)]
+    reconstruct: bool,
+    /// Reach the pruning ratios in this many steps, reconstructing in between.
+    #[arg(long, default_value = "1")]
+    prune_steps: usize,
+    /// The most top-1 agreement with the unpruned model (percentage points, on the --calib
+    /// samples) pruning may lose; pruning stops at the last step within it.
+    #[arg(long)]
+    max_loss: Option<f64>,
+}
+
+impl CompileArgs {
+    fn prunes(&self) -> bool {
+        self.prune_ratio.is_some() || !self.prune_layer.is_empty()
+    }
 }
 
 #[derive(Subcommand)]
@@ -293,6 +322,20 @@ fn pass_options(a: &CompileArgs) -> Result<PassOptions, QcError> {
         per_tensor_weights: a.per_tensor,
         ..Default::default()
     };
+    o.prune = qc_passes::PruneOptions {
+        ratio: a.prune_ratio,
+        layers: Vec::new(),
+        criterion: a.prune_criterion.parse().map_err(usage)?,
+        multiple: a.prune_multiple,
+        reconstruct: a.reconstruct,
+        steps: a.prune_steps,
+        max_loss: a.max_loss,
+    };
+    for l in &a.prune_layer {
+        let bad = || usage(format!("--prune-layer takes NAME=RATIO, got `{l}`"));
+        let (name, r) = l.rsplit_once('=').ok_or_else(bad)?;
+        o.prune.layers.push((name.to_string(), r.parse().map_err(|_| bad())?));
+    }
     o.activations = match a.activations.as_str() {
         "u8" => ScalarType::U8,
         "i8" => ScalarType::I8,
@@ -338,6 +381,12 @@ fn compile(a: CompileArgs) -> Result<(), QcError> {
             qc_passes::pipeline(name).expect("the pipeline exists")
         }
     };
+    let mut names = names;
+    if a.prunes() && a.passes.is_none() && !names.iter().any(|n| n == "prune-channels") {
+        // Before fold-bn, so that bn-gamma can rank channels by the batch norms.
+        let at = names.iter().position(|n| n == "fold-bn").unwrap_or(0);
+        names.insert(at, "prune-channels".into());
+    }
     let mut pass_options = pass_options(&a)?;
     for n in names.iter().chain(&a.print_after).chain(&a.stop_after) {
         qc_passes::lookup(n, &pass_options).map_err(usage)?;

@@ -6,10 +6,12 @@
 //! - [`text`]: the QIR text format (lexer, grammar, printer);
 //! - [`verify`]: the verifier every pass output must pass;
 //! - [`eval`]: the reference evaluator, the oracle for every optimization;
+//! - [`cost`]: parameters, MACs and weight bytes per layer;
 //! - [`diag`]: diagnostics with spans, rendered with a caret.
 #![warn(missing_docs)]
 
 pub mod attr;
+pub mod cost;
 pub mod diag;
 pub mod eval;
 pub mod graph;

@@ -3,6 +3,8 @@
 #![warn(missing_docs)]
 
 mod calibrate;
+pub mod channel_flow;
+mod channel_selection;
 mod dead_code;
 mod fold_bn;
 mod fold_constants;
@@ -13,8 +15,11 @@ mod fuse_matmul_add;
 mod fuse_requant;
 mod insert_qdq;
 pub mod observer;
+mod prune_channels;
 mod quantize_dynamic;
+pub mod reconstruct;
 mod rewrite;
+pub mod samples;
 
 pub use calibrate::Calibrate;
 pub use dead_code::DeadCode;
@@ -27,6 +32,7 @@ pub use fuse_matmul_add::FuseMatmulAdd;
 pub use fuse_requant::{FuseRequant, explain as explain_unfused};
 pub use insert_qdq::{InsertQdq, activation_params};
 pub use observer::CalibMethod;
+pub use prune_channels::{PruneChannels, PruneCriterion, PruneOptions, kept_count};
 pub use quantize_dynamic::QuantizeDynamic;
 
 use qc_ir::Graph;
@@ -100,6 +106,8 @@ pub struct PassOptions {
     pub per_tensor_weights: bool,
     /// Called by `calibrate` with (samples done, samples in all) after each batch.
     pub progress: Option<Progress>,
+    /// What `prune-channels` removes.
+    pub prune: PruneOptions,
 }
 
 /// A progress callback: (done, total).
@@ -123,6 +131,7 @@ impl Default for PassOptions {
             symmetric_activations: false,
             per_tensor_weights: false,
             progress: None,
+            prune: PruneOptions::default(),
         }
     }
 }
@@ -165,6 +174,11 @@ pub const REGISTRY: &[PassInfo] = &[
         name: "fold-bn",
         doc: "fold batch_norm into the conv2d/gemm before it, or into a standalone mul + add",
         make: |_| Box::new(FoldBn),
+    },
+    PassInfo {
+        name: "prune-channels",
+        doc: "remove output channels of conv/gemm layers and propagate the shapes (--prune-ratio, --prune-layer, --prune-criterion, --prune-multiple, --reconstruct, --prune-steps, --max-loss)",
+        make: |o| Box::new(PruneChannels::new(o)),
     },
     PassInfo {
         name: "fuse-matmul-add",

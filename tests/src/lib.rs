@@ -4,7 +4,13 @@
 //! //@ passes: fold-bn, dead-code      passes to run (none: parse and verify only)
 //! // -----                            splits the file into cases
 //! // error: value %x is defined twice an expected error (a substring of the rendered diagnostic)
+//! //@ calib: 16                       calibration samples (seeded random)
+//! //@ approximate                     outputs may change (pruning): evaluate, do not compare
+//! //@ prune-ratio: 0.5                prune-channels options (also prune-layer: NAME=R,
+//!                                     prune-multiple: N, prune-criterion: C, reconstruct)
 //! ```
+//!
+//! Directives before the first `func` hold for the whole file; a later case may add its own.
 //!
 //! Named weights that a case refers to are generated (seeded by the name; names ending in `var`
 //! get positive values, as batch-norm variances must be). When passes run and the case has no
@@ -130,6 +136,9 @@ struct Header {
     tolerance: Option<f64>,
     /// `//@ calib: N`: calibrate on N seeded random samples of the first input.
     calib_samples: usize,
+    /// `//@ approximate`: the passes change outputs by design (pruning); the result must still
+    /// evaluate, and is not compared.
+    approximate: bool,
 }
 
 fn header(text: &str) -> Header {
@@ -155,6 +164,26 @@ fn header(text: &str) -> Header {
         }
         if let Some(rest) = line.strip_prefix("//@ tolerance:") {
             h.tolerance = Some(rest.trim().parse().expect("a number"));
+        }
+        if line.trim() == "//@ approximate" {
+            h.approximate = true;
+        }
+        let prune = &mut h.options.prune;
+        if let Some(rest) = line.strip_prefix("//@ prune-ratio:") {
+            prune.ratio = Some(rest.trim().parse().expect("a ratio"));
+        }
+        if let Some(rest) = line.strip_prefix("//@ prune-layer:") {
+            let (name, r) = rest.trim().rsplit_once('=').expect("NAME=RATIO");
+            prune.layers.push((name.to_string(), r.parse().expect("a ratio")));
+        }
+        if let Some(rest) = line.strip_prefix("//@ prune-multiple:") {
+            prune.multiple = rest.trim().parse().expect("a count");
+        }
+        if let Some(rest) = line.strip_prefix("//@ prune-criterion:") {
+            prune.criterion = rest.trim().parse().expect("a criterion");
+        }
+        if line.trim() == "//@ reconstruct" {
+            prune.reconstruct = true;
         }
     }
     h
@@ -232,6 +261,7 @@ fn run_case(file: &str, case: &str, h: &Header) -> Result<String, String> {
     out.push_str(&print(&g));
     let inputs = random_inputs(&before, 42);
     match (evaluate(&before, &inputs), evaluate(&g, &inputs)) {
+        (Ok(_), Ok(_)) if h.approximate => out.push_str("// eval: runs (the passes approximate; outputs not compared)\n"),
         (Ok(a), Ok(b)) => {
             for (i, (x, y)) in b.iter().zip(&a).enumerate() {
                 let r = match h.tolerance {
@@ -257,8 +287,9 @@ fn run_case(file: &str, case: &str, h: &Header) -> Result<String, String> {
 pub fn check_file(path: &Path) -> String {
     let text = std::fs::read_to_string(path).expect("case file is readable");
     let file = path.file_name().expect("a file").to_string_lossy().into_owned();
-    let h = header(&text);
-    split_cases(&text).iter().map(|c| check_case(&file, c, &h)).collect::<Vec<_>>().join("// -----\n")
+    // Directives before the first case hold for every case; a case may add its own.
+    let head: String = text.lines().take_while(|l| !l.starts_with("func")).map(|l| format!("{l}\n")).collect();
+    split_cases(&text).iter().map(|c| check_case(&file, c, &header(&format!("{head}{c}")))).collect::<Vec<_>>().join("// -----\n")
 }
 
 /// Every `.qir` file under `dir`, sorted.
