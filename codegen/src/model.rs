@@ -177,8 +177,8 @@ enum Step {
 /// A model compiled for execution.
 pub struct CompiledModel {
     name: String,
-    /// Each step with a label for profiles: `%value = op loc("...")`.
-    steps: Vec<(String, Step)>,
+    /// Each step with a label for profiles (`%value = op loc("...")`) and its location name.
+    steps: Vec<((String, String), Step)>,
     consts: Vec<(Slot, Arc<Tensor>)>,
     slots: usize,
     inputs: Vec<(Slot, TensorType, String)>,
@@ -290,7 +290,7 @@ impl CompiledModel {
                     result_types: node.results.iter().map(|&r| g.ty(r).clone()).collect(),
                 },
             };
-            steps.push((label, step));
+            steps.push(((label, node.loc.name.clone()), step));
         }
         let outputs = g.outputs().iter().map(|&o| (slot(o), g.ty(o).elem.clone())).collect();
         Ok(CompiledModel { name: g.name.clone(), steps, consts, slots: next, inputs, outputs, kernels })
@@ -334,10 +334,11 @@ impl CompiledModel {
             .iter()
             .zip(times)
             .zip(ops)
-            .map(|(((label, step), mut t), ops)| {
+            .map(|((((label, loc), step), mut t), ops)| {
                 t.sort_by(f64::total_cmp);
                 StepProfile {
                     label: label.clone(),
+                    loc: loc.clone(),
                     jit: matches!(step, Step::Gemm { .. } | Step::Conv { .. }),
                     seconds: t[t.len() / 2],
                     ops,
@@ -368,6 +369,8 @@ impl CompiledModel {
 pub struct StepProfile {
     /// `%value = op loc("...")`.
     pub label: String,
+    /// The op's source location name (empty when it has none).
+    pub loc: String,
     /// Whether a JIT kernel runs it (else Rust code).
     pub jit: bool,
     /// Median seconds.

@@ -5,6 +5,7 @@ pub mod exec;
 pub mod io;
 pub mod model;
 pub mod onnx;
+pub mod prune_report;
 pub mod report;
 
 pub use model::{Model, load_model, save_model};

@@ -409,6 +409,7 @@ fn compile(a: CompileArgs) -> Result<(), QcError> {
         check_weights: true,
         pass_options,
     };
+    let unpruned_input = (a.prunes() && a.report.is_some()).then(|| model.graph.clone());
     let stdout = std::io::stdout();
     let mut lock = stdout.lock();
     let result = run_pipeline(&mut model.graph, &names, &opts, &mut lock);
@@ -430,7 +431,24 @@ fn compile(a: CompileArgs) -> Result<(), QcError> {
         eprint!("{}", report.summary());
     }
     if let Some(path) = &a.report {
-        qc::io::write_atomic(path, report.to_json().as_bytes())?;
+        let mut json: serde_json::Value = serde_json::from_str(&report.to_json()).expect("the fusion report is JSON");
+        if let Some(mut unpruned) = unpruned_input {
+            // The same pipeline without pruning, for the before/after comparison.
+            let without: Vec<String> = names.iter().filter(|n| *n != "prune-channels").cloned().collect();
+            let quiet = PipelineOptions { check_weights: true, pass_options: opts.pass_options.clone(), ..Default::default() };
+            run_pipeline(&mut unpruned, &without, &quiet, &mut std::io::sink())
+                .map_err(|e| QcError::Input(format!("error: {e}")))?;
+            let mut tables = Vec::new();
+            for batch in [1, 64] {
+                let r = qc::prune_report::prune_report(&unpruned, &model.graph, batch, 50)
+                    .map_err(|e| QcError::Input(format!("error: pruning report: {e}")))?;
+                eprint!("{}", r.summary());
+                tables.push(r.to_json());
+            }
+            json["pruning"] = serde_json::Value::Array(tables);
+        }
+        let text = serde_json::to_string_pretty(&json).expect("JSON") + "\n";
+        qc::io::write_atomic(path, text.as_bytes())?;
     }
     match &a.output {
         Some(o) => save_model(&model.graph, o)?,

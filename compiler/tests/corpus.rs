@@ -253,3 +253,51 @@ fn post_training_quantization_matches_or_beats_onnx_runtime() {
         assert!(ours >= ort_sqnr - 1.0, "{base}: SQNR {ours:.2} dB vs {ort_sqnr:.2} dB");
     }
 }
+
+/// Test-set errors of `g` (through the JIT).
+fn test_errors(g: &Graph, x: &Tensor, y: &[i64]) -> usize {
+    let m = qc_codegen::CompiledModel::compile(g).unwrap();
+    let out = qc::exec::run_batch_with(g, x, 64, |xi| m.run(&[xi]).map(|mut v| v.remove(0)).map_err(|e| e.to_string())).unwrap();
+    qc::exec::argmax_rows(&out).iter().zip(y).filter(|(p, l)| **p as i64 != **l).count()
+}
+
+#[test]
+fn pruning_half_the_channels_then_int8_keeps_digits_cnn_accurate() {
+    let test_x = read_tensor(&corpus().join("data/digits_test_x.npy")).unwrap();
+    let calib = std::sync::Arc::new(read_tensor(&corpus().join("data/digits_calib_x.npy")).unwrap());
+    let y = labels();
+    let fp32 = import(&corpus().join("models/digits_cnn_fp32.onnx"));
+    let mut int8_passes = qc_passes::pipeline("int8").unwrap();
+    let compile = |passes: &[String], prune: qc_passes::PruneOptions| {
+        let mut g = fp32.clone();
+        let opts = qc_passes::PipelineOptions {
+            check_weights: true,
+            pass_options: qc_passes::PassOptions { calibration: Some(calib.clone()), prune, ..Default::default() },
+            ..Default::default()
+        };
+        qc_passes::run_pipeline(&mut g, passes, &opts, &mut std::io::sink()).unwrap();
+        g
+    };
+    let unpruned = compile(&int8_passes, Default::default());
+    int8_passes.insert(2, "prune-channels".into());
+    let prune = qc_passes::PruneOptions {
+        ratio: Some(0.5),
+        criterion: qc_passes::PruneCriterion::Lsq,
+        reconstruct: true,
+        ..Default::default()
+    };
+    let pruned = compile(&int8_passes, prune.clone());
+    let naive = compile(&int8_passes, qc_passes::PruneOptions { reconstruct: false, ..prune });
+    let costs = |g: &Graph| qc_ir::cost::layer_costs(g).iter().map(|c| c.macs).sum::<u64>();
+    let (e0, e1, e2) = (test_errors(&unpruned, &test_x, &y), test_errors(&pruned, &test_x, &y), test_errors(&naive, &test_x, &y));
+    println!(
+        "digits_cnn int8: {e0} test errors unpruned, {e1} with half the channels pruned and reconstructed, {e2} pruned without reconstruction; MACs {} → {}",
+        costs(&unpruned),
+        costs(&pruned)
+    );
+    // Every conv keeps half its channels; ≤ 1 point of the 540 test samples (5 errors) lost.
+    let channels: Vec<u64> = qc_ir::cost::layer_costs(&pruned).iter().map(|c| c.channels).collect();
+    assert_eq!(channels, [8, 16, 16, 32, 10]);
+    assert!(e1 <= e0 + 5, "{e1} errors pruned vs {e0}");
+    assert!(e2 > e1, "reconstruction should help: {e2} vs {e1}");
+}
