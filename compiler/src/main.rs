@@ -147,11 +147,28 @@ struct CompileArgs {
     /// samples) pruning may lose; pruning stops at the last step within it.
     #[arg(long)]
     max_loss: Option<f64>,
+    /// Unstructured sparsity: zero this fraction of every layer's weights, smallest first (adds
+    /// `sparsify` after `fold-bn` to the pipeline; --reconstruct re-fits the rest).
+    #[arg(long)]
+    sparsity: Option<f32>,
+    /// A sparsity for one layer: NAME=FRACTION (repeatable).
+    #[arg(long)]
+    sparsity_layer: Vec<String>,
+    /// One magnitude threshold over all layers instead of the same fraction of each.
+    #[arg(long)]
+    sparsity_global: bool,
+    /// Zero whole 4x4 blocks (the JIT's packed weight panels) instead of single weights.
+    #[arg(long)]
+    block: bool,
 }
 
 impl CompileArgs {
     fn prunes(&self) -> bool {
         self.prune_ratio.is_some() || !self.prune_layer.is_empty()
+    }
+
+    fn sparsifies(&self) -> bool {
+        self.sparsity.is_some() || !self.sparsity_layer.is_empty()
     }
 }
 
@@ -331,6 +348,18 @@ fn pass_options(a: &CompileArgs) -> Result<PassOptions, QcError> {
         steps: a.prune_steps,
         max_loss: a.max_loss,
     };
+    o.sparsify = qc_passes::SparsifyOptions {
+        sparsity: a.sparsity,
+        layers: Vec::new(),
+        global: a.sparsity_global,
+        block: a.block,
+        reconstruct: a.reconstruct,
+    };
+    for l in &a.sparsity_layer {
+        let bad = || usage(format!("--sparsity-layer takes NAME=FRACTION, got `{l}`"));
+        let (name, r) = l.rsplit_once('=').ok_or_else(bad)?;
+        o.sparsify.layers.push((name.to_string(), r.parse().map_err(|_| bad())?));
+    }
     for l in &a.prune_layer {
         let bad = || usage(format!("--prune-layer takes NAME=RATIO, got `{l}`"));
         let (name, r) = l.rsplit_once('=').ok_or_else(bad)?;
@@ -386,6 +415,11 @@ fn compile(a: CompileArgs) -> Result<(), QcError> {
         // Before fold-bn, so that bn-gamma can rank channels by the batch norms.
         let at = names.iter().position(|n| n == "fold-bn").unwrap_or(0);
         names.insert(at, "prune-channels".into());
+    }
+    if a.sparsifies() && a.passes.is_none() && !names.iter().any(|n| n == "sparsify") {
+        // After fold-bn, so that the zeros are those of the weights the JIT multiplies.
+        let at = names.iter().position(|n| n == "fold-bn").map_or(0, |i| i + 1);
+        names.insert(at, "sparsify".into());
     }
     let mut pass_options = pass_options(&a)?;
     for n in names.iter().chain(&a.print_after).chain(&a.stop_after) {

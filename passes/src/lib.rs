@@ -20,6 +20,7 @@ mod quantize_dynamic;
 pub mod reconstruct;
 mod rewrite;
 pub mod samples;
+mod sparsify;
 
 pub use calibrate::Calibrate;
 pub use dead_code::DeadCode;
@@ -34,6 +35,7 @@ pub use insert_qdq::{InsertQdq, activation_params};
 pub use observer::CalibMethod;
 pub use prune_channels::{PruneChannels, PruneCriterion, PruneOptions, kept_count};
 pub use quantize_dynamic::QuantizeDynamic;
+pub use sparsify::{Sparsify, SparsifyOptions};
 
 use qc_ir::Graph;
 use qc_ir::diag::Diagnostic;
@@ -108,6 +110,8 @@ pub struct PassOptions {
     pub progress: Option<Progress>,
     /// What `prune-channels` removes.
     pub prune: PruneOptions,
+    /// What `sparsify` zeroes.
+    pub sparsify: SparsifyOptions,
 }
 
 /// A progress callback: (done, total).
@@ -132,6 +136,7 @@ impl Default for PassOptions {
             per_tensor_weights: false,
             progress: None,
             prune: PruneOptions::default(),
+            sparsify: SparsifyOptions::default(),
         }
     }
 }
@@ -179,6 +184,11 @@ pub const REGISTRY: &[PassInfo] = &[
         name: "prune-channels",
         doc: "remove output channels of conv/gemm layers and propagate the shapes (--prune-ratio, --prune-layer, --prune-criterion, --prune-multiple, --reconstruct, --prune-steps, --max-loss)",
         make: |o| Box::new(PruneChannels::new(o)),
+    },
+    PassInfo {
+        name: "sparsify",
+        doc: "zero the smallest weights of conv/gemm layers, one by one or in the JIT's 4x4 panels (--sparsity, --sparsity-layer, --sparsity-global, --block, --reconstruct)",
+        make: |o| Box::new(Sparsify::new(o)),
     },
     PassInfo {
         name: "fuse-matmul-add",

@@ -406,7 +406,7 @@ impl Pass for PruneChannels {
                     if !downstream || !matches!(rule(g, n), Rule::Layer { .. }) {
                         continue;
                     }
-                    match refit(&teacher, g, n, &origin[&n], &batches) {
+                    match refit(&teacher, g, n, &origin[&n], &batches, false) {
                         Ok(fit) => notes.push(format!(
                             "step {step}: reconstructed {}: relative output error {:.4} → {:.4}",
                             display_name(g, n),

@@ -257,7 +257,16 @@ pub(crate) fn ridge(gram: &[f64], k1: usize) -> f64 {
 /// Re-fits layer `n` of `student` against the same layer of `teacher`. `origin[c]` is the
 /// teacher channel of the student's output channel `c`. The node ids and the layer's input
 /// value are the same in both graphs (pruning rewrites constants and types, not the dataflow).
-pub fn refit(teacher: &Graph, student: &mut Graph, n: NodeId, origin: &[usize], batches: &[Tensor]) -> Result<Fit, String> {
+/// With `keep_zeros`, weights that are 0 stay 0 (each output is fitted on its own support, for
+/// sparsified layers).
+pub fn refit(
+    teacher: &Graph,
+    student: &mut Graph,
+    n: NodeId,
+    origin: &[usize],
+    batches: &[Tensor],
+    keep_zeros: bool,
+) -> Result<Fit, String> {
     let s = layer(student, n)?;
     let Normal { gram, rhs, yy, .. } = normal_equations(teacher, student, n, origin, batches)?;
     let k1 = s.k + 1;
@@ -286,15 +295,36 @@ pub fn refit(teacher: &Graph, student: &mut Graph, n: NodeId, origin: &[usize], 
         (e.max(0.0) / yy.max(f64::MIN_POSITIVE)).sqrt()
     };
     let lambda = ridge(&gram, k1);
-    let mut a = gram.clone();
-    let mut sol = rhs.clone();
-    for i in 0..k1 {
-        a[i * k1 + i] += lambda;
+    let mut sol = vec![0f64; k1 * s.o];
+    if keep_zeros {
+        // Each output on its own support: the nonzero weights and the bias.
         for c in 0..s.o {
-            sol[i * s.o + c] += lambda * w0[i * s.o + c];
+            let support: Vec<usize> = (0..k1).filter(|&i| i == s.k || w0[i * s.o + c] != 0.0).collect();
+            let m = support.len();
+            let mut a = vec![0f64; m * m];
+            let mut b = vec![0f64; m];
+            for (r, &i) in support.iter().enumerate() {
+                for (q, &j) in support.iter().enumerate() {
+                    a[r * m + q] = gram[i * k1 + j] + if i == j { lambda } else { 0.0 };
+                }
+                b[r] = rhs[i * s.o + c] + lambda * w0[i * s.o + c];
+            }
+            cholesky_solve(a, m, &mut b, 1)?;
+            for (r, &i) in support.iter().enumerate() {
+                sol[i * s.o + c] = b[r];
+            }
         }
+    } else {
+        let mut a = gram.clone();
+        sol.clone_from(&rhs);
+        for i in 0..k1 {
+            a[i * k1 + i] += lambda;
+            for c in 0..s.o {
+                sol[i * s.o + c] += lambda * w0[i * s.o + c];
+            }
+        }
+        cholesky_solve(a, k1, &mut sol, s.o)?;
     }
-    cholesky_solve(a, k1, &mut sol, s.o)?;
     let fit = Fit { layer: student.node(n).loc.name.clone(), before: residual(&w0), after: residual(&sol) };
     if fit.after >= fit.before {
         return Ok(Fit { after: fit.before, ..fit });

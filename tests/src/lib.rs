@@ -8,6 +8,7 @@
 //! //@ approximate                     outputs may change (pruning): evaluate, do not compare
 //! //@ prune-ratio: 0.5                prune-channels options (also prune-layer: NAME=R,
 //!                                     prune-multiple: N, prune-criterion: C, reconstruct)
+//! //@ sparsity: 0.5                   sparsify options (also block, sparsity-global)
 //! ```
 //!
 //! Directives before the first `func` hold for the whole file; a later case may add its own.
@@ -184,6 +185,17 @@ fn header(text: &str) -> Header {
         }
         if line.trim() == "//@ reconstruct" {
             prune.reconstruct = true;
+            h.options.sparsify.reconstruct = true;
+        }
+        let sparsify = &mut h.options.sparsify;
+        if let Some(rest) = line.strip_prefix("//@ sparsity:") {
+            sparsify.sparsity = Some(rest.trim().parse().expect("a fraction"));
+        }
+        if line.trim() == "//@ block" {
+            sparsify.block = true;
+        }
+        if line.trim() == "//@ sparsity-global" {
+            sparsify.global = true;
         }
     }
     h
