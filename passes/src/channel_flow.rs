@@ -20,7 +20,7 @@
 
 use crate::rewrite::{add_const, const_value};
 use ndarray::Axis;
-use qc_ir::{Attr, Dim, Graph, NodeId, OpKind, Tensor, ValueId};
+use qc_ir::{Attr, ConstValue, Dim, Graph, NodeId, OpKind, Tensor, ValueId};
 use std::collections::{BTreeSet, HashMap};
 
 /// Where a space's channels sit on axis 1 of a value: channel `c` covers positions
@@ -77,6 +77,18 @@ fn fixed(d: Dim) -> Option<usize> {
 
 fn is_f32_const(g: &Graph, v: ValueId) -> bool {
     g.producer_of_kind(v, OpKind::Const).is_some() && const_value(g, v).is_some_and(|t| t.as_f32().is_some())
+}
+
+/// The names a layer answers to: its location, its result's name, its weight's name.
+pub fn layer_names(g: &Graph, n: NodeId) -> Vec<String> {
+    let node = g.node(n);
+    let mut names = vec![node.loc.name.clone()];
+    names.extend(g.value(node.results[0]).name.clone());
+    if let Some(ConstValue::Weight(w)) = g.producer(node.operands[1]).and_then(|p| g.node(p).value.clone()) {
+        names.push(w);
+    }
+    names.retain(|s| !s.is_empty());
+    names
 }
 
 /// The rule of node `n` (the hook every op kind answers).
@@ -425,7 +437,7 @@ fn shrink_operand(g: &mut Graph, n: NodeId, i: usize, cuts: &[(usize, &BTreeSet<
         ty.dims[axis] = Dim::Fixed(t.shape()[axis] as u64);
     }
     let base = match g.producer(c).and_then(|p| g.node(p).value.clone()) {
-        Some(qc_ir::ConstValue::Weight(w)) => format!("{w}.pruned"),
+        Some(ConstValue::Weight(w)) => format!("{w}.pruned"),
         _ => format!("{}.pruned", g.value(c).name.clone().unwrap_or_else(|| format!("{}.{i}", g.node(n).loc.name))),
     };
     let loc = g.node(n).loc.clone();

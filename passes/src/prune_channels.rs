@@ -28,7 +28,7 @@
 //! exist or may not be pruned (it feeds a model output or an op channels cannot pass), and
 //! `--reconstruct`/`--max-loss` without samples. Without a ratio the pass does nothing.
 
-use crate::channel_flow::{Flow, Rule, analyze, apply, rule};
+use crate::channel_flow::{Flow, Rule, analyze, apply, layer_names, rule};
 use crate::channel_selection::select;
 use crate::reconstruct::refit;
 use crate::rewrite::const_value;
@@ -36,7 +36,7 @@ use crate::samples::{agreement, batches};
 use crate::{Changed, Pass, PassError, PassOptions};
 use qc_ir::cost::layer_costs;
 use qc_ir::eval::evaluate_observed;
-use qc_ir::{ConstValue, Graph, NodeId, OpKind, Tensor, ValueId};
+use qc_ir::{Graph, NodeId, OpKind, Tensor, ValueId};
 use std::cell::RefCell;
 use std::collections::HashMap;
 use std::fmt;
@@ -136,18 +136,6 @@ impl PruneChannels {
 
 fn err(msg: impl Into<String>) -> PassError {
     PassError::new("prune-channels", msg)
-}
-
-/// The names a layer answers to: its location, its result's name, its weight's name.
-fn layer_names(g: &Graph, n: NodeId) -> Vec<String> {
-    let node = g.node(n);
-    let mut names = vec![node.loc.name.clone()];
-    names.extend(g.value(node.results[0]).name.clone());
-    if let Some(ConstValue::Weight(w)) = g.producer(node.operands[1]).and_then(|p| g.node(p).value.clone()) {
-        names.push(w);
-    }
-    names.retain(|s| !s.is_empty());
-    names
 }
 
 fn display_name(g: &Graph, n: NodeId) -> String {

@@ -19,7 +19,7 @@
 //! model output are sparsified too (their shape does not change). Errors: a sparsity outside
 //! [0, 1), an unknown layer name.
 
-use crate::channel_flow::{Rule, rule};
+use crate::channel_flow::{Rule, layer_names, rule};
 use crate::reconstruct::refit;
 use crate::rewrite::{add_const, const_value};
 use crate::samples::{agreement, batches};
@@ -95,17 +95,6 @@ fn groups(g: &Graph, n: NodeId, block: bool) -> (Arc<Tensor>, Vec<Vec<usize>>) {
         }
     }
     (w, out)
-}
-
-fn layer_names(g: &Graph, n: NodeId) -> Vec<String> {
-    let node = g.node(n);
-    let mut names = vec![node.loc.name.clone()];
-    names.extend(g.value(node.results[0]).name.clone());
-    if let Some(ConstValue::Weight(w)) = g.producer(node.operands[1]).and_then(|p| g.node(p).value.clone()) {
-        names.push(w);
-    }
-    names.retain(|s| !s.is_empty());
-    names
 }
 
 impl Pass for Sparsify {
