@@ -111,6 +111,8 @@ pub(crate) struct Tables {
     pub(crate) round: Box<[i64]>,
     pub(crate) shift: Box<[i64]>,
     pub(crate) packed: Box<[i8]>,
+    /// For block-sparse weights: the nonzero 4-k groups of each 16-column block, in order.
+    pub(crate) groups: Box<[i64]>,
 }
 
 /// Which code a kernel runs.
@@ -248,6 +250,7 @@ impl GemmKernel {
             round: round.into_boxed_slice(),
             shift: shift.into_boxed_slice(),
             packed: Box::new([]),
+            groups: Box::new([]),
         });
         let addr = |p: *const u8| p as i64;
         let (wt, bt, mt) =

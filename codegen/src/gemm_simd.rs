@@ -11,6 +11,11 @@
 //! the accumulators start from it. Up to four column vectors (16 columns) are accumulated at
 //! once, for two rows at a time (8 accumulators, each panel load serving both rows);
 //! requantization (f32 mode) and the clamp run on vectors, and the result is narrowed to bytes. Rows are read in whole groups of 4 bytes: the row stride is K rounded up to 4.
+//!
+//! Weights are compile-time constants, so zeros are known: when some group of 4 k is zero in all
+//! 16 columns of a block (block sparsity from `sparsify --block`), the blocks are unrolled and each
+//! walks a table of its nonzero groups instead of every group — the skipped multiply-adds are
+//! never executed.
 
 use crate::gemm::{GemmKernel, GemmSpec, Path, Tables, emit_loop};
 use crate::jit::Jit;
@@ -85,6 +90,21 @@ pub(crate) fn compile(spec: &GemmSpec, path: Path) -> Result<GemmKernel, String>
             Requant::Q31(_) => return Err("the vector path requantizes in f32 mode".into()),
         };
     }
+    // The nonzero groups of each block of 16 columns (4 vectors): `starts[blk]..starts[blk + 1]`.
+    let blocks = nv.div_ceil(4);
+    let mut nonzero: Vec<i64> = Vec::new();
+    let mut starts = vec![0usize];
+    for blk in 0..blocks {
+        for g in 0..groups {
+            let used = (blk * 4..(blk * 4 + 4).min(nv))
+                .any(|v| packed[(v * groups + g) * 16..(v * groups + g + 1) * 16].iter().any(|&w| w != 0));
+            if used {
+                nonzero.push(g as i64);
+            }
+        }
+        starts.push(nonzero.len());
+    }
+    let sparse = nonzero.len() < blocks * groups;
     let tables = Box::new(Tables {
         weights: Box::new([]),
         bias: bias.into_boxed_slice(),
@@ -93,8 +113,10 @@ pub(crate) fn compile(spec: &GemmSpec, path: Path) -> Result<GemmKernel, String>
         round: Box::new([]),
         shift: Box::new([]),
         packed: packed.into_boxed_slice(),
+        groups: if sparse { nonzero.into_boxed_slice() } else { Box::new([]) },
     });
     let (bt, mt, pt) = (tables.bias.as_ptr() as i64, tables.mult.as_ptr() as i64, tables.packed.as_ptr() as i64);
+    let gt = tables.groups.as_ptr() as i64;
     let (lda, signed_in, unsigned_out) = (row_stride(k) as i64, spec.a_signed, spec.lo >= 0);
     let (zp_y, lo, hi) = (spec.zp_y, spec.lo, spec.hi);
     let mut jit = Jit::new()?;
@@ -121,8 +143,9 @@ pub(crate) fn compile(spec: &GemmSpec, path: Path) -> Result<GemmKernel, String>
                     b.ins().iadd(out, off)
                 })
                 .collect();
-            // One block: `vecs` column vectors starting at vector `first`, for every row.
-            let block = |b: &mut FunctionBuilder, first: Value, vecs: usize, last_cols: usize| {
+            // One block: `vecs` column vectors starting at vector `first`, for every row; `walk`
+            // is the range of the group table to visit (all groups when `None`).
+            let block = |b: &mut FunctionBuilder, first: Value, vecs: usize, last_cols: usize, walk: Option<(usize, usize)>| {
                 let accs: Vec<Vec<_>> = (0..rows).map(|_| (0..vecs).map(|_| b.declare_var(types::I32X4)).collect()).collect();
                 for v in 0..vecs {
                     let off = b.ins().imul_imm_s(first, 16);
@@ -140,9 +163,17 @@ pub(crate) fn compile(spec: &GemmSpec, path: Path) -> Result<GemmKernel, String>
                         b.ins().iadd_imm_s(row, pt)
                     })
                     .collect();
-                let g_end = b.ins().iconst(types::I64, groups as i64);
-                let zero = b.ins().iconst(types::I64, 0);
-                emit_loop(b, zero, g_end, |b, g| {
+                let (from, to) = walk.unwrap_or((0, groups));
+                let g_start = b.ins().iconst(types::I64, from as i64);
+                let g_end = b.ins().iconst(types::I64, to as i64);
+                emit_loop(b, g_start, g_end, |b, t| {
+                    let g = if walk.is_some() {
+                        let off = b.ins().imul_imm_s(t, 8);
+                        let addr = b.ins().iadd_imm_s(off, gt);
+                        b.ins().load(types::I64, raw, addr, 0)
+                    } else {
+                        t
+                    };
                     let g4 = b.ins().imul_imm_s(g, 4);
                     let g16 = b.ins().imul_imm_s(g, 16);
                     let avs: Vec<Value> = a_rows
@@ -210,21 +241,28 @@ pub(crate) fn compile(spec: &GemmSpec, path: Path) -> Result<GemmKernel, String>
             };
             // Whole blocks of 16 columns in a loop, then the rest in one block whose last
             // vector may be partial (then only its columns are stored).
+            // Sparse weights unroll the blocks, each with its own group table.
             let complete = n / 4;
             let full = complete / 4;
-            if full > 0 {
+            let walk = |blk: usize| sparse.then(|| (starts[blk], starts[blk + 1]));
+            if full > 0 && sparse {
+                for blk in 0..full {
+                    let first = b.ins().iconst(types::I64, (blk * 4) as i64);
+                    block(b, first, 4, 4, walk(blk));
+                }
+            } else if full > 0 {
                 let end = b.ins().iconst(types::I64, full as i64);
                 let zero = b.ins().iconst(types::I64, 0);
                 emit_loop(b, zero, end, |b, blk| {
                     let first = b.ins().imul_imm_s(blk, 4);
-                    block(b, first, 4, 4);
+                    block(b, first, 4, 4, None);
                 });
             }
             let rest = complete % 4 + usize::from(n % 4 != 0);
             if rest > 0 {
                 let first = b.ins().iconst(types::I64, (full * 4) as i64);
                 let last_cols = if n % 4 != 0 { n % 4 } else { 4 };
-                block(b, first, rest, last_cols);
+                block(b, first, rest, last_cols, walk(full));
             }
         };
         let pairs = b.ins().sshr_imm_s(m, 1);

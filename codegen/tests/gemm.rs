@@ -1,5 +1,6 @@
 //! The JIT GEMM kernel against the reference evaluator, bit for bit, over random shapes, zero
-//! points, scales, activations and both requantization modes. `QC_SLOW=1` runs 1000 cases.
+//! points, scales, activations, both requantization modes, and block-sparse weights (whose zero
+//! groups the vector kernel skips). `QC_SLOW=1` runs 1000 cases.
 
 use ndarray::{ArrayD, IxDyn};
 use proptest::prelude::*;
@@ -29,8 +30,21 @@ struct Case {
     trans_b: bool,
 }
 
+/// Zeroes the weights of the (16 columns × 4 k) blocks `mask` selects, as `sparsify --block`
+/// does, so that the kernel's zero-group skipping is exercised.
+fn zero_blocks(w: &mut [i32], n: usize, k: usize, mask: &[bool]) {
+    let groups = k.div_ceil(4);
+    for c in 0..n {
+        for kk in 0..k {
+            if mask[((c / 16) * groups + kk / 4) % mask.len()] {
+                w[c * k + kk] = 0;
+            }
+        }
+    }
+}
+
 fn case() -> impl Strategy<Value = Case> {
-    (1usize..5, 1usize..24, 1usize..70, any::<bool>(), any::<bool>(), any::<bool>(), any::<bool>(), any::<bool>(), any::<bool>())
+    (1usize..5, 1usize..40, 1usize..70, any::<bool>(), any::<bool>(), any::<bool>(), any::<bool>(), any::<bool>(), any::<bool>())
         .prop_flat_map(|(m, n, k, a_signed, y_signed, relu, q31, trans_b, zp_w_zero)| {
             let (alo, ahi) = if a_signed { (-128, 127) } else { (0, 255) };
             let (ylo, yhi) = if y_signed { (-128, 127) } else { (0, 255) };
@@ -45,26 +59,14 @@ fn case() -> impl Strategy<Value = Case> {
                 prop::collection::vec(alo..=ahi, m * k),
                 prop::collection::vec(-128i32..=127, n * k),
                 prop::collection::vec(-5000i32..5000, n),
+                prop::option::of(prop::collection::vec(any::<bool>(), 1..40)),
             )
         })
-        .prop_map(|((m, n, k, a_signed, y_signed, relu, q31, trans_b), zp_x, zp_y, s_x, s_y, s_w, zp_w, a, w, bias)| Case {
-            m,
-            n,
-            k,
-            a_signed,
-            y_signed,
-            zp_x,
-            zp_y,
-            s_x,
-            s_y,
-            s_w,
-            zp_w,
-            a,
-            w,
-            bias,
-            relu,
-            q31,
-            trans_b,
+        .prop_map(|((m, n, k, a_signed, y_signed, relu, q31, trans_b), zp_x, zp_y, s_x, s_y, s_w, zp_w, a, mut w, bias, mask)| {
+            if let Some(mask) = mask {
+                zero_blocks(&mut w, n, k, &mask);
+            }
+            Case { m, n, k, a_signed, y_signed, zp_x, zp_y, s_x, s_y, s_w, zp_w, a, w, bias, relu, q31, trans_b }
         })
 }
 

@@ -157,7 +157,7 @@ struct CompileArgs {
     /// One magnitude threshold over all layers instead of the same fraction of each.
     #[arg(long)]
     sparsity_global: bool,
-    /// Zero whole 4x4 blocks (the JIT's packed weight panels) instead of single weights.
+    /// Zero whole blocks of 16 output channels x 4 inputs (which the JIT skips) instead of single weights.
     #[arg(long)]
     block: bool,
 }

@@ -187,7 +187,7 @@ pub const REGISTRY: &[PassInfo] = &[
     },
     PassInfo {
         name: "sparsify",
-        doc: "zero the smallest weights of conv/gemm layers, one by one or in the JIT's 4x4 panels (--sparsity, --sparsity-layer, --sparsity-global, --block, --reconstruct)",
+        doc: "zero the smallest weights of conv/gemm layers, one by one or in the 16x4 blocks the JIT skips (--sparsity, --sparsity-layer, --sparsity-global, --block, --reconstruct)",
         make: |o| Box::new(Sparsify::new(o)),
     },
     PassInfo {

@@ -5,9 +5,12 @@
 //! constant weights (`Rule::Layer` of [`crate::channel_flow`]): `--sparsity S` zeroes the fraction
 //! S of each layer's weights with the smallest |w| (`--sparsity-global`: one threshold over all
 //! layers, so that layers with small weights lose more), `--sparsity-layer NAME=S` sets one layer.
-//! `--block` zeroes whole blocks of 4 output channels × 4 reduction inputs, ranked by their L2
-//! norm — the shape of the JIT's packed weight panels (for a conv, 4 input channels at one kernel
-//! tap, the order the JIT's patches read). Shapes do not change:
+//! Layers that read a model input directly (the first layers: fewest weights, most sensitive) are
+//! left dense unless named by `--sparsity-layer`.
+//! `--block` zeroes whole blocks of 16 output channels × 4 reduction inputs, ranked by their L2
+//! norm — the weights one step of the JIT's GEMM reads for a block of 16 columns (for a conv, 4
+//! input channels at one kernel tap, the order the JIT's patches read), which it skips when they
+//! are zero. Shapes do not change:
 //!
 //! ```text
 //! %w = const @"fc.weight" : tensor<8x16xf32>       %w = const @"fc.weight.sparse" : tensor<8x16xf32>
@@ -37,7 +40,7 @@ pub struct SparsifyOptions {
     pub layers: Vec<(String, f32)>,
     /// One magnitude threshold over all layers instead of one per layer.
     pub global: bool,
-    /// Zero 4 × 4 blocks (the JIT's weight panels) instead of single weights.
+    /// Zero blocks of 16 outputs × 4 inputs (what the JIT skips) instead of single weights.
     pub block: bool,
     /// Re-fit the remaining weights on the calibration samples.
     pub reconstruct: bool,
@@ -87,10 +90,10 @@ fn groups(g: &Graph, n: NodeId, block: bool) -> (Arc<Tensor>, Vec<Vec<usize>>) {
         }
     };
     let mut out = Vec::new();
-    for ob in (0..o).step_by(4) {
+    for ob in (0..o).step_by(16) {
         for kb in (0..k).step_by(4) {
             out.push(
-                (ob..(ob + 4).min(o)).flat_map(|oc| (kb..(kb + 4).min(k)).map(|r| index(oc, r)).collect::<Vec<_>>()).collect(),
+                (ob..(ob + 16).min(o)).flat_map(|oc| (kb..(kb + 4).min(k)).map(|r| index(oc, r)).collect::<Vec<_>>()).collect(),
             );
         }
     }
@@ -160,6 +163,15 @@ impl Pass for Sparsify {
         let (mut zeros, mut total) = (0usize, 0usize);
         for (n, w, gs, scores) in ranked {
             let explicit = self.opts.layers.iter().find(|(name, _)| layer_names(g, n).contains(name)).map(|(_, s)| *s);
+            // The first layers (reading a model input) have the fewest weights and matter most;
+            // only an explicit --sparsity-layer sparsifies them.
+            let first = g.producer(g.node(n).operands[0]).is_none();
+            if first && explicit.is_none() {
+                let w = w.as_f32().expect("f32");
+                zeros += w.iter().filter(|v| **v == 0.0).count();
+                total += w.len();
+                continue;
+            }
             let mut flat: Vec<f32> = w.as_f32().expect("f32").iter().copied().collect();
             let drop: Vec<usize> = match (explicit, threshold, self.opts.sparsity) {
                 (None, Some(t), _) => (0..gs.len()).filter(|&i| scores[i] < t).collect(),
