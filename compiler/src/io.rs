@@ -87,7 +87,8 @@ fn dtype_of(t: &Tensor) -> Dtype {
     }
 }
 
-fn le_bytes(t: &Tensor) -> Vec<u8> {
+/// A tensor's elements as little-endian bytes (what safetensors and the compressed file store).
+pub fn le_bytes(t: &Tensor) -> Vec<u8> {
     match t {
         Tensor::F32(a) => a.iter().flat_map(|v| v.to_le_bytes()).collect(),
         Tensor::F16(a) => a.iter().flat_map(|v| v.to_le_bytes()).collect(),
@@ -157,8 +158,11 @@ pub fn weights_from_bytes(bytes: &[u8], file: &Path) -> Result<Weights> {
     Ok(w)
 }
 
-/// Reads a safetensors file.
+/// Reads a weights file: safetensors, or qc's compressed format (recognized by its header).
 pub fn read_weights(path: &Path) -> Result<Weights> {
     let bytes = std::fs::read(path).with_context(|| format!("cannot read weights file {}", path.display()))?;
+    if crate::packed_weights::is_packed(&bytes) {
+        return crate::packed_weights::unpack(&bytes, path);
+    }
     weights_from_bytes(&bytes, path)
 }

@@ -2,13 +2,16 @@
 //! pipelines, evaluating, and writing results.
 
 pub mod exec;
+pub mod huffman;
 pub mod io;
 pub mod model;
 pub mod onnx;
+pub mod packed_weights;
 pub mod prune_report;
 pub mod report;
+pub mod size_report;
 
-pub use model::{Model, load_model, save_model};
+pub use model::{Model, load_model, save_model, save_model_packed};
 
 use std::fmt;
 

@@ -68,7 +68,7 @@ struct EvalArgs {
 }
 
 /// `qc compile`'s arguments.
-#[derive(clap::Args)]
+#[derive(clap::Args, Clone)]
 struct CompileArgs {
     /// The model (.qir, weights in the .safetensors beside it; or .onnx).
     model: PathBuf,
@@ -160,6 +160,14 @@ struct CompileArgs {
     /// Zero whole blocks of 16 output channels x 4 inputs (which the JIT skips) instead of single weights.
     #[arg(long)]
     block: bool,
+    /// Weight sharing: k-means each layer's nonzero weights into this many values (adds
+    /// `cluster-weights` before quantization).
+    #[arg(long)]
+    clusters: Option<usize>,
+    /// Write the weights compressed (OUT.qcw: Huffman-coded, codebooks for shared weights)
+    /// instead of OUT.safetensors.
+    #[arg(long)]
+    compress: bool,
 }
 
 impl CompileArgs {
@@ -195,6 +203,32 @@ enum Command {
     },
     /// List every pass and pipeline.
     Passes,
+    /// Weight bytes per layer at each compression stage (fp32, int8, pruned, clustered, Huffman),
+    /// with test errors when --test and --labels are given. Takes `qc compile`'s options.
+    Size {
+        #[command(flatten)]
+        args: CompileArgs,
+        /// Test inputs (.npy), to count each stage's errors.
+        #[arg(long, requires = "labels")]
+        test: Option<PathBuf>,
+        /// Test labels (.npy).
+        #[arg(long, requires = "test")]
+        labels: Option<PathBuf>,
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Rewrite a model's weights compressed (OUT.qcw beside OUT.qir) and print what each tensor became.
+    Pack {
+        /// The model.
+        model: PathBuf,
+        /// Where to write the model (its compressed weights go beside it).
+        #[arg(short, long)]
+        output: PathBuf,
+        /// The weights file, if not beside the model.
+        #[arg(long)]
+        weights: Option<PathBuf>,
+    },
     /// Run a pipeline of passes over a model and write the result.
     Compile(CompileArgs),
     /// Write a model as ONNX (QDQ for quantized graphs) that ONNX Runtime runs.
@@ -256,6 +290,8 @@ fn main() {
             Ok(())
         }
         Command::Compile(args) => compile(args),
+        Command::Pack { model, output, weights } => pack(&model, &output, weights.as_deref()),
+        Command::Size { args, test, labels, json } => size(args, test.as_deref().zip(labels.as_deref()), json),
         Command::Eval(args) => eval(args),
         Command::Bench { model, input, batch, runs, weights } => bench(&model, input.as_deref(), batch, runs, weights.as_deref()),
         Command::Export { model, output, weights } => export(&model, &output, weights.as_deref()),
@@ -265,6 +301,99 @@ fn main() {
         eprintln!("{e}");
         std::process::exit(e.exit_code());
     }
+}
+
+fn size(a: CompileArgs, test: Option<(&Path, &Path)>, json: bool) -> Result<(), QcError> {
+    let model = load_model(&a.model, a.weights.as_deref())?;
+    let data = match test {
+        Some((x, y)) => Some((
+            read_tensor(x)?,
+            read_tensor(y)?
+                .to_i64_vec()
+                .ok_or_else(|| QcError::Input(format!("error: {}: labels must be integers", y.display())))?,
+        )),
+        None => None,
+    };
+    let errors = |g: &qc_ir::Graph| -> Result<Option<usize>, QcError> {
+        let Some((x, y)) = &data else { return Ok(None) };
+        let compiled = qc_codegen::CompiledModel::compile(g).map_err(|e| QcError::Input(format!("error: {e}")))?;
+        let out =
+            qc::exec::run_batch_with(g, x, 64, |xi| compiled.run(&[xi]).map(|mut v| v.remove(0)).map_err(|e| e.to_string()))
+                .map_err(|e| QcError::Input(format!("error: {e}")))?;
+        Ok(Some(qc::exec::argmax_rows(&out).iter().zip(y).filter(|(p, l)| **p as i64 != **l).count()))
+    };
+    let compiled = |args: &CompileArgs| -> Result<qc_ir::Graph, QcError> {
+        let names = pipeline_names(args)?;
+        let opts = PipelineOptions { check_weights: true, pass_options: pass_options(args)?, ..Default::default() };
+        let mut g = model.graph.clone();
+        run_pipeline(&mut g, &names, &opts, &mut std::io::sink()).map_err(|e| QcError::Input(format!("error: {e}")))?;
+        Ok(g)
+    };
+    let mut stages = vec![qc::size_report::stage("fp32", &model.graph, errors(&model.graph)?)];
+    let mut last = model.graph.clone();
+    let plain = CompileArgs {
+        prune_ratio: None,
+        prune_layer: Vec::new(),
+        sparsity: None,
+        sparsity_layer: Vec::new(),
+        clusters: None,
+        ..a.clone()
+    };
+    if a.calib.is_some() {
+        last = compiled(&plain)?;
+        stages.push(qc::size_report::stage("int8", &last, errors(&last)?));
+    }
+    if a.prunes() || a.sparsifies() {
+        last = compiled(&CompileArgs { clusters: None, ..a.clone() })?;
+        stages.push(qc::size_report::stage("pruned", &last, errors(&last)?));
+    }
+    if a.clusters.is_some() {
+        last = compiled(&a)?;
+        stages.push(qc::size_report::stage("clustered", &last, errors(&last)?));
+    }
+    let needed = qc::model::referenced_weights(&last);
+    let mut w = last.weights.clone();
+    w.retain(|n| needed.iter().any(|m| m == n));
+    let (bytes, packed) = qc::packed_weights::pack(&w);
+    stages.push(qc::size_report::packed_stage(&last, &packed, bytes.len() as u64, stages.last().and_then(|s| s.errors)));
+    if json {
+        say!("{}", serde_json::to_string_pretty(&qc::size_report::to_json(&stages)).expect("JSON"));
+    } else {
+        say!("{}", qc::size_report::summary(&stages).trim_end());
+    }
+    Ok(())
+}
+
+fn pack(path: &Path, out: &Path, weights: Option<&Path>) -> Result<(), QcError> {
+    let model = load_model(path, weights)?;
+    let packed = qc::save_model_packed(&model.graph, out)?;
+    say!("{:<40} {:>10} {:>10}  coding", "tensor", "bytes", "packed");
+    for p in &packed {
+        say!("{:<40} {:>10} {:>10}  {:?}", p.name, p.raw_bytes, p.packed_bytes, p.coding);
+    }
+    let (raw, coded): (usize, usize) = packed.iter().fold((0, 0), |(r, c), p| (r + p.raw_bytes, c + p.packed_bytes));
+    say!("{:<40} {:>10} {:>10}  ({:.2}x)", "total", raw, coded, raw as f64 / coded.max(1) as f64);
+    // What loading pays for the compression, next to what compiling costs anyway.
+    let file = qc::model::packed_weights_path(out);
+    if file.exists() {
+        let bytes = std::fs::read(&file).map_err(|e| QcError::Input(format!("error: {}: {e}", file.display())))?;
+        let t = std::time::Instant::now();
+        qc::packed_weights::unpack(&bytes, &file).map_err(|e| QcError::Input(format!("error: {e}")))?;
+        let decode = t.elapsed().as_secs_f64();
+        let t = std::time::Instant::now();
+        let jit = qc_codegen::CompiledModel::compile(&model.graph);
+        let compile = t.elapsed().as_secs_f64();
+        match jit {
+            Ok(_) => say!(
+                "decoding at load: {:.3} ms, {:.1} % of the JIT compile ({:.3} ms)",
+                decode * 1e3,
+                100.0 * decode / compile,
+                compile * 1e3
+            ),
+            Err(_) => say!("decoding at load: {:.3} ms", decode * 1e3),
+        }
+    }
+    Ok(())
 }
 
 fn import(path: &Path, out: &Path, shapes: &[String]) -> Result<(), QcError> {
@@ -348,6 +477,7 @@ fn pass_options(a: &CompileArgs) -> Result<PassOptions, QcError> {
         steps: a.prune_steps,
         max_loss: a.max_loss,
     };
+    o.clusters = a.clusters.unwrap_or(16);
     o.sparsify = qc_passes::SparsifyOptions {
         sparsity: a.sparsity,
         layers: Vec::new(),
@@ -395,9 +525,11 @@ fn pass_options(a: &CompileArgs) -> Result<PassOptions, QcError> {
     Ok(o)
 }
 
-fn compile(a: CompileArgs) -> Result<(), QcError> {
-    let names = match (&a.pipeline, &a.passes) {
-        (_, Some(p)) => p.clone(),
+/// The passes `a` asks for: the named (or default) pipeline, plus the compression passes its
+/// options call for.
+fn pipeline_names(a: &CompileArgs) -> Result<Vec<String>, QcError> {
+    let mut names = match (&a.pipeline, &a.passes) {
+        (_, Some(p)) => return Ok(p.clone()),
         (Some(name), None) => qc_passes::pipeline(name).map_err(QcError::Usage)?,
         (None, None) => {
             let name = if a.dynamic {
@@ -410,17 +542,32 @@ fn compile(a: CompileArgs) -> Result<(), QcError> {
             qc_passes::pipeline(name).expect("the pipeline exists")
         }
     };
-    let mut names = names;
-    if a.prunes() && a.passes.is_none() && !names.iter().any(|n| n == "prune-channels") {
+    fn insert(names: &mut Vec<String>, pass: &str, at: usize) {
+        if !names.iter().any(|n| n == pass) {
+            names.insert(at.min(names.len()), pass.into());
+        }
+    }
+    let fold_bn = |names: &[String]| names.iter().position(|n| n == "fold-bn");
+    if a.prunes() {
         // Before fold-bn, so that bn-gamma can rank channels by the batch norms.
-        let at = names.iter().position(|n| n == "fold-bn").unwrap_or(0);
-        names.insert(at, "prune-channels".into());
+        let at = fold_bn(&names).unwrap_or(0);
+        insert(&mut names, "prune-channels", at);
     }
-    if a.sparsifies() && a.passes.is_none() && !names.iter().any(|n| n == "sparsify") {
+    if a.sparsifies() {
         // After fold-bn, so that the zeros are those of the weights the JIT multiplies.
-        let at = names.iter().position(|n| n == "fold-bn").map_or(0, |i| i + 1);
-        names.insert(at, "sparsify".into());
+        let at = fold_bn(&names).map_or(0, |i| i + 1);
+        insert(&mut names, "sparsify", at);
     }
+    if a.clusters.is_some() {
+        // After the weights are final in f32 (folded, pruned, sparsified), before quantization.
+        let at = names.iter().position(|n| n == "sparsify").or(fold_bn(&names)).map_or(0, |i| i + 1);
+        insert(&mut names, "cluster-weights", at);
+    }
+    Ok(names)
+}
+
+fn compile(a: CompileArgs) -> Result<(), QcError> {
+    let names = pipeline_names(&a)?;
     let mut pass_options = pass_options(&a)?;
     for n in names.iter().chain(&a.print_after).chain(&a.stop_after) {
         qc_passes::lookup(n, &pass_options).map_err(usage)?;
@@ -485,6 +632,15 @@ fn compile(a: CompileArgs) -> Result<(), QcError> {
         qc::io::write_atomic(path, text.as_bytes())?;
     }
     match &a.output {
+        Some(o) if a.compress => {
+            let packed = qc::save_model_packed(&model.graph, o)?;
+            let (raw, coded): (usize, usize) = packed.iter().fold((0, 0), |(r, c), p| (r + p.raw_bytes, c + p.packed_bytes));
+            eprintln!(
+                "weights: {raw} bytes → {coded} bytes compressed ({:.2}x) in {}",
+                raw as f64 / coded.max(1) as f64,
+                qc::model::packed_weights_path(o).display()
+            );
+        }
         Some(o) => save_model(&model.graph, o)?,
         None if !(opts.print_after_all || !opts.print_after.is_empty()) => {
             write!(lock, "{}", print(&model.graph)).map_err(|e| QcError::Input(e.to_string()))?;

@@ -30,6 +30,17 @@ pub fn weights_path(model: &Path) -> PathBuf {
     model.with_extension("safetensors")
 }
 
+/// The compressed weights file that may belong to a model file instead: `model.qcw`.
+pub fn packed_weights_path(model: &Path) -> PathBuf {
+    model.with_extension("qcw")
+}
+
+/// The weights file beside a model: `.safetensors`, else `.qcw` (saving one removes the other).
+fn weights_beside(model: &Path) -> PathBuf {
+    let packed = packed_weights_path(model);
+    if !weights_path(model).exists() && packed.exists() { packed } else { weights_path(model) }
+}
+
 /// Names of the weights a graph refers to, in order of appearance.
 pub fn referenced_weights(g: &Graph) -> Vec<String> {
     g.node_ids()
@@ -60,7 +71,7 @@ pub fn load_model(path: &Path, weights: Option<&Path>) -> Result<Model, QcError>
         std::fs::read_to_string(path).map_err(|e| QcError::Input(format!("error: cannot read {}: {e}", path.display())))?;
     let mut graph = parse_source(path, &source)?;
     let needed = referenced_weights(&graph);
-    let wpath = weights.map(Path::to_path_buf).unwrap_or_else(|| weights_path(path));
+    let wpath = weights.map(Path::to_path_buf).unwrap_or_else(|| weights_beside(path));
     if !needed.is_empty() {
         if !wpath.exists() {
             return Err(QcError::Input(format!(
@@ -77,14 +88,42 @@ pub fn load_model(path: &Path, weights: Option<&Path>) -> Result<Model, QcError>
     Ok(model)
 }
 
+/// The weights `g` refers to, and only those.
+fn needed_weights(g: &Graph) -> Option<qc_ir::Weights> {
+    let needed = referenced_weights(g);
+    let mut w = g.weights.clone();
+    w.retain(|n| needed.iter().any(|m| m == n));
+    (!needed.is_empty()).then_some(w)
+}
+
+fn remove_stale(path: &Path) -> Result<(), QcError> {
+    match std::fs::remove_file(path) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+            Err(QcError::Input(format!("error: cannot remove the stale {}: {e}", path.display())))
+        }
+        _ => Ok(()),
+    }
+}
+
 /// Writes `OUT.qir` and, when the graph refers to weights, `OUT.safetensors` with exactly those.
 pub fn save_model(g: &Graph, out: &Path) -> Result<(), QcError> {
-    let needed = referenced_weights(g);
-    if !needed.is_empty() {
-        let mut w = g.weights.clone();
-        w.retain(|n| needed.iter().any(|m| m == n));
+    if let Some(w) = needed_weights(g) {
         write_atomic(&weights_path(out), &weights_to_bytes(&w)?)?;
+        remove_stale(&packed_weights_path(out))?;
     }
     write_atomic(out, print(g).as_bytes())?;
     Ok(())
+}
+
+/// Writes `OUT.qir` and its weights compressed as `OUT.qcw`; returns what each tensor became.
+pub fn save_model_packed(g: &Graph, out: &Path) -> Result<Vec<crate::packed_weights::Packed>, QcError> {
+    let mut report = Vec::new();
+    if let Some(w) = needed_weights(g) {
+        let (bytes, r) = crate::packed_weights::pack(&w);
+        write_atomic(&packed_weights_path(out), &bytes)?;
+        remove_stale(&weights_path(out))?;
+        report = r;
+    }
+    write_atomic(out, print(g).as_bytes())?;
+    Ok(report)
 }

@@ -338,3 +338,39 @@ fn bench_times_the_jit_and_the_evaluator() {
     let s = stdout(&o);
     assert!(s.contains("batch 4, 3 JIT kernels compiled in") && s.contains("jit ") && s.contains("GOPS"), "{s}");
 }
+
+#[test]
+fn compressed_weights_load_and_run_like_the_plain_ones() {
+    let d = scratch("compress");
+    let (plain, packed) = (d.join("plain.qir"), d.join("packed.qir"));
+    let model = "../shared/corpus/models/digits_cnn_fp32.onnx";
+    let args = ["--calib", CALIB, "--sparsity", "0.8", "--reconstruct", "--clusters", "16"];
+    let o = qc(&[&["compile", model, "-o", p(&plain)][..], &args].concat());
+    assert_eq!(code(&o), 0, "{}", stderr(&o));
+    let o = qc(&[&["compile", model, "--compress", "-o", p(&packed)][..], &args].concat());
+    assert_eq!(code(&o), 0, "{}", stderr(&o));
+    assert!(stderr(&o).contains("bytes compressed"), "{}", stderr(&o));
+    assert!(d.join("packed.qcw").exists() && !d.join("packed.safetensors").exists());
+    let plain_size = std::fs::metadata(d.join("plain.safetensors")).unwrap().len();
+    let packed_size = std::fs::metadata(d.join("packed.qcw")).unwrap().len();
+    assert!(packed_size * 2 < plain_size, "{packed_size} vs {plain_size}");
+    // The same outputs, bit for bit.
+    let (ya, yb) = (d.join("a.npy"), d.join("b.npy"));
+    assert_eq!(code(&qc(&["run", p(&plain), "--input", TEST_X, "-o", p(&ya)])), 0);
+    assert_eq!(code(&qc(&["run", p(&packed), "--input", TEST_X, "-o", p(&yb)])), 0);
+    assert_eq!(std::fs::read(&ya).unwrap(), std::fs::read(&yb).unwrap());
+    // A damaged file is an error naming the problem.
+    let mut bytes = std::fs::read(d.join("packed.qcw")).unwrap();
+    let mid = bytes.len() / 2;
+    bytes[mid] ^= 0x10;
+    std::fs::write(d.join("packed.qcw"), &bytes).unwrap();
+    fails_with(&qc(&["run", p(&packed), "--input", TEST_X, "-o", p(&yb)]), "checksum mismatch");
+    std::fs::write(d.join("packed.qcw"), &bytes[..mid]).unwrap();
+    fails_with(&qc(&["run", p(&packed), "--input", TEST_X, "-o", p(&yb)]), "corrupt or truncated");
+    // The size report goes stage by stage.
+    let o = qc(&[&["size", model, "--test", TEST_X, "--labels", TEST_Y][..], &args].concat());
+    assert_eq!(code(&o), 0, "{}", stderr(&o));
+    for stage in ["fp32", "int8", "pruned", "clustered", "huffman", "fp32 / stage", "test errors"] {
+        assert!(stdout(&o).contains(stage), "{}", stdout(&o));
+    }
+}

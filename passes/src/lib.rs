@@ -5,6 +5,7 @@
 mod calibrate;
 pub mod channel_flow;
 mod channel_selection;
+mod cluster_weights;
 mod dead_code;
 mod fold_bn;
 mod fold_constants;
@@ -23,6 +24,7 @@ pub mod samples;
 mod sparsify;
 
 pub use calibrate::Calibrate;
+pub use cluster_weights::{ClusterWeights, kmeans_1d};
 pub use dead_code::DeadCode;
 pub use fold_bn::FoldBn;
 pub use fold_constants::FoldConstants;
@@ -112,6 +114,8 @@ pub struct PassOptions {
     pub prune: PruneOptions,
     /// What `sparsify` zeroes.
     pub sparsify: SparsifyOptions,
+    /// `cluster-weights`: shared values per layer.
+    pub clusters: usize,
 }
 
 /// A progress callback: (done, total).
@@ -137,6 +141,7 @@ impl Default for PassOptions {
             progress: None,
             prune: PruneOptions::default(),
             sparsify: SparsifyOptions::default(),
+            clusters: 16,
         }
     }
 }
@@ -189,6 +194,11 @@ pub const REGISTRY: &[PassInfo] = &[
         name: "sparsify",
         doc: "zero the smallest weights of conv/gemm layers, one by one or in the 16x4 blocks the JIT skips (--sparsity, --sparsity-layer, --sparsity-global, --block, --reconstruct)",
         make: |o| Box::new(Sparsify::new(o)),
+    },
+    PassInfo {
+        name: "cluster-weights",
+        doc: "weight sharing: k-means the nonzero weights of each conv/gemm layer into --clusters K values (Deep Compression)",
+        make: |o| Box::new(ClusterWeights::new(o)),
     },
     PassInfo {
         name: "fuse-matmul-add",

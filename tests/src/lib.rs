@@ -9,6 +9,7 @@
 //! //@ prune-ratio: 0.5                prune-channels options (also prune-layer: NAME=R,
 //!                                     prune-multiple: N, prune-criterion: C, reconstruct)
 //! //@ sparsity: 0.5                   sparsify options (also block, sparsity-global)
+//! //@ clusters: 4                     cluster-weights' shared values per layer
 //! ```
 //!
 //! Directives before the first `func` hold for the whole file; a later case may add its own.
@@ -196,6 +197,9 @@ fn header(text: &str) -> Header {
         }
         if line.trim() == "//@ sparsity-global" {
             sparsify.global = true;
+        }
+        if let Some(rest) = line.strip_prefix("//@ clusters:") {
+            h.options.clusters = rest.trim().parse().expect("a count");
         }
     }
     h
