@@ -301,3 +301,42 @@ fn pruning_half_the_channels_then_int8_keeps_digits_cnn_accurate() {
     assert!(e1 <= e0 + 5, "{e1} errors pruned vs {e0}");
     assert!(e2 > e1, "reconstruction should help: {e2} vs {e1}");
 }
+
+#[test]
+fn deep_compression_makes_digits_cnn_ten_times_smaller() {
+    let test_x = read_tensor(&corpus().join("data/digits_test_x.npy")).unwrap();
+    let calib = std::sync::Arc::new(read_tensor(&corpus().join("data/digits_calib_x.npy")).unwrap());
+    let y = labels();
+    let fp32 = import(&corpus().join("models/digits_cnn_fp32.onnx"));
+    let fp32_bytes = qc::packed_weights::pack(&fp32.weights).1.iter().map(|p| p.raw_bytes).sum::<usize>();
+    // Prune (80 % sparsity, reconstructed), share 16 values per layer, quantize, Huffman-code.
+    let mut passes = qc_passes::pipeline("int8").unwrap();
+    let at = passes.iter().position(|p| p == "fold-bn").unwrap() + 1;
+    passes.insert(at, "sparsify".into());
+    passes.insert(at + 1, "cluster-weights".into());
+    let opts = qc_passes::PipelineOptions {
+        check_weights: true,
+        pass_options: qc_passes::PassOptions {
+            calibration: Some(calib),
+            sparsify: qc_passes::SparsifyOptions { sparsity: Some(0.8), reconstruct: true, ..Default::default() },
+            clusters: 16,
+            ..Default::default()
+        },
+        ..Default::default()
+    };
+    let mut g = fp32.clone();
+    qc_passes::run_pipeline(&mut g, &passes, &opts, &mut std::io::sink()).unwrap();
+    let needed = qc::model::referenced_weights(&g);
+    let mut w = g.weights.clone();
+    w.retain(|n| needed.iter().any(|m| m == n));
+    let (file, _) = qc::packed_weights::pack(&w);
+    let (e0, e1) = (test_errors(&fp32, &test_x, &y), test_errors(&g, &test_x, &y));
+    println!(
+        "digits_cnn: {fp32_bytes} fp32 weight bytes → {} compressed ({:.2}x); {e0} → {e1} test errors",
+        file.len(),
+        fp32_bytes as f64 / file.len() as f64
+    );
+    assert!(file.len() * 10 <= fp32_bytes, "{} vs {fp32_bytes}", file.len());
+    // ≤ 1 point of the 540 test samples.
+    assert!(e1 <= e0 + 5, "{e1} errors vs {e0}");
+}
