@@ -1,12 +1,14 @@
 //! `qc`: the compiler driver behind the `qc` command — loading models and weights, running
 //! pipelines, evaluating, and writing results.
 
+pub mod analyze;
 pub mod exec;
 pub mod huffman;
 pub mod io;
 pub mod model;
 pub mod onnx;
 pub mod packed_weights;
+pub mod plots;
 pub mod prune_report;
 pub mod report;
 pub mod size_report;

@@ -118,6 +118,9 @@ struct CompileArgs {
     /// One weight scale per tensor instead of one per output channel.
     #[arg(long)]
     per_tensor: bool,
+    /// Keep this op (location or result name) in fp32 when quantizing (repeatable).
+    #[arg(long)]
+    keep_fp32: Vec<String>,
     /// Dynamic quantization (the `dynamic` pipeline) instead of calibrated static quantization.
     #[arg(long, conflicts_with_all = ["calib", "pipeline", "passes"])]
     dynamic: bool,
@@ -218,6 +221,21 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Per-layer quantization error (isolated and cumulative SQNR, cosine, max/mean error) and what
+    /// keeping each layer in fp32 recovers, ranked. Takes `qc compile`'s quantization options.
+    Analyze {
+        #[command(flatten)]
+        args: CompileArgs,
+        /// Analyze this int8 model instead of compiling one.
+        #[arg(long)]
+        quantized: Option<PathBuf>,
+        /// Write SVG plots here: per-layer SQNR bars, activation histograms with each method's range.
+        #[arg(long)]
+        plots: Option<PathBuf>,
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
     /// Rewrite a model's weights compressed (OUT.qcw beside OUT.qir) and print what each tensor became.
     Pack {
         /// The model.
@@ -290,6 +308,7 @@ fn main() {
             Ok(())
         }
         Command::Compile(args) => compile(args),
+        Command::Analyze { args, quantized, plots, json } => analyze(args, quantized.as_deref(), plots.as_deref(), json),
         Command::Pack { model, output, weights } => pack(&model, &output, weights.as_deref()),
         Command::Size { args, test, labels, json } => size(args, test.as_deref().zip(labels.as_deref()), json),
         Command::Eval(args) => eval(args),
@@ -301,6 +320,33 @@ fn main() {
         eprintln!("{e}");
         std::process::exit(e.exit_code());
     }
+}
+
+fn analyze(a: CompileArgs, quantized: Option<&Path>, plots: Option<&Path>, json: bool) -> Result<(), QcError> {
+    if a.calib.is_none() {
+        return Err(usage("qc analyze needs --calib X.npy"));
+    }
+    let model = load_model(&a.model, a.weights.as_deref())?;
+    let q = quantized.map(|p| load_model(p, None)).transpose()?;
+    let opts = PipelineOptions { check_weights: true, pass_options: pass_options(&a)?, ..Default::default() };
+    let r = qc::analyze::analyze(&model.graph, q.as_ref().map(|m| &m.graph), &opts)
+        .map_err(|e| QcError::Input(format!("error: {e}")))?;
+    if let Some(dir) = plots {
+        std::fs::create_dir_all(dir).map_err(|e| QcError::Input(format!("error: cannot create {}: {e}", dir.display())))?;
+        qc::io::write_atomic(&dir.join("sqnr.svg"), qc::plots::sqnr_bars(&r).as_bytes())?;
+        for h in &r.histograms {
+            let name: String =
+                h.value.trim_start_matches('%').chars().map(|c| if c.is_alphanumeric() || c == '_' { c } else { '_' }).collect();
+            qc::io::write_atomic(&dir.join(format!("hist_{name}.svg")), qc::plots::histogram(h).as_bytes())?;
+        }
+        eprintln!("plots: {} files in {}", 1 + r.histograms.len(), dir.display());
+    }
+    if json {
+        say!("{}", serde_json::to_string_pretty(&r.to_json()).expect("JSON"));
+    } else {
+        say!("{}", r.summary().trim_end());
+    }
+    Ok(())
 }
 
 fn size(a: CompileArgs, test: Option<(&Path, &Path)>, json: bool) -> Result<(), QcError> {
@@ -466,6 +512,7 @@ fn pass_options(a: &CompileArgs) -> Result<PassOptions, QcError> {
         calib_method: if a.calib_method == "auto" { Default::default() } else { a.calib_method.parse().map_err(usage)? },
         symmetric_activations: a.symmetric,
         per_tensor_weights: a.per_tensor,
+        keep_fp32: a.keep_fp32.clone(),
         ..Default::default()
     };
     o.prune = qc_passes::PruneOptions {

@@ -374,3 +374,28 @@ fn compressed_weights_load_and_run_like_the_plain_ones() {
         assert!(stdout(&o).contains(stage), "{}", stdout(&o));
     }
 }
+
+#[test]
+fn analyze_prints_ranked_layers_json_and_plots() {
+    let d = scratch("analyze");
+    let plots = d.join("plots");
+    let model = "../shared/corpus/models/digits_cnn_fp32.onnx";
+    let o = qc(&["analyze", model, "--calib", CALIB, "--plots", p(&plots), "--json"]);
+    assert_eq!(code(&o), 0, "{}", stderr(&o));
+    let json: serde_json::Value = serde_json::from_str(&stdout(&o)).unwrap();
+    let layers = json["layers"].as_array().unwrap();
+    assert!(layers.len() >= 5, "{json}");
+    assert_eq!(layers[0]["rank"], 1);
+    assert!(layers[0]["cumulative"]["sqnr_db"].as_f64().unwrap() > 20.0, "{json}");
+    let sqnr = std::fs::read_to_string(plots.join("sqnr.svg")).unwrap();
+    assert!(sqnr.starts_with("<svg") && sqnr.contains("node_conv2d"), "{sqnr}");
+    let hists = std::fs::read_dir(&plots)
+        .unwrap()
+        .filter(|e| e.as_ref().unwrap().file_name().to_string_lossy().starts_with("hist_"))
+        .count();
+    assert!(hists >= 5, "{hists} histograms");
+    // Without samples it is a usage error.
+    let o = qc(&["analyze", model]);
+    assert_eq!(code(&o), 2, "{}", stderr(&o));
+    assert!(stderr(&o).contains("needs --calib"), "{}", stderr(&o));
+}

@@ -340,3 +340,44 @@ fn deep_compression_makes_digits_cnn_ten_times_smaller() {
     // ≤ 1 point of the 540 test samples.
     assert!(e1 <= e0 + 5, "{e1} errors vs {e0}");
 }
+
+#[test]
+fn analyze_ranks_first_the_layer_whose_fp32_copy_recovers_most() {
+    let calib = std::sync::Arc::new(read_tensor(&corpus().join("data/digits_calib_x.npy")).unwrap());
+    let fp32 = import(&corpus().join("models/digits_resdw_fp32.onnx"));
+    let opts = qc_passes::PipelineOptions {
+        check_weights: true,
+        pass_options: qc_passes::PassOptions { calibration: Some(calib.clone()), ..Default::default() },
+        ..Default::default()
+    };
+    let a = qc::analyze::analyze(&fp32, None, &opts).unwrap();
+    print!("{}", a.summary());
+    assert!(a.layers.len() >= 10, "{} layers", a.layers.len());
+    // Independently: compile the int8 pipeline keeping each layer in fp32, and measure the output
+    // SQNR against fp32 on the same samples.
+    let reference = qc::exec::run_batch(&fp32, &calib, 64).unwrap();
+    let passes = qc_passes::pipeline("int8").unwrap();
+    let measured: Vec<(String, f64)> = a
+        .layers
+        .iter()
+        .map(|l| {
+            let mut o = opts.clone();
+            o.pass_options.keep_fp32 = vec![l.name.clone()];
+            let mut g = fp32.clone();
+            qc_passes::run_pipeline(&mut g, &passes, &o, &mut std::io::sink()).unwrap();
+            (l.name.clone(), qc::exec::sqnr_db(&reference, &qc::exec::run_batch(&g, &calib, 64).unwrap()))
+        })
+        .collect();
+    let best = measured.iter().map(|m| m.1).fold(f64::NEG_INFINITY, f64::max);
+    assert!(measured[0].1 >= best - 1e-9, "top-ranked {:?}, measured {measured:?}", measured[0]);
+    // And the analysis's own gains are what compiling measures (its reference has the batch norms
+    // folded: within f32 rounding).
+    let none = {
+        let mut g = fp32.clone();
+        qc_passes::run_pipeline(&mut g, &passes, &opts, &mut std::io::sink()).unwrap();
+        qc::exec::sqnr_db(&reference, &qc::exec::run_batch(&g, &calib, 64).unwrap())
+    };
+    for (l, (_, db)) in a.layers.iter().zip(&measured) {
+        assert!((l.keep_fp32_db - (db - none)).abs() < 1e-3, "{}: {} vs {}", l.name, l.keep_fp32_db, db - none);
+    }
+}

@@ -20,8 +20,10 @@
 //!                                                    %c.dq = dequantize(%c.q) : tensor<...xf32>
 //! ```
 //!
-//! Leaves alone: values next to no integer-capable op (their `stats` is dropped), and weights of
-//! ops whose input is not quantized. Run `fold-qdq` and `fuse-requant` after it.
+//! Leaves alone: values next to no integer-capable op (their `stats` is dropped), weights of ops
+//! whose input is not quantized, and ops the user keeps in fp32 (`--keep-fp32 NAME`, by location
+//! or result name: their weights stay f32 and they do not call for their neighbours' values to be
+//! quantized). Run `fold-qdq` and `fuse-requant` after it.
 
 use crate::fold_qdq::{commutes_with_quantize, dequantized};
 use crate::fuse_requant::has_integer_form;
@@ -35,6 +37,7 @@ pub struct InsertQdq {
     activations: ScalarType,
     symmetric: bool,
     per_channel: bool,
+    keep_fp32: Vec<String>,
     notes: std::sync::Mutex<Vec<String>>,
 }
 
@@ -45,6 +48,7 @@ impl InsertQdq {
             activations: opts.activations,
             symmetric: opts.symmetric_activations,
             per_channel: !opts.per_tensor_weights,
+            keep_fp32: opts.keep_fp32.clone(),
             notes: Default::default(),
         }
     }
@@ -70,9 +74,18 @@ pub fn activation_params(lo: f32, hi: f32, storage: ScalarType, symmetric: bool)
     }
 }
 
-/// Ops with an integer form after fold-qdq and fuse-requant (kernels need a constant weight).
-fn integer_capable(g: &Graph, n: NodeId) -> bool {
+/// Whether `n` is one of the ops named in `keep` (by location or result name).
+pub fn kept_fp32(g: &Graph, n: NodeId, keep: &[String]) -> bool {
     let node = g.node(n);
+    keep.iter().any(|k| *k == node.loc.name || node.results.iter().any(|&r| g.value(r).name.as_deref() == Some(k.as_str())))
+}
+
+/// Ops with an integer form after fold-qdq and fuse-requant (kernels need a constant weight).
+fn integer_capable(g: &Graph, n: NodeId, keep: &[String]) -> bool {
+    let node = g.node(n);
+    if kept_fp32(g, n, keep) {
+        return false;
+    }
     match node.kind {
         OpKind::Conv2d | OpKind::Gemm | OpKind::MatMul => {
             node.operands.get(1).is_some_and(|&w| g.producer_of_kind(w, OpKind::Const).is_some())
@@ -114,8 +127,8 @@ impl InsertQdq {
                 && users.iter().all(|&(u, _)| matches!(g.node(u).kind, OpKind::Relu | OpKind::Clip))
                 && g.producer(v).is_some_and(|p| g.node(p).kind.accepts_fused_activation());
             let next_to_integer = !only_activation
-                && (g.producer(v).is_some_and(|p| integer_capable(g, p) && g.node(p).kind != OpKind::Stats)
-                    || users.iter().any(|&(u, _)| integer_capable(g, u)));
+                && (g.producer(v).is_some_and(|p| integer_capable(g, p, &self.keep_fp32) && g.node(p).kind != OpKind::Stats)
+                    || users.iter().any(|&(u, _)| integer_capable(g, u, &self.keep_fp32)));
             let base = base_name(g, r);
             g.remove_node(s);
             if next_to_integer {
@@ -135,6 +148,9 @@ impl InsertQdq {
             g.node_ids().filter(|&n| matches!(g.node(n).kind, OpKind::Conv2d | OpKind::Gemm | OpKind::MatMul)).collect();
         let mut changed = false;
         for k in kernels {
+            if kept_fp32(g, k, &self.keep_fp32) {
+                continue;
+            }
             let node = g.node(k).clone();
             let (x, w) = (node.operands[0], node.operands[1]);
             let Some(xq) = dequantized(g, x).and_then(|q| g.ty(q).elem.quant().cloned()) else { continue };

@@ -33,10 +33,11 @@ pub use fold_qdq::FoldQdq;
 pub use fuse_activation::FuseActivation;
 pub use fuse_matmul_add::FuseMatmulAdd;
 pub use fuse_requant::{FuseRequant, explain as explain_unfused};
-pub use insert_qdq::{InsertQdq, activation_params};
+pub use insert_qdq::{InsertQdq, activation_params, kept_fp32};
 pub use observer::CalibMethod;
 pub use prune_channels::{PruneChannels, PruneCriterion, PruneOptions, kept_count};
 pub use quantize_dynamic::QuantizeDynamic;
+pub use rewrite::const_value;
 pub use sparsify::{Sparsify, SparsifyOptions};
 
 use qc_ir::Graph;
@@ -116,6 +117,8 @@ pub struct PassOptions {
     pub sparsify: SparsifyOptions,
     /// `cluster-weights`: shared values per layer.
     pub clusters: usize,
+    /// `insert-qdq`: ops (by location or result name) that stay in fp32.
+    pub keep_fp32: Vec<String>,
 }
 
 /// A progress callback: (done, total).
@@ -142,6 +145,7 @@ impl Default for PassOptions {
             prune: PruneOptions::default(),
             sparsify: SparsifyOptions::default(),
             clusters: 16,
+            keep_fp32: Vec::new(),
         }
     }
 }
@@ -217,7 +221,7 @@ pub const REGISTRY: &[PassInfo] = &[
     },
     PassInfo {
         name: "insert-qdq",
-        doc: "quantize/dequantize calibrated activations next to integer-capable ops, and their weights and biases (--activations, --symmetric, --per-tensor)",
+        doc: "quantize/dequantize calibrated activations next to integer-capable ops, and their weights and biases (--activations, --symmetric, --per-tensor, --keep-fp32)",
         make: |o| Box::new(InsertQdq::new(o)),
     },
     PassInfo {

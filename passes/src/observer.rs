@@ -115,6 +115,12 @@ impl Observer {
         }
     }
 
+    /// The histogram of nonzero |x|: the counts of `BINS` equal bins over `[0, range]`, the range,
+    /// and how many values were exactly zero (for plots).
+    pub fn histogram(&self) -> (&[u64], f32, u64) {
+        (&self.hist, self.range, self.zeros)
+    }
+
     /// The clipping range `[lo, hi]` the method chooses; it always includes 0.
     pub fn range(&self, method: CalibMethod) -> (f32, f32) {
         let (lo, hi) = (self.min.min(0.0), self.max.max(0.0));
