@@ -226,8 +226,7 @@ pub fn analyze(fp32: &Graph, quantized: Option<&Graph>, opts: &PipelineOptions) 
             isolated[i] = None;
             continue;
         }
-        for (b, vals) in values.iter().enumerate() {
-            let _ = b;
+        for vals in values.iter() {
             let mut args = Vec::new();
             let mut ok = true;
             for (k, &o) in node.operands.iter().enumerate() {

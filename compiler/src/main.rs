@@ -118,6 +118,16 @@ struct CompileArgs {
     /// One weight scale per tensor instead of one per output channel.
     #[arg(long)]
     per_tensor: bool,
+    /// Correct the quantized weights' spread and the outputs' mean shift on the --calib samples
+    /// (adds `bias-correction` after `insert-qdq`).
+    #[arg(long)]
+    bias_correction: bool,
+    /// Cross-layer equalization before calibration (adds `equalize` after `fuse-activation`).
+    #[arg(long)]
+    equalize: bool,
+    /// SmoothQuant for gemm/matmul pairs with this migration strength (implies --equalize).
+    #[arg(long)]
+    smooth_alpha: Option<f32>,
     /// Keep this op (location or result name) in fp32 when quantizing (repeatable).
     #[arg(long)]
     keep_fp32: Vec<String>,
@@ -513,6 +523,7 @@ fn pass_options(a: &CompileArgs) -> Result<PassOptions, QcError> {
         symmetric_activations: a.symmetric,
         per_tensor_weights: a.per_tensor,
         keep_fp32: a.keep_fp32.clone(),
+        smooth_alpha: a.smooth_alpha,
         ..Default::default()
     };
     o.prune = qc_passes::PruneOptions {
@@ -604,6 +615,16 @@ fn pipeline_names(a: &CompileArgs) -> Result<Vec<String>, QcError> {
         // After fold-bn, so that the zeros are those of the weights the JIT multiplies.
         let at = fold_bn(&names).map_or(0, |i| i + 1);
         insert(&mut names, "sparsify", at);
+    }
+    if (a.equalize || a.smooth_alpha.is_some())
+        && let Some(i) = names.iter().position(|n| n == "fuse-activation")
+    {
+        insert(&mut names, "equalize", i + 1);
+    }
+    if a.bias_correction
+        && let Some(i) = names.iter().position(|n| n == "insert-qdq")
+    {
+        insert(&mut names, "bias-correction", i + 1);
     }
     if a.clusters.is_some() {
         // After the weights are final in f32 (folded, pruned, sparsified), before quantization.

@@ -381,3 +381,45 @@ fn analyze_ranks_first_the_layer_whose_fp32_copy_recovers_most() {
         assert!((l.keep_fp32_db - (db - none)).abs() < 1e-3, "{}: {} vs {}", l.name, l.keep_fp32_db, db - none);
     }
 }
+
+/// Output SQNR (dB, test set) of `base`'s int8 model compiled with `extra` passes inserted.
+fn int8_sqnr(base: &str, per_tensor: bool, extra: &[(&str, &str)]) -> f64 {
+    let test_x = read_tensor(&corpus().join("data/digits_test_x.npy")).unwrap();
+    let calib = std::sync::Arc::new(read_tensor(&corpus().join("data/digits_calib_x.npy")).unwrap());
+    let fp32 = import(&corpus().join(format!("models/{base}_fp32.onnx")));
+    let mut passes = qc_passes::pipeline("int8").unwrap();
+    for (pass, after) in extra {
+        let at = passes.iter().position(|p| p == after).unwrap() + 1;
+        passes.insert(at, pass.to_string());
+    }
+    let opts = qc_passes::PipelineOptions {
+        check_weights: true,
+        pass_options: qc_passes::PassOptions { calibration: Some(calib), per_tensor_weights: per_tensor, ..Default::default() },
+        ..Default::default()
+    };
+    let mut g = fp32.clone();
+    qc_passes::run_pipeline(&mut g, &passes, &opts, &mut std::io::sink()).unwrap();
+    qc::exec::sqnr_db(&qc::exec::run_batch(&fp32, &test_x, 64).unwrap(), &qc::exec::run_batch(&g, &test_x, 64).unwrap())
+}
+
+#[test]
+fn bias_correction_and_equalization_gain_sqnr() {
+    let mut report = String::new();
+    let (mut bc_gain, mut eq_gain) = (f64::NEG_INFINITY, f64::NEG_INFINITY);
+    for base in ["digits_cnn", "digits_resdw", "digits_mlp"] {
+        let plain = int8_sqnr(base, false, &[]);
+        let bc = int8_sqnr(base, false, &[("bias-correction", "insert-qdq")]);
+        let plain_pt = int8_sqnr(base, true, &[]);
+        let eq_pt = int8_sqnr(base, true, &[("equalize", "fuse-activation")]);
+        report += &format!(
+            "{base}: per-channel {plain:.2} dB, with bias-correction {bc:.2} dB ({:+.2}); per-tensor {plain_pt:.2} dB, with equalize {eq_pt:.2} dB ({:+.2})\n",
+            bc - plain,
+            eq_pt - plain_pt
+        );
+        bc_gain = bc_gain.max(bc - plain);
+        eq_gain = eq_gain.max(eq_pt - plain_pt);
+    }
+    print!("{report}");
+    assert!(bc_gain > 0.5 && eq_gain > 0.5, "{report}");
+    insta::assert_snapshot!("bias_correction_and_equalization", report);
+}

@@ -2,11 +2,13 @@
 //! that verifies the graph after each pass and can print or dump the IR after any of them.
 #![warn(missing_docs)]
 
+mod bias_correction;
 mod calibrate;
 pub mod channel_flow;
 mod channel_selection;
 mod cluster_weights;
 mod dead_code;
+mod equalize;
 mod fold_bn;
 mod fold_constants;
 mod fold_hard_swish;
@@ -23,9 +25,11 @@ mod rewrite;
 pub mod samples;
 mod sparsify;
 
+pub use bias_correction::BiasCorrection;
 pub use calibrate::Calibrate;
 pub use cluster_weights::{ClusterWeights, kmeans_1d};
 pub use dead_code::DeadCode;
+pub use equalize::Equalize;
 pub use fold_bn::FoldBn;
 pub use fold_constants::FoldConstants;
 pub use fold_hard_swish::FoldHardSwish;
@@ -119,6 +123,8 @@ pub struct PassOptions {
     pub clusters: usize,
     /// `insert-qdq`: ops (by location or result name) that stay in fp32.
     pub keep_fp32: Vec<String>,
+    /// `equalize`: SmoothQuant's migration strength for gemm/matmul pairs.
+    pub smooth_alpha: Option<f32>,
 }
 
 /// A progress callback: (done, total).
@@ -146,6 +152,7 @@ impl Default for PassOptions {
             sparsify: SparsifyOptions::default(),
             clusters: 16,
             keep_fp32: Vec::new(),
+            smooth_alpha: None,
         }
     }
 }
@@ -215,6 +222,11 @@ pub const REGISTRY: &[PassInfo] = &[
         make: |_| Box::new(FuseActivation),
     },
     PassInfo {
+        name: "equalize",
+        doc: "cross-layer equalization of conv/gemm pairs through relu and max pooling; SmoothQuant for gemm/matmul pairs (--smooth-alpha)",
+        make: |o| Box::new(Equalize::new(o)),
+    },
+    PassInfo {
         name: "calibrate",
         doc: "run the evaluator on --calib samples and record each activation's range in a stats op (--calib-method, --calib-override)",
         make: |o| Box::new(Calibrate::new(o)),
@@ -223,6 +235,11 @@ pub const REGISTRY: &[PassInfo] = &[
         name: "insert-qdq",
         doc: "quantize/dequantize calibrated activations next to integer-capable ops, and their weights and biases (--activations, --symmetric, --per-tensor, --keep-fp32)",
         make: |o| Box::new(InsertQdq::new(o)),
+    },
+    PassInfo {
+        name: "bias-correction",
+        doc: "after insert-qdq: match each quantized weight channel's spread to the original (scale) and fold the mean output shift on the calibration samples into the bias",
+        make: |o| Box::new(BiasCorrection::new(o)),
     },
     PassInfo {
         name: "fold-qdq",

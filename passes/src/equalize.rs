@@ -1,0 +1,230 @@
+//! `equalize` — exact in real arithmetic (outputs agree within f32 rounding); it changes how well
+//! the weights quantize.
+//!
+//! Cross-layer equalization (Nagel et al., data-free quantization) of f32 layer pairs
+//! `L1 → (relu | max_pool)* → L2`, where L1 is a conv2d (groups 1 or depthwise), gemm or 2-D
+//! matmul, L2 a conv2d (groups 1), gemm or matmul reading L1's channels on axis 1, every value in
+//! between used once, and L1's fused activation (if any) a relu. ReLU and max pooling commute
+//! with a positive per-channel scale, so dividing L1's output channel `c` (weights and bias) by
+//! `s_c` and multiplying L2's input channel `c` by `s_c` computes the same function:
+//!
+//! - CLE: `s_c = √(r1_c / r2_c)` with `r1_c = max|W1[c]|`, `r2_c = max|W2[:, c]|`, so that both
+//!   become `√(r1_c · r2_c)` — per-tensor weight scales then waste no range on small channels;
+//! - SmoothQuant (`--smooth-alpha α`, for pairs whose L2 is a gemm or matmul, with `--calib`):
+//!   `s_c = max|x_c|^α / max|W2[:, c]|^(1−α)` from the calibration samples' activations `x` at L2's
+//!   input, migrating activation outliers into the weights.
+//!
+//! Sweeps repeat until no scale moves by more than 0.1 % (at most 20). A model with no such pair,
+//! or whose pairs are already balanced, is left unchanged.
+//!
+//! ```text
+//! %a = conv2d(%x, %w1, %b1) {activation = "relu"}     %a = conv2d(%x, %w1.eq, %b1.eq) {activation = "relu"}
+//! %b = conv2d(%a, %w2, %b2)                       →   %b = conv2d(%a, %w2.eq, %b2)
+//! ```
+
+use crate::channel_flow::{Rule, rule};
+use crate::rewrite::{add_const, const_value};
+use crate::samples::batches;
+use crate::{Changed, Pass, PassError, PassOptions};
+use ndarray::Axis;
+use qc_ir::eval::evaluate_observed;
+use qc_ir::{Attr, Graph, NodeId, OpKind, Tensor, ValueId};
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::sync::Arc;
+
+/// The `equalize` pass.
+pub struct Equalize {
+    alpha: Option<f32>,
+    samples: Option<Arc<Tensor>>,
+    notes: RefCell<Vec<String>>,
+}
+
+impl Equalize {
+    /// The pass with its options.
+    pub fn new(o: &PassOptions) -> Equalize {
+        Equalize { alpha: o.smooth_alpha, samples: o.calibration.clone(), notes: RefCell::new(Vec::new()) }
+    }
+}
+
+/// A pair: L1, L2, and the value L2 reads.
+struct Pair {
+    first: NodeId,
+    second: NodeId,
+    input: ValueId,
+}
+
+fn pairs(g: &Graph) -> Vec<Pair> {
+    let mut out = Vec::new();
+    for n in g.topo_order().unwrap_or_default() {
+        let node = g.node(n);
+        let layer = matches!(rule(g, n), Rule::Layer { .. });
+        let depthwise = node.kind == OpKind::Conv2d && matches!(rule(g, n), Rule::Through(_));
+        let act_ok = match node.attrs.get("activation") {
+            None => true,
+            Some(Attr::Str(a)) => a == "relu",
+            _ => false,
+        };
+        if !(layer || depthwise) || !act_ok || g.ty(node.results[0]).rank() < 2 {
+            continue;
+        }
+        let mut v = node.results[0];
+        loop {
+            if g.is_output(v) {
+                break;
+            }
+            let uses = g.uses(v);
+            let [(u, 0)] = uses.as_slice() else { break };
+            let un = g.node(*u);
+            match un.kind {
+                OpKind::Relu | OpKind::MaxPool => v = un.results[0],
+                OpKind::Conv2d | OpKind::Gemm | OpKind::MatMul if matches!(rule(g, *u), Rule::Layer { .. }) => {
+                    out.push(Pair { first: n, second: *u, input: v });
+                    break;
+                }
+                _ => break,
+            }
+        }
+    }
+    out
+}
+
+/// L1's output-channel weight axis and L2's input-channel axis.
+fn axes(g: &Graph, p: &Pair) -> (usize, usize) {
+    let out = match rule(g, p.first) {
+        Rule::Layer { out_axis, .. } => out_axis,
+        _ => 0, // depthwise: OIHW, axis 0
+    };
+    let Rule::Layer { in_axis, .. } = rule(g, p.second) else { unreachable!("pairs end in layers") };
+    (out, in_axis)
+}
+
+fn ranges(t: &Tensor, axis: usize) -> Vec<f32> {
+    t.as_f32().expect("f32 weights").axis_iter(Axis(axis)).map(|c| c.iter().fold(0f32, |m, v| m.max(v.abs()))).collect()
+}
+
+fn scaled(t: &Tensor, axis: usize, s: &[f32], divide: bool) -> Tensor {
+    let mut a = t.as_f32().expect("f32 weights").clone();
+    for (c, mut lane) in a.axis_iter_mut(Axis(axis)).enumerate() {
+        let f = if divide { 1.0 / s[c] } else { s[c] };
+        lane.mapv_inplace(|v| v * f);
+    }
+    Tensor::F32(a)
+}
+
+fn replace(g: &mut Graph, n: NodeId, i: usize, t: Tensor) {
+    let v = g.node(n).operands[i];
+    let base = match g.producer(v).and_then(|p| g.node(p).value.clone()) {
+        Some(qc_ir::ConstValue::Weight(w)) => format!("{w}.eq"),
+        _ => format!("{}.eq", crate::rewrite::origin_name(g, v)),
+    };
+    let ty = g.ty(v).clone();
+    let loc = g.node(n).loc.clone();
+    let nv = add_const(g, &base, t, ty, loc);
+    g.set_operand(n, i, nv);
+}
+
+impl Pass for Equalize {
+    fn name(&self) -> &'static str {
+        "equalize"
+    }
+
+    fn notes(&self) -> Vec<String> {
+        self.notes.borrow().clone()
+    }
+
+    fn run(&self, g: &mut Graph) -> Result<Changed, PassError> {
+        let mut notes = self.notes.borrow_mut();
+        notes.clear();
+        // Activation ranges for SmoothQuant: max |x_c| at each gemm/matmul pair's input.
+        let mut act: HashMap<ValueId, Vec<f32>> = HashMap::new();
+        if let Some(alpha) = self.alpha {
+            if !(0.0..=1.0).contains(&alpha) {
+                return Err(PassError::new("equalize", format!("--smooth-alpha must lie in [0, 1], got {alpha}")));
+            }
+            let samples = self.samples.as_ref().ok_or_else(|| PassError::new("equalize", "--smooth-alpha needs --calib"))?;
+            let wanted: Vec<ValueId> =
+                pairs(g).iter().filter(|p| g.node(p.second).kind != OpKind::Conv2d).map(|p| p.input).collect();
+            for b in batches(g, samples).map_err(|e| PassError::new("equalize", e))? {
+                evaluate_observed(g, &[b], |v, t| {
+                    if wanted.contains(&v)
+                        && let Some(a) = t.as_f32()
+                    {
+                        let r = ranges(t, 1);
+                        let e = act.entry(v).or_insert_with(|| vec![0.0; a.shape()[1]]);
+                        for (m, x) in e.iter_mut().zip(r) {
+                            *m = m.max(x);
+                        }
+                    }
+                })
+                .map_err(|e| PassError::new("equalize", e.to_string()))?;
+            }
+        }
+        // Each pair's accumulated scale per channel.
+        let mut total: HashMap<(NodeId, NodeId), Vec<f32>> = HashMap::new();
+        let mut smoothed: Vec<ValueId> = Vec::new();
+        for _sweep in 0..20 {
+            let mut moved = false;
+            for p in pairs(g) {
+                if smoothed.contains(&p.input) {
+                    continue;
+                }
+                let (oa, ia) = axes(g, &p);
+                let w1 = const_value(g, g.node(p.first).operands[1]).expect("a constant weight");
+                let w2 = const_value(g, g.node(p.second).operands[1]).expect("a constant weight");
+                let (r1, r2) = (ranges(&w1, oa), ranges(&w2, ia));
+                let smooth = act.get(&p.input).filter(|_| g.node(p.second).kind != OpKind::Conv2d);
+                let s: Vec<f32> = (0..r1.len().min(r2.len()))
+                    .map(|c| {
+                        let s = match (smooth, self.alpha) {
+                            (Some(a), Some(alpha)) => a[c].powf(alpha) / r2[c].powf(1.0 - alpha),
+                            _ => (r1[c] / r2[c]).sqrt(),
+                        };
+                        if s.is_finite() && s > 0.0 { s } else { 1.0 }
+                    })
+                    .collect();
+                if s.iter().all(|&x| (x - 1.0).abs() < 1e-3) {
+                    continue;
+                }
+                moved = true;
+                let e = total.entry((p.first, p.second)).or_insert_with(|| vec![1.0; s.len()]);
+                for (t, &x) in e.iter_mut().zip(&s) {
+                    *t *= x;
+                }
+                replace(g, p.first, 1, scaled(&w1, oa, &s, true));
+                if let Some(&b) = g.node(p.first).operands.get(2) {
+                    let bt = const_value(g, b).expect("a constant bias");
+                    let axis = g.ty(b).rank().saturating_sub(1);
+                    if bt.shape().get(axis) == Some(&s.len()) {
+                        replace(g, p.first, 2, scaled(&bt, axis, &s, true));
+                    }
+                }
+                replace(g, p.second, 1, scaled(&w2, ia, &s, false));
+                // SmoothQuant scales once, from the measured activations.
+                if smooth.is_some() {
+                    smoothed.push(p.input);
+                }
+            }
+            if !moved {
+                break;
+            }
+        }
+        let mut changed = false;
+        for ((a, b), s) in total {
+            let name = |n: NodeId| g.node(n).loc.name.clone();
+            let (lo, hi) = s.iter().fold((f32::INFINITY, 0f32), |(l, h), &x| (l.min(x), h.max(x)));
+            let how = if smoothed.iter().any(|&v| g.producer(v).is_some())
+                && g.node(b).kind != OpKind::Conv2d
+                && self.alpha.is_some()
+            {
+                "smoothed"
+            } else {
+                "equalized"
+            };
+            notes.push(format!("{} → {}: {how}, channel scales in [{lo:.4}, {hi:.4}]", name(a), name(b)));
+            changed = true;
+        }
+        notes.sort();
+        Ok(changed.into())
+    }
+}
