@@ -1,6 +1,6 @@
 //! The JIT GEMM kernel against the reference evaluator, bit for bit, over random shapes, zero
-//! points, scales, activations, both requantization modes, and block-sparse weights (whose zero
-//! groups the vector kernel skips). `QC_SLOW=1` runs 1000 cases.
+//! points, scales, activations, both requantization modes, i4 and i8 weights, and block-sparse
+//! weights (whose zero groups the vector kernel skips). `QC_SLOW=1` runs 1000 cases.
 
 use ndarray::{ArrayD, IxDyn};
 use proptest::prelude::*;
@@ -28,6 +28,8 @@ struct Case {
     relu: bool,
     q31: bool,
     trans_b: bool,
+    /// i4 weights (values in [-8, 7]).
+    int4: bool,
 }
 
 /// Zeroes the weights of the (16 columns × 4 k) blocks `mask` selects, as `sparsify --block`
@@ -60,14 +62,34 @@ fn case() -> impl Strategy<Value = Case> {
                 prop::collection::vec(-128i32..=127, n * k),
                 prop::collection::vec(-5000i32..5000, n),
                 prop::option::of(prop::collection::vec(any::<bool>(), 1..40)),
+                any::<bool>(),
             )
         })
-        .prop_map(|((m, n, k, a_signed, y_signed, relu, q31, trans_b), zp_x, zp_y, s_x, s_y, s_w, zp_w, a, mut w, bias, mask)| {
-            if let Some(mask) = mask {
-                zero_blocks(&mut w, n, k, &mask);
-            }
-            Case { m, n, k, a_signed, y_signed, zp_x, zp_y, s_x, s_y, s_w, zp_w, a, w, bias, relu, q31, trans_b }
-        })
+        .prop_map(
+            |(
+                (m, n, k, a_signed, y_signed, relu, q31, trans_b),
+                zp_x,
+                zp_y,
+                s_x,
+                s_y,
+                s_w,
+                mut zp_w,
+                a,
+                mut w,
+                bias,
+                mask,
+                int4,
+            )| {
+                if let Some(mask) = mask {
+                    zero_blocks(&mut w, n, k, &mask);
+                }
+                if int4 {
+                    w.iter_mut().for_each(|v: &mut i32| *v = v.rem_euclid(16) - 8);
+                    zp_w.iter_mut().for_each(|z: &mut i32| *z = (*z).clamp(-8, 7));
+                }
+                Case { m, n, k, a_signed, y_signed, zp_x, zp_y, s_x, s_y, s_w, zp_w, a, w, bias, relu, q31, trans_b, int4 }
+            },
+        )
 }
 
 fn tensor(shape: &[usize], v: &[i32], st: ScalarType) -> Tensor {
@@ -82,7 +104,8 @@ fn check(c: &Case) -> Result<(), TestCaseError> {
     // Weights are generated as [n][k]; lay them out as the op reads them.
     let w_data: Vec<i32> = if c.trans_b { c.w.clone() } else { (0..c.k * c.n).map(|i| c.w[(i % c.n) * c.k + i / c.n]).collect() };
     let xt = TensorType::new(&[c.m as u64, c.k as u64], ElemType::Quant(QuantParams::per_tensor(st_a, c.s_x, c.zp_x)));
-    let wq = QuantParams { storage: ScalarType::I8, axis: Some(w_axis), scales: c.s_w.clone(), zero_points: c.zp_w.clone() };
+    let storage = if c.int4 { ScalarType::I4 } else { ScalarType::I8 };
+    let wq = QuantParams { storage, axis: Some(w_axis), scales: c.s_w.clone(), zero_points: c.zp_w.clone() };
     let wt = TensorType::new(&w_shape.map(|d| d as u64), ElemType::Quant(wq));
     let bs: Vec<f32> = c.s_w.iter().map(|&s| acc_scale(c.s_x, s)).collect();
     let bt = TensorType::new(

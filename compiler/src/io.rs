@@ -100,22 +100,79 @@ pub fn le_bytes(t: &Tensor) -> Vec<u8> {
     }
 }
 
-/// Serializes weights to safetensors bytes.
-pub fn weights_to_bytes(w: &Weights) -> Result<Vec<u8>> {
-    let data: Vec<(String, Dtype, Vec<usize>, Vec<u8>)> =
-        w.iter().map(|(n, t)| (n.to_string(), dtype_of(t), t.shape().to_vec(), le_bytes(t))).collect();
+/// Metadata key marking a tensor stored as packed 4-bit values: `qc.i4:NAME` → its shape.
+const I4_KEY: &str = "qc.i4:";
+
+/// Two signed 4-bit values per byte, the first in the low nibble.
+fn pack_i4(t: &Tensor) -> Result<Vec<u8>> {
+    let v = t.to_i64_vec().ok_or_else(|| anyhow!("an i4 tensor must hold integers"))?;
+    if let Some(bad) = v.iter().find(|x| !(-8..=7).contains(*x)) {
+        bail!("{bad} does not fit in 4 bits");
+    }
+    Ok(v.chunks(2).map(|p| (p[0] as u8 & 15) | ((p.get(1).copied().unwrap_or(0) as u8 & 15) << 4)).collect())
+}
+
+/// Serializes weights to safetensors bytes; the tensors named in `i4` (integers in [-8, 7]) are
+/// packed two per byte.
+pub fn weights_to_bytes(w: &Weights, i4: &std::collections::BTreeSet<String>) -> Result<Vec<u8>> {
+    let mut meta = std::collections::HashMap::new();
+    let mut data: Vec<(String, Dtype, Vec<usize>, Vec<u8>)> = Vec::new();
+    for (n, t) in w.iter() {
+        if i4.contains(n) {
+            let packed = pack_i4(t).with_context(|| format!("weight \"{n}\""))?;
+            let shape: Vec<String> = t.shape().iter().map(|d| d.to_string()).collect();
+            meta.insert(format!("{I4_KEY}{n}"), shape.join(","));
+            data.push((n.to_string(), Dtype::U8, vec![packed.len()], packed));
+        } else {
+            data.push((n.to_string(), dtype_of(t), t.shape().to_vec(), le_bytes(t)));
+        }
+    }
     let views: Vec<(String, TensorView)> = data
         .iter()
         .map(|(n, d, s, b)| Ok((n.clone(), TensorView::new(*d, s.clone(), b)?)))
         .collect::<Result<_, safetensors::SafeTensorError>>()?;
-    Ok(safetensors::serialize(views, None)?)
+    Ok(safetensors::serialize(views, (!meta.is_empty()).then_some(meta))?)
+}
+
+/// Unpacks a tensor written by [`pack_i4`] to i8 values of `shape`.
+fn unpack_i4(packed: &[u8], shape: &[usize], name: &str, file: &Path) -> Result<Tensor> {
+    let n = shape
+        .iter()
+        .try_fold(1usize, |a, &d| a.checked_mul(d))
+        .ok_or_else(|| anyhow!("{}: i4 tensor \"{name}\" is too large", file.display()))?;
+    if packed.len() != n.div_ceil(2) {
+        bail!("{}: i4 tensor \"{name}\" has {} bytes, its shape {shape:?} needs {}", file.display(), packed.len(), n.div_ceil(2));
+    }
+    let nibble = |b: u8| ((b << 4) as i8) >> 4;
+    let v: Vec<i8> = (0..n).map(|i| nibble(if i % 2 == 0 { packed[i / 2] } else { packed[i / 2] >> 4 })).collect();
+    Ok(Tensor::I8(ArrayD::from_shape_vec(ndarray::IxDyn(shape), v)?))
 }
 
 /// Parses safetensors bytes; `file` names the source in errors.
 pub fn weights_from_bytes(bytes: &[u8], file: &Path) -> Result<Weights> {
     let st = SafeTensors::deserialize(bytes).map_err(|e| anyhow!("{}: not a valid safetensors file: {e}", file.display()))?;
+    let (_, meta) =
+        SafeTensors::read_metadata(bytes).map_err(|e| anyhow!("{}: not a valid safetensors file: {e}", file.display()))?;
+    let i4: std::collections::HashMap<String, String> = meta
+        .metadata()
+        .iter()
+        .flatten()
+        .filter_map(|(k, v)| k.strip_prefix(I4_KEY).map(|n| (n.to_string(), v.clone())))
+        .collect();
     let mut w = Weights::default();
     for (name, view) in st.iter() {
+        if let Some(shape) = i4.get(name) {
+            if view.dtype() != Dtype::U8 {
+                bail!("{}: i4 tensor \"{name}\" must be stored as packed u8", file.display());
+            }
+            let shape: Vec<usize> = shape
+                .split(',')
+                .filter(|d| !d.is_empty())
+                .map(|d| d.parse().map_err(|_| anyhow!("{}: i4 tensor \"{name}\" has a bad shape `{shape}`", file.display())))
+                .collect::<Result<_>>()?;
+            w.insert(name, unpack_i4(view.data(), &shape, name, file)?);
+            continue;
+        }
         let shape = view.shape().to_vec();
         let raw = view.data();
         let arr = |n: usize| -> Result<Vec<&[u8]>> {

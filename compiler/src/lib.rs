@@ -5,6 +5,7 @@ pub mod analyze;
 pub mod exec;
 pub mod huffman;
 pub mod io;
+pub mod mixed_precision;
 pub mod model;
 pub mod onnx;
 pub mod packed_weights;

@@ -128,6 +128,20 @@ struct CompileArgs {
     /// SmoothQuant for gemm/matmul pairs with this migration strength (implies --equalize).
     #[arg(long)]
     smooth_alpha: Option<f32>,
+    /// Weight bits: 8, or 4 (i4 weights with 8-bit activations).
+    #[arg(long, default_value = "8", value_parser = clap::value_parser!(u8).range(4..=8))]
+    weight_bits: u8,
+    /// Weight bits for one layer: NAME=4 or NAME=8 (repeatable).
+    #[arg(long)]
+    layer_weight_bits: Vec<String>,
+    /// Choose each layer's precision (int4 weights, int8, fp32) greedily by measured sensitivity
+    /// until the --max-loss budget holds on the --calib samples.
+    #[arg(long, requires = "calib")]
+    mixed_precision: bool,
+    /// With --mixed-precision: also keep the output SQNR against fp32 (calibration samples) at
+    /// least this many dB.
+    #[arg(long)]
+    min_sqnr: Option<f64>,
     /// Keep this op (location or result name) in fp32 when quantizing (repeatable).
     #[arg(long)]
     keep_fp32: Vec<String>,
@@ -524,8 +538,18 @@ fn pass_options(a: &CompileArgs) -> Result<PassOptions, QcError> {
         per_tensor_weights: a.per_tensor,
         keep_fp32: a.keep_fp32.clone(),
         smooth_alpha: a.smooth_alpha,
+        weight_bits: a.weight_bits,
         ..Default::default()
     };
+    if !matches!(a.weight_bits, 4 | 8) {
+        return Err(usage(format!("--weight-bits takes 8 or 4, not {}", a.weight_bits)));
+    }
+    for l in &a.layer_weight_bits {
+        let bad = || usage(format!("--layer-weight-bits takes NAME=4 or NAME=8, got `{l}`"));
+        let (name, b) = l.rsplit_once('=').ok_or_else(bad)?;
+        let b: u8 = b.parse().ok().filter(|b| *b == 4 || *b == 8).ok_or_else(bad)?;
+        o.layer_weight_bits.push((name.to_string(), b));
+    }
     o.prune = qc_passes::PruneOptions {
         ratio: a.prune_ratio,
         layers: Vec::new(),
@@ -649,6 +673,16 @@ fn compile(a: CompileArgs) -> Result<(), QcError> {
         let table: Vec<String> = scores.iter().map(|(m, s)| format!("{m} {s:.2} dB")).collect();
         eprintln!("calibration: {method} (output SQNR on the calibration samples: {})", table.join(", "));
         pass_options.calib_method = method;
+    }
+    if a.mixed_precision {
+        let budget = a.max_loss.ok_or_else(|| usage("--mixed-precision needs --max-loss P (percentage points of agreement)"))?;
+        let trial = PipelineOptions { check_weights: true, pass_options: pass_options.clone(), ..Default::default() };
+        let plan = qc::mixed_precision::choose(&model.graph, &trial, budget, a.min_sqnr)
+            .map_err(|e| QcError::Input(format!("error: {e}")))?;
+        for d in &plan.decisions {
+            eprintln!("mixed precision: {d}");
+        }
+        plan.apply(&mut pass_options);
     }
     let opts = PipelineOptions {
         print_after_all: a.print_after_all,

@@ -105,10 +105,21 @@ fn remove_stale(path: &Path) -> Result<(), QcError> {
     }
 }
 
-/// Writes `OUT.qir` and, when the graph refers to weights, `OUT.safetensors` with exactly those.
+/// The weights whose constants are typed i4 (stored two per byte).
+pub fn i4_weights(g: &Graph) -> std::collections::BTreeSet<String> {
+    g.node_ids()
+        .filter_map(|id| match &g.node(id).value {
+            Some(ConstValue::Weight(w)) if g.ty(g.node(id).results[0]).elem.storage() == qc_ir::ScalarType::I4 => Some(w.clone()),
+            _ => None,
+        })
+        .collect()
+}
+
+/// Writes `OUT.qir` and, when the graph refers to weights, `OUT.safetensors` with exactly those
+/// (i4 weights packed two per byte).
 pub fn save_model(g: &Graph, out: &Path) -> Result<(), QcError> {
     if let Some(w) = needed_weights(g) {
-        write_atomic(&weights_path(out), &weights_to_bytes(&w)?)?;
+        write_atomic(&weights_path(out), &weights_to_bytes(&w, &i4_weights(g))?)?;
         remove_stale(&packed_weights_path(out))?;
     }
     write_atomic(out, print(g).as_bytes())?;

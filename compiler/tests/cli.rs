@@ -399,3 +399,34 @@ fn analyze_prints_ranked_layers_json_and_plots() {
     assert_eq!(code(&o), 2, "{}", stderr(&o));
     assert!(stderr(&o).contains("needs --calib"), "{}", stderr(&o));
 }
+
+#[test]
+fn int4_weights_and_mixed_precision() {
+    let d = scratch("int4");
+    let model = "../shared/corpus/models/digits_cnn_fp32.onnx";
+    let (q8, q4) = (d.join("q8.qir"), d.join("q4.qir"));
+    assert_eq!(code(&qc(&["compile", model, "--calib", CALIB, "-o", p(&q8)])), 0);
+    let o = qc(&["compile", model, "--calib", CALIB, "--weight-bits", "4", "-o", p(&q4)]);
+    assert_eq!(code(&o), 0, "{}", stderr(&o));
+    assert!(std::fs::read_to_string(&q4).unwrap().contains("!q<i4:axis0"));
+    // Two weights per byte: the file is little more than half the int8 one.
+    let (s8, s4) =
+        (std::fs::metadata(d.join("q8.safetensors")).unwrap().len(), std::fs::metadata(d.join("q4.safetensors")).unwrap().len());
+    assert!(s4 * 10 < s8 * 6, "{s4} vs {s8}");
+    // Loaded back, the JIT and the evaluator agree bit for bit.
+    let (yj, yi) = (d.join("j.npy"), d.join("i.npy"));
+    assert_eq!(code(&qc(&["run", p(&q4), "--input", TEST_X, "-o", p(&yj)])), 0);
+    assert_eq!(code(&qc(&["run", p(&q4), "--input", TEST_X, "-o", p(&yi), "--engine", "interp"])), 0);
+    assert_eq!(std::fs::read(&yj).unwrap(), std::fs::read(&yi).unwrap());
+    let o = qc(&["eval", p(&q4), "--input", TEST_X, "--labels", TEST_Y]);
+    assert!(stdout(&o).contains("accuracy 9"), "{}", stdout(&o));
+    // Mixed precision: decisions printed, both precisions in the IR.
+    let mp = d.join("mp.qir");
+    let o = qc(&["compile", model, "--calib", CALIB, "--mixed-precision", "--max-loss", "0.5", "--min-sqnr", "30", "-o", p(&mp)]);
+    assert_eq!(code(&o), 0, "{}", stderr(&o));
+    assert!(stderr(&o).contains("int4 → int8") && stderr(&o).contains("final:"), "{}", stderr(&o));
+    let text = std::fs::read_to_string(&mp).unwrap();
+    assert!(text.contains("!q<i4:") && text.contains("!q<i8:"), "{text}");
+    let o = qc(&["compile", model, "--calib", CALIB, "--mixed-precision"]);
+    assert_eq!(code(&o), 2, "{}", stderr(&o));
+}

@@ -248,7 +248,12 @@ fn post_training_quantization_matches_or_beats_onnx_runtime() {
             "{base}: {method}: {errors} test errors (ONNX Runtime's best, {best_name}: {ort_errors}), agreement {:.2} %, SQNR {ours:.2} dB (ONNX Runtime's best {ort_sqnr:.2} dB)",
             100.0 * agree
         );
-        assert!(errors <= ort_errors + 1, "{base}: {errors} errors vs {ort_errors}");
+        // No more errors than the better of ONNX Runtime's best int8 model and fp32, plus one.
+        let fp32_errors = pred.len() - ref_pred.iter().zip(&y).filter(|(p, l)| **p as i64 == **l).count();
+        assert!(
+            errors <= ort_errors.min(fp32_errors) + 1,
+            "{base}: {errors} errors vs {ort_errors} (ONNX Runtime), {fp32_errors} (fp32)"
+        );
         assert!(agree >= 0.996, "{base}: agreement {agree}");
         assert!(ours >= ort_sqnr - 1.0, "{base}: SQNR {ours:.2} dB vs {ort_sqnr:.2} dB");
     }

@@ -9,7 +9,9 @@
 //!   `s = (hi − lo) / (qmax − qmin)`, `zp = rne(qmin − lo / s)`) or `--symmetric`
 //!   (`s = max(|lo|, |hi|) / ((qmax − qmin) / 2)`, zp 0 for i8 and 128 for u8);
 //! - weights: i8, symmetric, per output channel (`--per-tensor` for one scale),
-//!   `s[c] = max|w[c]| / 127`, so that they lie in [-127, 127];
+//!   `s[c] = max|w[c]| / 127`, so that they lie in [-127, 127]; or i4 (`--weight-bits 4`, or per
+//!   layer `--layer-weight-bits NAME=4`), `s[c] = max|w[c]| / 7`, in [-7, 7] — two per byte in the
+//!   weights file;
 //! - biases: i32 with scale `f32(s_x · s_w[c])`, zero point 0; a channel whose bias would exceed
 //!   2^30 has its weight scale raised until it does not.
 //!
@@ -38,6 +40,8 @@ pub struct InsertQdq {
     symmetric: bool,
     per_channel: bool,
     keep_fp32: Vec<String>,
+    weight_bits: u8,
+    layer_weight_bits: Vec<(String, u8)>,
     notes: std::sync::Mutex<Vec<String>>,
 }
 
@@ -49,6 +53,8 @@ impl InsertQdq {
             symmetric: opts.symmetric_activations,
             per_channel: !opts.per_tensor_weights,
             keep_fp32: opts.keep_fp32.clone(),
+            weight_bits: opts.weight_bits,
+            layer_weight_bits: opts.layer_weight_bits.clone(),
             notes: Default::default(),
         }
     }
@@ -158,8 +164,14 @@ impl InsertQdq {
             let Some(wa) = wt.as_f32() else { continue };
             let axis = weight_output_axis(node.kind, &node.attrs, wa.ndim());
             let n = wa.shape()[axis];
+            let bits = self
+                .layer_weight_bits
+                .iter()
+                .find(|(name, _)| kept_fp32(g, k, std::slice::from_ref(name)))
+                .map_or(self.weight_bits, |(_, b)| *b);
+            let (storage, qmax) = if bits == 4 { (ScalarType::I4, 7.0) } else { (ScalarType::I8, 127.0) };
             let mut scales: Vec<f32> = (0..n)
-                .map(|c| usable(wa.index_axis(ndarray::Axis(axis), c).iter().fold(0f32, |m, v| m.max(v.abs())) / 127.0))
+                .map(|c| usable(wa.index_axis(ndarray::Axis(axis), c).iter().fold(0f32, |m, v| m.max(v.abs())) / qmax))
                 .collect();
             if !self.per_channel {
                 let s = usable(scales.iter().fold(0f32, |m, &v| m.max(v)));
@@ -183,9 +195,9 @@ impl InsertQdq {
                 }
             }
             let wq = if self.per_channel {
-                QuantParams { storage: ScalarType::I8, axis: Some(axis), scales: scales.clone(), zero_points: vec![0; n] }
+                QuantParams { storage, axis: Some(axis), scales: scales.clone(), zero_points: vec![0; n] }
             } else {
-                QuantParams::per_tensor(ScalarType::I8, scales[0], 0)
+                QuantParams::per_tensor(storage, scales[0], 0)
             };
             let wbase = base_name(g, w);
             let wd = add_qdq(g, w, wq, &wbase);

@@ -125,6 +125,10 @@ pub struct PassOptions {
     pub keep_fp32: Vec<String>,
     /// `equalize`: SmoothQuant's migration strength for gemm/matmul pairs.
     pub smooth_alpha: Option<f32>,
+    /// `insert-qdq`: weight bits (8, or 4 for i4 weights).
+    pub weight_bits: u8,
+    /// `insert-qdq`: weight bits of single layers (by location or result name).
+    pub layer_weight_bits: Vec<(String, u8)>,
 }
 
 /// A progress callback: (done, total).
@@ -153,6 +157,8 @@ impl Default for PassOptions {
             clusters: 16,
             keep_fp32: Vec::new(),
             smooth_alpha: None,
+            weight_bits: 8,
+            layer_weight_bits: Vec::new(),
         }
     }
 }
@@ -233,7 +239,7 @@ pub const REGISTRY: &[PassInfo] = &[
     },
     PassInfo {
         name: "insert-qdq",
-        doc: "quantize/dequantize calibrated activations next to integer-capable ops, and their weights and biases (--activations, --symmetric, --per-tensor, --keep-fp32)",
+        doc: "quantize/dequantize calibrated activations next to integer-capable ops, and their weights and biases (--activations, --symmetric, --per-tensor, --keep-fp32, --weight-bits)",
         make: |o| Box::new(InsertQdq::new(o)),
     },
     PassInfo {
