@@ -18,7 +18,7 @@ use qc_ir::eval::{eval_op, evaluate, evaluate_observed};
 use qc_ir::{Graph, NodeId, OpKind, Tensor, ValueId};
 use qc_passes::observer::Observer;
 use qc_passes::samples::batches;
-use qc_passes::{CalibMethod, PipelineOptions, run_pipeline};
+use qc_passes::{CalibMethod, PipelineOptions};
 use serde_json::{Value, json};
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -164,21 +164,10 @@ fn output_sqnr(g: &Graph, batches: &[Tensor], reference_out: &[Tensor]) -> Resul
 /// the int8 pipeline's result. `opts` carries the calibration samples and quantization options.
 pub fn analyze(fp32: &Graph, quantized: Option<&Graph>, opts: &PipelineOptions) -> Result<Analysis, String> {
     let samples: Arc<Tensor> = opts.pass_options.calibration.clone().ok_or("analyze needs calibration samples (--calib)")?;
-    let run = |g: &mut Graph, passes: &[&str], o: &PipelineOptions| -> Result<(), String> {
-        let names: Vec<String> = passes.iter().map(|s| s.to_string()).collect();
-        run_pipeline(g, &names, o, &mut std::io::sink()).map(|_| ()).map_err(|e| e.to_string())
-    };
-    let mut reference = fp32.clone();
-    run(
-        &mut reference,
-        &["fold-constants", "fold-hard-swish", "fold-bn", "fuse-matmul-add", "fuse-activation", "dead-code"],
-        opts,
-    )?;
-    let mut calibrated = reference.clone();
-    run(&mut calibrated, &["calibrate"], opts)?;
-    let lower = ["insert-qdq", "fold-qdq", "fuse-requant", "dead-code"];
+    let (reference, calibrated) = crate::exec::reference_and_calibrated(fp32, opts)?;
+    let lower = crate::exec::LOWER_TO_INT8;
     let mut ours = calibrated.clone();
-    run(&mut ours, &lower, opts)?;
+    crate::exec::run_passes(&mut ours, lower, opts)?;
     let q = quantized.unwrap_or(&ours);
     let batches = batches(&reference, &samples)?;
 
@@ -272,7 +261,7 @@ pub fn analyze(fp32: &Graph, quantized: Option<&Graph>, opts: &PipelineOptions) 
         let mut o = opts.clone();
         o.pass_options.keep_fp32 = vec![name.clone()];
         let mut kept = calibrated.clone();
-        run(&mut kept, &lower, &o)?;
+        crate::exec::run_passes(&mut kept, lower, &o)?;
         let (db, _) = output_sqnr(&kept, &batches, &reference_out)?;
         report.push(LayerError {
             name,

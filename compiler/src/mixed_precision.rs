@@ -11,8 +11,8 @@
 
 use qc_ir::eval::evaluate;
 use qc_ir::{Graph, OpKind, Tensor};
+use qc_passes::PipelineOptions;
 use qc_passes::samples::{argmax_rows, batches};
-use qc_passes::{PipelineOptions, run_pipeline};
 
 /// A layer's precision.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -87,24 +87,13 @@ impl Scorer {
 /// samples and quantization options.
 pub fn choose(fp32: &Graph, opts: &PipelineOptions, max_loss: f64, min_sqnr: Option<f64>) -> Result<Plan, String> {
     let samples = opts.pass_options.calibration.clone().ok_or("--mixed-precision needs --calib")?;
-    let run = |g: &mut Graph, passes: &[&str], o: &PipelineOptions| -> Result<(), String> {
-        let names: Vec<String> = passes.iter().map(|s| s.to_string()).collect();
-        run_pipeline(g, &names, o, &mut std::io::sink()).map(|_| ()).map_err(|e| e.to_string())
-    };
-    let mut reference = fp32.clone();
-    run(
-        &mut reference,
-        &["fold-constants", "fold-hard-swish", "fold-bn", "fuse-matmul-add", "fuse-activation", "dead-code"],
-        opts,
-    )?;
+    let (reference, calibrated) = crate::exec::reference_and_calibrated(fp32, opts)?;
     let batches = batches(&reference, &samples)?;
     let outputs: Result<Vec<Tensor>, String> = batches
         .iter()
         .map(|x| evaluate(&reference, std::slice::from_ref(x)).map(|mut v| v.remove(0)).map_err(|e| e.to_string()))
         .collect();
     let scorer = Scorer { batches, reference: outputs? };
-    let mut calibrated = reference.clone();
-    run(&mut calibrated, &["calibrate"], opts)?;
     let names: Vec<String> = calibrated
         .topo_order()
         .unwrap_or_default()
@@ -119,7 +108,7 @@ pub fn choose(fp32: &Graph, opts: &PipelineOptions, max_loss: f64, min_sqnr: Opt
         o.pass_options.layer_weight_bits.clear();
         plan.apply(&mut o.pass_options);
         let mut g = calibrated.clone();
-        run(&mut g, &["insert-qdq", "fold-qdq", "fuse-requant", "dead-code"], &o)?;
+        crate::exec::run_passes(&mut g, crate::exec::LOWER_TO_INT8, &o)?;
         scorer.score(&g)
     };
     let mut layers: Vec<(String, Precision)> = names.iter().map(|n| (n.clone(), Precision::Int4)).collect();
