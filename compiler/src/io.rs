@@ -2,47 +2,53 @@
 
 use anyhow::{Context, Result, anyhow, bail};
 use ndarray::ArrayD;
-use ndarray_npy::{ReadNpyError, read_npy, write_npy};
+use ndarray_npy::{ReadNpyError, ReadNpyExt, write_npy};
 use qc_ir::{Tensor, Weights};
 use safetensors::tensor::{Dtype, SafeTensors, TensorView};
 use std::path::Path;
 
 /// Reads a `.npy` file of f32, f64 (converted to f32), i64, i32, i8, u8 or bool.
 pub fn read_tensor(path: &Path) -> Result<Tensor> {
-    fn attempt<T: ndarray_npy::ReadableElement>(path: &Path) -> Result<Option<ArrayD<T>>> {
-        match read_npy::<_, ArrayD<T>>(path) {
-            Ok(a) => Ok(Some(a)),
-            Err(ReadNpyError::WrongDescriptor(_)) => Ok(None),
-            Err(e) => Err(anyhow!("{}: not a readable .npy file: {e}", path.display())),
-        }
-    }
     if !path.exists() {
         bail!("{}: no such file", path.display());
     }
-    if let Some(a) = attempt::<f32>(path)? {
+    let bytes = std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
+    tensor_from_npy(&bytes, path)
+}
+
+/// Parses `.npy` bytes (see [`read_tensor`]); `file` names the source in errors.
+pub fn tensor_from_npy(bytes: &[u8], file: &Path) -> Result<Tensor> {
+    fn attempt<T: ndarray_npy::ReadableElement>(bytes: &[u8], file: &Path) -> Result<Option<ArrayD<T>>> {
+        match ArrayD::<T>::read_npy(std::io::Cursor::new(bytes)) {
+            Ok(a) => Ok(Some(a)),
+            Err(ReadNpyError::WrongDescriptor(_)) => Ok(None),
+            Err(e) => Err(anyhow!("{}: not a readable .npy file: {e}", file.display())),
+        }
+    }
+    if let Some(a) = attempt::<f32>(bytes, file)? {
         return Ok(Tensor::F32(a));
     }
-    if let Some(a) = attempt::<f64>(path)? {
+    if let Some(a) = attempt::<f64>(bytes, file)? {
         return Ok(Tensor::F32(a.mapv(|v| v as f32)));
     }
-    if let Some(a) = attempt::<i64>(path)? {
+    if let Some(a) = attempt::<i64>(bytes, file)? {
         return Ok(Tensor::I64(a));
     }
-    if let Some(a) = attempt::<i32>(path)? {
+    if let Some(a) = attempt::<i32>(bytes, file)? {
         return Ok(Tensor::I32(a));
     }
-    if let Some(a) = attempt::<i8>(path)? {
+    if let Some(a) = attempt::<i8>(bytes, file)? {
         return Ok(Tensor::I8(a));
     }
-    if let Some(a) = attempt::<u8>(path)? {
+    if let Some(a) = attempt::<u8>(bytes, file)? {
         return Ok(Tensor::U8(a));
     }
-    if let Some(a) = attempt::<bool>(path)? {
+    if let Some(a) = attempt::<bool>(bytes, file)? {
         return Ok(Tensor::Bool(a));
     }
     bail!(
         "{}: unsupported .npy element type (expected little-endian float32, float64, int64, int32, int8, uint8 or bool)",
-        path.display()
+        file.display()
     )
 }
 
