@@ -184,6 +184,9 @@ pub struct CompiledModel {
     inputs: Vec<(Slot, TensorType, String)>,
     outputs: Vec<(Slot, ElemType)>,
     kernels: usize,
+    /// The largest value: (its name, bytes with every dynamic dim 1, how many dims are dynamic),
+    /// checked against the batch before a run allocates anything.
+    largest: Vec<(String, u64, u32)>,
 }
 
 fn err(msg: impl Into<String>) -> CodegenError {
@@ -193,6 +196,16 @@ fn err(msg: impl Into<String>) -> CodegenError {
 impl CompiledModel {
     /// Compiles a verified graph whose weights are loaded.
     pub fn compile(g: &Graph) -> Result<CompiledModel, CodegenError> {
+        qc_ir::eval::check_sizes(g, 1).map_err(err)?;
+        let largest = g
+            .value_ids()
+            .map(|v| {
+                let ty = g.ty(v);
+                let per = (qc_ir::cost::storage_bits(ty.elem.storage()) / 8).max(1);
+                let fixed = ty.dims.iter().filter_map(|d| d.fixed()).fold(per, |a, d| a.saturating_mul(d));
+                (g.display_value(v), fixed, ty.dims.iter().filter(|d| d.fixed().is_none()).count() as u32)
+            })
+            .collect();
         let order = g.canonical_order().map_err(|n| err(format!("the graph has a cycle through {n}")))?;
         let mut slot_of: HashMap<ValueId, Slot> = HashMap::new();
         let mut next = 0;
@@ -293,7 +306,7 @@ impl CompiledModel {
             steps.push(((label, node.loc.name.clone()), step));
         }
         let outputs = g.outputs().iter().map(|&o| (slot(o), g.ty(o).elem.clone())).collect();
-        Ok(CompiledModel { name: g.name.clone(), steps, consts, slots: next, inputs, outputs, kernels })
+        Ok(CompiledModel { name: g.name.clone(), steps, consts, slots: next, inputs, outputs, kernels, largest })
     }
 
     /// The dims of the first input (0 for a dynamic dim).
@@ -352,9 +365,27 @@ impl CompiledModel {
         if inputs.len() != self.inputs.len() {
             return Err(err(format!("@{} takes {} inputs, got {}", self.name, self.inputs.len(), inputs.len())));
         }
-        let mut slots: Slots = vec![None; self.slots];
-        for ((s, ty, name), t) in self.inputs.iter().zip(inputs) {
+        for ((_, ty, name), t) in self.inputs.iter().zip(inputs) {
             check_input(name, ty, t).map_err(err)?;
+        }
+        // Nothing bigger than qc allows one tensor, at this batch, before anything is allocated.
+        let batch = self
+            .inputs
+            .iter()
+            .zip(inputs)
+            .find_map(|((_, ty, _), t)| ty.dims.iter().position(|d| d.fixed().is_none()).and_then(|i| t.shape().get(i).copied()))
+            .unwrap_or(1) as u64;
+        for (name, fixed, dynamic) in &self.largest {
+            let bytes = (0..*dynamic).try_fold(*fixed, |a, _| a.checked_mul(batch));
+            if bytes.is_none_or(|b| b > qc_ir::eval::MAX_TENSOR_BYTES) {
+                return Err(err(format!(
+                    "{name} would take more than the {} bytes qc allows one tensor at batch {batch}",
+                    qc_ir::eval::MAX_TENSOR_BYTES
+                )));
+            }
+        }
+        let mut slots: Slots = vec![None; self.slots];
+        for ((s, _, _), t) in self.inputs.iter().zip(inputs) {
             slots[*s] = Some(Val::T(Arc::new(t.clone())));
         }
         for (s, t) in &self.consts {

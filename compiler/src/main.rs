@@ -821,6 +821,7 @@ fn bench(path: &Path, input: Option<&Path>, batch: usize, runs: usize, weights: 
         Some(Dim::Fixed(b)) => *b as usize,
         _ => batch.max(1),
     };
+    qc_ir::eval::check_sizes(g, batch).map_err(|e| QcError::Input(format!("error: {}: {e}", path.display())))?;
     let mut dims: Vec<usize> = g.ty(g.params()[0]).dims.iter().map(|d| d.fixed().map_or(batch, |n| n as usize)).collect();
     dims[0] = batch;
     let x = match input {

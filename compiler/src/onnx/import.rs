@@ -5,7 +5,7 @@
 //! names. QIR values are named after ONNX tensors (sanitized, unique) and ops carry the ONNX node
 //! name in `loc`.
 
-use super::proto::{AttributeProto, GraphProto, ModelProto, NodeProto};
+use super::proto::{AttributeProto, GraphProto, ModelProto, NodeProto, attribute_type};
 use super::tensor::{decode, scalar_type};
 use qc_ir::eval::eval_op;
 use qc_ir::infer::{Operand, infer_type};
@@ -119,6 +119,22 @@ struct Ctx<'n> {
     node: &'n NodeProto,
     loc: Loc,
     inputs: Vec<Option<Val>>,
+    /// Attributes read with the wrong type (reported as the node's error).
+    bad_attrs: std::cell::RefCell<Vec<String>>,
+}
+
+fn attr_type_name(t: i32) -> &'static str {
+    match t {
+        attribute_type::FLOAT => "a float",
+        attribute_type::INT => "an int",
+        attribute_type::STRING => "a string",
+        attribute_type::TENSOR => "a tensor",
+        attribute_type::GRAPH => "a graph",
+        attribute_type::FLOATS => "floats",
+        attribute_type::INTS => "ints",
+        attribute_type::STRINGS => "strings",
+        _ => "of another type",
+    }
 }
 
 impl Ctx<'_> {
@@ -126,20 +142,34 @@ impl Ctx<'_> {
         self.node.attribute.iter().find(|a| a.name == name)
     }
 
+    /// The attribute, if present with type `want` (or untyped); a wrong type is recorded.
+    fn typed(&self, name: &str, want: i32) -> Option<&AttributeProto> {
+        let a = self.attr(name)?;
+        if a.r#type != 0 && a.r#type != want {
+            self.bad_attrs.borrow_mut().push(format!(
+                "attribute `{name}` must be {}, got {}",
+                attr_type_name(want),
+                attr_type_name(a.r#type)
+            ));
+            return None;
+        }
+        Some(a)
+    }
+
     fn int(&self, name: &str, default: i64) -> i64 {
-        self.attr(name).map_or(default, |a| a.i)
+        self.typed(name, attribute_type::INT).map_or(default, |a| a.i)
     }
 
     fn float(&self, name: &str, default: f32) -> f32 {
-        self.attr(name).map_or(default, |a| a.f)
+        self.typed(name, attribute_type::FLOAT).map_or(default, |a| a.f)
     }
 
     fn ints(&self, name: &str) -> Option<Vec<i64>> {
-        self.attr(name).map(|a| a.ints.clone())
+        self.typed(name, attribute_type::INTS).map(|a| a.ints.clone())
     }
 
     fn string(&self, name: &str) -> Option<String> {
-        self.attr(name).map(|a| String::from_utf8_lossy(&a.s).into_owned())
+        self.typed(name, attribute_type::STRING).map(|a| String::from_utf8_lossy(&a.s).into_owned())
     }
 
     fn input(&self, i: usize) -> Option<&Val> {
@@ -918,6 +948,12 @@ pub fn import(model: &ModelProto, name: &str, opts: &ImportOptions) -> Result<Gr
     };
     for init in &graph.initializer {
         let t = decode(init)?;
+        // Weights must be numbers (a constant node may still hold ±inf, e.g. a clip bound).
+        if matches!(t, Tensor::F32(_) | Tensor::F16(_))
+            && let Some(bad) = t.to_f64_vec().into_iter().find(|v| !v.is_finite())
+        {
+            return Err(format!("initializer \"{}\" contains {bad}; weights must be finite", init.name));
+        }
         im.vals.insert(init.name.clone(), Val::Const(Arc::new(t)));
     }
     let inits: HashSet<&str> = graph.initializer.iter().map(|i| i.name.as_str()).collect();
@@ -970,8 +1006,11 @@ pub fn import(model: &ModelProto, name: &str, opts: &ImportOptions) -> Result<Gr
             im.unsupported.entry(format!("{}::{}", node.domain, node.op_type)).or_default().push(label.clone());
             vec![Val::Missing; node.output.len()]
         } else {
-            let ctx = Ctx { node, loc: Loc::named(label.clone()), inputs };
-            match im.translate(&ctx) {
+            let ctx = Ctx { node, loc: Loc::named(label.clone()), inputs, bad_attrs: Default::default() };
+            let result = im.translate(&ctx);
+            let bad = ctx.bad_attrs.borrow().clone();
+            let result = if bad.is_empty() { result } else { Err(Fail::Error(bad.join("; "))) };
+            match result {
                 Ok(outs) => outs,
                 Err(Fail::Unsupported(what)) => {
                     im.unsupported.entry(what).or_default().push(label.clone());

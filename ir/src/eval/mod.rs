@@ -33,6 +33,37 @@ impl fmt::Display for EvalError {
 
 impl std::error::Error for EvalError {}
 
+/// The most bytes one tensor may take when a model runs (4 GiB): a bigger one is refused before
+/// anything is allocated.
+pub const MAX_TENSOR_BYTES: u64 = 1 << 32;
+
+/// Checks, before anything is allocated, that no value of `g` would take more than
+/// [`MAX_TENSOR_BYTES`] with dynamic dims of size `batch`.
+pub fn check_sizes(g: &Graph, batch: usize) -> Result<(), String> {
+    for v in g.value_ids() {
+        let ty = g.ty(v);
+        let bytes_per = (crate::cost::storage_bits(ty.elem.storage()) / 8).max(1);
+        let n = ty.dims.iter().try_fold(bytes_per, |a, d| a.checked_mul(d.fixed().unwrap_or(batch as u64)));
+        if n.is_none_or(|n| n > MAX_TENSOR_BYTES) {
+            let shown = n.map_or("more than 2^64".to_string(), |n| n.to_string());
+            return Err(format!(
+                "{} ({ty}) would take {shown} bytes at batch {batch}, more than the {MAX_TENSOR_BYTES} bytes qc allows one tensor",
+                g.display_value(v)
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// The batch the inputs give: the size of the first dynamic dim of a parameter, else 1.
+fn input_batch(g: &Graph, inputs: &[Tensor]) -> usize {
+    g.params()
+        .iter()
+        .zip(inputs)
+        .find_map(|(&p, t)| g.ty(p).dims.iter().position(|d| d.fixed().is_none()).and_then(|i| t.shape().get(i).copied()))
+        .unwrap_or(1)
+}
+
 /// Evaluates a verified graph on `inputs` (one per parameter); returns one tensor per output.
 pub fn evaluate(g: &Graph, inputs: &[Tensor]) -> Result<Vec<Tensor>, EvalError> {
     evaluate_observed(g, inputs, |_, _| {})
@@ -45,6 +76,7 @@ pub fn evaluate_observed(
     mut observe: impl FnMut(ValueId, &Tensor),
 ) -> Result<Vec<Tensor>, EvalError> {
     check_inputs(g, inputs)?;
+    check_sizes(g, input_batch(g, inputs)).map_err(EvalError)?;
     let order = g.topo_order().map_err(|n| EvalError(format!("the graph has a cycle through {n}")))?;
     // How many more times each value is read, so that dead tensors are dropped early.
     let mut remaining: HashMap<ValueId, usize> = HashMap::new();
