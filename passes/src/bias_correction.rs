@@ -1,7 +1,7 @@
 //! `bias-correction` — approximating (it moves quantized outputs back toward fp32; each layer is
 //! changed only when its output error on the calibration samples drops).
 //!
-//! Runs between `insert-qdq` and `fold-qdq`, on conv2d/gemm/matmul layers whose weight is
+//! Runs between `insert-qdq` and `fold-qdq`, on conv2d/gemm layers whose weight is
 //! `dequantize(quantize(w))` with per-channel parameters. For each layer, in order:
 //!
 //! 1. **Weight correction**: per output channel, the quantized weights `w_q` get the spread of the
@@ -105,7 +105,8 @@ impl Pass for BiasCorrection {
             .into_iter()
             .filter(|&n| {
                 let node = g.node(n);
-                matches!(node.kind, OpKind::Conv2d | OpKind::Gemm | OpKind::MatMul)
+                // matmul has no bias operand to take the correction (fuse-matmul-add makes a gemm).
+                matches!(node.kind, OpKind::Conv2d | OpKind::Gemm)
                     && g.ty(node.results[0]).elem.is_f32()
                     && node
                         .operands

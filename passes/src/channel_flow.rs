@@ -182,7 +182,8 @@ pub fn rule(g: &Graph, n: NodeId) -> Rule {
         OpKind::Reshape => {
             let (i, o) = (dims(g, node.operands[0]), dims(g, node.results[0]));
             let rest: Option<usize> = i.iter().skip(1).map(|&d| fixed(d)).product();
-            if o.len() == 2 && i.len() >= 2 && o[0] == i[0] && rest.is_some() && fixed(o[1]) == rest {
+            // The target shape must be an attribute (fold-constants makes it one), so it can shrink.
+            if node.operands.len() == 1 && o.len() == 2 && i.len() >= 2 && o[0] == i[0] && rest.is_some() && fixed(o[1]) == rest {
                 Rule::Flatten
             } else {
                 opaque("does not flatten [N, C, ...] to [N, C·...]")
