@@ -12,6 +12,12 @@
 //! once, for two rows at a time (8 accumulators, each panel load serving both rows);
 //! requantization (f32 mode) and the clamp run on vectors, and the result is narrowed to bytes. Rows are read in whole groups of 4 bytes: the row stride is K rounded up to 4.
 //!
+//! Bounds (the invariant [`crate::gemm::GemmKernel::run`] relies on): every address the kernel
+//! forms is `a + row·stride + 4·g` with `row < m` and `g < ⌈K/4⌉`, `out + row·N + col` with
+//! `col < N`, or inside its own tables (`packed` holds `⌈N/4⌉·⌈K/4⌉` panels, the group table only
+//! values `< ⌈K/4⌉`); N, K and the tables are fixed when it is compiled and `run` checks that `a`
+//! and `out` hold `m` rows. Partial last vectors store only their valid columns.
+//!
 //! Weights are compile-time constants, so zeros are known: when some group of 4 k is zero in all
 //! 16 columns of a block (block sparsity from `sparsify --block`), the blocks are unrolled and each
 //! walks a table of its nonzero groups instead of every group — the skipped multiply-adds are

@@ -175,3 +175,35 @@ fn lengths_are_checked() {
     k.run(&[1, 2, 3, 4, 5, 6], 2, &mut out).unwrap();
     assert_eq!(out, [6, 6, 15, 15]);
 }
+
+#[test]
+fn adversarial_shapes_stay_inside_their_buffers() {
+    // All-zero weights (every group skipped: empty group tables), no rows, one row, odd K and N
+    // around the 4-byte and 16-column boundaries: each path's result equals the scalar one.
+    for (n, k) in [(1usize, 1usize), (16, 4), (17, 5), (33, 7), (3, 64)] {
+        for zero in [false, true] {
+            let spec = GemmSpec {
+                n,
+                k,
+                zp_a: 7,
+                a_signed: false,
+                weights: (0..n * k).map(|i| if zero { 0 } else { (i as i32 * 37 % 255) - 127 }).collect(),
+                bias: vec![11; n],
+                requant: vec![qc_ir::requant::Requant::F32(0.01); n],
+                zp_y: 3,
+                lo: 0,
+                hi: 255,
+            };
+            for m in [0usize, 1, 2, 5] {
+                let a: Vec<u8> = (0..m * k).map(|i| (i * 13 % 256) as u8).collect();
+                let mut want = vec![0u8; m * n];
+                GemmKernel::compile_on(&spec, Path::Scalar).unwrap().run(&a, m, &mut want).unwrap();
+                for path in [Path::Sse, Path::Vnni] {
+                    let mut got = vec![0u8; m * n];
+                    GemmKernel::compile_on(&spec, path).unwrap().run(&a, m, &mut got).unwrap();
+                    assert_eq!(got, want, "{path:?} n={n} k={k} m={m} zero={zero}");
+                }
+            }
+        }
+    }
+}
