@@ -154,6 +154,14 @@ fn main() {
         "onnx_shape_overflow.onnx",
         &model(13, vec![node("Add", &["x", "w"], &["y"], vec![])], vec![huge], vec![input("x", &[1, 4])], &["y"]),
     );
+    // Found by the onnx fuzz target: an empty tensor (a zero dim) whose other dims overflow.
+    let mut empty = weight("w", &[1], 0.0);
+    empty.dims = vec![i64::MAX, 0];
+    empty.raw_data.clear();
+    write(
+        "onnx_empty_tensor_overflowing_dims.onnx",
+        &model(13, vec![node("Add", &["x", "w"], &["y"], vec![])], vec![empty], vec![input("x", &[1, 4])], &["y"]),
+    );
     write(
         "onnx_too_large_for_memory.onnx",
         &model(13, vec![node("Relu", &["x"], &["y"], vec![])], vec![], vec![input("x", &[1, 1 << 20, 1 << 20])], &["y"]),

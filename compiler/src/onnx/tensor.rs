@@ -44,7 +44,9 @@ pub fn decode(t: &TensorProto) -> Result<Tensor, String> {
     }
     let shape: Vec<usize> = t.dims.iter().map(|&d| d as usize).collect();
     let n = shape.iter().try_fold(1usize, |a, &b| a.checked_mul(b)).filter(|&n| n <= 1 << 36);
-    let Some(n) = n else { return Err(format!("{what} declares dims {:?}, too many elements", t.dims)) };
+    // A zero dim makes the tensor empty, but the other dims must still describe a possible shape.
+    let nonzero = shape.iter().filter(|&&d| d > 0).try_fold(1usize, |a, &b| a.checked_mul(b)).filter(|&n| n <= 1 << 36);
+    let (Some(n), Some(_)) = (n, nonzero) else { return Err(format!("{what} declares dims {:?}, too many elements", t.dims)) };
     let st =
         scalar_type(t.data_type).ok_or_else(|| format!("{what} has data type {}, which qc does not support", t.data_type))?;
     let width = match t.data_type {
@@ -62,24 +64,33 @@ pub fn decode(t: &TensorProto) -> Result<Tensor, String> {
         }
         let c = raw.chunks_exact(width);
         return Ok(match t.data_type {
-            data_type::FLOAT => {
-                Tensor::F32(ArrayD::from_shape_vec(sh, c.map(|b| f32::from_le_bytes(b.try_into().unwrap())).collect()).unwrap())
-            }
+            data_type::FLOAT => Tensor::F32(
+                ArrayD::from_shape_vec(sh, c.map(|b| f32::from_le_bytes(b.try_into().unwrap())).collect())
+                    .map_err(|e| format!("{what}: {e}"))?,
+            ),
             data_type::DOUBLE => Tensor::F32(
-                ArrayD::from_shape_vec(sh, c.map(|b| f64::from_le_bytes(b.try_into().unwrap()) as f32).collect()).unwrap(),
+                ArrayD::from_shape_vec(sh, c.map(|b| f64::from_le_bytes(b.try_into().unwrap()) as f32).collect())
+                    .map_err(|e| format!("{what}: {e}"))?,
             ),
             data_type::FLOAT16 => Tensor::F16(
-                ArrayD::from_shape_vec(sh, c.map(|b| half::f16::from_le_bytes(b.try_into().unwrap())).collect()).unwrap(),
+                ArrayD::from_shape_vec(sh, c.map(|b| half::f16::from_le_bytes(b.try_into().unwrap())).collect())
+                    .map_err(|e| format!("{what}: {e}"))?,
             ),
-            data_type::INT64 => {
-                Tensor::I64(ArrayD::from_shape_vec(sh, c.map(|b| i64::from_le_bytes(b.try_into().unwrap())).collect()).unwrap())
+            data_type::INT64 => Tensor::I64(
+                ArrayD::from_shape_vec(sh, c.map(|b| i64::from_le_bytes(b.try_into().unwrap())).collect())
+                    .map_err(|e| format!("{what}: {e}"))?,
+            ),
+            data_type::INT32 => Tensor::I32(
+                ArrayD::from_shape_vec(sh, c.map(|b| i32::from_le_bytes(b.try_into().unwrap())).collect())
+                    .map_err(|e| format!("{what}: {e}"))?,
+            ),
+            data_type::INT8 => {
+                Tensor::I8(ArrayD::from_shape_vec(sh, c.map(|b| b[0] as i8).collect()).map_err(|e| format!("{what}: {e}"))?)
             }
-            data_type::INT32 => {
-                Tensor::I32(ArrayD::from_shape_vec(sh, c.map(|b| i32::from_le_bytes(b.try_into().unwrap())).collect()).unwrap())
+            data_type::UINT8 => {
+                Tensor::U8(ArrayD::from_shape_vec(sh, c.map(|b| b[0]).collect()).map_err(|e| format!("{what}: {e}"))?)
             }
-            data_type::INT8 => Tensor::I8(ArrayD::from_shape_vec(sh, c.map(|b| b[0] as i8).collect()).unwrap()),
-            data_type::UINT8 => Tensor::U8(ArrayD::from_shape_vec(sh, c.map(|b| b[0]).collect()).unwrap()),
-            _ => Tensor::Bool(ArrayD::from_shape_vec(sh, c.map(|b| b[0] != 0).collect()).unwrap()),
+            _ => Tensor::Bool(ArrayD::from_shape_vec(sh, c.map(|b| b[0] != 0).collect()).map_err(|e| format!("{what}: {e}"))?),
         });
     }
     let typed = match t.data_type {
@@ -92,18 +103,25 @@ pub fn decode(t: &TensorProto) -> Result<Tensor, String> {
         return Err(count_err(typed));
     }
     Ok(match st {
-        ScalarType::F32 if t.data_type == data_type::DOUBLE => {
-            Tensor::F32(ArrayD::from_shape_vec(sh, t.double_data.iter().map(|&v| v as f32).collect()).unwrap())
-        }
-        ScalarType::F32 => Tensor::F32(ArrayD::from_shape_vec(sh, t.float_data.clone()).unwrap()),
-        ScalarType::F16 => Tensor::F16(
-            ArrayD::from_shape_vec(sh, t.int32_data.iter().map(|&v| half::f16::from_bits(v as u16)).collect()).unwrap(),
+        ScalarType::F32 if t.data_type == data_type::DOUBLE => Tensor::F32(
+            ArrayD::from_shape_vec(sh, t.double_data.iter().map(|&v| v as f32).collect()).map_err(|e| format!("{what}: {e}"))?,
         ),
-        ScalarType::I64 => Tensor::I64(ArrayD::from_shape_vec(sh, t.int64_data.clone()).unwrap()),
-        ScalarType::I32 => Tensor::I32(ArrayD::from_shape_vec(sh, t.int32_data.clone()).unwrap()),
-        ScalarType::I8 => Tensor::I8(ArrayD::from_shape_vec(sh, t.int32_data.iter().map(|&v| v as i8).collect()).unwrap()),
-        ScalarType::U8 => Tensor::U8(ArrayD::from_shape_vec(sh, t.int32_data.iter().map(|&v| v as u8).collect()).unwrap()),
-        _ => Tensor::Bool(ArrayD::from_shape_vec(sh, t.int32_data.iter().map(|&v| v != 0).collect()).unwrap()),
+        ScalarType::F32 => Tensor::F32(ArrayD::from_shape_vec(sh, t.float_data.clone()).map_err(|e| format!("{what}: {e}"))?),
+        ScalarType::F16 => Tensor::F16(
+            ArrayD::from_shape_vec(sh, t.int32_data.iter().map(|&v| half::f16::from_bits(v as u16)).collect())
+                .map_err(|e| format!("{what}: {e}"))?,
+        ),
+        ScalarType::I64 => Tensor::I64(ArrayD::from_shape_vec(sh, t.int64_data.clone()).map_err(|e| format!("{what}: {e}"))?),
+        ScalarType::I32 => Tensor::I32(ArrayD::from_shape_vec(sh, t.int32_data.clone()).map_err(|e| format!("{what}: {e}"))?),
+        ScalarType::I8 => Tensor::I8(
+            ArrayD::from_shape_vec(sh, t.int32_data.iter().map(|&v| v as i8).collect()).map_err(|e| format!("{what}: {e}"))?,
+        ),
+        ScalarType::U8 => Tensor::U8(
+            ArrayD::from_shape_vec(sh, t.int32_data.iter().map(|&v| v as u8).collect()).map_err(|e| format!("{what}: {e}"))?,
+        ),
+        _ => Tensor::Bool(
+            ArrayD::from_shape_vec(sh, t.int32_data.iter().map(|&v| v != 0).collect()).map_err(|e| format!("{what}: {e}"))?,
+        ),
     })
 }
 
