@@ -2,8 +2,10 @@
 //! and reported: top-1 agreement with the unpruned model on the calibration samples).
 //!
 //! Removes whole output channels of f32 conv2d (groups 1), gemm and 2-D matmul layers with
-//! constant weights, chosen by a criterion (`--prune-criterion l1|l2|bn-gamma`: the channel's
-//! weight norm, or |γ| of the batch norm that follows the layer while it is still there), with a
+//! constant weights, chosen by a criterion (`--prune-criterion`: `l1`/`l2`, the channel's weight
+//! norm; `bn-gamma`, |γ| of the batch norm that follows the layer while it is still there;
+//! `activation`, what the channel feeds the next layers on the calibration samples; `lsq`, greedy
+//! elimination by what the next layers' least-squares refit makes up for), with a
 //! global ratio (`--prune-ratio 0.5`) and per-layer ratios (`--prune-layer NAME=0.3`, NAME being the
 //! layer's location, result or weight name). Kept counts are multiples of `--prune-multiple`
 //! (default 4, the column panel of the JIT's GEMM kernel). Shape propagation follows
