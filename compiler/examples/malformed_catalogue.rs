@@ -162,6 +162,11 @@ fn main() {
         "onnx_empty_tensor_overflowing_dims.onnx",
         &model(13, vec![node("Add", &["x", "w"], &["y"], vec![])], vec![empty], vec![input("x", &[1, 4])], &["y"]),
     );
+    // Found by the onnx fuzz target: a node with fewer inputs than its op takes.
+    write(
+        "onnx_node_without_inputs.onnx",
+        &model(13, vec![node("MatMulInteger", &[], &["y"], vec![])], vec![], vec![input("x", &[1, 4])], &["y"]),
+    );
     write(
         "onnx_too_large_for_memory.onnx",
         &model(13, vec![node("Relu", &["x"], &["y"], vec![])], vec![], vec![input("x", &[1, 1 << 20, 1 << 20])], &["y"]),

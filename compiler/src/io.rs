@@ -16,8 +16,30 @@ pub fn read_tensor(path: &Path) -> Result<Tensor> {
     tensor_from_npy(&bytes, path)
 }
 
+/// The header dictionary of `.npy` bytes, checked to be the plain form qc reads: one dict, no
+/// nested brackets (structured dtypes are not supported, and nesting is what makes the header
+/// parser of the `.npy` crate slow on hostile input).
+fn npy_header(bytes: &[u8], file: &Path) -> Result<()> {
+    let bad = |why: &str| anyhow!("{}: not a readable .npy file: {why}", file.display());
+    if bytes.len() < 10 || &bytes[..6] != b"\x93NUMPY" {
+        return Err(bad("no .npy magic"));
+    }
+    let (len, start): (usize, usize) = match bytes[6] {
+        1 => (u16::from_le_bytes([bytes[8], bytes[9]]) as usize, 10),
+        2 | 3 if bytes.len() >= 12 => (u32::from_le_bytes([bytes[8], bytes[9], bytes[10], bytes[11]]) as usize, 12),
+        v => return Err(bad(&format!("format version {v}"))),
+    };
+    let header = bytes.get(start..start.saturating_add(len)).ok_or_else(|| bad("the header runs past the end"))?;
+    let count = |c: u8| header.iter().filter(|&&b| b == c).count();
+    if count(b'{') != 1 || count(b'}') != 1 || count(b'[') > 0 || count(b'(') > 1 || header.len() > 4096 {
+        return Err(bad("the header is not a plain {'descr': ..., 'fortran_order': ..., 'shape': (...)} dictionary"));
+    }
+    Ok(())
+}
+
 /// Parses `.npy` bytes (see [`read_tensor`]); `file` names the source in errors.
 pub fn tensor_from_npy(bytes: &[u8], file: &Path) -> Result<Tensor> {
+    npy_header(bytes, file)?;
     fn attempt<T: ndarray_npy::ReadableElement>(bytes: &[u8], file: &Path) -> Result<Option<ArrayD<T>>> {
         match ArrayD::<T>::read_npy(std::io::Cursor::new(bytes)) {
             Ok(a) => Ok(Some(a)),

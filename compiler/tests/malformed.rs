@@ -1,4 +1,4 @@
-//! The catalogue of malformed inputs (`tests/malformed/`, written by
+//! The catalogue of malformed inputs (`tests/malformed/`: inputs the fuzz targets found, plus those written by
 //! `cargo run -p qc --example malformed_catalogue`): `qc` reads each with the command that takes
 //! that kind of file and must exit with 1 (bad input) or 2 (bad usage) and a diagnostic naming
 //! the problem — never a panic (101) or an abort. The diagnostics are snapshotted.

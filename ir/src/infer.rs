@@ -50,6 +50,12 @@ const F32: ElemType = ElemType::Scalar(ScalarType::F32);
 
 /// Infers the results of a `kind` op. Errors are sentences naming what is wrong.
 pub fn infer(kind: OpKind, attrs: &Attrs, ops: &[Operand]) -> R<Vec<TypeFact>> {
+    // Every rule below may index the operands its arity guarantees (callers such as the ONNX
+    // importer reach here without the verifier's arity check).
+    let (min, max) = kind.arity();
+    if ops.len() < min || ops.len() > max {
+        return Err(format!("{kind} takes {min} to {max} operands, got {}", ops.len()));
+    }
     let one = |dims: Vec<Dim>, elem: Option<ElemType>| Ok(vec![TypeFact { dims: Some(dims), elem }]);
     let x = || ops[0].ty;
     match kind {
