@@ -344,31 +344,43 @@ impl GemmKernel {
     /// `m × n` output bytes. The lengths are checked, so the kernel never touches memory outside
     /// the two slices and its own tables.
     pub fn run(&self, a: &[u8], m: usize, out: &mut [u8]) -> Result<(), String> {
-        if a.len() != m * self.k || out.len() != m * self.n {
+        if a.len() != m * self.k {
+            return Err(format!("GEMM kernel {}x{}: {} input bytes for {m} rows", self.k, self.n, a.len()));
+        }
+        // The vector path reads rows in groups of 4 bytes: pad rows whose length is not a multiple.
+        let stride = self.row_stride();
+        if stride == self.k {
+            return self.run_rows(a, m, out);
+        }
+        let mut padded = vec![0u8; m * stride];
+        for (dst, src) in padded.chunks_exact_mut(stride).zip(a.chunks_exact(self.k)) {
+            dst[..self.k].copy_from_slice(src);
+        }
+        self.run_rows(&padded, m, out)
+    }
+
+    /// The bytes per input row that [`GemmKernel::run_rows`] reads: `k`, rounded up to a multiple
+    /// of 4 on the vector paths (the bytes past `k` meet zero weights, so any value will do).
+    pub fn row_stride(&self) -> usize {
+        if self.path == Path::Scalar { self.k } else { crate::gemm_simd::row_stride(self.k) }
+    }
+
+    /// Runs the kernel on `m` rows of [`GemmKernel::row_stride`] bytes, which callers that build
+    /// their rows (convolution patches) lay out so that nothing is copied.
+    pub fn run_rows(&self, a: &[u8], m: usize, out: &mut [u8]) -> Result<(), String> {
+        let stride = self.row_stride();
+        if a.len() != m * stride || out.len() != m * self.n {
             return Err(format!(
-                "GEMM kernel {}x{}: {} input bytes and {} output bytes for {m} rows",
+                "GEMM kernel {}x{}: {} input bytes and {} output bytes for {m} rows of {stride}",
                 self.k,
                 self.n,
                 a.len(),
                 out.len()
             ));
         }
-        // The vector path reads rows in groups of 4 bytes: pad rows whose length is not a multiple.
-        let stride = crate::gemm_simd::row_stride(self.k);
-        let padded: Vec<u8>;
-        let a = if self.path != Path::Scalar && stride != self.k {
-            let mut p = vec![0u8; m * stride];
-            for (dst, src) in p.chunks_exact_mut(stride).zip(a.chunks_exact(self.k)) {
-                dst[..self.k].copy_from_slice(src);
-            }
-            padded = p;
-            &padded[..]
-        } else {
-            a
-        };
-        // SAFETY: the kernel reads m rows of `stride` (vector path) or `k` (scalar path) bytes from
-        // `a`, which holds exactly that many; writes m·n bytes to `out` (checked above); and reads
-        // its own tables, which live as long as `self`.
+        // SAFETY: the kernel reads m rows of `stride` bytes from `a`, which holds exactly that
+        // many; writes m·n bytes to `out` (both checked above); and reads its own tables, which
+        // live as long as `self`.
         unsafe { (self.f)(a.as_ptr(), out.as_mut_ptr(), m as i64) };
         Ok(())
     }

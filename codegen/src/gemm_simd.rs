@@ -169,8 +169,55 @@ pub(crate) fn compile(spec: &GemmSpec, path: Path) -> Result<GemmKernel, String>
                         b.ins().iadd_imm_s(row, pt)
                     })
                     .collect();
+                // Dense blocks take 4 groups (16 bytes of each row) per iteration: one 16-byte
+                // load per row, each 4-byte group broadcast by a shuffle, panel loads at
+                // immediate offsets. The groups past the last multiple of 4 (and sparse blocks'
+                // table walks) take one group per iteration.
+                let accumulate = |b: &mut FunctionBuilder, g: Value, avs: &[Value], j: usize| {
+                    let g16 = b.ins().imul_imm_s(g, 16);
+                    for v in 0..vecs {
+                        let w_addr = b.ins().iadd(panel_bases[v], g16);
+                        let w = b.ins().load(types::I8X16, flags, w_addr, 16 * j as i32);
+                        for (r, row) in accs.iter().enumerate() {
+                            let acc = b.use_var(row[v]);
+                            let acc = dot(b, acc, w, avs[r]);
+                            b.def_var(row[v], acc);
+                        }
+                    }
+                };
+                let flip = |b: &mut FunctionBuilder, av: Value| {
+                    if signed_in {
+                        let flip = b.ins().iconst(types::I8, -128);
+                        let flip = b.ins().splat(types::I8X16, flip);
+                        b.ins().bxor(av, flip)
+                    } else {
+                        av
+                    }
+                };
                 let (from, to) = walk.unwrap_or((0, groups));
-                let g_start = b.ins().iconst(types::I64, from as i64);
+                let chunks = if walk.is_none() { groups / 4 } else { 0 };
+                if chunks > 0 {
+                    let c_end = b.ins().iconst(types::I64, chunks as i64);
+                    emit_loop(b, zero, c_end, |b, ch| {
+                        let g = b.ins().imul_imm_s(ch, 4);
+                        let a16 = b.ins().imul_imm_s(ch, 16);
+                        let rows16: Vec<Value> = a_rows
+                            .iter()
+                            .map(|&a_row| {
+                                let a_addr = b.ins().iadd(a_row, a16);
+                                let av = b.ins().load(types::I8X16, raw, a_addr, 0);
+                                flip(b, av)
+                            })
+                            .collect();
+                        for j in 0..4u8 {
+                            let mask: Vec<u8> = (0..16).map(|i| 4 * j + i % 4).collect();
+                            let mask = b.func.dfg.immediates.push(mask.as_slice().into());
+                            let avs: Vec<Value> = rows16.iter().map(|&av| b.ins().shuffle(av, av, mask)).collect();
+                            accumulate(b, g, &avs, j as usize);
+                        }
+                    });
+                }
+                let g_start = b.ins().iconst(types::I64, (from + 4 * chunks) as i64);
                 let g_end = b.ins().iconst(types::I64, to as i64);
                 emit_loop(b, g_start, g_end, |b, t| {
                     let g = if walk.is_some() {
@@ -181,7 +228,6 @@ pub(crate) fn compile(spec: &GemmSpec, path: Path) -> Result<GemmKernel, String>
                         t
                     };
                     let g4 = b.ins().imul_imm_s(g, 4);
-                    let g16 = b.ins().imul_imm_s(g, 16);
                     let avs: Vec<Value> = a_rows
                         .iter()
                         .map(|&a_row| {
@@ -189,24 +235,10 @@ pub(crate) fn compile(spec: &GemmSpec, path: Path) -> Result<GemmKernel, String>
                             let a4 = b.ins().load(types::I32, raw, a_addr, 0);
                             let splat = b.ins().splat(types::I32X4, a4);
                             let av = b.ins().bitcast(types::I8X16, little, splat);
-                            if signed_in {
-                                let flip = b.ins().iconst(types::I8, -128);
-                                let flip = b.ins().splat(types::I8X16, flip);
-                                b.ins().bxor(av, flip)
-                            } else {
-                                av
-                            }
+                            flip(b, av)
                         })
                         .collect();
-                    for v in 0..vecs {
-                        let w_addr = b.ins().iadd(panel_bases[v], g16);
-                        let w = b.ins().load(types::I8X16, flags, w_addr, 0);
-                        for (r, row) in accs.iter().enumerate() {
-                            let acc = b.use_var(row[v]);
-                            let acc = dot(b, acc, w, avs[r]);
-                            b.def_var(row[v], acc);
-                        }
-                    }
+                    accumulate(b, g, &avs, 0);
                 });
                 for (r, row) in accs.iter().enumerate() {
                     for (v, &var) in row.iter().enumerate() {

@@ -1,16 +1,23 @@
 //! `qc-codegen`: lowering verified QIR to machine code with Cranelift.
 //!
-//! Today: the JIT wrapper ([`jit`]), the integer GEMM kernel ([`gemm`], scalar and 128-bit vector
-//! paths) specialized to one layer and checked bit for bit against the reference evaluator, and
-//! [`CompiledModel`], which runs gemm/matmul/conv layers on those kernels and every other op on the
-//! evaluator's implementation. The memory plan, the remaining kernels and the C ABI are the open
-//! JIT issue's.
+//! The JIT wrapper ([`jit`]); the integer GEMM kernel ([`gemm`], scalar and 128-bit vector
+//! paths) specialized to one layer; convolutions as GEMMs over channels-last patches ([`conv`]);
+//! Rust kernels on bytes for depthwise convolution, pooling and residual adds; and
+//! [`CompiledModel`], which runs a graph on them and every other op on the evaluator's
+//! implementation. Everything is checked bit for bit against the reference evaluator.
 #![warn(missing_docs)]
 
+pub mod add;
+pub mod conv;
+pub mod depthwise;
 pub mod gemm;
 mod gemm_simd;
 pub mod jit;
+pub mod lanes;
+pub mod layout;
 pub mod model;
+pub mod pool;
+pub mod window;
 
 pub use gemm::{GemmKernel, GemmSpec, Path};
 pub use model::{CodegenError, CompiledModel, StepProfile};

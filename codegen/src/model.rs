@@ -1,20 +1,28 @@
 //! `CompiledModel`: a verified graph compiled for execution. Integer gemm, matmul and
-//! convolution (groups = 1) run as JIT-compiled GEMM kernels specialized to their layer (a
-//! convolution first gathers channels-last input patches, padding with the input's zero point);
-//! integer depthwise convolution (row runs per tap) and same-shape add run as Rust kernels on bytes;
-//! every other op runs the reference evaluator's implementation. Results equal the evaluator's
-//! bit for bit (tested on the corpus).
+//! convolution (groups = 1) run as JIT-compiled GEMM kernels specialized to their layer
+//! ([`crate::conv`]); integer depthwise convolution, max pooling, global mean and same-shape add
+//! run as Rust kernels on bytes ([`crate::depthwise`], [`crate::pool`], [`crate::add`]); 4-D
+//! activations stay channels-last between those kernels ([`crate::layout`]); every other op runs
+//! the reference evaluator's implementation. Results equal the evaluator's bit for bit (tested on
+//! the corpus and by property tests per kernel).
 //!
 //! `run` takes `&self` and keeps its working values on its own stack frame, with convolution
-//! scratch (patches, GEMM product) owned by the calling thread, so one model can run on many
-//! threads at once.
+//! scratch owned by the calling thread, so one model can run on many threads at once.
+//!
+//! Bounds: each kernel checks the length of what it reads against its compiled shape before it
+//! touches it (the plan's only unsafe code is the JIT call, whose buffers `GemmKernel::run_rows`
+//! checks); a wrong input is an error, never an out-of-bounds access.
 
+use crate::add::AddQ;
+use crate::conv::Conv;
+use crate::depthwise::Depthwise;
 use crate::gemm::{GemmKernel, GemmSpec, bytes_tensor, tensor_bytes};
+use crate::layout::{Layout, convert};
+use crate::pool::{GlobalMean, MaxPool};
 use qc_ir::eval::{check_input, dequantize_value, eval_op_multi, quantize_value};
-use qc_ir::{Attr, Attrs, ConstValue, Dim, ElemType, Graph, OpKind, Tensor, TensorType, ValueId};
+use qc_ir::{Attrs, ConstValue, Dim, ElemType, Graph, OpKind, Tensor, TensorType, ValueId};
 use std::collections::HashMap;
 use std::fmt;
-use std::ops::Add;
 use std::sync::Arc;
 
 /// Why a model could not be compiled or run.
@@ -31,64 +39,7 @@ impl std::error::Error for CodegenError {}
 
 type Slot = usize;
 
-/// How a convolution's input patches are gathered into GEMM rows. Each image is first made
-/// channels-last (`[h·w][c]`, with one more pixel of zero points for the padding), so a patch row
-/// is `kh·kw` runs of `c` contiguous bytes; the weights are flattened in the same
-/// `[kh][kw][c]` order. Computed once, when the model is compiled.
-struct Im2col {
-    c: usize,
-    h: usize,
-    w: usize,
-    oh: usize,
-    ow: usize,
-    taps: usize,
-    /// For every (output position, tap), the input pixel it reads, or `h·w` for the padding.
-    pixels: Vec<u32>,
-    pad_value: u8,
-}
-
-/// A depthwise integer convolution (one input channel per output channel), in Rust.
-struct Depthwise {
-    c: usize,
-    plane: usize,
-    positions: usize,
-    taps: usize,
-    /// The in-bounds part of every (tap, output row), as runs over contiguous outputs; padded
-    /// taps are left out (they read `x = zp_x`, which adds 0).
-    runs: Vec<TapRun>,
-    /// The input step between neighbouring outputs of a run (the horizontal stride).
-    step: usize,
-    /// `w − zp_w`, `[C][taps]`.
-    weights: Vec<i32>,
-    bias: Vec<i32>,
-    requant: Vec<qc_ir::requant::Requant>,
-    zp_x: i32,
-    x_signed: bool,
-    zp_y: i32,
-    lo: i32,
-    hi: i32,
-    out_dims: [usize; 3],
-}
-
-/// `acc[out..out + len] += w[tap] · x[src + i·step]`, one tap over part of one output row.
-struct TapRun {
-    tap: usize,
-    out: usize,
-    src: usize,
-    len: usize,
-}
-
-/// An integer add of two same-shape per-tensor quantized tensors, in Rust:
-/// `clamp(rne((s_a(a − z_a) + s_b(b − z_b)) / s_y) + z_y)` in f32, as the evaluator.
-struct AddQ {
-    a: (f32, i32, bool),
-    b: (f32, i32, bool),
-    y: (f32, i32),
-    lo: i32,
-    hi: i32,
-}
-
-/// Per-tensor 8-bit quantization parameters for the byte steps.
+/// Per-tensor 8-bit quantization parameters for quantize and dequantize.
 #[derive(Clone, Copy)]
 struct Q8 {
     scale: f32,
@@ -110,17 +61,6 @@ impl Q8 {
     }
 }
 
-/// Max pooling over 8-bit planes through a window table (the padding reads the type's lowest
-/// value, which never wins).
-struct MaxPool8 {
-    plane: usize,
-    positions: usize,
-    taps: usize,
-    gather: Vec<u32>,
-    signed: bool,
-    out_dims: [usize; 2],
-}
-
 enum Step {
     Quantize {
         q: Q8,
@@ -132,8 +72,16 @@ enum Step {
         x: Slot,
         out: Slot,
     },
-    MaxPool {
-        spec: Box<MaxPool8>,
+    /// A convolution, depthwise convolution or pooling: NHWC in, NHWC out.
+    Window {
+        kernel: Box<dyn WindowKernel>,
+        x: Slot,
+        out: Slot,
+    },
+    /// `dims`: the result's dims after the batch.
+    Mean {
+        kernel: Box<GlobalMean>,
+        dims: Vec<usize>,
         x: Slot,
         out: Slot,
     },
@@ -142,13 +90,8 @@ enum Step {
         x: Slot,
         out: Slot,
     },
-    Depthwise {
-        spec: Box<Depthwise>,
-        x: Slot,
-        out: Slot,
-    },
-    AddQ {
-        spec: AddQ,
+    Add {
+        kernel: AddQ,
         a: Slot,
         b: Slot,
         out: Slot,
@@ -156,12 +99,6 @@ enum Step {
     Gemm {
         kernel: GemmKernel,
         a: Slot,
-        out: Slot,
-    },
-    Conv {
-        kernel: GemmKernel,
-        geometry: Im2col,
-        x: Slot,
         out: Slot,
     },
     Eval {
@@ -172,6 +109,28 @@ enum Step {
         results: Vec<Slot>,
         result_types: Vec<TensorType>,
     },
+}
+
+/// A kernel over a sliding window of NHWC images (see [`crate::window`]).
+pub(crate) trait WindowKernel: Send + Sync {
+    /// Runs `batch` NHWC images; returns the NHWC output (length checked inside).
+    fn run(&self, x: &[u8], batch: usize) -> Result<Vec<u8>, String>;
+    /// The output's logical `[C, oh, ow]`.
+    fn out_dims(&self) -> [usize; 3];
+    /// Integer operations (2 · multiply-adds) for `batch` images; 0 for pooling.
+    fn ops(&self, batch: usize) -> u64;
+    /// Whether JIT-compiled code does the arithmetic.
+    fn jit(&self) -> bool;
+}
+
+impl Step {
+    fn jit(&self) -> bool {
+        match self {
+            Step::Gemm { .. } => true,
+            Step::Window { kernel, .. } => kernel.jit(),
+            _ => false,
+        }
+    }
 }
 
 /// A model compiled for execution.
@@ -248,9 +207,9 @@ impl CompiledModel {
                     Some(Step::Gemm { kernel, a: slot(node.operands[0]), out: slot(node.results[0]) })
                 }
                 (OpKind::Conv2d, true, Some(w)) if node.attrs.int("groups", 1) == 1 => {
-                    let (kernel, geometry) =
-                        conv_kernel(&node.attrs, &tys, w, bias.as_deref(), out_ty).map_err(|e| err(format!("{}: {e}", who())))?;
-                    Some(Step::Conv { kernel, geometry, x: slot(node.operands[0]), out: slot(node.results[0]) })
+                    let kernel =
+                        Conv::new(&node.attrs, &tys, w, bias.as_deref(), out_ty).map_err(|e| err(format!("{}: {e}", who())))?;
+                    Some(Step::Window { kernel: Box::new(kernel), x: slot(node.operands[0]), out: slot(node.results[0]) })
                 }
                 (OpKind::Quantize, _, _) if tys[0].elem.is_f32() => {
                     Q8::of(out_ty).map(|q| Step::Quantize { q, x: slot(node.operands[0]), out: slot(node.results[0]) })
@@ -258,11 +217,20 @@ impl CompiledModel {
                 (OpKind::Dequantize, _, _) if out_ty.elem.is_f32() => {
                     Q8::of(tys[0]).map(|q| Step::Dequantize { q, x: slot(node.operands[0]), out: slot(node.results[0]) })
                 }
-                (OpKind::MaxPool, true, _) => max_pool8(&node.attrs, tys[0], out_ty).map(|spec| Step::MaxPool {
-                    spec: Box::new(spec),
+                (OpKind::MaxPool, true, _) => MaxPool::new(&node.attrs, tys[0], out_ty).map(|kernel| Step::Window {
+                    kernel: Box::new(kernel),
                     x: slot(node.operands[0]),
                     out: slot(node.results[0]),
                 }),
+                (OpKind::GlobalAvgPool | OpKind::ReduceMean, true, _) => {
+                    let dims: Option<Vec<usize>> = out_ty.dims.iter().skip(1).map(|d| d.fixed().map(|n| n as usize)).collect();
+                    GlobalMean::new(node.kind, &node.attrs, tys[0], out_ty).zip(dims).map(|(kernel, dims)| Step::Mean {
+                        kernel: Box::new(kernel),
+                        dims,
+                        x: slot(node.operands[0]),
+                        out: slot(node.results[0]),
+                    })
+                }
                 (OpKind::Reshape | OpKind::Flatten | OpKind::Squeeze | OpKind::Unsqueeze, true, _)
                     if node.operands.len() == 1
                         && Q8::of(tys[0]).is_some()
@@ -271,27 +239,25 @@ impl CompiledModel {
                     Some(Step::Reshape { dims: out_ty.dims.clone(), x: slot(node.operands[0]), out: slot(node.results[0]) })
                 }
                 (OpKind::Conv2d, true, Some(w)) if node.attrs.int("groups", 1) > 1 => {
-                    depthwise(&node.attrs, &tys, w, bias.as_deref(), out_ty).map(|spec| Step::Depthwise {
-                        spec: Box::new(spec),
+                    Depthwise::new(&node.attrs, &tys, w, bias.as_deref(), out_ty).map(|kernel| Step::Window {
+                        kernel: Box::new(kernel),
                         x: slot(node.operands[0]),
                         out: slot(node.results[0]),
                     })
                 }
-                (OpKind::Add, true, _) if tys[0].dims == tys[1].dims && tys[0].dims == out_ty.dims => {
-                    add_q(&node.attrs, &tys, out_ty).map(|spec| Step::AddQ {
-                        spec,
-                        a: slot(node.operands[0]),
-                        b: slot(node.operands[1]),
-                        out: slot(node.results[0]),
-                    })
-                }
+                (OpKind::Add, true, _) => AddQ::new(&node.attrs, &tys, out_ty).map(|kernel| Step::Add {
+                    kernel,
+                    a: slot(node.operands[0]),
+                    b: slot(node.operands[1]),
+                    out: slot(node.results[0]),
+                }),
                 _ => None,
             };
             let loc = if node.loc.name.is_empty() { String::new() } else { format!(" loc(\"{}\")", node.loc.name) };
             let label = format!("{} = {}{loc}", g.display_value(node.results[0]), node.kind);
             let step = match kernel_step {
                 Some(s) => {
-                    kernels += usize::from(matches!(s, Step::Gemm { .. } | Step::Conv { .. }));
+                    kernels += usize::from(s.jit());
                     s
                 }
                 None => Step::Eval {
@@ -317,6 +283,12 @@ impl CompiledModel {
     /// How many ops run as JIT-compiled kernels.
     pub fn kernel_count(&self) -> usize {
         self.kernels
+    }
+
+    /// The ops that run on the evaluator's implementation rather than a kernel, as
+    /// `%value = op loc("...")`.
+    pub fn fallback_ops(&self) -> Vec<String> {
+        self.steps.iter().filter(|(_, s)| matches!(s, Step::Eval { .. })).map(|((label, _), _)| label.clone()).collect()
     }
 
     /// Runs the model. Inputs are checked against the compiled types (a dynamic dim accepts any
@@ -349,13 +321,7 @@ impl CompiledModel {
             .zip(ops)
             .map(|((((label, loc), step), mut t), ops)| {
                 t.sort_by(f64::total_cmp);
-                StepProfile {
-                    label: label.clone(),
-                    loc: loc.clone(),
-                    jit: matches!(step, Step::Gemm { .. } | Step::Conv { .. }),
-                    seconds: t[t.len() / 2],
-                    ops,
-                }
+                StepProfile { label: label.clone(), loc: loc.clone(), jit: step.jit(), seconds: t[t.len() / 2], ops }
             })
             .collect())
     }
@@ -410,12 +376,12 @@ pub struct StepProfile {
     pub ops: u64,
 }
 
-/// A working value: a tensor, or the bytes of an 8-bit quantized tensor with its shape — what the
-/// kernels read and write, so that nothing is converted between two kernels.
+/// A working value: a tensor, or the bytes of an 8-bit quantized tensor with its logical shape
+/// and layout — what the kernels read and write, so that nothing is converted between two kernels.
 #[derive(Clone)]
 enum Val {
     T(Arc<Tensor>),
-    B(Arc<Vec<u8>>, Vec<usize>),
+    B(Arc<Vec<u8>>, Vec<usize>, Layout),
 }
 
 type Slots = Vec<Option<Val>>;
@@ -424,173 +390,103 @@ fn val(slots: &Slots, s: Slot) -> Result<&Val, CodegenError> {
     slots[s].as_ref().ok_or_else(|| err("a value was read before it was computed"))
 }
 
-/// The bytes and shape of an 8-bit value.
-fn bytes(slots: &Slots, s: Slot) -> Result<(Arc<Vec<u8>>, Vec<usize>), CodegenError> {
+/// The bytes and logical shape of an 8-bit value, in `layout`.
+fn bytes(slots: &Slots, s: Slot, layout: Layout) -> Result<(Arc<Vec<u8>>, Vec<usize>), CodegenError> {
+    let (b, shape, from) = bytes_any(slots, s)?;
+    Ok(match convert(&b, &shape, from, layout) {
+        Some(c) => (Arc::new(c), shape),
+        None => (b, shape),
+    })
+}
+
+/// The bytes, logical shape and layout of an 8-bit value, as they are.
+fn bytes_any(slots: &Slots, s: Slot) -> Result<(Arc<Vec<u8>>, Vec<usize>, Layout), CodegenError> {
     match val(slots, s)? {
-        Val::B(b, shape) => Ok((b.clone(), shape.clone())),
-        Val::T(t) => Ok((Arc::new(tensor_bytes(t).ok_or_else(|| err("a kernel input is not 8-bit"))?), t.shape().to_vec())),
+        Val::B(b, shape, layout) => Ok((b.clone(), shape.clone(), *layout)),
+        Val::T(t) => {
+            Ok((Arc::new(tensor_bytes(t).ok_or_else(|| err("a kernel input is not 8-bit"))?), t.shape().to_vec(), Layout::Nchw))
+        }
     }
 }
 
-/// A value as a tensor of element type `elem`.
+/// A value as a tensor of element type `elem` (NCHW).
 fn tensor(slots: &Slots, s: Slot, elem: &ElemType) -> Result<Arc<Tensor>, CodegenError> {
     match val(slots, s)? {
         Val::T(t) => Ok(t.clone()),
-        Val::B(b, shape) => Ok(Arc::new(bytes_tensor(b.as_ref().clone(), shape, elem))),
+        Val::B(..) => {
+            let (b, shape) = bytes(slots, s, Layout::Nchw)?;
+            Ok(Arc::new(bytes_tensor(Arc::unwrap_or_clone(b), &shape, elem)))
+        }
     }
+}
+
+/// The batch of a kernel input of logical shape `shape`.
+fn batch_of(shape: &[usize]) -> usize {
+    shape.first().copied().unwrap_or(1)
 }
 
 /// Runs one step; returns the integer operations a kernel did.
 fn exec(step: &Step, slots: &mut Slots) -> Result<u64, CodegenError> {
     Ok(match step {
         Step::Gemm { kernel, a, out, .. } => {
-            let (x, shape) = bytes(slots, *a)?;
+            let (x, shape) = bytes(slots, *a, Layout::Nchw)?;
             let (m, n) = (shape[0], kernel.columns());
             let mut y = vec![0u8; m * n];
             kernel.run(&x, m, &mut y).map_err(err)?;
-            slots[*out] = Some(Val::B(Arc::new(y), vec![m, n]));
+            slots[*out] = Some(Val::B(Arc::new(y), vec![m, n], Layout::Nchw));
             2 * (m * n * kernel.depth()) as u64
         }
-        Step::Conv { kernel, geometry: g, x, out, .. } => {
-            let (bytes, shape) = bytes(slots, *x)?;
-            let batch = shape[0];
-            let o = kernel.columns();
-            let rows = g.oh * g.ow;
-            let kk = g.c * g.taps;
-            // Every image's patches in one matrix, so that one kernel call covers the batch.
-            let image = g.c * g.h * g.w;
-            if bytes.len() != batch * image {
-                return Err(err("a convolution input does not have its compiled shape"));
-            }
-            let mut y = vec![0u8; batch * o * rows];
-            CONV_SCRATCH.with(|scratch| -> Result<(), CodegenError> {
-                let mut scratch = scratch.borrow_mut();
-                let ConvScratch { hwc, patches, product } = &mut *scratch;
-                let patches = grown(patches, batch * rows * kk);
-                let hwc = grown(hwc, image + g.c);
-                hwc[image..].fill(g.pad_value);
-                for (img, dst) in bytes.chunks_exact(image).zip(patches.chunks_exact_mut(rows * kk)) {
-                    im2col(img, g, hwc, dst);
-                }
-                let product = grown(product, batch * rows * o);
-                kernel.run(patches, batch * rows, product).map_err(err)?;
-                // [batch·rows, O] → [batch, O, rows] (NCHW).
-                for (src, dst) in product.chunks_exact(rows * o).zip(y.chunks_exact_mut(o * rows)) {
-                    transpose(src, rows, o, dst);
-                }
-                Ok(())
-            })?;
-            slots[*out] = Some(Val::B(Arc::new(y), vec![batch, o, g.oh, g.ow]));
-            2 * (batch * rows * o * kk) as u64
+        Step::Window { kernel, x, out } => {
+            let (x, shape) = bytes(slots, *x, Layout::Nhwc)?;
+            let batch = batch_of(&shape);
+            let y = kernel.run(&x, batch).map_err(err)?;
+            let [c, oh, ow] = kernel.out_dims();
+            slots[*out] = Some(Val::B(Arc::new(y), vec![batch, c, oh, ow], Layout::Nhwc));
+            kernel.ops(batch)
+        }
+        Step::Mean { kernel, dims, x, out } => {
+            let (x, shape) = bytes(slots, *x, Layout::Nhwc)?;
+            let batch = batch_of(&shape);
+            let y = kernel.run(&x, batch).map_err(err)?;
+            // `[batch][C]` is the same bytes in either layout.
+            let shape = std::iter::once(batch).chain(dims.iter().copied()).collect();
+            slots[*out] = Some(Val::B(Arc::new(y), shape, Layout::Nchw));
+            0
+        }
+        Step::Add { kernel, a, b, out } => {
+            let (ba, shape, layout) = bytes_any(slots, *a)?;
+            let (bb, _) = bytes(slots, *b, layout)?;
+            let y = kernel.run(&ba, &bb).map_err(err)?;
+            slots[*out] = Some(Val::B(Arc::new(y), shape, layout));
+            0
         }
         Step::Quantize { q, x, out } => {
             let t = tensor(slots, *x, &ElemType::Scalar(qc_ir::ScalarType::F32))?;
             let a = t.as_f32().ok_or_else(|| err("quantize reads f32"))?;
             let (lo, hi) = if q.signed { (-128, 127) } else { (0, 255) };
-            let y: Vec<u8> = a.iter().map(|&v| quantize_value(v, q.scale, q.zp, lo, hi) as u8).collect();
-            slots[*out] = Some(Val::B(Arc::new(y), a.shape().to_vec()));
+            let mut y = vec![0u8; a.len()];
+            match a.as_slice() {
+                Some(a) => crate::lanes::quantize(a, q.scale, q.zp, lo, hi, &mut y),
+                None => y.iter_mut().zip(a.iter()).for_each(|(o, &v)| *o = quantize_value(v, q.scale, q.zp, lo, hi) as u8),
+            }
+            slots[*out] = Some(Val::B(Arc::new(y), a.shape().to_vec(), Layout::Nchw));
             0
         }
         Step::Dequantize { q, x, out } => {
-            let (b, shape) = bytes(slots, *x)?;
+            let (b, shape) = bytes(slots, *x, Layout::Nchw)?;
             let y: Vec<f32> = b.iter().map(|&v| dequantize_value(q.value(v), q.scale, q.zp)).collect();
             let t = Tensor::F32(ndarray::ArrayD::from_shape_vec(ndarray::IxDyn(&shape), y).map_err(|e| err(e.to_string()))?);
             slots[*out] = Some(Val::T(Arc::new(t)));
             0
         }
-        Step::MaxPool { spec: m, x, out } => {
-            let (b, shape) = bytes(slots, *x)?;
-            let planes = b.len() / m.plane;
-            let mut y = vec![0u8; planes * m.positions];
-            // Compare as i16 (i8 or u8 values fit); the padding index reads the lowest value.
-            let lowest = if m.signed { i8::MIN as i16 } else { 0 };
-            let mut ext = vec![lowest; m.plane + 1];
-            let mut best = vec![lowest; m.positions];
-            for (plane, dst) in b.chunks_exact(m.plane).zip(y.chunks_exact_mut(m.positions)) {
-                for (e, &v) in ext.iter_mut().zip(plane) {
-                    *e = if m.signed { v as i8 as i16 } else { v as i16 };
-                }
-                best.fill(lowest);
-                for t in 0..m.taps {
-                    for (bv, &g) in best.iter_mut().zip(&m.gather[t * m.positions..(t + 1) * m.positions]) {
-                        *bv = (*bv).max(ext[g as usize]);
-                    }
-                }
-                for (o, &v) in dst.iter_mut().zip(&best) {
-                    *o = v as u8;
-                }
-            }
-            slots[*out] = Some(Val::B(Arc::new(y), vec![shape[0], shape[1], m.out_dims[0], m.out_dims[1]]));
-            0
-        }
         Step::Reshape { dims, x, out } => {
-            let (b, _) = bytes(slots, *x)?;
+            let (b, _) = bytes(slots, *x, Layout::Nchw)?;
             let fixed: usize = dims.iter().filter_map(|d| d.fixed()).map(|n| n as usize).product();
             if fixed == 0 || b.len() % fixed != 0 {
                 return Err(err("a reshape does not divide its input"));
             }
             let shape: Vec<usize> = dims.iter().map(|d| d.fixed().map_or(b.len() / fixed, |n| n as usize)).collect();
-            slots[*out] = Some(Val::B(b, shape));
-            0
-        }
-        Step::Depthwise { spec: d, x, out, .. } => {
-            let (bytes, shape) = bytes(slots, *x)?;
-            let batch = shape[0];
-            if bytes.len() != batch * d.c * d.plane {
-                return Err(err("a convolution input does not have its compiled shape"));
-            }
-            let mut y = vec![0u8; batch * d.c * d.positions];
-            // One channel plane widened to i32 minus the zero point.
-            let mut xz = vec![0i32; d.plane];
-            let mut acc = vec![0i32; d.positions];
-            for (img, dst) in bytes.chunks_exact(d.c * d.plane).zip(y.chunks_exact_mut(d.c * d.positions)) {
-                for ch in 0..d.c {
-                    for (v, &b) in xz.iter_mut().zip(&img[ch * d.plane..(ch + 1) * d.plane]) {
-                        *v = if d.x_signed { b as i8 as i32 } else { b as i32 } - d.zp_x;
-                    }
-                    acc.fill(d.bias[ch]);
-                    let weights = &d.weights[ch * d.taps..(ch + 1) * d.taps];
-                    for r in &d.runs {
-                        let (w, acc) = (weights[r.tap], &mut acc[r.out..r.out + r.len]);
-                        if d.step == 1 {
-                            for (a, &v) in acc.iter_mut().zip(&xz[r.src..r.src + r.len]) {
-                                *a = a.wrapping_add(w.wrapping_mul(v));
-                            }
-                        } else {
-                            for (a, &v) in acc.iter_mut().zip(xz[r.src..].iter().step_by(d.step)) {
-                                *a = a.wrapping_add(w.wrapping_mul(v));
-                            }
-                        }
-                    }
-                    let r = d.requant[ch];
-                    for (o, &a) in dst[ch * d.positions..(ch + 1) * d.positions].iter_mut().zip(&acc) {
-                        *o = r.apply(a, d.zp_y, d.lo, d.hi) as u8;
-                    }
-                }
-            }
-            slots[*out] = Some(Val::B(Arc::new(y), vec![batch, d.out_dims[0], d.out_dims[1], d.out_dims[2]]));
-            2 * (batch * d.c * d.positions * d.taps) as u64
-        }
-        Step::AddQ { spec: q, a, b, out, .. } => {
-            let ((ba, shape), (bb, _)) = (bytes(slots, *a)?, bytes(slots, *b)?);
-            if ba.len() != bb.len() {
-                return Err(err("add operands differ in size"));
-            }
-            // s·(v − z) for every byte value: the same f32 operations as element by element.
-            let table = |(s, z, signed): (f32, i32, bool)| -> Vec<f32> {
-                (0..=255u8).map(|v| s * (if signed { v as i8 as i32 } else { v as i32 } - z) as f32).collect()
-            };
-            let (ta, tb) = (table(q.a), table(q.b));
-            let (sy, zy) = (q.y.0, q.y.1 as f32);
-            let (lo, hi) = (q.lo as f32, q.hi as f32);
-            let y: Vec<u8> = ba
-                .iter()
-                .zip(bb.iter())
-                .map(|(&p, &r)| {
-                    qc_ir::requant::round_even((ta[p as usize] + tb[r as usize]) / sy).add(zy).clamp(lo, hi) as i32 as u8
-                })
-                .collect();
-            slots[*out] = Some(Val::B(Arc::new(y), shape));
+            slots[*out] = Some(Val::B(b, shape, Layout::Nchw));
             0
         }
         Step::Eval { kind, attrs, args, arg_types, results, result_types } => {
@@ -606,262 +502,4 @@ fn exec(step: &Step, slots: &mut Slots) -> Result<u64, CodegenError> {
             0
         }
     })
-}
-
-/// The window of a convolution or pooling over one `h × w` plane: for every (tap, output
-/// position), the index in the plane that the tap reads, or `h · w` where it falls in the padding.
-/// Tap-major, so that kernels sweep all positions for one tap at a time.
-/// A sliding window's `(strides, [top, left] pads, dilations)`, with ONNX's defaults.
-fn window_geometry(attrs: &Attrs) -> Option<([isize; 2], [isize; 2], [isize; 2])> {
-    let ints = |k: &str, n: usize, d: u64| qc_ir::infer::ints_or(attrs, k, n, d).ok();
-    let (s, p, d) = (ints("strides", 2, 1)?, ints("pads", 4, 0)?, ints("dilations", 2, 1)?);
-    Some(([s[0] as isize, s[1] as isize], [p[0] as isize, p[1] as isize], [d[0] as isize, d[1] as isize]))
-}
-
-fn window_taps(attrs: &Attrs, (h, w): (usize, usize), (kh, kw): (usize, usize), (oh, ow): (usize, usize)) -> Option<Vec<u32>> {
-    let (s, p, dil) = window_geometry(attrs)?;
-    let mut taps = vec![(h * w) as u32; kh * kw * oh * ow];
-    for oy in 0..oh {
-        let y0 = oy as isize * s[0] - p[0];
-        for ox in 0..ow {
-            let x0 = ox as isize * s[1] - p[1];
-            for ky in 0..kh {
-                let iy = y0 + ky as isize * dil[0];
-                for kx in 0..kw {
-                    let ix = x0 + kx as isize * dil[1];
-                    if iy >= 0 && (iy as usize) < h && ix >= 0 && (ix as usize) < w {
-                        taps[(ky * kw + kx) * oh * ow + oy * ow + ox] = (iy as usize * w + ix as usize) as u32;
-                    }
-                }
-            }
-        }
-    }
-    Some(taps)
-}
-
-/// The Rust kernel of an integer depthwise conv2d (groups = C_in = C_out), or `None`.
-fn depthwise(attrs: &Attrs, tys: &[&TensorType], w: &Tensor, bias: Option<&Tensor>, out: &TensorType) -> Option<Depthwise> {
-    let (x, wt) = (tys[0], tys[1]);
-    let dims: Vec<usize> = x.dims[1..].iter().map(|d| d.fixed().map(|n| n as usize)).collect::<Option<_>>()?;
-    let (c, h, wd) = (dims[0], dims[1], dims[2]);
-    let ws = w.shape();
-    if x.rank() != 4 || attrs.int("groups", 1) as usize != c || ws[0] != c || ws[1] != 1 {
-        return None;
-    }
-    let (kh, kw) = (ws[2], ws[3]);
-    let (xq, wq, yq) = (x.elem.quant()?, wt.elem.quant()?, out.elem.quant()?);
-    if xq.axis.is_some()
-        || yq.axis.is_some()
-        || wq.axis.is_some_and(|a| a != 0)
-        || !matches!(yq.storage, qc_ir::ScalarType::I8 | qc_ir::ScalarType::U8)
-    {
-        return None;
-    }
-    let (oh, ow) = (out.dims[2].fixed()? as usize, out.dims[3].fixed()? as usize);
-    let (st, pads, dil) = window_geometry(attrs)?;
-    let mut runs = Vec::new();
-    for ky in 0..kh as isize {
-        for kx in 0..kw as isize {
-            // Output columns whose input column `ox·s + kx·d − p` lies in [0, w).
-            let first = kx * dil[1] - pads[1];
-            let ox0 = if first >= 0 { 0 } else { (-first + st[1] - 1) / st[1] };
-            let last = wd as isize - 1 - first;
-            let ox1 = if last < 0 { 0 } else { (last / st[1] + 1).min(ow as isize) };
-            if ox0 >= ox1 {
-                continue;
-            }
-            for oy in 0..oh as isize {
-                let iy = oy * st[0] + ky * dil[0] - pads[0];
-                if iy < 0 || iy >= h as isize {
-                    continue;
-                }
-                runs.push(TapRun {
-                    tap: (ky * kw as isize + kx) as usize,
-                    out: (oy * ow as isize + ox0) as usize,
-                    src: (iy * wd as isize + ox0 * st[1] + first) as usize,
-                    len: (ox1 - ox0) as usize,
-                });
-            }
-        }
-    }
-    let wv = w.to_i64_vec()?;
-    let taps = kh * kw;
-    let (s_x, zp_x) = xq.at(0);
-    let (s_y, zp_y) = yq.at(0);
-    let mode = qc_ir::requant::RequantMode::of(attrs).ok()?;
-    let mut weights = Vec::with_capacity(c * taps);
-    let mut requant = Vec::with_capacity(c);
-    for ch in 0..c {
-        let (s_w, zp_w) = wq.at(ch);
-        weights.extend(wv[ch * taps..(ch + 1) * taps].iter().map(|&v| v as i32 - zp_w));
-        requant.push(qc_ir::requant::Requant::new(mode, qc_ir::requant::acc_scale(s_x, s_w), s_y).ok()?);
-    }
-    let bias = match bias {
-        Some(b) => b.to_i64_vec()?.into_iter().map(|v| v as i32).collect(),
-        None => vec![0; c],
-    };
-    let (lo, hi) = qc_ir::requant::output_range(yq, attrs);
-    Some(Depthwise {
-        c,
-        plane: h * wd,
-        positions: oh * ow,
-        taps,
-        runs,
-        step: st[1] as usize,
-        weights,
-        bias,
-        requant,
-        zp_x,
-        x_signed: xq.storage == qc_ir::ScalarType::I8,
-        zp_y,
-        lo,
-        hi,
-        out_dims: [c, oh, ow],
-    })
-}
-
-/// The byte kernel of an 8-bit max pooling, or `None`.
-fn max_pool8(attrs: &Attrs, x: &TensorType, out: &TensorType) -> Option<MaxPool8> {
-    let q = Q8::of(x)?;
-    if x.rank() != 4 || Q8::of(out).is_none() {
-        return None;
-    }
-    let (h, w) = (x.dims[2].fixed()? as usize, x.dims[3].fixed()? as usize);
-    let (oh, ow) = (out.dims[2].fixed()? as usize, out.dims[3].fixed()? as usize);
-    let k = attrs.ints("kernel_shape")?;
-    let (kh, kw) = (k[0] as usize, k[1] as usize);
-    let gather = window_taps(attrs, (h, w), (kh, kw), (oh, ow))?;
-    Some(MaxPool8 { plane: h * w, positions: oh * ow, taps: kh * kw, gather, signed: q.signed, out_dims: [oh, ow] })
-}
-
-/// The Rust kernel of an integer add of same-shape operands, or `None`.
-fn add_q(attrs: &Attrs, tys: &[&TensorType], out: &TensorType) -> Option<AddQ> {
-    let (aq, bq, yq) = (tys[0].elem.quant()?, tys[1].elem.quant()?, out.elem.quant()?);
-    if aq.axis.is_some()
-        || bq.axis.is_some()
-        || yq.axis.is_some()
-        || !matches!(yq.storage, qc_ir::ScalarType::I8 | qc_ir::ScalarType::U8)
-    {
-        return None;
-    }
-    let (lo, hi) = qc_ir::requant::output_range(yq, attrs);
-    let signed = |q: &qc_ir::QuantParams| q.storage == qc_ir::ScalarType::I8;
-    Some(AddQ { a: (aq.at(0).0, aq.at(0).1, signed(aq)), b: (bq.at(0).0, bq.at(0).1, signed(bq)), y: yq.at(0), lo, hi })
-}
-
-/// The GEMM kernel of an integer conv2d (groups = 1): weights `[O, C·kh·kw]`, rows = output
-/// positions.
-fn conv_kernel(
-    attrs: &Attrs,
-    tys: &[&TensorType],
-    w: &Tensor,
-    bias: Option<&Tensor>,
-    out: &TensorType,
-) -> Result<(GemmKernel, Im2col), String> {
-    let x = tys[0];
-    if x.rank() != 4 {
-        return Err(format!("a convolution input must be NCHW, got {x}"));
-    }
-    let d: Option<Vec<usize>> = x.dims[1..].iter().map(|d| d.fixed().map(|n| n as usize)).collect();
-    let d = d.ok_or("convolution inputs need fixed channel and spatial dims")?;
-    let (c, h, wd) = (d[0], d[1], d[2]);
-    let ws = w.shape();
-    let (o, kh, kw) = (ws[0], ws[2], ws[3]);
-    let oh = out.dims[2].fixed().ok_or("fixed output dims")? as usize;
-    let ow = out.dims[3].fixed().ok_or("fixed output dims")? as usize;
-    let xq = x.elem.quant().ok_or("the input must be quantized")?;
-    let zp = xq.at(0).1;
-    // `[O, C, kh, kw]` → `[O, kh·kw·C]`, the order of the channels-last patch rows.
-    let flat_w = match w {
-        Tensor::I8(a) => Tensor::I8(
-            a.view()
-                .permuted_axes(ndarray::IxDyn(&[0, 2, 3, 1]))
-                .as_standard_layout()
-                .into_owned()
-                .into_shape_with_order(ndarray::IxDyn(&[o, c * kh * kw]))
-                .map_err(|e| e.to_string())?,
-        ),
-        _ => return Err("convolution weights must be i8".into()),
-    };
-    let wty = TensorType { dims: vec![Dim::Fixed(o as u64), Dim::Fixed((c * kh * kw) as u64)], elem: tys[1].elem.clone() };
-    let xty = TensorType { dims: vec![Dim::Dynamic, Dim::Fixed((c * kh * kw) as u64)], elem: x.elem.clone() };
-    let oty = TensorType { dims: vec![Dim::Dynamic, Dim::Fixed(o as u64)], elem: out.elem.clone() };
-    let mut gemm_attrs = attrs.clone();
-    for k in ["strides", "pads", "dilations", "groups"] {
-        gemm_attrs.0.remove(k);
-    }
-    gemm_attrs.set("trans_b", Attr::Bool(true));
-    let mut types = vec![&xty, &wty];
-    if let Some(b) = tys.get(2) {
-        types.push(b);
-    }
-    let spec = GemmSpec::from_node(OpKind::Gemm, &gemm_attrs, &types, &flat_w, bias, &oty)?;
-    let kernel = GemmKernel::compile(&spec)?;
-    let pad_value = if xq.storage == qc_ir::ScalarType::I8 { zp as i8 as u8 } else { zp as u8 };
-    let (taps, positions) = (kh * kw, oh * ow);
-    let window = window_taps(attrs, (h, wd), (kh, kw), (oh, ow)).ok_or("bad convolution attributes")?;
-    let mut pixels = vec![0u32; positions * taps];
-    for pos in 0..positions {
-        for t in 0..taps {
-            pixels[pos * taps + t] = window[t * positions + pos];
-        }
-    }
-    let geometry = Im2col { c, h, w: wd, oh, ow, taps, pixels, pad_value };
-    Ok((kernel, geometry))
-}
-
-/// A thread's reusable buffers for convolutions, so that a run does not allocate (and fault in)
-/// fresh pages for every layer's patch matrix.
-#[derive(Default)]
-struct ConvScratch {
-    /// One image channels-last, plus a pixel of zero points that the padding reads.
-    hwc: Vec<u8>,
-    patches: Vec<u8>,
-    product: Vec<u8>,
-}
-
-thread_local! {
-    static CONV_SCRATCH: std::cell::RefCell<ConvScratch> = std::cell::RefCell::default();
-}
-
-/// The first `n` bytes of `v`, growing it if needed (the contents are stale: callers overwrite).
-fn grown(v: &mut Vec<u8>, n: usize) -> &mut [u8] {
-    if v.len() < n {
-        v.resize(n, 0);
-    }
-    &mut v[..n]
-}
-
-/// Gathers one NCHW image's patches: `hwc` (`[h·w + 1][c]`, its last pixel already the zero
-/// point) receives the image channels-last, then every (position, tap) copies one pixel's `c`
-/// bytes.
-fn im2col(img: &[u8], g: &Im2col, hwc: &mut [u8], out: &mut [u8]) {
-    let (c, plane) = (g.c, g.h * g.w);
-    if c == 1 {
-        hwc[..plane].copy_from_slice(img);
-        for (dst, &p) in out.iter_mut().zip(&g.pixels) {
-            *dst = hwc[p as usize];
-        }
-        return;
-    }
-    transpose(img, c, plane, &mut hwc[..c * plane]);
-    for (dst, &p) in out.chunks_exact_mut(c).zip(&g.pixels) {
-        let p = p as usize * c;
-        dst.copy_from_slice(&hwc[p..p + c]);
-    }
-}
-
-/// `dst[c][r] = src[r][c]` for a `rows × cols` byte matrix, in tiles that stay in cache.
-fn transpose(src: &[u8], rows: usize, cols: usize, dst: &mut [u8]) {
-    const TILE: usize = 32;
-    for r0 in (0..rows).step_by(TILE) {
-        for c0 in (0..cols).step_by(TILE) {
-            for r in r0..(r0 + TILE).min(rows) {
-                let row = &src[r * cols..(r + 1) * cols];
-                for c in c0..(c0 + TILE).min(cols) {
-                    dst[c * rows + r] = row[c];
-                }
-            }
-        }
-    }
 }

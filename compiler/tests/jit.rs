@@ -1,5 +1,7 @@
 //! `CompiledModel` (the JIT) against the reference evaluator on the corpus: equal outputs, bit for
-//! bit; one model run from four threads at once; wrong inputs rejected.
+//! bit; one model run from four threads at once; every corpus model run from many threads for a
+//! bounded time (`QC_STRESS_SECONDS`, default 2), each output equal to the single-threaded run's;
+//! wrong inputs rejected.
 
 use qc::io::read_tensor;
 use qc::onnx::{ImportOptions, import_file};
@@ -71,6 +73,46 @@ fn one_model_runs_from_four_threads() {
             assert_eq!(&got, want);
         }
     }
+}
+
+/// Eight threads per model, three models, for a bounded time: each thread runs its model on
+/// batches of varying size (1 to 64 images, so that thread-owned scratch grows and shrinks) and
+/// compares every output to the single-threaded run of the same batch.
+#[test]
+fn many_threads_for_a_bounded_time_agree_with_one() {
+    let seconds: f64 = std::env::var("QC_STRESS_SECONDS").ok().and_then(|s| s.parse().ok()).unwrap_or(2.0);
+    let x = read_tensor(&corpus().join("data/digits_test_x.npy")).unwrap();
+    let xs = x.as_f32().unwrap();
+    let sizes = [1usize, 3, 17, 64, 2];
+    let batches: Arc<Vec<Tensor>> = Arc::new(
+        sizes
+            .iter()
+            .enumerate()
+            .map(|(i, &n)| Tensor::F32(xs.slice_axis(ndarray::Axis(0), ndarray::Slice::from(i * 70..i * 70 + n)).to_owned()))
+            .collect(),
+    );
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs_f64(seconds);
+    let mut handles = Vec::new();
+    for m in ["digits_cnn_fp32", "digits_resdw_fp32", "digits_mlp_fp32"] {
+        let model = Arc::new(CompiledModel::compile(&compiled(m, "int8")).unwrap());
+        let single: Arc<Vec<Tensor>> =
+            Arc::new(batches.iter().map(|b| model.run(std::slice::from_ref(b)).unwrap().remove(0)).collect());
+        for t in 0..8 {
+            let (model, single, batches) = (model.clone(), single.clone(), batches.clone());
+            handles.push(std::thread::spawn(move || {
+                let mut runs = 0usize;
+                while std::time::Instant::now() < deadline || runs < batches.len() {
+                    let i = (t + runs) % batches.len();
+                    let got = model.run(std::slice::from_ref(&batches[i])).unwrap().remove(0);
+                    assert_eq!(got, single[i], "{m}, thread {t}, run {runs}");
+                    runs += 1;
+                }
+                runs
+            }));
+        }
+    }
+    let runs: usize = handles.into_iter().map(|h| h.join().unwrap()).sum();
+    println!("{runs} runs on 24 threads in {seconds} s, all equal to the single-threaded outputs");
 }
 
 #[test]

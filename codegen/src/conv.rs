@@ -1,0 +1,212 @@
+//! Integer conv2d with `groups = 1` as one JIT GEMM over channels-last patches. The input is
+//! NHWC, so a patch row is `kh·kw` runs of `c` contiguous bytes (the zero point where a tap falls
+//! in the padding) and the GEMM's `[positions][O]` product is already the NHWC output. A 1×1
+//! convolution with stride 1 and no padding reads its input as the patch matrix, copying nothing.
+//!
+//! Bounds: the gather tables are built from the window (whose entries are `< h·w` or the padding
+//! marker, see [`Window`]), so byte indices are `≤ h·w·c` (the last one the zero point after the
+//! image) and runs lie inside `[0, h·w·c)` and inside a patch row; the input length is checked
+//! against `batch · h·w·c` before the gather; patch rows are `GemmKernel::row_stride` bytes,
+//! which the kernel checks again. The gather is safe Rust.
+
+use crate::gemm::{GemmKernel, GemmSpec};
+use crate::model::WindowKernel;
+use crate::window::Window;
+use qc_ir::{Attr, Attrs, Dim, OpKind, Tensor, TensorType};
+
+/// A compiled convolution.
+pub struct Conv {
+    pub(crate) kernel: GemmKernel,
+    gather: Gather,
+    /// Input bytes per image, `h·w·c`.
+    image: usize,
+    positions: usize,
+    pad_value: u8,
+    out_hw: [usize; 2],
+}
+
+/// How one image's patch rows (`row_stride` bytes each) are filled.
+enum Gather {
+    /// The input is the patch matrix (1×1, stride 1, no padding, rows need no padding bytes).
+    Direct,
+    /// Few channels: for every patch byte, the image byte it copies, or `image` for the zero
+    /// point (padding taps and the row tail), read from the image followed by one zero point.
+    Bytes(Vec<u32>),
+    /// Many channels: per output position, runs of contiguous bytes (neighbouring taps of a
+    /// kernel row merge into one run); `starts[pos]..starts[pos + 1]` index `runs`.
+    Runs { runs: Vec<Run>, starts: Vec<u32> },
+}
+
+/// `row[dst..dst + len]` = `image[src..src + len]`, or the zero point when `src` is `None`.
+#[derive(Clone, Copy)]
+struct Run {
+    dst: u32,
+    src: Option<u32>,
+    len: u32,
+}
+
+impl Gather {
+    fn new(window: &Window, c: usize, stride: usize) -> Gather {
+        let image = window.plane * c;
+        if window.taps == 1
+            && window.positions == window.plane
+            && stride == c
+            && (0..window.plane).all(|p| window.at(p)[0] as usize == p)
+        {
+            return Gather::Direct;
+        }
+        if c < 8 {
+            let mut bytes = vec![image as u32; window.positions * stride];
+            for (pos, row) in bytes.chunks_exact_mut(stride).enumerate() {
+                for (t, &p) in window.at(pos).iter().enumerate() {
+                    if p as usize != window.plane {
+                        for (i, b) in row[t * c..(t + 1) * c].iter_mut().enumerate() {
+                            *b = (p as usize * c + i) as u32;
+                        }
+                    }
+                }
+            }
+            return Gather::Bytes(bytes);
+        }
+        let (mut runs, mut starts) = (Vec::new(), vec![0u32]);
+        for pos in 0..window.positions {
+            let first = runs.len();
+            let taps = window.at(pos).iter().map(|&p| (p as usize != window.plane).then_some(p * c as u32));
+            for (t, src) in taps.chain(std::iter::once(None)).enumerate() {
+                let (dst, len) = ((t * c) as u32, if t == window.taps { (stride - t * c) as u32 } else { c as u32 });
+                if len == 0 {
+                    continue;
+                }
+                match runs[first..].last_mut() {
+                    Some(Run { dst: d, src: Some(s), len: l }) if src == Some(*s + *l) && *d + *l == dst => *l += len,
+                    Some(Run { dst: d, src: None, len: l }) if src.is_none() && *d + *l == dst => *l += len,
+                    _ => runs.push(Run { dst, src, len }),
+                }
+            }
+            starts.push(runs.len() as u32);
+        }
+        Gather::Runs { runs, starts }
+    }
+}
+
+thread_local! {
+    /// A thread's patch matrix, reused across layers and runs.
+    static PATCHES: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
+    /// A thread's copy of one image followed by its zero point, for [`Gather::Bytes`].
+    static PADDED: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+impl Conv {
+    /// Compiles an integer conv2d (groups = 1): weights `[O, C, kh, kw]` become a GEMM over
+    /// `[kh][kw][C]` patch rows.
+    pub fn new(attrs: &Attrs, tys: &[&TensorType], w: &Tensor, bias: Option<&Tensor>, out: &TensorType) -> Result<Conv, String> {
+        let x = tys[0];
+        if x.rank() != 4 || out.rank() != 4 || w.shape().len() != 4 {
+            return Err(format!("a convolution input must be NCHW, got {x}"));
+        }
+        let d: Option<Vec<usize>> = x.dims[1..].iter().map(|d| d.fixed().map(|n| n as usize)).collect();
+        let d = d.ok_or("convolution inputs need fixed channel and spatial dims")?;
+        let (c, h, wd) = (d[0], d[1], d[2]);
+        let ws = w.shape();
+        let (o, kh, kw) = (ws[0], ws[2], ws[3]);
+        let oh = out.dims[2].fixed().ok_or("fixed output dims")? as usize;
+        let ow = out.dims[3].fixed().ok_or("fixed output dims")? as usize;
+        let xq = x.elem.quant().ok_or("the input must be quantized")?;
+        let zp = xq.at(0).1;
+        // `[O, C, kh, kw]` → `[O, kh·kw·C]`, the order of the channels-last patch rows.
+        let flat_w = match w {
+            Tensor::I8(a) => Tensor::I8(
+                a.view()
+                    .permuted_axes(ndarray::IxDyn(&[0, 2, 3, 1]))
+                    .as_standard_layout()
+                    .into_owned()
+                    .into_shape_with_order(ndarray::IxDyn(&[o, c * kh * kw]))
+                    .map_err(|e| e.to_string())?,
+            ),
+            _ => return Err("convolution weights must be i8".into()),
+        };
+        let k = (c * kh * kw) as u64;
+        let wty = TensorType { dims: vec![Dim::Fixed(o as u64), Dim::Fixed(k)], elem: tys[1].elem.clone() };
+        let xty = TensorType { dims: vec![Dim::Dynamic, Dim::Fixed(k)], elem: x.elem.clone() };
+        let oty = TensorType { dims: vec![Dim::Dynamic, Dim::Fixed(o as u64)], elem: out.elem.clone() };
+        let mut gemm_attrs = attrs.clone();
+        for k in ["strides", "pads", "dilations", "groups"] {
+            gemm_attrs.0.remove(k);
+        }
+        gemm_attrs.set("trans_b", Attr::Bool(true));
+        let mut types = vec![&xty, &wty];
+        if let Some(b) = tys.get(2) {
+            types.push(b);
+        }
+        let spec = GemmSpec::from_node(OpKind::Gemm, &gemm_attrs, &types, &flat_w, bias, &oty)?;
+        let kernel = GemmKernel::compile(&spec)?;
+        let pad_value = if xq.storage == qc_ir::ScalarType::I8 { zp as i8 as u8 } else { zp as u8 };
+        let window = Window::new(attrs, (h, wd), (kh, kw), (oh, ow)).ok_or("bad convolution attributes")?;
+        let gather = Gather::new(&window, c, kernel.row_stride());
+        Ok(Conv { kernel, gather, image: c * window.plane, positions: window.positions, pad_value, out_hw: [oh, ow] })
+    }
+}
+
+impl WindowKernel for Conv {
+    /// The output's logical dims `[O, oh, ow]`.
+    fn out_dims(&self) -> [usize; 3] {
+        [self.kernel.columns(), self.out_hw[0], self.out_hw[1]]
+    }
+
+    /// Integer operations (2 · multiply-adds) for `batch` images.
+    fn ops(&self, batch: usize) -> u64 {
+        2 * (batch * self.positions * self.kernel.columns() * self.kernel.depth()) as u64
+    }
+
+    /// Runs `batch` NHWC images; returns the NHWC output.
+    fn run(&self, x: &[u8], batch: usize) -> Result<Vec<u8>, String> {
+        let image = self.image;
+        if x.len() != batch * image {
+            return Err(format!("a convolution input has {} bytes, not {batch}·{image}", x.len()));
+        }
+        let rows = batch * self.positions;
+        let mut y = vec![0u8; rows * self.kernel.columns()];
+        let stride = self.kernel.row_stride();
+        let patch_bytes = self.positions * stride;
+        PATCHES.with(|patches| {
+            let mut patches = patches.borrow_mut();
+            if patches.len() < rows * stride {
+                patches.resize(rows * stride, 0);
+            }
+            let patches = &mut patches[..rows * stride];
+            match &self.gather {
+                Gather::Direct => return self.kernel.run_rows(x, rows, &mut y),
+                Gather::Bytes(index) => PADDED.with(|padded| {
+                    let mut padded = padded.borrow_mut();
+                    padded.resize(image + 1, 0);
+                    padded[image] = self.pad_value;
+                    for (img, dst) in x.chunks_exact(image).zip(patches.chunks_exact_mut(patch_bytes)) {
+                        padded[..image].copy_from_slice(img);
+                        for (d, &i) in dst.iter_mut().zip(index) {
+                            *d = padded[i as usize];
+                        }
+                    }
+                }),
+                Gather::Runs { runs, starts } => {
+                    for (img, dst) in x.chunks_exact(image).zip(patches.chunks_exact_mut(patch_bytes)) {
+                        for (row, span) in dst.chunks_exact_mut(stride).zip(starts.windows(2)) {
+                            for r in &runs[span[0] as usize..span[1] as usize] {
+                                let d = &mut row[r.dst as usize..(r.dst + r.len) as usize];
+                                match r.src {
+                                    Some(s) => d.copy_from_slice(&img[s as usize..(s + r.len) as usize]),
+                                    None => d.fill(self.pad_value),
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+            self.kernel.run_rows(patches, rows, &mut y)
+        })?;
+        Ok(y)
+    }
+
+    fn jit(&self) -> bool {
+        true
+    }
+}
