@@ -378,10 +378,20 @@ impl GemmKernel {
                 out.len()
             ));
         }
-        // SAFETY: the kernel reads m rows of `stride` bytes from `a`, which holds exactly that
-        // many; writes m·n bytes to `out` (both checked above); and reads its own tables, which
-        // live as long as `self`.
-        unsafe { (self.f)(a.as_ptr(), out.as_mut_ptr(), m as i64) };
+        let (even, n) = if self.path == Path::Scalar { (m, self.n) } else { (m & !1, self.n) };
+        // SAFETY: the kernel reads `even` ≤ m rows of `stride` bytes from `a`, which holds m;
+        // writes `even`·n ≤ m·n bytes to `out` (both checked above); reads its own tables, which
+        // live as long as `self`; and the vector kernels, which take rows in pairs, get an even
+        // count.
+        unsafe { (self.f)(a.as_ptr(), out.as_mut_ptr(), even as i64) };
+        if even < m {
+            // The odd last row, paired with a row of zeros in scratch buffers.
+            let (mut rows, mut outs) = (vec![0u8; 2 * stride], vec![0u8; 2 * n]);
+            rows[..stride].copy_from_slice(&a[even * stride..]);
+            // SAFETY: two rows in, two rows out, as above.
+            unsafe { (self.f)(rows.as_ptr(), outs.as_mut_ptr(), 2) };
+            out[even * n..].copy_from_slice(&outs[..n]);
+        }
         Ok(())
     }
 }

@@ -12,8 +12,8 @@
 //! once, for two rows at a time (8 accumulators, each panel load serving both rows);
 //! requantization (f32 mode) and the clamp run on vectors, and the result is narrowed to bytes. Rows are read in whole groups of 4 bytes: the row stride is K rounded up to 4.
 //!
-//! Bounds (the invariant [`crate::gemm::GemmKernel::run`] relies on): every address the kernel
-//! forms is `a + row·stride + 4·g` with `row < m` and `g < ⌈K/4⌉`, `out + row·N + col` with
+//! Bounds (the invariant [`crate::gemm::GemmKernel::run`] relies on): the kernel is called with an
+//! even `m` only; every address it forms is `a + row·stride + 4·g` with `row < m` and `g < ⌈K/4⌉`, `out + row·N + col` with
 //! `col < N`, or inside its own tables (`packed` holds `⌈N/4⌉·⌈K/4⌉` panels, the group table only
 //! values `< ⌈K/4⌉`); N, K and the tables are fixed when it is compiled and `run` checks that `a`
 //! and `out` hold `m` rows. Partial last vectors store only their valid columns.
@@ -133,7 +133,8 @@ pub(crate) fn compile(spec: &GemmSpec, path: Path) -> Result<GemmKernel, String>
         let raw = MemFlagsData::new().with_notrap();
         let little = MemFlagsData::new().with_endianness(Endianness::Little);
         let zero = b.ins().iconst(types::I64, 0);
-        // Rows in pairs (each panel load serves both), then the odd row.
+        // Rows in pairs (each panel load serves both); `m` is even (`GemmKernel::run_rows` runs an
+        // odd last row through a two-row scratch), so one body serves every row.
         let rows_block = |b: &mut FunctionBuilder, row0: Value, rows: usize| {
             let a_rows: Vec<Value> = (0..rows)
                 .map(|r| {
@@ -219,27 +220,31 @@ pub(crate) fn compile(spec: &GemmSpec, path: Path) -> Result<GemmKernel, String>
                 }
                 let g_start = b.ins().iconst(types::I64, (from + 4 * chunks) as i64);
                 let g_end = b.ins().iconst(types::I64, to as i64);
-                emit_loop(b, g_start, g_end, |b, t| {
-                    let g = if walk.is_some() {
-                        let off = b.ins().imul_imm_s(t, 8);
-                        let addr = b.ins().iadd_imm_s(off, gt);
-                        b.ins().load(types::I64, raw, addr, 0)
-                    } else {
-                        t
-                    };
-                    let g4 = b.ins().imul_imm_s(g, 4);
-                    let avs: Vec<Value> = a_rows
-                        .iter()
-                        .map(|&a_row| {
-                            let a_addr = b.ins().iadd(a_row, g4);
-                            let a4 = b.ins().load(types::I32, raw, a_addr, 0);
-                            let splat = b.ins().splat(types::I32X4, a4);
-                            let av = b.ins().bitcast(types::I8X16, little, splat);
-                            flip(b, av)
-                        })
-                        .collect();
-                    accumulate(b, g, &avs, 0);
-                });
+                if from + 4 * chunks == to {
+                    // No group left over: no tail loop.
+                } else {
+                    emit_loop(b, g_start, g_end, |b, t| {
+                        let g = if walk.is_some() {
+                            let off = b.ins().imul_imm_s(t, 8);
+                            let addr = b.ins().iadd_imm_s(off, gt);
+                            b.ins().load(types::I64, raw, addr, 0)
+                        } else {
+                            t
+                        };
+                        let g4 = b.ins().imul_imm_s(g, 4);
+                        let avs: Vec<Value> = a_rows
+                            .iter()
+                            .map(|&a_row| {
+                                let a_addr = b.ins().iadd(a_row, g4);
+                                let a4 = b.ins().load(types::I32, raw, a_addr, 0);
+                                let splat = b.ins().splat(types::I32X4, a4);
+                                let av = b.ins().bitcast(types::I8X16, little, splat);
+                                flip(b, av)
+                            })
+                            .collect();
+                        accumulate(b, g, &avs, 0);
+                    });
+                }
                 for (r, row) in accs.iter().enumerate() {
                     for (v, &var) in row.iter().enumerate() {
                         let acc = b.use_var(var);
@@ -308,16 +313,6 @@ pub(crate) fn compile(spec: &GemmSpec, path: Path) -> Result<GemmKernel, String>
             let row0 = b.ins().imul_imm_s(p, 2);
             rows_block(b, row0, 2);
         });
-        let odd = b.ins().band_imm_s(m, 1);
-        let (tail, done) = (b.create_block(), b.create_block());
-        b.ins().brif(odd, tail, &[], done, &[]);
-        b.switch_to_block(tail);
-        b.seal_block(tail);
-        let last = b.ins().iadd_imm_s(m, -1);
-        rows_block(b, last, 1);
-        b.ins().jump(done, &[]);
-        b.switch_to_block(done);
-        b.seal_block(done);
         b.ins().return_(&[]);
     })?;
     let code = Arc::new(jit.finish()?);

@@ -23,12 +23,15 @@ pub fn host_has_vnni() -> bool {
 }
 
 /// `opt_level = "none"`: on kernel code it ran faster than `"speed"` (see
-/// shared/notes/cranelift-int8.md) and compiles 2–3× faster.
+/// shared/notes/cranelift-int8.md) and compiles 2–3× faster. The IR verifier (about half of the
+/// compile time of a kernel) runs in debug builds only: release builds rely on the kernels'
+/// bit-exact property tests, which run the same IR builders.
 fn detect_isa() -> Result<OwnedTargetIsa, String> {
     let mut flags = settings::builder();
     flags.set("opt_level", "none").map_err(|e| e.to_string())?;
     flags.set("use_colocated_libcalls", "false").map_err(|e| e.to_string())?;
     flags.set("is_pic", "false").map_err(|e| e.to_string())?;
+    flags.set("enable_verifier", if cfg!(debug_assertions) { "true" } else { "false" }).map_err(|e| e.to_string())?;
     let isa = cranelift_native::builder().map_err(|e| format!("this host is not supported by Cranelift: {e}"))?;
     isa.finish(settings::Flags::new(flags)).map_err(|e| e.to_string())
 }
