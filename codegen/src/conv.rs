@@ -159,13 +159,12 @@ impl WindowKernel for Conv {
     }
 
     /// Runs `batch` NHWC images; returns the NHWC output.
-    fn run(&self, x: &[u8], batch: usize) -> Result<Vec<u8>, String> {
+    fn run(&self, x: &[u8], batch: usize, y: &mut [u8]) -> Result<(), String> {
         let image = self.image;
         if x.len() != batch * image {
             return Err(format!("a convolution input has {} bytes, not {batch}·{image}", x.len()));
         }
         let rows = batch * self.positions;
-        let mut y = vec![0u8; rows * self.kernel.columns()];
         let stride = self.kernel.row_stride();
         let patch_bytes = self.positions * stride;
         PATCHES.with(|patches| {
@@ -175,7 +174,7 @@ impl WindowKernel for Conv {
             }
             let patches = &mut patches[..rows * stride];
             match &self.gather {
-                Gather::Direct => return self.kernel.run_rows(x, rows, &mut y),
+                Gather::Direct => return self.kernel.run_rows(x, rows, y),
                 Gather::Bytes(index) => PADDED.with(|padded| {
                     let mut padded = padded.borrow_mut();
                     padded.resize(image + 1, 0);
@@ -201,9 +200,8 @@ impl WindowKernel for Conv {
                     }
                 }
             }
-            self.kernel.run_rows(patches, rows, &mut y)
-        })?;
-        Ok(y)
+            self.kernel.run_rows(patches, rows, y)
+        })
     }
 
     fn jit(&self) -> bool {

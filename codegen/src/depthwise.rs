@@ -139,13 +139,15 @@ impl WindowKernel for Depthwise {
     }
 
     /// Runs `batch` NHWC images; returns the NHWC output.
-    fn run(&self, x: &[u8], batch: usize) -> Result<Vec<u8>, String> {
+    fn run(&self, x: &[u8], batch: usize, y: &mut [u8]) -> Result<(), String> {
         let (c, w) = (self.c, &self.window);
         let image = c * w.plane;
         if x.len() != batch * image {
             return Err(format!("a depthwise convolution input has {} bytes, not {batch}·{image}", x.len()));
         }
-        let mut y = vec![0u8; batch * w.positions * c];
+        if y.len() != batch * w.positions * c {
+            return Err(format!("a depthwise convolution output has {} bytes, not {batch}·{}", y.len(), w.positions * c));
+        }
         let mut xz = vec![0i32; image];
         let mut acc = vec![0i32; c];
         for (img, dst) in x.chunks_exact(image).zip(y.chunks_exact_mut(w.positions * c)) {
@@ -157,7 +159,7 @@ impl WindowKernel for Depthwise {
             }
             self.image(img, &mut xz, &mut acc, dst);
         }
-        Ok(y)
+        Ok(())
     }
 
     fn jit(&self) -> bool {

@@ -5,7 +5,7 @@
 //! order, so a value changes layout at most once on each side of a run of kernels.
 
 /// How a 4-D value's bytes are ordered. The shape is always the logical `[n, c, h, w]`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Layout {
     /// `[n][c][h][w]`, the IR's order.
     Nchw,

@@ -16,8 +16,9 @@ pub mod jit;
 pub mod lanes;
 pub mod layout;
 pub mod model;
+pub mod plan;
 pub mod pool;
 pub mod window;
 
 pub use gemm::{GemmKernel, GemmSpec, Path};
-pub use model::{CodegenError, CompiledModel, StepProfile};
+pub use model::{CodegenError, CompiledModel, MemoryPlan, StepProfile};

@@ -6,18 +6,28 @@
 //! the reference evaluator's implementation. Results equal the evaluator's bit for bit (tested on
 //! the corpus and by property tests per kernel).
 //!
-//! `run` takes `&self` and keeps its working values on its own stack frame, with convolution
-//! scratch owned by the calling thread, so one model can run on many threads at once.
+//! Compiling lowers the graph to a list of steps over two kinds of values: 8-bit activations,
+//! which live in one arena at offsets fixed by the memory plan ([`crate::plan`]), each with a
+//! static layout (a layout change is a step of its own, inserted where a consumer needs the other
+//! one), and tensors (inputs, weights, what the evaluator's fallbacks compute). A reshape of an
+//! activation is no step at all: it names the same bytes.
 //!
-//! Bounds: each kernel checks the length of what it reads against its compiled shape before it
-//! touches it (the plan's only unsafe code is the JIT call, whose buffers `GemmKernel::run_rows`
-//! checks); a wrong input is an error, never an out-of-bounds access.
+//! `run` takes `&self`; the arena and convolution scratch belong to the calling thread (reused
+//! from run to run, so a run allocates no activation memory once they have grown), so one model
+//! can run on many threads at once.
+//!
+//! Bounds: the arena holds `size · batch` bytes and every activation's range inside it is
+//! computed from the plan, checked to lie inside it and not to overlap the step's output; each
+//! kernel checks the lengths of what it reads and writes against its compiled shape before it
+//! touches them; the only unsafe code is the call into JIT code, whose buffers
+//! `GemmKernel::run_rows` checks. A wrong input is an error, never an out-of-bounds access.
 
 use crate::add::AddQ;
 use crate::conv::Conv;
 use crate::depthwise::Depthwise;
 use crate::gemm::{GemmKernel, GemmSpec, bytes_tensor, tensor_bytes};
-use crate::layout::{Layout, convert};
+use crate::layout::{Layout, transpose};
+use crate::plan::{Buffer, Plan, plan};
 use crate::pool::{GlobalMean, MaxPool};
 use qc_ir::eval::{check_input, dequantize_value, eval_op_multi, quantize_value};
 use qc_ir::{Attrs, ConstValue, Dim, ElemType, Graph, OpKind, Tensor, TensorType, ValueId};
@@ -37,10 +47,8 @@ impl fmt::Display for CodegenError {
 
 impl std::error::Error for CodegenError {}
 
-type Slot = usize;
-
 /// Per-tensor 8-bit quantization parameters for quantize and dequantize.
-#[derive(Clone, Copy)]
+#[derive(Clone, Copy, PartialEq)]
 struct Q8 {
     scale: f32,
     zp: i32,
@@ -61,60 +69,10 @@ impl Q8 {
     }
 }
 
-enum Step {
-    Quantize {
-        q: Q8,
-        x: Slot,
-        out: Slot,
-    },
-    Dequantize {
-        q: Q8,
-        x: Slot,
-        out: Slot,
-    },
-    /// A convolution, depthwise convolution or pooling: NHWC in, NHWC out.
-    Window {
-        kernel: Box<dyn WindowKernel>,
-        x: Slot,
-        out: Slot,
-    },
-    /// `dims`: the result's dims after the batch.
-    Mean {
-        kernel: Box<GlobalMean>,
-        dims: Vec<usize>,
-        x: Slot,
-        out: Slot,
-    },
-    Reshape {
-        dims: Vec<Dim>,
-        x: Slot,
-        out: Slot,
-    },
-    Add {
-        kernel: AddQ,
-        a: Slot,
-        b: Slot,
-        out: Slot,
-    },
-    Gemm {
-        kernel: GemmKernel,
-        a: Slot,
-        out: Slot,
-    },
-    Eval {
-        kind: OpKind,
-        attrs: Attrs,
-        args: Vec<Slot>,
-        arg_types: Vec<TensorType>,
-        results: Vec<Slot>,
-        result_types: Vec<TensorType>,
-    },
-}
-
 /// A kernel over a sliding window of NHWC images (see [`crate::window`]).
 pub(crate) trait WindowKernel: Send + Sync {
-    /// Runs `batch` NHWC images; returns the NHWC output (length checked inside).
-    fn run(&self, x: &[u8], batch: usize) -> Result<Vec<u8>, String>;
+    /// Runs `batch` NHWC images into `y` (lengths checked inside).
+    fn run(&self, x: &[u8], batch: usize, y: &mut [u8]) -> Result<(), String>;
     /// The output's logical `[C, oh, ow]`.
     fn out_dims(&self) -> [usize; 3];
     /// Integer operations (2 · multiply-adds) for `batch` images; 0 for pooling.
@@ -123,25 +81,160 @@ pub(crate) trait WindowKernel: Send + Sync {
     fn jit(&self) -> bool;
 }
 
-impl Step {
+/// An op as lowered from the graph, on graph values.
+enum Lowered {
+    Quantize {
+        q: Q8,
+        x: ValueId,
+        y: ValueId,
+    },
+    Dequantize {
+        q: Q8,
+        x: ValueId,
+        y: ValueId,
+    },
+    Window {
+        kernel: Box<dyn WindowKernel>,
+        x: ValueId,
+        y: ValueId,
+    },
+    Mean {
+        kernel: Box<GlobalMean>,
+        x: ValueId,
+        y: ValueId,
+    },
+    Add {
+        kernel: AddQ,
+        a: ValueId,
+        b: ValueId,
+        y: ValueId,
+    },
+    Gemm {
+        kernel: GemmKernel,
+        a: ValueId,
+        y: ValueId,
+    },
+    /// Same bytes, other dims (NCHW order).
+    Reshape {
+        x: ValueId,
+        y: ValueId,
+    },
+    Eval {
+        kind: OpKind,
+        attrs: Attrs,
+        args: Vec<ValueId>,
+        results: Vec<ValueId>,
+    },
+}
+
+/// An 8-bit activation in the arena: its dims after the batch, layout, bytes per
+/// image and the plan buffer that holds it (shared by a reshape and its input).
+struct Activation {
+    dims: Vec<usize>,
+    layout: Layout,
+    bytes: usize,
+    buffer: usize,
+}
+
+/// Where a step reads a value from.
+#[derive(Clone, Copy)]
+enum Arg {
+    /// A tensor slot.
+    T(usize),
+    /// An activation.
+    A(usize),
+}
+
+/// One step of a run.
+enum Op {
+    Quantize {
+        q: Q8,
+        x: usize,
+        y: usize,
+    },
+    Dequantize {
+        q: Q8,
+        x: usize,
+        y: usize,
+    },
+    Window {
+        kernel: Box<dyn WindowKernel>,
+        x: usize,
+        y: usize,
+    },
+    Mean {
+        kernel: Box<GlobalMean>,
+        x: usize,
+        y: usize,
+    },
+    Add {
+        kernel: AddQ,
+        a: usize,
+        b: usize,
+        y: usize,
+    },
+    Gemm {
+        kernel: GemmKernel,
+        a: usize,
+        y: usize,
+    },
+    /// A 4-D activation into the other layout.
+    Convert {
+        x: usize,
+        y: usize,
+    },
+    /// A tensor's bytes into an activation (NCHW).
+    Import {
+        x: usize,
+        y: usize,
+    },
+    Eval {
+        kind: OpKind,
+        attrs: Attrs,
+        args: Vec<Arg>,
+        arg_types: Vec<TensorType>,
+        results: Vec<usize>,
+        result_types: Vec<TensorType>,
+    },
+}
+
+impl Op {
     fn jit(&self) -> bool {
         match self {
-            Step::Gemm { .. } => true,
-            Step::Window { kernel, .. } => kernel.jit(),
+            Op::Gemm { .. } => true,
+            Op::Window { kernel, .. } => kernel.jit(),
             _ => false,
         }
     }
+}
+
+/// The memory plan of a compiled model, per image (multiply by the batch).
+#[derive(Clone, Debug, PartialEq)]
+pub struct MemoryPlan {
+    /// Activations in the arena (reshapes share their input's bytes and are not counted).
+    pub buffers: usize,
+    /// Bytes of all of them, were each given its own memory.
+    pub unshared: usize,
+    /// The arena's bytes.
+    pub arena: usize,
+    /// The most bytes alive at once: no plan needs less.
+    pub lower_bound: usize,
 }
 
 /// A model compiled for execution.
 pub struct CompiledModel {
     name: String,
     /// Each step with a label for profiles (`%value = op loc("...")`) and its location name.
-    steps: Vec<((String, String), Step)>,
-    consts: Vec<(Slot, Arc<Tensor>)>,
-    slots: usize,
-    inputs: Vec<(Slot, TensorType, String)>,
-    outputs: Vec<(Slot, ElemType)>,
+    ops: Vec<((String, String), Op)>,
+    activations: Vec<Activation>,
+    plan: Plan,
+    /// Tensor slots: inputs first, then constants, then what steps compute.
+    tensor_slots: usize,
+    consts: Vec<(usize, Arc<Tensor>)>,
+    inputs: Vec<(TensorType, String)>,
+    outputs: Vec<(Arg, ElemType)>,
+    /// The batch: the first input's leading dim when it is fixed (else the run's).
+    fixed_batch: Option<usize>,
     kernels: usize,
     /// The largest value: (its name, bytes with every dynamic dim 1, how many dims are dynamic),
     /// checked against the batch before a run allocates anything.
@@ -150,6 +243,18 @@ pub struct CompiledModel {
 
 fn err(msg: impl Into<String>) -> CodegenError {
     CodegenError(msg.into())
+}
+
+/// The dims after the leading (batch) dim, when the leading dim is the batch (`batch_fixed`:
+/// the batch is that fixed size; else it is dynamic) and the others are fixed.
+fn per_image(ty: &TensorType, batch_fixed: Option<usize>) -> Option<Vec<usize>> {
+    let lead = ty.dims.first()?;
+    match (lead, batch_fixed) {
+        (Dim::Dynamic, None) => {}
+        (Dim::Fixed(n), Some(b)) if *n as usize == b => {}
+        _ => return None,
+    }
+    ty.dims[1..].iter().map(|d| d.fixed().map(|n| n as usize)).collect()
 }
 
 impl CompiledModel {
@@ -165,119 +270,59 @@ impl CompiledModel {
                 (g.display_value(v), fixed, ty.dims.iter().filter(|d| d.fixed().is_none()).count() as u32)
             })
             .collect();
-        let order = g.canonical_order().map_err(|n| err(format!("the graph has a cycle through {n}")))?;
-        let mut slot_of: HashMap<ValueId, Slot> = HashMap::new();
-        let mut next = 0;
-        let mut slot = |v: ValueId| -> Slot {
-            *slot_of.entry(v).or_insert_with(|| {
-                next += 1;
-                next - 1
-            })
+        let fixed_batch = match g.params().first().map(|&p| g.ty(p).dims.first().cloned()) {
+            Some(Some(Dim::Fixed(n))) => Some(n as usize),
+            _ => None,
         };
-        let inputs = g.params().iter().map(|&p| (slot(p), g.ty(p).clone(), g.display_value(p))).collect();
-        let mut consts = Vec::new();
-        let mut values: HashMap<ValueId, Arc<Tensor>> = HashMap::new();
-        let mut steps = Vec::new();
-        let mut kernels = 0;
-        for id in order {
-            let node = g.node(id);
-            let who = || format!("{} = {}", g.display_value(node.results[0]), node.kind);
-            if let Some(value) = &node.value {
-                let t = match value {
-                    ConstValue::Dense(t) => Arc::new(t.clone()),
-                    ConstValue::Weight(w) => {
-                        g.weights.get(w).cloned().ok_or_else(|| err(format!("{}: weight \"{w}\" is not loaded", who())))?
-                    }
-                };
-                let r = node.results[0];
-                consts.push((slot(r), t.clone()));
-                values.insert(r, t);
-                continue;
-            }
-            let tys: Vec<&TensorType> = node.operands.iter().map(|&o| g.ty(o)).collect();
-            let out_ty = g.ty(node.results[0]);
-            let integer = tys.iter().all(|t| t.elem.quant().is_some()) && out_ty.elem.quant().is_some();
-            let weight = node.operands.get(1).and_then(|w| values.get(w).cloned());
-            let bias = node.operands.get(2).and_then(|b| values.get(b).cloned());
-            let kernel_step = match (node.kind, integer, &weight) {
-                (OpKind::Gemm | OpKind::MatMul, true, Some(w)) if tys[0].rank() == 2 && w.shape().len() == 2 => {
-                    let spec = GemmSpec::from_node(node.kind, &node.attrs, &tys, w, bias.as_deref(), out_ty)
-                        .map_err(|e| err(format!("{}: {e}", who())))?;
-                    let kernel = GemmKernel::compile(&spec).map_err(|e| err(format!("{}: {e}", who())))?;
-                    Some(Step::Gemm { kernel, a: slot(node.operands[0]), out: slot(node.results[0]) })
-                }
-                (OpKind::Conv2d, true, Some(w)) if node.attrs.int("groups", 1) == 1 => {
-                    let kernel =
-                        Conv::new(&node.attrs, &tys, w, bias.as_deref(), out_ty).map_err(|e| err(format!("{}: {e}", who())))?;
-                    Some(Step::Window { kernel: Box::new(kernel), x: slot(node.operands[0]), out: slot(node.results[0]) })
-                }
-                (OpKind::Quantize, _, _) if tys[0].elem.is_f32() => {
-                    Q8::of(out_ty).map(|q| Step::Quantize { q, x: slot(node.operands[0]), out: slot(node.results[0]) })
-                }
-                (OpKind::Dequantize, _, _) if out_ty.elem.is_f32() => {
-                    Q8::of(tys[0]).map(|q| Step::Dequantize { q, x: slot(node.operands[0]), out: slot(node.results[0]) })
-                }
-                (OpKind::MaxPool, true, _) => MaxPool::new(&node.attrs, tys[0], out_ty).map(|kernel| Step::Window {
-                    kernel: Box::new(kernel),
-                    x: slot(node.operands[0]),
-                    out: slot(node.results[0]),
-                }),
-                (OpKind::GlobalAvgPool | OpKind::ReduceMean, true, _) => {
-                    let dims: Option<Vec<usize>> = out_ty.dims.iter().skip(1).map(|d| d.fixed().map(|n| n as usize)).collect();
-                    GlobalMean::new(node.kind, &node.attrs, tys[0], out_ty).zip(dims).map(|(kernel, dims)| Step::Mean {
-                        kernel: Box::new(kernel),
-                        dims,
-                        x: slot(node.operands[0]),
-                        out: slot(node.results[0]),
-                    })
-                }
-                (OpKind::Reshape | OpKind::Flatten | OpKind::Squeeze | OpKind::Unsqueeze, true, _)
-                    if node.operands.len() == 1
-                        && Q8::of(tys[0]).is_some()
-                        && out_ty.dims.iter().filter(|d| **d == Dim::Dynamic).count() <= 1 =>
-                {
-                    Some(Step::Reshape { dims: out_ty.dims.clone(), x: slot(node.operands[0]), out: slot(node.results[0]) })
-                }
-                (OpKind::Conv2d, true, Some(w)) if node.attrs.int("groups", 1) > 1 => {
-                    Depthwise::new(&node.attrs, &tys, w, bias.as_deref(), out_ty).map(|kernel| Step::Window {
-                        kernel: Box::new(kernel),
-                        x: slot(node.operands[0]),
-                        out: slot(node.results[0]),
-                    })
-                }
-                (OpKind::Add, true, _) => AddQ::new(&node.attrs, &tys, out_ty).map(|kernel| Step::Add {
-                    kernel,
-                    a: slot(node.operands[0]),
-                    b: slot(node.operands[1]),
-                    out: slot(node.results[0]),
-                }),
-                _ => None,
-            };
-            let loc = if node.loc.name.is_empty() { String::new() } else { format!(" loc(\"{}\")", node.loc.name) };
-            let label = format!("{} = {}{loc}", g.display_value(node.results[0]), node.kind);
-            let step = match kernel_step {
-                Some(s) => {
-                    kernels += usize::from(s.jit());
-                    s
-                }
-                None => Step::Eval {
-                    kind: node.kind,
-                    attrs: node.attrs.clone(),
-                    args: node.operands.iter().map(|&o| slot(o)).collect(),
-                    arg_types: tys.iter().map(|&t| t.clone()).collect(),
-                    results: node.results.iter().map(|&r| slot(r)).collect(),
-                    result_types: node.results.iter().map(|&r| g.ty(r).clone()).collect(),
-                },
-            };
-            steps.push(((label, node.loc.name.clone()), step));
+        let (lowered, consts, kernels) = lower(g, fixed_batch)?;
+        let mut b = Builder::new(g, fixed_batch);
+        for (i, &p) in g.params().iter().enumerate() {
+            b.tensor.insert(p, i);
         }
-        let outputs = g.outputs().iter().map(|&o| (slot(o), g.ty(o).elem.clone())).collect();
-        Ok(CompiledModel { name: g.name.clone(), steps, consts, slots: next, inputs, outputs, kernels, largest })
+        b.tensor_slots = g.params().len();
+        let mut const_slots = Vec::new();
+        for (v, t) in consts {
+            const_slots.push((b.tensor_slots, t));
+            b.tensor.insert(v, b.tensor_slots);
+            b.tensor_slots += 1;
+        }
+        for (label, op) in lowered {
+            b.add(label, op)?;
+        }
+        let outputs = g
+            .outputs()
+            .iter()
+            .map(|&o| {
+                let arg = match b.tensor.get(&o) {
+                    Some(&t) => Arg::T(t),
+                    None => Arg::A(b.activation(o, Layout::Nchw)?),
+                };
+                b.read(arg, usize::MAX);
+                Ok((arg, g.ty(o).elem.clone()))
+            })
+            .collect::<Result<_, CodegenError>>()?;
+        let steps = b.ops.len();
+        let buffers: Vec<Buffer> =
+            b.lifetimes.iter().map(|&(bytes, first, last)| Buffer { bytes, first, last: last.min(steps) }).collect();
+        let plan = plan(&buffers);
+        Ok(CompiledModel {
+            name: g.name.clone(),
+            ops: b.ops,
+            activations: b.activations,
+            plan,
+            tensor_slots: b.tensor_slots,
+            consts: const_slots,
+            inputs: g.params().iter().map(|&p| (g.ty(p).clone(), g.display_value(p))).collect(),
+            outputs,
+            fixed_batch,
+            kernels,
+            largest,
+        })
     }
 
     /// The dims of the first input (0 for a dynamic dim).
     pub fn input_dims(&self) -> Vec<usize> {
-        self.inputs.first().map_or(Vec::new(), |(_, t, _)| t.dims.iter().map(|d| d.fixed().unwrap_or(0) as usize).collect())
+        self.inputs.first().map_or(Vec::new(), |(t, _)| t.dims.iter().map(|d| d.fixed().unwrap_or(0) as usize).collect())
     }
 
     /// How many ops run as JIT-compiled kernels.
@@ -288,76 +333,536 @@ impl CompiledModel {
     /// The ops that run on the evaluator's implementation rather than a kernel, as
     /// `%value = op loc("...")`.
     pub fn fallback_ops(&self) -> Vec<String> {
-        self.steps.iter().filter(|(_, s)| matches!(s, Step::Eval { .. })).map(|((label, _), _)| label.clone()).collect()
+        self.ops.iter().filter(|(_, s)| matches!(s, Op::Eval { .. })).map(|((label, _), _)| label.clone()).collect()
+    }
+
+    /// The memory plan, per image.
+    pub fn memory(&self) -> MemoryPlan {
+        let mut seen = vec![false; self.plan.offsets.len()];
+        let mut unshared = 0;
+        for a in &self.activations {
+            if !std::mem::replace(&mut seen[a.buffer], true) {
+                unshared += a.bytes;
+            }
+        }
+        MemoryPlan { buffers: self.plan.offsets.len(), unshared, arena: self.plan.size, lower_bound: self.plan.lower_bound }
     }
 
     /// Runs the model. Inputs are checked against the compiled types (a dynamic dim accepts any
     /// size); a wrong input is an error, never undefined behaviour.
     pub fn run(&self, inputs: &[Tensor]) -> Result<Vec<Tensor>, CodegenError> {
-        let mut slots = self.load(inputs)?;
-        for (_, step) in &self.steps {
-            exec(step, &mut slots)?;
-        }
-        self.outputs.iter().map(|&(s, ref elem)| tensor(&slots, s, elem).map(|t| t.as_ref().clone())).collect()
+        self.with_run(inputs, |run| {
+            for (_, op) in &self.ops {
+                run.exec(op)?;
+            }
+            run.outputs()
+        })
     }
 
     /// Runs the model `runs` times and returns each step's median time and the integer
     /// operations (2 · multiply-adds) its kernel did, for `qc bench`.
     pub fn profile(&self, inputs: &[Tensor], runs: usize) -> Result<Vec<StepProfile>, CodegenError> {
-        let mut times: Vec<Vec<f64>> = vec![Vec::new(); self.steps.len()];
-        let mut ops = vec![0u64; self.steps.len()];
+        let mut times: Vec<Vec<f64>> = vec![Vec::new(); self.ops.len()];
+        let mut ops = vec![0u64; self.ops.len()];
         for _ in 0..runs.max(1) {
-            let mut slots = self.load(inputs)?;
-            for (i, (_, step)) in self.steps.iter().enumerate() {
-                let t = std::time::Instant::now();
-                ops[i] = exec(step, &mut slots)?;
-                times[i].push(t.elapsed().as_secs_f64());
-            }
+            self.with_run(inputs, |run| {
+                for (i, (_, op)) in self.ops.iter().enumerate() {
+                    let t = std::time::Instant::now();
+                    ops[i] = run.exec(op)?;
+                    times[i].push(t.elapsed().as_secs_f64());
+                }
+                Ok(())
+            })?;
         }
         Ok(self
-            .steps
+            .ops
             .iter()
             .zip(times)
             .zip(ops)
-            .map(|((((label, loc), step), mut t), ops)| {
+            .map(|((((label, loc), op), mut t), ops)| {
                 t.sort_by(f64::total_cmp);
-                StepProfile { label: label.clone(), loc: loc.clone(), jit: step.jit(), seconds: t[t.len() / 2], ops }
+                StepProfile { label: label.clone(), loc: loc.clone(), jit: op.jit(), seconds: t[t.len() / 2], ops }
             })
             .collect())
     }
 
-    /// The working values of one run: inputs (checked) and constants.
-    fn load(&self, inputs: &[Tensor]) -> Result<Slots, CodegenError> {
+    /// Checks the inputs, finds the batch, and calls `f` with this thread's arena sized for it.
+    fn with_run<T>(&self, inputs: &[Tensor], f: impl FnOnce(&mut Run) -> Result<T, CodegenError>) -> Result<T, CodegenError> {
         if inputs.len() != self.inputs.len() {
             return Err(err(format!("@{} takes {} inputs, got {}", self.name, self.inputs.len(), inputs.len())));
         }
-        for ((_, ty, name), t) in self.inputs.iter().zip(inputs) {
+        for ((ty, name), t) in self.inputs.iter().zip(inputs) {
             check_input(name, ty, t).map_err(err)?;
         }
         // Nothing bigger than qc allows one tensor, at this batch, before anything is allocated.
-        let batch = self
+        let dynamic = self
             .inputs
             .iter()
             .zip(inputs)
-            .find_map(|((_, ty, _), t)| ty.dims.iter().position(|d| d.fixed().is_none()).and_then(|i| t.shape().get(i).copied()))
+            .find_map(|((ty, _), t)| ty.dims.iter().position(|d| d.fixed().is_none()).and_then(|i| t.shape().get(i).copied()))
             .unwrap_or(1) as u64;
-        for (name, fixed, dynamic) in &self.largest {
-            let bytes = (0..*dynamic).try_fold(*fixed, |a, _| a.checked_mul(batch));
+        for (name, fixed, dynamic_dims) in &self.largest {
+            let bytes = (0..*dynamic_dims).try_fold(*fixed, |a, _| a.checked_mul(dynamic));
             if bytes.is_none_or(|b| b > qc_ir::eval::MAX_TENSOR_BYTES) {
                 return Err(err(format!(
-                    "{name} would take more than the {} bytes qc allows one tensor at batch {batch}",
+                    "{name} would take more than the {} bytes qc allows one tensor at batch {dynamic}",
                     qc_ir::eval::MAX_TENSOR_BYTES
                 )));
             }
         }
-        let mut slots: Slots = vec![None; self.slots];
-        for ((s, _, _), t) in self.inputs.iter().zip(inputs) {
-            slots[*s] = Some(Val::T(Arc::new(t.clone())));
+        let batch = match (self.fixed_batch, inputs.first()) {
+            (Some(n), _) => n,
+            (None, Some(t)) => t.shape().first().copied().unwrap_or(1),
+            (None, None) => 1,
+        };
+        let arena_bytes = self
+            .plan
+            .size
+            .checked_mul(batch)
+            .filter(|&b| b as u64 <= qc_ir::eval::MAX_TENSOR_BYTES * 4)
+            .ok_or_else(|| err(format!("the activations of @{} do not fit memory at batch {batch}", self.name)))?;
+        ARENA.with(|arena| {
+            let mut arena = arena.borrow_mut();
+            if arena.len() < arena_bytes {
+                arena.resize(arena_bytes, 0);
+            }
+            let mut tensors: Vec<Option<Arc<Tensor>>> = vec![None; self.tensor_slots];
+            for (slot, t) in inputs.iter().enumerate() {
+                tensors[slot] = Some(Arc::new(t.clone()));
+            }
+            for (slot, t) in &self.consts {
+                tensors[*slot] = Some(t.clone());
+            }
+            let mut run = Run { model: self, arena: &mut arena[..arena_bytes], tensors, batch };
+            f(&mut run)
+        })
+    }
+}
+
+thread_local! {
+    /// A thread's activation arena, grown to the largest run it has seen and reused.
+    static ARENA: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// Lowers every op of `g` to a kernel, or to the evaluator's implementation: the ops in
+/// canonical order with their labels, the constants, and how many ops run JIT code.
+#[allow(clippy::type_complexity)]
+fn lower(
+    g: &Graph,
+    fixed_batch: Option<usize>,
+) -> Result<(Vec<((String, String), Lowered)>, Vec<(ValueId, Arc<Tensor>)>, usize), CodegenError> {
+    let order = g.canonical_order().map_err(|n| err(format!("the graph has a cycle through {n}")))?;
+    let mut consts = Vec::new();
+    let mut values: HashMap<ValueId, Arc<Tensor>> = HashMap::new();
+    let mut lowered = Vec::new();
+    let mut kernels = 0;
+    for id in order {
+        let node = g.node(id);
+        let who = || format!("{} = {}", g.display_value(node.results[0]), node.kind);
+        if let Some(value) = &node.value {
+            let t = match value {
+                ConstValue::Dense(t) => Arc::new(t.clone()),
+                ConstValue::Weight(w) => {
+                    g.weights.get(w).cloned().ok_or_else(|| err(format!("{}: weight \"{w}\" is not loaded", who())))?
+                }
+            };
+            consts.push((node.results[0], t.clone()));
+            values.insert(node.results[0], t);
+            continue;
         }
-        for (s, t) in &self.consts {
-            slots[*s] = Some(Val::T(t.clone()));
+        let tys: Vec<&TensorType> = node.operands.iter().map(|&o| g.ty(o)).collect();
+        let (y, out_ty) = (node.results[0], g.ty(node.results[0]));
+        let integer = tys.iter().all(|t| t.elem.quant().is_some()) && out_ty.elem.quant().is_some();
+        // Kernels write activations: batch-leading, otherwise fixed dims, 8-bit.
+        let batched = |t: &TensorType| per_image(t, fixed_batch).is_some() && Q8::of(t).is_some();
+        let activation_out = node.results.len() == 1 && batched(out_ty);
+        let weight = node.operands.get(1).and_then(|w| values.get(w).cloned());
+        let bias = node.operands.get(2).and_then(|b| values.get(b).cloned());
+        let x = node.operands.first().copied();
+        let kernel = match (node.kind, integer && activation_out, &weight, x) {
+            (OpKind::Gemm | OpKind::MatMul, true, Some(w), Some(x)) if tys[0].rank() == 2 && w.shape().len() == 2 => {
+                let spec = GemmSpec::from_node(node.kind, &node.attrs, &tys, w, bias.as_deref(), out_ty)
+                    .map_err(|e| err(format!("{}: {e}", who())))?;
+                let kernel = GemmKernel::compile(&spec).map_err(|e| err(format!("{}: {e}", who())))?;
+                Some(Lowered::Gemm { kernel, a: x, y })
+            }
+            (OpKind::Conv2d, true, Some(w), Some(x)) if node.attrs.int("groups", 1) == 1 => {
+                let kernel =
+                    Conv::new(&node.attrs, &tys, w, bias.as_deref(), out_ty).map_err(|e| err(format!("{}: {e}", who())))?;
+                Some(Lowered::Window { kernel: Box::new(kernel), x, y })
+            }
+            (OpKind::Conv2d, true, Some(w), Some(x)) => Depthwise::new(&node.attrs, &tys, w, bias.as_deref(), out_ty)
+                .map(|kernel| Lowered::Window { kernel: Box::new(kernel), x, y }),
+            (OpKind::MaxPool, true, _, Some(x)) => {
+                MaxPool::new(&node.attrs, tys[0], out_ty).map(|kernel| Lowered::Window { kernel: Box::new(kernel), x, y })
+            }
+            (OpKind::GlobalAvgPool | OpKind::ReduceMean, true, _, Some(x)) => {
+                GlobalMean::new(node.kind, &node.attrs, tys[0], out_ty).map(|kernel| Lowered::Mean {
+                    kernel: Box::new(kernel),
+                    x,
+                    y,
+                })
+            }
+            (OpKind::Add, true, _, Some(a)) => {
+                AddQ::new(&node.attrs, &tys, out_ty).map(|kernel| Lowered::Add { kernel, a, b: node.operands[1], y })
+            }
+            (OpKind::Reshape | OpKind::Flatten | OpKind::Squeeze | OpKind::Unsqueeze, true, _, Some(x))
+                if node.operands.len() == 1 && batched(tys[0]) && Q8::of(tys[0]) == Q8::of(out_ty) =>
+            {
+                Some(Lowered::Reshape { x, y })
+            }
+            (OpKind::Quantize, _, _, Some(x)) if tys[0].elem.is_f32() && activation_out => {
+                Q8::of(out_ty).map(|q| Lowered::Quantize { q, x, y })
+            }
+            (OpKind::Dequantize, _, _, Some(x)) if out_ty.elem.is_f32() && batched(tys[0]) => {
+                Q8::of(tys[0]).map(|q| Lowered::Dequantize { q, x, y })
+            }
+            _ => None,
+        };
+        let loc = if node.loc.name.is_empty() { String::new() } else { format!(" loc(\"{}\")", node.loc.name) };
+        let label = format!("{} = {}{loc}", g.display_value(y), node.kind);
+        let op = kernel.unwrap_or_else(|| Lowered::Eval {
+            kind: node.kind,
+            attrs: node.attrs.clone(),
+            args: node.operands.clone(),
+            results: node.results.clone(),
+        });
+        kernels +=
+            usize::from(matches!(&op, Lowered::Gemm { .. }) || matches!(&op, Lowered::Window { kernel, .. } if kernel.jit()));
+        lowered.push(((label, node.loc.name.clone()), op));
+    }
+    Ok((lowered, consts, kernels))
+}
+
+/// Builds the step list: activations and their layouts, layout changes where a consumer needs
+/// the other one, tensor slots, and every buffer's lifetime.
+struct Builder<'g> {
+    g: &'g Graph,
+    fixed_batch: Option<usize>,
+    ops: Vec<((String, String), Op)>,
+    activations: Vec<Activation>,
+    /// The activation holding a value in a layout.
+    activation_of: HashMap<(ValueId, Layout), usize>,
+    tensor: HashMap<ValueId, usize>,
+    tensor_slots: usize,
+    /// Per buffer: bytes per image, first step, last step.
+    lifetimes: Vec<(usize, usize, usize)>,
+}
+
+impl<'g> Builder<'g> {
+    fn new(g: &'g Graph, fixed_batch: Option<usize>) -> Builder<'g> {
+        Builder {
+            g,
+            fixed_batch,
+            ops: Vec::new(),
+            activations: Vec::new(),
+            activation_of: HashMap::new(),
+            tensor: HashMap::new(),
+            tensor_slots: 0,
+            lifetimes: Vec::new(),
         }
-        Ok(slots)
+    }
+
+    /// A new activation of value `v`'s type, written by the next step (or aliasing `buffer`).
+    fn new_activation(&mut self, v: ValueId, layout: Layout, buffer: Option<usize>) -> Result<usize, CodegenError> {
+        let ty = self.g.ty(v);
+        let dims = per_image(ty, self.fixed_batch)
+            .ok_or_else(|| err(format!("{} is not a batch of fixed-size images", self.g.display_value(v))))?;
+        let bytes = dims.iter().product();
+        let buffer = buffer.unwrap_or_else(|| {
+            self.lifetimes.push((bytes, self.ops.len(), self.ops.len()));
+            self.lifetimes.len() - 1
+        });
+        self.activations.push(Activation { dims, layout, bytes, buffer });
+        self.activation_of.insert((v, layout), self.activations.len() - 1);
+        Ok(self.activations.len() - 1)
+    }
+
+    /// Notes that step `step` reads `arg`.
+    fn read(&mut self, arg: Arg, step: usize) {
+        if let Arg::A(a) = arg {
+            let life = &mut self.lifetimes[self.activations[a].buffer];
+            life.2 = life.2.max(step);
+        }
+    }
+
+    /// Whether two layouts of a value are the same bytes.
+    fn same_bytes(&self, a: usize) -> bool {
+        let d = &self.activations[a].dims;
+        d.len() != 3 || d[0] == 1 || d[1] * d[2] == 1
+    }
+
+    /// The activation of value `v` in `layout`, adding the steps that make it (a tensor's bytes
+    /// copied in, a layout change) when needed.
+    fn activation(&mut self, v: ValueId, layout: Layout) -> Result<usize, CodegenError> {
+        if let Some(&a) = self.activation_of.get(&(v, layout)) {
+            return Ok(a);
+        }
+        let other = match layout {
+            Layout::Nchw => Layout::Nhwc,
+            Layout::Nhwc => Layout::Nchw,
+        };
+        let from = match self.activation_of.get(&(v, other)) {
+            Some(&a) => a,
+            None => {
+                let &x = self
+                    .tensor
+                    .get(&v)
+                    .ok_or_else(|| err(format!("{} is read before it is computed", self.g.display_value(v))))?;
+                let y = self.new_activation(v, Layout::Nchw, None)?;
+                self.push(format!("{} → bytes", self.g.display_value(v)), Op::Import { x, y }, &[]);
+                if layout == Layout::Nchw {
+                    return Ok(y);
+                }
+                y
+            }
+        };
+        if self.same_bytes(from) {
+            let buffer = self.activations[from].buffer;
+            let a = self.new_activation(v, layout, Some(buffer))?;
+            return Ok(a);
+        }
+        let y = self.new_activation(v, layout, None)?;
+        let label = format!("{} → {}", self.g.display_value(v), if layout == Layout::Nhwc { "NHWC" } else { "NCHW" });
+        self.push(label, Op::Convert { x: from, y }, &[Arg::A(from)]);
+        Ok(y)
+    }
+
+    /// Appends a step that reads `args`.
+    fn push(&mut self, label: String, op: Op, args: &[Arg]) {
+        let step = self.ops.len();
+        for &a in args {
+            self.read(a, step);
+        }
+        self.ops.push(((label, String::new()), op));
+    }
+
+    fn tensor_slot(&mut self, v: ValueId) -> usize {
+        let slot = self.tensor_slots;
+        self.tensor.insert(v, slot);
+        self.tensor_slots += 1;
+        slot
+    }
+
+    /// A value as a step argument that the evaluator reads: a tensor slot, or an NCHW activation.
+    fn eval_arg(&mut self, v: ValueId) -> Result<Arg, CodegenError> {
+        match self.tensor.get(&v) {
+            Some(&t) => Ok(Arg::T(t)),
+            None => Ok(Arg::A(self.activation(v, Layout::Nchw)?)),
+        }
+    }
+
+    fn add(&mut self, (label, loc): (String, String), op: Lowered) -> Result<(), CodegenError> {
+        let (op, args) = match op {
+            Lowered::Quantize { q, x, y } => {
+                let x = *self.tensor.get(&x).ok_or_else(|| err("quantize reads a value before it is computed"))?;
+                (Op::Quantize { q, x, y: self.new_activation(y, Layout::Nchw, None)? }, vec![])
+            }
+            Lowered::Dequantize { q, x, y } => {
+                let x = self.activation(x, Layout::Nchw)?;
+                (Op::Dequantize { q, x, y: self.tensor_slot(y) }, vec![Arg::A(x)])
+            }
+            Lowered::Window { kernel, x, y } => {
+                let x = self.activation(x, Layout::Nhwc)?;
+                let y = self.new_activation(y, Layout::Nhwc, None)?;
+                if self.activations[y].dims != kernel.out_dims() {
+                    return Err(err(format!("{label}: the kernel computes {:?}, not the result's dims", kernel.out_dims())));
+                }
+                (Op::Window { kernel, x, y }, vec![Arg::A(x)])
+            }
+            Lowered::Mean { kernel, x, y } => {
+                let x = self.activation(x, Layout::Nhwc)?;
+                // `[batch][C]` is the same bytes in either layout.
+                (Op::Mean { kernel, x, y: self.new_activation(y, Layout::Nchw, None)? }, vec![Arg::A(x)])
+            }
+            Lowered::Add { kernel, a, b, y } => {
+                let layout = [Layout::Nhwc, Layout::Nchw]
+                    .into_iter()
+                    .find(|&l| self.activation_of.contains_key(&(a, l)))
+                    .unwrap_or(Layout::Nchw);
+                let (a, b) = (self.activation(a, layout)?, self.activation(b, layout)?);
+                (Op::Add { kernel, a, b, y: self.new_activation(y, layout, None)? }, vec![Arg::A(a), Arg::A(b)])
+            }
+            Lowered::Gemm { kernel, a, y } => {
+                let a = self.activation(a, Layout::Nchw)?;
+                (Op::Gemm { kernel, a, y: self.new_activation(y, Layout::Nchw, None)? }, vec![Arg::A(a)])
+            }
+            Lowered::Reshape { x, y } => {
+                let x = self.activation(x, Layout::Nchw)?;
+                let buffer = self.activations[x].buffer;
+                self.new_activation(y, Layout::Nchw, Some(buffer))?;
+                return Ok(());
+            }
+            Lowered::Eval { kind, attrs, args, results } => {
+                let arg_types = args.iter().map(|&a| self.g.ty(a).clone()).collect();
+                let args = args.iter().map(|&a| self.eval_arg(a)).collect::<Result<Vec<_>, _>>()?;
+                let result_types = results.iter().map(|&r| self.g.ty(r).clone()).collect();
+                let results = results.iter().map(|&r| self.tensor_slot(r)).collect();
+                let read = args.clone();
+                (Op::Eval { kind, attrs, args, arg_types, results, result_types }, read)
+            }
+        };
+        self.push(label, op, &args);
+        self.ops.last_mut().expect("pushed").0.1 = loc;
+        Ok(())
+    }
+}
+
+/// One run's state: this thread's arena, the tensor slots, the batch.
+struct Run<'a> {
+    model: &'a CompiledModel,
+    arena: &'a mut [u8],
+    tensors: Vec<Option<Arc<Tensor>>>,
+    batch: usize,
+}
+
+impl Run<'_> {
+    /// The byte range of activation `a` in the arena.
+    fn range(&self, a: usize) -> std::ops::Range<usize> {
+        let act = &self.model.activations[a];
+        let start = self.model.plan.offsets[act.buffer] * self.batch;
+        start..start + act.bytes * self.batch
+    }
+
+    /// The logical shape of activation `a` at this batch.
+    fn shape(&self, a: usize) -> Vec<usize> {
+        std::iter::once(self.batch).chain(self.model.activations[a].dims.iter().copied()).collect()
+    }
+
+    /// The activations `ins` to read and `out` to write, as slices of the arena; an error (a bug
+    /// in the plan) when one lies outside the arena or an input overlaps the output.
+    fn io<const N: usize>(&mut self, ins: [usize; N], out: usize) -> Result<([&[u8]; N], &mut [u8]), CodegenError> {
+        let o = self.range(out);
+        let ranges = ins.map(|a| self.range(a));
+        if o.end > self.arena.len() || ranges.iter().any(|r| r.end > self.arena.len()) {
+            return Err(err("an activation lies outside the arena"));
+        }
+        let (left, rest) = self.arena.split_at_mut(o.start);
+        let (mid, right) = rest.split_at_mut(o.len());
+        let (left, right): (&[u8], &[u8]) = (left, right);
+        let mut views: [&[u8]; N] = [&[]; N];
+        for (v, r) in views.iter_mut().zip(ranges) {
+            *v = if r.end <= o.start {
+                &left[r]
+            } else if r.start >= o.end {
+                &right[r.start - o.end..r.end - o.end]
+            } else {
+                return Err(err("an input of a step overlaps its output in the arena"));
+            };
+        }
+        Ok((views, mid))
+    }
+
+    fn tensor(&self, slot: usize) -> Result<&Arc<Tensor>, CodegenError> {
+        self.tensors[slot].as_ref().ok_or_else(|| err("a value was read before it was computed"))
+    }
+
+    /// An argument as a tensor of type `ty` (activations are NCHW here).
+    fn arg_tensor(&self, arg: Arg, ty: &TensorType) -> Result<Arc<Tensor>, CodegenError> {
+        match arg {
+            Arg::T(s) => self.tensor(s).cloned(),
+            Arg::A(a) => Ok(Arc::new(bytes_tensor(self.arena[self.range(a)].to_vec(), &self.shape(a), &ty.elem))),
+        }
+    }
+
+    /// The model's outputs.
+    fn outputs(&self) -> Result<Vec<Tensor>, CodegenError> {
+        self.model
+            .outputs
+            .iter()
+            .map(|(arg, elem)| match *arg {
+                Arg::T(s) => Ok(self.tensor(s)?.as_ref().clone()),
+                Arg::A(a) => Ok(bytes_tensor(self.arena[self.range(a)].to_vec(), &self.shape(a), elem)),
+            })
+            .collect()
+    }
+
+    /// Runs one step; returns the integer operations a kernel did.
+    fn exec(&mut self, op: &Op) -> Result<u64, CodegenError> {
+        let batch = self.batch;
+        Ok(match op {
+            Op::Gemm { kernel, a, y } => {
+                let ([x], out) = self.io([*a], *y)?;
+                kernel.run(x, batch, out).map_err(err)?;
+                2 * (batch * kernel.columns() * kernel.depth()) as u64
+            }
+            Op::Window { kernel, x, y } => {
+                let ([x], out) = self.io([*x], *y)?;
+                kernel.run(x, batch, out).map_err(err)?;
+                kernel.ops(batch)
+            }
+            Op::Mean { kernel, x, y } => {
+                let ([x], out) = self.io([*x], *y)?;
+                kernel.run(x, batch, out).map_err(err)?;
+                0
+            }
+            Op::Add { kernel, a, b, y } => {
+                let ([a, b], out) = self.io([*a, *b], *y)?;
+                kernel.run(a, b, out).map_err(err)?;
+                0
+            }
+            Op::Convert { x, y } => {
+                let (c, plane) = {
+                    let d = &self.model.activations[*x].dims;
+                    (d[0], d[1] * d[2])
+                };
+                let to = self.model.activations[*y].layout;
+                let ([src], dst) = self.io([*x], *y)?;
+                let image = c * plane;
+                for (s, d) in src.chunks_exact(image).zip(dst.chunks_exact_mut(image)) {
+                    match to {
+                        Layout::Nhwc => transpose(s, c, plane, d),
+                        Layout::Nchw => transpose(s, plane, c, d),
+                    }
+                }
+                0
+            }
+            Op::Import { x, y } => {
+                let t = self.tensor(*x)?.clone();
+                let bytes = tensor_bytes(&t).ok_or_else(|| err("a kernel input is not 8-bit"))?;
+                let ([], out) = self.io([], *y)?;
+                if bytes.len() != out.len() {
+                    return Err(err(format!("a kernel input has {} bytes, not {}", bytes.len(), out.len())));
+                }
+                out.copy_from_slice(&bytes);
+                0
+            }
+            Op::Quantize { q, x, y } => {
+                let t = self.tensor(*x)?.clone();
+                let a = t.as_f32().ok_or_else(|| err("quantize reads f32"))?;
+                let (lo, hi) = if q.signed { (-128, 127) } else { (0, 255) };
+                let ([], out) = self.io([], *y)?;
+                if a.len() != out.len() {
+                    return Err(err(format!("quantize reads {} values into {} bytes", a.len(), out.len())));
+                }
+                match a.as_slice() {
+                    Some(a) => crate::lanes::quantize(a, q.scale, q.zp, lo, hi, out),
+                    None => out.iter_mut().zip(a.iter()).for_each(|(o, &v)| *o = quantize_value(v, q.scale, q.zp, lo, hi) as u8),
+                }
+                0
+            }
+            Op::Dequantize { q, x, y } => {
+                let v: Vec<f32> =
+                    self.arena[self.range(*x)].iter().map(|&b| dequantize_value(q.value(b), q.scale, q.zp)).collect();
+                let t = Tensor::F32(
+                    ndarray::ArrayD::from_shape_vec(ndarray::IxDyn(&self.shape(*x)), v).map_err(|e| err(e.to_string()))?,
+                );
+                self.tensors[*y] = Some(Arc::new(t));
+                0
+            }
+            Op::Eval { kind, attrs, args, arg_types, results, result_types } => {
+                let vals: Vec<Arc<Tensor>> =
+                    args.iter().zip(arg_types).map(|(&a, t)| self.arg_tensor(a, t)).collect::<Result<_, _>>()?;
+                let refs: Vec<&Tensor> = vals.iter().map(|v| v.as_ref()).collect();
+                let tys: Vec<&TensorType> = arg_types.iter().collect();
+                let outs: Vec<&TensorType> = result_types.iter().collect();
+                let ts = eval_op_multi(*kind, attrs, &refs, &tys, &outs).map_err(|e| err(format!("{kind}: {e}")))?;
+                for (&s, t) in results.iter().zip(ts) {
+                    self.tensors[s] = Some(Arc::new(t));
+                }
+                0
+            }
+        })
     }
 }
 
@@ -374,132 +879,4 @@ pub struct StepProfile {
     pub seconds: f64,
     /// Integer operations (2 · multiply-adds) of a kernel; 0 for other steps.
     pub ops: u64,
-}
-
-/// A working value: a tensor, or the bytes of an 8-bit quantized tensor with its logical shape
-/// and layout — what the kernels read and write, so that nothing is converted between two kernels.
-#[derive(Clone)]
-enum Val {
-    T(Arc<Tensor>),
-    B(Arc<Vec<u8>>, Vec<usize>, Layout),
-}
-
-type Slots = Vec<Option<Val>>;
-
-fn val(slots: &Slots, s: Slot) -> Result<&Val, CodegenError> {
-    slots[s].as_ref().ok_or_else(|| err("a value was read before it was computed"))
-}
-
-/// The bytes and logical shape of an 8-bit value, in `layout`.
-fn bytes(slots: &Slots, s: Slot, layout: Layout) -> Result<(Arc<Vec<u8>>, Vec<usize>), CodegenError> {
-    let (b, shape, from) = bytes_any(slots, s)?;
-    Ok(match convert(&b, &shape, from, layout) {
-        Some(c) => (Arc::new(c), shape),
-        None => (b, shape),
-    })
-}
-
-/// The bytes, logical shape and layout of an 8-bit value, as they are.
-fn bytes_any(slots: &Slots, s: Slot) -> Result<(Arc<Vec<u8>>, Vec<usize>, Layout), CodegenError> {
-    match val(slots, s)? {
-        Val::B(b, shape, layout) => Ok((b.clone(), shape.clone(), *layout)),
-        Val::T(t) => {
-            Ok((Arc::new(tensor_bytes(t).ok_or_else(|| err("a kernel input is not 8-bit"))?), t.shape().to_vec(), Layout::Nchw))
-        }
-    }
-}
-
-/// A value as a tensor of element type `elem` (NCHW).
-fn tensor(slots: &Slots, s: Slot, elem: &ElemType) -> Result<Arc<Tensor>, CodegenError> {
-    match val(slots, s)? {
-        Val::T(t) => Ok(t.clone()),
-        Val::B(..) => {
-            let (b, shape) = bytes(slots, s, Layout::Nchw)?;
-            Ok(Arc::new(bytes_tensor(Arc::unwrap_or_clone(b), &shape, elem)))
-        }
-    }
-}
-
-/// The batch of a kernel input of logical shape `shape`.
-fn batch_of(shape: &[usize]) -> usize {
-    shape.first().copied().unwrap_or(1)
-}
-
-/// Runs one step; returns the integer operations a kernel did.
-fn exec(step: &Step, slots: &mut Slots) -> Result<u64, CodegenError> {
-    Ok(match step {
-        Step::Gemm { kernel, a, out, .. } => {
-            let (x, shape) = bytes(slots, *a, Layout::Nchw)?;
-            let (m, n) = (shape[0], kernel.columns());
-            let mut y = vec![0u8; m * n];
-            kernel.run(&x, m, &mut y).map_err(err)?;
-            slots[*out] = Some(Val::B(Arc::new(y), vec![m, n], Layout::Nchw));
-            2 * (m * n * kernel.depth()) as u64
-        }
-        Step::Window { kernel, x, out } => {
-            let (x, shape) = bytes(slots, *x, Layout::Nhwc)?;
-            let batch = batch_of(&shape);
-            let y = kernel.run(&x, batch).map_err(err)?;
-            let [c, oh, ow] = kernel.out_dims();
-            slots[*out] = Some(Val::B(Arc::new(y), vec![batch, c, oh, ow], Layout::Nhwc));
-            kernel.ops(batch)
-        }
-        Step::Mean { kernel, dims, x, out } => {
-            let (x, shape) = bytes(slots, *x, Layout::Nhwc)?;
-            let batch = batch_of(&shape);
-            let y = kernel.run(&x, batch).map_err(err)?;
-            // `[batch][C]` is the same bytes in either layout.
-            let shape = std::iter::once(batch).chain(dims.iter().copied()).collect();
-            slots[*out] = Some(Val::B(Arc::new(y), shape, Layout::Nchw));
-            0
-        }
-        Step::Add { kernel, a, b, out } => {
-            let (ba, shape, layout) = bytes_any(slots, *a)?;
-            let (bb, _) = bytes(slots, *b, layout)?;
-            let y = kernel.run(&ba, &bb).map_err(err)?;
-            slots[*out] = Some(Val::B(Arc::new(y), shape, layout));
-            0
-        }
-        Step::Quantize { q, x, out } => {
-            let t = tensor(slots, *x, &ElemType::Scalar(qc_ir::ScalarType::F32))?;
-            let a = t.as_f32().ok_or_else(|| err("quantize reads f32"))?;
-            let (lo, hi) = if q.signed { (-128, 127) } else { (0, 255) };
-            let mut y = vec![0u8; a.len()];
-            match a.as_slice() {
-                Some(a) => crate::lanes::quantize(a, q.scale, q.zp, lo, hi, &mut y),
-                None => y.iter_mut().zip(a.iter()).for_each(|(o, &v)| *o = quantize_value(v, q.scale, q.zp, lo, hi) as u8),
-            }
-            slots[*out] = Some(Val::B(Arc::new(y), a.shape().to_vec(), Layout::Nchw));
-            0
-        }
-        Step::Dequantize { q, x, out } => {
-            let (b, shape) = bytes(slots, *x, Layout::Nchw)?;
-            let y: Vec<f32> = b.iter().map(|&v| dequantize_value(q.value(v), q.scale, q.zp)).collect();
-            let t = Tensor::F32(ndarray::ArrayD::from_shape_vec(ndarray::IxDyn(&shape), y).map_err(|e| err(e.to_string()))?);
-            slots[*out] = Some(Val::T(Arc::new(t)));
-            0
-        }
-        Step::Reshape { dims, x, out } => {
-            let (b, _) = bytes(slots, *x, Layout::Nchw)?;
-            let fixed: usize = dims.iter().filter_map(|d| d.fixed()).map(|n| n as usize).product();
-            if fixed == 0 || b.len() % fixed != 0 {
-                return Err(err("a reshape does not divide its input"));
-            }
-            let shape: Vec<usize> = dims.iter().map(|d| d.fixed().map_or(b.len() / fixed, |n| n as usize)).collect();
-            slots[*out] = Some(Val::B(b, shape, Layout::Nchw));
-            0
-        }
-        Step::Eval { kind, attrs, args, arg_types, results, result_types } => {
-            let vals: Vec<Arc<Tensor>> =
-                args.iter().zip(arg_types).map(|(&s, t)| tensor(slots, s, &t.elem)).collect::<Result<_, _>>()?;
-            let refs: Vec<&Tensor> = vals.iter().map(|v| v.as_ref()).collect();
-            let tys: Vec<&TensorType> = arg_types.iter().collect();
-            let outs: Vec<&TensorType> = result_types.iter().collect();
-            let ts = eval_op_multi(*kind, attrs, &refs, &tys, &outs).map_err(|e| err(format!("{kind}: {e}")))?;
-            for (&s, t) in results.iter().zip(ts) {
-                slots[s] = Some(Val::T(Arc::new(t)));
-            }
-            0
-        }
-    })
 }

@@ -67,13 +67,15 @@ impl WindowKernel for MaxPool {
 
     /// Runs `batch` NHWC images; returns the NHWC output. Padded taps are skipped (the padding
     /// holds the lowest value, which never wins); a window entirely in the padding gives it.
-    fn run(&self, x: &[u8], batch: usize) -> Result<Vec<u8>, String> {
+    fn run(&self, x: &[u8], batch: usize, y: &mut [u8]) -> Result<(), String> {
         let (c, w) = (self.c, &self.window);
         let image = c * w.plane;
         if x.len() != batch * image {
             return Err(format!("a max_pool input has {} bytes, not {batch}·{image}", x.len()));
         }
-        let mut y = vec![0u8; batch * w.positions * c];
+        if y.len() != batch * w.positions * c {
+            return Err(format!("a max_pool output has {} bytes, not {batch}·{}", y.len(), w.positions * c));
+        }
         for (img, dst) in x.chunks_exact(image).zip(y.chunks_exact_mut(w.positions * c)) {
             for (pos, out) in dst.chunks_exact_mut(c).enumerate() {
                 out.fill(0);
@@ -88,7 +90,7 @@ impl WindowKernel for MaxPool {
                 out.iter_mut().for_each(|o| *o ^= self.flip);
             }
         }
-        Ok(y)
+        Ok(())
     }
 
     fn jit(&self) -> bool {
@@ -143,12 +145,14 @@ impl GlobalMean {
     }
 
     /// Runs `batch` NHWC images; returns `[batch][C]`.
-    pub fn run(&self, x: &[u8], batch: usize) -> Result<Vec<u8>, String> {
+    pub fn run(&self, x: &[u8], batch: usize, y: &mut [u8]) -> Result<(), String> {
         let (c, image) = (self.c, self.c * self.plane);
         if x.len() != batch * image {
             return Err(format!("a mean's input has {} bytes, not {batch}·{image}", x.len()));
         }
-        let mut y = vec![0u8; batch * c];
+        if y.len() != batch * c {
+            return Err(format!("a mean's output has {} bytes, not {batch}·{c}", y.len()));
+        }
         let mut sums = vec![0i32; c];
         for (img, dst) in x.chunks_exact(image).zip(y.chunks_exact_mut(c)) {
             sums.fill(0);
@@ -162,6 +166,6 @@ impl GlobalMean {
                 *o = self.requant.apply(s - bias, self.zp_y, self.lo, self.hi) as u8;
             }
         }
-        Ok(y)
+        Ok(())
     }
 }

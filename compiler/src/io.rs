@@ -204,9 +204,9 @@ pub fn weights_from_bytes(bytes: &[u8], file: &Path) -> Result<Weights> {
         let shape = view.shape().to_vec();
         let raw = view.data();
         let arr = |n: usize| -> Result<Vec<&[u8]>> {
-            let count: usize = shape.iter().product();
-            if raw.len() != count * n {
-                bail!("{}: tensor \"{name}\" has {} bytes, its shape {shape:?} needs {}", file.display(), raw.len(), count * n);
+            let bytes = shape.iter().try_fold(n, |a, &d| a.checked_mul(d));
+            if bytes != Some(raw.len()) {
+                bail!("{}: tensor \"{name}\" has {} bytes, its shape {shape:?} needs {bytes:?}", file.display(), raw.len());
             }
             Ok(raw.chunks_exact(n).collect())
         };

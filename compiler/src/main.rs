@@ -859,6 +859,19 @@ fn bench(path: &Path, input: Option<&Path>, batch: usize, runs: usize, weights: 
     say!("{}: batch {batch}, {} JIT kernels compiled in {compile_ms:.2} ms", path.display(), compiled.kernel_count());
     say!("  jit     {:>10.4} ms (median of {runs})", jit * 1e3);
     say!("  interp  {:>10.4} ms ({:.1}x the JIT's time)", interp * 1e3, interp / jit);
+    let mem = compiled.memory();
+    say!(
+        "  arena   {} bytes at batch {batch} ({} per image; lower bound {}, {} activations unshared {}){}",
+        mem.arena * batch,
+        mem.arena,
+        mem.lower_bound,
+        mem.buffers,
+        mem.unshared,
+        match compiled.fallback_ops().len() {
+            0 => String::new(),
+            n => format!("; {n} ops on the evaluator"),
+        }
+    );
     let mut profile = compiled.profile(std::slice::from_ref(&x), runs).map_err(|e| QcError::Input(format!("error: {e}")))?;
     profile.sort_by(|a, b| b.seconds.total_cmp(&a.seconds));
     say!("  per layer (median):");

@@ -197,7 +197,11 @@ pub const DENSE_LIMIT: usize = 1 << 24;
 /// element, or a single literal splatted).
 fn dense_tensor(lits: &[Lit], ty: &TensorType) -> Result<Tensor, String> {
     let shape = ty.fixed_dims().ok_or_else(|| format!("a dense constant needs fixed dims, got {ty}"))?;
-    let n: usize = shape.iter().product();
+    // Even an empty array needs the product of its other dims to fit an isize.
+    let nonzero =
+        shape.iter().filter(|&&d| d != 0).try_fold(1usize, |a, &d| a.checked_mul(d)).filter(|&n| n <= isize::MAX as usize);
+    let nonzero = nonzero.ok_or_else(|| format!("the shape of a dense constant of type {ty} overflows"))?;
+    let n = if shape.contains(&0) { 0 } else { nonzero };
     if n > DENSE_LIMIT {
         return Err(format!(
             "a dense constant of type {ty} has {n} elements; more than {DENSE_LIMIT} belong in the weights file"
