@@ -99,7 +99,14 @@ thread_local! {
 impl Conv {
     /// Compiles an integer conv2d (groups = 1): weights `[O, C, kh, kw]` become a GEMM over
     /// `[kh][kw][C]` patch rows.
-    pub fn new(attrs: &Attrs, tys: &[&TensorType], w: &Tensor, bias: Option<&Tensor>, out: &TensorType) -> Result<Conv, String> {
+    /// `None` when its accumulators could leave i32 ([`GemmSpec::accumulators_fit`]).
+    pub fn new(
+        attrs: &Attrs,
+        tys: &[&TensorType],
+        w: &Tensor,
+        bias: Option<&Tensor>,
+        out: &TensorType,
+    ) -> Result<Option<Conv>, String> {
         let x = tys[0];
         if x.rank() != 4 || out.rank() != 4 || w.shape().len() != 4 {
             return Err(format!("a convolution input must be NCHW, got {x}"));
@@ -139,11 +146,14 @@ impl Conv {
             types.push(b);
         }
         let spec = GemmSpec::from_node(OpKind::Gemm, &gemm_attrs, &types, &flat_w, bias, &oty)?;
+        if !spec.accumulators_fit() {
+            return Ok(None);
+        }
         let kernel = GemmKernel::compile(&spec)?;
         let pad_value = if xq.storage == qc_ir::ScalarType::I8 { zp as i8 as u8 } else { zp as u8 };
         let window = Window::new(attrs, (h, wd), (kh, kw), (oh, ow)).ok_or("bad convolution attributes")?;
         let gather = Gather::new(&window, c, kernel.row_stride());
-        Ok(Conv { kernel, gather, image: c * window.plane, positions: window.positions, pad_value, out_hw: [oh, ow] })
+        Ok(Some(Conv { kernel, gather, image: c * window.plane, positions: window.positions, pad_value, out_hw: [oh, ow] }))
     }
 }
 

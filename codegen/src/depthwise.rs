@@ -69,6 +69,15 @@ impl Depthwise {
             Some(b) => b.to_i64_vec()?.into_iter().map(|v| v as i32).collect(),
             None => vec![0; c],
         };
+        // The accumulators add in wrapping i32: take only layers where no input can make them
+        // leave it (each `x − zp_x` is at most 255 in magnitude), as the GEMM does.
+        let fits = (0..c).all(|ch| {
+            let abs: i64 = (0..taps).map(|t| (weights[t * c + ch] as i64).abs()).sum();
+            (bias[ch] as i64).abs() + 255 * abs < 1 << 31
+        });
+        if !fits {
+            return None;
+        }
         let (lo, hi) = output_range(yq, attrs);
         let requant = match requant.iter().map(|r| if let Requant::F32(m) = r { Some(*m) } else { None }).collect() {
             Some(m) => Multipliers::F32(m),

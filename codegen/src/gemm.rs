@@ -100,6 +100,22 @@ impl GemmSpec {
         let (lo, hi) = output_range(yq, attrs);
         Ok(GemmSpec { n, k, zp_a, a_signed: xq.storage == ScalarType::I8, weights, bias, requant, zp_y, lo, hi })
     }
+
+    /// Whether no accumulator can leave i32, whatever the activations: for every column,
+    /// `max(|b|, |b − zp_u·Σw|) + 255·Σ|w| < 2^31`, where `b − zp_u·Σw` is the bias with the
+    /// zero-point term folded in (the vector paths' starting value, `zp_u` the zero point of the
+    /// u8 form) and every activation term (`x − zp` or the u8 form) is at most 255 in magnitude.
+    /// Then the kernels, which add in wrapping i32, never wrap, and the evaluator (which refuses
+    /// an accumulator outside i32) never refuses. A layer that fails this runs on the evaluator.
+    pub fn accumulators_fit(&self) -> bool {
+        let zp_u = self.zp_a as i64 + if self.a_signed { 128 } else { 0 };
+        (0..self.n).all(|c| {
+            let w = &self.weights[c * self.k..(c + 1) * self.k];
+            let (sum, abs) = w.iter().fold((0i64, 0i64), |(s, a), &v| (s + v as i64, a + (v as i64).abs()));
+            let b = self.bias[c] as i64;
+            b.abs().max((b - zp_u * sum).abs()) + 255 * abs < 1 << 31
+        })
+    }
 }
 
 /// The constant tables a kernel reads; their addresses are compiled into it.

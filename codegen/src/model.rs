@@ -483,13 +483,19 @@ fn lower(
             (OpKind::Gemm | OpKind::MatMul, true, Some(w), Some(x)) if tys[0].rank() == 2 && w.shape().len() == 2 => {
                 let spec = GemmSpec::from_node(node.kind, &node.attrs, &tys, w, bias.as_deref(), out_ty)
                     .map_err(|e| err(format!("{}: {e}", who())))?;
-                let kernel = GemmKernel::compile(&spec).map_err(|e| err(format!("{}: {e}", who())))?;
-                Some(Lowered::Gemm { kernel, a: x, y })
+                match spec.accumulators_fit() {
+                    true => Some(Lowered::Gemm {
+                        kernel: GemmKernel::compile(&spec).map_err(|e| err(format!("{}: {e}", who())))?,
+                        a: x,
+                        y,
+                    }),
+                    false => None,
+                }
             }
             (OpKind::Conv2d, true, Some(w), Some(x)) if node.attrs.int("groups", 1) == 1 => {
                 let kernel =
                     Conv::new(&node.attrs, &tys, w, bias.as_deref(), out_ty).map_err(|e| err(format!("{}: {e}", who())))?;
-                Some(Lowered::Window { kernel: Box::new(kernel), x, y })
+                kernel.map(|kernel| Lowered::Window { kernel: Box::new(kernel), x, y })
             }
             (OpKind::Conv2d, true, Some(w), Some(x)) => Depthwise::new(&node.attrs, &tys, w, bias.as_deref(), out_ty)
                 .map(|kernel| Lowered::Window { kernel: Box::new(kernel), x, y }),

@@ -115,3 +115,38 @@ proptest! {
         check(&c)?;
     }
 }
+
+/// A layer whose accumulators could leave i32 for some input (a bias near 2^31) gets no kernel:
+/// the evaluator runs it, so the JIT's result is the evaluator's (here: both refuse the input
+/// that overflows, and agree on one that does not).
+#[test]
+fn layers_whose_accumulators_may_overflow_run_on_the_evaluator() {
+    for depthwise in [false, true] {
+        let case = Case {
+            c: 2,
+            o: 2,
+            win: Window { hw: [3, 3], k: [3, 3], strides: [1, 1], dilations: [1, 1], pads: [1, 1, 1, 1] },
+            zp_x: 0,
+            zp_y: 0,
+            s_y: 0.1,
+            relu: false,
+            depthwise,
+            x: vec![0; 2 * 2 * 9],
+            w: vec![127; if depthwise { 2 * 9 } else { 2 * 2 * 9 }],
+            bias: vec![2_147_483_000, -5],
+        };
+        let g = qc_ir::text::parse(&case.qir()).unwrap();
+        let model = CompiledModel::compile(&g).unwrap();
+        assert_eq!(model.kernel_count(), 0);
+        assert!(model.fallback_ops().iter().any(|op| op.contains("conv2d")), "{:?}", model.fallback_ops());
+        for v in [0, 255] {
+            let x = Tensor::I32(ArrayD::from_elem(IxDyn(&[2, 2, 3, 3]), v)).cast(ScalarType::U8);
+            let got = model.run(std::slice::from_ref(&x)).map_err(|e| e.0);
+            let want = evaluate(&g, std::slice::from_ref(&x)).map_err(|e| e.to_string());
+            assert_eq!(got.is_ok(), want.is_ok(), "{got:?} {want:?}");
+            if let (Ok(a), Ok(b)) = (got, want) {
+                assert_eq!(a, b);
+            }
+        }
+    }
+}
