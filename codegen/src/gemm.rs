@@ -126,7 +126,8 @@ pub(crate) struct Tables {
     pub(crate) m0: Box<[i64]>,
     pub(crate) round: Box<[i64]>,
     pub(crate) shift: Box<[i64]>,
-    pub(crate) packed: Box<[i8]>,
+    /// Weight panels: i8 (VNNI path) or little-endian i16 (SSE path) values.
+    pub(crate) packed: Box<[u8]>,
     /// For block-sparse weights: the nonzero 4-k groups of each 16-column block, in order.
     pub(crate) groups: Box<[i64]>,
 }

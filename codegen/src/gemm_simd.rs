@@ -1,12 +1,15 @@
 //! The vector paths of the GEMM kernel (128-bit, what Cranelift 0.135's x64 backend supports):
-//! VNNI and SSE differ only in how one 4-byte dot product per lane is written.
+//! VNNI and SSE differ in how weights are packed and how one group of 4 k is multiplied.
 //!
 //! Weights are packed at compile time in panels `[N/4][K/4][4 columns][4 k]`, so one 16-byte load
 //! gives 4 output columns × 4 values of k. For each row and group of 4 k, the row's 4 activation
 //! bytes are broadcast to all lanes and multiplied with the panel by the tree
 //! `iadd(iadd_pairwise(iadd_pairwise(swiden_low lo, swiden_high lo), iadd_pairwise(swiden_low hi,
 //! swiden_high hi)), acc)`, which the backend emits as one `vpdpbusd` where the CPU has VNNI
-//! (each i32 lane accumulates four u8 × i8 products). Activations are u8; an i8 input is flipped
+//! (each i32 lane accumulates four u8 × i8 products). The SSE path packs each panel as i16 in
+//! `[k pair][4 columns][2 k]` order (32 bytes) and widens the row's bytes to i16, so that one
+//! `pmaddwd` of a broadcast k pair with half a panel gives 4 columns × 2 k, added straight into
+//! the accumulators (weights up to i16 are exact there). Activations are u8; an i8 input is flipped
 //! to u8 (`q ^ 0x80`, zero point + 128). The zero-point term `−zp_a·Σ_k w` goes into the bias, so
 //! the accumulators start from it. Up to four column vectors (16 columns) are accumulated at
 //! once, for two rows at a time (8 accumulators, each panel load serving both rows);
@@ -50,39 +53,44 @@ fn dot_vnni(b: &mut FunctionBuilder, acc: Value, w: Value, a: Value) -> Value {
     b.ins().iadd(t, acc)
 }
 
-/// The same sum with `pmaddwd`: widen to i16 (u8 activations, i8 weights), multiply and add
-/// adjacent pairs into i32 (columns 0–1 from the low halves, 2–3 from the high), then add the
-/// pairs of each column.
-fn dot_sse(b: &mut FunctionBuilder, acc: Value, w: Value, a: Value) -> Value {
-    let pmaddwd = |b: &mut FunctionBuilder, x: Value, y: Value| {
-        let (xl, yl) = (b.ins().swiden_low(x), b.ins().swiden_low(y));
-        let lo = b.ins().imul(xl, yl);
-        let (xh, yh) = (b.ins().swiden_high(x), b.ins().swiden_high(y));
-        let hi = b.ins().imul(xh, yh);
-        b.ins().iadd_pairwise(lo, hi)
-    };
-    let (al, wl) = (b.ins().uwiden_low(a), b.ins().swiden_low(w));
-    let m_lo = pmaddwd(b, al, wl);
-    let (ah, wh) = (b.ins().uwiden_high(a), b.ins().swiden_high(w));
-    let m_hi = pmaddwd(b, ah, wh);
-    let t = b.ins().iadd_pairwise(m_lo, m_hi);
-    b.ins().iadd(t, acc)
+/// `pmaddwd`: eight i16 products summed in adjacent pairs into four i32 lanes, written as the
+/// tree the x64 backend lowers to that one instruction.
+fn pmaddwd(b: &mut FunctionBuilder, x: Value, y: Value) -> Value {
+    let (xl, yl) = (b.ins().swiden_low(x), b.ins().swiden_low(y));
+    let lo = b.ins().imul(xl, yl);
+    let (xh, yh) = (b.ins().swiden_high(x), b.ins().swiden_high(y));
+    let hi = b.ins().imul(xh, yh);
+    b.ins().iadd_pairwise(lo, hi)
+}
+
+/// The bytes of one 16-byte panel load of `path`: what `w` holds for 4 columns × 4 k.
+fn panel_bytes(path: Path) -> usize {
+    if path == Path::Vnni { 16 } else { 32 }
 }
 
 pub(crate) fn compile(spec: &GemmSpec, path: Path) -> Result<GemmKernel, String> {
-    let dot = if path == Path::Vnni { dot_vnni } else { dot_sse };
+    let sse = path == Path::Sse;
     let (n, k) = (spec.n, spec.k);
     if n == 0 || k == 0 || spec.weights.len() != n * k || spec.bias.len() != n || spec.requant.len() != n {
         return Err("inconsistent GEMM kernel tables".into());
     }
     let groups = k.div_ceil(4);
     let nv = n.div_ceil(4);
-    let mut packed = vec![0i8; nv * groups * 16];
+    let pb = panel_bytes(path);
+    let mut packed = vec![0u8; nv * groups * pb];
     for c in 0..n {
         for kk in 0..k {
             let w = spec.weights[c * k + kk];
-            let w = i8::try_from(w).map_err(|_| format!("weight {w} does not fit i8; use the scalar path"))?;
-            packed[((c / 4) * groups + kk / 4) * 16 + (c % 4) * 4 + kk % 4] = w;
+            let panel = ((c / 4) * groups + kk / 4) * pb;
+            if sse {
+                // [k pair][column][2 k] as i16: one pmaddwd gives 4 columns × 2 k.
+                let w = i16::try_from(w).map_err(|_| format!("weight {w} does not fit i16; use the scalar path"))?;
+                let at = panel + 2 * ((kk % 4 / 2) * 8 + (c % 4) * 2 + kk % 2);
+                packed[at..at + 2].copy_from_slice(&w.to_le_bytes());
+            } else {
+                let w = i8::try_from(w).map_err(|_| format!("weight {w} does not fit i8; use the scalar path"))?;
+                packed[panel + (c % 4) * 4 + kk % 4] = w as u8;
+            }
         }
     }
     let zp_u = spec.zp_a + if spec.a_signed { 128 } else { 0 };
@@ -103,7 +111,7 @@ pub(crate) fn compile(spec: &GemmSpec, path: Path) -> Result<GemmKernel, String>
     for blk in 0..blocks {
         for g in 0..groups {
             let used = (blk * 4..(blk * 4 + 4).min(nv))
-                .any(|v| packed[(v * groups + g) * 16..(v * groups + g + 1) * 16].iter().any(|&w| w != 0));
+                .any(|v| packed[(v * groups + g) * pb..(v * groups + g + 1) * pb].iter().any(|&w| w != 0));
             if used {
                 nonzero.push(g as i64);
             }
@@ -162,11 +170,11 @@ pub(crate) fn compile(spec: &GemmSpec, path: Path) -> Result<GemmKernel, String>
                         b.def_var(row[v], init);
                     }
                 }
-                // Panel (first + v, g) starts at pt + ((first + v) * groups + g) * 16.
+                // Panel (first + v, g) starts at pt + ((first + v) * groups + g) * pb.
                 let panel_bases: Vec<Value> = (0..vecs)
                     .map(|v| {
                         let fv = b.ins().iadd_imm_s(first, v as i64);
-                        let row = b.ins().imul_imm_s(fv, 16 * groups as i64);
+                        let row = b.ins().imul_imm_s(fv, (pb * groups) as i64);
                         b.ins().iadd_imm_s(row, pt)
                     })
                     .collect();
@@ -174,17 +182,44 @@ pub(crate) fn compile(spec: &GemmSpec, path: Path) -> Result<GemmKernel, String>
                 // load per row, each 4-byte group broadcast by a shuffle, panel loads at
                 // immediate offsets. The groups past the last multiple of 4 (and sparse blocks'
                 // table walks) take one group per iteration.
-                let accumulate = |b: &mut FunctionBuilder, g: Value, avs: &[Value], j: usize| {
-                    let g16 = b.ins().imul_imm_s(g, 16);
+                // `avs[row]`: the row's 4 bytes of one group, broadcast as the dot product reads
+                // them (VNNI: one vector; SSE: the k pairs 0–1 and 2–3 as i16, each broadcast).
+                let accumulate = |b: &mut FunctionBuilder, g: Value, avs: &[[Value; 2]], j: usize| {
+                    let gp = b.ins().imul_imm_s(g, pb as i64);
                     for v in 0..vecs {
-                        let w_addr = b.ins().iadd(panel_bases[v], g16);
-                        let w = b.ins().load(types::I8X16, flags, w_addr, 16 * j as i32);
+                        let w_addr = b.ins().iadd(panel_bases[v], gp);
+                        let off = (pb * j) as i32;
+                        let w = if sse {
+                            [b.ins().load(types::I16X8, flags, w_addr, off), b.ins().load(types::I16X8, flags, w_addr, off + 16)]
+                        } else {
+                            let w = b.ins().load(types::I8X16, flags, w_addr, off);
+                            [w, w]
+                        };
                         for (r, row) in accs.iter().enumerate() {
                             let acc = b.use_var(row[v]);
-                            let acc = dot(b, acc, w, avs[r]);
+                            let acc = if sse {
+                                let m01 = pmaddwd(b, avs[r][0], w[0]);
+                                let m23 = pmaddwd(b, avs[r][1], w[1]);
+                                let acc = b.ins().iadd(acc, m01);
+                                b.ins().iadd(acc, m23)
+                            } else {
+                                dot_vnni(b, acc, w[0], avs[r][0])
+                            };
                             b.def_var(row[v], acc);
                         }
                     }
+                };
+                // 32-bit lane `lane` of `v` (as bytes) in every lane.
+                let lane = |b: &mut FunctionBuilder, v: Value, lane: u8| {
+                    let mask: Vec<u8> = (0..16).map(|i| 4 * lane + i % 4).collect();
+                    let mask = b.func.dfg.immediates.push(mask.as_slice().into());
+                    b.ins().shuffle(v, v, mask)
+                };
+                // The SSE operands of one group from `x`, i16 values whose 32-bit lanes `l`, `l + 1`
+                // hold its k pairs.
+                let pairs = |b: &mut FunctionBuilder, x: Value, l: u8| -> [Value; 2] {
+                    let bytes = b.ins().bitcast(types::I8X16, little, x);
+                    [lane(b, bytes, l), lane(b, bytes, l + 1)].map(|p| b.ins().bitcast(types::I16X8, little, p))
                 };
                 let flip = |b: &mut FunctionBuilder, av: Value| {
                     if signed_in {
@@ -210,10 +245,15 @@ pub(crate) fn compile(spec: &GemmSpec, path: Path) -> Result<GemmKernel, String>
                                 flip(b, av)
                             })
                             .collect();
+                        let wide: Vec<[Value; 2]> = rows16
+                            .iter()
+                            .map(|&av| if sse { [b.ins().uwiden_low(av), b.ins().uwiden_high(av)] } else { [av, av] })
+                            .collect();
                         for j in 0..4u8 {
-                            let mask: Vec<u8> = (0..16).map(|i| 4 * j + i % 4).collect();
-                            let mask = b.func.dfg.immediates.push(mask.as_slice().into());
-                            let avs: Vec<Value> = rows16.iter().map(|&av| b.ins().shuffle(av, av, mask)).collect();
+                            let avs: Vec<[Value; 2]> = wide
+                                .iter()
+                                .map(|w| if sse { pairs(b, w[usize::from(j / 2)], 2 * (j % 2)) } else { [lane(b, w[0], j); 2] })
+                                .collect();
                             accumulate(b, g, &avs, j as usize);
                         }
                     });
@@ -232,14 +272,20 @@ pub(crate) fn compile(spec: &GemmSpec, path: Path) -> Result<GemmKernel, String>
                             t
                         };
                         let g4 = b.ins().imul_imm_s(g, 4);
-                        let avs: Vec<Value> = a_rows
+                        let avs: Vec<[Value; 2]> = a_rows
                             .iter()
                             .map(|&a_row| {
                                 let a_addr = b.ins().iadd(a_row, g4);
                                 let a4 = b.ins().load(types::I32, raw, a_addr, 0);
                                 let splat = b.ins().splat(types::I32X4, a4);
                                 let av = b.ins().bitcast(types::I8X16, little, splat);
-                                flip(b, av)
+                                let av = flip(b, av);
+                                if sse {
+                                    let wide = b.ins().uwiden_low(av);
+                                    pairs(b, wide, 0)
+                                } else {
+                                    [av, av]
+                                }
                             })
                             .collect();
                         accumulate(b, g, &avs, 0);
