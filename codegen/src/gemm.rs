@@ -146,11 +146,11 @@ pub enum Path {
 
 impl Path {
     /// The path to use: `QC_ISA=scalar|sse|vnni` forces one; otherwise VNNI where the host has it,
-    /// else SSE — the vector paths where the layer allows them (weights in i8, f32 requantization),
-    /// else scalar.
+    /// else SSE — the vector paths where the layer allows them (f32 requantization with finite
+    /// multipliers; weights in i8 for VNNI, in i16 for SSE), else scalar.
     pub fn choose(spec: &GemmSpec) -> Path {
-        let vector_ok =
-            spec.weights.iter().all(|w| (-128..=127).contains(w)) && spec.requant.iter().all(|r| matches!(r, Requant::F32(_)));
+        let f32_mode = spec.requant.iter().all(|r| matches!(r, Requant::F32(m) if m.is_finite()));
+        let fits = |lo: i32, hi: i32| spec.weights.iter().all(|w| (lo..=hi).contains(w));
         let wanted = match std::env::var("QC_ISA").as_deref() {
             Ok("scalar") => Path::Scalar,
             Ok("sse") => Path::Sse,
@@ -158,7 +158,11 @@ impl Path {
             _ if crate::jit::host_has_vnni() => Path::Vnni,
             _ => Path::Sse,
         };
-        if vector_ok { wanted } else { Path::Scalar }
+        match wanted {
+            Path::Vnni if f32_mode && fits(-128, 127) => Path::Vnni,
+            Path::Vnni | Path::Sse if f32_mode && fits(-32768, 32767) => Path::Sse,
+            _ => Path::Scalar,
+        }
     }
 }
 

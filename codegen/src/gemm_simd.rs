@@ -28,6 +28,7 @@
 
 use crate::gemm::{GemmKernel, GemmSpec, Path, Tables, emit_loop};
 use crate::jit::Jit;
+use cranelift_codegen::ir::condcodes::FloatCC;
 use cranelift_codegen::ir::{Endianness, InstBuilder, MemFlagsData, Value, types};
 use cranelift_frontend::FunctionBuilder;
 use qc_ir::requant::Requant;
@@ -100,8 +101,8 @@ pub(crate) fn compile(spec: &GemmSpec, path: Path) -> Result<GemmKernel, String>
         let wsum: i64 = spec.weights[c * k..(c + 1) * k].iter().map(|&w| w as i64).sum();
         bias[c] = (spec.bias[c] as i64 - zp_u as i64 * wsum) as i32;
         mult[c] = match spec.requant[c] {
-            Requant::F32(m) => m,
-            Requant::Q31(_) => return Err("the vector path requantizes in f32 mode".into()),
+            Requant::F32(m) if m.is_finite() => m,
+            _ => return Err("the vector path requantizes in f32 mode with finite multipliers".into()),
         };
     }
     // The nonzero groups of each block of 16 columns (4 vectors): `starts[blk]..starts[blk + 1]`.
@@ -184,10 +185,13 @@ pub(crate) fn compile(spec: &GemmSpec, path: Path) -> Result<GemmKernel, String>
                 // table walks) take one group per iteration.
                 // `avs[row]`: the row's 4 bytes of one group, broadcast as the dot product reads
                 // them (VNNI: one vector; SSE: the k pairs 0–1 and 2–3 as i16, each broadcast).
-                let accumulate = |b: &mut FunctionBuilder, g: Value, avs: &[[Value; 2]], j: usize| {
+                // The panel addresses of group `g` for each column vector.
+                let panels = |b: &mut FunctionBuilder, g: Value| -> Vec<Value> {
                     let gp = b.ins().imul_imm_s(g, pb as i64);
-                    for v in 0..vecs {
-                        let w_addr = b.ins().iadd(panel_bases[v], gp);
+                    panel_bases.iter().map(|&base| b.ins().iadd(base, gp)).collect()
+                };
+                let accumulate = |b: &mut FunctionBuilder, w_addrs: &[Value], avs: &[[Value; 2]], j: usize| {
+                    for (v, &w_addr) in w_addrs.iter().enumerate() {
                         let off = (pb * j) as i32;
                         let w = if sse {
                             [b.ins().load(types::I16X8, flags, w_addr, off), b.ins().load(types::I16X8, flags, w_addr, off + 16)]
@@ -249,12 +253,13 @@ pub(crate) fn compile(spec: &GemmSpec, path: Path) -> Result<GemmKernel, String>
                             .iter()
                             .map(|&av| if sse { [b.ins().uwiden_low(av), b.ins().uwiden_high(av)] } else { [av, av] })
                             .collect();
+                        let w_addrs = panels(b, g);
                         for j in 0..4u8 {
                             let avs: Vec<[Value; 2]> = wide
                                 .iter()
                                 .map(|w| if sse { pairs(b, w[usize::from(j / 2)], 2 * (j % 2)) } else { [lane(b, w[0], j); 2] })
                                 .collect();
-                            accumulate(b, g, &avs, j as usize);
+                            accumulate(b, &w_addrs, &avs, j as usize);
                         }
                     });
                 }
@@ -288,9 +293,22 @@ pub(crate) fn compile(spec: &GemmSpec, path: Path) -> Result<GemmKernel, String>
                                 }
                             })
                             .collect();
-                        accumulate(b, g, &avs, 0);
+                        let w_addrs = panels(b, g);
+                        accumulate(b, &w_addrs, &avs, 0);
                     });
                 }
+                // Requantize: `rne(acc · m)` clamped to `[lo − zp, hi − zp]` in f32 (exact: those are
+                // small integers; no NaN arises, the multipliers being finite), converted (in range,
+                // so no saturation is needed), plus the zero point. Constants once per block.
+                let splat_f = |b: &mut FunctionBuilder, v: f32| {
+                    let c = b.ins().f32const(v);
+                    b.ins().splat(types::F32X4, c)
+                };
+                let (lo_f, hi_f) = (splat_f(b, (lo - zp_y) as f32), splat_f(b, (hi - zp_y) as f32));
+                let z = {
+                    let c = b.ins().iconst(types::I32, zp_y as i64);
+                    b.ins().splat(types::I32X4, c)
+                };
                 for (r, row) in accs.iter().enumerate() {
                     for (v, &var) in row.iter().enumerate() {
                         let acc = b.use_var(var);
@@ -300,15 +318,15 @@ pub(crate) fn compile(spec: &GemmSpec, path: Path) -> Result<GemmKernel, String>
                         let f = b.ins().fcvt_from_sint(types::F32X4, acc);
                         let f = b.ins().fmul(f, mv);
                         let f = b.ins().nearest(f);
-                        let q = b.ins().fcvt_to_sint_sat(types::I32X4, f);
-                        let splat = |b: &mut FunctionBuilder, v: i32| {
-                            let c = b.ins().iconst(types::I32, v as i64);
-                            b.ins().splat(types::I32X4, c)
-                        };
-                        let (z, l, h) = (splat(b, zp_y), splat(b, lo), splat(b, hi));
+                        // maxps(f, lo) and minps(f, hi), in the forms the backend matches.
+                        let above = b.ins().fcmp(FloatCC::LessThan, lo_f, f);
+                        let above = b.ins().bitcast(types::F32X4, little, above);
+                        let f = b.ins().bitselect(above, f, lo_f);
+                        let below = b.ins().fcmp(FloatCC::LessThan, f, hi_f);
+                        let below = b.ins().bitcast(types::F32X4, little, below);
+                        let f = b.ins().bitselect(below, f, hi_f);
+                        let q = b.ins().x86_cvtt2dq(types::I32X4, f);
                         let q = b.ins().iadd(q, z);
-                        let q = b.ins().smax(q, l);
-                        let q = b.ins().smin(q, h);
                         let h16 = b.ins().snarrow(q, q);
                         let bytes = if unsigned_out { b.ins().unarrow(h16, h16) } else { b.ins().snarrow(h16, h16) };
                         let col = b.ins().imul_imm_s(first, 4);

@@ -130,10 +130,15 @@ fn check(c: &Case) -> Result<(), TestCaseError> {
     let want = eval_op(kind, &attrs, &args, &tys, &yt).map_err(TestCaseError::fail)?;
     let spec = GemmSpec::from_node(kind, &attrs, &tys, &w, if kind == OpKind::Gemm { Some(&b) } else { None }, &yt)
         .map_err(TestCaseError::fail)?;
-    // Every path on this machine: the scalar one always, the vector one when the layer allows it.
+    // Every path on this machine that the layer allows: scalar always; SSE for f32
+    // requantization (weights within i16); VNNI when the weights also fit i8.
+    let f32_mode = !c.q31;
     let mut paths = vec![Path::Scalar];
-    if Path::choose(&spec) != Path::Scalar {
-        paths.extend([Path::Sse, Path::Vnni]);
+    if f32_mode {
+        paths.push(Path::Sse);
+        if spec.weights.iter().all(|w| (-128..=127).contains(w)) {
+            paths.push(Path::Vnni);
+        }
     }
     for path in paths {
         let kernel = GemmKernel::compile_on(&spec, path).map_err(TestCaseError::fail)?;
