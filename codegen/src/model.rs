@@ -269,6 +269,8 @@ impl CompiledModel {
                 let fixed = ty.dims.iter().filter_map(|d| d.fixed()).fold(per, |a, d| a.saturating_mul(d));
                 (g.display_value(v), fixed, ty.dims.iter().filter(|d| d.fixed().is_none()).count() as u32)
             })
+            // Values of fixed size were checked just above; only the batch can make one too big.
+            .filter(|&(_, _, dynamic)| dynamic > 0)
             .collect();
         let fixed_batch = match g.params().first().map(|&p| g.ty(p).dims.first().cloned()) {
             Some(Some(Dim::Fixed(n))) => Some(n as usize),
@@ -426,14 +428,12 @@ impl CompiledModel {
             if arena.len() < arena_bytes {
                 arena.resize(arena_bytes, 0);
             }
+            // Inputs are read where the caller keeps them; constants are shared.
             let mut tensors: Vec<Option<Arc<Tensor>>> = vec![None; self.tensor_slots];
-            for (slot, t) in inputs.iter().enumerate() {
-                tensors[slot] = Some(Arc::new(t.clone()));
-            }
             for (slot, t) in &self.consts {
                 tensors[*slot] = Some(t.clone());
             }
-            let mut run = Run { model: self, arena: &mut arena[..arena_bytes], tensors, batch };
+            let mut run = Run { model: self, arena: &mut arena[..arena_bytes], inputs, tensors, batch };
             f(&mut run)
         })
     }
@@ -718,11 +718,30 @@ impl<'g> Builder<'g> {
 struct Run<'a> {
     model: &'a CompiledModel,
     arena: &'a mut [u8],
+    /// The caller's inputs: tensor slots `0..inputs.len()`.
+    inputs: &'a [Tensor],
     tensors: Vec<Option<Arc<Tensor>>>,
     batch: usize,
 }
 
-impl Run<'_> {
+/// See [`Run::held`].
+enum Held<'a> {
+    Input(&'a Tensor),
+    Shared(Arc<Tensor>),
+}
+
+impl std::ops::Deref for Held<'_> {
+    type Target = Tensor;
+
+    fn deref(&self) -> &Tensor {
+        match self {
+            Held::Input(t) => t,
+            Held::Shared(t) => t,
+        }
+    }
+}
+
+impl<'a> Run<'a> {
     /// The byte range of activation `a` in the arena.
     fn range(&self, a: usize) -> std::ops::Range<usize> {
         let act = &self.model.activations[a];
@@ -759,15 +778,27 @@ impl Run<'_> {
         Ok((views, mid))
     }
 
-    fn tensor(&self, slot: usize) -> Result<&Arc<Tensor>, CodegenError> {
-        self.tensors[slot].as_ref().ok_or_else(|| err("a value was read before it was computed"))
+    /// A tensor slot, held independently of `self` (a caller's input by reference, anything else
+    /// by its `Arc`), so that a step can write the arena while it reads the tensor.
+    fn held(&self, slot: usize) -> Result<Held<'a>, CodegenError> {
+        if let Some(t) = self.inputs.get(slot) {
+            return Ok(Held::Input(t));
+        }
+        self.tensors[slot].clone().map(Held::Shared).ok_or_else(|| err("a value was read before it was computed"))
+    }
+
+    fn tensor(&self, slot: usize) -> Result<&Tensor, CodegenError> {
+        if let Some(t) = self.inputs.get(slot) {
+            return Ok(t);
+        }
+        self.tensors[slot].as_deref().ok_or_else(|| err("a value was read before it was computed"))
     }
 
     /// An argument as a tensor of type `ty` (activations are NCHW here).
-    fn arg_tensor(&self, arg: Arg, ty: &TensorType) -> Result<Arc<Tensor>, CodegenError> {
+    fn arg_tensor(&self, arg: Arg, ty: &TensorType) -> Result<std::borrow::Cow<'_, Tensor>, CodegenError> {
         match arg {
-            Arg::T(s) => self.tensor(s).cloned(),
-            Arg::A(a) => Ok(Arc::new(bytes_tensor(self.arena[self.range(a)].to_vec(), &self.shape(a), &ty.elem))),
+            Arg::T(s) => self.tensor(s).map(std::borrow::Cow::Borrowed),
+            Arg::A(a) => Ok(std::borrow::Cow::Owned(bytes_tensor(self.arena[self.range(a)].to_vec(), &self.shape(a), &ty.elem))),
         }
     }
 
@@ -777,7 +808,7 @@ impl Run<'_> {
             .outputs
             .iter()
             .map(|(arg, elem)| match *arg {
-                Arg::T(s) => Ok(self.tensor(s)?.as_ref().clone()),
+                Arg::T(s) => Ok(self.tensor(s)?.clone()),
                 Arg::A(a) => Ok(bytes_tensor(self.arena[self.range(a)].to_vec(), &self.shape(a), elem)),
             })
             .collect()
@@ -824,7 +855,7 @@ impl Run<'_> {
                 0
             }
             Op::Import { x, y } => {
-                let t = self.tensor(*x)?.clone();
+                let t = self.held(*x)?;
                 let bytes = tensor_bytes(&t).ok_or_else(|| err("a kernel input is not 8-bit"))?;
                 let ([], out) = self.io([], *y)?;
                 if bytes.len() != out.len() {
@@ -834,7 +865,7 @@ impl Run<'_> {
                 0
             }
             Op::Quantize { q, x, y } => {
-                let t = self.tensor(*x)?.clone();
+                let t = self.held(*x)?;
                 let a = t.as_f32().ok_or_else(|| err("quantize reads f32"))?;
                 let (lo, hi) = if q.signed { (-128, 127) } else { (0, 255) };
                 let ([], out) = self.io([], *y)?;
@@ -857,7 +888,7 @@ impl Run<'_> {
                 0
             }
             Op::Eval { kind, attrs, args, arg_types, results, result_types } => {
-                let vals: Vec<Arc<Tensor>> =
+                let vals: Vec<std::borrow::Cow<'_, Tensor>> =
                     args.iter().zip(arg_types).map(|(&a, t)| self.arg_tensor(a, t)).collect::<Result<_, _>>()?;
                 let refs: Vec<&Tensor> = vals.iter().map(|v| v.as_ref()).collect();
                 let tys: Vec<&TensorType> = arg_types.iter().collect();
