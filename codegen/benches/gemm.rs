@@ -1,9 +1,11 @@
 //! `cargo bench -p qc-codegen`: the GEMM kernel's throughput on each path, next to an f32
 //! ndarray GEMM of the same shape measured in the same run. Prints medians and GOPS
-//! (2·M·N·K per second). Then the VNNI kernel on block-sparse weights (blocks of 16 columns × 4 k
+//! (2·M·N·K per second). Then a 3×3 convolution of 64 channels through `CompiledModel` (patch
+//! gather from NHWC + GEMM), timed as its own step, next to the f32 GEMM of its shape. Then the VNNI kernel on block-sparse weights (blocks of 16 columns × 4 k
 //! zeroed, as `sparsify --block` makes them) at 50, 80 and 90 %, against the dense kernel of the
 //! same run.
 
+use qc_codegen::CompiledModel;
 use qc_codegen::gemm::{GemmKernel, GemmSpec, Path};
 use qc_ir::requant::Requant;
 use std::time::Instant;
@@ -26,8 +28,48 @@ fn time(runs: usize, mut f: impl FnMut()) -> f64 {
     )
 }
 
+/// A 3×3, pad 1 convolution of `c` → `c` channels over `hw × hw` images, `batch` at a time.
+fn conv(runs: usize, c: usize, hw: usize, batch: usize) {
+    let weights: Vec<String> = (0..c * c * 9).map(|i| ((i * 37 % 255) as i32 - 127).to_string()).collect();
+    let q = "!q<u8, 0.02, 3>";
+    let text = format!(
+        "func @conv(%x: tensor<?x{c}x{hw}x{hw}x{q}>) -> tensor<?x{c}x{hw}x{hw}x{q}> {{
+  %w = const dense<[{w}]> : tensor<{c}x{c}x3x3x!q<i8, 0.01, 0>>
+  %y = conv2d(%x, %w) {{pads = [1, 1, 1, 1]}} : tensor<?x{c}x{hw}x{hw}x{q}>
+  return %y
+}}",
+        w = weights.join(", ")
+    );
+    let g = qc_ir::text::parse(&text).expect("parses");
+    let t0 = Instant::now();
+    let model = CompiledModel::compile(&g).expect("compiles");
+    let compile = t0.elapsed().as_secs_f64();
+    let x = qc_ir::Tensor::U8(ndarray::ArrayD::from_shape_fn(ndarray::IxDyn(&[batch, c, hw, hw]), |i| {
+        (i[1] * 7 + i[2] * 3 + i[3]) as u8
+    }));
+    let profile = model.profile(std::slice::from_ref(&x), runs).expect("runs");
+    let step = profile.iter().find(|p| p.label.contains("conv2d")).expect("a conv step");
+    let (m, k) = (batch * hw * hw, 9 * c);
+    let af = ndarray::Array2::<f32>::from_shape_fn((m, k), |(i, j)| ((i + j) % 7) as f32);
+    let bf = ndarray::Array2::<f32>::from_shape_fn((k, c), |(i, j)| ((i * j) % 5) as f32);
+    let f32_t = time(runs, || {
+        std::hint::black_box(af.dot(&bf));
+    });
+    let ops = 2.0 * (m * k * c) as f64;
+    println!(
+        "conv 3x3 {c}->{c} {hw}x{hw} batch {batch}: int8 {:.3} ms, {:.1} GOPS (f32 GEMM of its shape {:.1} GFLOPS, {:.2}x), compile {:.2} ms",
+        step.seconds * 1e3,
+        ops / step.seconds / 1e9,
+        ops / f32_t / 1e9,
+        f32_t / step.seconds,
+        compile * 1e3
+    );
+}
+
 fn main() {
     let runs = if std::env::var("QC_SLOW").is_ok() { 101 } else { 21 };
+    conv(runs, 64, 16, 4);
+    conv(runs, 128, 8, 8);
     for (m, n, k) in [(256usize, 256usize, 256usize), (64, 1024, 576), (1, 128, 64)] {
         let ops = 2.0 * (m * n * k) as f64;
         let spec = GemmSpec {
