@@ -1,0 +1,143 @@
+//! qc's JIT and ONNX Runtime side by side in one process, one thread each, on the corpus digits
+//! models at batch 1 and 64: both take f32 input and return f32 output (qc's input quantize and
+//! output dequantize included), runs interleaved (qc, ORT fp32, ORT int8, qc, ...) so that the
+//! machine's noise falls on all of them alike. ONNX Runtime is the pip wheel's library, loaded at
+//! run time:
+//!
+//! ```sh
+//! cd bench/ort && cargo run --release -- [RUNS]
+//! ```
+//!
+//! (`ORT_DYLIB_PATH` overrides where `libonnxruntime.so` is looked for.) qc's model is the fp32
+//! ONNX file through the `int8` pipeline with the corpus calibration samples; ONNX Runtime runs
+//! the fp32 file and every int8 variant in the corpus, and the fastest is its "best".
+
+use ort::session::Session;
+use ort::session::builder::GraphOptimizationLevel;
+use ort::value::TensorRef;
+use qc_codegen::CompiledModel;
+use qc_ir::Tensor;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Instant;
+
+type Error = Box<dyn std::error::Error>;
+
+fn corpus() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../../shared/corpus")
+}
+
+/// The wheel's `libonnxruntime.so`, found through Python unless `ORT_DYLIB_PATH` says.
+fn ort_library() -> Result<PathBuf, Error> {
+    if let Ok(p) = std::env::var("ORT_DYLIB_PATH") {
+        return Ok(p.into());
+    }
+    let out = std::process::Command::new("python3")
+        .args(["-c", "import onnxruntime, os; print(os.path.dirname(onnxruntime.__file__))"])
+        .output()?;
+    let dir = PathBuf::from(String::from_utf8(out.stdout)?.trim()).join("capi");
+    let lib = std::fs::read_dir(&dir)?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .find(|p| p.file_name().is_some_and(|n| n.to_string_lossy().starts_with("libonnxruntime.so")))
+        .ok_or("no libonnxruntime.so in the onnxruntime wheel (pip install onnxruntime)")?;
+    Ok(lib)
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
+}
+
+/// qc's int8 model of a corpus fp32 model.
+fn qc_model(name: &str) -> Result<CompiledModel, Error> {
+    let mut g = qc::onnx::import_file(&corpus().join(format!("models/{name}_fp32.onnx")), &Default::default())?;
+    let calib = Arc::new(qc::io::read_tensor(&corpus().join("data/digits_calib_x.npy"))?);
+    let opts = qc_passes::PipelineOptions {
+        pass_options: qc_passes::PassOptions { calibration: Some(calib), ..Default::default() },
+        ..Default::default()
+    };
+    qc_passes::run_pipeline(&mut g, &qc_passes::pipeline("int8")?, &opts, &mut std::io::sink())?;
+    Ok(CompiledModel::compile(&g)?)
+}
+
+fn session(env: &ort::environment::Environment, path: &Path) -> Result<Session, Error> {
+    Ok(Session::builder(env)?
+        .with_optimization_level(GraphOptimizationLevel::Level3)?
+        .with_intra_threads(1)?
+        .with_inter_threads(1)?
+        .with_parallel_execution(false)?
+        .commit_from_file(path)?)
+}
+
+/// One ORT run: f32 in, f32 out (copied out, as qc's output is).
+fn ort_run(s: &mut Session, shape: &[usize], x: &[f32]) -> Result<Vec<f32>, Error> {
+    let input = TensorRef::from_array_view((shape.to_vec(), x))?;
+    let outputs = s.run(ort::inputs![input])?;
+    let (_, y) = outputs[0].try_extract_tensor::<f32>()?;
+    Ok(y.to_vec())
+}
+
+fn main() -> Result<(), Error> {
+    let runs: usize = std::env::args().nth(1).and_then(|s| s.parse().ok()).unwrap_or(300);
+    let env = ort::init_from(ort_library()?)?.build()?;
+    let x_all = qc::io::read_tensor(&corpus().join("data/digits_test_x.npy"))?;
+    let x_all = x_all.as_f32().ok_or("test data is not f32")?.clone();
+    println!(
+        "{:<14} {:>5} {:>11} {:>12} {:>12}  {:<38} {:>13}",
+        "model", "batch", "qc int8 ms", "ORT fp32 ms", "ORT int8 ms", "(ORT's fastest int8 variant)", "qc / best ORT"
+    );
+    for name in ["digits_mlp", "digits_cnn", "digits_resdw"] {
+        let qc = qc_model(name)?;
+        let mut fp32 = session(&env, &corpus().join(format!("models/{name}_fp32.onnx")))?;
+        let mut variants: Vec<(String, Session)> = std::fs::read_dir(corpus().join("models"))?
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|p| p.file_name().is_some_and(|n| n.to_string_lossy().starts_with(&format!("{name}_qdq_"))))
+            .map(|p| Ok((p.file_stem().unwrap_or_default().to_string_lossy().into_owned(), session(&env, &p)?)))
+            .collect::<Result<_, Error>>()?;
+        variants.sort_by(|a, b| a.0.cmp(&b.0));
+        for batch in [1usize, 64] {
+            let x = x_all.slice_axis(ndarray::Axis(0), ndarray::Slice::from(0..batch)).to_owned();
+            let shape = x.shape().to_vec();
+            let data: Vec<f32> = x.iter().copied().collect();
+            let input = Tensor::F32(x);
+            // Warm up everything, then interleave.
+            for _ in 0..10 {
+                qc.run(std::slice::from_ref(&input))?;
+                ort_run(&mut fp32, &shape, &data)?;
+                for (_, s) in &mut variants {
+                    ort_run(s, &shape, &data)?;
+                }
+            }
+            let (mut t_qc, mut t_fp32) = (Vec::new(), Vec::new());
+            let mut t_int8: Vec<Vec<f64>> = vec![Vec::new(); variants.len()];
+            for _ in 0..runs {
+                let t = Instant::now();
+                std::hint::black_box(qc.run(std::slice::from_ref(&input))?);
+                t_qc.push(t.elapsed().as_secs_f64());
+                let t = Instant::now();
+                std::hint::black_box(ort_run(&mut fp32, &shape, &data)?);
+                t_fp32.push(t.elapsed().as_secs_f64());
+                for ((_, s), times) in variants.iter_mut().zip(&mut t_int8) {
+                    let t = Instant::now();
+                    std::hint::black_box(ort_run(s, &shape, &data)?);
+                    times.push(t.elapsed().as_secs_f64());
+                }
+            }
+            let (q, f) = (median(t_qc), median(t_fp32));
+            let (best, i8_t) = variants
+                .iter()
+                .zip(t_int8)
+                .map(|((n, _), t)| (n.clone(), median(t)))
+                .min_by(|a, b| a.1.total_cmp(&b.1))
+                .ok_or("no int8 variant in the corpus")?;
+            println!(
+                "{name:<14} {batch:>5} {:>11.4} {:>12.4} {:>12.4}  {best:<38} {:>12.2}x",
+                q * 1e3,
+                f * 1e3,
+                i8_t * 1e3,
+                q / f.min(i8_t)
+            );
+        }
+    }
+    Ok(())
+}
