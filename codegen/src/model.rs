@@ -37,11 +37,37 @@ use std::sync::Arc;
 
 /// Why a model could not be compiled or run.
 #[derive(Clone, Debug, PartialEq)]
-pub struct CodegenError(pub String);
+pub enum CodegenError {
+    /// The model cannot be compiled (a weight missing, a layer the kernels refuse, ...).
+    Compile(String),
+    /// A run got `got` inputs; the model takes `expected`.
+    InputCount {
+        /// What the model takes.
+        expected: usize,
+        /// What the run got.
+        got: usize,
+    },
+    /// Input `name` does not have the model's type for it (element type, rank, a fixed dim) or
+    /// holds NaN or an infinity.
+    Input {
+        /// The input, as the model names it.
+        name: String,
+        /// What is wrong, with the expected type.
+        message: String,
+    },
+    /// A value would not fit the memory qc allows at this batch (checked before allocating).
+    TooLarge(String),
+    /// A step failed during the run (an op the evaluator refuses for these values).
+    Run(String),
+}
 
 impl fmt::Display for CodegenError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0)
+        match self {
+            CodegenError::Compile(m) | CodegenError::TooLarge(m) | CodegenError::Run(m) => f.write_str(m),
+            CodegenError::InputCount { expected, got } => write!(f, "the model takes {expected} inputs, got {got}"),
+            CodegenError::Input { message, .. } => f.write_str(message),
+        }
     }
 }
 
@@ -242,7 +268,11 @@ pub struct CompiledModel {
 }
 
 fn err(msg: impl Into<String>) -> CodegenError {
-    CodegenError(msg.into())
+    CodegenError::Compile(msg.into())
+}
+
+fn run_err(msg: impl Into<String>) -> CodegenError {
+    CodegenError::Run(msg.into())
 }
 
 /// The dims after the leading (batch) dim, when the leading dim is the batch (`batch_fixed`:
@@ -391,10 +421,10 @@ impl CompiledModel {
     /// Checks the inputs, finds the batch, and calls `f` with this thread's arena sized for it.
     fn with_run<T>(&self, inputs: &[Tensor], f: impl FnOnce(&mut Run) -> Result<T, CodegenError>) -> Result<T, CodegenError> {
         if inputs.len() != self.inputs.len() {
-            return Err(err(format!("@{} takes {} inputs, got {}", self.name, self.inputs.len(), inputs.len())));
+            return Err(CodegenError::InputCount { expected: self.inputs.len(), got: inputs.len() });
         }
         for ((ty, name), t) in self.inputs.iter().zip(inputs) {
-            check_input(name, ty, t).map_err(err)?;
+            check_input(name, ty, t).map_err(|message| CodegenError::Input { name: name.clone(), message })?;
         }
         // Nothing bigger than qc allows one tensor, at this batch, before anything is allocated.
         let dynamic = self
@@ -406,7 +436,7 @@ impl CompiledModel {
         for (name, fixed, dynamic_dims) in &self.largest {
             let bytes = (0..*dynamic_dims).try_fold(*fixed, |a, _| a.checked_mul(dynamic));
             if bytes.is_none_or(|b| b > qc_ir::eval::MAX_TENSOR_BYTES) {
-                return Err(err(format!(
+                return Err(CodegenError::TooLarge(format!(
                     "{name} would take more than the {} bytes qc allows one tensor at batch {dynamic}",
                     qc_ir::eval::MAX_TENSOR_BYTES
                 )));
@@ -417,12 +447,10 @@ impl CompiledModel {
             (None, Some(t)) => t.shape().first().copied().unwrap_or(1),
             (None, None) => 1,
         };
-        let arena_bytes = self
-            .plan
-            .size
-            .checked_mul(batch)
-            .filter(|&b| b as u64 <= qc_ir::eval::MAX_TENSOR_BYTES * 4)
-            .ok_or_else(|| err(format!("the activations of @{} do not fit memory at batch {batch}", self.name)))?;
+        let arena_bytes =
+            self.plan.size.checked_mul(batch).filter(|&b| b as u64 <= qc_ir::eval::MAX_TENSOR_BYTES * 4).ok_or_else(|| {
+                CodegenError::TooLarge(format!("the activations of @{} do not fit memory at batch {batch}", self.name))
+            })?;
         ARENA.with(|arena| {
             let mut arena = arena.borrow_mut();
             if arena.len() < arena_bytes {
@@ -760,7 +788,7 @@ impl<'a> Run<'a> {
         let o = self.range(out);
         let ranges = ins.map(|a| self.range(a));
         if o.end > self.arena.len() || ranges.iter().any(|r| r.end > self.arena.len()) {
-            return Err(err("an activation lies outside the arena"));
+            return Err(run_err("an activation lies outside the arena"));
         }
         let (left, rest) = self.arena.split_at_mut(o.start);
         let (mid, right) = rest.split_at_mut(o.len());
@@ -772,7 +800,7 @@ impl<'a> Run<'a> {
             } else if r.start >= o.end {
                 &right[r.start - o.end..r.end - o.end]
             } else {
-                return Err(err("an input of a step overlaps its output in the arena"));
+                return Err(run_err("an input of a step overlaps its output in the arena"));
             };
         }
         Ok((views, mid))
@@ -784,14 +812,14 @@ impl<'a> Run<'a> {
         if let Some(t) = self.inputs.get(slot) {
             return Ok(Held::Input(t));
         }
-        self.tensors[slot].clone().map(Held::Shared).ok_or_else(|| err("a value was read before it was computed"))
+        self.tensors[slot].clone().map(Held::Shared).ok_or_else(|| run_err("a value was read before it was computed"))
     }
 
     fn tensor(&self, slot: usize) -> Result<&Tensor, CodegenError> {
         if let Some(t) = self.inputs.get(slot) {
             return Ok(t);
         }
-        self.tensors[slot].as_deref().ok_or_else(|| err("a value was read before it was computed"))
+        self.tensors[slot].as_deref().ok_or_else(|| run_err("a value was read before it was computed"))
     }
 
     /// An argument as a tensor of type `ty` (activations are NCHW here).
@@ -820,22 +848,22 @@ impl<'a> Run<'a> {
         Ok(match op {
             Op::Gemm { kernel, a, y } => {
                 let ([x], out) = self.io([*a], *y)?;
-                kernel.run(x, batch, out).map_err(err)?;
+                kernel.run(x, batch, out).map_err(run_err)?;
                 2 * (batch * kernel.columns() * kernel.depth()) as u64
             }
             Op::Window { kernel, x, y } => {
                 let ([x], out) = self.io([*x], *y)?;
-                kernel.run(x, batch, out).map_err(err)?;
+                kernel.run(x, batch, out).map_err(run_err)?;
                 kernel.ops(batch)
             }
             Op::Mean { kernel, x, y } => {
                 let ([x], out) = self.io([*x], *y)?;
-                kernel.run(x, batch, out).map_err(err)?;
+                kernel.run(x, batch, out).map_err(run_err)?;
                 0
             }
             Op::Add { kernel, a, b, y } => {
                 let ([a, b], out) = self.io([*a, *b], *y)?;
-                kernel.run(a, b, out).map_err(err)?;
+                kernel.run(a, b, out).map_err(run_err)?;
                 0
             }
             Op::Convert { x, y } => {
@@ -856,21 +884,21 @@ impl<'a> Run<'a> {
             }
             Op::Import { x, y } => {
                 let t = self.held(*x)?;
-                let bytes = tensor_bytes(&t).ok_or_else(|| err("a kernel input is not 8-bit"))?;
+                let bytes = tensor_bytes(&t).ok_or_else(|| run_err("a kernel input is not 8-bit"))?;
                 let ([], out) = self.io([], *y)?;
                 if bytes.len() != out.len() {
-                    return Err(err(format!("a kernel input has {} bytes, not {}", bytes.len(), out.len())));
+                    return Err(run_err(format!("a kernel input has {} bytes, not {}", bytes.len(), out.len())));
                 }
                 out.copy_from_slice(&bytes);
                 0
             }
             Op::Quantize { q, x, y } => {
                 let t = self.held(*x)?;
-                let a = t.as_f32().ok_or_else(|| err("quantize reads f32"))?;
+                let a = t.as_f32().ok_or_else(|| run_err("quantize reads f32"))?;
                 let (lo, hi) = if q.signed { (-128, 127) } else { (0, 255) };
                 let ([], out) = self.io([], *y)?;
                 if a.len() != out.len() {
-                    return Err(err(format!("quantize reads {} values into {} bytes", a.len(), out.len())));
+                    return Err(run_err(format!("quantize reads {} values into {} bytes", a.len(), out.len())));
                 }
                 match a.as_slice() {
                     Some(a) => crate::lanes::quantize(a, q.scale, q.zp, lo, hi, out),
@@ -882,7 +910,7 @@ impl<'a> Run<'a> {
                 let v: Vec<f32> =
                     self.arena[self.range(*x)].iter().map(|&b| dequantize_value(q.value(b), q.scale, q.zp)).collect();
                 let t = Tensor::F32(
-                    ndarray::ArrayD::from_shape_vec(ndarray::IxDyn(&self.shape(*x)), v).map_err(|e| err(e.to_string()))?,
+                    ndarray::ArrayD::from_shape_vec(ndarray::IxDyn(&self.shape(*x)), v).map_err(|e| run_err(e.to_string()))?,
                 );
                 self.tensors[*y] = Some(Arc::new(t));
                 0
@@ -893,7 +921,7 @@ impl<'a> Run<'a> {
                 let refs: Vec<&Tensor> = vals.iter().map(|v| v.as_ref()).collect();
                 let tys: Vec<&TensorType> = arg_types.iter().collect();
                 let outs: Vec<&TensorType> = result_types.iter().collect();
-                let ts = eval_op_multi(*kind, attrs, &refs, &tys, &outs).map_err(|e| err(format!("{kind}: {e}")))?;
+                let ts = eval_op_multi(*kind, attrs, &refs, &tys, &outs).map_err(|e| run_err(format!("{kind}: {e}")))?;
                 for (&s, t) in results.iter().zip(ts) {
                     self.tensors[s] = Some(Arc::new(t));
                 }

@@ -103,8 +103,8 @@ fn check(case: &Case) -> Result<(), TestCaseError> {
     } else {
         ScalarType::U8
     });
-    let model = CompiledModel::compile(&g).map_err(|e| TestCaseError::fail(e.0))?;
-    let got = model.run(std::slice::from_ref(&x)).map_err(|e| TestCaseError::fail(e.0))?;
+    let model = CompiledModel::compile(&g).map_err(|e| TestCaseError::fail(e.to_string()))?;
+    let got = model.run(std::slice::from_ref(&x)).map_err(|e| TestCaseError::fail(e.to_string()))?;
     let want = evaluate(&g, std::slice::from_ref(&x)).map_err(|e| TestCaseError::fail(format!("{e:?}")))?;
     prop_assert_eq!(got, want, "{}", case.qir());
     Ok(())

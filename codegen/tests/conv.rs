@@ -97,11 +97,11 @@ fn check(case: &Case) -> Result<(), TestCaseError> {
     let g = qc_ir::text::parse(&case.qir()).map_err(|d| TestCaseError::fail(format!("{d:?}\n{}", case.qir())))?;
     let x = Tensor::I32(ArrayD::from_shape_vec(IxDyn(&[2, case.c, case.win.hw[0], case.win.hw[1]]), case.x.clone()).unwrap())
         .cast(ScalarType::U8);
-    let model = CompiledModel::compile(&g).map_err(|e| TestCaseError::fail(e.0))?;
+    let model = CompiledModel::compile(&g).map_err(|e| TestCaseError::fail(e.to_string()))?;
     // A depthwise conv with one channel is an ordinary one: it goes to the GEMM kernel.
     let jit = !case.depthwise || case.c == 1;
     prop_assert_eq!(model.kernel_count(), usize::from(jit), "not the expected conv path");
-    let got = model.run(std::slice::from_ref(&x)).map_err(|e| TestCaseError::fail(e.0))?;
+    let got = model.run(std::slice::from_ref(&x)).map_err(|e| TestCaseError::fail(e.to_string()))?;
     let want = evaluate(&g, std::slice::from_ref(&x)).map_err(|e| TestCaseError::fail(format!("{e:?}")))?;
     prop_assert_eq!(got, want);
     Ok(())
@@ -141,7 +141,7 @@ fn layers_whose_accumulators_may_overflow_run_on_the_evaluator() {
         assert!(model.fallback_ops().iter().any(|op| op.contains("conv2d")), "{:?}", model.fallback_ops());
         for v in [0, 255] {
             let x = Tensor::I32(ArrayD::from_elem(IxDyn(&[2, 2, 3, 3]), v)).cast(ScalarType::U8);
-            let got = model.run(std::slice::from_ref(&x)).map_err(|e| e.0);
+            let got = model.run(std::slice::from_ref(&x)).map_err(|e| e.to_string());
             let want = evaluate(&g, std::slice::from_ref(&x)).map_err(|e| e.to_string());
             assert_eq!(got.is_ok(), want.is_ok(), "{got:?} {want:?}");
             if let (Ok(a), Ok(b)) = (got, want) {

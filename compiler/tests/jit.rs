@@ -5,7 +5,7 @@
 
 use qc::io::read_tensor;
 use qc::onnx::{ImportOptions, import_file};
-use qc_codegen::CompiledModel;
+use qc_codegen::{CodegenError, CompiledModel};
 use qc_ir::eval::evaluate;
 use qc_ir::{Graph, Tensor};
 use std::path::{Path, PathBuf};
@@ -120,11 +120,18 @@ fn wrong_inputs_are_errors() {
     let g = compiled("digits_mlp_fp32", "int8");
     let model = CompiledModel::compile(&g).unwrap();
     let bad = Tensor::F32(ndarray::ArrayD::zeros(ndarray::IxDyn(&[2, 1, 8, 7])));
-    assert!(model.run(&[bad]).unwrap_err().0.contains("must be tensor<?x1x8x8xf32>"));
+    let input_error = |e: CodegenError| match e {
+        CodegenError::Input { name, message } => {
+            assert_eq!(name, "%input");
+            message
+        }
+        other => panic!("not an input error: {other:?}"),
+    };
+    assert!(input_error(model.run(&[bad]).unwrap_err()).contains("must be tensor<?x1x8x8xf32>"));
     let ints = Tensor::I64(ndarray::ArrayD::zeros(ndarray::IxDyn(&[2, 1, 8, 8])));
-    assert!(model.run(&[ints]).is_err());
-    assert!(model.run(&[]).unwrap_err().0.contains("takes 1 inputs, got 0"));
+    assert!(input_error(model.run(&[ints]).unwrap_err()).contains("must be tensor<?x1x8x8xf32>"));
+    assert_eq!(model.run(&[]).unwrap_err(), CodegenError::InputCount { expected: 1, got: 0 });
     let mut nan = ndarray::ArrayD::<f32>::zeros(ndarray::IxDyn(&[1, 1, 8, 8]));
     nan[[0, 0, 3, 3]] = f32::NAN;
-    assert!(model.run(&[Tensor::F32(nan)]).unwrap_err().0.contains("holds NaN"));
+    assert!(input_error(model.run(&[Tensor::F32(nan)]).unwrap_err()).contains("holds NaN"));
 }
