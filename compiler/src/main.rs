@@ -835,9 +835,10 @@ fn bench(path: &Path, input: Option<&Path>, batch: usize, runs: usize, weights: 
         }
         None => {
             let n: usize = dims.iter().product();
+            let data = (0..n).map(|i| ((i * 7) % 11) as f32 / 11.0).collect();
             Tensor::F32(
-                ndarray::ArrayD::from_shape_vec(ndarray::IxDyn(&dims), (0..n).map(|i| ((i * 7) % 11) as f32 / 11.0).collect())
-                    .expect("sized"),
+                ndarray::ArrayD::from_shape_vec(ndarray::IxDyn(&dims), data)
+                    .map_err(|e| QcError::Input(format!("error: an input of shape {dims:?} cannot be made: {e}")))?,
             )
         }
     };

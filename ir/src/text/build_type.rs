@@ -40,11 +40,19 @@ pub fn make_type(dims: &str, elem: ElemSyntax, span: Span) -> Result<TensorType,
             continue;
         }
         let n: u64 = d.parse().map_err(|_| err(format!("dimension `{d}` is too large"), span.clone()))?;
-        count = count.saturating_mul(n);
+        // Zero dims are left out: even an empty array needs its other dims to multiply to a size.
+        if n != 0 {
+            count = count.saturating_mul(n);
+        }
         out.push(Dim::Fixed(n));
     }
     if count > MAX_ELEMENTS {
-        return Err(err(format!("tensor type has {count} elements or more, above the limit of 2^40"), span));
+        let message = if out.contains(&Dim::Fixed(0)) {
+            format!("the dims of an empty tensor type other than 0 multiply to {count} or more, above the limit of 2^40")
+        } else {
+            format!("tensor type has {count} elements or more, above the limit of 2^40")
+        };
+        return Err(err(message, span));
     }
     let elem = match elem {
         ElemSyntax::Scalar(name, s) => ElemType::Scalar(ScalarType::from_name(&name).ok_or_else(|| {
