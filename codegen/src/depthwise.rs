@@ -1,11 +1,15 @@
-//! Integer depthwise conv2d (`groups = C_in = C_out`) on NHWC bytes, in Rust: each image is
-//! widened once to `x − zp_x` as i32, then every output pixel accumulates `w[tap][c] · x[p][c]`
-//! over its in-bounds taps, a loop over contiguous channels that the compiler vectorizes. Taps in
-//! the padding read `x = zp_x`, which adds 0, so they are skipped.
+//! Integer depthwise conv2d (`groups = C_in = C_out`) on NHWC bytes. Layers that requantize in
+//! f32 run a Cranelift kernel specialized to the layer ([`crate::depthwise_simd`], x64); the
+//! others (`--requant q31`), and every layer under `QC_ISA=scalar`, run the Rust loop here: each
+//! image is widened once to `x − zp_x` as i32, then every output pixel accumulates
+//! `w[tap][c] · x[p][c]` over its in-bounds taps, a loop over contiguous channels that the
+//! compiler vectorizes. Taps in the padding read `x = zp_x`, which adds 0, so they are skipped.
 //!
 //! Bounds: window entries are `< h·w` or the padding marker (see [`Window`]); the input length is
-//! checked against `batch · h·w·c` before the loop; everything is safe Rust.
+//! checked against `batch · h·w·c` before the loop; the Rust loop is safe Rust, the kernel's
+//! bounds are in its module.
 
+use crate::depthwise_simd::{DepthwiseKernel, DepthwiseSpec};
 use crate::model::WindowKernel;
 use crate::window::Window;
 use qc_ir::requant::{Requant, RequantMode, acc_scale, output_range};
@@ -25,6 +29,13 @@ pub struct Depthwise {
     lo: i32,
     hi: i32,
     out_hw: [usize; 2],
+    /// The compiled kernel, where the layer has one.
+    kernel: Option<DepthwiseKernel>,
+}
+
+thread_local! {
+    /// A thread's copy of one image and its zero-point pixel, for the compiled kernel.
+    static PADDED: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
 }
 
 impl Depthwise {
@@ -83,7 +94,26 @@ impl Depthwise {
             Some(m) => Multipliers::F32(m),
             None => Multipliers::Each(requant),
         };
+        let kernel = match &requant {
+            Multipliers::F32(mult) if cfg!(target_arch = "x86_64") && std::env::var("QC_ISA").as_deref() != Ok("scalar") => {
+                let spec = DepthwiseSpec {
+                    c,
+                    window: &window,
+                    weights: &weights,
+                    bias: &bias,
+                    mult,
+                    zp_x,
+                    x_signed: xq.storage == ScalarType::I8,
+                    zp_y,
+                    lo,
+                    hi,
+                };
+                DepthwiseKernel::compile(&spec).ok()
+            }
+            _ => None,
+        };
         Some(Depthwise {
+            kernel,
             c,
             window,
             weights,
@@ -203,6 +233,15 @@ impl WindowKernel for Depthwise {
         if y.len() != batch * w.positions * c {
             return Err(format!("a depthwise convolution output has {} bytes, not {batch}·{}", y.len(), w.positions * c));
         }
+        if let Some(kernel) = &self.kernel {
+            return PADDED.with_borrow_mut(|scratch| {
+                scratch.resize(kernel.scratch_len(), 0);
+                for (img, dst) in x.chunks_exact(image).zip(y.chunks_exact_mut(w.positions * c)) {
+                    kernel.run_image(img, scratch, dst)?;
+                }
+                Ok(())
+            });
+        }
         let mut xz = vec![0i32; image];
         let mut acc = vec![0i32; c];
         for (img, dst) in x.chunks_exact(image).zip(y.chunks_exact_mut(w.positions * c)) {
@@ -218,7 +257,7 @@ impl WindowKernel for Depthwise {
     }
 
     fn jit(&self) -> bool {
-        false
+        self.kernel.is_some()
     }
 }
 

@@ -56,12 +56,75 @@ fn dot_vnni(b: &mut FunctionBuilder, acc: Value, w: Value, a: Value) -> Value {
 
 /// `pmaddwd`: eight i16 products summed in adjacent pairs into four i32 lanes, written as the
 /// tree the x64 backend lowers to that one instruction.
-fn pmaddwd(b: &mut FunctionBuilder, x: Value, y: Value) -> Value {
+pub(crate) fn pmaddwd(b: &mut FunctionBuilder, x: Value, y: Value) -> Value {
     let (xl, yl) = (b.ins().swiden_low(x), b.ins().swiden_low(y));
     let lo = b.ins().imul(xl, yl);
     let (xh, yh) = (b.ins().swiden_high(x), b.ins().swiden_high(y));
     let hi = b.ins().imul(xh, yh);
     b.ins().iadd_pairwise(lo, hi)
+}
+
+/// The requantization of i32x4 accumulators with f32x4 multipliers: `rne(acc · m)` clamped to
+/// `[lo − zp, hi − zp]` in f32 (exact: those are small integers; no NaN arises, the multipliers
+/// being finite), converted (in range, so no saturation is needed), plus the zero point. Its
+/// constants are made once, where it is created.
+pub(crate) struct Epilogue {
+    lo: Value,
+    hi: Value,
+    zp: Value,
+}
+
+impl Epilogue {
+    pub(crate) fn new(b: &mut FunctionBuilder, zp_y: i32, lo: i32, hi: i32) -> Epilogue {
+        let splat_f = |b: &mut FunctionBuilder, v: f32| {
+            let c = b.ins().f32const(v);
+            b.ins().splat(types::F32X4, c)
+        };
+        let (lo, hi) = (splat_f(b, (lo - zp_y) as f32), splat_f(b, (hi - zp_y) as f32));
+        let c = b.ins().iconst(types::I32, zp_y as i64);
+        let zp = b.ins().splat(types::I32X4, c);
+        Epilogue { lo, hi, zp }
+    }
+
+    /// The requantized i32x4 of `acc` (i32x4) with multipliers `m` (f32x4).
+    pub(crate) fn apply(&self, b: &mut FunctionBuilder, acc: Value, m: Value) -> Value {
+        let little = MemFlagsData::new().with_endianness(Endianness::Little);
+        let f = b.ins().fcvt_from_sint(types::F32X4, acc);
+        let f = b.ins().fmul(f, m);
+        let f = b.ins().nearest(f);
+        // maxps(f, lo) and minps(f, hi), in the forms the backend matches.
+        let above = b.ins().fcmp(FloatCC::LessThan, self.lo, f);
+        let above = b.ins().bitcast(types::F32X4, little, above);
+        let f = b.ins().bitselect(above, f, self.lo);
+        let below = b.ins().fcmp(FloatCC::LessThan, f, self.hi);
+        let below = b.ins().bitcast(types::F32X4, little, below);
+        let f = b.ins().bitselect(below, f, self.hi);
+        let q = b.ins().x86_cvtt2dq(types::I32X4, f);
+        b.ins().iadd(q, self.zp)
+    }
+}
+
+/// Narrows requantized i32x4 values `q` (in the output's range) to bytes and stores the first
+/// `lanes` (at most 8) at `addr`: whole words where it can, else byte by byte.
+pub(crate) fn store_bytes(b: &mut FunctionBuilder, q: [Value; 2], unsigned_out: bool, addr: Value, lanes: usize) {
+    let little = MemFlagsData::new().with_endianness(Endianness::Little);
+    let raw = MemFlagsData::new().with_notrap();
+    let h16 = b.ins().snarrow(q[0], q[1]);
+    let bytes = if unsigned_out { b.ins().unarrow(h16, h16) } else { b.ins().snarrow(h16, h16) };
+    match lanes {
+        4 | 8 => {
+            let ty = if lanes == 4 { types::I32X4 } else { types::I64X2 };
+            let words = b.ins().bitcast(ty, little, bytes);
+            let word = b.ins().extractlane(words, 0);
+            b.ins().store(raw, word, addr, 0);
+        }
+        _ => {
+            for t in 0..lanes {
+                let byte = b.ins().extractlane(bytes, t as u8);
+                b.ins().store(raw, byte, addr, t as i32);
+            }
+        }
+    }
 }
 
 /// The bytes of one 16-byte panel load of `path`: what `w` holds for 4 columns × 4 k.
@@ -297,52 +360,20 @@ pub(crate) fn compile(spec: &GemmSpec, path: Path) -> Result<GemmKernel, String>
                         accumulate(b, &w_addrs, &avs, 0);
                     });
                 }
-                // Requantize: `rne(acc · m)` clamped to `[lo − zp, hi − zp]` in f32 (exact: those are
-                // small integers; no NaN arises, the multipliers being finite), converted (in range,
-                // so no saturation is needed), plus the zero point. Constants once per block.
-                let splat_f = |b: &mut FunctionBuilder, v: f32| {
-                    let c = b.ins().f32const(v);
-                    b.ins().splat(types::F32X4, c)
-                };
-                let (lo_f, hi_f) = (splat_f(b, (lo - zp_y) as f32), splat_f(b, (hi - zp_y) as f32));
-                let z = {
-                    let c = b.ins().iconst(types::I32, zp_y as i64);
-                    b.ins().splat(types::I32X4, c)
-                };
+                // Requantize ([`Epilogue`]), constants once per block.
+                let clamp = Epilogue::new(b, zp_y, lo, hi);
                 for (r, row) in accs.iter().enumerate() {
                     for (v, &var) in row.iter().enumerate() {
                         let acc = b.use_var(var);
                         let off = b.ins().imul_imm_s(first, 16);
                         let m_addr = b.ins().iadd_imm_s(off, mt + 16 * v as i64);
                         let mv = b.ins().load(types::F32X4, raw, m_addr, 0);
-                        let f = b.ins().fcvt_from_sint(types::F32X4, acc);
-                        let f = b.ins().fmul(f, mv);
-                        let f = b.ins().nearest(f);
-                        // maxps(f, lo) and minps(f, hi), in the forms the backend matches.
-                        let above = b.ins().fcmp(FloatCC::LessThan, lo_f, f);
-                        let above = b.ins().bitcast(types::F32X4, little, above);
-                        let f = b.ins().bitselect(above, f, lo_f);
-                        let below = b.ins().fcmp(FloatCC::LessThan, f, hi_f);
-                        let below = b.ins().bitcast(types::F32X4, little, below);
-                        let f = b.ins().bitselect(below, f, hi_f);
-                        let q = b.ins().x86_cvtt2dq(types::I32X4, f);
-                        let q = b.ins().iadd(q, z);
-                        let h16 = b.ins().snarrow(q, q);
-                        let bytes = if unsigned_out { b.ins().unarrow(h16, h16) } else { b.ins().snarrow(h16, h16) };
+                        let q = clamp.apply(b, acc, mv);
                         let col = b.ins().imul_imm_s(first, 4);
                         let col = b.ins().iadd_imm_s(col, 4 * v as i64);
                         let o_addr = b.ins().iadd(o_rows[r], col);
                         let cols = if v + 1 == vecs { last_cols } else { 4 };
-                        if cols == 4 {
-                            let words = b.ins().bitcast(types::I32X4, little, bytes);
-                            let word = b.ins().extractlane(words, 0);
-                            b.ins().store(raw, word, o_addr, 0);
-                        } else {
-                            for t in 0..cols {
-                                let byte = b.ins().extractlane(bytes, t as u8);
-                                b.ins().store(raw, byte, o_addr, t as i32);
-                            }
-                        }
+                        store_bytes(b, [q, q], unsigned_out, o_addr, cols);
                     }
                 }
             };

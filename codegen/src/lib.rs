@@ -2,7 +2,8 @@
 //!
 //! The JIT wrapper ([`jit`]); the integer GEMM kernel ([`gemm`], scalar and 128-bit vector
 //! paths) specialized to one layer; convolutions as GEMMs over channels-last patches ([`conv`]);
-//! Rust kernels on bytes for depthwise convolution, pooling and residual adds; and
+//! depthwise convolution as a kernel of its own ([`depthwise`]); Rust kernels on bytes for
+//! pooling and residual adds; and
 //! [`CompiledModel`], which runs a graph on them and every other op on the evaluator's
 //! implementation. Everything is checked bit for bit against the reference evaluator.
 #![warn(missing_docs)]
@@ -10,6 +11,7 @@
 pub mod add;
 pub mod conv;
 pub mod depthwise;
+mod depthwise_simd;
 pub mod gemm;
 mod gemm_simd;
 pub mod jit;

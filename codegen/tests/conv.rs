@@ -1,7 +1,7 @@
 //! Integer conv2d through `CompiledModel` (channels-last patch gather + JIT GEMM, or the
 //! depthwise row kernel when `groups = C`) against the
 //! reference evaluator, bit for bit, over random shapes, strides, pads, dilations, zero points
-//! and scales — image borders included, where the `−zp·Σw` bias fold meets the padding.
+//! (weights' too), u8 and i8 inputs and scales — image borders included, where the `−zp·Σw` bias fold meets the padding.
 //! `QC_SLOW=1` runs 1000 cases.
 
 mod support;
@@ -23,6 +23,9 @@ struct Case {
     s_y: f32,
     relu: bool,
     depthwise: bool,
+    /// The input stored as i8 (else u8).
+    x_i8: bool,
+    zp_w: i32,
     x: Vec<i32>,
     w: Vec<i32>,
     bias: Vec<i32>,
@@ -39,13 +42,15 @@ impl Case {
         let (wc, groups) = if self.depthwise { (1, c) } else { (c, 1) };
         let act = if self.relu { "activation = \"relu\", " } else { "" };
         format!(
-            "func @conv(%x: tensor<?x{c}x{h}x{w}x!q<u8, 0.02, {zx}>>) -> tensor<?x{o}x{oh}x{ow}x!q<u8, {sy:?}, {zy}>> {{
-  %w = const dense<[{wv}]> : tensor<{o}x{wc}x{kh}x{kw}x!q<i8, 0.01, 0>>
+            "func @conv(%x: tensor<?x{c}x{h}x{w}x!q<{xs}, 0.02, {zx}>>) -> tensor<?x{o}x{oh}x{ow}x!q<u8, {sy:?}, {zy}>> {{
+  %w = const dense<[{wv}]> : tensor<{o}x{wc}x{kh}x{kw}x!q<i8, 0.01, {zw}>>
   %b = const dense<[{bv}]> : tensor<{o}x!q<i32, 0.0002, 0>>
   %y = conv2d(%x, %w, %b) {{{act}groups = {groups}, {attrs}}} : tensor<?x{o}x{oh}x{ow}x!q<u8, {sy:?}, {zy}>>
   return %y
 }}",
-            zx = self.zp_x,
+            xs = if self.x_i8 { "i8" } else { "u8" },
+            zx = self.zp_x - if self.x_i8 { 128 } else { 0 },
+            zw = self.zp_w,
             zy = self.zp_y,
             sy = self.s_y,
             wv = list(&self.w),
@@ -63,12 +68,14 @@ fn case() -> impl Strategy<Value = Case> {
         window(10, false),
         any::<bool>(),
         any::<bool>(),
+        any::<bool>(),
+        prop_oneof![3 => Just(0i32), 1 => -8i32..8],
     )
-        .prop_flat_map(|(c, o, win, relu, depthwise)| {
+        .prop_flat_map(|(c, o, win, relu, depthwise, x_i8, zp_w)| {
             let (o, wc) = if depthwise { (c, 1) } else { (o, c) };
             let (pixels, taps) = (win.hw[0] * win.hw[1], win.k[0] * win.k[1]);
             (
-                Just((c, o, win, relu, depthwise)),
+                Just((c, o, win, relu, depthwise, x_i8, zp_w)),
                 0i32..=255,
                 0i32..=255,
                 1e-3f32..0.5,
@@ -77,7 +84,7 @@ fn case() -> impl Strategy<Value = Case> {
                 prop::collection::vec(-5000i32..5000, o),
             )
         })
-        .prop_map(|((c, o, win, relu, depthwise), zp_x, zp_y, s_y, x, w, bias)| Case {
+        .prop_map(|((c, o, win, relu, depthwise, x_i8, zp_w), zp_x, zp_y, s_y, x, w, bias)| Case {
             c,
             o,
             win,
@@ -86,6 +93,8 @@ fn case() -> impl Strategy<Value = Case> {
             s_y,
             relu,
             depthwise,
+            x_i8,
+            zp_w,
             x,
             w,
             bias,
@@ -95,11 +104,15 @@ fn case() -> impl Strategy<Value = Case> {
 fn check(case: &Case) -> Result<(), TestCaseError> {
     prop_assume!(case.out().is_some());
     let g = qc_ir::text::parse(&case.qir()).map_err(|d| TestCaseError::fail(format!("{d:?}\n{}", case.qir())))?;
-    let x = Tensor::I32(ArrayD::from_shape_vec(IxDyn(&[2, case.c, case.win.hw[0], case.win.hw[1]]), case.x.clone()).unwrap())
-        .cast(ScalarType::U8);
+    // `x` holds u8 values; an i8 input is the same values shifted by 128 (as is its zero point).
+    let shift = if case.x_i8 { 128 } else { 0 };
+    let xs: Vec<i32> = case.x.iter().map(|v| v - shift).collect();
+    let x = Tensor::I32(ArrayD::from_shape_vec(IxDyn(&[2, case.c, case.win.hw[0], case.win.hw[1]]), xs).unwrap())
+        .cast(if case.x_i8 { ScalarType::I8 } else { ScalarType::U8 });
     let model = CompiledModel::compile(&g).map_err(|e| TestCaseError::fail(e.to_string()))?;
-    // A depthwise conv with one channel is an ordinary one: it goes to the GEMM kernel.
-    let jit = !case.depthwise || case.c == 1;
+    // A depthwise conv with one channel is an ordinary one: it goes to the GEMM kernel; others
+    // get the depthwise kernel, except under `QC_ISA=scalar`, where the Rust loop runs them.
+    let jit = !case.depthwise || case.c == 1 || std::env::var("QC_ISA").as_deref() != Ok("scalar");
     prop_assert_eq!(model.kernel_count(), usize::from(jit), "not the expected conv path");
     let got = model.run(std::slice::from_ref(&x)).map_err(|e| TestCaseError::fail(e.to_string()))?;
     let want = evaluate(&g, std::slice::from_ref(&x)).map_err(|e| TestCaseError::fail(format!("{e:?}")))?;
@@ -131,6 +144,8 @@ fn layers_whose_accumulators_may_overflow_run_on_the_evaluator() {
             s_y: 0.1,
             relu: false,
             depthwise,
+            x_i8: false,
+            zp_w: 0,
             x: vec![0; 2 * 2 * 9],
             w: vec![127; if depthwise { 2 * 9 } else { 2 * 2 * 9 }],
             bias: vec![2_147_483_000, -5],
