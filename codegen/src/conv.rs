@@ -12,6 +12,7 @@
 use crate::gemm::{GemmKernel, GemmSpec};
 use crate::model::WindowKernel;
 use crate::window::Window;
+use crate::window_jit::with_padding_pixel;
 use qc_ir::{Attr, Attrs, Dim, OpKind, Tensor, TensorType};
 
 /// A compiled convolution.
@@ -92,8 +93,6 @@ impl Gather {
 thread_local! {
     /// A thread's patch matrix, reused across layers and runs.
     static PATCHES: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
-    /// A thread's copy of one image followed by its zero point, for [`Gather::Bytes`].
-    static PADDED: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
 }
 
 impl Conv {
@@ -185,17 +184,16 @@ impl WindowKernel for Conv {
             let patches = &mut patches[..rows * stride];
             match &self.gather {
                 Gather::Direct => return self.kernel.run_rows(x, rows, y),
-                Gather::Bytes(index) => PADDED.with(|padded| {
-                    let mut padded = padded.borrow_mut();
-                    padded.resize(image + 1, 0);
-                    padded[image] = self.pad_value;
+                Gather::Bytes(index) => {
                     for (img, dst) in x.chunks_exact(image).zip(patches.chunks_exact_mut(patch_bytes)) {
-                        padded[..image].copy_from_slice(img);
-                        for (d, &i) in dst.iter_mut().zip(index) {
-                            *d = padded[i as usize];
-                        }
+                        // Byte index `image` is the padding: one byte of the zero point.
+                        with_padding_pixel(img, 1, self.pad_value, 0, |padded| {
+                            for (d, &i) in dst.iter_mut().zip(index) {
+                                *d = padded[i as usize];
+                            }
+                        });
                     }
-                }),
+                }
                 Gather::Runs { runs, starts } => {
                     for (img, dst) in x.chunks_exact(image).zip(patches.chunks_exact_mut(patch_bytes)) {
                         for (row, span) in dst.chunks_exact_mut(stride).zip(starts.windows(2)) {

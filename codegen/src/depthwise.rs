@@ -33,11 +33,6 @@ pub struct Depthwise {
     kernel: Option<DepthwiseKernel>,
 }
 
-thread_local! {
-    /// A thread's copy of one image and its zero-point pixel, for the compiled kernel.
-    static PADDED: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
-}
-
 impl Depthwise {
     /// The kernel of an integer depthwise conv2d, or `None` when it is not one this kernel runs.
     pub fn new(attrs: &Attrs, tys: &[&TensorType], w: &Tensor, bias: Option<&Tensor>, out: &TensorType) -> Option<Depthwise> {
@@ -234,13 +229,10 @@ impl WindowKernel for Depthwise {
             return Err(format!("a depthwise convolution output has {} bytes, not {batch}·{}", y.len(), w.positions * c));
         }
         if let Some(kernel) = &self.kernel {
-            return PADDED.with_borrow_mut(|scratch| {
-                scratch.resize(kernel.scratch_len(), 0);
-                for (img, dst) in x.chunks_exact(image).zip(y.chunks_exact_mut(w.positions * c)) {
-                    kernel.run_image(img, scratch, dst)?;
-                }
-                Ok(())
-            });
+            for (img, dst) in x.chunks_exact(image).zip(y.chunks_exact_mut(w.positions * c)) {
+                kernel.run_image(img, dst)?;
+            }
+            return Ok(());
         }
         let mut xz = vec![0i32; image];
         let mut acc = vec![0i32; c];

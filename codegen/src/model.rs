@@ -1,8 +1,8 @@
 //! `CompiledModel`: a verified graph compiled for execution. Integer gemm, matmul and
 //! convolution (groups = 1) run as JIT-compiled GEMM kernels specialized to their layer
 //! ([`crate::conv`]); integer depthwise convolution as a JIT-compiled kernel of its own
-//! ([`crate::depthwise`]); max pooling, global mean and same-shape add as Rust kernels on bytes
-//! ([`crate::pool`], [`crate::add`]); 4-D
+//! ([`crate::depthwise`]) and max pooling ([`crate::pool`]) too; global mean and same-shape add as
+//! Rust kernels on bytes ([`crate::pool`], [`crate::add`]); 4-D
 //! activations stay channels-last between those kernels ([`crate::layout`]); every other op runs
 //! the reference evaluator's implementation. Results equal the evaluator's bit for bit (tested on
 //! the corpus and by property tests per kernel).

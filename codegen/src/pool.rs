@@ -1,4 +1,5 @@
-//! 8-bit pooling on NHWC bytes, in Rust: max pooling through a window table, and the global mean
+//! 8-bit pooling on NHWC bytes: max pooling through a window table (a Cranelift kernel,
+//! [`crate::pool_simd`]; the Rust loop here under `QC_ISA=scalar`), and, in Rust, the global mean
 //! (global average pooling, or reduce_mean over H and W) as one channel-wise sum per image and the
 //! evaluator's requantization `requant(Σ(x − zp_x), s_x / (s_y·h·w))`.
 //!
@@ -6,6 +7,7 @@
 //! checked against `batch · h·w·c` before the loops; everything is safe Rust.
 
 use crate::model::WindowKernel;
+use crate::pool_simd::MaxPoolKernel;
 use crate::window::Window;
 use qc_ir::requant::{Requant, RequantMode, q31};
 use qc_ir::{Attrs, OpKind, ScalarType, TensorType};
@@ -35,6 +37,8 @@ pub struct MaxPool {
     /// XOR-ed into signed bytes so that unsigned comparison orders them (`0x80` or 0).
     flip: u8,
     out_hw: [usize; 2],
+    /// The compiled kernel (not under `QC_ISA=scalar`).
+    kernel: Option<MaxPoolKernel>,
 }
 
 impl MaxPool {
@@ -51,7 +55,11 @@ impl MaxPool {
             return None;
         }
         let window = Window::new(attrs, (h, w), (k[0] as usize, k[1] as usize), (oh, ow))?;
-        Some(MaxPool { c, window, flip: if signed { 0x80 } else { 0 }, out_hw: [oh, ow] })
+        let kernel = match std::env::var("QC_ISA").as_deref() {
+            Ok("scalar") => None,
+            _ => MaxPoolKernel::compile(c, &window, signed).ok(),
+        };
+        Some(MaxPool { c, window, flip: if signed { 0x80 } else { 0 }, out_hw: [oh, ow], kernel })
     }
 }
 
@@ -76,6 +84,12 @@ impl WindowKernel for MaxPool {
         if y.len() != batch * w.positions * c {
             return Err(format!("a max_pool output has {} bytes, not {batch}·{}", y.len(), w.positions * c));
         }
+        if let Some(kernel) = &self.kernel {
+            for (img, dst) in x.chunks_exact(image).zip(y.chunks_exact_mut(w.positions * c)) {
+                kernel.run_image(img, dst)?;
+            }
+            return Ok(());
+        }
         for (img, dst) in x.chunks_exact(image).zip(y.chunks_exact_mut(w.positions * c)) {
             for (pos, out) in dst.chunks_exact_mut(c).enumerate() {
                 out.fill(0);
@@ -94,7 +108,7 @@ impl WindowKernel for MaxPool {
     }
 
     fn jit(&self) -> bool {
-        false
+        self.kernel.is_some()
     }
 }
 

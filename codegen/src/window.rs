@@ -46,6 +46,20 @@ impl Window {
         Some(Window { plane, positions: oh * ow, taps, pixels })
     }
 
+    /// The table as byte offsets into an NHWC image of `c` channels followed by its padding pixel
+    /// (`pixel · c`; the marker gives `plane · c`, that pixel).
+    pub fn byte_offsets(&self, c: usize) -> Result<Box<[u32]>, String> {
+        self.pixels
+            .iter()
+            .map(|&p| {
+                if p as usize > self.plane {
+                    return Err("a window entry lies outside the plane".to_string());
+                }
+                u32::try_from(p as usize * c).map_err(|_| "the image is too large for a window kernel".to_string())
+            })
+            .collect()
+    }
+
     /// The taps of output position `pos` (`pos < positions`).
     pub fn at(&self, pos: usize) -> &[u32] {
         &self.pixels[pos * self.taps..(pos + 1) * self.taps]

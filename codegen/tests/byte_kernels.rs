@@ -1,4 +1,4 @@
-//! The byte kernels (max pooling, global mean, residual add) through `CompiledModel` against the
+//! The byte kernels (max pooling, JIT-compiled; global mean, residual add) through `CompiledModel` against the
 //! reference evaluator, bit for bit, over random shapes, windows (kernel, strides, pads,
 //! dilations), zero points, scales, signedness and requantization modes. Each case's graph puts a
 //! 1×1 convolution first, so the kernels read channels-last values, and adds that value to the
@@ -67,7 +67,13 @@ impl Case {
 }
 
 fn case() -> impl Strategy<Value = Case> {
-    (prop_oneof![1usize..4, 4usize..20], window(9, true), any::<bool>(), (any::<bool>(), any::<bool>(), any::<bool>()), 0usize..4)
+    (
+        prop_oneof![1usize..4, 4usize..20, 20usize..40],
+        window(9, true),
+        any::<bool>(),
+        (any::<bool>(), any::<bool>(), any::<bool>()),
+        0usize..4,
+    )
         .prop_flat_map(|(c, win, signed, flags, batch)| {
             let zp = if signed { -128i32..=127 } else { 0i32..=255 };
             let pixels = win.hw[0] * win.hw[1];
@@ -141,5 +147,8 @@ fn the_byte_kernels_are_used() {
     let profile = model.profile(std::slice::from_ref(&x), 1).unwrap();
     let labels: Vec<&str> = profile.iter().map(|p| p.label.as_str()).collect();
     assert_eq!(model.fallback_ops(), Vec::<String>::new(), "{labels:?}");
+    // Max pooling is JIT-compiled but under `QC_ISA=scalar`.
+    let pool = profile.iter().find(|p| p.label.contains("max_pool")).expect("a max_pool step");
+    assert_eq!(pool.jit, std::env::var("QC_ISA").as_deref() != Ok("scalar"));
     check(&case).unwrap();
 }
