@@ -90,7 +90,7 @@ impl Depthwise {
             None => Multipliers::Each(requant),
         };
         let kernel = match &requant {
-            Multipliers::F32(mult) if cfg!(target_arch = "x86_64") && std::env::var("QC_ISA").as_deref() != Ok("scalar") => {
+            Multipliers::F32(mult) if cfg!(target_arch = "x86_64") && crate::model::jit_enabled() => {
                 let spec = DepthwiseSpec {
                     c,
                     window: &window,

@@ -1,8 +1,9 @@
 //! `CompiledModel`: a verified graph compiled for execution. Integer gemm, matmul and
 //! convolution (groups = 1) run as JIT-compiled GEMM kernels specialized to their layer
 //! ([`crate::conv`]); integer depthwise convolution as a JIT-compiled kernel of its own
-//! ([`crate::depthwise`]) and max pooling ([`crate::pool`]) too; global mean and same-shape add as
-//! Rust kernels on bytes ([`crate::pool`], [`crate::add`]); 4-D
+//! ([`crate::depthwise`]), and so do max pooling ([`crate::pool`]) and per-tensor quantize and
+//! dequantize; global mean and same-shape add run as Rust kernels on bytes ([`crate::pool`],
+//! [`crate::add`]); 4-D
 //! activations stay channels-last between those kernels ([`crate::layout`]); every other op runs
 //! the reference evaluator's implementation. Results equal the evaluator's bit for bit (tested on
 //! the corpus and by property tests per kernel).
@@ -30,6 +31,7 @@ use crate::gemm::{GemmKernel, GemmSpec, bytes_tensor, tensor_bytes};
 use crate::layout::{Layout, transpose};
 use crate::plan::{Buffer, Plan, plan};
 use crate::pool::{GlobalMean, MaxPool};
+use crate::quant_simd::{DequantizeKernel, Q8, QuantizeKernel};
 use qc_ir::eval::{check_input, dequantize_value, eval_op_multi, quantize_value};
 use qc_ir::{Attrs, ConstValue, Dim, ElemType, Graph, OpKind, Tensor, TensorType, ValueId};
 use std::collections::HashMap;
@@ -74,26 +76,10 @@ impl fmt::Display for CodegenError {
 
 impl std::error::Error for CodegenError {}
 
-/// Per-tensor 8-bit quantization parameters for quantize and dequantize.
-#[derive(Clone, Copy, PartialEq)]
-struct Q8 {
-    scale: f32,
-    zp: i32,
-    signed: bool,
-}
-
-impl Q8 {
-    fn of(t: &TensorType) -> Option<Q8> {
-        let q = t.elem.quant()?;
-        if q.axis.is_some() || !matches!(q.storage, qc_ir::ScalarType::I8 | qc_ir::ScalarType::U8) {
-            return None;
-        }
-        Some(Q8 { scale: q.scales[0], zp: q.zero_points[0], signed: q.storage == qc_ir::ScalarType::I8 })
-    }
-
-    fn value(self, b: u8) -> i32 {
-        if self.signed { b as i8 as i32 } else { b as i32 }
-    }
+/// Whether ops other than the GEMM get JIT kernels: all but under `QC_ISA=scalar`, where their
+/// Rust implementations run (the reference the kernels are tested against).
+pub(crate) fn jit_enabled() -> bool {
+    std::env::var("QC_ISA").as_deref() != Ok("scalar")
 }
 
 /// A kernel over a sliding window of NHWC images (see [`crate::window`]).
@@ -112,11 +98,13 @@ pub(crate) trait WindowKernel: Send + Sync {
 enum Lowered {
     Quantize {
         q: Q8,
+        kernel: Option<QuantizeKernel>,
         x: ValueId,
         y: ValueId,
     },
     Dequantize {
         q: Q8,
+        kernel: Option<DequantizeKernel>,
         x: ValueId,
         y: ValueId,
     },
@@ -176,11 +164,13 @@ enum Arg {
 enum Op {
     Quantize {
         q: Q8,
+        kernel: Option<QuantizeKernel>,
         x: usize,
         y: usize,
     },
     Dequantize {
         q: Q8,
+        kernel: Option<DequantizeKernel>,
         x: usize,
         y: usize,
     },
@@ -230,6 +220,8 @@ impl Op {
         match self {
             Op::Gemm { .. } => true,
             Op::Window { kernel, .. } => kernel.jit(),
+            Op::Quantize { kernel, .. } => kernel.is_some(),
+            Op::Dequantize { kernel, .. } => kernel.is_some(),
             _ => false,
         }
     }
@@ -546,12 +538,11 @@ fn lower(
             {
                 Some(Lowered::Reshape { x, y })
             }
-            (OpKind::Quantize, _, _, Some(x)) if tys[0].elem.is_f32() && activation_out => {
-                Q8::of(out_ty).map(|q| Lowered::Quantize { q, x, y })
-            }
-            (OpKind::Dequantize, _, _, Some(x)) if out_ty.elem.is_f32() && batched(tys[0]) => {
-                Q8::of(tys[0]).map(|q| Lowered::Dequantize { q, x, y })
-            }
+            (OpKind::Quantize, _, _, Some(x)) if tys[0].elem.is_f32() && activation_out => Q8::of(out_ty)
+                .map(|q| Lowered::Quantize { q, kernel: jit_enabled().then(|| QuantizeKernel::compile(q).ok()).flatten(), x, y }),
+            (OpKind::Dequantize, _, _, Some(x)) if out_ty.elem.is_f32() && batched(tys[0]) => Q8::of(tys[0]).map(|q| {
+                Lowered::Dequantize { q, kernel: jit_enabled().then(|| DequantizeKernel::compile(q).ok()).flatten(), x, y }
+            }),
             _ => None,
         };
         let loc = if node.loc.name.is_empty() { String::new() } else { format!(" loc(\"{}\")", node.loc.name) };
@@ -562,8 +553,13 @@ fn lower(
             args: node.operands.clone(),
             results: node.results.clone(),
         });
-        kernels +=
-            usize::from(matches!(&op, Lowered::Gemm { .. }) || matches!(&op, Lowered::Window { kernel, .. } if kernel.jit()));
+        kernels += usize::from(match &op {
+            Lowered::Gemm { .. } => true,
+            Lowered::Window { kernel, .. } => kernel.jit(),
+            Lowered::Quantize { kernel, .. } => kernel.is_some(),
+            Lowered::Dequantize { kernel, .. } => kernel.is_some(),
+            _ => false,
+        });
         lowered.push(((label, node.loc.name.clone()), op));
     }
     Ok((lowered, consts, kernels))
@@ -689,13 +685,13 @@ impl<'g> Builder<'g> {
 
     fn add(&mut self, (label, loc): (String, String), op: Lowered) -> Result<(), CodegenError> {
         let (op, args) = match op {
-            Lowered::Quantize { q, x, y } => {
+            Lowered::Quantize { q, kernel, x, y } => {
                 let x = *self.tensor.get(&x).ok_or_else(|| err("quantize reads a value before it is computed"))?;
-                (Op::Quantize { q, x, y: self.new_activation(y, Layout::Nchw, None)? }, vec![])
+                (Op::Quantize { q, kernel, x, y: self.new_activation(y, Layout::Nchw, None)? }, vec![])
             }
-            Lowered::Dequantize { q, x, y } => {
+            Lowered::Dequantize { q, kernel, x, y } => {
                 let x = self.activation(x, Layout::Nchw)?;
-                (Op::Dequantize { q, x, y: self.tensor_slot(y) }, vec![Arg::A(x)])
+                (Op::Dequantize { q, kernel, x, y: self.tensor_slot(y) }, vec![Arg::A(x)])
             }
             Lowered::Window { kernel, x, y } => {
                 let x = self.activation(x, Layout::Nhwc)?;
@@ -893,23 +889,33 @@ impl<'a> Run<'a> {
                 out.copy_from_slice(&bytes);
                 0
             }
-            Op::Quantize { q, x, y } => {
+            Op::Quantize { q, kernel, x, y } => {
                 let t = self.held(*x)?;
                 let a = t.as_f32().ok_or_else(|| run_err("quantize reads f32"))?;
-                let (lo, hi) = if q.signed { (-128, 127) } else { (0, 255) };
+                let (lo, hi) = q.range();
                 let ([], out) = self.io([], *y)?;
                 if a.len() != out.len() {
                     return Err(run_err(format!("quantize reads {} values into {} bytes", a.len(), out.len())));
                 }
-                match a.as_slice() {
-                    Some(a) => crate::lanes::quantize(a, q.scale, q.zp, lo, hi, out),
-                    None => out.iter_mut().zip(a.iter()).for_each(|(o, &v)| *o = quantize_value(v, q.scale, q.zp, lo, hi) as u8),
+                match (a.as_slice(), kernel) {
+                    (Some(a), Some(kernel)) => kernel.run(a, out).map_err(run_err)?,
+                    (Some(a), None) => crate::lanes::quantize(a, q.scale, q.zp, lo, hi, out),
+                    (None, _) => {
+                        out.iter_mut().zip(a.iter()).for_each(|(o, &v)| *o = quantize_value(v, q.scale, q.zp, lo, hi) as u8)
+                    }
                 }
                 0
             }
-            Op::Dequantize { q, x, y } => {
-                let v: Vec<f32> =
-                    self.arena[self.range(*x)].iter().map(|&b| dequantize_value(q.value(b), q.scale, q.zp)).collect();
+            Op::Dequantize { q, kernel, x, y } => {
+                let bytes = &self.arena[self.range(*x)];
+                let v: Vec<f32> = match kernel {
+                    Some(kernel) => {
+                        let mut v = vec![0f32; bytes.len()];
+                        kernel.run(bytes, &mut v).map_err(run_err)?;
+                        v
+                    }
+                    None => bytes.iter().map(|&b| dequantize_value(q.value(b), q.scale, q.zp)).collect(),
+                };
                 let t = Tensor::F32(
                     ndarray::ArrayD::from_shape_vec(ndarray::IxDyn(&self.shape(*x)), v).map_err(|e| run_err(e.to_string()))?,
                 );

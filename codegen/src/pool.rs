@@ -55,10 +55,7 @@ impl MaxPool {
             return None;
         }
         let window = Window::new(attrs, (h, w), (k[0] as usize, k[1] as usize), (oh, ow))?;
-        let kernel = match std::env::var("QC_ISA").as_deref() {
-            Ok("scalar") => None,
-            _ => MaxPoolKernel::compile(c, &window, signed).ok(),
-        };
+        let kernel = crate::model::jit_enabled().then(|| MaxPoolKernel::compile(c, &window, signed).ok()).flatten();
         Some(MaxPool { c, window, flip: if signed { 0x80 } else { 0 }, out_hw: [oh, ow], kernel })
     }
 }
