@@ -1,5 +1,5 @@
 //! Integer depthwise conv2d (`groups = C_in = C_out`) on NHWC bytes. Layers that requantize in
-//! f32 run a Cranelift kernel specialized to the layer ([`crate::depthwise_simd`], x64); the
+//! f32 run a Cranelift kernel specialized to the layer (`depthwise_simd.rs`, x64); the
 //! others (`--requant q31`), and every layer under `QC_ISA=scalar`, run the Rust loop here: each
 //! image is widened once to `x − zp_x` as i32, then every output pixel accumulates
 //! `w[tap][c] · x[p][c]` over its in-bounds taps, a loop over contiguous channels that the

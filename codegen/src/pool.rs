@@ -1,5 +1,5 @@
 //! 8-bit pooling on NHWC bytes: max pooling through a window table (a Cranelift kernel,
-//! [`crate::pool_simd`]; the Rust loop here under `QC_ISA=scalar`), and, in Rust, the global mean
+//! `pool_simd.rs`; the Rust loop here under `QC_ISA=scalar`), and, in Rust, the global mean
 //! (global average pooling, or reduce_mean over H and W) as one channel-wise sum per image and the
 //! evaluator's requantization `requant(Σ(x − zp_x), s_x / (s_y·h·w))`.
 //!
