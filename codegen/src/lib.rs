@@ -2,8 +2,8 @@
 //!
 //! The JIT wrapper ([`jit`]); the integer GEMM kernel ([`gemm`], scalar and 128-bit vector
 //! paths) specialized to one layer; convolutions as GEMMs over channels-last patches ([`conv`]);
-//! depthwise convolution, max pooling, quantize and dequantize as kernels of their own
-//! ([`depthwise`], [`pool`]); Rust kernels on bytes for the global mean and residual adds; and
+//! depthwise convolution, max pooling, the global mean, quantize and dequantize as kernels of
+//! their own ([`depthwise`], [`pool`]); a Rust table kernel for residual adds ([`add`]); and
 //! [`CompiledModel`], which runs a graph on them and every other op on the evaluator's
 //! implementation. Everything is checked bit for bit against the reference evaluator.
 #![warn(missing_docs)]

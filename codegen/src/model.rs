@@ -1,9 +1,9 @@
 //! `CompiledModel`: a verified graph compiled for execution. Integer gemm, matmul and
 //! convolution (groups = 1) run as JIT-compiled GEMM kernels specialized to their layer
 //! ([`crate::conv`]); integer depthwise convolution as a JIT-compiled kernel of its own
-//! ([`crate::depthwise`]), and so do max pooling ([`crate::pool`]) and per-tensor quantize and
-//! dequantize; global mean and same-shape add run as Rust kernels on bytes ([`crate::pool`],
-//! [`crate::add`]); 4-D
+//! ([`crate::depthwise`]), and so do max pooling and the global mean ([`crate::pool`]) and
+//! per-tensor quantize and dequantize; same-shape add runs as a Rust table kernel
+//! ([`crate::add`]); 4-D
 //! activations stay channels-last between those kernels ([`crate::layout`]); every other op runs
 //! the reference evaluator's implementation. Results equal the evaluator's bit for bit (tested on
 //! the corpus and by property tests per kernel).
@@ -222,6 +222,7 @@ impl Op {
             Op::Window { kernel, .. } => kernel.jit(),
             Op::Quantize { kernel, .. } => kernel.is_some(),
             Op::Dequantize { kernel, .. } => kernel.is_some(),
+            Op::Mean { kernel, .. } => kernel.jit(),
             _ => false,
         }
     }
@@ -558,6 +559,7 @@ fn lower(
             Lowered::Window { kernel, .. } => kernel.jit(),
             Lowered::Quantize { kernel, .. } => kernel.is_some(),
             Lowered::Dequantize { kernel, .. } => kernel.is_some(),
+            Lowered::Mean { kernel, .. } => kernel.jit(),
             _ => false,
         });
         lowered.push(((label, node.loc.name.clone()), op));

@@ -1,13 +1,15 @@
-//! 8-bit pooling on NHWC bytes: max pooling through a window table (a Cranelift kernel,
-//! `pool_simd.rs`; the Rust loop here under `QC_ISA=scalar`), and, in Rust, the global mean
-//! (global average pooling, or reduce_mean over H and W) as one channel-wise sum per image and the
-//! evaluator's requantization `requant(Σ(x − zp_x), s_x / (s_y·h·w))`.
+//! 8-bit pooling on NHWC bytes: max pooling through a window table, and the global mean (global
+//! average pooling, or reduce_mean over H and W) as one channel-wise sum per image and the
+//! evaluator's requantization `requant(Σ(x − zp_x), s_x / (s_y·h·w))`. Both run Cranelift
+//! kernels (`pool_simd.rs`); the Rust loops here run under `QC_ISA=scalar`, for the mean in q31
+//! mode, and for its channels past the last multiple of 8.
 //!
 //! Bounds: window entries are `< h·w` or the padding marker (see [`Window`]); input lengths are
-//! checked against `batch · h·w·c` before the loops; everything is safe Rust.
+//! checked against `batch · h·w·c` before the loops; the loops here are safe Rust, the kernels'
+//! bounds are in their module.
 
 use crate::model::WindowKernel;
-use crate::pool_simd::MaxPoolKernel;
+use crate::pool_simd::{GlobalMeanKernel, MaxPoolKernel, MeanSpec};
 use crate::window::Window;
 use qc_ir::requant::{Requant, RequantMode, q31};
 use qc_ir::{Attrs, OpKind, ScalarType, TensorType};
@@ -119,6 +121,9 @@ pub struct GlobalMean {
     zp_y: i32,
     lo: i32,
     hi: i32,
+    /// The compiled kernel for the whole groups of 8 channels (f32 requantization, not under
+    /// `QC_ISA=scalar`).
+    kernel: Option<GlobalMeanKernel>,
 }
 
 impl GlobalMean {
@@ -147,7 +152,13 @@ impl GlobalMean {
             RequantMode::Q31 => Requant::Q31(q31(s_x as f64 / (s_y as f64 * plane as f64)).ok()?),
         };
         let (lo, hi) = if out_signed { (-128, 127) } else { (0, 255) };
-        Some(GlobalMean { c, plane, zp_x, signed, requant, zp_y, lo, hi })
+        let kernel = match requant {
+            Requant::F32(m) if crate::model::jit_enabled() => {
+                GlobalMeanKernel::compile(&MeanSpec { c, plane, zp_x, signed, m, zp_y, lo, hi }).ok()
+            }
+            _ => None,
+        };
+        Some(GlobalMean { c, plane, zp_x, signed, requant, zp_y, lo, hi, kernel })
     }
 
     /// The channels.
@@ -164,19 +175,32 @@ impl GlobalMean {
         if y.len() != batch * c {
             return Err(format!("a mean's output has {} bytes, not {batch}·{c}", y.len()));
         }
-        let mut sums = vec![0i32; c];
+        // The kernel does the whole groups of 8 channels; the loop below the rest.
+        let first = match &self.kernel {
+            Some(kernel) => {
+                kernel.run(x, batch, y)?;
+                c / 8 * 8
+            }
+            None => 0,
+        };
+        let mut sums = vec![0i32; c - first];
         for (img, dst) in x.chunks_exact(image).zip(y.chunks_exact_mut(c)) {
             sums.fill(0);
             for px in img.chunks_exact(c) {
-                for (s, &b) in sums.iter_mut().zip(px) {
+                for (s, &b) in sums.iter_mut().zip(&px[first..]) {
                     *s += if self.signed { b as i8 as i32 } else { b as i32 };
                 }
             }
             let bias = self.zp_x * self.plane as i32;
-            for (o, &s) in dst.iter_mut().zip(&sums) {
+            for (o, &s) in dst[first..].iter_mut().zip(&sums) {
                 *o = self.requant.apply(s - bias, self.zp_y, self.lo, self.hi) as u8;
             }
         }
         Ok(())
+    }
+
+    /// Whether JIT-compiled code does (most of) the work.
+    pub fn jit(&self) -> bool {
+        self.kernel.is_some()
     }
 }

@@ -1,4 +1,6 @@
-//! 8-bit max pooling as a Cranelift function specialized to one layer (channels, taps and the
+//! 8-bit pooling kernels: max pooling and the global mean (below).
+//!
+//! Max pooling is a Cranelift function specialized to one layer (channels, taps and the
 //! window table fixed when it is compiled). It runs one NHWC image at a time, read from a copy
 //! followed by one pixel of the type's lowest value, where the window table's padding marker
 //! points: the padding never wins, and a window entirely in the padding gives the lowest value,
@@ -10,10 +12,14 @@
 //! it writes 16 bytes at `out + pos·C + 16g` for whole groups (`16g + 16 ≤ C`) and single bytes
 //! below `out + pos·C + C` for the last, partial one.
 
+use crate::gemm::emit_loop;
+use crate::gemm_simd::{Epilogue, store_bytes};
+use crate::jit::{Jit, JitCode};
 use crate::window::Window;
 use crate::window_jit::{self, ImageFn};
 use cranelift_codegen::ir::{Endianness, InstBuilder, MemFlagsData, Value, types};
 use cranelift_frontend::FunctionBuilder;
+use std::sync::Arc;
 
 /// A compiled max pooling kernel.
 pub struct MaxPoolKernel {
@@ -67,5 +73,122 @@ impl MaxPoolKernel {
     /// Runs one NHWC image (`plane · C` bytes) into `out` (`positions · C` bytes).
     pub fn run_image(&self, img: &[u8], out: &mut [u8]) -> Result<(), String> {
         self.f.run_image(img, out)
+    }
+}
+
+/// The 8-bit global mean (f32 requantization) as a Cranelift function specialized to the
+/// channels, plane size, zero points and multiplier: per image and group of 8 channels, the
+/// bytes of every pixel are widened and summed into two i32x4 accumulators that start at
+/// `−zp_x·h·w`, then requantized by the GEMM's epilogue ([`Epilogue`]) with `M = s_x/(s_y·h·w)`.
+/// Channels past the last multiple of 8 are left to the caller.
+///
+/// Bounds: for `batch` images it reads 8 bytes at `x + i·image + p·C + 8g` with `p < plane` and
+/// `8g + 8 ≤ C` (whole groups only), so below `batch·image`, and writes 8 bytes at
+/// `out + i·C + 8g`, below `batch·C`; [`GlobalMeanKernel::run`] checks both lengths.
+pub struct GlobalMeanKernel {
+    f: unsafe extern "C" fn(*const u8, *mut u8, i64),
+    c: usize,
+    plane: usize,
+    _code: Arc<JitCode>,
+}
+
+/// What a global mean kernel is specialized to.
+pub struct MeanSpec {
+    /// Channels.
+    pub c: usize,
+    /// `h · w`.
+    pub plane: usize,
+    /// The input zero point and storage.
+    pub zp_x: i32,
+    /// See `zp_x`.
+    pub signed: bool,
+    /// The requantization multiplier (finite).
+    pub m: f32,
+    /// The output zero point.
+    pub zp_y: i32,
+    /// The output clamp.
+    pub lo: i32,
+    /// See `lo`.
+    pub hi: i32,
+}
+
+impl GlobalMeanKernel {
+    /// Compiles the kernel; an error without whole groups of 8 channels or with a multiplier
+    /// that is not finite.
+    pub fn compile(s: &MeanSpec) -> Result<GlobalMeanKernel, String> {
+        let (c, plane) = (s.c, s.plane);
+        if c < 8 || plane == 0 || !s.m.is_finite() {
+            return Err("the mean kernel needs 8 channels or more, pixels and a finite multiplier".into());
+        }
+        let bias = i32::try_from(-(s.zp_x as i64) * plane as i64).map_err(|_| "the mean's sum leaves i32")?;
+        let (signed, unsigned_out, m) = (s.signed, s.lo >= 0, s.m);
+        let (zp_y, lo, hi) = (s.zp_y, s.lo, s.hi);
+        let mut jit = Jit::new()?;
+        let ptr = jit.pointer_type();
+        let id = jit.define(&[ptr, ptr, types::I64], |b, args| {
+            let (x, out, batch) = (args[0], args[1], args[2]);
+            let raw = MemFlagsData::new().with_notrap();
+            let zero = b.ins().iconst(types::I64, 0);
+            emit_loop(b, zero, batch, |b, img| {
+                let off = b.ins().imul_imm_s(img, (c * plane) as i64);
+                let x_img = b.ins().iadd(x, off);
+                let off = b.ins().imul_imm_s(img, c as i64);
+                let o_img = b.ins().iadd(out, off);
+                let groups = b.ins().iconst(types::I64, (c / 8) as i64);
+                emit_loop(b, zero, groups, |b, g| {
+                    let ch = b.ins().imul_imm_s(g, 8);
+                    let x_g = b.ins().iadd(x_img, ch);
+                    let start = {
+                        let k = b.ins().iconst(types::I32, bias as i64);
+                        b.ins().splat(types::I32X4, k)
+                    };
+                    let acc = [b.declare_var(types::I32X4), b.declare_var(types::I32X4)];
+                    for &a in &acc {
+                        b.def_var(a, start);
+                    }
+                    let pixels = b.ins().iconst(types::I64, plane as i64);
+                    emit_loop(b, zero, pixels, |b, p| {
+                        let off = b.ins().imul_imm_s(p, c as i64);
+                        let addr = b.ins().iadd(x_g, off);
+                        let v = if signed { b.ins().sload8x8(raw, addr, 0) } else { b.ins().uload8x8(raw, addr, 0) };
+                        for (half, &a) in acc.iter().enumerate() {
+                            let w = if half == 0 { b.ins().swiden_low(v) } else { b.ins().swiden_high(v) };
+                            let sum = b.use_var(a);
+                            let sum = b.ins().iadd(sum, w);
+                            b.def_var(a, sum);
+                        }
+                    });
+                    let epilogue = Epilogue::new(b, zp_y, lo, hi);
+                    let mv = {
+                        let k = b.ins().f32const(m);
+                        b.ins().splat(types::F32X4, k)
+                    };
+                    let q = acc.map(|a| {
+                        let sum = b.use_var(a);
+                        epilogue.apply(b, sum, mv)
+                    });
+                    let o_addr = b.ins().iadd(o_img, ch);
+                    store_bytes(b, q, unsigned_out, o_addr, 8);
+                });
+            });
+            b.ins().return_(&[]);
+        })?;
+        let code = Arc::new(jit.finish()?);
+        // SAFETY: `id` is a finalized function of `code` with the signature (pointer, pointer, i64)
+        // -> (), in the host's System V calling convention.
+        let f = unsafe { std::mem::transmute::<*const u8, unsafe extern "C" fn(*const u8, *mut u8, i64)>(code.function(id)) };
+        Ok(GlobalMeanKernel { f, c, plane, _code: code })
+    }
+
+    /// Runs `batch` NHWC images (`x`) into `[batch][C]` bytes (`y`), the whole groups of 8
+    /// channels only.
+    pub fn run(&self, x: &[u8], batch: usize, y: &mut [u8]) -> Result<(), String> {
+        if x.len() != batch * self.c * self.plane || y.len() != batch * self.c {
+            return Err(format!("a mean kernel got {} and {} bytes for {batch} images", x.len(), y.len()));
+        }
+        // SAFETY: the kernel reads below `batch·C·plane` bytes of `x` and writes below `batch·C`
+        // of `y` (its bounds; both lengths checked above) and nothing else.
+        unsafe { (self.f)(x.as_ptr(), y.as_mut_ptr(), batch as i64) };
+        Ok(())
     }
 }

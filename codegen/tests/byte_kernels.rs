@@ -1,4 +1,4 @@
-//! The byte kernels (max pooling, JIT-compiled; global mean, residual add) through `CompiledModel` against the
+//! The byte kernels (max pooling and global mean, JIT-compiled; residual add) through `CompiledModel` against the
 //! reference evaluator, bit for bit, over random shapes, windows (kernel, strides, pads,
 //! dilations), zero points, scales, signedness and requantization modes. Each case's graph puts a
 //! 1×1 convolution first, so the kernels read channels-last values, and adds that value to the
@@ -147,8 +147,10 @@ fn the_byte_kernels_are_used() {
     let profile = model.profile(std::slice::from_ref(&x), 1).unwrap();
     let labels: Vec<&str> = profile.iter().map(|p| p.label.as_str()).collect();
     assert_eq!(model.fallback_ops(), Vec::<String>::new(), "{labels:?}");
-    // Max pooling is JIT-compiled but under `QC_ISA=scalar`.
-    let pool = profile.iter().find(|p| p.label.contains("max_pool")).expect("a max_pool step");
-    assert_eq!(pool.jit, std::env::var("QC_ISA").as_deref() != Ok("scalar"));
+    // Max pooling and the mean are JIT-compiled but under `QC_ISA=scalar`.
+    for op in ["max_pool", "reduce_mean"] {
+        let step = profile.iter().find(|p| p.label.contains(op)).expect("the op's step");
+        assert_eq!(step.jit, std::env::var("QC_ISA").as_deref() != Ok("scalar"), "{op}");
+    }
     check(&case).unwrap();
 }
