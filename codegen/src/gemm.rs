@@ -166,12 +166,23 @@ impl Path {
     }
 }
 
+/// What a kernel writes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Output {
+    /// Requantized bytes, `out[m, n]` (the spec's requantization, zero point and clamp).
+    Bytes,
+    /// The i32 accumulators themselves, `bias[n] + Σ_k (a − zp_a)(w − zp_w)` (wrapping): the
+    /// product of `matmul_integer` and `conv_integer`. The spec's requantization is not used.
+    I32,
+}
+
 /// A compiled GEMM kernel.
 pub struct GemmKernel {
     f: unsafe extern "C" fn(*const u8, *mut u8, i64),
     n: usize,
     k: usize,
     path: Path,
+    output: Output,
     _tables: Box<Tables>,
     _code: Arc<JitCode>,
 }
@@ -205,10 +216,27 @@ impl GemmKernel {
 
     /// Compiles the kernel on a given path.
     pub fn compile_on(spec: &GemmSpec, path: Path) -> Result<GemmKernel, String> {
+        GemmKernel::compile_output(spec, path, Output::Bytes)
+    }
+
+    /// Compiles a kernel writing i32 accumulators ([`Output::I32`]) on the path [`Path::choose`]
+    /// would pick were the requantization f32 (it is not used).
+    pub fn compile_i32(spec: &GemmSpec) -> Result<GemmKernel, String> {
+        let f32_spec = GemmSpec { requant: vec![Requant::F32(1.0); spec.n], ..spec.clone() };
+        GemmKernel::compile_output(&f32_spec, Path::choose(&f32_spec), Output::I32)
+    }
+
+    /// Compiles the kernel on a given path, writing `output`.
+    pub fn compile_output(spec: &GemmSpec, path: Path, output: Output) -> Result<GemmKernel, String> {
         match path {
-            Path::Scalar => GemmKernel::compile_scalar(spec),
-            Path::Sse | Path::Vnni => crate::gemm_simd::compile(spec, path),
+            Path::Scalar => GemmKernel::compile_scalar(spec, output),
+            Path::Sse | Path::Vnni => crate::gemm_simd::compile(spec, path, output),
         }
+    }
+
+    /// What the kernel writes.
+    pub fn output(&self) -> Output {
+        self.output
     }
 
     /// Which path the kernel runs.
@@ -229,26 +257,26 @@ impl GemmKernel {
     /// Assembles a kernel from compiled parts (for the vector path's module).
     pub(crate) fn from_parts(
         f: *const u8,
-        n: usize,
-        k: usize,
+        (n, k): (usize, usize),
         path: Path,
+        output: Output,
         tables: Box<Tables>,
         code: Arc<JitCode>,
     ) -> GemmKernel {
         // SAFETY: `f` is a finalized function of `code` with the signature
         // (pointer, pointer, i64) -> (), and the System V calling convention of the host.
         let f = unsafe { std::mem::transmute::<*const u8, unsafe extern "C" fn(*const u8, *mut u8, i64)>(f) };
-        GemmKernel { f, n, k, path, _tables: tables, _code: code }
+        GemmKernel { f, n, k, path, output, _tables: tables, _code: code }
     }
 
-    fn compile_scalar(spec: &GemmSpec) -> Result<GemmKernel, String> {
+    fn compile_scalar(spec: &GemmSpec, output: Output) -> Result<GemmKernel, String> {
         let (n, k) = (spec.n, spec.k);
         if spec.weights.len() != n * k || spec.bias.len() != n || spec.requant.len() != n || n == 0 || k == 0 {
             return Err("inconsistent GEMM kernel tables".into());
         }
         let mut mult = vec![0f32; n];
         let (mut m0, mut round, mut shift) = (vec![0i64; n], vec![0i64; n], vec![0i64; n]);
-        let q31 = matches!(spec.requant[0], Requant::Q31(_));
+        let q31 = output == Output::Bytes && matches!(spec.requant[0], Requant::Q31(_));
         for (c, r) in spec.requant.iter().enumerate() {
             match *r {
                 Requant::F32(m) if !q31 => mult[c] = m,
@@ -278,6 +306,7 @@ impl GemmKernel {
             (addr(tables.weights.as_ptr().cast()), addr(tables.bias.as_ptr().cast()), addr(tables.mult.as_ptr().cast()));
         let (m0t, rt, st) =
             (addr(tables.m0.as_ptr().cast()), addr(tables.round.as_ptr().cast()), addr(tables.shift.as_ptr().cast()));
+        let out_bytes = if output == Output::I32 { 4 } else { 1 };
         let mut jit = Jit::new()?;
         let ptr = jit.pointer_type();
         let s = spec.clone();
@@ -293,7 +322,7 @@ impl GemmKernel {
                     b.ins().iadd(a, off)
                 };
                 let o_row = {
-                    let off = b.ins().imul_imm_s(i, n as i64);
+                    let off = b.ins().imul_imm_s(i, (n * out_bytes) as i64);
                     b.ins().iadd(out, off)
                 };
                 emit_loop(b, zero, n_end, |b, j| {
@@ -323,6 +352,11 @@ impl GemmKernel {
                         b.def_var(acc_var, acc);
                     });
                     let acc = b.use_var(acc_var);
+                    if output == Output::I32 {
+                        let o_addr = b.ins().iadd(o_row, j4);
+                        b.ins().store(flags, acc, o_addr, 0);
+                        return;
+                    }
                     let v = if q31 {
                         let j8 = b.ins().imul_imm_s(j, 8);
                         let (m0a, ra, sa) = (b.ins().iadd_imm_s(j8, m0t), b.ins().iadd_imm_s(j8, rt), b.ins().iadd_imm_s(j8, st));
@@ -358,26 +392,36 @@ impl GemmKernel {
         })?;
         let code = Arc::new(jit.finish()?);
         let p = code.function(id);
-        Ok(GemmKernel::from_parts(p, n, k, Path::Scalar, tables, code))
+        Ok(GemmKernel::from_parts(p, (n, k), Path::Scalar, output, tables, code))
     }
 
     /// Runs the kernel on `m` rows of activations (`m × k` bytes, i8 or u8 as compiled) into
     /// `m × n` output bytes. The lengths are checked, so the kernel never touches memory outside
     /// the two slices and its own tables.
     pub fn run(&self, a: &[u8], m: usize, out: &mut [u8]) -> Result<(), String> {
+        self.with_rows(a, m, |rows| self.run_rows(rows, m, out))
+    }
+
+    /// [`GemmKernel::run`] for a kernel writing i32 accumulators ([`Output::I32`]).
+    pub fn run_i32(&self, a: &[u8], m: usize, out: &mut [i32]) -> Result<(), String> {
+        self.with_rows(a, m, |rows| self.run_rows_i32(rows, m, out))
+    }
+
+    /// Calls `f` with `m` rows of `a` (`m × k` bytes) laid out at [`GemmKernel::row_stride`].
+    fn with_rows<T>(&self, a: &[u8], m: usize, f: impl FnOnce(&[u8]) -> Result<T, String>) -> Result<T, String> {
         if a.len() != m * self.k {
             return Err(format!("GEMM kernel {}x{}: {} input bytes for {m} rows", self.k, self.n, a.len()));
         }
         // The vector path reads rows in groups of 4 bytes: pad rows whose length is not a multiple.
         let stride = self.row_stride();
         if stride == self.k {
-            return self.run_rows(a, m, out);
+            return f(a);
         }
         let mut padded = vec![0u8; m * stride];
         for (dst, src) in padded.chunks_exact_mut(stride).zip(a.chunks_exact(self.k)) {
             dst[..self.k].copy_from_slice(src);
         }
-        self.run_rows(&padded, m, out)
+        f(&padded)
     }
 
     /// The bytes per input row that [`GemmKernel::run_rows`] reads: `k`, rounded up to a multiple
@@ -389,29 +433,48 @@ impl GemmKernel {
     /// Runs the kernel on `m` rows of [`GemmKernel::row_stride`] bytes, which callers that build
     /// their rows (convolution patches) lay out so that nothing is copied.
     pub fn run_rows(&self, a: &[u8], m: usize, out: &mut [u8]) -> Result<(), String> {
+        if self.output != Output::Bytes {
+            return Err("this GEMM kernel writes i32 accumulators".into());
+        }
+        self.call(a, m, out.as_mut_ptr(), out.len())
+    }
+
+    /// [`GemmKernel::run_rows`] for a kernel writing i32 accumulators ([`Output::I32`]).
+    pub fn run_rows_i32(&self, a: &[u8], m: usize, out: &mut [i32]) -> Result<(), String> {
+        if self.output != Output::I32 {
+            return Err("this GEMM kernel writes requantized bytes".into());
+        }
+        self.call(a, m, out.as_mut_ptr().cast(), out.len())
+    }
+
+    /// Calls the kernel on `m` rows of `a` into `out`, which holds `out_len` elements of the
+    /// kernel's output type.
+    fn call(&self, a: &[u8], m: usize, out: *mut u8, out_len: usize) -> Result<(), String> {
         let stride = self.row_stride();
-        if a.len() != m * stride || out.len() != m * self.n {
+        if a.len() != m * stride || out_len != m * self.n {
             return Err(format!(
-                "GEMM kernel {}x{}: {} input bytes and {} output bytes for {m} rows of {stride}",
+                "GEMM kernel {}x{}: {} input bytes and {out_len} outputs for {m} rows of {stride}",
                 self.k,
                 self.n,
                 a.len(),
-                out.len()
             ));
         }
+        let size = if self.output == Output::I32 { 4 } else { 1 };
         let (even, n) = if self.path == Path::Scalar { (m, self.n) } else { (m & !1, self.n) };
         // SAFETY: the kernel reads `even` ≤ m rows of `stride` bytes from `a`, which holds m;
-        // writes `even`·n ≤ m·n bytes to `out` (both checked above); reads its own tables, which
-        // live as long as `self`; and the vector kernels, which take rows in pairs, get an even
-        // count.
-        unsafe { (self.f)(a.as_ptr(), out.as_mut_ptr(), even as i64) };
+        // writes `even`·n ≤ m·n outputs of `size` bytes to `out`, which holds m·n (both checked
+        // above); reads its own tables, which live as long as `self`; and the vector kernels,
+        // which take rows in pairs, get an even count.
+        unsafe { (self.f)(a.as_ptr(), out, even as i64) };
         if even < m {
             // The odd last row, paired with a row of zeros in scratch buffers.
-            let (mut rows, mut outs) = (vec![0u8; 2 * stride], vec![0u8; 2 * n]);
+            let (mut rows, mut outs) = (vec![0u8; 2 * stride], vec![0u8; 2 * n * size]);
             rows[..stride].copy_from_slice(&a[even * stride..]);
             // SAFETY: two rows in, two rows out, as above.
             unsafe { (self.f)(rows.as_ptr(), outs.as_mut_ptr(), 2) };
-            out[even * n..].copy_from_slice(&outs[..n]);
+            // SAFETY: `out` holds m·n outputs of `size` bytes; the last row's start at even·n.
+            let last = unsafe { std::slice::from_raw_parts_mut(out.add(even * n * size), n * size) };
+            last.copy_from_slice(&outs[..n * size]);
         }
         Ok(())
     }

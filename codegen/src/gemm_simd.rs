@@ -16,8 +16,8 @@
 //! requantization (f32 mode) and the clamp run on vectors, and the result is narrowed to bytes. Rows are read in whole groups of 4 bytes: the row stride is K rounded up to 4.
 //!
 //! Bounds (the invariant [`crate::gemm::GemmKernel::run`] relies on): the kernel is called with an
-//! even `m` only; every address it forms is `a + row·stride + 4·g` with `row < m` and `g < ⌈K/4⌉`, `out + row·N + col` with
-//! `col < N`, or inside its own tables (`packed` holds `⌈N/4⌉·⌈K/4⌉` panels, the group table only
+//! even `m` only; every address it forms is `a + row·stride + 4·g` with `row < m` and `g < ⌈K/4⌉`,
+//! `out + size·(row·N + col)` with `col < N` (`size` 1, or 4 for i32 output), or inside its own tables (`packed` holds `⌈N/4⌉·⌈K/4⌉` panels, the group table only
 //! values `< ⌈K/4⌉`); N, K and the tables are fixed when it is compiled and `run` checks that `a`
 //! and `out` hold `m` rows. Partial last vectors store only their valid columns.
 //!
@@ -26,7 +26,7 @@
 //! walks a table of its nonzero groups instead of every group — the skipped multiply-adds are
 //! never executed.
 
-use crate::gemm::{GemmKernel, GemmSpec, Path, Tables, emit_loop};
+use crate::gemm::{GemmKernel, GemmSpec, Output, Path, Tables, emit_loop};
 use crate::jit::Jit;
 use cranelift_codegen::ir::condcodes::FloatCC;
 use cranelift_codegen::ir::{Endianness, InstBuilder, MemFlagsData, Value, types};
@@ -132,7 +132,8 @@ fn panel_bytes(path: Path) -> usize {
     if path == Path::Vnni { 16 } else { 32 }
 }
 
-pub(crate) fn compile(spec: &GemmSpec, path: Path) -> Result<GemmKernel, String> {
+pub(crate) fn compile(spec: &GemmSpec, path: Path, output: Output) -> Result<GemmKernel, String> {
+    let out_size = if output == Output::I32 { 4 } else { 1 };
     let sse = path == Path::Sse;
     let (n, k) = (spec.n, spec.k);
     if n == 0 || k == 0 || spec.weights.len() != n * k || spec.bias.len() != n || spec.requant.len() != n {
@@ -218,7 +219,7 @@ pub(crate) fn compile(spec: &GemmSpec, path: Path) -> Result<GemmKernel, String>
             let o_rows: Vec<Value> = (0..rows)
                 .map(|r| {
                     let i = b.ins().iadd_imm_s(row0, r as i64);
-                    let off = b.ins().imul_imm_s(i, n as i64);
+                    let off = b.ins().imul_imm_s(i, (n * out_size) as i64);
                     b.ins().iadd(out, off)
                 })
                 .collect();
@@ -360,6 +361,29 @@ pub(crate) fn compile(spec: &GemmSpec, path: Path) -> Result<GemmKernel, String>
                         accumulate(b, &w_addrs, &avs, 0);
                     });
                 }
+                if output == Output::I32 {
+                    // The accumulators themselves; a partial last vector lane by lane.
+                    for (r, row) in accs.iter().enumerate() {
+                        for (v, &var) in row.iter().enumerate() {
+                            let acc = b.use_var(var);
+                            let col = b.ins().imul_imm_s(first, 16);
+                            let col = b.ins().iadd_imm_s(col, 16 * v as i64);
+                            let o_addr = b.ins().iadd(o_rows[r], col);
+                            match if v + 1 == vecs { last_cols } else { 4 } {
+                                4 => {
+                                    b.ins().store(raw, acc, o_addr, 0);
+                                }
+                                cols => {
+                                    for t in 0..cols {
+                                        let lane = b.ins().extractlane(acc, t as u8);
+                                        b.ins().store(raw, lane, o_addr, 4 * t as i32);
+                                    }
+                                }
+                            }
+                        }
+                    }
+                    return;
+                }
                 // Requantize ([`Epilogue`]), constants once per block.
                 let clamp = Epilogue::new(b, zp_y, lo, hi);
                 for (r, row) in accs.iter().enumerate() {
@@ -411,5 +435,5 @@ pub(crate) fn compile(spec: &GemmSpec, path: Path) -> Result<GemmKernel, String>
         b.ins().return_(&[]);
     })?;
     let code = Arc::new(jit.finish()?);
-    Ok(GemmKernel::from_parts(code.function(id), n, k, path, tables, code))
+    Ok(GemmKernel::from_parts(code.function(id), (n, k), path, output, tables, code))
 }

@@ -212,3 +212,65 @@ fn adversarial_shapes_stay_inside_their_buffers() {
         }
     }
 }
+
+/// A kernel writing i32 accumulators (`matmul_integer`, `conv_integer`): on every path,
+/// `bias + Σ (a − zp)·w` in wrapping i32 arithmetic — which is what the evaluator's exact i64
+/// product truncated to i32 gives — over random shapes, signedness, zero points and weights
+/// (block-sparse ones too, and weights large enough that some sums wrap).
+#[test]
+fn i32_output_is_the_exact_product_on_every_path() {
+    use qc_codegen::gemm::Output;
+    let mut seed = 0x9e37_79b9_7f4a_7c15u64;
+    let mut next = move |n: u64| {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        seed % n
+    };
+    for case in 0..super_cases() {
+        let (m, n, k) = (next(6) as usize, 1 + next(40) as usize, 1 + next(80) as usize);
+        let a_signed = next(2) == 1;
+        let zp_a = if a_signed { next(256) as i32 - 128 } else { next(256) as i32 };
+        let (wlo, wspan) = if case % 5 == 0 { (-32768, 65536) } else { (-128, 256) };
+        let weights: Vec<i32> =
+            (0..n * k).map(|i| if (i / 4) % 3 == 0 && case % 2 == 0 { 0 } else { wlo + next(wspan) as i32 }).collect();
+        let bias: Vec<i32> = (0..n).map(|_| next(2001) as i32 - 1000).collect();
+        let spec = GemmSpec {
+            n,
+            k,
+            zp_a,
+            a_signed,
+            weights: weights.clone(),
+            bias: bias.clone(),
+            requant: vec![qc_ir::requant::Requant::F32(1.0); n],
+            zp_y: 0,
+            lo: 0,
+            hi: 255,
+        };
+        let a: Vec<u8> = (0..m * k).map(|_| next(256) as u8).collect();
+        let value = |b: u8| if a_signed { b as i8 as i64 } else { b as i64 };
+        let want: Vec<i32> = (0..m * n)
+            .map(|i| {
+                let (r, c) = (i / n, i % n);
+                let dot: i64 = (0..k).map(|kk| (value(a[r * k + kk]) - zp_a as i64) * weights[c * k + kk] as i64).sum();
+                (bias[c] as i64 + dot) as i32
+            })
+            .collect();
+        for path in [Path::Scalar, Path::Sse, Path::Vnni] {
+            // Weights beyond i8 (i16) have no VNNI kernel; beyond i16 none but the scalar one.
+            let Ok(kernel) = GemmKernel::compile_output(&spec, path, Output::I32) else {
+                assert!(path != Path::Scalar && weights.iter().any(|&w| w < -128 || w > 127), "{path:?} refused");
+                continue;
+            };
+            let mut got = vec![0i32; m * n];
+            kernel.run_i32(&a, m, &mut got).unwrap();
+            assert_eq!(got, want, "{path:?} m={m} n={n} k={k} signed={a_signed} zp={zp_a}");
+            let mut bytes = vec![0u8; m * n];
+            assert!(kernel.run(&a, m, &mut bytes).is_err(), "an i32 kernel refuses a byte output");
+        }
+    }
+}
+
+fn super_cases() -> usize {
+    if std::env::var("QC_SLOW").is_ok() { 1000 } else { 100 }
+}
