@@ -150,9 +150,83 @@ impl Conv {
         }
         let kernel = GemmKernel::compile(&spec)?;
         let pad_value = if xq.storage == qc_ir::ScalarType::I8 { zp as i8 as u8 } else { zp as u8 };
+        Conv::assemble(attrs, kernel, [c, h, wd], [kh, kw], [oh, ow], pad_value).map(Some)
+    }
+
+    /// A convolution of a compiled kernel (whose rows are `[kh][kw][C]` patches) over the window
+    /// of `attrs`, `pad_value` filling the taps in the padding.
+    pub(crate) fn assemble(
+        attrs: &Attrs,
+        kernel: GemmKernel,
+        [c, h, wd]: [usize; 3],
+        [kh, kw]: [usize; 2],
+        [oh, ow]: [usize; 2],
+        pad_value: u8,
+    ) -> Result<Conv, String> {
         let window = Window::new(attrs, (h, wd), (kh, kw), (oh, ow)).ok_or("bad convolution attributes")?;
         let gather = Gather::new(&window, c, kernel.row_stride());
-        Ok(Some(Conv { kernel, gather, image: c * window.plane, positions: window.positions, pad_value, out_hw: [oh, ow] }))
+        Ok(Conv { kernel, gather, image: c * window.plane, positions: window.positions, pad_value, out_hw: [oh, ow] })
+    }
+
+    /// The product of `batch` NHWC images (`x`) as i32 accumulators, `[batch·positions][O]`, for
+    /// a kernel writing them, with `pad` as the padding byte (see [`crate::integer`]).
+    pub fn run_i32(&self, x: &[u8], batch: usize, pad: u8, y: &mut [i32]) -> Result<(), String> {
+        self.with_patches(x, batch, pad, |rows, n| self.kernel.run_rows_i32(rows, n, y))
+    }
+
+    /// Calls `f` with the patch rows of `batch` NHWC images (`x`) and their number, `pad` filling
+    /// the taps in the padding.
+    fn with_patches(
+        &self,
+        x: &[u8],
+        batch: usize,
+        pad: u8,
+        f: impl FnOnce(&[u8], usize) -> Result<(), String>,
+    ) -> Result<(), String> {
+        let image = self.image;
+        if x.len() != batch * image {
+            return Err(format!("a convolution input has {} bytes, not {batch}·{image}", x.len()));
+        }
+        let rows = batch * self.positions;
+        let stride = self.kernel.row_stride();
+        let patch_bytes = self.positions * stride;
+        if let Gather::Direct = self.gather {
+            return f(x, rows);
+        }
+        PATCHES.with(|patches| {
+            let mut patches = patches.borrow_mut();
+            if patches.len() < rows * stride {
+                patches.resize(rows * stride, 0);
+            }
+            let patches = &mut patches[..rows * stride];
+            match &self.gather {
+                Gather::Direct => unreachable!("handled above"),
+                Gather::Bytes(index) => {
+                    for (img, dst) in x.chunks_exact(image).zip(patches.chunks_exact_mut(patch_bytes)) {
+                        // Byte index `image` is the padding: one byte of the zero point.
+                        with_padding_pixel(img, 1, pad, 0, |padded| {
+                            for (d, &i) in dst.iter_mut().zip(index) {
+                                *d = padded[i as usize];
+                            }
+                        });
+                    }
+                }
+                Gather::Runs { runs, starts } => {
+                    for (img, dst) in x.chunks_exact(image).zip(patches.chunks_exact_mut(patch_bytes)) {
+                        for (row, span) in dst.chunks_exact_mut(stride).zip(starts.windows(2)) {
+                            for r in &runs[span[0] as usize..span[1] as usize] {
+                                let d = &mut row[r.dst as usize..(r.dst + r.len) as usize];
+                                match r.src {
+                                    Some(s) => d.copy_from_slice(&img[s as usize..(s + r.len) as usize]),
+                                    None => d.fill(pad),
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+            f(patches, rows)
+        })
     }
 }
 
@@ -169,47 +243,7 @@ impl WindowKernel for Conv {
 
     /// Runs `batch` NHWC images; returns the NHWC output.
     fn run(&self, x: &[u8], batch: usize, y: &mut [u8]) -> Result<(), String> {
-        let image = self.image;
-        if x.len() != batch * image {
-            return Err(format!("a convolution input has {} bytes, not {batch}·{image}", x.len()));
-        }
-        let rows = batch * self.positions;
-        let stride = self.kernel.row_stride();
-        let patch_bytes = self.positions * stride;
-        PATCHES.with(|patches| {
-            let mut patches = patches.borrow_mut();
-            if patches.len() < rows * stride {
-                patches.resize(rows * stride, 0);
-            }
-            let patches = &mut patches[..rows * stride];
-            match &self.gather {
-                Gather::Direct => return self.kernel.run_rows(x, rows, y),
-                Gather::Bytes(index) => {
-                    for (img, dst) in x.chunks_exact(image).zip(patches.chunks_exact_mut(patch_bytes)) {
-                        // Byte index `image` is the padding: one byte of the zero point.
-                        with_padding_pixel(img, 1, self.pad_value, 0, |padded| {
-                            for (d, &i) in dst.iter_mut().zip(index) {
-                                *d = padded[i as usize];
-                            }
-                        });
-                    }
-                }
-                Gather::Runs { runs, starts } => {
-                    for (img, dst) in x.chunks_exact(image).zip(patches.chunks_exact_mut(patch_bytes)) {
-                        for (row, span) in dst.chunks_exact_mut(stride).zip(starts.windows(2)) {
-                            for r in &runs[span[0] as usize..span[1] as usize] {
-                                let d = &mut row[r.dst as usize..(r.dst + r.len) as usize];
-                                match r.src {
-                                    Some(s) => d.copy_from_slice(&img[s as usize..(s + r.len) as usize]),
-                                    None => d.fill(self.pad_value),
-                                }
-                            }
-                        }
-                    }
-                }
-            }
-            self.kernel.run_rows(patches, rows, y)
-        })
+        self.with_patches(x, batch, self.pad_value, |rows, n| self.kernel.run_rows(rows, n, y))
     }
 
     fn jit(&self) -> bool {

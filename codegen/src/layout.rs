@@ -13,8 +13,8 @@ pub enum Layout {
     Nhwc,
 }
 
-/// `dst[c][r] = src[r][c]` for a `rows × cols` byte matrix, in tiles that stay in cache.
-pub fn transpose(src: &[u8], rows: usize, cols: usize, dst: &mut [u8]) {
+/// `dst[c][r] = src[r][c]` for a `rows × cols` matrix, in tiles that stay in cache.
+pub fn transpose<T: Copy>(src: &[T], rows: usize, cols: usize, dst: &mut [T]) {
     const TILE: usize = 32;
     for r0 in (0..rows).step_by(TILE) {
         for c0 in (0..cols).step_by(TILE) {

@@ -14,6 +14,7 @@ pub mod depthwise;
 mod depthwise_simd;
 pub mod gemm;
 mod gemm_simd;
+pub mod integer;
 pub mod jit;
 pub mod lanes;
 pub mod layout;

@@ -28,6 +28,7 @@ use crate::add::AddQ;
 use crate::conv::Conv;
 use crate::depthwise::Depthwise;
 use crate::gemm::{GemmKernel, GemmSpec, bytes_tensor, tensor_bytes};
+use crate::integer::IntegerProduct;
 use crate::layout::{Layout, transpose};
 use crate::plan::{Buffer, Plan, plan};
 use crate::pool::{GlobalMean, MaxPool};
@@ -96,6 +97,13 @@ pub(crate) trait WindowKernel: Send + Sync {
 
 /// An op as lowered from the graph, on graph values.
 enum Lowered {
+    /// `matmul_integer` / `conv_integer` on tensors: input `x`, its zero point `zp`.
+    Integer {
+        product: IntegerProduct,
+        x: ValueId,
+        zp: Option<ValueId>,
+        y: ValueId,
+    },
     Quantize {
         q: Q8,
         kernel: Option<QuantizeKernel>,
@@ -162,6 +170,12 @@ enum Arg {
 
 /// One step of a run.
 enum Op {
+    Integer {
+        product: IntegerProduct,
+        /// The input and its zero point (if any), with their types.
+        args: Vec<(Arg, TensorType)>,
+        y: usize,
+    },
     Quantize {
         q: Q8,
         kernel: Option<QuantizeKernel>,
@@ -223,6 +237,7 @@ impl Op {
             Op::Quantize { kernel, .. } => kernel.is_some(),
             Op::Dequantize { kernel, .. } => kernel.is_some(),
             Op::Mean { kernel, .. } => kernel.jit(),
+            Op::Integer { .. } => true,
             _ => false,
         }
     }
@@ -544,6 +559,23 @@ fn lower(
             (OpKind::Dequantize, _, _, Some(x)) if out_ty.elem.is_f32() && batched(tys[0]) => Q8::of(tys[0]).map(|q| {
                 Lowered::Dequantize { q, kernel: jit_enabled().then(|| DequantizeKernel::compile(q).ok()).flatten(), x, y }
             }),
+            (OpKind::MatMulInteger | OpKind::ConvInteger, _, Some(w), Some(x)) => {
+                // The weight's zero point must be a constant too (or absent).
+                let w_zp = node.operands.get(3).map(|z| values.get(z).cloned());
+                match w_zp {
+                    Some(None) => None,
+                    w_zp => {
+                        let w_zp = w_zp.flatten();
+                        let product = if node.kind == OpKind::MatMulInteger {
+                            IntegerProduct::matmul(&tys, w, w_zp.as_deref())
+                        } else {
+                            IntegerProduct::conv(&node.attrs, &tys, w, w_zp.as_deref(), out_ty)
+                        };
+                        let product = product.map_err(|e| err(format!("{}: {e}", who())))?;
+                        product.map(|product| Lowered::Integer { product, x, zp: node.operands.get(2).copied(), y })
+                    }
+                }
+            }
             _ => None,
         };
         let loc = if node.loc.name.is_empty() { String::new() } else { format!(" loc(\"{}\")", node.loc.name) };
@@ -560,6 +592,7 @@ fn lower(
             Lowered::Quantize { kernel, .. } => kernel.is_some(),
             Lowered::Dequantize { kernel, .. } => kernel.is_some(),
             Lowered::Mean { kernel, .. } => kernel.jit(),
+            Lowered::Integer { .. } => true,
             _ => false,
         });
         lowered.push(((label, node.loc.name.clone()), op));
@@ -725,6 +758,15 @@ impl<'g> Builder<'g> {
                 let buffer = self.activations[x].buffer;
                 self.new_activation(y, Layout::Nchw, Some(buffer))?;
                 return Ok(());
+            }
+            Lowered::Integer { product, x, zp, y } => {
+                let args = std::iter::once(x).chain(zp).map(|a| Ok((self.eval_arg(a)?, self.g.ty(a).clone()))).collect::<Result<
+                    Vec<_>,
+                    CodegenError,
+                >>(
+                )?;
+                let read = args.iter().map(|(a, _)| *a).collect();
+                (Op::Integer { product, args, y: self.tensor_slot(y) }, read)
             }
             Lowered::Eval { kind, attrs, args, results } => {
                 let arg_types = args.iter().map(|&a| self.g.ty(a).clone()).collect();
@@ -923,6 +965,14 @@ impl<'a> Run<'a> {
                 );
                 self.tensors[*y] = Some(Arc::new(t));
                 0
+            }
+            Op::Integer { product, args, y } => {
+                let vals: Vec<std::borrow::Cow<'_, Tensor>> =
+                    args.iter().map(|(a, t)| self.arg_tensor(*a, t)).collect::<Result<_, _>>()?;
+                let t = product.run(&vals[0], vals.get(1).map(|v| v.as_ref())).map_err(run_err)?;
+                let ops = product.ops(vals[0].len());
+                self.tensors[*y] = Some(Arc::new(t));
+                ops
             }
             Op::Eval { kind, attrs, args, arg_types, results, result_types } => {
                 let vals: Vec<std::borrow::Cow<'_, Tensor>> =

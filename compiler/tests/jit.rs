@@ -1,5 +1,5 @@
-//! `CompiledModel` (the JIT) against the reference evaluator on the corpus: equal outputs, bit for
-//! bit; one model run from four threads at once; every corpus model run from many threads for a
+//! `CompiledModel` (the JIT) against the reference evaluator on the corpus (int8, QDQ and
+//! dynamically quantized models): equal outputs, bit for bit; one model run from four threads at once; every corpus model run from many threads for a
 //! bounded time (`QC_STRESS_SECONDS`, default 2), each output equal to the single-threaded run's;
 //! wrong inputs rejected.
 
@@ -34,6 +34,10 @@ fn cases() -> Vec<(String, Graph)> {
         .collect();
     for m in ["digits_cnn_qdq_pre_u8s8_minmax", "digits_resdw_qdq_pre_s8s8_minmax", "digits_mlp_qdq_pre_s8s8_entropy2048"] {
         v.push((m.to_string(), compiled(m, "qdq")));
+    }
+    // Dynamic quantization: matmul_integer and conv_integer run as i32-output kernels.
+    for m in ["digits_cnn", "digits_resdw", "digits_mlp"] {
+        v.push((format!("{m} dynamic"), compiled(&format!("{m}_fp32"), "dynamic")));
     }
     v
 }
