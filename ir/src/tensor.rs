@@ -147,6 +147,17 @@ impl Tensor {
     /// Converts to another scalar type the way ONNX `Cast` does (floats to ints truncate toward
     /// zero and saturate).
     pub fn cast(&self, to: ScalarType) -> Tensor {
+        // Common casts directly, element by element (the same values as through f64, which holds
+        // every one of these sources exactly).
+        match (self, to) {
+            (Tensor::I32(a), ScalarType::F32) => return Tensor::F32(a.mapv(|x| x as f32)),
+            (Tensor::I32(a), ScalarType::I64) => return Tensor::I64(a.mapv(|x| x as i64)),
+            (Tensor::U8(a), ScalarType::I64) => return Tensor::I64(a.mapv(|x| x as i64)),
+            (Tensor::I8(a), ScalarType::I64) => return Tensor::I64(a.mapv(|x| x as i64)),
+            (Tensor::U8(a), ScalarType::I32) => return Tensor::I32(a.mapv(|x| x as i32)),
+            (Tensor::I8(a), ScalarType::I32) => return Tensor::I32(a.mapv(|x| x as i32)),
+            _ => {}
+        }
         let v = self.to_f64_vec();
         let shape = IxDyn(self.shape());
         match to {

@@ -20,20 +20,39 @@ pub fn broadcast_shape(a: &[usize], b: &[usize]) -> Result<Vec<usize>, String> {
 
 fn zip_broadcast<T: Copy, U>(a: &ArrayD<T>, b: &ArrayD<T>, f: impl Fn(T, T) -> U) -> Result<ArrayD<U>, String> {
     let shape = broadcast_shape(a.shape(), b.shape())?;
+    // Same shapes, both in standard order: one loop over the two slices.
+    if a.shape() == b.shape()
+        && let (Some(x), Some(y)) = (a.as_slice(), b.as_slice())
+    {
+        let v = x.iter().zip(y).map(|(&p, &q)| f(p, q)).collect();
+        return ArrayD::from_shape_vec(IxDyn(&shape), v).map_err(|e| e.to_string());
+    }
     let av = a.broadcast(IxDyn(&shape)).ok_or("broadcast failed")?;
     let bv = b.broadcast(IxDyn(&shape)).ok_or("broadcast failed")?;
-    Ok(Zip::from(&av).and(&bv).map_collect(|&x, &y| f(x, y)))
+    // Fixed ranks iterate much faster than dynamic ones in ndarray.
+    macro_rules! fixed {
+        ($ix:ty) => {{
+            let (x, y) = (av.into_dimensionality::<$ix>().expect("rank"), bv.into_dimensionality::<$ix>().expect("rank"));
+            Ok(Zip::from(&x).and(&y).map_collect(|&p, &q| f(p, q)).into_dyn())
+        }};
+    }
+    match shape.len() {
+        2 => fixed!(ndarray::Ix2),
+        3 => fixed!(ndarray::Ix3),
+        4 => fixed!(ndarray::Ix4),
+        _ => Ok(Zip::from(&av).and(&bv).map_collect(|&x, &y| f(x, y))),
+    }
 }
 
 /// add, sub, mul, div on f32, or on integers (shape arithmetic; division truncates).
 pub fn binary(kind: OpKind, a: &Tensor, b: &Tensor) -> Result<Tensor, String> {
     match (a, b) {
-        (Tensor::F32(x), Tensor::F32(y)) => Ok(Tensor::F32(zip_broadcast(x, y, |p, q| match kind {
-            OpKind::Add => p + q,
-            OpKind::Sub => p - q,
-            OpKind::Mul => p * q,
-            _ => p / q,
-        })?)),
+        (Tensor::F32(x), Tensor::F32(y)) => Ok(Tensor::F32(match kind {
+            OpKind::Add => zip_broadcast(x, y, |p, q| p + q)?,
+            OpKind::Sub => zip_broadcast(x, y, |p, q| p - q)?,
+            OpKind::Mul => zip_broadcast(x, y, |p, q| p * q)?,
+            _ => zip_broadcast(x, y, |p, q| p / q)?,
+        })),
         (Tensor::I64(x), Tensor::I64(y)) => {
             if kind == OpKind::Div && y.iter().any(|&v| v == 0) {
                 return Err("integer division by zero".into());
