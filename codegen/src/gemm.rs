@@ -483,8 +483,11 @@ impl GemmKernel {
 /// The bytes of a quantized tensor as the kernels store them (i8 and u8 bit patterns).
 pub fn tensor_bytes(t: &Tensor) -> Option<Vec<u8>> {
     match t {
-        Tensor::I8(a) => Some(a.iter().map(|&v| v as u8).collect()),
-        Tensor::U8(a) => Some(a.iter().copied().collect()),
+        Tensor::I8(a) => Some(match a.as_slice() {
+            Some(v) => v.iter().map(|&b| b as u8).collect(),
+            None => a.iter().map(|&b| b as u8).collect(),
+        }),
+        Tensor::U8(a) => Some(a.as_slice().map_or_else(|| a.iter().copied().collect(), <[u8]>::to_vec)),
         _ => None,
     }
 }

@@ -30,6 +30,7 @@ pub fn requant_f32(acc: &[i32], mult: &[f32], zp: i32, lo: i32, hi: i32, out: &m
 /// [`qc_ir::eval::quantize_value`] over a slice: `clamp(rne(r / scale) + zp, lo, hi)`, with a
 /// NaN quotient giving the zero point (`lo ≤ zp ≤ hi`, as every quantized type has). The quotient
 /// is clamped to `±2^22` before rounding, as in [`requant_f32`].
+#[inline(always)]
 pub fn quantize(x: &[f32], scale: f32, zp: i32, lo: i32, hi: i32, out: &mut [u8]) {
     let (lo, hi) = byte_bounds(lo, hi);
     for (o, &r) in out.iter_mut().zip(x) {
@@ -39,6 +40,39 @@ pub fn quantize(x: &[f32], scale: f32, zp: i32, lo: i32, hi: i32, out: &mut [u8]
         // SAFETY: `q` is not NaN (replaced above) and is an integer in [-128, 255].
         *o = unsafe { q.to_int_unchecked::<i32>() } as u8;
     }
+}
+
+/// [`qc_ir::eval`]'s `dynamic_quantize` (u8 data, scale, zero point): the range folded over the
+/// values in memory order, the evaluator's own [`qc_ir::eval::dynamic_params`], then
+/// [`quantize`] (AVX2 where the CPU has it).
+pub fn dynamic_quantize(x: &ndarray::ArrayD<f32>) -> [qc_ir::Tensor; 3] {
+    let standard = x.as_standard_layout();
+    let v = standard.as_slice().expect("standard layout");
+    let (lo, hi) = v.iter().fold((0f32, 0f32), |(l, h), &b| (l.min(b), h.max(b)));
+    let (s, zp) = qc_ir::eval::dynamic_params(lo, hi);
+    let mut q = vec![0u8; v.len()];
+    #[cfg(target_arch = "x86_64")]
+    if std::is_x86_feature_detected!("avx2") {
+        // SAFETY: the CPU has AVX2 (checked just above).
+        unsafe { quantize_avx2(v, s, zp, &mut q) };
+    } else {
+        quantize(v, s, zp, 0, 255, &mut q);
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    quantize(v, s, zp, 0, 255, &mut q);
+    let scalar = ndarray::IxDyn(&[]);
+    [
+        qc_ir::Tensor::U8(ndarray::ArrayD::from_shape_vec(x.raw_dim(), q).expect("same length")),
+        qc_ir::Tensor::F32(ndarray::ArrayD::from_elem(scalar.clone(), s)),
+        qc_ir::Tensor::U8(ndarray::ArrayD::from_elem(scalar, zp as u8)),
+    ]
+}
+
+/// [`quantize`] to u8, compiled for AVX2 (8-lane division and rounding).
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+fn quantize_avx2(x: &[f32], scale: f32, zp: i32, out: &mut [u8]) {
+    quantize(x, scale, zp, 0, 255, out)
 }
 
 #[cfg(test)]
@@ -80,6 +114,39 @@ mod tests {
                     assert_eq!(o, quantize_value(x, scale, zp, lo, hi) as u8, "{x} / {scale} + {zp}");
                 }
             }
+        }
+    }
+
+    #[test]
+    fn lane_dynamic_quantize_equals_the_evaluator() {
+        let attrs = qc_ir::Attrs::default();
+        let ty = qc_ir::TensorType { dims: vec![qc_ir::Dim::Dynamic], elem: qc_ir::ElemType::Scalar(qc_ir::ScalarType::F32) };
+        let outs = [
+            qc_ir::TensorType { dims: vec![qc_ir::Dim::Dynamic], elem: qc_ir::ElemType::Scalar(qc_ir::ScalarType::U8) },
+            qc_ir::TensorType { dims: vec![], elem: qc_ir::ElemType::Scalar(qc_ir::ScalarType::F32) },
+            qc_ir::TensorType { dims: vec![], elem: qc_ir::ElemType::Scalar(qc_ir::ScalarType::U8) },
+        ];
+        let sets: Vec<Vec<f32>> = vec![
+            vec![],
+            vec![0.0; 5],
+            vec![-3.0, -1.5, -0.25],
+            vec![0.5, 7.25, 1e-7, 3.5],
+            (0..100).map(|i| (i as f32 - 37.0) * 0.173).collect(),
+            vec![-1.0, f32::NAN, 2.0, -0.0, 0.5],
+            vec![1e30, -1e30, 3.0],
+        ];
+        for v in sets {
+            let x = ndarray::ArrayD::from_shape_vec(ndarray::IxDyn(&[v.len()]), v.clone()).unwrap();
+            let got = dynamic_quantize(&x).to_vec();
+            let want = qc_ir::eval::eval_op_multi(
+                qc_ir::OpKind::DynamicQuantize,
+                &attrs,
+                &[&qc_ir::Tensor::F32(x)],
+                &[&ty],
+                &outs.iter().collect::<Vec<_>>(),
+            )
+            .unwrap();
+            assert_eq!(got, want, "{v:?}");
         }
     }
 }

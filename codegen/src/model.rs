@@ -97,6 +97,11 @@ pub(crate) trait WindowKernel: Send + Sync {
 
 /// An op as lowered from the graph, on graph values.
 enum Lowered {
+    /// `dynamic_quantize` on tensors: the data, scale and zero point.
+    DynamicQuantize {
+        x: ValueId,
+        results: [ValueId; 3],
+    },
     /// `matmul_integer` / `conv_integer` on tensors: input `x`, its zero point `zp`.
     Integer {
         product: IntegerProduct,
@@ -170,6 +175,12 @@ enum Arg {
 
 /// One step of a run.
 enum Op {
+    DynamicQuantize {
+        x: Arg,
+        x_ty: TensorType,
+        /// Tensor slots of the data, scale and zero point.
+        y: [usize; 3],
+    },
     Integer {
         product: IntegerProduct,
         /// The input and its zero point (if any), with their types.
@@ -559,6 +570,9 @@ fn lower(
             (OpKind::Dequantize, _, _, Some(x)) if out_ty.elem.is_f32() && batched(tys[0]) => Q8::of(tys[0]).map(|q| {
                 Lowered::Dequantize { q, kernel: jit_enabled().then(|| DequantizeKernel::compile(q).ok()).flatten(), x, y }
             }),
+            (OpKind::DynamicQuantize, _, _, Some(x)) if tys[0].elem.is_f32() && node.results.len() == 3 => {
+                Some(Lowered::DynamicQuantize { x, results: [node.results[0], node.results[1], node.results[2]] })
+            }
             (OpKind::MatMulInteger | OpKind::ConvInteger, _, Some(w), Some(x)) => {
                 // The weight's zero point must be a constant too (or absent).
                 let w_zp = node.operands.get(3).map(|z| values.get(z).cloned());
@@ -758,6 +772,10 @@ impl<'g> Builder<'g> {
                 let buffer = self.activations[x].buffer;
                 self.new_activation(y, Layout::Nchw, Some(buffer))?;
                 return Ok(());
+            }
+            Lowered::DynamicQuantize { x, results } => {
+                let (arg, x_ty) = (self.eval_arg(x)?, self.g.ty(x).clone());
+                (Op::DynamicQuantize { x: arg, x_ty, y: results.map(|r| self.tensor_slot(r)) }, vec![arg])
             }
             Lowered::Integer { product, x, zp, y } => {
                 let args = std::iter::once(x).chain(zp).map(|a| Ok((self.eval_arg(a)?, self.g.ty(a).clone()))).collect::<Result<
@@ -964,6 +982,15 @@ impl<'a> Run<'a> {
                     ndarray::ArrayD::from_shape_vec(ndarray::IxDyn(&self.shape(*x)), v).map_err(|e| run_err(e.to_string()))?,
                 );
                 self.tensors[*y] = Some(Arc::new(t));
+                0
+            }
+            Op::DynamicQuantize { x, x_ty, y } => {
+                let x = self.arg_tensor(*x, x_ty)?;
+                let a = x.as_f32().ok_or_else(|| run_err("dynamic_quantize reads f32"))?;
+                let [q, s, z] = crate::lanes::dynamic_quantize(a);
+                for (slot, t) in y.iter().zip([q, s, z]) {
+                    self.tensors[*slot] = Some(Arc::new(t));
+                }
                 0
             }
             Op::Integer { product, args, y } => {

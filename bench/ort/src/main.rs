@@ -8,9 +8,10 @@
 //! cd bench/ort && cargo run --release -- [RUNS]
 //! ```
 //!
-//! (`ORT_DYLIB_PATH` overrides where `libonnxruntime.so` is looked for.) qc's model is the fp32
-//! ONNX file through the `int8` pipeline with the corpus calibration samples; ONNX Runtime runs
-//! the fp32 file and every int8 variant in the corpus, and the fastest is its "best".
+//! (`ORT_DYLIB_PATH` overrides where `libonnxruntime.so` is looked for.) Static: qc's model is the
+//! fp32 ONNX file through the `int8` pipeline with the corpus calibration samples; ONNX Runtime
+//! runs the fp32 file and every int8 (QDQ) variant in the corpus, and the fastest is its "best".
+//! Dynamic: qc's `dynamic` pipeline against ONNX Runtime's `quantize_dynamic` variants.
 
 use ort::session::Session;
 use ort::session::builder::GraphOptimizationLevel;
@@ -48,15 +49,15 @@ fn median(mut v: Vec<f64>) -> f64 {
     v[v.len() / 2]
 }
 
-/// qc's int8 model of a corpus fp32 model.
-fn qc_model(name: &str) -> Result<CompiledModel, Error> {
+/// qc's model of a corpus fp32 model through `pipeline` (`int8` or `dynamic`).
+fn qc_model(name: &str, pipeline: &str) -> Result<CompiledModel, Error> {
     let mut g = qc::onnx::import_file(&corpus().join(format!("models/{name}_fp32.onnx")), &Default::default())?;
     let calib = Arc::new(qc::io::read_tensor(&corpus().join("data/digits_calib_x.npy"))?);
     let opts = qc_passes::PipelineOptions {
         pass_options: qc_passes::PassOptions { calibration: Some(calib), ..Default::default() },
         ..Default::default()
     };
-    qc_passes::run_pipeline(&mut g, &qc_passes::pipeline("int8")?, &opts, &mut std::io::sink())?;
+    qc_passes::run_pipeline(&mut g, &qc_passes::pipeline(pipeline)?, &opts, &mut std::io::sink())?;
     Ok(CompiledModel::compile(&g)?)
 }
 
@@ -82,62 +83,84 @@ fn main() -> Result<(), Error> {
     let env = ort::init_from(ort_library()?)?.build()?;
     let x_all = qc::io::read_tensor(&corpus().join("data/digits_test_x.npy"))?;
     let x_all = x_all.as_f32().ok_or("test data is not f32")?.clone();
-    println!(
-        "{:<14} {:>5} {:>11} {:>12} {:>12}  {:<38} {:>13}",
-        "model", "batch", "qc int8 ms", "ORT fp32 ms", "ORT int8 ms", "(ORT's fastest int8 variant)", "qc / best ORT"
-    );
+    println!("Static int8: qc's `int8` pipeline against ONNX Runtime's fp32 model and every int8 (QDQ) variant.");
+    header("qc int8 ms", "ORT int8 ms", "(ORT's fastest int8 variant)");
     for name in ["digits_mlp", "digits_cnn", "digits_resdw"] {
-        let qc = qc_model(name)?;
-        let mut fp32 = session(&env, &corpus().join(format!("models/{name}_fp32.onnx")))?;
-        let mut variants: Vec<(String, Session)> = std::fs::read_dir(corpus().join("models"))?
-            .filter_map(|e| e.ok().map(|e| e.path()))
-            .filter(|p| p.file_name().is_some_and(|n| n.to_string_lossy().starts_with(&format!("{name}_qdq_"))))
-            .map(|p| Ok((p.file_stem().unwrap_or_default().to_string_lossy().into_owned(), session(&env, &p)?)))
-            .collect::<Result<_, Error>>()?;
-        variants.sort_by(|a, b| a.0.cmp(&b.0));
-        for batch in [1usize, 64] {
-            let x = x_all.slice_axis(ndarray::Axis(0), ndarray::Slice::from(0..batch)).to_owned();
-            let shape = x.shape().to_vec();
-            let data: Vec<f32> = x.iter().copied().collect();
-            let input = Tensor::F32(x);
-            // Warm up everything, then interleave.
-            for _ in 0..10 {
-                qc.run(std::slice::from_ref(&input))?;
-                ort_run(&mut fp32, &shape, &data)?;
-                for (_, s) in &mut variants {
-                    ort_run(s, &shape, &data)?;
-                }
+        side_by_side(&env, name, "int8", "qdq", &x_all, runs)?;
+    }
+    println!();
+    println!("Dynamic: qc's `dynamic` pipeline against ONNX Runtime's fp32 model and its quantize_dynamic variants.");
+    header("qc dyn ms", "ORT dyn ms", "(ORT's fastest dynamic variant)");
+    for name in ["digits_mlp", "digits_mlpmm"] {
+        side_by_side(&env, name, "dynamic", "dyn", &x_all, runs)?;
+    }
+    Ok(())
+}
+
+fn header(qc: &str, ort: &str, variant: &str) {
+    println!("{:<14} {:>5} {:>11} {:>12} {:>12}  {:<38} {:>13}", "model", "batch", qc, "ORT fp32 ms", ort, variant, "qc / best ORT");
+}
+
+/// One model at batch 1 and 64: qc through `pipeline`, ONNX Runtime's fp32 model and its
+/// `{name}_{prefix}_*` variants, interleaved; prints a row per batch.
+fn side_by_side(
+    env: &ort::environment::Environment,
+    name: &str,
+    pipeline: &str,
+    prefix: &str,
+    x_all: &ndarray::ArrayD<f32>,
+    runs: usize,
+) -> Result<(), Error> {
+    let qc = qc_model(name, pipeline)?;
+    let mut fp32 = session(env, &corpus().join(format!("models/{name}_fp32.onnx")))?;
+    let mut variants: Vec<(String, Session)> = std::fs::read_dir(corpus().join("models"))?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.file_name().is_some_and(|n| n.to_string_lossy().starts_with(&format!("{name}_{prefix}_"))))
+        .map(|p| Ok((p.file_stem().unwrap_or_default().to_string_lossy().into_owned(), session(env, &p)?)))
+        .collect::<Result<_, Error>>()?;
+    variants.sort_by(|a, b| a.0.cmp(&b.0));
+    for batch in [1usize, 64] {
+        let x = x_all.slice_axis(ndarray::Axis(0), ndarray::Slice::from(0..batch)).to_owned();
+        let shape = x.shape().to_vec();
+        let data: Vec<f32> = x.iter().copied().collect();
+        let input = Tensor::F32(x);
+        // Warm up everything, then interleave.
+        for _ in 0..10 {
+            qc.run(std::slice::from_ref(&input))?;
+            ort_run(&mut fp32, &shape, &data)?;
+            for (_, s) in &mut variants {
+                ort_run(s, &shape, &data)?;
             }
-            let (mut t_qc, mut t_fp32) = (Vec::new(), Vec::new());
-            let mut t_int8: Vec<Vec<f64>> = vec![Vec::new(); variants.len()];
-            for _ in 0..runs {
-                let t = Instant::now();
-                std::hint::black_box(qc.run(std::slice::from_ref(&input))?);
-                t_qc.push(t.elapsed().as_secs_f64());
-                let t = Instant::now();
-                std::hint::black_box(ort_run(&mut fp32, &shape, &data)?);
-                t_fp32.push(t.elapsed().as_secs_f64());
-                for ((_, s), times) in variants.iter_mut().zip(&mut t_int8) {
-                    let t = Instant::now();
-                    std::hint::black_box(ort_run(s, &shape, &data)?);
-                    times.push(t.elapsed().as_secs_f64());
-                }
-            }
-            let (q, f) = (median(t_qc), median(t_fp32));
-            let (best, i8_t) = variants
-                .iter()
-                .zip(t_int8)
-                .map(|((n, _), t)| (n.clone(), median(t)))
-                .min_by(|a, b| a.1.total_cmp(&b.1))
-                .ok_or("no int8 variant in the corpus")?;
-            println!(
-                "{name:<14} {batch:>5} {:>11.4} {:>12.4} {:>12.4}  {best:<38} {:>12.2}x",
-                q * 1e3,
-                f * 1e3,
-                i8_t * 1e3,
-                q / f.min(i8_t)
-            );
         }
+        let (mut t_qc, mut t_fp32) = (Vec::new(), Vec::new());
+        let mut t_int8: Vec<Vec<f64>> = vec![Vec::new(); variants.len()];
+        for _ in 0..runs {
+            let t = Instant::now();
+            std::hint::black_box(qc.run(std::slice::from_ref(&input))?);
+            t_qc.push(t.elapsed().as_secs_f64());
+            let t = Instant::now();
+            std::hint::black_box(ort_run(&mut fp32, &shape, &data)?);
+            t_fp32.push(t.elapsed().as_secs_f64());
+            for ((_, s), times) in variants.iter_mut().zip(&mut t_int8) {
+                let t = Instant::now();
+                std::hint::black_box(ort_run(s, &shape, &data)?);
+                times.push(t.elapsed().as_secs_f64());
+            }
+        }
+        let (q, f) = (median(t_qc), median(t_fp32));
+        let (best, i8_t) = variants
+            .iter()
+            .zip(t_int8)
+            .map(|((n, _), t)| (n.clone(), median(t)))
+            .min_by(|a, b| a.1.total_cmp(&b.1))
+            .ok_or("no quantized variant in the corpus")?;
+        println!(
+            "{name:<14} {batch:>5} {:>11.4} {:>12.4} {:>12.4}  {best:<38} {:>12.2}x",
+            q * 1e3,
+            f * 1e3,
+            i8_t * 1e3,
+            q / f.min(i8_t)
+        );
     }
     Ok(())
 }

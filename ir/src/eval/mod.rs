@@ -9,7 +9,7 @@ mod quant;
 mod shape_ops;
 
 pub use integer::weight_output_axis;
-pub use quant::{dequantize_value, quantize_value};
+pub use quant::{dequantize_value, dynamic_params, quantize_value};
 
 use crate::attr::Attrs;
 use crate::graph::{ConstValue, Graph, ValueId};

@@ -85,13 +85,22 @@ pub fn relu_q(x: &Tensor, zp: i32) -> Tensor {
 /// `s = (max - min) / 255` (1 when max = min), `zp = rne(clamp(-min / s, 0, 255))`.
 /// Returns (data, scale, zero point).
 pub fn dynamic_quantize(x: &ArrayD<f32>) -> (Tensor, Tensor, Tensor) {
-    let lo = x.iter().fold(0f32, |a, &b| a.min(b));
-    let hi = x.iter().fold(0f32, |a, &b| a.max(b));
-    let s = if hi == lo { 1.0 } else { (hi - lo) / 255.0 };
-    let zp = (-lo / s).clamp(0.0, 255.0).round_ties_even() as i32;
+    // min and max ignore NaN and are order-free otherwise: fold the memory in place.
+    let (lo, hi) = match x.as_slice_memory_order() {
+        Some(v) => v.iter().fold((0f32, 0f32), |(l, h), &b| (l.min(b), h.max(b))),
+        None => x.iter().fold((0f32, 0f32), |(l, h), &b| (l.min(b), h.max(b))),
+    };
+    let (s, zp) = dynamic_params(lo, hi);
     let q = x.mapv(|v| quantize_value(v, s, zp, 0, 255) as u8);
     let scalar = ndarray::IxDyn(&[]);
     (Tensor::U8(q), Tensor::F32(ArrayD::from_elem(scalar.clone(), s)), Tensor::U8(ArrayD::from_elem(scalar, zp as u8)))
+}
+
+/// The scale and zero point [`dynamic_quantize`] picks for values in `[lo, hi]` (`lo ≤ 0 ≤ hi`).
+pub fn dynamic_params(lo: f32, hi: f32) -> (f32, i32) {
+    let s = if hi == lo { 1.0 } else { (hi - lo) / 255.0 };
+    let zp = (-lo / s).clamp(0.0, 255.0).round_ties_even() as i32;
+    (s, zp)
 }
 
 /// ONNX MatMulInteger: `(a - a_zp)(b - b_zp)` exactly, in i32. `a_zp` is a scalar or one per row
