@@ -3,7 +3,9 @@
 //! The JIT wrapper ([`jit`]); the integer GEMM kernel ([`gemm`], scalar and 128-bit vector
 //! paths) specialized to one layer; convolutions as GEMMs over channels-last patches ([`conv`]);
 //! depthwise convolution, max pooling, the global mean, quantize and dequantize as kernels of
-//! their own ([`depthwise`], [`pool`]); a Rust table kernel for residual adds ([`add`]); and
+//! their own ([`depthwise`], [`pool`]); the products of dynamically quantized layers as GEMMs
+//! writing i32 ([`integer`]); Rust table kernels for residual adds and activations ([`add`],
+//! [`lut`]); and
 //! [`CompiledModel`], which runs a graph on them and every other op on the evaluator's
 //! implementation. Everything is checked bit for bit against the reference evaluator.
 #![warn(missing_docs)]
@@ -18,6 +20,7 @@ pub mod integer;
 pub mod jit;
 pub mod lanes;
 pub mod layout;
+pub mod lut;
 pub mod model;
 pub mod plan;
 pub mod pool;

@@ -2,8 +2,9 @@
 //! convolution (groups = 1) run as JIT-compiled GEMM kernels specialized to their layer
 //! ([`crate::conv`]); integer depthwise convolution as a JIT-compiled kernel of its own
 //! ([`crate::depthwise`]), and so do max pooling and the global mean ([`crate::pool`]) and
-//! per-tensor quantize and dequantize; same-shape add runs as a Rust table kernel
-//! ([`crate::add`]); 4-D
+//! per-tensor quantize and dequantize; `matmul_integer` and `conv_integer` (dynamic
+//! quantization) as GEMMs writing i32 ([`crate::integer`]); same-shape add and 8-bit activations
+//! as Rust table kernels ([`crate::add`], [`crate::lut`]); 4-D
 //! activations stay channels-last between those kernels ([`crate::layout`]); every other op runs
 //! the reference evaluator's implementation. Results equal the evaluator's bit for bit (tested on
 //! the corpus and by property tests per kernel).
@@ -30,6 +31,7 @@ use crate::depthwise::Depthwise;
 use crate::gemm::{GemmKernel, GemmSpec, bytes_tensor, tensor_bytes};
 use crate::integer::IntegerProduct;
 use crate::layout::{Layout, transpose};
+use crate::lut::Lut;
 use crate::plan::{Buffer, Plan, plan};
 use crate::pool::{GlobalMean, MaxPool};
 use crate::quant_simd::{DequantizeKernel, Q8, QuantizeKernel};
@@ -137,6 +139,11 @@ enum Lowered {
         b: ValueId,
         y: ValueId,
     },
+    Lut {
+        kernel: Lut,
+        x: ValueId,
+        y: ValueId,
+    },
     Gemm {
         kernel: GemmKernel,
         a: ValueId,
@@ -213,6 +220,11 @@ enum Op {
         kernel: AddQ,
         a: usize,
         b: usize,
+        y: usize,
+    },
+    Lut {
+        kernel: Lut,
+        x: usize,
         y: usize,
     },
     Gemm {
@@ -557,6 +569,11 @@ fn lower(
                     y,
                 })
             }
+            (OpKind::Sigmoid | OpKind::HardSigmoid | OpKind::HardSwish | OpKind::Clip, true, _, Some(x))
+                if node.operands.len() == 1 && batched(tys[0]) =>
+            {
+                Lut::new(node.kind, &node.attrs, tys[0], out_ty).map(|kernel| Lowered::Lut { kernel, x, y })
+            }
             (OpKind::Add, true, _, Some(a)) => {
                 AddQ::new(&node.attrs, &tys, out_ty).map(|kernel| Lowered::Add { kernel, a, b: node.operands[1], y })
             }
@@ -672,6 +689,12 @@ impl<'g> Builder<'g> {
         d.len() != 3 || d[0] == 1 || d[1] * d[2] == 1
     }
 
+    /// The layout `v` already has (channels-last first), else NCHW: where an elementwise kernel
+    /// reads it without a conversion.
+    fn present_layout(&self, v: ValueId) -> Layout {
+        [Layout::Nhwc, Layout::Nchw].into_iter().find(|&l| self.activation_of.contains_key(&(v, l))).unwrap_or(Layout::Nchw)
+    }
+
     /// The activation of value `v` in `layout`, adding the steps that make it (a tensor's bytes
     /// copied in, a layout change) when needed.
     fn activation(&mut self, v: ValueId, layout: Layout) -> Result<usize, CodegenError> {
@@ -755,11 +778,13 @@ impl<'g> Builder<'g> {
                 // `[batch][C]` is the same bytes in either layout.
                 (Op::Mean { kernel, x, y: self.new_activation(y, Layout::Nchw, None)? }, vec![Arg::A(x)])
             }
+            Lowered::Lut { kernel, x, y } => {
+                let layout = self.present_layout(x);
+                let x = self.activation(x, layout)?;
+                (Op::Lut { kernel, x, y: self.new_activation(y, layout, None)? }, vec![Arg::A(x)])
+            }
             Lowered::Add { kernel, a, b, y } => {
-                let layout = [Layout::Nhwc, Layout::Nchw]
-                    .into_iter()
-                    .find(|&l| self.activation_of.contains_key(&(a, l)))
-                    .unwrap_or(Layout::Nchw);
+                let layout = self.present_layout(a);
                 let (a, b) = (self.activation(a, layout)?, self.activation(b, layout)?);
                 (Op::Add { kernel, a, b, y: self.new_activation(y, layout, None)? }, vec![Arg::A(a), Arg::A(b)])
             }
@@ -923,6 +948,11 @@ impl<'a> Run<'a> {
             Op::Add { kernel, a, b, y } => {
                 let ([a, b], out) = self.io([*a, *b], *y)?;
                 kernel.run(a, b, out).map_err(run_err)?;
+                0
+            }
+            Op::Lut { kernel, x, y } => {
+                let ([x], out) = self.io([*x], *y)?;
+                kernel.run(x, out).map_err(run_err)?;
                 0
             }
             Op::Convert { x, y } => {

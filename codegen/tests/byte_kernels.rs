@@ -1,4 +1,5 @@
-//! The byte kernels (max pooling and global mean, JIT-compiled; residual add) through `CompiledModel` against the
+//! The byte kernels (max pooling and global mean, JIT-compiled; residual add and lookup-table
+//! activations) through `CompiledModel` against the
 //! reference evaluator, bit for bit, over random shapes, windows (kernel, strides, pads,
 //! dilations), zero points, scales, signedness and requantization modes. Each case's graph puts a
 //! 1×1 convolution first, so the kernels read channels-last values, and adds that value to the
@@ -47,14 +48,16 @@ impl Case {
             format!("reduce_mean(%s) {{axes = [-1, 2], keepdims = true, {mode}}}")
         };
         format!(
-            "func @kernels(%x: tensor<?x{c}x{h}x{w}x{qx}>) -> (tensor<?x{c}x{ph}x{pw}x{qa}>, tensor<?x{c}x{h}x{w}x{qs}>, tensor<?x{c}x1x1x{qs}>) {{
+            "func @kernels(%x: tensor<?x{c}x{h}x{w}x{qx}>) -> (tensor<?x{c}x{ph}x{pw}x{qa}>, tensor<?x{c}x{h}x{w}x{qs}>, tensor<?x{c}x1x1x{qs}>, tensor<?x{c}x{h}x{w}x{qs}>) {{
   %w = const dense<[{wv}]> : tensor<{c}x{c}x1x1x!q<i8, 0.01, 0>>
   %a = conv2d(%x, %w) {{{mode}}} : tensor<?x{c}x{h}x{w}x{qa}>
   %m = max_pool(%a) {{kernel_shape = [{kh}, {kw}], {attrs}}} : tensor<?x{c}x{ph}x{pw}x{qa}>
   %s = add(%a, %x) {{{act}}} : tensor<?x{c}x{h}x{w}x{qs}>
   %g = {mean} : tensor<?x{c}x1x1x{qs}>
-  return %m, %s, %g
+  %l = {lut}(%a) : tensor<?x{c}x{h}x{w}x{qs}>
+  return %m, %s, %g, %l
 }}",
+            lut = ["sigmoid", "hard_swish", "hard_sigmoid"][self.c % 3],
             qx = q(0),
             qa = q(1),
             qs = q(2),
