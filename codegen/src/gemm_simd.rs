@@ -207,25 +207,28 @@ pub(crate) fn compile(spec: &GemmSpec, path: Path, output: Output) -> Result<Gem
         let little = MemFlagsData::new().with_endianness(Endianness::Little);
         let zero = b.ins().iconst(types::I64, 0);
         // Rows in pairs (each panel load serves both); `m` is even (`GemmKernel::run_rows` runs an
-        // odd last row through a two-row scratch), so one body serves every row.
-        let rows_block = |b: &mut FunctionBuilder, row0: Value, rows: usize| {
-            let a_rows: Vec<Value> = (0..rows)
-                .map(|r| {
-                    let i = b.ins().iadd_imm_s(row0, r as i64);
-                    let off = b.ins().imul_imm_s(i, lda);
-                    b.ins().iadd(a, off)
-                })
-                .collect();
-            let o_rows: Vec<Value> = (0..rows)
-                .map(|r| {
-                    let i = b.ins().iadd_imm_s(row0, r as i64);
-                    let off = b.ins().imul_imm_s(i, (n * out_size) as i64);
-                    b.ins().iadd(out, off)
-                })
-                .collect();
-            // One block: `vecs` column vectors starting at vector `first`, for every row; `walk`
-            // is the range of the group table to visit (all groups when `None`).
-            let block = |b: &mut FunctionBuilder, first: Value, vecs: usize, last_cols: usize, walk: Option<(usize, usize)>| {
+        // odd last row through a two-row scratch), so one body serves every row. Blocks of
+        // columns outside, row pairs inside: a block's weight panels stay in L1 while the rows
+        // stream past them.
+        let pairs = b.ins().sshr_imm_s(m, 1);
+        // One block: `vecs` column vectors starting at vector `first`, for every row pair;
+        // `walk` is the range of the group table to visit (all groups when `None`).
+        let block = |b: &mut FunctionBuilder, first: Value, vecs: usize, last_cols: usize, walk: Option<(usize, usize)>| {
+            emit_loop(b, zero, pairs, |b, p| {
+                let row0 = b.ins().imul_imm_s(p, 2);
+                let rows = 2usize;
+                // The addresses of the pair's rows in `base`, `stride` bytes apart.
+                let row_addrs = |b: &mut FunctionBuilder, base: Value, stride: i64| -> Vec<Value> {
+                    (0..rows)
+                        .map(|r| {
+                            let i = b.ins().iadd_imm_s(row0, r as i64);
+                            let off = b.ins().imul_imm_s(i, stride);
+                            b.ins().iadd(base, off)
+                        })
+                        .collect()
+                };
+                let a_rows = row_addrs(b, a, lda);
+                let o_rows = row_addrs(b, out, (n * out_size) as i64);
                 let accs: Vec<Vec<_>> = (0..rows).map(|_| (0..vecs).map(|_| b.declare_var(types::I32X4)).collect()).collect();
                 for v in 0..vecs {
                     let off = b.ins().imul_imm_s(first, 16);
@@ -400,38 +403,33 @@ pub(crate) fn compile(spec: &GemmSpec, path: Path, output: Output) -> Result<Gem
                         store_bytes(b, [q, q], unsigned_out, o_addr, cols);
                     }
                 }
-            };
-            // Whole blocks of 16 columns in a loop, then the rest in one block whose last
-            // vector may be partial (then only its columns are stored).
-            // Sparse weights unroll the blocks, each with its own group table.
-            let complete = n / 4;
-            let full = complete / 4;
-            let walk = |blk: usize| sparse.then(|| (starts[blk], starts[blk + 1]));
-            if full > 0 && sparse {
-                for blk in 0..full {
-                    let first = b.ins().iconst(types::I64, (blk * 4) as i64);
-                    block(b, first, 4, 4, walk(blk));
-                }
-            } else if full > 0 {
-                let end = b.ins().iconst(types::I64, full as i64);
-                let zero = b.ins().iconst(types::I64, 0);
-                emit_loop(b, zero, end, |b, blk| {
-                    let first = b.ins().imul_imm_s(blk, 4);
-                    block(b, first, 4, 4, None);
-                });
-            }
-            let rest = complete % 4 + usize::from(n % 4 != 0);
-            if rest > 0 {
-                let first = b.ins().iconst(types::I64, (full * 4) as i64);
-                let last_cols = if n % 4 != 0 { n % 4 } else { 4 };
-                block(b, first, rest, last_cols, walk(full));
-            }
+            })
         };
-        let pairs = b.ins().sshr_imm_s(m, 1);
-        emit_loop(b, zero, pairs, |b, p| {
-            let row0 = b.ins().imul_imm_s(p, 2);
-            rows_block(b, row0, 2);
-        });
+        // Whole blocks of 16 columns in a loop, then the rest in one block whose last
+        // vector may be partial (then only its columns are stored).
+        // Sparse weights unroll the blocks, each with its own group table.
+        let complete = n / 4;
+        let full = complete / 4;
+        let walk = |blk: usize| sparse.then(|| (starts[blk], starts[blk + 1]));
+        if full > 0 && sparse {
+            for blk in 0..full {
+                let first = b.ins().iconst(types::I64, (blk * 4) as i64);
+                block(b, first, 4, 4, walk(blk));
+            }
+        } else if full > 0 {
+            let end = b.ins().iconst(types::I64, full as i64);
+            let zero = b.ins().iconst(types::I64, 0);
+            emit_loop(b, zero, end, |b, blk| {
+                let first = b.ins().imul_imm_s(blk, 4);
+                block(b, first, 4, 4, None);
+            });
+        }
+        let rest = complete % 4 + usize::from(n % 4 != 0);
+        if rest > 0 {
+            let first = b.ins().iconst(types::I64, (full * 4) as i64);
+            let last_cols = if n % 4 != 0 { n % 4 } else { 4 };
+            block(b, first, rest, last_cols, walk(full));
+        }
         b.ins().return_(&[]);
     })?;
     let code = Arc::new(jit.finish()?);
