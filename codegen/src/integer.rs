@@ -152,6 +152,26 @@ impl IntegerProduct {
     /// The i32 product of `x` (8-bit integers) and the compiled weight, `x_zp` the input's zero
     /// point (a one-element tensor, or none for 0).
     pub fn run(&self, x: &Tensor, x_zp: Option<&Tensor>) -> Result<Tensor, String> {
+        let (acc, shape) = self.products(x, x_zp)?;
+        Ok(Tensor::I32(ndarray::ArrayD::from_shape_vec(ndarray::IxDyn(&shape), acc).map_err(|e| e.to_string())?))
+    }
+
+    /// The output channels (columns).
+    pub fn channels(&self) -> usize {
+        self.colsum.len()
+    }
+
+    /// How the output's channels lie in logical order: runs of this many consecutive elements
+    /// share a channel, and the channels repeat in order (`[.., N]`: 1; `[B, O, oh, ow]`: oh·ow).
+    pub fn channel_run(&self) -> usize {
+        match &self.shape {
+            Shape::MatMul { .. } => 1,
+            Shape::Conv { out_hw, .. } => out_hw[0] * out_hw[1],
+        }
+    }
+
+    /// [`IntegerProduct::run`]'s values in logical order, and their shape.
+    pub fn products(&self, x: &Tensor, x_zp: Option<&Tensor>) -> Result<(Vec<i32>, Vec<usize>), String> {
         let expected = if self.signed { ScalarType::I8 } else { ScalarType::U8 };
         if x.scalar_type() != expected {
             return Err(format!("an integer product reads {expected}, got {}", x.scalar_type()));
@@ -207,7 +227,6 @@ impl IntegerProduct {
             }
             acc = nchw;
         }
-        let y = ndarray::ArrayD::from_shape_vec(ndarray::IxDyn(&out_shape), acc).map_err(|e| e.to_string())?;
-        Ok(Tensor::I32(y))
+        Ok((acc, out_shape))
     }
 }

@@ -14,6 +14,7 @@ pub mod add;
 pub mod conv;
 pub mod depthwise;
 mod depthwise_simd;
+mod dequant_chain;
 pub mod gemm;
 mod gemm_simd;
 pub mod integer;

@@ -3,7 +3,8 @@
 //! ([`crate::conv`]); integer depthwise convolution as a JIT-compiled kernel of its own
 //! ([`crate::depthwise`]), and so do max pooling and the global mean ([`crate::pool`]) and
 //! per-tensor quantize and dequantize; `matmul_integer` and `conv_integer` (dynamic
-//! quantization) as GEMMs writing i32 ([`crate::integer`]); same-shape add and 8-bit activations
+//! quantization) as GEMMs writing i32 ([`crate::integer`]), with their f32 tail fused in when
+//! they have one (`dequant_chain.rs`); same-shape add and 8-bit activations
 //! as Rust table kernels ([`crate::add`], [`crate::lut`]); 4-D
 //! activations stay channels-last between those kernels ([`crate::layout`]); every other op runs
 //! the reference evaluator's implementation. Results equal the evaluator's bit for bit (tested on
@@ -28,6 +29,7 @@
 use crate::add::AddQ;
 use crate::conv::Conv;
 use crate::depthwise::Depthwise;
+use crate::dequant_chain;
 use crate::gemm::{GemmKernel, GemmSpec, bytes_tensor, tensor_bytes};
 use crate::integer::IntegerProduct;
 use crate::layout::{Layout, transpose};
@@ -36,8 +38,8 @@ use crate::plan::{Buffer, Plan, plan};
 use crate::pool::{GlobalMean, MaxPool};
 use crate::quant_simd::{DequantizeKernel, Q8, QuantizeKernel};
 use qc_ir::eval::{check_input, dequantize_value, eval_op_multi, quantize_value};
-use qc_ir::{Attrs, ConstValue, Dim, ElemType, Graph, OpKind, Tensor, TensorType, ValueId};
-use std::collections::HashMap;
+use qc_ir::{Attrs, ConstValue, Dim, ElemType, Graph, NodeId, OpKind, Tensor, TensorType, ValueId};
+use std::collections::{HashMap, HashSet};
 use std::fmt;
 use std::sync::Arc;
 
@@ -97,8 +99,30 @@ pub(crate) trait WindowKernel: Send + Sync {
     fn jit(&self) -> bool;
 }
 
+/// A fused integer product waiting for the add of its chain (see `dequant_chain`).
+struct PendingChain {
+    product: IntegerProduct,
+    x: ValueId,
+    zp: Option<ValueId>,
+    scale: ValueId,
+    bias: ValueId,
+    attrs: Attrs,
+    y: ValueId,
+}
+
 /// An op as lowered from the graph, on graph values.
 enum Lowered {
+    /// An integer product with its f32 tail (see `dequant_chain`).
+    Dequantized {
+        product: IntegerProduct,
+        x: ValueId,
+        zp: Option<ValueId>,
+        scale: ValueId,
+        bias: Arc<Tensor>,
+        /// The add's attributes (its fused activation).
+        attrs: Attrs,
+        y: ValueId,
+    },
     /// `dynamic_quantize` on tensors: the data, scale and zero point.
     DynamicQuantize {
         x: ValueId,
@@ -182,6 +206,15 @@ enum Arg {
 
 /// One step of a run.
 enum Op {
+    Dequantized {
+        product: IntegerProduct,
+        /// The input, its zero point (if any) and the scale, with their types.
+        args: Vec<(Arg, TensorType)>,
+        has_zp: bool,
+        bias: Arc<Tensor>,
+        attrs: Attrs,
+        y: usize,
+    },
     DynamicQuantize {
         x: Arg,
         x_ty: TensorType,
@@ -260,7 +293,7 @@ impl Op {
             Op::Quantize { kernel, .. } => kernel.is_some(),
             Op::Dequantize { kernel, .. } => kernel.is_some(),
             Op::Mean { kernel, .. } => kernel.jit(),
-            Op::Integer { .. } => true,
+            Op::Integer { .. } | Op::Dequantized { .. } => true,
             _ => false,
         }
     }
@@ -516,8 +549,15 @@ fn lower(
     let mut values: HashMap<ValueId, Arc<Tensor>> = HashMap::new();
     let mut lowered = Vec::new();
     let mut kernels = 0;
+    // Integer products whose f32 tail is fused into them (see `dequant_chain`): the cast and
+    // multiply they absorb, and the fused step, waiting for the add where it runs.
+    let mut absorbed: HashSet<NodeId> = HashSet::new();
+    let mut pending: HashMap<NodeId, PendingChain> = HashMap::new();
     for id in order {
         let node = g.node(id);
+        if absorbed.contains(&id) {
+            continue;
+        }
         let who = || format!("{} = {}", g.display_value(node.results[0]), node.kind);
         if let Some(value) = &node.value {
             let t = match value {
@@ -539,7 +579,16 @@ fn lower(
         let weight = node.operands.get(1).and_then(|w| values.get(w).cloned());
         let bias = node.operands.get(2).and_then(|b| values.get(b).cloned());
         let x = node.operands.first().copied();
+        // A fused step runs at its add, whose bias constant has been seen by then.
+        let fused = match pending.remove(&id) {
+            Some(PendingChain { product, x, zp, scale, bias, attrs, y }) => {
+                let bias = values.get(&bias).cloned().ok_or_else(|| err(format!("{}: the bias is not a constant", who())))?;
+                Some(Lowered::Dequantized { product, x, zp, scale, bias, attrs, y })
+            }
+            None => None,
+        };
         let kernel = match (node.kind, integer && activation_out, &weight, x) {
+            _ if fused.is_some() => fused,
             (OpKind::Gemm | OpKind::MatMul, true, Some(w), Some(x)) if tys[0].rank() == 2 && w.shape().len() == 2 => {
                 let spec = GemmSpec::from_node(node.kind, &node.attrs, &tys, w, bias.as_deref(), out_ty)
                     .map_err(|e| err(format!("{}: {e}", who())))?;
@@ -603,7 +652,21 @@ fn lower(
                             IntegerProduct::conv(&node.attrs, &tys, w, w_zp.as_deref(), out_ty)
                         };
                         let product = product.map_err(|e| err(format!("{}: {e}", who())))?;
-                        product.map(|product| Lowered::Integer { product, x, zp: node.operands.get(2).copied(), y })
+                        let zp = node.operands.get(2).copied();
+                        match (product, dequant_chain::find(g, id)) {
+                            (Some(product), Some(chain)) => {
+                                // Runs at the chain's add; the bias is a constant seen by then.
+                                absorbed.extend(chain.inner);
+                                let add = g.node(chain.add);
+                                let (attrs, y) = (add.attrs.clone(), add.results[0]);
+                                pending.insert(
+                                    chain.add,
+                                    PendingChain { product, x, zp, scale: chain.scale, bias: chain.bias, attrs, y },
+                                );
+                                continue;
+                            }
+                            (product, _) => product.map(|product| Lowered::Integer { product, x, zp, y }),
+                        }
                     }
                 }
             }
@@ -623,7 +686,7 @@ fn lower(
             Lowered::Quantize { kernel, .. } => kernel.is_some(),
             Lowered::Dequantize { kernel, .. } => kernel.is_some(),
             Lowered::Mean { kernel, .. } => kernel.jit(),
-            Lowered::Integer { .. } => true,
+            Lowered::Integer { .. } | Lowered::Dequantized { .. } => true,
             _ => false,
         });
         lowered.push(((label, node.loc.name.clone()), op));
@@ -797,6 +860,15 @@ impl<'g> Builder<'g> {
                 let buffer = self.activations[x].buffer;
                 self.new_activation(y, Layout::Nchw, Some(buffer))?;
                 return Ok(());
+            }
+            Lowered::Dequantized { product, x, zp, scale, bias, attrs, y } => {
+                let args = std::iter::once(x)
+                    .chain(zp)
+                    .chain([scale])
+                    .map(|a| Ok((self.eval_arg(a)?, self.g.ty(a).clone())))
+                    .collect::<Result<Vec<_>, CodegenError>>()?;
+                let read = args.iter().map(|(a, _)| *a).collect();
+                (Op::Dequantized { product, args, has_zp: zp.is_some(), bias, attrs, y: self.tensor_slot(y) }, read)
             }
             Lowered::DynamicQuantize { x, results } => {
                 let (arg, x_ty) = (self.eval_arg(x)?, self.g.ty(x).clone());
@@ -1013,6 +1085,15 @@ impl<'a> Run<'a> {
                 );
                 self.tensors[*y] = Some(Arc::new(t));
                 0
+            }
+            Op::Dequantized { product, args, has_zp, bias, attrs, y } => {
+                let vals: Vec<std::borrow::Cow<'_, Tensor>> =
+                    args.iter().map(|(a, t)| self.arg_tensor(*a, t)).collect::<Result<_, _>>()?;
+                let zp = if *has_zp { Some(vals[1].as_ref()) } else { None };
+                let y_t = dequant_chain::run(product, &vals[0], zp, &vals[vals.len() - 1], bias, attrs).map_err(run_err)?;
+                let ops = product.ops(vals[0].len());
+                self.tensors[*y] = Some(Arc::new(y_t));
+                ops
             }
             Op::DynamicQuantize { x, x_ty, y } => {
                 let x = self.arg_tensor(*x, x_ty)?;

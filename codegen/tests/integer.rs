@@ -2,7 +2,9 @@
 //! constant weight, run as i32-output GEMM kernels — through `CompiledModel` against the reference
 //! evaluator, bit for bit, over random shapes, windows (strides, pads, dilations), u8 and i8
 //! inputs, input zero points given at run time and constant weight zero points (one, or one per
-//! output channel). `QC_SLOW=1` runs 1000 cases.
+//! output channel), with and without the f32 tail that `quantize-dynamic` emits after them (cast,
+//! multiply by a run-time scale, add a bias with relu), which the compiler fuses into the
+//! product. `QC_SLOW=1` runs 1000 cases.
 
 mod support;
 
@@ -26,9 +28,43 @@ struct Case {
     w_zp: Vec<i32>,
     x: Vec<i32>,
     w: Vec<i32>,
+    /// Append the f32 tail `quantize-dynamic` emits (cast, multiply by a run-time scale, add a
+    /// constant bias with relu), which the compiler fuses into the product.
+    tail: bool,
 }
 
 impl Case {
+    fn scale_param(&self) -> &'static str {
+        if self.tail { ", %sx: tensor<f32>" } else { "" }
+    }
+
+    fn out_elem(&self) -> &'static str {
+        if self.tail { "f32" } else { "i32" }
+    }
+
+    /// The rest of the body: the return of `%y`, or the f32 tail (per-channel weight scales and
+    /// bias of shape `per`) and its return.
+    fn tail(&self, out: &str, per: &str) -> String {
+        if !self.tail {
+            return "  return %y\n".into();
+        }
+        let o = self.o;
+        let ws: Vec<String> = (0..o).map(|i| format!("{:?}", 0.001 * (i + 1) as f32)).collect();
+        let bs: Vec<String> = (0..o).map(|i| format!("{:?}", (i as f32 - 2.5) * 0.37)).collect();
+        format!(
+            "  %c = cast(%y) {{to = \"f32\"}} : tensor<{out}xf32>
+  %ws = const dense<[{ws}]> : tensor<{per}xf32>
+  %s = mul(%sx, %ws) : tensor<{per}xf32>
+  %m = mul(%c, %s) : tensor<{out}xf32>
+  %b = const dense<[{bs}]> : tensor<{per}xf32>
+  %z = add(%m, %b) {{activation = \"relu\"}} : tensor<{out}xf32>
+  return %z
+",
+            ws = ws.join(", "),
+            bs = bs.join(", "),
+        )
+    }
+
     fn x_shape(&self) -> Vec<usize> {
         match &self.win {
             Some(win) => vec![self.batch, self.c, win.hw[0], win.hw[1]],
@@ -49,43 +85,49 @@ impl Case {
             Some(win) => {
                 let [oh, ow] = win.out()?;
                 let (h, w, kh, kw) = (win.hw[0], win.hw[1], win.k[0], win.k[1]);
+                let out = format!("?x{o}x{oh}x{ow}");
                 format!(
-                    "func @conv(%x: tensor<?x{c}x{h}x{w}x{st}>, %zp: tensor<{st}>) -> tensor<?x{o}x{oh}x{ow}xi32> {{
+                    "func @conv(%x: tensor<?x{c}x{h}x{w}x{st}>, %zp: tensor<{st}>{sx}) -> tensor<{out}x{ot}> {{
   %w = const dense<[{wv}]> : tensor<{o}x{c}x{kh}x{kw}xi8>
-{wz}  %y = conv_integer(%x, %w, %zp{wz_arg}) {{{attrs}}} : tensor<?x{o}x{oh}x{ow}xi32>
-  return %y
-}}",
+{wz}  %y = conv_integer(%x, %w, %zp{wz_arg}) {{{attrs}}} : tensor<{out}xi32>
+{tail}}}",
                     wv = list(&self.w),
                     attrs = win.attrs(),
+                    sx = self.scale_param(),
+                    ot = self.out_elem(),
+                    tail = self.tail(&out, &format!("{o}x1x1")),
                 )
             }
             None => format!(
-                "func @mm(%x: tensor<?x{c}x{st}>, %zp: tensor<{st}>) -> tensor<?x{o}xi32> {{
+                "func @mm(%x: tensor<?x{c}x{st}>, %zp: tensor<{st}>{sx}) -> tensor<?x{o}x{ot}> {{
   %w = const dense<[{wv}]> : tensor<{c}x{o}xi8>
 {wz}  %y = matmul_integer(%x, %w, %zp{wz_arg}) : tensor<?x{o}xi32>
-  return %y
-}}",
+{tail}}}",
                 wv = list(&self.w),
+                sx = self.scale_param(),
+                ot = self.out_elem(),
+                tail = self.tail(&format!("?x{o}"), &format!("{o}")),
             ),
         })
     }
 }
 
 fn case() -> impl Strategy<Value = Case> {
-    (prop::option::of(window(9, false)), prop_oneof![1usize..8, 8usize..40], 1usize..24, 0usize..4, any::<bool>(), 0usize..3)
-        .prop_flat_map(|(win, c, o, batch, signed, zps)| {
+    let shape = (prop::option::of(window(9, false)), prop_oneof![1usize..8, 8usize..40], 1usize..24, 0usize..4);
+    (shape, any::<bool>(), 0usize..3, any::<bool>())
+        .prop_flat_map(|((win, c, o, batch), signed, zps, tail)| {
             let pixels = win.as_ref().map_or(1, |w| w.hw[0] * w.hw[1]);
             let taps = win.as_ref().map_or(1, |w| w.k[0] * w.k[1]);
             let range = if signed { -128i32..=127 } else { 0i32..=255 };
             (
-                Just((win, c, o, batch, signed)),
+                Just((win, c, o, batch, signed, tail)),
                 range.clone(),
                 prop::collection::vec(-8i32..8, [0, 1, o][zps]),
                 prop::collection::vec(range, batch * c * pixels),
                 prop::collection::vec(-128i32..=127, o * c * taps),
             )
         })
-        .prop_map(|((win, c, o, batch, signed), zp, w_zp, x, w)| Case { win, c, o, batch, signed, zp, w_zp, x, w })
+        .prop_map(|((win, c, o, batch, signed, tail), zp, w_zp, x, w)| Case { win, c, o, batch, signed, zp, w_zp, x, w, tail })
 }
 
 fn check(case: &Case) -> Result<(), TestCaseError> {
@@ -96,9 +138,14 @@ fn check(case: &Case) -> Result<(), TestCaseError> {
     let st = if case.signed { ScalarType::I8 } else { ScalarType::U8 };
     let x = Tensor::I32(ArrayD::from_shape_vec(IxDyn(&case.x_shape()), case.x.clone()).unwrap()).cast(st);
     let zp = Tensor::I32(ArrayD::from_elem(IxDyn(&[]), case.zp)).cast(st);
-    let inputs = [x, zp];
+    let mut inputs = vec![x, zp];
+    if case.tail {
+        inputs.push(Tensor::F32(ArrayD::from_elem(IxDyn(&[]), 0.0123f32)));
+    }
     let model = CompiledModel::compile(&g).map_err(|e| TestCaseError::fail(e.to_string()))?;
     prop_assert_eq!(model.kernel_count(), 1, "{}", text);
+    // With the tail, only the scales' product is left to the evaluator: the rest is fused.
+    prop_assert_eq!(model.fallback_ops().len(), usize::from(case.tail), "{:?}", model.fallback_ops());
     let got = model.run(&inputs).map_err(|e| TestCaseError::fail(e.to_string()))?;
     let want = evaluate(&g, &inputs).map_err(|e| TestCaseError::fail(format!("{e:?}")))?;
     prop_assert_eq!(got, want, "{}", text);

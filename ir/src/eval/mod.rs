@@ -8,6 +8,7 @@ mod nn;
 mod quant;
 mod shape_ops;
 
+pub use elementwise::fused_activation;
 pub use integer::weight_output_axis;
 pub use quant::{dequantize_value, dynamic_params, quantize_value};
 

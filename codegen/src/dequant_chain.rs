@@ -1,0 +1,121 @@
+//! The f32 tail of a dynamically quantized layer, fused into its integer product: what
+//! `quantize-dynamic` emits after `matmul_integer`/`conv_integer`,
+//!
+//! ```text
+//! %acc = matmul_integer(%x.q, %w.q8, %x.zp)        %c = cast(%acc) {to = "f32"}
+//! %m = mul(%c, %s)   (%s = x.scale · w.scale)      %y = add(%m, %b) {activation}
+//! ```
+//!
+//! runs as one step computing `act(f32(acc)·s[ch] + b[ch])` per element — the evaluator's own
+//! operations in its order (a cast, one f32 multiply, one f32 add, then the add's fused
+//! activation), so the result is the same bit for bit — instead of four evaluator steps with a
+//! tensor each. This module finds such chains from their structure; the product itself must still
+//! compile ([`crate::integer`]) for the chain to be fused.
+
+use crate::integer::IntegerProduct;
+use qc_ir::{Attrs, Graph, NodeId, OpKind, ScalarType, Tensor, TensorType, ValueId};
+
+/// A chain found in the graph.
+pub(crate) struct Chain {
+    /// The cast and the multiply, which run inside the fused step.
+    pub(crate) inner: [NodeId; 2],
+    /// The add, where the fused step runs (all its operands exist by then).
+    pub(crate) add: NodeId,
+    /// The per-channel (or single) scale, computed at run time.
+    pub(crate) scale: ValueId,
+    /// The per-channel (or single) bias, a constant.
+    pub(crate) bias: ValueId,
+}
+
+/// The single use of `v` (not a graph output), as (node, operand index).
+fn only_use(g: &Graph, v: ValueId) -> Option<(NodeId, usize)> {
+    match (g.use_count(v), g.uses(v).as_slice()) {
+        (1, [u]) => Some(*u),
+        _ => None,
+    }
+}
+
+/// Whether `t` (f32, fixed dims) broadcasts over an output of `shape` along `axis` only: every
+/// dim 1, except the one aligned with `axis`, which may be `shape[axis]`.
+fn per_channel(t: &TensorType, shape: &[Option<u64>], axis: usize) -> bool {
+    let dims: Option<Vec<u64>> = t.dims.iter().map(|d| d.fixed()).collect();
+    let Some(dims) = dims else { return false };
+    if t.elem.storage() != ScalarType::F32 || t.elem.quant().is_some() || dims.len() > shape.len() {
+        return false;
+    }
+    let offset = shape.len() - dims.len();
+    dims.iter().enumerate().all(|(j, &d)| d == 1 || (offset + j == axis && Some(d) == shape[axis]))
+}
+
+/// The chain that starts at `head` (a `matmul_integer` or `conv_integer`), if its result feeds
+/// exactly the pattern above.
+pub(crate) fn find(g: &Graph, head: NodeId) -> Option<Chain> {
+    let node = g.node(head);
+    let axis = match node.kind {
+        OpKind::MatMulInteger => g.ty(node.results[0]).rank().checked_sub(1)?,
+        OpKind::ConvInteger => 1,
+        _ => return None,
+    };
+    let acc = node.results[0];
+    let shape: Vec<Option<u64>> = g.ty(acc).dims.iter().map(|d| d.fixed()).collect();
+    shape.get(axis)?.as_ref()?;
+    let (cast, _) = only_use(g, acc)?;
+    let cast_node = g.node(cast);
+    if cast_node.kind != OpKind::Cast || cast_node.attrs.str("to") != Some("f32") {
+        return None;
+    }
+    let (mul, i) = only_use(g, cast_node.results[0])?;
+    let mul_node = g.node(mul);
+    if mul_node.kind != OpKind::Mul || mul_node.operands.len() != 2 || mul_node.attrs.str("activation").is_some() {
+        return None;
+    }
+    let scale = mul_node.operands[1 - i];
+    let (add, j) = only_use(g, mul_node.results[0])?;
+    let add_node = g.node(add);
+    if add_node.kind != OpKind::Add || add_node.operands.len() != 2 {
+        return None;
+    }
+    let bias = add_node.operands[1 - j];
+    let bias_is_const = g.producer_of_kind(bias, OpKind::Const).is_some();
+    let same_shape = |v: ValueId| g.ty(v).dims.iter().map(|d| d.fixed()).collect::<Vec<_>>() == shape;
+    let f32_out = |v: ValueId| g.ty(v).elem.storage() == ScalarType::F32 && g.ty(v).elem.quant().is_none();
+    let fits = bias_is_const
+        && per_channel(g.ty(scale), &shape, axis)
+        && per_channel(g.ty(bias), &shape, axis)
+        && [cast_node.results[0], mul_node.results[0], add_node.results[0]].iter().all(|&v| same_shape(v) && f32_out(v));
+    fits.then_some(Chain { inner: [cast, mul], add, scale, bias })
+}
+
+/// Runs a fused chain: the product of `x` (zero point `zp`), then `act(f32(acc)·scale[ch] +
+/// bias[ch])` with the add's `attrs`, each of `scale` and `bias` holding one value or one per
+/// channel.
+pub(crate) fn run(
+    product: &IntegerProduct,
+    x: &Tensor,
+    zp: Option<&Tensor>,
+    scale: &Tensor,
+    bias: &Tensor,
+    attrs: &Attrs,
+) -> Result<Tensor, String> {
+    let (acc, shape) = product.products(x, zp)?;
+    let per_channel = |t: &Tensor, what: &str| -> Result<Vec<f32>, String> {
+        let v: Vec<f32> = t.as_f32().ok_or_else(|| format!("the {what} must be f32"))?.iter().copied().collect();
+        match v.len() {
+            1 => Ok(vec![v[0]; product.channels()]),
+            n if n == product.channels() => Ok(v),
+            n => Err(format!("the {what} has {n} values for {} channels", product.channels())),
+        }
+    };
+    let (s, b) = (per_channel(scale, "scale")?, per_channel(bias, "bias")?);
+    let run = product.channel_run();
+    let mut v = vec![0f32; acc.len()];
+    for (out, acc) in v.chunks_mut(run * s.len()).zip(acc.chunks(run * s.len())) {
+        for (ch, (out, acc)) in out.chunks_mut(run).zip(acc.chunks(run)).enumerate() {
+            for (o, &a) in out.iter_mut().zip(acc) {
+                *o = a as f32 * s[ch] + b[ch];
+            }
+        }
+    }
+    let y = ndarray::ArrayD::from_shape_vec(ndarray::IxDyn(&shape), v).map_err(|e| e.to_string())?;
+    Ok(Tensor::F32(qc_ir::eval::fused_activation(y, attrs)))
+}
