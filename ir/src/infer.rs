@@ -139,6 +139,9 @@ pub fn infer(kind: OpKind, attrs: &Attrs, ops: &[Operand]) -> R<Vec<TypeFact>> {
         }
         OpKind::Concat => {
             let rank = x().rank();
+            if rank == 0 {
+                return Err("concat needs operands of rank 1 or more, got scalars".into());
+            }
             let axis = normalize_axis(attrs.int("axis", 0), rank)?;
             let mut dims = x().dims.clone();
             for (i, o) in ops.iter().enumerate().skip(1) {
@@ -252,6 +255,9 @@ pub fn infer(kind: OpKind, attrs: &Attrs, ops: &[Operand]) -> R<Vec<TypeFact>> {
         OpKind::Shape => one(vec![Dim::Fixed(x().rank() as u64)], Some(ScalarType::I64.into())),
         OpKind::Gather => {
             let rank = x().rank();
+            if rank == 0 {
+                return Err("gather needs an operand of rank 1 or more, got a scalar".into());
+            }
             let axis = normalize_axis(attrs.int("axis", 0), rank)?;
             let idx = ops[1].ty;
             if !matches!(idx.elem, ElemType::Scalar(ScalarType::I64 | ScalarType::I32)) {

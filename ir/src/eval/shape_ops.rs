@@ -49,6 +49,9 @@ pub fn transpose(x: &Tensor, perm: &[usize]) -> Tensor {
 
 /// Concatenates along `axis`.
 pub fn concat(args: &[&Tensor], axis: i64) -> Result<Tensor, String> {
+    if args[0].shape().is_empty() {
+        return Err("concat needs operands of rank 1 or more, got scalars".into());
+    }
     let axis = Axis(normalize_axis(axis, args[0].shape().len())?);
     macro_rules! cat {
         ($variant:ident) => {{
@@ -153,6 +156,9 @@ pub fn pad(x: &Tensor, attrs: &Attrs, ty: &TensorType) -> Result<Tensor, String>
 
 /// ONNX Gather along `axis`.
 pub fn gather(x: &Tensor, indices: &Tensor, axis: i64) -> Result<Tensor, String> {
+    if x.shape().is_empty() {
+        return Err("gather needs an operand of rank 1 or more, got a scalar".into());
+    }
     let axis = normalize_axis(axis, x.shape().len())?;
     let d = x.shape()[axis] as i64;
     let idx = indices.to_i64_vec().ok_or("gather indices must be integers")?;
