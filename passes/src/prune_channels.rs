@@ -19,8 +19,9 @@
 //! %c2 = conv2d(%r, %w2, %b2) : tensor<?x8x8x8xf32>        %c2 = conv2d(%r, %w2.pruned, %b2) : tensor<?x8x8x8xf32>
 //! ```
 //!
-//! With `--reconstruct` (needs `--calib`), every layer whose input lost channels is re-fitted by
-//! least squares to the unpruned model's outputs ([`crate::reconstruct`]). With
+//! With `--reconstruct` (needs `--calib`), every layer from the first whose input lost channels
+//! on is re-fitted by least squares to the unpruned model's outputs, depthwise convs channel by
+//! channel ([`crate::reconstruct`]). With
 //! `--prune-steps K` the ratios are reached in K equal steps, re-scoring and reconstructing
 //! between steps; each step reports channels, parameters, MACs and top-1 agreement with the
 //! unpruned model on the calibration samples; `--max-loss P` (percentage points of agreement)
@@ -32,7 +33,7 @@
 
 use crate::channel_flow::{Flow, Rule, analyze, apply, layer_names, rule};
 use crate::channel_selection::select;
-use crate::reconstruct::refit;
+use crate::reconstruct::{refit, refit_depthwise};
 use crate::rewrite::const_value;
 use crate::samples::{agreement, batches};
 use crate::{Changed, Pass, PassError, PassOptions};
@@ -233,6 +234,15 @@ fn activation_scores(g: &Graph, flow: &Flow, batches: &[Tensor]) -> Result<HashM
     Ok(out)
 }
 
+/// The teacher channel of each channel `v` carries, when `v` holds exactly one space's channels
+/// (at offset 0, one position each) — what a depthwise conv reading `v` needs to be re-fitted.
+fn carried_origin(flow: &Flow, origin: &HashMap<NodeId, Vec<usize>>, v: ValueId) -> Option<Vec<usize>> {
+    match flow.carriers.get(&v)?.as_slice() {
+        [p] if p.offset == 0 && p.block == 1 => origin.get(&flow.spaces[p.space].layer).cloned(),
+        _ => None,
+    }
+}
+
 /// Channels, parameters and MACs of `g`'s layers, one line.
 fn summary(g: &Graph, base: &[qc_ir::cost::LayerCost]) -> String {
     let costs = layer_costs(g);
@@ -393,10 +403,20 @@ impl Pass for PruneChannels {
                 for n in order {
                     let x = g.node(n).operands.first().copied();
                     downstream |= x.is_some_and(|x| before.ty(x).dims.get(1) != g.ty(x).dims.get(1));
-                    if !downstream || !matches!(rule(g, n), Rule::Layer { .. }) {
+                    if !downstream {
                         continue;
                     }
-                    match refit(&teacher, g, n, &origin[&n], &batches, false) {
+                    let fit = match rule(g, n) {
+                        Rule::Layer { .. } => refit(&teacher, g, n, &origin[&n], &batches, false),
+                        Rule::Through(_) if g.node(n).kind == OpKind::Conv2d => {
+                            match carried_origin(&flow, &origin, g.node(n).operands[0]) {
+                                Some(o) => refit_depthwise(&teacher, g, n, &o, &batches),
+                                None => continue,
+                            }
+                        }
+                        _ => continue,
+                    };
+                    match fit {
                         Ok(fit) => notes.push(format!(
                             "step {step}: reconstructed {}: relative output error {:.4} → {:.4}",
                             display_name(g, n),

@@ -9,6 +9,7 @@
 //! weights as they are and `λ` is 10⁻³ of the mean diagonal of `PᵀP`: with few samples the fit
 //! stays near `w₀` instead of overfitting. Only `PᵀP` and `Pᵀy` are accumulated, so memory does
 //! not grow with the number of samples. The normal equations are solved by Cholesky in f64.
+//! A depthwise conv is fitted per channel (its taps and bias from its own input channel).
 
 use crate::rewrite::{add_const, const_value};
 use ndarray::{ArrayD, IxDyn};
@@ -229,24 +230,30 @@ pub(crate) fn normal_equations(
             }
             // matmul has no bias operand: its bias column stays 0.
             row[s.k] = if s.kind == OpKind::MatMul { 0.0 } else { 1.0 };
-            for i in 0..k1 {
-                if row[i] == 0.0 {
-                    continue;
-                }
-                let ri = row[i];
-                let g = &mut gram[i * k1..(i + 1) * k1];
-                for j in 0..k1 {
-                    g[j] += ri * row[j];
-                }
-                let r = &mut rhs[i * s.o..(i + 1) * s.o];
-                for c in 0..s.o {
-                    r[c] += ri * y[c];
-                }
-            }
+            accumulate(&row, &y, &mut gram, &mut rhs);
         }
     }
     let taps = s.conv.map_or(1, |c| c[0] * c[1]);
     Ok(Normal { k: s.k, o: s.o, taps, gram, rhs, yy })
+}
+
+/// Adds one row's `rowᵀrow` to `gram` and `rowᵀy` to `rhs`.
+fn accumulate(row: &[f64], y: &[f64], gram: &mut [f64], rhs: &mut [f64]) {
+    let (k1, o) = (row.len(), y.len());
+    for i in 0..k1 {
+        if row[i] == 0.0 {
+            continue;
+        }
+        let ri = row[i];
+        let g = &mut gram[i * k1..(i + 1) * k1];
+        for j in 0..k1 {
+            g[j] += ri * row[j];
+        }
+        let r = &mut rhs[i * o..(i + 1) * o];
+        for c in 0..o {
+            r[c] += ri * y[c];
+        }
+    }
 }
 
 /// The ridge added to the diagonal of `PᵀP`: 10⁻³ of its mean diagonal.
@@ -278,20 +285,10 @@ pub fn refit(
         }
         w0[s.k * s.o + c] = s.b[c] as f64;
     }
+    // The relative error of all outputs, column `c` of `[K+1][O]` weights being output `c`'s.
     let residual = |w: &[f64]| -> f64 {
-        let mut e = yy;
-        for c in 0..s.o {
-            let mut gw = 0.0;
-            for i in 0..k1 {
-                let mut acc = 0.0;
-                for j in 0..k1 {
-                    acc += gram[i * k1 + j] * w[j * s.o + c];
-                }
-                gw += w[i * s.o + c] * acc;
-                e -= 2.0 * w[i * s.o + c] * rhs[i * s.o + c];
-            }
-            e += gw;
-        }
+        let column = |m: &[f64], c: usize| -> Vec<f64> { (0..k1).map(|i| m[i * s.o + c]).collect() };
+        let e: f64 = (0..s.o).map(|c| squared_error(&gram, &column(&rhs, c), 0.0, &column(w, c))).sum::<f64>() + yy;
         (e.max(0.0) / yy.max(f64::MIN_POSITIVE)).sqrt()
     };
     let lambda = ridge(&gram, k1);
@@ -331,6 +328,96 @@ pub fn refit(
     }
     write_back(student, n, &s, &sol)?;
     Ok(fit)
+}
+
+/// Re-fits depthwise conv `n` of `student`, each channel on its own: its taps and bias, from the
+/// student's input channel, toward what the teacher's channel `origin[c]` computes from the
+/// teacher's input.
+pub fn refit_depthwise(
+    teacher: &Graph,
+    student: &mut Graph,
+    n: NodeId,
+    origin: &[usize],
+    batches: &[Tensor],
+) -> Result<Fit, String> {
+    let (t, s) = (layer(teacher, n)?, layer(student, n)?);
+    if s.kind != OpKind::Conv2d || student.node(n).attrs.int("groups", 1) as usize != s.o || origin.len() != s.o {
+        return Err("not a depthwise conv with a known channel origin".into());
+    }
+    let x = student.node(n).operands[0];
+    let (xt, xs) = (capture(teacher, x, batches)?, capture(student, x, batches)?);
+    let k1 = s.k + 1;
+    let mut gram = vec![vec![0f64; k1 * k1]; s.o];
+    let mut rhs = vec![vec![0f64; k1]; s.o];
+    let mut yy = vec![0f64; s.o];
+    let (mut pt, mut ps) = (Vec::new(), Vec::new());
+    let mut row = vec![0f64; k1];
+    row[s.k] = 1.0;
+    for (a, b) in xt.iter().zip(&xs) {
+        for (c, &oc) in origin.iter().enumerate() {
+            pt.clear();
+            ps.clear();
+            patches(
+                &t,
+                &a.index_axis(ndarray::Axis(1), oc).insert_axis(ndarray::Axis(1)).as_standard_layout().to_owned(),
+                &mut pt,
+            );
+            patches(
+                &s,
+                &b.index_axis(ndarray::Axis(1), c).insert_axis(ndarray::Axis(1)).as_standard_layout().to_owned(),
+                &mut ps,
+            );
+            let w = &t.w[oc * t.k..(oc + 1) * t.k];
+            for (rt, rs) in pt.chunks_exact(t.k).zip(ps.chunks_exact(s.k)) {
+                let y = w.iter().zip(rt).map(|(&w, &p)| w as f64 * p as f64).sum::<f64>() + t.b[oc] as f64;
+                yy[c] += y * y;
+                for (r, &p) in row.iter_mut().zip(rs) {
+                    *r = p as f64;
+                }
+                accumulate(&row, &[y], &mut gram[c], &mut rhs[c]);
+            }
+        }
+    }
+    let mut sol = vec![0f64; k1 * s.o];
+    let (mut before, mut after, mut total) = (0f64, 0f64, 0f64);
+    for c in 0..s.o {
+        let mut w0: Vec<f64> = s.w[c * s.k..(c + 1) * s.k].iter().map(|&v| v as f64).collect();
+        w0.push(s.b[c] as f64);
+        let lambda = ridge(&gram[c], k1);
+        let mut a = gram[c].clone();
+        let mut b = rhs[c].clone();
+        for i in 0..k1 {
+            a[i * k1 + i] += lambda;
+            b[i] += lambda * w0[i];
+        }
+        cholesky_solve(a, k1, &mut b, 1)?;
+        let (e0, e1) = (squared_error(&gram[c], &rhs[c], yy[c], &w0), squared_error(&gram[c], &rhs[c], yy[c], &b));
+        // A channel keeps its weights unless the fit is better for it.
+        let w = if e1 < e0 { &b } else { &w0 };
+        for i in 0..k1 {
+            sol[i * s.o + c] = w[i];
+        }
+        before += e0;
+        after += e0.min(e1);
+        total += yy[c];
+    }
+    let rel = |e: f64| (e.max(0.0) / total.max(f64::MIN_POSITIVE)).sqrt();
+    let fit = Fit { layer: student.node(n).loc.name.clone(), before: rel(before), after: rel(after) };
+    if after < before {
+        write_back(student, n, &s, &sol)?;
+    }
+    Ok(fit)
+}
+
+/// `‖P w − y‖²` of one output from its statistics: `yy − 2 wᵀ(Pᵀy) + wᵀ(PᵀP)w`.
+fn squared_error(gram: &[f64], rhs: &[f64], yy: f64, w: &[f64]) -> f64 {
+    let k1 = w.len();
+    let mut e = yy;
+    for i in 0..k1 {
+        let acc: f64 = (0..k1).map(|j| gram[i * k1 + j] * w[j]).sum();
+        e += w[i] * acc - 2.0 * w[i] * rhs[i];
+    }
+    e
 }
 
 /// Stores the solution (`[K+1][O]`) as the layer's new weight and bias.
@@ -377,4 +464,50 @@ fn write_back(g: &mut Graph, n: NodeId, l: &Layer, sol: &[f64]) -> Result<(), St
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn lcg(seed: &mut u64) -> f32 {
+        *seed = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+        ((*seed >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
+    }
+
+    fn with_weights(text: &str, seed: u64) -> Graph {
+        let mut g = qc_ir::text::parse(text).expect("parses");
+        let mut s = seed;
+        for (name, shape) in [("w", vec![4, 1, 3, 3]), ("b", vec![4])] {
+            let n = shape.iter().product();
+            let t = ArrayD::from_shape_vec(IxDyn(&shape), (0..n).map(|_| lcg(&mut s)).collect()).expect("sized");
+            g.weights.insert(name.to_string(), Tensor::F32(t));
+        }
+        g
+    }
+
+    #[test]
+    fn a_depthwise_refit_recovers_the_teachers_channels() {
+        let text = r#"func @dw(%x: tensor<?x4x5x5xf32>) -> tensor<?x4x5x5xf32> {
+  %w = const @"w" : tensor<4x1x3x3xf32>
+  %b = const @"b" : tensor<4xf32>
+  %y = conv2d(%x, %w, %b) {groups = 4, pads = [1, 1, 1, 1]} : tensor<?x4x5x5xf32> loc("dw")
+  return %y
+}"#;
+        let teacher = with_weights(text, 1);
+        let mut student = with_weights(text, 2);
+        let mut seed = 3;
+        let x = ArrayD::from_shape_vec(IxDyn(&[6, 4, 5, 5]), (0..600).map(|_| lcg(&mut seed)).collect()).expect("sized");
+        let batches = [Tensor::F32(x)];
+        let n = student.node_ids().find(|&n| student.node(n).kind == OpKind::Conv2d).expect("the conv");
+        let fit = refit_depthwise(&teacher, &mut student, n, &[0, 1, 2, 3], &batches).expect("fits");
+        // Same inputs, so each channel's taps can match exactly (the ridge pulls a little toward
+        // the student's own weights).
+        assert!(fit.before > 0.5 && fit.after < 0.01, "{fit:?}");
+        let (a, b) =
+            (qc_ir::eval::evaluate(&teacher, &batches).expect("runs"), qc_ir::eval::evaluate(&student, &batches).expect("runs"));
+        let (a, b) = (a[0].as_f32().expect("f32"), b[0].as_f32().expect("f32"));
+        let err = a.iter().zip(b.iter()).map(|(p, q)| (p - q).abs()).fold(0f32, f32::max);
+        assert!(err < 0.05, "max |teacher − student| {err}");
+    }
 }
