@@ -110,9 +110,17 @@ pub(crate) fn run(
     let run = product.channel_run();
     let mut v = vec![0f32; acc.len()];
     for (out, acc) in v.chunks_mut(run * s.len()).zip(acc.chunks(run * s.len())) {
+        if run == 1 {
+            // A row of channels: one pass the compiler vectorizes.
+            for (((o, &a), &s), &b) in out.iter_mut().zip(acc).zip(&s).zip(&b) {
+                *o = a as f32 * s + b;
+            }
+            continue;
+        }
         for (ch, (out, acc)) in out.chunks_mut(run).zip(acc.chunks(run)).enumerate() {
+            let (s, b) = (s[ch], b[ch]);
             for (o, &a) in out.iter_mut().zip(acc) {
-                *o = a as f32 * s[ch] + b[ch];
+                *o = a as f32 * s + b;
             }
         }
     }
