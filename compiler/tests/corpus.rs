@@ -288,16 +288,20 @@ fn int8_pruned(fp32: &Graph, calib: &std::sync::Arc<Tensor>, prune: Option<qc_pa
     g
 }
 
+/// The test inputs, the calibration samples, the test labels and `base`'s fp32 model.
+fn digits(base: &str) -> (Tensor, std::sync::Arc<Tensor>, Vec<i64>, Graph) {
+    let test_x = read_tensor(&corpus().join("data/digits_test_x.npy")).unwrap();
+    let calib = std::sync::Arc::new(read_tensor(&corpus().join("data/digits_calib_x.npy")).unwrap());
+    (test_x, calib, labels(), import(&corpus().join(format!("models/{base}_fp32.onnx"))))
+}
+
 fn total_macs(g: &Graph) -> u64 {
     qc_ir::cost::layer_costs(g).iter().map(|c| c.macs).sum()
 }
 
 #[test]
 fn pruning_half_the_channels_then_int8_keeps_digits_cnn_accurate() {
-    let test_x = read_tensor(&corpus().join("data/digits_test_x.npy")).unwrap();
-    let calib = std::sync::Arc::new(read_tensor(&corpus().join("data/digits_calib_x.npy")).unwrap());
-    let y = labels();
-    let fp32 = import(&corpus().join("models/digits_cnn_fp32.onnx"));
+    let (test_x, calib, y, fp32) = digits("digits_cnn");
     let unpruned = int8_pruned(&fp32, &calib, None);
     let prune = qc_passes::PruneOptions {
         ratio: Some(0.5),
@@ -324,10 +328,7 @@ fn pruning_half_the_channels_then_int8_keeps_digits_cnn_accurate() {
 /// cut (to 12 of 32 channels), each reconstructed and not. The numbers the README quotes.
 #[test]
 fn pruning_digits_resdw_with_and_without_reconstruction() {
-    let test_x = read_tensor(&corpus().join("data/digits_test_x.npy")).unwrap();
-    let calib = std::sync::Arc::new(read_tensor(&corpus().join("data/digits_calib_x.npy")).unwrap());
-    let y = labels();
-    let fp32 = import(&corpus().join("models/digits_resdw_fp32.onnx"));
+    let (test_x, calib, y, fp32) = digits("digits_resdw");
     let unpruned = int8_pruned(&fp32, &calib, None);
     let e0 = test_errors(&unpruned, &test_x, &y);
     let lsq = |reconstruct: bool| qc_passes::PruneOptions {
@@ -357,10 +358,7 @@ fn pruning_digits_resdw_with_and_without_reconstruction() {
 
 #[test]
 fn deep_compression_makes_digits_cnn_ten_times_smaller() {
-    let test_x = read_tensor(&corpus().join("data/digits_test_x.npy")).unwrap();
-    let calib = std::sync::Arc::new(read_tensor(&corpus().join("data/digits_calib_x.npy")).unwrap());
-    let y = labels();
-    let fp32 = import(&corpus().join("models/digits_cnn_fp32.onnx"));
+    let (test_x, calib, y, fp32) = digits("digits_cnn");
     let fp32_bytes = qc::packed_weights::pack(&fp32.weights).1.iter().map(|p| p.raw_bytes).sum::<usize>();
     // Prune (80 % sparsity, reconstructed), share 16 values per layer, quantize, Huffman-code.
     let mut passes = qc_passes::pipeline("int8").unwrap();
