@@ -1,19 +1,50 @@
-//! Integer add of two same-shape per-tensor 8-bit tensors (a residual connection) as one table
-//! lookup per element: the evaluator's `clamp(rne((s_a(a − z_a) + s_b(b − z_b)) / s_y) + z_y)` in
-//! f32 is a function of the two bytes alone, so it is computed once for all 256 × 256 pairs when
-//! the model is compiled, with the evaluator's own operations — equal to it by construction.
-//! The layout does not matter as long as both operands share it.
+//! Integer add of two same-shape per-tensor 8-bit tensors (a residual connection): the
+//! evaluator's `clamp(rne((s_a(a − z_a) + s_b(b − z_b)) / s_y) + z_y)`, in f32, with its own
+//! operations in its order. Where the CPU has AVX2 it is computed element by element in 8-lane
+//! vectors (the loop the compiler vectorizes: widen, subtract, convert, multiply, add, divide,
+//! round, clamp, narrow); elsewhere, and under `QC_ISA=scalar`, the result is a function of the
+//! two bytes alone, computed once for all 256 × 256 pairs when the model is compiled and looked up.
+//! Both are equal to the evaluator by construction (same f32 operations); the layout does not
+//! matter as long as both operands share it.
 //!
-//! Bounds: the table has 65 536 entries and is indexed by two bytes; operand lengths are checked
-//! equal before the loop; safe Rust.
+//! Bounds: operand lengths are checked equal before either loop; the table has 65 536 entries and
+//! is indexed by two bytes; safe Rust but for the call into the AVX2 copy of the loop.
 
 use qc_ir::requant::{output_range, round_even};
 use qc_ir::{Attrs, ScalarType, TensorType};
 
+/// `s·(v − z)` of one operand's byte `v`, as the evaluator computes it: an i8 byte is read as
+/// `(v ^ 0x80) − 128`, so `v as i8 − z = (v ^ flip) − shift` in exact integers.
+#[derive(Clone, Copy)]
+struct Real {
+    s: f32,
+    flip: u8,
+    shift: i32,
+}
+
+impl Real {
+    fn new(q: &qc_ir::QuantParams) -> Real {
+        let (s, z) = q.at(0);
+        let signed = q.storage == ScalarType::I8;
+        Real { s, flip: if signed { 0x80 } else { 0 }, shift: if signed { z + 128 } else { z } }
+    }
+
+    #[inline(always)]
+    fn of(self, v: u8) -> f32 {
+        self.s * ((v ^ self.flip) as i32 - self.shift) as f32
+    }
+}
+
 /// A compiled 8-bit add.
 pub struct AddQ {
-    /// `table[a · 256 + b]`.
-    table: Box<[u8]>,
+    a: Real,
+    b: Real,
+    sy: f32,
+    zy: f32,
+    lo: f32,
+    hi: f32,
+    /// `table[a · 256 + b]`, when the vector loop does not run.
+    table: Option<Box<[u8]>>,
 }
 
 impl AddQ {
@@ -26,21 +57,64 @@ impl AddQ {
         }
         let (lo, hi) = output_range(yq, attrs);
         let (sy, zy) = yq.at(0);
-        // s·(v − z) for every byte value: the same f32 operations as element by element.
-        let real = |q: &qc_ir::QuantParams| -> Vec<f32> {
-            let (s, z) = q.at(0);
-            let signed = q.storage == ScalarType::I8;
-            (0..=255u8).map(|v| s * (if signed { v as i8 as i32 } else { v as i32 } - z) as f32).collect()
-        };
-        let (ra, rb) = (real(aq), real(bq));
-        let mut table = vec![0u8; 1 << 16].into_boxed_slice();
-        for (a, &fa) in ra.iter().enumerate() {
-            for (b, &fb) in rb.iter().enumerate() {
-                let v = round_even((fa + fb) / sy) + zy as f32;
-                table[a << 8 | b] = v.clamp(lo as f32, hi as f32) as i32 as u8;
+        let mut add = AddQ { a: Real::new(aq), b: Real::new(bq), sy, zy: zy as f32, lo: lo as f32, hi: hi as f32, table: None };
+        if !vector_loop() {
+            let mut table = vec![0u8; 1 << 16].into_boxed_slice();
+            for a in 0..=255u8 {
+                for b in 0..=255u8 {
+                    table[(a as usize) << 8 | b as usize] = add.one(a, b);
+                }
             }
+            add.table = Some(table);
         }
-        Some(AddQ { table })
+        Some(add)
+    }
+
+    /// One element, as the evaluator computes it.
+    #[inline(always)]
+    fn one(&self, a: u8, b: u8) -> u8 {
+        let v = round_even((self.a.of(a) + self.b.of(b)) / self.sy) + self.zy;
+        v.clamp(self.lo, self.hi) as i32 as u8
+    }
+
+    /// The AVX2 loop: eight elements at a time with the scalar operations' vector forms (integer
+    /// widening and subtraction, `cvtdq2ps`, `mulps`, `addps`, `divps`, `roundps` to nearest even —
+    /// what `round_even` computes —, `addps`, then `maxps(lo, x)` and `minps(hi, x)`, which keep a
+    /// NaN as `clamp` does; `cvttps2dq` of the integral result and its low byte, which is what
+    /// `as i32 as u8` gives, NaN included), the tail element by element.
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx2")]
+    fn each_avx2(&self, a: &[u8], b: &[u8], y: &mut [u8]) {
+        use std::arch::x86_64::*;
+        let n = y.len().min(a.len()).min(b.len());
+        let real = |r: Real, bytes: &[u8]| {
+            // SAFETY: the callers pass slices of exactly 8 bytes.
+            let v = unsafe { _mm_loadu_si64(bytes.as_ptr()) };
+            let v = _mm256_cvtepu8_epi32(_mm_xor_si128(v, _mm_set1_epi8(r.flip as i8)));
+            _mm256_mul_ps(_mm256_set1_ps(r.s), _mm256_cvtepi32_ps(_mm256_sub_epi32(v, _mm256_set1_epi32(r.shift))))
+        };
+        let (sy, zy, lo, hi) =
+            (_mm256_set1_ps(self.sy), _mm256_set1_ps(self.zy), _mm256_set1_ps(self.lo), _mm256_set1_ps(self.hi));
+        let low_bytes = _mm256_setr_epi8(
+            0, 4, 8, 12, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, 0, 4, 8, 12, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1,
+            -1,
+        );
+        let mut i = 0;
+        while i + 8 <= n {
+            let sum = _mm256_add_ps(real(self.a, &a[i..i + 8]), real(self.b, &b[i..i + 8]));
+            let v =
+                _mm256_add_ps(_mm256_round_ps::<{ _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC }>(_mm256_div_ps(sum, sy)), zy);
+            let v = _mm256_cvttps_epi32(_mm256_min_ps(hi, _mm256_max_ps(lo, v)));
+            // The low byte of each lane (0x80000000 for a NaN has the low byte 0, as `as i32` gives 0).
+            let v = _mm256_shuffle_epi8(v, low_bytes);
+            let bytes = _mm_unpacklo_epi32(_mm256_castsi256_si128(v), _mm256_extracti128_si256::<1>(v));
+            // SAFETY: `y[i..i + 8]` is in bounds (checked by the slice).
+            unsafe { _mm_storeu_si64(y[i..i + 8].as_mut_ptr(), bytes) };
+            i += 8;
+        }
+        for ((o, &p), &q) in y[i..n].iter_mut().zip(&a[i..n]).zip(&b[i..n]) {
+            *o = self.one(p, q);
+        }
     }
 
     /// Adds two operands of the same length and layout.
@@ -48,9 +122,30 @@ impl AddQ {
         if a.len() != b.len() || a.len() != y.len() {
             return Err(format!("add operands have {} and {} bytes, its result {}", a.len(), b.len(), y.len()));
         }
-        for ((o, &p), &q) in y.iter_mut().zip(a).zip(b) {
-            *o = self.table[(p as usize) << 8 | q as usize];
+        match &self.table {
+            Some(table) => {
+                for ((o, &p), &q) in y.iter_mut().zip(a).zip(b) {
+                    *o = table[(p as usize) << 8 | q as usize];
+                }
+            }
+            #[cfg(target_arch = "x86_64")]
+            // SAFETY: there is no table only where `vector_loop` found AVX2.
+            None => unsafe { self.each_avx2(a, b, y) },
+            #[cfg(not(target_arch = "x86_64"))]
+            None => unreachable!("a table is built where the vector loop does not run"),
         }
         Ok(())
+    }
+}
+
+/// Whether adds run the vector loop: on CPUs with AVX2, unless `QC_ISA=scalar`.
+fn vector_loop() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        crate::model::jit_enabled() && std::is_x86_feature_detected!("avx2")
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        false
     }
 }

@@ -4,8 +4,8 @@
 //! ([`crate::depthwise`]), and so do max pooling and the global mean ([`crate::pool`]) and
 //! per-tensor quantize and dequantize; `matmul_integer` and `conv_integer` (dynamic
 //! quantization) as GEMMs writing i32 ([`crate::integer`]), with their f32 tail fused in when
-//! they have one (`dequant_chain.rs`); same-shape add and 8-bit activations
-//! as Rust table kernels ([`crate::add`], [`crate::lut`]); 4-D
+//! they have one (`dequant_chain.rs`); same-shape add as a Rust vector loop ([`crate::add`]) and
+//! 8-bit activations as a Rust table kernel ([`crate::lut`]); 4-D
 //! activations stay channels-last between those kernels ([`crate::layout`]); every other op runs
 //! the reference evaluator's implementation. Results equal the evaluator's bit for bit (tested on
 //! the corpus and by property tests per kernel).
