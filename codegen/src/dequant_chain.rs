@@ -9,7 +9,9 @@
 //! runs as one step computing `act(f32(acc)·s[ch] + b[ch])` per element — the evaluator's own
 //! operations in its order (a cast, one f32 multiply, one f32 add, then the add's fused
 //! activation), so the result is the same bit for bit — instead of four evaluator steps with a
-//! tensor each. This module finds such chains from their structure; the product itself must still
+//! tensor each. When `%s` is itself `mul(x.scale, w.scale)` of the run-time input scale and a
+//! constant, used nowhere else, that product is computed in the step too (`s[ch] = x.scale ·
+//! w.scale[ch]`, the evaluator's one f32 multiply per channel). This module finds such chains from their structure; the product itself must still
 //! compile ([`crate::integer`]) for the chain to be fused.
 
 use crate::integer::IntegerProduct;
@@ -21,8 +23,11 @@ pub(crate) struct Chain {
     pub(crate) inner: [NodeId; 2],
     /// The add, where the fused step runs (all its operands exist by then).
     pub(crate) add: NodeId,
-    /// The per-channel (or single) scale, computed at run time.
+    /// The per-channel (or single) scale, computed at run time — or, with `factor`, the run-time
+    /// half of the scale.
     pub(crate) scale: ValueId,
+    /// The multiply making the scale from `scale` and a constant per-channel (or single) factor.
+    pub(crate) factor: Option<(NodeId, ValueId)>,
     /// The per-channel (or single) bias, a constant.
     pub(crate) bias: ValueId,
 }
@@ -83,17 +88,42 @@ pub(crate) fn find(g: &Graph, head: NodeId) -> Option<Chain> {
         && per_channel(g.ty(scale), &shape, axis)
         && per_channel(g.ty(bias), &shape, axis)
         && [cast_node.results[0], mul_node.results[0], add_node.results[0]].iter().all(|&v| same_shape(v) && f32_out(v));
-    fits.then_some(Chain { inner: [cast, mul], add, scale, bias })
+    let factor = scale_factor(g, scale, &shape, axis);
+    let (scale, factor) = match factor {
+        Some((m, run_time, constant)) => (run_time, Some((m, constant))),
+        None => (scale, None),
+    };
+    fits.then_some(Chain { inner: [cast, mul], add, scale, bias, factor })
 }
 
-/// Runs a fused chain: the product of `x` (zero point `zp`), then `act(f32(acc)·scale[ch] +
-/// bias[ch])` with the add's `attrs`, each of `scale` and `bias` holding one value or one per
+/// When `scale` is `mul(r, c)` (either order) of a run-time value `r` and a constant `c`, both
+/// per channel, used only by the chain: (the multiply, `r`, `c`).
+fn scale_factor(g: &Graph, scale: ValueId, shape: &[Option<u64>], axis: usize) -> Option<(NodeId, ValueId, ValueId)> {
+    let m = g.producer_of_kind(scale, OpKind::Mul)?;
+    let node = g.node(m);
+    only_use(g, scale)?;
+    if node.operands.len() != 2 || node.attrs.str("activation").is_some() {
+        return None;
+    }
+    let is_const = |v: ValueId| g.producer_of_kind(v, OpKind::Const).is_some();
+    let (r, c) = match (is_const(node.operands[0]), is_const(node.operands[1])) {
+        (false, true) => (node.operands[0], node.operands[1]),
+        (true, false) => (node.operands[1], node.operands[0]),
+        _ => return None,
+    };
+    (per_channel(g.ty(r), shape, axis) && per_channel(g.ty(c), shape, axis)).then_some((m, r, c))
+}
+
+/// Runs a fused chain: the product of `x` (zero point `zp`), then `act(f32(acc)·s[ch] +
+/// bias[ch])` with the add's `attrs`, where `s[ch] = scale[ch]` or, with a factor,
+/// `scale[ch] · factor[ch]`; each of `scale`, `factor` and `bias` holds one value or one per
 /// channel.
 pub(crate) fn run(
     product: &IntegerProduct,
     x: &Tensor,
     zp: Option<&Tensor>,
     scale: &Tensor,
+    factor: Option<&Tensor>,
     bias: &Tensor,
     attrs: &Attrs,
 ) -> Result<Tensor, String> {
@@ -106,7 +136,12 @@ pub(crate) fn run(
             n => Err(format!("the {what} has {n} values for {} channels", product.channels())),
         }
     };
-    let (s, b) = (per_channel(scale, "scale")?, per_channel(bias, "bias")?);
+    let (mut s, b) = (per_channel(scale, "scale")?, per_channel(bias, "bias")?);
+    if let Some(f) = factor {
+        for (s, f) in s.iter_mut().zip(per_channel(f, "scale factor")?) {
+            *s *= f;
+        }
+    }
     let run = product.channel_run();
     let mut v = vec![0f32; acc.len()];
     for (out, acc) in v.chunks_mut(run * s.len()).zip(acc.chunks(run * s.len())) {

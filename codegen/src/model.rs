@@ -105,6 +105,8 @@ struct PendingChain {
     x: ValueId,
     zp: Option<ValueId>,
     scale: ValueId,
+    /// A constant the scale is multiplied by in the step.
+    factor: Option<ValueId>,
     bias: ValueId,
     attrs: Attrs,
     y: ValueId,
@@ -118,6 +120,7 @@ enum Lowered {
         x: ValueId,
         zp: Option<ValueId>,
         scale: ValueId,
+        factor: Option<Arc<Tensor>>,
         bias: Arc<Tensor>,
         /// The add's attributes (its fused activation).
         attrs: Attrs,
@@ -211,6 +214,7 @@ enum Op {
         /// The input, its zero point (if any) and the scale, with their types.
         args: Vec<(Arg, TensorType)>,
         has_zp: bool,
+        factor: Option<Arc<Tensor>>,
         bias: Arc<Tensor>,
         attrs: Attrs,
         y: usize,
@@ -553,6 +557,7 @@ fn lower(
     // multiply they absorb, and the fused step, waiting for the add where it runs.
     let mut absorbed: HashSet<NodeId> = HashSet::new();
     let mut pending: HashMap<NodeId, PendingChain> = HashMap::new();
+    let position: HashMap<NodeId, usize> = order.iter().enumerate().map(|(i, &n)| (n, i)).collect();
     for id in order {
         let node = g.node(id);
         if absorbed.contains(&id) {
@@ -581,9 +586,13 @@ fn lower(
         let x = node.operands.first().copied();
         // A fused step runs at its add, whose bias constant has been seen by then.
         let fused = match pending.remove(&id) {
-            Some(PendingChain { product, x, zp, scale, bias, attrs, y }) => {
-                let bias = values.get(&bias).cloned().ok_or_else(|| err(format!("{}: the bias is not a constant", who())))?;
-                Some(Lowered::Dequantized { product, x, zp, scale, bias, attrs, y })
+            Some(PendingChain { product, x, zp, scale, factor, bias, attrs, y }) => {
+                let constant = |v: ValueId, what: &str| {
+                    values.get(&v).cloned().ok_or_else(|| err(format!("{}: the {what} is not a constant", who())))
+                };
+                let bias = constant(bias, "bias")?;
+                let factor = factor.map(|f| constant(f, "scale factor")).transpose()?;
+                Some(Lowered::Dequantized { product, x, zp, scale, factor, bias, attrs, y })
             }
             None => None,
         };
@@ -657,11 +666,20 @@ fn lower(
                             (Some(product), Some(chain)) => {
                                 // Runs at the chain's add; the bias is a constant seen by then.
                                 absorbed.extend(chain.inner);
+                                // The scale's multiply joins the step unless it ran already.
+                                let (scale, factor) = match chain.factor {
+                                    Some((m, c)) if position[&m] > position[&id] => {
+                                        absorbed.insert(m);
+                                        (chain.scale, Some(c))
+                                    }
+                                    Some((m, _)) => (g.node(m).results[0], None),
+                                    None => (chain.scale, None),
+                                };
                                 let add = g.node(chain.add);
                                 let (attrs, y) = (add.attrs.clone(), add.results[0]);
                                 pending.insert(
                                     chain.add,
-                                    PendingChain { product, x, zp, scale: chain.scale, bias: chain.bias, attrs, y },
+                                    PendingChain { product, x, zp, scale, factor, bias: chain.bias, attrs, y },
                                 );
                                 continue;
                             }
@@ -861,14 +879,14 @@ impl<'g> Builder<'g> {
                 self.new_activation(y, Layout::Nchw, Some(buffer))?;
                 return Ok(());
             }
-            Lowered::Dequantized { product, x, zp, scale, bias, attrs, y } => {
+            Lowered::Dequantized { product, x, zp, scale, factor, bias, attrs, y } => {
                 let args = std::iter::once(x)
                     .chain(zp)
                     .chain([scale])
                     .map(|a| Ok((self.eval_arg(a)?, self.g.ty(a).clone())))
                     .collect::<Result<Vec<_>, CodegenError>>()?;
                 let read = args.iter().map(|(a, _)| *a).collect();
-                (Op::Dequantized { product, args, has_zp: zp.is_some(), bias, attrs, y: self.tensor_slot(y) }, read)
+                (Op::Dequantized { product, args, has_zp: zp.is_some(), factor, bias, attrs, y: self.tensor_slot(y) }, read)
             }
             Lowered::DynamicQuantize { x, results } => {
                 let (arg, x_ty) = (self.eval_arg(x)?, self.g.ty(x).clone());
@@ -1086,11 +1104,12 @@ impl<'a> Run<'a> {
                 self.tensors[*y] = Some(Arc::new(t));
                 0
             }
-            Op::Dequantized { product, args, has_zp, bias, attrs, y } => {
+            Op::Dequantized { product, args, has_zp, factor, bias, attrs, y } => {
                 let vals: Vec<std::borrow::Cow<'_, Tensor>> =
                     args.iter().map(|(a, t)| self.arg_tensor(*a, t)).collect::<Result<_, _>>()?;
                 let zp = if *has_zp { Some(vals[1].as_ref()) } else { None };
-                let y_t = dequant_chain::run(product, &vals[0], zp, &vals[vals.len() - 1], bias, attrs).map_err(run_err)?;
+                let y_t = dequant_chain::run(product, &vals[0], zp, &vals[vals.len() - 1], factor.as_deref(), bias, attrs)
+                    .map_err(run_err)?;
                 let ops = product.ops(vals[0].len());
                 self.tensors[*y] = Some(Arc::new(y_t));
                 ops
