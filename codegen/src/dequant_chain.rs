@@ -114,6 +114,18 @@ fn scale_factor(g: &Graph, scale: ValueId, shape: &[Option<u64>], axis: usize) -
     (per_channel(g.ty(r), shape, axis) && per_channel(g.ty(c), shape, axis)).then_some((m, r, c))
 }
 
+/// `t`'s values, one per channel (a single value repeated), borrowed where `t` already holds them
+/// in order.
+fn channel_values<'t>(t: &'t Tensor, channels: usize, what: &str) -> Result<std::borrow::Cow<'t, [f32]>, String> {
+    let a = t.as_f32().ok_or_else(|| format!("the {what} must be f32"))?;
+    match (a.len(), a.as_slice()) {
+        (1, _) => Ok(vec![a.iter().next().copied().unwrap_or_default(); channels].into()),
+        (n, Some(v)) if n == channels => Ok(v.into()),
+        (n, None) if n == channels => Ok(a.iter().copied().collect::<Vec<f32>>().into()),
+        (n, _) => Err(format!("the {what} has {n} values for {channels} channels")),
+    }
+}
+
 /// Runs a fused chain: the product of `x` (zero point `zp`), then `act(f32(acc)·s[ch] +
 /// bias[ch])` with the add's `attrs`, where `s[ch] = scale[ch]` or, with a factor,
 /// `scale[ch] · factor[ch]`; each of `scale`, `factor` and `bias` holds one value or one per
@@ -128,17 +140,10 @@ pub(crate) fn run(
     attrs: &Attrs,
 ) -> Result<Tensor, String> {
     let (acc, shape) = product.products(x, zp)?;
-    let per_channel = |t: &Tensor, what: &str| -> Result<Vec<f32>, String> {
-        let v: Vec<f32> = t.as_f32().ok_or_else(|| format!("the {what} must be f32"))?.iter().copied().collect();
-        match v.len() {
-            1 => Ok(vec![v[0]; product.channels()]),
-            n if n == product.channels() => Ok(v),
-            n => Err(format!("the {what} has {n} values for {} channels", product.channels())),
-        }
-    };
-    let (mut s, b) = (per_channel(scale, "scale")?, per_channel(bias, "bias")?);
+    let channels = product.channels();
+    let (mut s, b) = (channel_values(scale, channels, "scale")?, channel_values(bias, channels, "bias")?);
     if let Some(f) = factor {
-        for (s, f) in s.iter_mut().zip(per_channel(f, "scale factor")?) {
+        for (s, f) in s.to_mut().iter_mut().zip(channel_values(f, channels, "scale factor")?.iter()) {
             *s *= f;
         }
     }
@@ -147,7 +152,7 @@ pub(crate) fn run(
     for (out, acc) in v.chunks_mut(run * s.len()).zip(acc.chunks(run * s.len())) {
         if run == 1 {
             // A row of channels: one pass the compiler vectorizes.
-            for (((o, &a), &s), &b) in out.iter_mut().zip(acc).zip(&s).zip(&b) {
+            for (((o, &a), &s), &b) in out.iter_mut().zip(acc).zip(s.iter()).zip(b.iter()) {
                 *o = a as f32 * s + b;
             }
             continue;
