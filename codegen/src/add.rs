@@ -1,14 +1,15 @@
 //! Integer add of two same-shape per-tensor 8-bit tensors (a residual connection): the
 //! evaluator's `clamp(rne((s_a(a − z_a) + s_b(b − z_b)) / s_y) + z_y)`, in f32, with its own
-//! operations in its order. Where the CPU has AVX2 it is computed element by element in 8-lane
-//! vectors (the loop the compiler vectorizes: widen, subtract, convert, multiply, add, divide,
-//! round, clamp, narrow); elsewhere, and under `QC_ISA=scalar`, the result is a function of the
-//! two bytes alone, computed once for all 256 × 256 pairs when the model is compiled and looked up.
+//! operations in its order. Where the CPU has AVX2 it is computed eight elements at a time with
+//! AVX2 intrinsics (widen, subtract, convert, multiply, add, divide, round, clamp, narrow);
+//! elsewhere, and under `QC_ISA=scalar`, the result is a function of the two bytes alone,
+//! computed once for all 256 × 256 pairs when the model is compiled and looked up.
 //! Both are equal to the evaluator by construction (same f32 operations); the layout does not
 //! matter as long as both operands share it.
 //!
 //! Bounds: operand lengths are checked equal before either loop; the table has 65 536 entries and
-//! is indexed by two bytes; safe Rust but for the call into the AVX2 copy of the loop.
+//! is indexed by two bytes; the AVX2 loop loads and stores 8 bytes through subslices of exactly
+//! 8 bytes, bounds-checked by the slicing.
 
 use qc_ir::requant::{output_range, round_even};
 use qc_ir::{Attrs, ScalarType, TensorType};

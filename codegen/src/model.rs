@@ -668,7 +668,7 @@ fn lower(
                                 absorbed.extend(chain.inner);
                                 // The scale's multiply joins the step unless it ran already.
                                 let (scale, factor) = match chain.factor {
-                                    Some((m, c)) if position[&m] > position[&id] => {
+                                    Some((m, c)) if position.get(&m) > position.get(&id) => {
                                         absorbed.insert(m);
                                         (chain.scale, Some(c))
                                     }
