@@ -298,29 +298,18 @@ pub fn refit(
         for c in 0..s.o {
             let support: Vec<usize> = (0..k1).filter(|&i| i == s.k || w0[i * s.o + c] != 0.0).collect();
             let m = support.len();
-            let mut a = vec![0f64; m * m];
-            let mut b = vec![0f64; m];
-            for (r, &i) in support.iter().enumerate() {
-                for (q, &j) in support.iter().enumerate() {
-                    a[r * m + q] = gram[i * k1 + j] + if i == j { lambda } else { 0.0 };
-                }
-                b[r] = rhs[i * s.o + c] + lambda * w0[i * s.o + c];
-            }
-            cholesky_solve(a, m, &mut b, 1)?;
+            let g = &gram;
+            let a: Vec<f64> = support.iter().flat_map(|&i| support.iter().map(move |&j| g[i * k1 + j])).collect();
+            let mut b: Vec<f64> = support.iter().map(|&i| rhs[i * s.o + c]).collect();
+            let start: Vec<f64> = support.iter().map(|&i| w0[i * s.o + c]).collect();
+            solve_toward(a, m, &mut b, &start, lambda)?;
             for (r, &i) in support.iter().enumerate() {
                 sol[i * s.o + c] = b[r];
             }
         }
     } else {
-        let mut a = gram.clone();
         sol.clone_from(&rhs);
-        for i in 0..k1 {
-            a[i * k1 + i] += lambda;
-            for c in 0..s.o {
-                sol[i * s.o + c] += lambda * w0[i * s.o + c];
-            }
-        }
-        cholesky_solve(a, k1, &mut sol, s.o)?;
+        solve_toward(gram.clone(), k1, &mut sol, &w0, lambda)?;
     }
     let fit = Fit { layer: student.node(n).loc.name.clone(), before: residual(&w0), after: residual(&sol) };
     if fit.after >= fit.before {
@@ -359,12 +348,12 @@ pub fn refit_depthwise(
             ps.clear();
             patches(
                 &t,
-                &a.index_axis(ndarray::Axis(1), oc).insert_axis(ndarray::Axis(1)).as_standard_layout().to_owned(),
+                &a.index_axis(ndarray::Axis(1), oc).insert_axis(ndarray::Axis(1)).as_standard_layout().into_owned(),
                 &mut pt,
             );
             patches(
                 &s,
-                &b.index_axis(ndarray::Axis(1), c).insert_axis(ndarray::Axis(1)).as_standard_layout().to_owned(),
+                &b.index_axis(ndarray::Axis(1), c).insert_axis(ndarray::Axis(1)).as_standard_layout().into_owned(),
                 &mut ps,
             );
             let w = &t.w[oc * t.k..(oc + 1) * t.k];
@@ -383,14 +372,8 @@ pub fn refit_depthwise(
     for c in 0..s.o {
         let mut w0: Vec<f64> = s.w[c * s.k..(c + 1) * s.k].iter().map(|&v| v as f64).collect();
         w0.push(s.b[c] as f64);
-        let lambda = ridge(&gram[c], k1);
-        let mut a = gram[c].clone();
         let mut b = rhs[c].clone();
-        for i in 0..k1 {
-            a[i * k1 + i] += lambda;
-            b[i] += lambda * w0[i];
-        }
-        cholesky_solve(a, k1, &mut b, 1)?;
+        solve_toward(gram[c].clone(), k1, &mut b, &w0, ridge(&gram[c], k1))?;
         let (e0, e1) = (squared_error(&gram[c], &rhs[c], yy[c], &w0), squared_error(&gram[c], &rhs[c], yy[c], &b));
         // A channel keeps its weights unless the fit is better for it.
         let w = if e1 < e0 { &b } else { &w0 };
@@ -407,6 +390,19 @@ pub fn refit_depthwise(
         write_back(student, n, &s, &sol)?;
     }
     Ok(fit)
+}
+
+/// The ridge solution `(A + λI) x = b + λ·x₀` for `n × n` normal equations `a` and `m`
+/// right-hand sides `b` (`n × m`, overwritten by `x`), pulled toward the start `x0` (`n × m`).
+fn solve_toward(mut a: Vec<f64>, n: usize, b: &mut [f64], x0: &[f64], lambda: f64) -> Result<(), String> {
+    let m = b.len() / n.max(1);
+    for i in 0..n {
+        a[i * n + i] += lambda;
+    }
+    for (b, &x) in b.iter_mut().zip(x0) {
+        *b += lambda * x;
+    }
+    cholesky_solve(a, n, b, m)
 }
 
 /// `‖P w − y‖²` of one output from its statistics: `yy − 2 wᵀ(Pᵀy) + wᵀ(PᵀP)w`.
