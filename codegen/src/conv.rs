@@ -1,15 +1,20 @@
 //! Integer conv2d with `groups = 1` as one JIT GEMM over channels-last patches. The input is
 //! NHWC, so a patch row is `kh·kw` runs of `c` contiguous bytes (the zero point where a tap falls
-//! in the padding) and the GEMM's `[positions][O]` product is already the NHWC output. A 1×1
-//! convolution with stride 1 and no padding reads its input as the patch matrix, copying nothing.
+//! in the padding) and the GEMM's `[positions][O]` product is already the NHWC output. A k×k
+//! convolution on the vector paths reads its patches in place: each image is copied into a border
+//! of zero points ([`Halo`]) and the kernel reads every kernel row (`kw·C` contiguous bytes, its K
+//! padded to 4 with zero weights) where it lies ([`RowOffsets`]), so no patch matrix is built. A
+//! 1×1 convolution with stride 1 and no padding reads its input as the patch matrix, copying
+//! nothing; the others, and the scalar path, gather patch rows.
 //!
 //! Bounds: the gather tables are built from the window (whose entries are `< h·w` or the padding
 //! marker, see [`Window`]), so byte indices are `≤ h·w·c` (the last one the zero point after the
 //! image) and runs lie inside `[0, h·w·c)` and inside a patch row; the input length is checked
 //! against `batch · h·w·c` before the gather; patch rows are `GemmKernel::row_stride` bytes,
-//! which the kernel checks again. The gather is safe Rust.
+//! which the kernel checks again. The gather is safe Rust. In place, the kernel's offsets are built
+//! from the halo's geometry, and `run_offsets` checks that the halo holds the bytes they reach.
 
-use crate::gemm::{GemmKernel, GemmSpec};
+use crate::gemm::{GemmKernel, GemmSpec, RowOffsets};
 use crate::model::WindowKernel;
 use crate::window::Window;
 use crate::window_jit::with_padding_pixel;
@@ -22,12 +27,16 @@ pub struct Conv {
     /// Input bytes per image, `h·w·c`.
     image: usize,
     positions: usize,
+    /// The multiply-adds per output, `kh·kw·C` (the kernel's K may be padded).
+    depth: usize,
     pad_value: u8,
     out_hw: [usize; 2],
 }
 
 /// How one image's patch rows (`row_stride` bytes each) are filled.
 enum Gather {
+    /// Not at all: the kernel reads them in place from a copy of the image with a border.
+    InPlace(Halo),
     /// The input is the patch matrix (1×1, stride 1, no padding, rows need no padding bytes).
     Direct,
     /// Few channels: for every patch byte, the image byte it copies, or `image` for the zero
@@ -44,6 +53,87 @@ struct Run {
     dst: u32,
     src: Option<u32>,
     len: u32,
+}
+
+/// An image copied into a border of padding bytes wide enough for every tap of a window, so that
+/// a kernel reads each tap in place: `rows × cols` pixels of `c` bytes, the image's pixel `(y, x)`
+/// at `(top + y, left + x)`, in a buffer of `len` bytes (the pixels, and any bytes past them that
+/// the last row's padded kernel row reaches).
+struct Halo {
+    c: usize,
+    h: usize,
+    w: usize,
+    cols: usize,
+    top: usize,
+    left: usize,
+    len: usize,
+}
+
+/// Where a convolution's GEMM reads in a [`Halo`], and the order of the K its weights take.
+struct InPlace {
+    halo: Halo,
+    offsets: RowOffsets,
+    /// The K of each kernel row: `kw·C` rounded up to 4 (the extra k have zero weights).
+    row_len: usize,
+}
+
+impl InPlace {
+    /// The halo of a convolution (`attrs`: strides, pads, dilations) of `[c, h, w]` images with a
+    /// `kh × kw` kernel to `oh × ow`, and where its GEMM reads: a row per output position (its
+    /// first tap) and a group per 4 k. Without dilation along x a kernel row's taps are `kw·C`
+    /// contiguous bytes, read as `⌈kw·C/4⌉` groups (the k past `kw·C` meet zero weights); with
+    /// it, each tap is read on its own, which needs C a multiple of 4. `None` for other
+    /// convolutions, attributes that do not describe a 2-D window, or a halo too large.
+    fn new(attrs: &Attrs, [c, h, w]: [usize; 3], [kh, kw]: [usize; 2], [oh, ow]: [usize; 2]) -> Option<InPlace> {
+        let ints = |k: &str, d: u64| qc_ir::infer::ints_or(attrs, k, 2, d).ok();
+        let (s, d) = (ints("strides", 1)?, ints("dilations", 1)?);
+        let p = qc_ir::infer::ints_or(attrs, "pads", 4, 0).ok()?;
+        let [s0, s1, d0, d1, top, left] = [s[0], s[1], d[0], d[1], p[0], p[1]].map(|v| v as usize);
+        if (d1 != 1 && c % 4 != 0) || [oh, ow, kh, kw, c].contains(&0) {
+            return None;
+        }
+        // The last tap of the last position, and the image, lie inside.
+        let extent =
+            |o: usize, s: usize, k: usize, d: usize| (o - 1).checked_mul(s)?.checked_add((k - 1).checked_mul(d)?)?.checked_add(1);
+        let rows = extent(oh, s0, kh, d0)?.max(top.checked_add(h)?);
+        let cols = extent(ow, s1, kw, d1)?.max(left.checked_add(w)?);
+        if rows.checked_mul(cols)?.checked_mul(c)? > 1 << 32 {
+            return None;
+        }
+        let pixel = |y: usize, x: usize| (y * cols + x) * c;
+        let row_len = if d1 == 1 { (kw * c).div_ceil(4) * 4 } else { kw * c };
+        let rows_at = (0..oh).flat_map(|oy| (0..ow).map(move |ox| pixel(oy * s0, ox * s1))).collect();
+        let groups = (0..kh)
+            .flat_map(|ky| (0..row_len / 4).map(move |g| (ky, 4 * g)))
+            .map(|(ky, k)| if d1 == 1 { pixel(ky * d0, 0) + k } else { pixel(ky * d0, k / c * d1) + k % c })
+            .collect();
+        let offsets = RowOffsets { rows: rows_at, groups };
+        let len = (rows * cols * c).max(offsets.reach());
+        Some(InPlace { halo: Halo { c, h, w, cols, top, left, len }, offsets, row_len })
+    }
+
+    /// `weights` (`[N][kh][kw·C]`, as [`GemmSpec::weights`]) in this layout's K order, each
+    /// kernel row padded with zeros to `row_len`.
+    fn weights(&self, weights: &[i32], n: usize, kh: usize) -> Vec<i32> {
+        let k = weights.len() / n;
+        let row = k / kh;
+        let mut out = vec![0; n * kh * self.row_len];
+        for (src, dst) in weights.chunks_exact(row).zip(out.chunks_exact_mut(self.row_len)) {
+            dst[..row].copy_from_slice(src);
+        }
+        out
+    }
+}
+
+impl Halo {
+    /// Copies the NHWC image `img` into `halo` (`len` long, its border already the padding).
+    fn copy_in(&self, img: &[u8], halo: &mut [u8]) {
+        let run = self.w * self.c;
+        for (y, src) in img.chunks_exact(run).enumerate().take(self.h) {
+            let at = ((self.top + y) * self.cols + self.left) * self.c;
+            halo[at..at + run].copy_from_slice(src);
+        }
+    }
 }
 
 impl Gather {
@@ -93,6 +183,8 @@ impl Gather {
 thread_local! {
     /// A thread's patch matrix, reused across layers and runs.
     static PATCHES: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
+    /// A thread's image with a border ([`Halo`]), reused across layers and runs.
+    static HALO: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
 }
 
 impl Conv {
@@ -148,8 +240,21 @@ impl Conv {
         if !spec.accumulators_fit() {
             return Ok(None);
         }
-        let kernel = GemmKernel::compile(&spec)?;
         let pad_value = if xq.storage == qc_ir::ScalarType::I8 { zp as i8 as u8 } else { zp as u8 };
+        // k×k kernels read their taps in place; the rest from patch rows.
+        if kh * kw > 1 && (oh * ow) % 2 == 0 {
+            if let Some(place) = InPlace::new(attrs, [c, h, wd], [kh, kw], [oh, ow]) {
+                let weights = place.weights(&spec.weights, spec.n, kh);
+                let spec = GemmSpec { k: weights.len() / spec.n, weights, ..spec.clone() };
+                if let Some(kernel) = GemmKernel::compile_offsets(&spec, &place.offsets)? {
+                    let (image, positions) = (c * h * wd, oh * ow);
+                    let gather = Gather::InPlace(place.halo);
+                    let depth = c * kh * kw;
+                    return Ok(Some(Conv { kernel, gather, image, positions, depth, pad_value, out_hw: [oh, ow] }));
+                }
+            }
+        }
+        let kernel = GemmKernel::compile(&spec)?;
         Conv::assemble(attrs, kernel, [c, h, wd], [kh, kw], [oh, ow], pad_value).map(Some)
     }
 
@@ -165,13 +270,37 @@ impl Conv {
     ) -> Result<Conv, String> {
         let window = Window::new(attrs, (h, wd), (kh, kw), (oh, ow)).ok_or("bad convolution attributes")?;
         let gather = Gather::new(&window, c, kernel.row_stride());
-        Ok(Conv { kernel, gather, image: c * window.plane, positions: window.positions, pad_value, out_hw: [oh, ow] })
+        let (image, positions, depth) = (c * window.plane, window.positions, kernel.depth());
+        Ok(Conv { kernel, gather, image, positions, depth, pad_value, out_hw: [oh, ow] })
     }
 
     /// The product of `batch` NHWC images (`x`) as i32 accumulators, `[batch·positions][O]`, for
     /// a kernel writing them, with `pad` as the padding byte (see [`crate::integer`]).
     pub fn run_i32(&self, x: &[u8], batch: usize, pad: u8, y: &mut [i32]) -> Result<(), String> {
         self.with_patches(x, batch, pad, |rows, n| self.kernel.run_rows_i32(rows, n, y))
+    }
+
+    /// Calls `f` with each of `batch` NHWC images (`x`) in this thread's [`Halo`] copy, whose
+    /// border is `pad`.
+    fn each_in_place(
+        &self,
+        halo: &Halo,
+        x: &[u8],
+        batch: usize,
+        pad: u8,
+        mut f: impl FnMut(&[u8]) -> Result<(), String>,
+    ) -> Result<(), String> {
+        if x.len() != batch * self.image {
+            return Err(format!("a convolution input has {} bytes, not {batch}·{}", x.len(), self.image));
+        }
+        HALO.with_borrow_mut(|buf| {
+            buf.clear();
+            buf.resize(halo.len, pad);
+            x.chunks_exact(self.image).try_for_each(|img| {
+                halo.copy_in(img, buf);
+                f(buf)
+            })
+        })
     }
 
     /// Calls `f` with the patch rows of `batch` NHWC images (`x`) and their number, `pad` filling
@@ -190,8 +319,10 @@ impl Conv {
         let rows = batch * self.positions;
         let stride = self.kernel.row_stride();
         let patch_bytes = self.positions * stride;
-        if let Gather::Direct = self.gather {
-            return f(x, rows);
+        match self.gather {
+            Gather::Direct => return f(x, rows),
+            Gather::InPlace(_) => return Err("this convolution reads its patches in place".into()),
+            Gather::Bytes(_) | Gather::Runs { .. } => {}
         }
         PATCHES.with(|patches| {
             let mut patches = patches.borrow_mut();
@@ -200,7 +331,7 @@ impl Conv {
             }
             let patches = &mut patches[..rows * stride];
             match &self.gather {
-                Gather::Direct => unreachable!("handled above"),
+                Gather::Direct | Gather::InPlace(_) => unreachable!("handled above"),
                 Gather::Bytes(index) => {
                     for (img, dst) in x.chunks_exact(image).zip(patches.chunks_exact_mut(patch_bytes)) {
                         // Byte index `image` is the padding: one byte of the zero point.
@@ -238,11 +369,21 @@ impl WindowKernel for Conv {
 
     /// Integer operations (2 · multiply-adds) for `batch` images.
     fn ops(&self, batch: usize) -> u64 {
-        2 * (batch * self.positions * self.kernel.columns() * self.kernel.depth()) as u64
+        2 * (batch * self.positions * self.kernel.columns() * self.depth) as u64
     }
 
     /// Runs `batch` NHWC images; returns the NHWC output.
     fn run(&self, x: &[u8], batch: usize, y: &mut [u8]) -> Result<(), String> {
+        if let Gather::InPlace(halo) = &self.gather {
+            let per_image = self.positions * self.kernel.columns();
+            if y.len() != batch * per_image {
+                return Err(format!("a convolution output has {} bytes, not {batch}·{per_image}", y.len()));
+            }
+            let mut out = y.chunks_exact_mut(per_image);
+            return self.each_in_place(halo, x, batch, self.pad_value, |img| {
+                self.kernel.run_offsets(img, out.next().expect("batch outputs"))
+            });
+        }
         self.with_patches(x, batch, self.pad_value, |rows, n| self.kernel.run_rows(rows, n, y))
     }
 

@@ -130,6 +130,30 @@ pub(crate) struct Tables {
     pub(crate) packed: Box<[u8]>,
     /// For block-sparse weights: the nonzero 4-k groups of each 16-column block, in order.
     pub(crate) groups: Box<[i64]>,
+    /// For kernels reading rows in place ([`RowOffsets`]): each row's offset, then each group's.
+    pub(crate) row_offsets: Box<[i64]>,
+    pub(crate) group_offsets: Box<[i64]>,
+}
+
+/// Where a vector kernel reads its rows when they are not [`GemmKernel::row_stride`] bytes apart
+/// in a matrix of their own: the 4 bytes of row `r`'s group `g` (k = 4g..4g + 4) lie at
+/// `a + rows[r] + groups[g]`. A convolution reads its taps in place this way from an image with a
+/// border of zero points (rows: where the output positions' windows start; groups: where each
+/// kernel row's bytes lie from there), so no patch matrix is built. The number of rows is fixed
+/// (and even); a kernel compiled with offsets runs through [`GemmKernel::run_offsets`].
+#[derive(Clone, Debug)]
+pub struct RowOffsets {
+    /// Each row's offset in the input.
+    pub rows: Vec<usize>,
+    /// Each group's offset from its row's.
+    pub groups: Vec<usize>,
+}
+
+impl RowOffsets {
+    /// The input bytes the rows reach: every group read lies below this.
+    pub fn reach(&self) -> usize {
+        self.rows.iter().max().unwrap_or(&0) + self.groups.iter().max().unwrap_or(&0) + 4
+    }
 }
 
 /// Which code a kernel runs.
@@ -183,6 +207,8 @@ pub struct GemmKernel {
     k: usize,
     path: Path,
     output: Output,
+    /// For a kernel reading rows in place: its number of rows and the input bytes they reach.
+    offsets: Option<(usize, usize)>,
     _tables: Box<Tables>,
     _code: Arc<JitCode>,
 }
@@ -230,7 +256,16 @@ impl GemmKernel {
     pub fn compile_output(spec: &GemmSpec, path: Path, output: Output) -> Result<GemmKernel, String> {
         match path {
             Path::Scalar => GemmKernel::compile_scalar(spec, output),
-            Path::Sse | Path::Vnni => crate::gemm_simd::compile(spec, path, output),
+            Path::Sse | Path::Vnni => crate::gemm_simd::compile(spec, path, output, None),
+        }
+    }
+
+    /// A vector kernel writing requantized bytes and reading its rows where `offsets` says
+    /// ([`RowOffsets`]); `None` on the scalar path, which reads rows from a matrix only.
+    pub fn compile_offsets(spec: &GemmSpec, offsets: &RowOffsets) -> Result<Option<GemmKernel>, String> {
+        match Path::choose(spec) {
+            Path::Scalar => Ok(None),
+            path => crate::gemm_simd::compile(spec, path, Output::Bytes, Some(offsets)).map(Some),
         }
     }
 
@@ -266,7 +301,15 @@ impl GemmKernel {
         // SAFETY: `f` is a finalized function of `code` with the signature
         // (pointer, pointer, i64) -> (), and the System V calling convention of the host.
         let f = unsafe { std::mem::transmute::<*const u8, unsafe extern "C" fn(*const u8, *mut u8, i64)>(f) };
-        GemmKernel { f, n, k, path, output, _tables: tables, _code: code }
+        let offsets = (!tables.row_offsets.is_empty()).then(|| {
+            let reach = RowOffsets {
+                rows: tables.row_offsets.iter().map(|&r| r as usize).collect(),
+                groups: tables.group_offsets.iter().map(|&g| g as usize).collect(),
+            }
+            .reach();
+            (tables.row_offsets.len(), reach)
+        });
+        GemmKernel { f, n, k, path, output, offsets, _tables: tables, _code: code }
     }
 
     fn compile_scalar(spec: &GemmSpec, output: Output) -> Result<GemmKernel, String> {
@@ -300,6 +343,8 @@ impl GemmKernel {
             shift: shift.into_boxed_slice(),
             packed: Box::new([]),
             groups: Box::new([]),
+            row_offsets: Box::new([]),
+            group_offsets: Box::new([]),
         });
         let addr = |p: *const u8| p as i64;
         let (wt, bt, mt) =
@@ -450,6 +495,9 @@ impl GemmKernel {
     /// Calls the kernel on `m` rows of `a` into `out`, which holds `out_len` elements of the
     /// kernel's output type.
     fn call(&self, a: &[u8], m: usize, out: *mut u8, out_len: usize) -> Result<(), String> {
+        if self.offsets.is_some() {
+            return Err("this GEMM kernel reads its rows in place (run_offsets)".into());
+        }
         let stride = self.row_stride();
         if a.len() != m * stride || out_len != m * self.n {
             return Err(format!(
@@ -476,6 +524,31 @@ impl GemmKernel {
             let last = unsafe { std::slice::from_raw_parts_mut(out.add(even * n * size), n * size) };
             last.copy_from_slice(&outs[..n * size]);
         }
+        Ok(())
+    }
+}
+
+impl GemmKernel {
+    /// Runs a kernel compiled with [`RowOffsets`] on the rows they place in `a` (the bytes they
+    /// reach), writing its fixed number of rows of requantized bytes to `out`.
+    pub fn run_offsets(&self, a: &[u8], out: &mut [u8]) -> Result<(), String> {
+        let Some((m, reach)) = self.offsets else {
+            return Err("this GEMM kernel reads rows of a matrix (run_rows)".into());
+        };
+        let out_len = out.len();
+        if a.len() < reach || out_len != m * self.n {
+            return Err(format!(
+                "GEMM kernel {}x{}: {} input bytes (it reads {reach}) and {out_len} outputs for {m} rows",
+                self.k,
+                self.n,
+                a.len()
+            ));
+        }
+        // SAFETY: the kernel reads 4-byte groups at `rows[r] + groups[g]` (or 16 bytes at
+        // `rows[r] + groups[4c]`, four contiguous groups, see `gemm_simd`), all below `reach`
+        // ≤ a.len(); writes m·n outputs to `out`, which holds them (checked above); reads its own
+        // tables, which live as long as `self`; and m is even (`gemm_simd::compile` checks).
+        unsafe { (self.f)(a.as_ptr(), out.as_mut_ptr(), m as i64) };
         Ok(())
     }
 }

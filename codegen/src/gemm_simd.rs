@@ -16,7 +16,9 @@
 //! requantization (f32 mode) and the clamp run on vectors, and the result is narrowed to bytes. Rows are read in whole groups of 4 bytes: the row stride is K rounded up to 4.
 //!
 //! Bounds (the invariant [`crate::gemm::GemmKernel::run`] relies on): the kernel is called with an
-//! even `m` only; every address it forms is `a + row·stride + 4·g` with `row < m` and `g < ⌈K/4⌉`,
+//! even `m` only; every address it forms is `a + row·stride + 4·g` with `row < m` and `g < ⌈K/4⌉`
+//! (or, compiled with [`RowOffsets`], `a + rows[row] + groups[g]`, below their `reach`, which
+//! `run_offsets` checks against the input; 16-byte loads only where 4 groups are contiguous),
 //! `out + size·(row·N + col)` with `col < N` (`size` 1, or 4 for i32 output), or inside its own tables (`packed` holds `⌈N/4⌉·⌈K/4⌉` panels, the group table only
 //! values `< ⌈K/4⌉`); N, K and the tables are fixed when it is compiled and `run` checks that `a`
 //! and `out` hold `m` rows. Partial last vectors store only their valid columns.
@@ -26,7 +28,7 @@
 //! walks a table of its nonzero groups instead of every group — the skipped multiply-adds are
 //! never executed.
 
-use crate::gemm::{GemmKernel, GemmSpec, Output, Path, Tables, emit_loop};
+use crate::gemm::{GemmKernel, GemmSpec, Output, Path, RowOffsets, Tables, emit_loop};
 use crate::jit::Jit;
 use cranelift_codegen::ir::condcodes::FloatCC;
 use cranelift_codegen::ir::{Endianness, InstBuilder, MemFlagsData, Value, types};
@@ -132,7 +134,7 @@ fn panel_bytes(path: Path) -> usize {
     if path == Path::Vnni { 16 } else { 32 }
 }
 
-pub(crate) fn compile(spec: &GemmSpec, path: Path, output: Output) -> Result<GemmKernel, String> {
+pub(crate) fn compile(spec: &GemmSpec, path: Path, output: Output, offsets: Option<&RowOffsets>) -> Result<GemmKernel, String> {
     let out_size = if output == Output::I32 { 4 } else { 1 };
     let sse = path == Path::Sse;
     let (n, k) = (spec.n, spec.k);
@@ -141,6 +143,13 @@ pub(crate) fn compile(spec: &GemmSpec, path: Path, output: Output) -> Result<Gem
     }
     let groups = k.div_ceil(4);
     let nv = n.div_ceil(4);
+    if let Some(o) = offsets {
+        if o.groups.len() != groups || o.rows.is_empty() || o.rows.len() % 2 != 0 || o.reach() > 1 << 40 {
+            return Err(format!("row offsets of {} rows and {} groups for K = {k}", o.rows.len(), o.groups.len()));
+        }
+    }
+    // Whether each run of 4 groups that a dense block reads with one 16-byte load is contiguous.
+    let contiguous = offsets.is_none_or(|o| o.groups.chunks_exact(4).all(|c| (0..4).all(|i| c[i] == c[0] + 4 * i)));
     let pb = panel_bytes(path);
     let mut packed = vec![0u8; nv * groups * pb];
     for c in 0..n {
@@ -193,9 +202,13 @@ pub(crate) fn compile(spec: &GemmSpec, path: Path, output: Output) -> Result<Gem
         shift: Box::new([]),
         packed: packed.into_boxed_slice(),
         groups: if sparse { nonzero.into_boxed_slice() } else { Box::new([]) },
+        row_offsets: offsets.map_or_else(Default::default, |o| o.rows.iter().map(|&r| r as i64).collect()),
+        group_offsets: offsets.map_or_else(Default::default, |o| o.groups.iter().map(|&g| g as i64).collect()),
     });
     let (bt, mt, pt) = (tables.bias.as_ptr() as i64, tables.mult.as_ptr() as i64, tables.packed.as_ptr() as i64);
     let gt = tables.groups.as_ptr() as i64;
+    let (rt, got) = (tables.row_offsets.as_ptr() as i64, tables.group_offsets.as_ptr() as i64);
+    let in_place = offsets.is_some();
     let (lda, signed_in, unsigned_out) = (row_stride(k) as i64, spec.a_signed, spec.lo >= 0);
     let (zp_y, lo, hi) = (spec.zp_y, spec.lo, spec.hi);
     let mut jit = Jit::new()?;
@@ -227,7 +240,19 @@ pub(crate) fn compile(spec: &GemmSpec, path: Path, output: Output) -> Result<Gem
                         })
                         .collect()
                 };
-                let a_rows = row_addrs(b, a, lda);
+                let a_rows = if in_place {
+                    // Row r at `a + rows[r]`.
+                    row_addrs(b, zero, 8)
+                        .into_iter()
+                        .map(|at| {
+                            let at = b.ins().iadd_imm_s(at, rt);
+                            let off = b.ins().load(types::I64, raw, at, 0);
+                            b.ins().iadd(a, off)
+                        })
+                        .collect()
+                } else {
+                    row_addrs(b, a, lda)
+                };
                 let o_rows = row_addrs(b, out, (n * out_size) as i64);
                 let accs: Vec<Vec<_>> = (0..rows).map(|_| (0..vecs).map(|_| b.declare_var(types::I32X4)).collect()).collect();
                 for v in 0..vecs {
@@ -302,12 +327,22 @@ pub(crate) fn compile(spec: &GemmSpec, path: Path, output: Output) -> Result<Gem
                     }
                 };
                 let (from, to) = walk.unwrap_or((0, groups));
-                let chunks = if walk.is_none() { groups / 4 } else { 0 };
+                // Where group `g` lies in a row: 4·g, or where the row offsets say.
+                let group_offset = |b: &mut FunctionBuilder, g: Value| {
+                    if in_place {
+                        let at = b.ins().imul_imm_s(g, 8);
+                        let at = b.ins().iadd_imm_s(at, got);
+                        b.ins().load(types::I64, raw, at, 0)
+                    } else {
+                        b.ins().imul_imm_s(g, 4)
+                    }
+                };
+                let chunks = if walk.is_none() && contiguous { groups / 4 } else { 0 };
                 if chunks > 0 {
                     let c_end = b.ins().iconst(types::I64, chunks as i64);
                     emit_loop(b, zero, c_end, |b, ch| {
                         let g = b.ins().imul_imm_s(ch, 4);
-                        let a16 = b.ins().imul_imm_s(ch, 16);
+                        let a16 = group_offset(b, g);
                         let rows16: Vec<Value> = a_rows
                             .iter()
                             .map(|&a_row| {
@@ -343,7 +378,7 @@ pub(crate) fn compile(spec: &GemmSpec, path: Path, output: Output) -> Result<Gem
                         } else {
                             t
                         };
-                        let g4 = b.ins().imul_imm_s(g, 4);
+                        let g4 = group_offset(b, g);
                         let avs: Vec<[Value; 2]> = a_rows
                             .iter()
                             .map(|&a_row| {

@@ -1,5 +1,5 @@
-//! Integer conv2d through `CompiledModel` (channels-last patch gather + JIT GEMM, or the
-//! depthwise row kernel when `groups = C`) against the
+//! Integer conv2d through `CompiledModel` (channels-last patch gather + JIT GEMM, the GEMM
+//! reading taps in place, or the depthwise row kernel when `groups = C`) against the
 //! reference evaluator, bit for bit, over random shapes, strides, pads, dilations, zero points
 //! (weights' too), u8 and i8 inputs and scales — image borders included, where the `−zp·Σw` bias fold meets the padding.
 //! `QC_SLOW=1` runs 1000 cases.
@@ -29,6 +29,22 @@ struct Case {
     x: Vec<i32>,
     w: Vec<i32>,
     bias: Vec<i32>,
+}
+
+/// Sets to the zero point the weights of the (16 columns × 4 k) blocks of the `[O][kh·kw·C]` GEMM
+/// that `mask` selects (as `sparsify --block` leaves them), so that the kernels' skipping of zero
+/// groups is exercised; `w` is `[O, C, kh, kw]`.
+fn zero_blocks(w: &mut [i32], [o, c, taps]: [usize; 3], zp_w: i32, mask: &[bool]) {
+    let groups = (taps * c).div_ceil(4);
+    for oc in 0..o {
+        for ic in 0..c {
+            for t in 0..taps {
+                if mask[((oc / 16) * groups + (t * c + ic) / 4) % mask.len()] {
+                    w[(oc * c + ic) * taps + t] = zp_w;
+                }
+            }
+        }
+    }
 }
 
 impl Case {
@@ -62,20 +78,22 @@ impl Case {
 
 fn case() -> impl Strategy<Value = Case> {
     (
-        // Few channels gather bytes, eight and more gather runs.
-        prop_oneof![1usize..8, 8usize..20],
+        // Few channels gather bytes, eight and more gather runs, multiples of 16 are read in
+        // place from a copy with a border (k×k kernels, an even number of output positions).
+        prop_oneof![1usize..8, 8usize..20, prop::sample::select(vec![16usize, 32, 48])],
         1usize..7,
         window(10, false),
         any::<bool>(),
         any::<bool>(),
         any::<bool>(),
         prop_oneof![3 => Just(0i32), 1 => -8i32..8],
+        prop_oneof![3 => Just(vec![]), 1 => prop::collection::vec(any::<bool>(), 1..6)],
     )
-        .prop_flat_map(|(c, o, win, relu, depthwise, x_i8, zp_w)| {
+        .prop_flat_map(|(c, o, win, relu, depthwise, x_i8, zp_w, mask)| {
             let (o, wc) = if depthwise { (c, 1) } else { (o, c) };
             let (pixels, taps) = (win.hw[0] * win.hw[1], win.k[0] * win.k[1]);
             (
-                Just((c, o, win, relu, depthwise, x_i8, zp_w)),
+                Just((c, o, win, relu, depthwise, x_i8, zp_w, mask)),
                 0i32..=255,
                 0i32..=255,
                 1e-3f32..0.5,
@@ -84,20 +102,11 @@ fn case() -> impl Strategy<Value = Case> {
                 prop::collection::vec(-5000i32..5000, o),
             )
         })
-        .prop_map(|((c, o, win, relu, depthwise, x_i8, zp_w), zp_x, zp_y, s_y, x, w, bias)| Case {
-            c,
-            o,
-            win,
-            zp_x,
-            zp_y,
-            s_y,
-            relu,
-            depthwise,
-            x_i8,
-            zp_w,
-            x,
-            w,
-            bias,
+        .prop_map(|((c, o, win, relu, depthwise, x_i8, zp_w, mask), zp_x, zp_y, s_y, x, mut w, bias)| {
+            if !depthwise && !mask.is_empty() {
+                zero_blocks(&mut w, [o, c, win.k[0] * win.k[1]], zp_w, &mask);
+            }
+            Case { c, o, win, zp_x, zp_y, s_y, relu, depthwise, x_i8, zp_w, x, w, bias }
         })
 }
 
