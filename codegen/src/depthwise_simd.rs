@@ -12,12 +12,21 @@
 //! the raw bytes: `Σ (x − zp_x)·w = Σ x·w − zp_x·Σ w`. The epilogue is the GEMM's: f32
 //! requantization, clamp in f32, narrow to bytes. `pmaddwd` is SSE2, so this runs on every x64.
 //!
+//! Where the CPU has VNNI (and the weights `w − zp_w` fit i8), channels go 16 at a time and taps
+//! 4 at a time instead: the four taps' 16 bytes are interleaved (`punpcklbw`/`punpckhbw`, then
+//! `punpcklwd`/`punpckhwd`) into 4 channels × 4 taps per vector, the u8 form of the input (an i8
+//! input flipped by `^ 0x80`), so one `vpdpbusd` with weights packed as `[4 channels][4 taps]`
+//! adds 16 products into 4 channels; the taps past the last multiple of 4 have zero weights (and
+//! read the quad's first tap again). The bias starts at `b − zp_u·Σ w`, `zp_u` the u8 form's
+//! zero point, which the padding pixel holds after the flip.
+//!
 //! Bounds (see [`crate::window_jit`], which checks them before the call): the kernel reads 8
-//! bytes at `pixel + 8g` with `8g < C`, so at most 8 bytes past the pixel's `C` ([`SLACK`]); it
-//! writes 8 bytes at `out + pos·C + 8g` for whole groups (`8g + 8 ≤ C`) and single bytes below
-//! `out + pos·C + C` for the last, partial one; and it reads its own tables.
+//! bytes at `pixel + 8g` with `8g < C` (VNNI: 16 bytes at `pixel + 16g`, `16g < C`), so at most
+//! 16 bytes past the pixel's `C` ([`SLACK`]); it writes 8 (16) bytes at `out + pos·C + 8g`
+//! (`16g`) for whole groups and single bytes below `out + pos·C + C` for the last, partial one;
+//! and it reads its own tables.
 
-use crate::gemm_simd::{Epilogue, pmaddwd, store_bytes};
+use crate::gemm_simd::{Epilogue, dot_vnni, pmaddwd, store_bytes};
 use crate::window::Window;
 use crate::window_jit::{self, ImageFn};
 use cranelift_codegen::ir::{Endianness, InstBuilder, MemFlagsData, Value, types};
@@ -56,24 +65,53 @@ pub struct DepthwiseKernel {
 struct Tables {
     /// `[group of 8 channels][tap pair][half][4 channels][2 taps]` as i16.
     weights: Box<[i16]>,
+    /// VNNI: `[group of 16 channels][tap quad][4 × 4 channels][4 taps]` as i8.
+    quads: Box<[i8]>,
     /// `b − zp_x·Σ w`, padded to whole groups.
     bias: Box<[i32]>,
     /// Multipliers, padded to whole groups.
     mult: Box<[f32]>,
 }
 
+/// What a kernel body is compiled with: its tables' addresses (weights, bias, multipliers);
+/// whether the input is i8 and the output u8; the output's zero point and clamp; the padding byte.
+type Constants = ([i64; 3], (bool, bool), (i32, i32, i32), u8);
+
+impl Tables {
+    fn constants(&self, s: &DepthwiseSpec) -> Constants {
+        let weights = if self.quads.is_empty() { self.weights.as_ptr() as i64 } else { self.quads.as_ptr() as i64 };
+        let pad = if s.x_signed { s.zp_x as i8 as u8 } else { s.zp_x as u8 };
+        let addresses = [weights, self.bias.as_ptr() as i64, self.mult.as_ptr() as i64];
+        (addresses, (s.x_signed, s.lo >= 0), (s.zp_y, s.lo, s.hi), pad)
+    }
+}
+
 impl DepthwiseKernel {
     /// Compiles the kernel; an error when the tables are inconsistent or the weights do not fit
     /// i16 (they are `w − zp_w` of 8-bit weights, so they always do).
     pub fn compile(s: &DepthwiseSpec) -> Result<DepthwiseKernel, String> {
-        let (c, w) = (s.c, s.window);
-        let taps = w.taps;
+        let (c, taps) = (s.c, s.window.taps);
         if c == 0 || taps == 0 || s.weights.len() != taps * c || s.bias.len() != c || s.mult.len() != c {
             return Err("inconsistent depthwise kernel tables".into());
         }
         if s.mult.iter().any(|m| !m.is_finite()) {
             return Err("the depthwise kernel requantizes with finite f32 multipliers".into());
         }
+        let vnni = match std::env::var("QC_ISA").as_deref() {
+            Ok("sse") | Ok("scalar") => false,
+            Ok("vnni") => true,
+            _ => crate::jit::host_has_vnni(),
+        };
+        if vnni && s.weights.iter().all(|w| i8::try_from(*w).is_ok()) {
+            return DepthwiseKernel::compile_vnni(s);
+        }
+        DepthwiseKernel::compile_pmaddwd(s)
+    }
+
+    /// The `pmaddwd` kernel: 8 channels × 2 taps at a time.
+    fn compile_pmaddwd(s: &DepthwiseSpec) -> Result<DepthwiseKernel, String> {
+        let (c, w) = (s.c, s.window);
+        let taps = w.taps;
         let groups = c.div_ceil(8);
         let pairs = taps.div_ceil(2);
         let mut weights = vec![0i16; groups * pairs * 16];
@@ -84,24 +122,9 @@ impl DepthwiseKernel {
                 weights[(g * pairs + t / 2) * 16 + (lane / 4) * 8 + (lane % 4) * 2 + t % 2] = v;
             }
         }
-        let mut bias = vec![0i32; groups * 8];
-        let mut mult = vec![0f32; groups * 8];
-        for ch in 0..c {
-            let wsum: i64 = (0..taps).map(|t| s.weights[t * c + ch] as i64).sum();
-            bias[ch] = i32::try_from(s.bias[ch] as i64 - s.zp_x as i64 * wsum).map_err(|_| "the folded bias leaves i32")?;
-            mult[ch] = s.mult[ch];
-        }
-        let tables = Box::new(Tables {
-            weights: weights.into_boxed_slice(),
-            bias: bias.into_boxed_slice(),
-            mult: mult.into_boxed_slice(),
-        });
-        let addr = |p: *const u8| p as i64;
-        let wt = addr(tables.weights.as_ptr().cast());
-        let (bt, mt) = (addr(tables.bias.as_ptr().cast()), addr(tables.mult.as_ptr().cast()));
-        let (x_signed, unsigned_out) = (s.x_signed, s.lo >= 0);
-        let (zp_y, lo, hi) = (s.zp_y, s.lo, s.hi);
-        let pad = if s.x_signed { s.zp_x as i8 as u8 } else { s.zp_x as u8 };
+        let (bias, mult) = folded(s, groups * 8, s.zp_x)?;
+        let tables = Box::new(Tables { weights: weights.into_boxed_slice(), quads: Box::new([]), bias, mult });
+        let ([wt, bt, mt], (x_signed, unsigned_out), (zp_y, lo, hi), pad) = tables.constants(s);
         let f = window_jit::compile(w, c, pad, SLACK, |b, pixels, o_pos| {
             let raw = MemFlagsData::new().with_notrap();
             let little = MemFlagsData::new().with_endianness(Endianness::Little);
@@ -130,19 +153,89 @@ impl DepthwiseKernel {
                         acc[half] = b.ins().iadd(acc[half], prod);
                     }
                 }
-                // Requantize as the GEMM does.
-                let epilogue = Epilogue::new(b, zp_y, lo, hi);
                 let m_addr = b.ins().iadd_imm_s(ch4, mt);
-                let q: Vec<Value> = (0..2)
-                    .map(|half| {
-                        let mv = b.ins().load(types::F32X4, raw, m_addr, 16 * half as i32);
-                        epilogue.apply(b, acc[half], mv)
-                    })
-                    .collect();
+                let q = requantized(b, &acc, m_addr, [zp_y, lo, hi]);
                 let o_addr = b.ins().iadd(o_pos, ch);
                 store_bytes(b, [q[0], q[1]], unsigned_out, o_addr, lanes);
             };
             window_jit::emit_groups(b, c, 8, group);
+        })?;
+        Ok(DepthwiseKernel { f, _tables: tables })
+    }
+
+    /// The VNNI kernel: 16 channels × 4 taps at a time.
+    fn compile_vnni(s: &DepthwiseSpec) -> Result<DepthwiseKernel, String> {
+        let (c, w) = (s.c, s.window);
+        let taps = w.taps;
+        let (groups, quads) = (c.div_ceil(16), taps.div_ceil(4));
+        let mut packed = vec![0i8; groups * quads * 64];
+        for ch in 0..c {
+            for t in 0..taps {
+                let v = i8::try_from(s.weights[t * c + ch]).map_err(|_| "a depthwise weight does not fit i8")?;
+                packed[((ch / 16) * quads + t / 4) * 64 + (ch % 16) * 4 + t % 4] = v;
+            }
+        }
+        let (bias, mult) = folded(s, groups * 16, s.zp_x + if s.x_signed { 128 } else { 0 })?;
+        let tables = Box::new(Tables { weights: Box::new([]), quads: packed.into_boxed_slice(), bias, mult });
+        let ([wt, bt, mt], (x_signed, unsigned_out), (zp_y, lo, hi), pad) = tables.constants(s);
+        let f = window_jit::compile(w, c, pad, SLACK, |b, pixels, o_pos| {
+            let raw = MemFlagsData::new().with_notrap();
+            let interleave = |b: &mut FunctionBuilder, x: Value, y: Value, mask: [u8; 16]| {
+                let mask = b.func.dfg.immediates.push(mask.as_slice().into());
+                b.ins().shuffle(x, y, mask)
+            };
+            // One group of 16 channels starting at byte `16g`, `lanes` of them stored.
+            let group = |b: &mut FunctionBuilder, g: Value, lanes: usize| {
+                let ch = b.ins().imul_imm_s(g, 16);
+                let ch4 = b.ins().imul_imm_s(g, 64);
+                let b_addr = b.ins().iadd_imm_s(ch4, bt);
+                let mut acc: Vec<Value> = (0..4).map(|j| b.ins().load(types::I32X4, raw, b_addr, 16 * j)).collect();
+                let w_base = b.ins().imul_imm_s(g, 64 * quads as i64);
+                let w_base = b.ins().iadd_imm_s(w_base, wt);
+                for q in 0..quads {
+                    let x: Vec<Value> = (4 * q..(4 * q + 4).min(taps))
+                        .map(|t| {
+                            let a = b.ins().iadd(pixels[t], ch);
+                            let x = b.ins().load(types::I8X16, raw, a, 0);
+                            if x_signed {
+                                let flip = b.ins().iconst(types::I8, -128);
+                                let flip = b.ins().splat(types::I8X16, flip);
+                                b.ins().bxor(x, flip)
+                            } else {
+                                x
+                            }
+                        })
+                        .collect();
+                    let tap = |i: usize| x.get(i).copied().unwrap_or(x[0]);
+                    let (lo01, hi01) = (interleave(b, tap(0), tap(1), PUNPCKLBW), interleave(b, tap(0), tap(1), PUNPCKHBW));
+                    let (lo23, hi23) = (interleave(b, tap(2), tap(3), PUNPCKLBW), interleave(b, tap(2), tap(3), PUNPCKHBW));
+                    let v = [
+                        interleave(b, lo01, lo23, PUNPCKLWD),
+                        interleave(b, lo01, lo23, PUNPCKHWD),
+                        interleave(b, hi01, hi23, PUNPCKLWD),
+                        interleave(b, hi01, hi23, PUNPCKHWD),
+                    ];
+                    for (j, v) in v.into_iter().enumerate() {
+                        let wv = b.ins().load(types::I8X16, raw, w_base, (64 * q + 16 * j) as i32);
+                        acc[j] = dot_vnni(b, acc[j], wv, v);
+                    }
+                }
+                let m_addr = b.ins().iadd_imm_s(ch4, mt);
+                let q = requantized(b, &acc, m_addr, [zp_y, lo, hi]);
+                let o_addr = b.ins().iadd(o_pos, ch);
+                if lanes == 16 {
+                    let (h0, h1) = (b.ins().snarrow(q[0], q[1]), b.ins().snarrow(q[2], q[3]));
+                    let bytes = if unsigned_out { b.ins().unarrow(h0, h1) } else { b.ins().snarrow(h0, h1) };
+                    b.ins().store(raw, bytes, o_addr, 0);
+                } else {
+                    store_bytes(b, [q[0], q[1]], unsigned_out, o_addr, lanes.min(8));
+                    if lanes > 8 {
+                        let rest = b.ins().iadd_imm_s(o_addr, 8);
+                        store_bytes(b, [q[2], q[3]], unsigned_out, rest, lanes - 8);
+                    }
+                }
+            };
+            window_jit::emit_groups(b, c, 16, group);
         })?;
         Ok(DepthwiseKernel { f, _tables: tables })
     }
@@ -153,10 +246,41 @@ impl DepthwiseKernel {
     }
 }
 
-/// Bytes past the padding pixel that the kernel may read: 8-byte loads of the last group.
-const SLACK: usize = 8;
+/// The accumulators `acc` (i32x4 each) requantized as the GEMM does ([`Epilogue`]), with the
+/// multipliers at `m_addr`, 16 bytes per vector.
+fn requantized(b: &mut FunctionBuilder, acc: &[Value], m_addr: Value, [zp_y, lo, hi]: [i32; 3]) -> Vec<Value> {
+    let raw = MemFlagsData::new().with_notrap();
+    let epilogue = Epilogue::new(b, zp_y, lo, hi);
+    acc.iter()
+        .enumerate()
+        .map(|(j, &acc)| {
+            let mv = b.ins().load(types::F32X4, raw, m_addr, 16 * j as i32);
+            epilogue.apply(b, acc, mv)
+        })
+        .collect()
+}
+
+/// The starting accumulators `b − zp·Σ w` (`zp` the zero point of the bytes the kernel reads) and
+/// the multipliers of each channel, padded with zeros to `len`.
+fn folded(s: &DepthwiseSpec, len: usize, zp: i32) -> Result<(Box<[i32]>, Box<[f32]>), String> {
+    let (c, taps) = (s.c, s.window.taps);
+    let mut bias = vec![0i32; len];
+    let mut mult = vec![0f32; len];
+    for ch in 0..c {
+        let wsum: i64 = (0..taps).map(|t| s.weights[t * c + ch] as i64).sum();
+        bias[ch] = i32::try_from(s.bias[ch] as i64 - zp as i64 * wsum).map_err(|_| "the folded bias leaves i32")?;
+        mult[ch] = s.mult[ch];
+    }
+    Ok((bias.into_boxed_slice(), mult.into_boxed_slice()))
+}
+
+/// Bytes past the padding pixel that the kernel may read: 16-byte loads of the last group.
+const SLACK: usize = 16;
 
 /// `shuffle` masks that interleave the i16 lanes 0–3 (4–7) of two vectors, which the x64
 /// backend emits as `punpcklwd` (`punpckhwd`).
 const PUNPCKLWD: [u8; 16] = [0, 1, 16, 17, 2, 3, 18, 19, 4, 5, 20, 21, 6, 7, 22, 23];
 const PUNPCKHWD: [u8; 16] = [8, 9, 24, 25, 10, 11, 26, 27, 12, 13, 28, 29, 14, 15, 30, 31];
+/// ... and the bytes 0–7 (8–15) of two vectors (`punpcklbw`, `punpckhbw`).
+const PUNPCKLBW: [u8; 16] = [0, 16, 1, 17, 2, 18, 3, 19, 4, 20, 5, 21, 6, 22, 7, 23];
+const PUNPCKHBW: [u8; 16] = [8, 24, 9, 25, 10, 26, 11, 27, 12, 28, 13, 29, 14, 30, 15, 31];

@@ -43,7 +43,7 @@ pub fn row_stride(k: usize) -> usize {
 
 /// u8 (as i8x16 bits) · i8 weights, four products summed into each i32 lane, plus `acc`: the tree
 /// the x64 backend emits as one `vpdpbusd` where the CPU has VNNI.
-fn dot_vnni(b: &mut FunctionBuilder, acc: Value, w: Value, a: Value) -> Value {
+pub(crate) fn dot_vnni(b: &mut FunctionBuilder, acc: Value, w: Value, a: Value) -> Value {
     let (sl, ul) = (b.ins().swiden_low(w), b.ins().uwiden_low(a));
     let lo = b.ins().imul(sl, ul);
     let (sh, uh) = (b.ins().swiden_high(w), b.ins().uwiden_high(a));
