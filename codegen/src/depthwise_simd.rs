@@ -26,7 +26,7 @@
 //! (`16g`) for whole groups and single bytes below `out + pos·C + C` for the last, partial one;
 //! and it reads its own tables.
 
-use crate::gemm_simd::{Epilogue, dot_vnni, pmaddwd, store_bytes};
+use crate::gemm_simd::{Epilogue, dot_vnni, pmaddwd, small, store_lanes};
 use crate::window::Window;
 use crate::window_jit::{self, ImageFn};
 use cranelift_codegen::ir::{Endianness, InstBuilder, MemFlagsData, Value, types};
@@ -74,15 +74,15 @@ struct Tables {
 }
 
 /// What a kernel body is compiled with: its tables' addresses (weights, bias, multipliers);
-/// whether the input is i8 and the output u8; the output's zero point and clamp; the padding byte.
-type Constants = ([i64; 3], (bool, bool), (i32, i32, i32), u8);
+/// whether the input is i8; the output's zero point and clamp; the padding byte.
+type Constants = ([i64; 3], bool, (i32, i32, i32), u8);
 
 impl Tables {
     fn constants(&self, s: &DepthwiseSpec) -> Constants {
         let weights = if self.quads.is_empty() { self.weights.as_ptr() as i64 } else { self.quads.as_ptr() as i64 };
         let pad = if s.x_signed { s.zp_x as i8 as u8 } else { s.zp_x as u8 };
         let addresses = [weights, self.bias.as_ptr() as i64, self.mult.as_ptr() as i64];
-        (addresses, (s.x_signed, s.lo >= 0), (s.zp_y, s.lo, s.hi), pad)
+        (addresses, s.x_signed, (s.zp_y, s.lo, s.hi), pad)
     }
 }
 
@@ -124,7 +124,8 @@ impl DepthwiseKernel {
         }
         let (bias, mult) = folded(s, groups * 8, s.zp_x)?;
         let tables = Box::new(Tables { weights: weights.into_boxed_slice(), quads: Box::new([]), bias, mult });
-        let ([wt, bt, mt], (x_signed, unsigned_out), (zp_y, lo, hi), pad) = tables.constants(s);
+        let ([wt, bt, mt], x_signed, (zp_y, lo, hi), pad) = tables.constants(s);
+        let small_mults = small(&tables.mult);
         let f = window_jit::compile(w, c, pad, SLACK, |b, pixels, o_pos| {
             let raw = MemFlagsData::new().with_notrap();
             let little = MemFlagsData::new().with_endianness(Endianness::Little);
@@ -154,9 +155,9 @@ impl DepthwiseKernel {
                     }
                 }
                 let m_addr = b.ins().iadd_imm_s(ch4, mt);
-                let q = requantized(b, &acc, m_addr, [zp_y, lo, hi]);
+                let bytes = requantized(b, &acc, m_addr, [zp_y, lo, hi], small_mults);
                 let o_addr = b.ins().iadd(o_pos, ch);
-                store_bytes(b, [q[0], q[1]], unsigned_out, o_addr, lanes);
+                store_lanes(b, bytes, o_addr, lanes);
             };
             window_jit::emit_groups(b, c, 8, group);
         })?;
@@ -177,7 +178,8 @@ impl DepthwiseKernel {
         }
         let (bias, mult) = folded(s, groups * 16, s.zp_x + if s.x_signed { 128 } else { 0 })?;
         let tables = Box::new(Tables { weights: Box::new([]), quads: packed.into_boxed_slice(), bias, mult });
-        let ([wt, bt, mt], (x_signed, unsigned_out), (zp_y, lo, hi), pad) = tables.constants(s);
+        let ([wt, bt, mt], x_signed, (zp_y, lo, hi), pad) = tables.constants(s);
+        let small_mults = small(&tables.mult);
         let f = window_jit::compile(w, c, pad, SLACK, |b, pixels, o_pos| {
             let raw = MemFlagsData::new().with_notrap();
             let interleave = |b: &mut FunctionBuilder, x: Value, y: Value, mask: [u8; 16]| {
@@ -221,19 +223,9 @@ impl DepthwiseKernel {
                     }
                 }
                 let m_addr = b.ins().iadd_imm_s(ch4, mt);
-                let q = requantized(b, &acc, m_addr, [zp_y, lo, hi]);
+                let bytes = requantized(b, &acc, m_addr, [zp_y, lo, hi], small_mults);
                 let o_addr = b.ins().iadd(o_pos, ch);
-                if lanes == 16 {
-                    let (h0, h1) = (b.ins().snarrow(q[0], q[1]), b.ins().snarrow(q[2], q[3]));
-                    let bytes = if unsigned_out { b.ins().unarrow(h0, h1) } else { b.ins().snarrow(h0, h1) };
-                    b.ins().store(raw, bytes, o_addr, 0);
-                } else {
-                    store_bytes(b, [q[0], q[1]], unsigned_out, o_addr, lanes.min(8));
-                    if lanes > 8 {
-                        let rest = b.ins().iadd_imm_s(o_addr, 8);
-                        store_bytes(b, [q[2], q[3]], unsigned_out, rest, lanes - 8);
-                    }
-                }
+                store_lanes(b, bytes, o_addr, lanes);
             };
             window_jit::emit_groups(b, c, 16, group);
         })?;
@@ -246,18 +238,20 @@ impl DepthwiseKernel {
     }
 }
 
-/// The accumulators `acc` (i32x4 each) requantized as the GEMM does ([`Epilogue`]), with the
-/// multipliers at `m_addr`, 16 bytes per vector.
-fn requantized(b: &mut FunctionBuilder, acc: &[Value], m_addr: Value, [zp_y, lo, hi]: [i32; 3]) -> Vec<Value> {
+/// The output bytes of the accumulators `acc` (2 or 4 i32x4), requantized as the GEMM does
+/// ([`Epilogue`]) with the multipliers at `m_addr`, 16 bytes per vector.
+fn requantized(b: &mut FunctionBuilder, acc: &[Value], m_addr: Value, [zp_y, lo, hi]: [i32; 3], small: bool) -> Value {
     let raw = MemFlagsData::new().with_notrap();
-    let epilogue = Epilogue::new(b, zp_y, lo, hi);
-    acc.iter()
+    let epilogue = Epilogue::new(b, zp_y, lo, hi, small);
+    let q: Vec<Value> = acc
+        .iter()
         .enumerate()
         .map(|(j, &acc)| {
             let mv = b.ins().load(types::F32X4, raw, m_addr, 16 * j as i32);
             epilogue.apply(b, acc, mv)
         })
-        .collect()
+        .collect();
+    epilogue.bytes(b, &q)
 }
 
 /// The starting accumulators `b − zp·Σ w` (`zp` the zero point of the bytes the kernel reads) and

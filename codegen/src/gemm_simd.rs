@@ -66,54 +66,104 @@ pub(crate) fn pmaddwd(b: &mut FunctionBuilder, x: Value, y: Value) -> Value {
     b.ins().iadd_pairwise(lo, hi)
 }
 
-/// The requantization of i32x4 accumulators with f32x4 multipliers: `rne(acc · m)` clamped to
-/// `[lo − zp, hi − zp]` in f32 (exact: those are small integers; no NaN arises, the multipliers
-/// being finite), converted (in range, so no saturation is needed), plus the zero point. Its
-/// constants are made once, where it is created.
+/// The requantization of i32x4 accumulators with f32x4 multipliers: `rne(acc · m)`, converted
+/// (exact: a small integer), plus the zero point, clamped to `[lo, hi]` and narrowed to bytes.
+/// Where every multiplier is below 1/2 in magnitude, `|acc · m| < 2^30`, so the conversion and
+/// the addition cannot overflow and the clamp is the narrowing's saturation to the storage range
+/// (`packssdw`, then `packuswb`/`packsswb`), then a byte max/min where `[lo, hi]` is narrower;
+/// otherwise the value is clamped to `[lo − zp, hi − zp]` in f32 before the conversion (no NaN
+/// arises, the multipliers being finite). Its constants are made once, where it is created.
 pub(crate) struct Epilogue {
     lo: Value,
     hi: Value,
     zp: Value,
+    unsigned_out: bool,
+    /// Clamped by saturation: `Some`, with the byte bounds where `[lo, hi]` is narrower than the
+    /// storage range.
+    saturating: Option<Option<(Value, Value)>>,
 }
 
 impl Epilogue {
-    pub(crate) fn new(b: &mut FunctionBuilder, zp_y: i32, lo: i32, hi: i32) -> Epilogue {
+    /// `small_multipliers`: every multiplier is finite and below 1/2 in magnitude.
+    pub(crate) fn new(b: &mut FunctionBuilder, zp_y: i32, lo: i32, hi: i32, small_multipliers: bool) -> Epilogue {
         let splat_f = |b: &mut FunctionBuilder, v: f32| {
             let c = b.ins().f32const(v);
             b.ins().splat(types::F32X4, c)
         };
+        let unsigned_out = lo >= 0;
+        let storage = if unsigned_out { (0, 255) } else { (-128, 127) };
+        let saturating = small_multipliers.then(|| {
+            ((lo, hi) != storage).then(|| {
+                let splat_b = |b: &mut FunctionBuilder, v: i32| {
+                    let c = b.ins().iconst(types::I8, v as i8 as i64);
+                    b.ins().splat(types::I8X16, c)
+                };
+                (splat_b(b, lo), splat_b(b, hi))
+            })
+        });
         let (lo, hi) = (splat_f(b, (lo - zp_y) as f32), splat_f(b, (hi - zp_y) as f32));
         let c = b.ins().iconst(types::I32, zp_y as i64);
         let zp = b.ins().splat(types::I32X4, c);
-        Epilogue { lo, hi, zp }
+        Epilogue { lo, hi, zp, unsigned_out, saturating }
     }
 
-    /// The requantized i32x4 of `acc` (i32x4) with multipliers `m` (f32x4).
+    /// The requantized i32x4 of `acc` (i32x4) with multipliers `m` (f32x4), before the clamp
+    /// where the narrowing clamps ([`Epilogue::bytes`]).
     pub(crate) fn apply(&self, b: &mut FunctionBuilder, acc: Value, m: Value) -> Value {
         let little = MemFlagsData::new().with_endianness(Endianness::Little);
         let f = b.ins().fcvt_from_sint(types::F32X4, acc);
         let f = b.ins().fmul(f, m);
-        let f = b.ins().nearest(f);
-        // maxps(f, lo) and minps(f, hi), in the forms the backend matches.
-        let above = b.ins().fcmp(FloatCC::LessThan, self.lo, f);
-        let above = b.ins().bitcast(types::F32X4, little, above);
-        let f = b.ins().bitselect(above, f, self.lo);
-        let below = b.ins().fcmp(FloatCC::LessThan, f, self.hi);
-        let below = b.ins().bitcast(types::F32X4, little, below);
-        let f = b.ins().bitselect(below, f, self.hi);
+        let mut f = b.ins().nearest(f);
+        if self.saturating.is_none() {
+            // maxps(f, lo) and minps(f, hi), in the forms the backend matches.
+            let above = b.ins().fcmp(FloatCC::LessThan, self.lo, f);
+            let above = b.ins().bitcast(types::F32X4, little, above);
+            f = b.ins().bitselect(above, f, self.lo);
+            let below = b.ins().fcmp(FloatCC::LessThan, f, self.hi);
+            let below = b.ins().bitcast(types::F32X4, little, below);
+            f = b.ins().bitselect(below, f, self.hi);
+        }
         let q = b.ins().x86_cvtt2dq(types::I32X4, f);
         b.ins().iadd(q, self.zp)
     }
+
+    /// The output bytes of requantized values ([`Epilogue::apply`]): `q[0]`, `q[1]` in lanes 0–7
+    /// (`q[2]`, `q[3]` in 8–15, or 0–7 again when there are two), clamped.
+    pub(crate) fn bytes(&self, b: &mut FunctionBuilder, q: &[Value]) -> Value {
+        let h0 = b.ins().snarrow(q[0], q[1]);
+        let h1 = if q.len() == 4 { b.ins().snarrow(q[2], q[3]) } else { h0 };
+        let bytes = if self.unsigned_out { b.ins().unarrow(h0, h1) } else { b.ins().snarrow(h0, h1) };
+        match self.saturating {
+            Some(Some((lo, hi))) if self.unsigned_out => {
+                let bytes = b.ins().umax(bytes, lo);
+                b.ins().umin(bytes, hi)
+            }
+            Some(Some((lo, hi))) => {
+                let bytes = b.ins().smax(bytes, lo);
+                b.ins().smin(bytes, hi)
+            }
+            _ => bytes,
+        }
+    }
 }
 
-/// Narrows requantized i32x4 values `q` (in the output's range) to bytes and stores the first
-/// `lanes` (at most 8) at `addr`: whole words where it can, else byte by byte.
+/// Narrows i32x4 values `q` (in the output's range) to bytes and stores the first `lanes` (at
+/// most 8) at `addr`.
 pub(crate) fn store_bytes(b: &mut FunctionBuilder, q: [Value; 2], unsigned_out: bool, addr: Value, lanes: usize) {
-    let little = MemFlagsData::new().with_endianness(Endianness::Little);
-    let raw = MemFlagsData::new().with_notrap();
     let h16 = b.ins().snarrow(q[0], q[1]);
     let bytes = if unsigned_out { b.ins().unarrow(h16, h16) } else { b.ins().snarrow(h16, h16) };
+    store_lanes(b, bytes, addr, lanes);
+}
+
+/// Stores the first `lanes` (at most 16) bytes of `bytes` (i8x16) at `addr`: whole words where
+/// it can, else byte by byte.
+pub(crate) fn store_lanes(b: &mut FunctionBuilder, bytes: Value, addr: Value, lanes: usize) {
+    let little = MemFlagsData::new().with_endianness(Endianness::Little);
+    let raw = MemFlagsData::new().with_notrap();
     match lanes {
+        16 => {
+            b.ins().store(raw, bytes, addr, 0);
+        }
         4 | 8 => {
             let ty = if lanes == 4 { types::I32X4 } else { types::I64X2 };
             let words = b.ins().bitcast(ty, little, bytes);
@@ -127,6 +177,11 @@ pub(crate) fn store_bytes(b: &mut FunctionBuilder, q: [Value; 2], unsigned_out: 
             }
         }
     }
+}
+
+/// Whether every multiplier is finite and below 1/2 in magnitude (see [`Epilogue`]).
+pub(crate) fn small(mults: &[f32]) -> bool {
+    mults.iter().all(|m| m.abs() < 0.5)
 }
 
 /// The bytes of one 16-byte panel load of `path`: what `w` holds for 4 columns × 4 k.
@@ -206,10 +261,11 @@ pub(crate) fn compile(spec: &GemmSpec, path: Path, output: Output, offsets: Opti
         group_offsets: offsets.map_or_else(Default::default, |o| o.groups.iter().map(|&g| g as i64).collect()),
     });
     let (bt, mt, pt) = (tables.bias.as_ptr() as i64, tables.mult.as_ptr() as i64, tables.packed.as_ptr() as i64);
+    let small_mults = small(&tables.mult);
     let gt = tables.groups.as_ptr() as i64;
     let (rt, got) = (tables.row_offsets.as_ptr() as i64, tables.group_offsets.as_ptr() as i64);
     let in_place = offsets.is_some();
-    let (lda, signed_in, unsigned_out) = (row_stride(k) as i64, spec.a_signed, spec.lo >= 0);
+    let (lda, signed_in) = (row_stride(k) as i64, spec.a_signed);
     let (zp_y, lo, hi) = (spec.zp_y, spec.lo, spec.hi);
     let mut jit = Jit::new()?;
     let ptr = jit.pointer_type();
@@ -365,11 +421,37 @@ pub(crate) fn compile(spec: &GemmSpec, path: Path, output: Output, offsets: Opti
                         }
                     });
                 }
-                let g_start = b.ins().iconst(types::I64, (from + 4 * chunks) as i64);
-                let g_end = b.ins().iconst(types::I64, to as i64);
-                if from + 4 * chunks == to {
-                    // No group left over: no tail loop.
+                // One group `g` whose bytes lie `g4` into each row.
+                let one_group = |b: &mut FunctionBuilder, g: Value, g4: Value| {
+                    let avs: Vec<[Value; 2]> = a_rows
+                        .iter()
+                        .map(|&a_row| {
+                            let a_addr = b.ins().iadd(a_row, g4);
+                            let a4 = b.ins().load(types::I32, raw, a_addr, 0);
+                            let splat = b.ins().splat(types::I32X4, a4);
+                            let av = b.ins().bitcast(types::I8X16, little, splat);
+                            let av = flip(b, av);
+                            if sse {
+                                let wide = b.ins().uwiden_low(av);
+                                pairs(b, wide, 0)
+                            } else {
+                                [av, av]
+                            }
+                        })
+                        .collect();
+                    let w_addrs = panels(b, g);
+                    accumulate(b, &w_addrs, &avs, 0);
+                };
+                let start = from + 4 * chunks;
+                if walk.is_none() && to - start <= 4 {
+                    // A few groups left over (all of a short K): unrolled, their offsets immediates.
+                    for gi in start..to {
+                        let g = b.ins().iconst(types::I64, gi as i64);
+                        let g4 = b.ins().iconst(types::I64, offsets.map_or(4 * gi, |o| o.groups[gi]) as i64);
+                        one_group(b, g, g4);
+                    }
                 } else {
+                    let (g_start, g_end) = (b.ins().iconst(types::I64, start as i64), b.ins().iconst(types::I64, to as i64));
                     emit_loop(b, g_start, g_end, |b, t| {
                         let g = if walk.is_some() {
                             let off = b.ins().imul_imm_s(t, 8);
@@ -379,24 +461,7 @@ pub(crate) fn compile(spec: &GemmSpec, path: Path, output: Output, offsets: Opti
                             t
                         };
                         let g4 = group_offset(b, g);
-                        let avs: Vec<[Value; 2]> = a_rows
-                            .iter()
-                            .map(|&a_row| {
-                                let a_addr = b.ins().iadd(a_row, g4);
-                                let a4 = b.ins().load(types::I32, raw, a_addr, 0);
-                                let splat = b.ins().splat(types::I32X4, a4);
-                                let av = b.ins().bitcast(types::I8X16, little, splat);
-                                let av = flip(b, av);
-                                if sse {
-                                    let wide = b.ins().uwiden_low(av);
-                                    pairs(b, wide, 0)
-                                } else {
-                                    [av, av]
-                                }
-                            })
-                            .collect();
-                        let w_addrs = panels(b, g);
-                        accumulate(b, &w_addrs, &avs, 0);
+                        one_group(b, g, g4);
                     });
                 }
                 if output == Output::I32 {
@@ -423,7 +488,7 @@ pub(crate) fn compile(spec: &GemmSpec, path: Path, output: Output, offsets: Opti
                     return;
                 }
                 // Requantize ([`Epilogue`]), constants once per block.
-                let clamp = Epilogue::new(b, zp_y, lo, hi);
+                let clamp = Epilogue::new(b, zp_y, lo, hi, small_mults);
                 for (r, row) in accs.iter().enumerate() {
                     for (v, &var) in row.iter().enumerate() {
                         let acc = b.use_var(var);
@@ -435,7 +500,8 @@ pub(crate) fn compile(spec: &GemmSpec, path: Path, output: Output, offsets: Opti
                         let col = b.ins().iadd_imm_s(col, 4 * v as i64);
                         let o_addr = b.ins().iadd(o_rows[r], col);
                         let cols = if v + 1 == vecs { last_cols } else { 4 };
-                        store_bytes(b, [q, q], unsigned_out, o_addr, cols);
+                        let bytes = clamp.bytes(b, &[q, q]);
+                        store_lanes(b, bytes, o_addr, cols);
                     }
                 }
             })

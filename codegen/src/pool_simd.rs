@@ -13,7 +13,7 @@
 //! below `out + pos·C + C` for the last, partial one.
 
 use crate::gemm::emit_loop;
-use crate::gemm_simd::{Epilogue, store_bytes};
+use crate::gemm_simd::{Epilogue, small, store_lanes};
 use crate::jit::{Jit, JitCode};
 use crate::window::Window;
 use crate::window_jit::{self, ImageFn};
@@ -121,7 +121,7 @@ impl GlobalMeanKernel {
             return Err("the mean kernel needs 8 channels or more, pixels and a finite multiplier".into());
         }
         let bias = i32::try_from(-(s.zp_x as i64) * plane as i64).map_err(|_| "the mean's sum leaves i32")?;
-        let (signed, unsigned_out, m) = (s.signed, s.lo >= 0, s.m);
+        let (signed, m) = (s.signed, s.m);
         let (zp_y, lo, hi) = (s.zp_y, s.lo, s.hi);
         let mut jit = Jit::new()?;
         let ptr = jit.pointer_type();
@@ -158,7 +158,7 @@ impl GlobalMeanKernel {
                             b.def_var(a, sum);
                         }
                     });
-                    let epilogue = Epilogue::new(b, zp_y, lo, hi);
+                    let epilogue = Epilogue::new(b, zp_y, lo, hi, small(&[m]));
                     let mv = {
                         let k = b.ins().f32const(m);
                         b.ins().splat(types::F32X4, k)
@@ -168,7 +168,8 @@ impl GlobalMeanKernel {
                         epilogue.apply(b, sum, mv)
                     });
                     let o_addr = b.ins().iadd(o_img, ch);
-                    store_bytes(b, q, unsigned_out, o_addr, 8);
+                    let bytes = epilogue.bytes(b, &q);
+                    store_lanes(b, bytes, o_addr, 8);
                 });
             });
             b.ins().return_(&[]);
