@@ -1,15 +1,16 @@
 //! Integer add of two same-shape per-tensor 8-bit tensors (a residual connection): the
 //! evaluator's `clamp(rne((s_a(a − z_a) + s_b(b − z_b)) / s_y) + z_y)`, in f32, with its own
-//! operations in its order. Where the CPU has AVX2 it is computed eight elements at a time with
-//! AVX2 intrinsics (widen, subtract, convert, multiply, add, divide, round, clamp, narrow);
+//! operations in its order. Where the CPU has AVX-512 (AVX2) it is computed sixteen (eight)
+//! elements at a time with intrinsics (widen, subtract, convert, multiply, add, divide, round,
+//! clamp, narrow);
 //! elsewhere, and under `QC_ISA=scalar`, the result is a function of the two bytes alone,
 //! computed once for all 256 × 256 pairs when the model is compiled and looked up.
 //! Both are equal to the evaluator by construction (same f32 operations); the layout does not
 //! matter as long as both operands share it.
 //!
 //! Bounds: operand lengths are checked equal before either loop; the table has 65 536 entries and
-//! is indexed by two bytes; the AVX2 loop loads and stores 8 bytes through subslices of exactly
-//! 8 bytes, bounds-checked by the slicing.
+//! is indexed by two bytes; the vector loops load and store 16 (8) bytes through subslices of
+//! exactly that length, bounds-checked by the slicing.
 
 use qc_ir::requant::{output_range, round_even};
 use qc_ir::{Attrs, ScalarType, TensorType};
@@ -118,6 +119,37 @@ impl AddQ {
         }
     }
 
+    /// [`AddQ::each_avx2`] sixteen elements at a time with the AVX-512 forms of the same
+    /// operations (`vrndscaleps` to nearest even; `vpmovdb`, the low byte of each lane), then the
+    /// AVX2 loop for the rest.
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx512f,avx2")]
+    fn each_avx512(&self, a: &[u8], b: &[u8], y: &mut [u8]) {
+        use std::arch::x86_64::*;
+        let n = y.len().min(a.len()).min(b.len());
+        let real = |r: Real, bytes: &[u8]| {
+            // SAFETY: the callers pass slices of exactly 16 bytes.
+            let v = unsafe { _mm_loadu_si128(bytes.as_ptr().cast()) };
+            let v = _mm512_cvtepu8_epi32(_mm_xor_si128(v, _mm_set1_epi8(r.flip as i8)));
+            _mm512_mul_ps(_mm512_set1_ps(r.s), _mm512_cvtepi32_ps(_mm512_sub_epi32(v, _mm512_set1_epi32(r.shift))))
+        };
+        let (sy, zy, lo, hi) =
+            (_mm512_set1_ps(self.sy), _mm512_set1_ps(self.zy), _mm512_set1_ps(self.lo), _mm512_set1_ps(self.hi));
+        let mut i = 0;
+        while i + 16 <= n {
+            let sum = _mm512_add_ps(real(self.a, &a[i..i + 16]), real(self.b, &b[i..i + 16]));
+            let v = _mm512_add_ps(
+                _mm512_roundscale_ps::<{ _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC }>(_mm512_div_ps(sum, sy)),
+                zy,
+            );
+            let v = _mm512_cvttps_epi32(_mm512_min_ps(hi, _mm512_max_ps(lo, v)));
+            // SAFETY: `y[i..i + 16]` is in bounds (checked by the slice).
+            unsafe { _mm_storeu_si128(y[i..i + 16].as_mut_ptr().cast(), _mm512_cvtepi32_epi8(v)) };
+            i += 16;
+        }
+        self.each_avx2(&a[i..n], &b[i..n], &mut y[i..n]);
+    }
+
     /// Adds two operands of the same length and layout.
     pub fn run(&self, a: &[u8], b: &[u8], y: &mut [u8]) -> Result<(), String> {
         if a.len() != b.len() || a.len() != y.len() {
@@ -129,6 +161,9 @@ impl AddQ {
                     *o = table[(p as usize) << 8 | q as usize];
                 }
             }
+            // SAFETY: the CPU has AVX-512 F (checked just before).
+            #[cfg(target_arch = "x86_64")]
+            None if std::is_x86_feature_detected!("avx512f") => unsafe { self.each_avx512(a, b, y) },
             #[cfg(target_arch = "x86_64")]
             // SAFETY: there is no table only where `vector_loop` found AVX2.
             None => unsafe { self.each_avx2(a, b, y) },
@@ -148,5 +183,40 @@ fn vector_loop() -> bool {
     #[cfg(not(target_arch = "x86_64"))]
     {
         false
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The AVX-512 and AVX2 loops against the scalar operations on every pair of bytes (and a
+    /// tail), for scales whose quotients often land on half-integers.
+    #[test]
+    #[cfg(target_arch = "x86_64")]
+    fn the_vector_loops_equal_the_scalar_one_on_every_pair() {
+        let a: Vec<u8> = (0..(1 << 16) + 7).map(|i| (i >> 8) as u8).collect();
+        let b: Vec<u8> = (0..(1 << 16) + 7).map(|i| i as u8).collect();
+        for (sa, sb, sy, zy, lo, hi) in
+            [(1.0, 1.0, 2.0, 0, 0.0, 255.0), (0.1, 0.3, 0.2, 128, 0.0, 255.0), (0.013, 0.021, 0.0305, 7, 7.0, 255.0)]
+        {
+            for (flip, shift) in [(0u8, 0i32), (0x80, 128), (0, 17)] {
+                let real = |s| Real { s, flip, shift };
+                let add = AddQ { a: real(sa), b: real(sb), sy, zy: zy as f32, lo, hi, table: None };
+                let want: Vec<u8> = a.iter().zip(&b).map(|(&p, &q)| add.one(p, q)).collect();
+                let mut y = vec![0u8; a.len()];
+                if std::is_x86_feature_detected!("avx2") {
+                    // SAFETY: AVX2 is present (checked just before).
+                    unsafe { add.each_avx2(&a, &b, &mut y) };
+                    assert!(y == want, "AVX2: {sa} {sb} {sy}");
+                }
+                if std::is_x86_feature_detected!("avx512f") {
+                    y.fill(0);
+                    // SAFETY: AVX-512 F is present (checked just before).
+                    unsafe { add.each_avx512(&a, &b, &mut y) };
+                    assert!(y == want, "AVX-512: {sa} {sb} {sy}");
+                }
+            }
+        }
     }
 }
