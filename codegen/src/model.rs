@@ -421,6 +421,12 @@ impl CompiledModel {
         })
     }
 
+    /// The constant in tensor slot `slot`, if it holds one (their slots follow the inputs', in
+    /// order).
+    fn constant(&self, slot: usize) -> Option<&Arc<Tensor>> {
+        self.consts.get(slot.checked_sub(self.inputs.len())?).filter(|(s, _)| *s == slot).map(|(_, t)| t)
+    }
+
     /// The dims of the first input (0 for a dynamic dim).
     pub fn input_dims(&self) -> Vec<usize> {
         self.inputs.first().map_or(Vec::new(), |(t, _)| t.dims.iter().map(|d| d.fixed().unwrap_or(0) as usize).collect())
@@ -525,11 +531,9 @@ impl CompiledModel {
             if arena.len() < arena_bytes {
                 arena.resize(arena_bytes, 0);
             }
-            // Inputs are read where the caller keeps them; constants are shared.
-            let mut tensors: Vec<Option<Arc<Tensor>>> = vec![None; self.tensor_slots];
-            for (slot, t) in &self.consts {
-                tensors[*slot] = Some(t.clone());
-            }
+            // Inputs are read where the caller keeps them, constants where the model does
+            // ([`CompiledModel::constant`]); the other slots are filled as the steps run.
+            let tensors: Vec<Option<Arc<Tensor>>> = vec![None; self.tensor_slots];
             let mut run = Run { model: self, arena: &mut arena[..arena_bytes], inputs, tensors, batch };
             f(&mut run)
         })
@@ -986,11 +990,17 @@ impl<'a> Run<'a> {
         if let Some(t) = self.inputs.get(slot) {
             return Ok(Held::Input(t));
         }
+        if let Some(t) = self.model.constant(slot) {
+            return Ok(Held::Shared(t.clone()));
+        }
         self.tensors[slot].clone().map(Held::Shared).ok_or_else(|| run_err("a value was read before it was computed"))
     }
 
     fn tensor(&self, slot: usize) -> Result<&Tensor, CodegenError> {
         if let Some(t) = self.inputs.get(slot) {
+            return Ok(t);
+        }
+        if let Some(t) = self.model.constant(slot) {
             return Ok(t);
         }
         self.tensors[slot].as_deref().ok_or_else(|| run_err("a value was read before it was computed"))
