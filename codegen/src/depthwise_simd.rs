@@ -12,7 +12,8 @@
 //! the raw bytes: `Σ (x − zp_x)·w = Σ x·w − zp_x·Σ w`. The epilogue is the GEMM's: f32
 //! requantization, clamp in f32, narrow to bytes. `pmaddwd` is SSE2, so this runs on every x64.
 //!
-//! Where the CPU has VNNI (and the weights `w − zp_w` fit i8), channels go 16 at a time and taps
+//! Where the CPU has VNNI (and the weights `w − zp_w` fit i8, and there are more than 8 channels,
+//! below which the pmaddwd kernel is faster), channels go 16 at a time and taps
 //! 4 at a time instead: the four taps' 16 bytes are interleaved (`punpcklbw`/`punpckhbw`, then
 //! `punpcklwd`/`punpckhwd`) into 4 channels × 4 taps per vector, the u8 form of the input (an i8
 //! input flipped by `^ 0x80`), so one `vpdpbusd` with weights packed as `[4 channels][4 taps]`
@@ -102,7 +103,8 @@ impl DepthwiseKernel {
             Ok("vnni") => true,
             _ => crate::jit::host_has_vnni(),
         };
-        if vnni && s.weights.iter().all(|w| i8::try_from(*w).is_ok()) {
+        // Eight channels or fewer fill half a VNNI group: the pmaddwd kernel is faster there.
+        if vnni && c > 8 && s.weights.iter().all(|w| i8::try_from(*w).is_ok()) {
             return DepthwiseKernel::compile_vnni(s);
         }
         DepthwiseKernel::compile_pmaddwd(s)
