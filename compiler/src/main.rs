@@ -170,6 +170,10 @@ struct CompileArgs {
     /// Reach the pruning ratios in this many steps, reconstructing in between.
     #[arg(long, default_value = "1")]
     prune_steps: usize,
+    /// After pruning (and --reconstruct), fit every layer jointly to the unpruned model's outputs
+    /// on shifted and mixed --calib samples, for this many Adam steps (distillation; 0: off).
+    #[arg(long, default_value = "0")]
+    distill: usize,
     /// The most top-1 agreement with the unpruned model (percentage points, on the --calib
     /// samples) pruning may lose; pruning stops at the last step within it.
     #[arg(long)]
@@ -557,6 +561,7 @@ fn pass_options(a: &CompileArgs) -> Result<PassOptions, QcError> {
         multiple: a.prune_multiple,
         reconstruct: a.reconstruct,
         steps: a.prune_steps,
+        distill: a.distill,
         max_loss: a.max_loss,
     };
     o.clusters = a.clusters.unwrap_or(16);

@@ -352,8 +352,33 @@ fn pruning_digits_resdw_with_and_without_reconstruction() {
         assert!(e1 < e2, "{what}: reconstruction should help: {e1} vs {e2}");
         errors.push(e1);
     }
-    // A regression guard, not the goal (≤ 5 more errors at 50 % of every conv's channels).
-    assert!(errors[1] <= e0 + 12, "{errors:?} vs {e0}");
+    assert!(errors[1] <= e0 + 12, "a regression guard: {errors:?} vs {e0}");
+}
+
+/// The goal on digits_resdw: every conv at 50 % of its channels, then int8, within 1 point
+/// (5 of the 540 test samples) of the unpruned int8 model — reached with distillation from the
+/// unpruned model after the least-squares reconstruction.
+#[test]
+fn pruning_half_of_digits_resdw_with_distillation_keeps_it_accurate() {
+    let (test_x, calib, y, fp32) = digits("digits_resdw");
+    let unpruned = int8_pruned(&fp32, &calib, None);
+    let prune = qc_passes::PruneOptions {
+        ratio: Some(0.5),
+        criterion: qc_passes::PruneCriterion::L2,
+        reconstruct: true,
+        distill: 8000,
+        ..Default::default()
+    };
+    let pruned = int8_pruned(&fp32, &calib, Some(prune));
+    let (e0, e1) = (test_errors(&unpruned, &test_x, &y), test_errors(&pruned, &test_x, &y));
+    println!(
+        "digits_resdw int8, both streams at 50 %, l2 + reconstruct + distill 8000: {e1} test errors (unpruned {e0}); MACs {} → {}",
+        total_macs(&unpruned),
+        total_macs(&pruned)
+    );
+    let channels: Vec<u64> = qc_ir::cost::layer_costs(&pruned).iter().map(|c| c.channels).collect();
+    assert_eq!(channels, [8, 8, 8, 16, 16, 16, 16, 16, 10]);
+    assert!(e1 <= e0 + 5, "{e1} errors pruned vs {e0}");
 }
 
 #[test]

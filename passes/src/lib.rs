@@ -2,12 +2,14 @@
 //! that verifies the graph after each pass and can print or dump the IR after any of them.
 #![warn(missing_docs)]
 
+mod backprop;
 mod bias_correction;
 mod calibrate;
 pub mod channel_flow;
 mod channel_selection;
 mod cluster_weights;
 mod dead_code;
+pub mod distill;
 mod equalize;
 mod fold_bn;
 mod fold_constants;

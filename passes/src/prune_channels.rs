@@ -33,6 +33,7 @@
 
 use crate::channel_flow::{Flow, Rule, analyze, apply, layer_names, rule};
 use crate::channel_selection::select;
+use crate::distill::{DistillOptions, distill};
 use crate::reconstruct::{refit, refit_depthwise};
 use crate::rewrite::const_value;
 use crate::samples::{agreement, batches};
@@ -105,6 +106,9 @@ pub struct PruneOptions {
     pub reconstruct: bool,
     /// Steps to reach the ratios in.
     pub steps: usize,
+    /// Adam steps of distillation from the unpruned model after each pruning step (0: none;
+    /// [`crate::distill`]).
+    pub distill: usize,
     /// The most top-1 agreement (percentage points) a step may lose against the unpruned model.
     pub max_loss: Option<f64>,
 }
@@ -118,6 +122,7 @@ impl Default for PruneOptions {
             multiple: 4,
             reconstruct: false,
             steps: 1,
+            distill: 0,
             max_loss: None,
         }
     }
@@ -318,6 +323,7 @@ impl Pass for PruneChannels {
             }
         }
         let needs_samples = self.opts.reconstruct
+            || self.opts.distill > 0
             || self.opts.max_loss.is_some()
             || self.opts.steps > 1
             || matches!(self.opts.criterion, PruneCriterion::Activation | PruneCriterion::Lsq);
@@ -325,7 +331,7 @@ impl Pass for PruneChannels {
             (Some(s), _) => batches(g, s).map_err(err)?,
             (None, true) => {
                 return Err(err(
-                    "--reconstruct, --prune-steps, --max-loss and --prune-criterion activation|lsq need calibration samples (--calib X.npy)",
+                    "--reconstruct, --distill, --prune-steps, --max-loss and --prune-criterion activation|lsq need calibration samples (--calib X.npy)",
                 ));
             }
             (None, false) => Vec::new(),
@@ -425,6 +431,17 @@ impl Pass for PruneChannels {
                         )),
                         Err(e) => notes.push(format!("step {step}: {} not reconstructed: {e}", display_name(g, n))),
                     }
+                }
+            }
+            if self.opts.distill > 0 {
+                let x = self.samples.as_ref().and_then(|s| s.as_f32()).ok_or_else(|| err("distillation needs f32 samples"))?;
+                let opts = DistillOptions { steps: self.opts.distill, ..DistillOptions::default() };
+                match distill(&teacher, g, x, &opts) {
+                    Ok(d) => notes.push(format!(
+                        "step {step}: distilled from the unpruned model ({} Adam steps of {} shifted and mixed calibration samples): loss on the {} calibration samples {:.4} → {:.4}",
+                        opts.steps, opts.batch, d.samples, d.before, d.after
+                    )),
+                    Err(e) => notes.push(format!("step {step}: not distilled: {e}")),
                 }
             }
             let mut line = format!("step {step}/{steps}: {}", summary(g, &base_costs));
