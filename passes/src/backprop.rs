@@ -27,7 +27,7 @@ pub(crate) struct Param {
 
 /// Conv geometry: kernel, strides, pads `[t, l, b, r]`, dilations.
 #[derive(Clone, Copy)]
-struct Window {
+pub(crate) struct Window {
     k: [usize; 2],
     stride: [usize; 2],
     pad: [usize; 4],
@@ -35,7 +35,8 @@ struct Window {
 }
 
 impl Window {
-    fn of(g: &Graph, n: NodeId, k: [usize; 2]) -> Window {
+    /// The geometry of conv `n` of `g` with a `k` kernel.
+    pub(crate) fn of(g: &Graph, n: NodeId, k: [usize; 2]) -> Window {
         let a = &g.node(n).attrs;
         let ints = |key: &str, len: usize, d: usize| -> Vec<usize> {
             a.ints(key).map(|v| v.iter().map(|&x| x.max(0) as usize).collect()).unwrap_or_else(|| vec![d; len])
@@ -44,10 +45,16 @@ impl Window {
         Window { k, stride: [s[0], s[1]], pad: [p[0], p[1], p[2], p[3]], dil: [d[0], d[1]] }
     }
 
-    fn out(&self, h: usize, w: usize) -> [usize; 2] {
+    /// Output height and width for an `h × w` input.
+    pub(crate) fn out(&self, h: usize, w: usize) -> [usize; 2] {
         let o =
             |i: usize, len: usize| (len + self.pad[i] + self.pad[i + 2] - self.dil[i] * (self.k[i] - 1) - 1) / self.stride[i] + 1;
         [o(0, h), o(1, w)]
+    }
+
+    /// Taps per channel.
+    pub(crate) fn taps(&self) -> usize {
+        self.k[0] * self.k[1]
     }
 
     /// The input coordinate of tap `k` for output `o` along dim `i`, if inside.
@@ -554,7 +561,7 @@ fn conv_backward(
 /// Calls `f(row, col, at)` for every patch entry of group `grp` that lies inside the NCHW input
 /// of shape `x`: patch row `row` (output position), column `col` (input channel of the group ×
 /// tap), input element `at` (flat index).
-fn each_tap(x: [usize; 4], grp: usize, ci: usize, win: &Window, mut f: impl FnMut(usize, usize, usize)) {
+pub(crate) fn each_tap(x: [usize; 4], grp: usize, ci: usize, win: &Window, mut f: impl FnMut(usize, usize, usize)) {
     let [n, c, h, wd] = x;
     let [oh, ow] = win.out(h, wd);
     for ni in 0..n {

@@ -11,6 +11,7 @@
 //! not grow with the number of samples. The normal equations are solved by Cholesky in f64.
 //! A depthwise conv is fitted per channel (its taps and bias from its own input channel).
 
+use crate::backprop::{Window, each_tap};
 use crate::rewrite::{add_const, const_value};
 use ndarray::{ArrayD, IxDyn};
 use qc_ir::eval::evaluate_observed;
@@ -35,8 +36,8 @@ struct Layer {
     b: Vec<f32>,
     o: usize,
     k: usize,
-    /// Conv: (kh, kw, strides, pads [t, l], dilations, output height and width).
-    conv: Option<[usize; 10]>,
+    /// Conv: its geometry.
+    conv: Option<Window>,
 }
 
 fn layer(g: &Graph, n: NodeId) -> Result<Layer, String> {
@@ -47,13 +48,8 @@ fn layer(g: &Graph, n: NodeId) -> Result<Layer, String> {
     let flat: Vec<f32> = wa.iter().copied().collect();
     let (o, k, wm, conv) = match node.kind {
         OpKind::Conv2d => {
-            let ints = |key: &str, d: [i64; 4]| node.attrs.ints(key).map(|v| v.to_vec()).unwrap_or_else(|| d.to_vec());
-            let (s, p, d) = (ints("strides", [1, 1, 1, 1]), ints("pads", [0; 4]), ints("dilations", [1, 1, 1, 1]));
-            let yd = &g.ty(node.results[0]).dims;
-            let y = (yd[2].fixed().unwrap_or(0) as usize, yd[3].fixed().unwrap_or(0) as usize);
-            let (s, p, d) = (|i: usize| s[i] as usize, |i: usize| p[i] as usize, |i: usize| d[i] as usize);
-            let geo = [shape[2], shape[3], s(0), s(1), p(0), p(1), d(0), d(1), y.0, y.1];
-            (shape[0], shape[1] * shape[2] * shape[3], flat, Some(geo))
+            let win = Window::of(g, n, [shape[2], shape[3]]);
+            (shape[0], shape[1] * shape[2] * shape[3], flat, Some(win))
         }
         OpKind::Gemm if node.attrs.bool("trans_b", false) => (shape[0], shape[1], flat, None),
         OpKind::Gemm | OpKind::MatMul => {
@@ -92,30 +88,15 @@ fn layer(g: &Graph, n: NodeId) -> Result<Layer, String> {
 fn patches(l: &Layer, x: &ArrayD<f32>, out: &mut Vec<f32>) {
     match l.conv {
         None => out.extend(x.iter().copied()),
-        Some([kh, kw, sh, sw, pt, pl, dh, dw, oh, ow]) => {
+        Some(win) => {
             let s = x.shape();
             let (n, c, h, w) = (s[0], s[1], s[2], s[3]);
+            let [oh, ow] = win.out(h, w);
+            let k = c * win.taps();
+            let start = out.len();
+            out.resize(start + n * oh * ow * k, 0.0);
             let xs = x.as_slice().expect("standard layout");
-            for b in 0..n {
-                for oy in 0..oh {
-                    for ox in 0..ow {
-                        for ci in 0..c {
-                            for i in 0..kh {
-                                for j in 0..kw {
-                                    let y = (oy * sh + i * dh) as isize - pt as isize;
-                                    let xx = (ox * sw + j * dw) as isize - pl as isize;
-                                    let v = if y >= 0 && xx >= 0 && (y as usize) < h && (xx as usize) < w {
-                                        xs[((b * c + ci) * h + y as usize) * w + xx as usize]
-                                    } else {
-                                        0.0
-                                    };
-                                    out.push(v);
-                                }
-                            }
-                        }
-                    }
-                }
-            }
+            each_tap([n, c, h, w], 0, c, &win, |row, col, at| out[start + row * k + col] = xs[at]);
         }
     }
 }
@@ -233,7 +214,7 @@ pub(crate) fn normal_equations(
             accumulate(&row, &y, &mut gram, &mut rhs);
         }
     }
-    let taps = s.conv.map_or(1, |c| c[0] * c[1]);
+    let taps = s.conv.map_or(1, |w| w.taps());
     Ok(Normal { k: s.k, o: s.o, taps, gram, rhs, yy })
 }
 
