@@ -15,8 +15,9 @@
 //! from the halo's geometry, and `run_offsets` checks that the halo holds the bytes they reach.
 
 use crate::gemm::{GemmKernel, GemmSpec, RowOffsets};
+use crate::halo::Halo;
 use crate::model::WindowKernel;
-use crate::window::Window;
+use crate::window::{Geometry, Window};
 use crate::window_jit::with_padding_pixel;
 use qc_ir::{Attr, Attrs, Dim, OpKind, Tensor, TensorType};
 
@@ -55,20 +56,6 @@ struct Run {
     len: u32,
 }
 
-/// An image copied into a border of padding bytes wide enough for every tap of a window, so that
-/// a kernel reads each tap in place: `rows × cols` pixels of `c` bytes, the image's pixel `(y, x)`
-/// at `(top + y, left + x)`, in a buffer of `len` bytes (the pixels, and any bytes past them that
-/// the last row's padded kernel row reaches).
-struct Halo {
-    c: usize,
-    h: usize,
-    w: usize,
-    cols: usize,
-    top: usize,
-    left: usize,
-    len: usize,
-}
-
 /// Where a convolution's GEMM reads in a [`Halo`], and the order of the K its weights take.
 struct InPlace {
     halo: Halo,
@@ -84,32 +71,23 @@ impl InPlace {
     /// contiguous bytes, read as `⌈kw·C/4⌉` groups (the k past `kw·C` meet zero weights); with
     /// it, each tap is read on its own, which needs C a multiple of 4. `None` for other
     /// convolutions, attributes that do not describe a 2-D window, or a halo too large.
-    fn new(attrs: &Attrs, [c, h, w]: [usize; 3], [kh, kw]: [usize; 2], [oh, ow]: [usize; 2]) -> Option<InPlace> {
-        let ints = |k: &str, d: u64| qc_ir::infer::ints_or(attrs, k, 2, d).ok();
-        let (s, d) = (ints("strides", 1)?, ints("dilations", 1)?);
-        let p = qc_ir::infer::ints_or(attrs, "pads", 4, 0).ok()?;
-        let [s0, s1, d0, d1, top, left] = [s[0], s[1], d[0], d[1], p[0], p[1]].map(|v| v as usize);
-        if (d1 != 1 && c % 4 != 0) || [oh, ow, kh, kw, c].contains(&0) {
+    fn new(attrs: &Attrs, [c, h, w]: [usize; 3], k: [usize; 2], out: [usize; 2]) -> Option<InPlace> {
+        let g = Geometry::new(attrs, [h, w], k, out)?;
+        let ([kh, kw], [oh, ow], [s0, s1], [d0, d1]) = (g.k, g.out, g.strides, g.dilations);
+        if d1 != 1 && c % 4 != 0 {
             return None;
         }
-        // The last tap of the last position, and the image, lie inside.
-        let extent =
-            |o: usize, s: usize, k: usize, d: usize| (o - 1).checked_mul(s)?.checked_add((k - 1).checked_mul(d)?)?.checked_add(1);
-        let rows = extent(oh, s0, kh, d0)?.max(top.checked_add(h)?);
-        let cols = extent(ow, s1, kw, d1)?.max(left.checked_add(w)?);
-        if rows.checked_mul(cols)?.checked_mul(c)? > 1 << 32 {
-            return None;
-        }
-        let pixel = |y: usize, x: usize| (y * cols + x) * c;
+        let halo = Halo::new(c, &g)?;
         let row_len = if d1 == 1 { (kw * c).div_ceil(4) * 4 } else { kw * c };
-        let rows_at = (0..oh).flat_map(|oy| (0..ow).map(move |ox| pixel(oy * s0, ox * s1))).collect();
+        let halo_ref = &halo;
+        let rows_at = (0..oh).flat_map(|oy| (0..ow).map(move |ox| halo_ref.pixel(oy * s0, ox * s1))).collect();
         let groups = (0..kh)
             .flat_map(|ky| (0..row_len / 4).map(move |g| (ky, 4 * g)))
-            .map(|(ky, k)| if d1 == 1 { pixel(ky * d0, 0) + k } else { pixel(ky * d0, k / c * d1) + k % c })
+            .map(|(ky, k)| if d1 == 1 { halo.pixel(ky * d0, 0) + k } else { halo.pixel(ky * d0, k / c * d1) + k % c })
             .collect();
         let offsets = RowOffsets { rows: rows_at, groups };
-        let len = (rows * cols * c).max(offsets.reach());
-        Some(InPlace { halo: Halo { c, h, w, cols, top, left, len }, offsets, row_len })
+        let halo = halo.reaching(offsets.reach());
+        Some(InPlace { halo, offsets, row_len })
     }
 
     /// `weights` (`[N][kh][kw·C]`, as [`GemmSpec::weights`]) in this layout's K order, each
@@ -122,17 +100,6 @@ impl InPlace {
             dst[..row].copy_from_slice(src);
         }
         out
-    }
-}
-
-impl Halo {
-    /// Copies the NHWC image `img` into `halo` (`len` long, its border already the padding).
-    fn copy_in(&self, img: &[u8], halo: &mut [u8]) {
-        let run = self.w * self.c;
-        for (y, src) in img.chunks_exact(run).enumerate().take(self.h) {
-            let at = ((self.top + y) * self.cols + self.left) * self.c;
-            halo[at..at + run].copy_from_slice(src);
-        }
     }
 }
 
@@ -183,8 +150,6 @@ impl Gather {
 thread_local! {
     /// A thread's patch matrix, reused across layers and runs.
     static PATCHES: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
-    /// A thread's image with a border ([`Halo`]), reused across layers and runs.
-    static HALO: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
 }
 
 impl Conv {
@@ -280,29 +245,6 @@ impl Conv {
         self.with_patches(x, batch, pad, |rows, n| self.kernel.run_rows_i32(rows, n, y))
     }
 
-    /// Calls `f` with each of `batch` NHWC images (`x`) in this thread's [`Halo`] copy, whose
-    /// border is `pad`.
-    fn each_in_place(
-        &self,
-        halo: &Halo,
-        x: &[u8],
-        batch: usize,
-        pad: u8,
-        mut f: impl FnMut(&[u8]) -> Result<(), String>,
-    ) -> Result<(), String> {
-        if x.len() != batch * self.image {
-            return Err(format!("a convolution input has {} bytes, not {batch}·{}", x.len(), self.image));
-        }
-        HALO.with_borrow_mut(|buf| {
-            buf.clear();
-            buf.resize(halo.len, pad);
-            x.chunks_exact(self.image).try_for_each(|img| {
-                halo.copy_in(img, buf);
-                f(buf)
-            })
-        })
-    }
-
     /// Calls `f` with the patch rows of `batch` NHWC images (`x`) and their number, `pad` filling
     /// the taps in the padding.
     fn with_patches(
@@ -379,9 +321,8 @@ impl WindowKernel for Conv {
             if y.len() != batch * per_image {
                 return Err(format!("a convolution output has {} bytes, not {batch}·{per_image}", y.len()));
             }
-            let mut out = y.chunks_exact_mut(per_image);
-            return self.each_in_place(halo, x, batch, self.pad_value, |img| {
-                self.kernel.run_offsets(img, out.next().expect("batch outputs"))
+            return halo.each_image(x, batch, self.pad_value, |img, i| {
+                self.kernel.run_offsets(img, &mut y[i * per_image..(i + 1) * per_image])
             });
         }
         self.with_patches(x, batch, self.pad_value, |rows, n| self.kernel.run_rows(rows, n, y))

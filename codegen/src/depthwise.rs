@@ -229,10 +229,7 @@ impl WindowKernel for Depthwise {
             return Err(format!("a depthwise convolution output has {} bytes, not {batch}·{}", y.len(), w.positions * c));
         }
         if let Some(kernel) = &self.kernel {
-            for (img, dst) in x.chunks_exact(image).zip(y.chunks_exact_mut(w.positions * c)) {
-                kernel.run_image(img, dst)?;
-            }
-            return Ok(());
+            return kernel.run(x, batch, y);
         }
         let mut xz = vec![0i32; image];
         let mut acc = vec![0i32; c];

@@ -21,12 +21,17 @@
 //! read the quad's first tap again). The bias starts at `b − zp_u·Σ w`, `zp_u` the u8 form's
 //! zero point, which the padding pixel holds after the flip.
 //!
+//! With VNNI, layers of stride 1 whose C divides 16 or is a multiple of 16 run neither: the row
+//! kernel ([`crate::depthwise_rows`]) reads their taps at immediate offsets in an image with a
+//! border, and fills its vectors with several pixels when C is below 16.
+//!
 //! Bounds (see [`crate::window_jit`], which checks them before the call): the kernel reads 8
 //! bytes at `pixel + 8g` with `8g < C` (VNNI: 16 bytes at `pixel + 16g`, `16g < C`), so at most
 //! 16 bytes past the pixel's `C` ([`SLACK`]); it writes 8 (16) bytes at `out + pos·C + 8g`
 //! (`16g`) for whole groups and single bytes below `out + pos·C + C` for the last, partial one;
 //! and it reads its own tables.
 
+use crate::depthwise_rows::RowsKernel;
 use crate::gemm_simd::{Epilogue, dot_vnni, pmaddwd, small, store_lanes};
 use crate::window::Window;
 use crate::window_jit::{self, ImageFn};
@@ -57,13 +62,21 @@ pub struct DepthwiseSpec<'a> {
     pub hi: i32,
 }
 
-/// A compiled depthwise kernel.
-pub struct DepthwiseKernel {
-    f: ImageFn,
-    _tables: Box<Tables>,
+/// A compiled depthwise kernel: one that walks a window table, or one that walks output rows
+/// ([`RowsKernel`]).
+pub enum DepthwiseKernel {
+    /// Positions from the window table, an image at a time.
+    Table {
+        /// The compiled function.
+        f: ImageFn,
+        /// What it reads.
+        _tables: Box<Tables>,
+    },
+    /// Output rows of an image with a border.
+    Rows(RowsKernel),
 }
 
-struct Tables {
+pub struct Tables {
     /// `[group of 8 channels][tap pair][half][4 channels][2 taps]` as i16.
     weights: Box<[i16]>,
     /// VNNI: `[group of 16 channels][tap quad][4 × 4 channels][4 taps]` as i8.
@@ -103,6 +116,9 @@ impl DepthwiseKernel {
             Ok("vnni") => true,
             _ => crate::jit::host_has_vnni(),
         };
+        if vnni && let Some(rows) = RowsKernel::compile(s)? {
+            return Ok(DepthwiseKernel::Rows(rows));
+        }
         // Eight channels or fewer fill half a VNNI group: the pmaddwd kernel is faster there.
         if vnni && c > 8 && s.weights.iter().all(|w| i8::try_from(*w).is_ok()) {
             return DepthwiseKernel::compile_vnni(s);
@@ -163,7 +179,7 @@ impl DepthwiseKernel {
             };
             window_jit::emit_groups(b, c, 8, group);
         })?;
-        Ok(DepthwiseKernel { f, _tables: tables })
+        Ok(DepthwiseKernel::Table { f, _tables: tables })
     }
 
     /// The VNNI kernel: 16 channels × 4 taps at a time.
@@ -184,10 +200,6 @@ impl DepthwiseKernel {
         let small_mults = small(&tables.mult);
         let f = window_jit::compile(w, c, pad, SLACK, |b, pixels, o_pos| {
             let raw = MemFlagsData::new().with_notrap();
-            let interleave = |b: &mut FunctionBuilder, x: Value, y: Value, mask: [u8; 16]| {
-                let mask = b.func.dfg.immediates.push(mask.as_slice().into());
-                b.ins().shuffle(x, y, mask)
-            };
             // One group of 16 channels starting at byte `16g`, `lanes` of them stored.
             let group = |b: &mut FunctionBuilder, g: Value, lanes: usize| {
                 let ch = b.ins().imul_imm_s(g, 16);
@@ -200,29 +212,10 @@ impl DepthwiseKernel {
                     let x: Vec<Value> = (4 * q..(4 * q + 4).min(taps))
                         .map(|t| {
                             let a = b.ins().iadd(pixels[t], ch);
-                            let x = b.ins().load(types::I8X16, raw, a, 0);
-                            if x_signed {
-                                let flip = b.ins().iconst(types::I8, -128);
-                                let flip = b.ins().splat(types::I8X16, flip);
-                                b.ins().bxor(x, flip)
-                            } else {
-                                x
-                            }
+                            load_u8x16(b, a, 0, x_signed)
                         })
                         .collect();
-                    let tap = |i: usize| x.get(i).copied().unwrap_or(x[0]);
-                    let (lo01, hi01) = (interleave(b, tap(0), tap(1), PUNPCKLBW), interleave(b, tap(0), tap(1), PUNPCKHBW));
-                    let (lo23, hi23) = (interleave(b, tap(2), tap(3), PUNPCKLBW), interleave(b, tap(2), tap(3), PUNPCKHBW));
-                    let v = [
-                        interleave(b, lo01, lo23, PUNPCKLWD),
-                        interleave(b, lo01, lo23, PUNPCKHWD),
-                        interleave(b, hi01, hi23, PUNPCKLWD),
-                        interleave(b, hi01, hi23, PUNPCKHWD),
-                    ];
-                    for (j, v) in v.into_iter().enumerate() {
-                        let wv = b.ins().load(types::I8X16, raw, w_base, (64 * q + 16 * j) as i32);
-                        acc[j] = dot_vnni(b, acc[j], wv, v);
-                    }
+                    dot_quad(b, &x, w_base, 64 * q as i32, &mut acc);
                 }
                 let m_addr = b.ins().iadd_imm_s(ch4, mt);
                 let bytes = requantized(b, &acc, m_addr, [zp_y, lo, hi], small_mults);
@@ -231,18 +224,63 @@ impl DepthwiseKernel {
             };
             window_jit::emit_groups(b, c, 16, group);
         })?;
-        Ok(DepthwiseKernel { f, _tables: tables })
+        Ok(DepthwiseKernel::Table { f, _tables: tables })
     }
 
-    /// Runs one NHWC image (`plane · C` bytes) into `out` (`positions · C` bytes).
-    pub fn run_image(&self, img: &[u8], out: &mut [u8]) -> Result<(), String> {
-        self.f.run_image(img, out)
+    /// Runs `batch` NHWC images (`plane · C` bytes each) into `y` (`positions · C` bytes each).
+    pub fn run(&self, x: &[u8], batch: usize, y: &mut [u8]) -> Result<(), String> {
+        match self {
+            DepthwiseKernel::Rows(rows) => rows.run(x, batch, y),
+            DepthwiseKernel::Table { f, .. } => {
+                let (image, out) = (x.len() / batch.max(1), y.len() / batch.max(1));
+                if x.len() != batch * image || y.len() != batch * out {
+                    return Err(format!("a depthwise kernel got {} and {} bytes for {batch} images", x.len(), y.len()));
+                }
+                x.chunks_exact(image.max(1)).zip(y.chunks_exact_mut(out.max(1))).try_for_each(|(img, dst)| f.run_image(img, dst))
+            }
+        }
+    }
+}
+
+/// 16 input bytes at `addr + off` in their u8 form: an i8 input flipped by `^ 0x80`.
+pub(crate) fn load_u8x16(b: &mut FunctionBuilder, addr: Value, off: i32, x_signed: bool) -> Value {
+    let x = b.ins().load(types::I8X16, MemFlagsData::new().with_notrap(), addr, off);
+    if x_signed {
+        let flip = b.ins().iconst(types::I8, -128);
+        let flip = b.ins().splat(types::I8X16, flip);
+        b.ins().bxor(x, flip)
+    } else {
+        x
+    }
+}
+
+/// One tap quad of the VNNI kernels: the u8 bytes `x` of up to 4 taps (16 lanes each; a
+/// missing tap reads the first again and meets zero weights) interleaved into 4 lanes × 4 taps
+/// per vector (`punpcklbw`/`punpckhbw`, then `punpcklwd`/`punpckhwd`), each multiplied with its
+/// 16 weight bytes at `w + off + 16j` by one `vpdpbusd` into `acc[j]`.
+pub(crate) fn dot_quad(b: &mut FunctionBuilder, x: &[Value], w: Value, off: i32, acc: &mut [Value]) {
+    let interleave = |b: &mut FunctionBuilder, x: Value, y: Value, mask: [u8; 16]| {
+        let mask = b.func.dfg.immediates.push(mask.as_slice().into());
+        b.ins().shuffle(x, y, mask)
+    };
+    let tap = |i: usize| x.get(i).copied().unwrap_or(x[0]);
+    let (lo01, hi01) = (interleave(b, tap(0), tap(1), PUNPCKLBW), interleave(b, tap(0), tap(1), PUNPCKHBW));
+    let (lo23, hi23) = (interleave(b, tap(2), tap(3), PUNPCKLBW), interleave(b, tap(2), tap(3), PUNPCKHBW));
+    let v = [
+        interleave(b, lo01, lo23, PUNPCKLWD),
+        interleave(b, lo01, lo23, PUNPCKHWD),
+        interleave(b, hi01, hi23, PUNPCKLWD),
+        interleave(b, hi01, hi23, PUNPCKHWD),
+    ];
+    for (j, v) in v.into_iter().enumerate() {
+        let wv = b.ins().load(types::I8X16, MemFlagsData::new().with_notrap(), w, off + 16 * j as i32);
+        acc[j] = dot_vnni(b, acc[j], wv, v);
     }
 }
 
 /// The output bytes of the accumulators `acc` (2 or 4 i32x4), requantized as the GEMM does
 /// ([`Epilogue`]) with the multipliers at `m_addr`, 16 bytes per vector.
-fn requantized(b: &mut FunctionBuilder, acc: &[Value], m_addr: Value, [zp_y, lo, hi]: [i32; 3], small: bool) -> Value {
+pub(crate) fn requantized(b: &mut FunctionBuilder, acc: &[Value], m_addr: Value, [zp_y, lo, hi]: [i32; 3], small: bool) -> Value {
     let raw = MemFlagsData::new().with_notrap();
     let epilogue = Epilogue::new(b, zp_y, lo, hi, small);
     let q: Vec<Value> = acc
@@ -258,7 +296,7 @@ fn requantized(b: &mut FunctionBuilder, acc: &[Value], m_addr: Value, [zp_y, lo,
 
 /// The starting accumulators `b − zp·Σ w` (`zp` the zero point of the bytes the kernel reads) and
 /// the multipliers of each channel, padded with zeros to `len`.
-fn folded(s: &DepthwiseSpec, len: usize, zp: i32) -> Result<(Box<[i32]>, Box<[f32]>), String> {
+pub(crate) fn folded(s: &DepthwiseSpec, len: usize, zp: i32) -> Result<(Box<[i32]>, Box<[f32]>), String> {
     let (c, taps) = (s.c, s.window.taps);
     let mut bias = vec![0i32; len];
     let mut mult = vec![0f32; len];

@@ -515,17 +515,28 @@ impl GemmKernel {
         // which take rows in pairs, get an even count.
         unsafe { (self.f)(a.as_ptr(), out, even as i64) };
         if even < m {
-            // The odd last row, paired with a row of zeros in scratch buffers.
-            let (mut rows, mut outs) = (vec![0u8; 2 * stride], vec![0u8; 2 * n * size]);
-            rows[..stride].copy_from_slice(&a[even * stride..]);
-            // SAFETY: two rows in, two rows out, as above.
-            unsafe { (self.f)(rows.as_ptr(), outs.as_mut_ptr(), 2) };
-            // SAFETY: `out` holds m·n outputs of `size` bytes; the last row's start at even·n.
-            let last = unsafe { std::slice::from_raw_parts_mut(out.add(even * n * size), n * size) };
-            last.copy_from_slice(&outs[..n * size]);
+            // The odd last row, paired with a row of zeros in this thread's scratch buffer: two
+            // rows in, then two rows out.
+            LAST_ROW.with_borrow_mut(|scratch| {
+                let (rows, outs) = (2 * stride, 2 * n * size);
+                scratch.clear();
+                scratch.resize(rows + outs, 0);
+                let (rows, outs) = scratch.split_at_mut(rows);
+                rows[..stride].copy_from_slice(&a[even * stride..]);
+                // SAFETY: two rows in, two rows out, as above.
+                unsafe { (self.f)(rows.as_ptr(), outs.as_mut_ptr(), 2) };
+                // SAFETY: `out` holds m·n outputs of `size` bytes; the last row's start at even·n.
+                let last = unsafe { std::slice::from_raw_parts_mut(out.add(even * n * size), n * size) };
+                last.copy_from_slice(&outs[..n * size]);
+            });
         }
         Ok(())
     }
+}
+
+thread_local! {
+    /// A thread's buffer for the odd last row of a GEMM: two input rows, then two output rows.
+    static LAST_ROW: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
 }
 
 impl GemmKernel {

@@ -36,6 +36,9 @@ use cranelift_frontend::FunctionBuilder;
 use qc_ir::requant::Requant;
 use std::sync::Arc;
 
+/// K of at most this many chunks of 4 groups is unrolled.
+const UNROLL_CHUNKS: usize = 4;
+
 /// The row stride of activations the vector kernel reads.
 pub fn row_stride(k: usize) -> usize {
     k.div_ceil(4) * 4
@@ -394,31 +397,42 @@ pub(crate) fn compile(spec: &GemmSpec, path: Path, output: Output, offsets: Opti
                     }
                 };
                 let chunks = if walk.is_none() && contiguous { groups / 4 } else { 0 };
-                if chunks > 0 {
+                // Four groups from 16 bytes at `a16` into each row.
+                let four_groups = |b: &mut FunctionBuilder, g: Value, a16: Value| {
+                    let rows16: Vec<Value> = a_rows
+                        .iter()
+                        .map(|&a_row| {
+                            let a_addr = b.ins().iadd(a_row, a16);
+                            let av = b.ins().load(types::I8X16, raw, a_addr, 0);
+                            flip(b, av)
+                        })
+                        .collect();
+                    let wide: Vec<[Value; 2]> = rows16
+                        .iter()
+                        .map(|&av| if sse { [b.ins().uwiden_low(av), b.ins().uwiden_high(av)] } else { [av, av] })
+                        .collect();
+                    let w_addrs = panels(b, g);
+                    for j in 0..4u8 {
+                        let avs: Vec<[Value; 2]> = wide
+                            .iter()
+                            .map(|w| if sse { pairs(b, w[usize::from(j / 2)], 2 * (j % 2)) } else { [lane(b, w[0], j); 2] })
+                            .collect();
+                        accumulate(b, &w_addrs, &avs, j as usize);
+                    }
+                };
+                if chunks > 0 && chunks <= UNROLL_CHUNKS {
+                    // A short K: its chunks unrolled, their offsets immediates.
+                    for ch in 0..chunks {
+                        let g = b.ins().iconst(types::I64, 4 * ch as i64);
+                        let a16 = b.ins().iconst(types::I64, offsets.map_or(16 * ch, |o| o.groups[4 * ch]) as i64);
+                        four_groups(b, g, a16);
+                    }
+                } else if chunks > 0 {
                     let c_end = b.ins().iconst(types::I64, chunks as i64);
                     emit_loop(b, zero, c_end, |b, ch| {
                         let g = b.ins().imul_imm_s(ch, 4);
                         let a16 = group_offset(b, g);
-                        let rows16: Vec<Value> = a_rows
-                            .iter()
-                            .map(|&a_row| {
-                                let a_addr = b.ins().iadd(a_row, a16);
-                                let av = b.ins().load(types::I8X16, raw, a_addr, 0);
-                                flip(b, av)
-                            })
-                            .collect();
-                        let wide: Vec<[Value; 2]> = rows16
-                            .iter()
-                            .map(|&av| if sse { [b.ins().uwiden_low(av), b.ins().uwiden_high(av)] } else { [av, av] })
-                            .collect();
-                        let w_addrs = panels(b, g);
-                        for j in 0..4u8 {
-                            let avs: Vec<[Value; 2]> = wide
-                                .iter()
-                                .map(|w| if sse { pairs(b, w[usize::from(j / 2)], 2 * (j % 2)) } else { [lane(b, w[0], j); 2] })
-                                .collect();
-                            accumulate(b, &w_addrs, &avs, j as usize);
-                        }
+                        four_groups(b, g, a16);
                     });
                 }
                 // One group `g` whose bytes lie `g4` into each row.

@@ -13,10 +13,12 @@
 pub mod add;
 pub mod conv;
 pub mod depthwise;
+mod depthwise_rows;
 mod depthwise_simd;
 mod dequant_chain;
 pub mod gemm;
 mod gemm_simd;
+mod halo;
 pub mod integer;
 pub mod jit;
 pub mod lanes;

@@ -427,6 +427,11 @@ impl CompiledModel {
         self.consts.get(slot.checked_sub(self.inputs.len())?).filter(|(s, _)| *s == slot).map(|(_, t)| t)
     }
 
+    /// The first tensor slot a run computes (inputs and constants come before).
+    fn first_computed(&self) -> usize {
+        self.inputs.len() + self.consts.len()
+    }
+
     /// The dims of the first input (0 for a dynamic dim).
     pub fn input_dims(&self) -> Vec<usize> {
         self.inputs.first().map_or(Vec::new(), |(t, _)| t.dims.iter().map(|d| d.fixed().unwrap_or(0) as usize).collect())
@@ -533,7 +538,7 @@ impl CompiledModel {
             }
             // Inputs are read where the caller keeps them, constants where the model does
             // ([`CompiledModel::constant`]); the other slots are filled as the steps run.
-            let tensors: Vec<Option<Arc<Tensor>>> = vec![None; self.tensor_slots];
+            let tensors: Vec<Option<Arc<Tensor>>> = vec![None; self.tensor_slots - self.first_computed()];
             let mut run = Run { model: self, arena: &mut arena[..arena_bytes], inputs, tensors, batch };
             f(&mut run)
         })
@@ -926,6 +931,7 @@ struct Run<'a> {
     arena: &'a mut [u8],
     /// The caller's inputs: tensor slots `0..inputs.len()`.
     inputs: &'a [Tensor],
+    /// The tensors steps compute: slots from [`CompiledModel::first_computed`] on.
     tensors: Vec<Option<Arc<Tensor>>>,
     batch: usize,
 }
@@ -958,6 +964,16 @@ impl<'a> Run<'a> {
     /// The logical shape of activation `a` at this batch.
     fn shape(&self, a: usize) -> Vec<usize> {
         std::iter::once(self.batch).chain(self.model.activations[a].dims.iter().copied()).collect()
+    }
+
+    /// [`Run::shape`] as an ndarray dimension, built without a heap allocation for up to 4 dims.
+    fn dim(&self, a: usize) -> ndarray::IxDyn {
+        use ndarray::Dimension;
+        let dims = &self.model.activations[a].dims;
+        let mut d = ndarray::IxDyn::zeros(dims.len() + 1);
+        d.slice_mut()[0] = self.batch;
+        d.slice_mut()[1..].copy_from_slice(dims);
+        d
     }
 
     /// The activations `ins` to read and `out` to write, as slices of the arena; an error (a bug
@@ -993,7 +1009,7 @@ impl<'a> Run<'a> {
         if let Some(t) = self.model.constant(slot) {
             return Ok(Held::Shared(t.clone()));
         }
-        self.tensors[slot].clone().map(Held::Shared).ok_or_else(|| run_err("a value was read before it was computed"))
+        self.computed(slot).cloned().map(Held::Shared)
     }
 
     fn tensor(&self, slot: usize) -> Result<&Tensor, CodegenError> {
@@ -1003,7 +1019,21 @@ impl<'a> Run<'a> {
         if let Some(t) = self.model.constant(slot) {
             return Ok(t);
         }
-        self.tensors[slot].as_deref().ok_or_else(|| run_err("a value was read before it was computed"))
+        self.computed(slot).map(|t| &**t)
+    }
+
+    /// The tensor a step computed into `slot`.
+    fn computed(&self, slot: usize) -> Result<&Arc<Tensor>, CodegenError> {
+        let i = slot.checked_sub(self.model.first_computed());
+        i.and_then(|i| self.tensors.get(i)?.as_ref()).ok_or_else(|| run_err("a value was read before it was computed"))
+    }
+
+    /// Stores what a step computed into `slot`.
+    fn store(&mut self, slot: usize, t: Tensor) -> Result<(), CodegenError> {
+        let i = slot.checked_sub(self.model.first_computed());
+        let cell = i.and_then(|i| self.tensors.get_mut(i)).ok_or_else(|| run_err("a step writes an input or a constant"))?;
+        *cell = Some(Arc::new(t));
+        Ok(())
     }
 
     /// An argument as a tensor of type `ty` (activations are NCHW here).
@@ -1014,14 +1044,24 @@ impl<'a> Run<'a> {
         }
     }
 
-    /// The model's outputs.
-    fn outputs(&self) -> Result<Vec<Tensor>, CodegenError> {
-        self.model
-            .outputs
-            .iter()
-            .map(|(arg, elem)| match *arg {
-                Arg::T(s) => Ok(self.tensor(s)?.clone()),
-                Arg::A(a) => Ok(bytes_tensor(self.arena[self.range(a)].to_vec(), &self.shape(a), elem)),
+    /// The model's outputs, ending the run: a tensor a step computed is moved out unless a later
+    /// output returns it again.
+    fn outputs(&mut self) -> Result<Vec<Tensor>, CodegenError> {
+        let outputs = &self.model.outputs;
+        let first = self.model.first_computed();
+        (0..outputs.len())
+            .map(|i| match outputs[i] {
+                (Arg::T(s), _) => {
+                    let again = outputs[i + 1..].iter().any(|(a, _)| matches!(a, Arg::T(t) if *t == s));
+                    match s.checked_sub(first).and_then(|j| self.tensors.get_mut(j)) {
+                        Some(cell) if !again => {
+                            let t = cell.take().ok_or_else(|| run_err("an output was never computed"))?;
+                            Ok(Arc::try_unwrap(t).unwrap_or_else(|t| (*t).clone()))
+                        }
+                        _ => Ok(self.tensor(s)?.clone()),
+                    }
+                }
+                (Arg::A(a), ref elem) => Ok(bytes_tensor(self.arena[self.range(a)].to_vec(), &self.shape(a), elem)),
             })
             .collect()
     }
@@ -1108,10 +1148,8 @@ impl<'a> Run<'a> {
                     }
                     None => bytes.iter().map(|&b| dequantize_value(q.value(b), q.scale, q.zp)).collect(),
                 };
-                let t = Tensor::F32(
-                    ndarray::ArrayD::from_shape_vec(ndarray::IxDyn(&self.shape(*x)), v).map_err(|e| run_err(e.to_string()))?,
-                );
-                self.tensors[*y] = Some(Arc::new(t));
+                let t = Tensor::F32(ndarray::ArrayD::from_shape_vec(self.dim(*x), v).map_err(|e| run_err(e.to_string()))?);
+                self.store(*y, t)?;
                 0
             }
             Op::Dequantized { product, args, has_zp, factor, bias, attrs, y } => {
@@ -1121,7 +1159,7 @@ impl<'a> Run<'a> {
                 let y_t = dequant_chain::run(product, &vals[0], zp, &vals[vals.len() - 1], factor.as_deref(), bias, attrs)
                     .map_err(run_err)?;
                 let ops = product.ops(vals[0].len());
-                self.tensors[*y] = Some(Arc::new(y_t));
+                self.store(*y, y_t)?;
                 ops
             }
             Op::DynamicQuantize { x, x_ty, y } => {
@@ -1129,7 +1167,7 @@ impl<'a> Run<'a> {
                 let a = x.as_f32().ok_or_else(|| run_err("dynamic_quantize reads f32"))?;
                 let [q, s, z] = crate::lanes::dynamic_quantize(a);
                 for (slot, t) in y.iter().zip([q, s, z]) {
-                    self.tensors[*slot] = Some(Arc::new(t));
+                    self.store(*slot, t)?;
                 }
                 0
             }
@@ -1138,7 +1176,7 @@ impl<'a> Run<'a> {
                     args.iter().map(|(a, t)| self.arg_tensor(*a, t)).collect::<Result<_, _>>()?;
                 let t = product.run(&vals[0], vals.get(1).map(|v| v.as_ref())).map_err(run_err)?;
                 let ops = product.ops(vals[0].len());
-                self.tensors[*y] = Some(Arc::new(t));
+                self.store(*y, t)?;
                 ops
             }
             Op::Eval { kind, attrs, args, arg_types, results, result_types } => {
@@ -1149,7 +1187,7 @@ impl<'a> Run<'a> {
                 let outs: Vec<&TensorType> = result_types.iter().collect();
                 let ts = eval_op_multi(*kind, attrs, &refs, &tys, &outs).map_err(|e| run_err(format!("{kind}: {e}")))?;
                 for (&s, t) in results.iter().zip(ts) {
-                    self.tensors[s] = Some(Arc::new(t));
+                    self.store(s, t)?;
                 }
                 0
             }

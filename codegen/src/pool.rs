@@ -183,6 +183,9 @@ impl GlobalMean {
             }
             None => 0,
         };
+        if first == c {
+            return Ok(());
+        }
         let mut sums = vec![0i32; c - first];
         for (img, dst) in x.chunks_exact(image).zip(y.chunks_exact_mut(c)) {
             sums.fill(0);

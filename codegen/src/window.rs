@@ -15,14 +15,45 @@ pub struct Window {
     pub taps: usize,
     /// `[position][tap]`: the input pixel, or `plane` where the tap falls in the padding.
     pub pixels: Vec<u32>,
+    /// The attributes the table was built from.
+    pub geometry: Geometry,
+}
+
+/// A window's shape: plane, kernel, output, strides, leading pads and dilations, `[y, x]` each.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Geometry {
+    /// The input plane `[h, w]`.
+    pub hw: [usize; 2],
+    /// The kernel `[kh, kw]`.
+    pub k: [usize; 2],
+    /// The output plane `[oh, ow]`.
+    pub out: [usize; 2],
+    /// Strides.
+    pub strides: [usize; 2],
+    /// The top and left pads.
+    pub pads: [usize; 2],
+    /// Dilations.
+    pub dilations: [usize; 2],
+}
+
+impl Geometry {
+    /// The geometry of `attrs` (strides, pads, dilations, ONNX defaults) with kernel `k` from an
+    /// `hw` plane to `out`; `None` for attributes that do not describe a 2-D window.
+    pub fn new(attrs: &Attrs, hw: [usize; 2], k: [usize; 2], out: [usize; 2]) -> Option<Geometry> {
+        let ints = |key: &str, n: usize, d: u64| -> Option<Vec<usize>> {
+            qc_ir::infer::ints_or(attrs, key, n, d).ok()?.into_iter().map(|v| usize::try_from(v).ok()).collect()
+        };
+        let (s, p, d) = (ints("strides", 2, 1)?, ints("pads", 4, 0)?, ints("dilations", 2, 1)?);
+        Some(Geometry { hw, k, out, strides: [s[0], s[1]], pads: [p[0], p[1]], dilations: [d[0], d[1]] })
+    }
 }
 
 impl Window {
     /// The window of `attrs` (strides, pads, dilations, ONNX defaults) with kernel `kh × kw` from an
     /// `h × w` plane to `oh × ow`; `None` for attributes that do not describe a 2-D window.
     pub fn new(attrs: &Attrs, (h, w): (usize, usize), (kh, kw): (usize, usize), (oh, ow): (usize, usize)) -> Option<Window> {
-        let ints = |k: &str, n: usize, d: u64| qc_ir::infer::ints_or(attrs, k, n, d).ok();
-        let (s, p, d) = (ints("strides", 2, 1)?, ints("pads", 4, 0)?, ints("dilations", 2, 1)?);
+        let geometry = Geometry::new(attrs, [h, w], [kh, kw], [oh, ow])?;
+        let (s, p, d) = (geometry.strides, geometry.pads, geometry.dilations);
         let plane = h.checked_mul(w)?;
         u32::try_from(plane).ok()?;
         let taps = kh * kw;
@@ -43,7 +74,7 @@ impl Window {
                 }
             }
         }
-        Some(Window { plane, positions: oh * ow, taps, pixels })
+        Some(Window { plane, positions: oh * ow, taps, pixels, geometry })
     }
 
     /// The table as byte offsets into an NHWC image of `c` channels followed by its padding pixel

@@ -77,14 +77,29 @@ impl Case {
 }
 
 fn case() -> impl Strategy<Value = Case> {
+    // Few channels gather bytes, eight and more gather runs, multiples of 16 are read in place
+    // from a copy with a border (k×k kernels, an even number of output positions).
+    case_of(prop_oneof![1usize..8, 8usize..20, prop::sample::select(vec![16usize, 32, 48])], any::<bool>(), window(10, false))
+}
+
+/// Depthwise layers with stride 1 and channel counts that divide 16 or that 16 divides: where
+/// the CPU has VNNI, the row kernel runs them.
+fn rows_case() -> impl Strategy<Value = Case> {
+    let stride_one = window(10, false).prop_map(|w| Window { strides: [1, 1], ..w });
+    case_of(prop::sample::select(vec![2usize, 4, 8, 16, 32, 48]), Just(true), stride_one)
+}
+
+fn case_of(
+    channels: impl Strategy<Value = usize>,
+    depthwise: impl Strategy<Value = bool>,
+    window: impl Strategy<Value = Window>,
+) -> impl Strategy<Value = Case> {
     (
-        // Few channels gather bytes, eight and more gather runs, multiples of 16 are read in
-        // place from a copy with a border (k×k kernels, an even number of output positions).
-        prop_oneof![1usize..8, 8usize..20, prop::sample::select(vec![16usize, 32, 48])],
+        channels,
         1usize..7,
-        window(10, false),
+        window,
         any::<bool>(),
-        any::<bool>(),
+        depthwise,
         any::<bool>(),
         prop_oneof![3 => Just(0i32), 1 => -8i32..8],
         prop_oneof![3 => Just(vec![]), 1 => prop::collection::vec(any::<bool>(), 1..6)],
@@ -136,6 +151,11 @@ proptest! {
 
     #[test]
     fn jit_conv_equals_the_evaluator(c in case()) {
+        check(&c)?;
+    }
+
+    #[test]
+    fn jit_depthwise_rows_equal_the_evaluator(c in rows_case()) {
         check(&c)?;
     }
 }

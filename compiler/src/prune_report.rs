@@ -29,6 +29,9 @@ pub struct PruneReport {
     pub after: Side,
 }
 
+/// Timed runs of one model in a row.
+const BLOCK: usize = 10;
+
 fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(f64::total_cmp);
     v.get(v.len() / 2).copied().unwrap_or(0.0)
@@ -43,20 +46,25 @@ fn input_for(g: &Graph, batch: usize) -> Result<Tensor, String> {
         .map_err(|e| e.to_string())
 }
 
-/// Compiles both graphs and times them interleaved (`runs` runs each), so that the machine's
-/// noise hits both alike.
-pub fn prune_report(before: &Graph, after: &Graph, batch: usize, runs: usize) -> Result<PruneReport, String> {
+/// Compiles both graphs and times them interleaved, so that the machine's noise hits both alike:
+/// `rounds` times, each model runs once untimed (the other model has just filled the caches) and
+/// then [`BLOCK`] timed runs, so that both are timed as a host runs one model repeatedly.
+pub fn prune_report(before: &Graph, after: &Graph, batch: usize, rounds: usize) -> Result<PruneReport, String> {
     let x = input_for(before, batch)?;
     let models =
         [CompiledModel::compile(before).map_err(|e| e.to_string())?, CompiledModel::compile(after).map_err(|e| e.to_string())?];
     let mut totals = [Vec::new(), Vec::new()];
-    for _ in 0..runs.max(1) {
+    for _ in 0..rounds.max(1) {
         for (m, t) in models.iter().zip(totals.iter_mut()) {
-            let start = std::time::Instant::now();
             m.run(std::slice::from_ref(&x)).map_err(|e| e.to_string())?;
-            t.push(start.elapsed().as_secs_f64() * 1e3);
+            for _ in 0..BLOCK {
+                let start = std::time::Instant::now();
+                m.run(std::slice::from_ref(&x)).map_err(|e| e.to_string())?;
+                t.push(start.elapsed().as_secs_f64() * 1e3);
+            }
         }
     }
+    let runs = rounds.max(1) * BLOCK;
     let side = |g: &Graph, m: &CompiledModel, total: Vec<f64>| -> Result<Side, String> {
         let layers = layer_costs(g);
         let profile = m.profile(std::slice::from_ref(&x), runs).map_err(|e| e.to_string())?;

@@ -164,7 +164,7 @@ pub fn check_input(name: &str, ty: &TensorType, t: &Tensor) -> Result<(), String
 
 /// Whether every value is finite: in blocks without early exit, which the compiler vectorizes.
 fn all_finite(a: &ArrayD<f32>) -> bool {
-    match a.as_slice_memory_order() {
+    match a.as_slice().or_else(|| a.as_slice_memory_order()) {
         Some(s) => s.chunks(64).all(|c| c.iter().fold(true, |ok, x| ok & x.is_finite())),
         None => a.iter().all(|x| x.is_finite()),
     }

@@ -1,0 +1,99 @@
+//! An NHWC image copied into a border of padding bytes wide enough for every tap of a window
+//! ([`Halo`]), so that a kernel reads each tap in place at a fixed distance from its output
+//! position instead of looking it up or branching on the border. The convolution's in-place GEMM
+//! and the depthwise row kernel read their images this way.
+//!
+//! Bounds: the buffer a kernel gets is [`Halo::len`] bytes: the `rows × cols` pixels and any
+//! bytes past them that a kernel declared it reaches ([`Halo::reaching`]).
+
+use crate::window::Geometry;
+
+/// `rows × cols` pixels of `c` bytes, the image's pixel `(y, x)` at `(top + y, left + x)`, in a
+/// buffer of `len` bytes.
+pub(crate) struct Halo {
+    pub(crate) c: usize,
+    pub(crate) h: usize,
+    pub(crate) w: usize,
+    pub(crate) cols: usize,
+    pub(crate) top: usize,
+    pub(crate) left: usize,
+    pub(crate) len: usize,
+}
+
+thread_local! {
+    /// A thread's image with a border, reused across layers and runs.
+    static HALO: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+impl Halo {
+    /// The halo of `c`-channel images for window `g`: it holds the image and the last tap of the
+    /// last output position. `None` when it would pass 4 GiB.
+    pub(crate) fn new(c: usize, g: &Geometry) -> Option<Halo> {
+        let ([h, w], [kh, kw], [oh, ow]) = (g.hw, g.k, g.out);
+        let ([s0, s1], [top, left], [d0, d1]) = (g.strides, g.pads, g.dilations);
+        if [oh, ow, kh, kw, c].contains(&0) {
+            return None;
+        }
+        let extent =
+            |o: usize, s: usize, k: usize, d: usize| (o - 1).checked_mul(s)?.checked_add((k - 1).checked_mul(d)?)?.checked_add(1);
+        let rows = extent(oh, s0, kh, d0)?.max(top.checked_add(h)?);
+        let cols = extent(ow, s1, kw, d1)?.max(left.checked_add(w)?);
+        let len = rows.checked_mul(cols)?.checked_mul(c)?;
+        if len > 1 << 32 {
+            return None;
+        }
+        Some(Halo { c, h, w, cols, top, left, len })
+    }
+
+    /// The same halo, its buffer long enough for a kernel that reads below byte `reach`.
+    pub(crate) fn reaching(self, reach: usize) -> Halo {
+        Halo { len: self.len.max(reach), ..self }
+    }
+
+    /// The byte offset of halo pixel `(y, x)`.
+    pub(crate) fn pixel(&self, y: usize, x: usize) -> usize {
+        (y * self.cols + x) * self.c
+    }
+
+    /// Calls `f` with each of `batch` NHWC images of `x` in this thread's halo buffer, whose
+    /// border is `pad`, and its index.
+    pub(crate) fn each_image(
+        &self,
+        x: &[u8],
+        batch: usize,
+        pad: u8,
+        mut f: impl FnMut(&[u8], usize) -> Result<(), String>,
+    ) -> Result<(), String> {
+        let image = self.h * self.w * self.c;
+        if x.len() != batch * image {
+            return Err(format!("a windowed kernel's input has {} bytes, not {batch}·{image}", x.len()));
+        }
+        HALO.with_borrow_mut(|buf| {
+            buf.clear();
+            buf.resize(self.len, pad);
+            x.chunks_exact(image.max(1)).enumerate().try_for_each(|(i, img)| {
+                self.copy_in(img, buf);
+                f(buf, i)
+            })
+        })
+    }
+
+    /// Copies the NHWC image `img` into `halo` (`len` long, its border already the padding).
+    /// Rows are short (tens of bytes), so they are copied 16 bytes at a time in line rather than
+    /// by a call to `memcpy` each.
+    fn copy_in(&self, img: &[u8], halo: &mut [u8]) {
+        let run = self.w * self.c;
+        for (y, src) in img.chunks_exact(run.max(1)).enumerate().take(self.h) {
+            let at = self.pixel(self.top + y, self.left);
+            let dst = &mut halo[at..at + run];
+            let mut d16 = dst.chunks_exact_mut(16);
+            let mut s16 = src.chunks_exact(16);
+            for (d, s) in (&mut d16).zip(&mut s16) {
+                d.copy_from_slice(s);
+            }
+            for (d, s) in d16.into_remainder().iter_mut().zip(s16.remainder()) {
+                *d = *s;
+            }
+        }
+    }
+}
