@@ -234,6 +234,18 @@ pub(crate) fn emit_loop(b: &mut FunctionBuilder, start: Value, end: Value, mut b
     b.seal_block(exit);
 }
 
+/// Emits `if cond != 0 { body }`.
+pub(crate) fn emit_if(b: &mut FunctionBuilder, cond: Value, body: impl FnOnce(&mut FunctionBuilder)) {
+    let (then, exit) = (b.create_block(), b.create_block());
+    b.ins().brif(cond, then, &[], exit, &[]);
+    b.switch_to_block(then);
+    b.seal_block(then);
+    body(b);
+    b.ins().jump(exit, &[]);
+    b.switch_to_block(exit);
+    b.seal_block(exit);
+}
+
 impl GemmKernel {
     /// Compiles the kernel on the path [`Path::choose`] picks.
     pub fn compile(spec: &GemmSpec) -> Result<GemmKernel, String> {

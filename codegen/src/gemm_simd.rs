@@ -28,7 +28,7 @@
 //! walks a table of its nonzero groups instead of every group — the skipped multiply-adds are
 //! never executed.
 
-use crate::gemm::{GemmKernel, GemmSpec, Output, Path, RowOffsets, Tables, emit_loop};
+use crate::gemm::{GemmKernel, GemmSpec, Output, Path, RowOffsets, Tables, emit_if, emit_loop};
 use crate::jit::Jit;
 use cranelift_codegen::ir::condcodes::FloatCC;
 use cranelift_codegen::ir::{Endianness, InstBuilder, MemFlagsData, Value, types};
@@ -278,17 +278,20 @@ pub(crate) fn compile(spec: &GemmSpec, path: Path, output: Output, offsets: Opti
         let raw = MemFlagsData::new().with_notrap();
         let little = MemFlagsData::new().with_endianness(Endianness::Little);
         let zero = b.ins().iconst(types::I64, 0);
-        // Rows in pairs (each panel load serves both); `m` is even (`GemmKernel::run_rows` runs an
-        // odd last row through a two-row scratch), so one body serves every row. Blocks of
-        // columns outside, row pairs inside: a block's weight panels stay in L1 while the rows
-        // stream past them.
+        // Rows in pairs or fours (each panel load serves them all); `m` is even
+        // (`GemmKernel::run_rows` runs an odd last row through a two-row scratch), so these
+        // bodies serve every row. Blocks of columns outside, rows inside: a block's weight
+        // panels stay in L1 while the rows stream past them.
         let pairs = b.ins().sshr_imm_s(m, 1);
-        // One block: `vecs` column vectors starting at vector `first`, for every row pair;
-        // `walk` is the range of the group table to visit (all groups when `None`).
-        let block = |b: &mut FunctionBuilder, first: Value, vecs: usize, last_cols: usize, walk: Option<(usize, usize)>| {
-            emit_loop(b, zero, pairs, |b, p| {
-                let row0 = b.ins().imul_imm_s(p, 2);
-                let rows = 2usize;
+        // `rows` rows from `row0` (a value) of one block.
+        let tile = |b: &mut FunctionBuilder,
+                    row0: Value,
+                    rows: usize,
+                    first: Value,
+                    vecs: usize,
+                    last_cols: usize,
+                    walk: Option<(usize, usize)>| {
+            {
                 // The addresses of the pair's rows in `base`, `stride` bytes apart.
                 let row_addrs = |b: &mut FunctionBuilder, base: Value, stride: i64| -> Vec<Value> {
                     (0..rows)
@@ -518,7 +521,30 @@ pub(crate) fn compile(spec: &GemmSpec, path: Path, output: Output, offsets: Opti
                         store_lanes(b, bytes, o_addr, cols);
                     }
                 }
-            })
+            }
+        };
+        // One block: `vecs` column vectors starting at vector `first`, for every row; `walk` is
+        // the range of the group table to visit (all groups when `None`). Blocks of one or two
+        // vectors take rows four at a time (then a last pair when `m` is not a multiple of 4),
+        // so that each tile still has 8 accumulators; wider blocks take them in pairs.
+        let block = |b: &mut FunctionBuilder, first: Value, vecs: usize, last_cols: usize, walk: Option<(usize, usize)>| {
+            if vecs <= 2 {
+                let quads = b.ins().sshr_imm_s(m, 2);
+                emit_loop(b, zero, quads, |b, q| {
+                    let row0 = b.ins().imul_imm_s(q, 4);
+                    tile(b, row0, 4, first, vecs, last_cols, walk);
+                });
+                let pair = b.ins().band_imm_s(m, 2);
+                emit_if(b, pair, |b| {
+                    let row0 = b.ins().iadd_imm_s(m, -2);
+                    tile(b, row0, 2, first, vecs, last_cols, walk);
+                });
+            } else {
+                emit_loop(b, zero, pairs, |b, p| {
+                    let row0 = b.ins().imul_imm_s(p, 2);
+                    tile(b, row0, 2, first, vecs, last_cols, walk);
+                });
+            }
         };
         // Whole blocks of 16 columns in a loop, then the rest in one block whose last
         // vector may be partial (then only its columns are stored).
