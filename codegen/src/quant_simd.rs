@@ -87,6 +87,9 @@ unsafe fn call<S, D>(f: Kernel, src: &[S], dst: &mut [D]) -> Result<usize, Strin
         return Err(format!("a (de)quantize of {} values into {}", src.len(), dst.len()));
     }
     let n = src.len() / 16;
+    if n == 0 {
+        return Ok(0);
+    }
     // SAFETY: the kernel, compiled for elements of `S` and `D` (the caller's promise), reads
     // 16·n ≤ len elements of `src` and writes 16·n of `dst`.
     unsafe { f(src.as_ptr().cast(), dst.as_mut_ptr().cast(), n as i64) };

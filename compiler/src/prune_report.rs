@@ -31,6 +31,10 @@ pub struct PruneReport {
 
 /// Timed runs of one model in a row.
 const BLOCK: usize = 10;
+/// Seconds the interleaved timing aims to take (at least the minimum rounds).
+const BUDGET_S: f64 = 0.25;
+/// Rounds at most.
+const MAX_ROUNDS: usize = 5000;
 
 fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(f64::total_cmp);
@@ -47,24 +51,34 @@ fn input_for(g: &Graph, batch: usize) -> Result<Tensor, String> {
 }
 
 /// Compiles both graphs and times them interleaved, so that the machine's noise hits both alike:
-/// `rounds` times, each model runs once untimed (the other model has just filled the caches) and
-/// then [`BLOCK`] timed runs, so that both are timed as a host runs one model repeatedly.
-pub fn prune_report(before: &Graph, after: &Graph, batch: usize, rounds: usize) -> Result<PruneReport, String> {
+/// in each round, each model runs once untimed (the other model has just filled the caches) and
+/// then [`BLOCK`] times in a row, timed together (a clock read per run would add its own cost to
+/// a run of a few microseconds), so that both are timed as a host runs one model repeatedly; the
+/// latency is the median over rounds of a block's mean. At
+/// least `min_rounds` rounds, and as many more as fill [`BUDGET_S`] seconds, so that a burst of
+/// noise on the machine does not cover the whole measurement of a fast model.
+pub fn prune_report(before: &Graph, after: &Graph, batch: usize, min_rounds: usize) -> Result<PruneReport, String> {
     let x = input_for(before, batch)?;
     let models =
         [CompiledModel::compile(before).map_err(|e| e.to_string())?, CompiledModel::compile(after).map_err(|e| e.to_string())?];
+    let start = std::time::Instant::now();
+    for m in &models {
+        m.run(std::slice::from_ref(&x)).map_err(|e| e.to_string())?;
+    }
+    let round_s = start.elapsed().as_secs_f64() * (BLOCK + 1) as f64;
+    let rounds = ((BUDGET_S / round_s.max(1e-9)) as usize).clamp(min_rounds.max(1), MAX_ROUNDS);
     let mut totals = [Vec::new(), Vec::new()];
-    for _ in 0..rounds.max(1) {
+    for _ in 0..rounds {
         for (m, t) in models.iter().zip(totals.iter_mut()) {
             m.run(std::slice::from_ref(&x)).map_err(|e| e.to_string())?;
+            let start = std::time::Instant::now();
             for _ in 0..BLOCK {
-                let start = std::time::Instant::now();
                 m.run(std::slice::from_ref(&x)).map_err(|e| e.to_string())?;
-                t.push(start.elapsed().as_secs_f64() * 1e3);
             }
+            t.push(start.elapsed().as_secs_f64() * 1e3 / BLOCK as f64);
         }
     }
-    let runs = rounds.max(1) * BLOCK;
+    let runs = rounds * BLOCK;
     let side = |g: &Graph, m: &CompiledModel, total: Vec<f64>| -> Result<Side, String> {
         let layers = layer_costs(g);
         let profile = m.profile(std::slice::from_ref(&x), runs).map_err(|e| e.to_string())?;
