@@ -32,7 +32,7 @@ pub struct PruneReport {
 /// Timed runs of one model in a row.
 const BLOCK: usize = 10;
 /// Seconds the interleaved timing aims to take (at least the minimum rounds).
-const BUDGET_S: f64 = 0.25;
+const BUDGET_S: f64 = 0.5;
 /// Rounds at most.
 const MAX_ROUNDS: usize = 5000;
 
