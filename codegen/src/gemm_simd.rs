@@ -163,22 +163,27 @@ pub(crate) fn store_bytes(b: &mut FunctionBuilder, q: [Value; 2], unsigned_out: 
 pub(crate) fn store_lanes(b: &mut FunctionBuilder, bytes: Value, addr: Value, lanes: usize) {
     let little = MemFlagsData::new().with_endianness(Endianness::Little);
     let raw = MemFlagsData::new().with_notrap();
-    match lanes {
-        16 => {
-            b.ins().store(raw, bytes, addr, 0);
-        }
-        4 | 8 => {
-            let ty = if lanes == 4 { types::I32X4 } else { types::I64X2 };
-            let words = b.ins().bitcast(ty, little, bytes);
-            let word = b.ins().extractlane(words, 0);
-            b.ins().store(raw, word, addr, 0);
-        }
-        _ => {
-            for t in 0..lanes {
-                let byte = b.ins().extractlane(bytes, t as u8);
-                b.ins().store(raw, byte, addr, t as i32);
-            }
-        }
+    if lanes >= 16 {
+        b.ins().store(raw, bytes, addr, 0);
+        return;
+    }
+    // An 8-byte word, then a 4-byte one, then single bytes.
+    let mut t = 0;
+    if lanes >= 8 {
+        let words = b.ins().bitcast(types::I64X2, little, bytes);
+        let word = b.ins().extractlane(words, 0);
+        b.ins().store(raw, word, addr, 0);
+        t = 8;
+    }
+    if lanes - t >= 4 {
+        let words = b.ins().bitcast(types::I32X4, little, bytes);
+        let word = b.ins().extractlane(words, (t / 4) as u8);
+        b.ins().store(raw, word, addr, t as i32);
+        t += 4;
+    }
+    for t in t..lanes {
+        let byte = b.ins().extractlane(bytes, t as u8);
+        b.ins().store(raw, byte, addr, t as i32);
     }
 }
 
@@ -504,22 +509,35 @@ pub(crate) fn compile(spec: &GemmSpec, path: Path, output: Output, offsets: Opti
                     }
                     return;
                 }
-                // Requantize ([`Epilogue`]), constants once per block.
+                // Requantize ([`Epilogue`]), constants once per block; each row's columns of the
+                // block narrowed together and stored at once.
                 let clamp = Epilogue::new(b, zp_y, lo, hi, small_mults);
-                for (r, row) in accs.iter().enumerate() {
-                    for (v, &var) in row.iter().enumerate() {
-                        let acc = b.use_var(var);
-                        let off = b.ins().imul_imm_s(first, 16);
+                let off = b.ins().imul_imm_s(first, 16);
+                let mults: Vec<Value> = (0..vecs)
+                    .map(|v| {
                         let m_addr = b.ins().iadd_imm_s(off, mt + 16 * v as i64);
-                        let mv = b.ins().load(types::F32X4, raw, m_addr, 0);
-                        let q = clamp.apply(b, acc, mv);
-                        let col = b.ins().imul_imm_s(first, 4);
-                        let col = b.ins().iadd_imm_s(col, 4 * v as i64);
-                        let o_addr = b.ins().iadd(o_rows[r], col);
-                        let cols = if v + 1 == vecs { last_cols } else { 4 };
-                        let bytes = clamp.bytes(b, &[q, q]);
-                        store_lanes(b, bytes, o_addr, cols);
-                    }
+                        b.ins().load(types::F32X4, raw, m_addr, 0)
+                    })
+                    .collect();
+                let col = b.ins().imul_imm_s(first, 4);
+                let cols = 4 * (vecs - 1) + last_cols;
+                for (r, row) in accs.iter().enumerate() {
+                    let q: Vec<Value> = row
+                        .iter()
+                        .zip(&mults)
+                        .map(|(&var, &mv)| {
+                            let acc = b.use_var(var);
+                            clamp.apply(b, acc, mv)
+                        })
+                        .collect();
+                    let q = match q.len() {
+                        1 => vec![q[0], q[0]],
+                        3 => vec![q[0], q[1], q[2], q[2]],
+                        _ => q,
+                    };
+                    let bytes = clamp.bytes(b, &q);
+                    let o_addr = b.ins().iadd(o_rows[r], col);
+                    store_lanes(b, bytes, o_addr, cols);
                 }
             }
         };
