@@ -17,7 +17,7 @@ use crate::gemm_simd::{Epilogue, small, store_lanes};
 use crate::jit::{Jit, JitCode};
 use crate::window::Window;
 use crate::window_jit::{self, ImageFn};
-use cranelift_codegen::ir::{Endianness, InstBuilder, MemFlagsData, Value, types};
+use cranelift_codegen::ir::{InstBuilder, MemFlagsData, Value, types};
 use cranelift_frontend::FunctionBuilder;
 use std::sync::Arc;
 
@@ -36,7 +36,6 @@ impl MaxPoolKernel {
         let lowest = if signed { 0x80 } else { 0 };
         let f = window_jit::compile(window, c, lowest, SLACK, |b, pixels, o_pos| {
             let raw = MemFlagsData::new().with_notrap();
-            let little = MemFlagsData::new().with_endianness(Endianness::Little);
             let group = |b: &mut FunctionBuilder, g: Value, lanes: usize| {
                 let ch = b.ins().imul_imm_s(g, 16);
                 let load = |b: &mut FunctionBuilder, t: usize| {
@@ -49,21 +48,7 @@ impl MaxPoolKernel {
                     m = if signed { b.ins().smax(m, v) } else { b.ins().umax(m, v) };
                 }
                 let o_addr = b.ins().iadd(o_pos, ch);
-                if lanes == 16 {
-                    b.ins().store(raw, m, o_addr, 0);
-                    return;
-                }
-                let mut t = 0;
-                if lanes >= 8 {
-                    let words = b.ins().bitcast(types::I64X2, little, m);
-                    let word = b.ins().extractlane(words, 0);
-                    b.ins().store(raw, word, o_addr, 0);
-                    t = 8;
-                }
-                for t in t..lanes {
-                    let byte = b.ins().extractlane(m, t as u8);
-                    b.ins().store(raw, byte, o_addr, t as i32);
-                }
+                store_lanes(b, m, o_addr, lanes);
             };
             window_jit::emit_groups(b, c, 16, group);
         })?;
