@@ -11,13 +11,13 @@ use crate::window::Geometry;
 /// `rows × cols` pixels of `c` bytes, the image's pixel `(y, x)` at `(top + y, left + x)`, in a
 /// buffer of `len` bytes.
 pub(crate) struct Halo {
-    pub(crate) c: usize,
-    pub(crate) h: usize,
-    pub(crate) w: usize,
-    pub(crate) cols: usize,
-    pub(crate) top: usize,
-    pub(crate) left: usize,
-    pub(crate) len: usize,
+    c: usize,
+    h: usize,
+    w: usize,
+    cols: usize,
+    top: usize,
+    left: usize,
+    len: usize,
 }
 
 thread_local! {
