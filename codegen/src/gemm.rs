@@ -521,11 +521,13 @@ impl GemmKernel {
         }
         let size = if self.output == Output::I32 { 4 } else { 1 };
         let (even, n) = if self.path == Path::Scalar { (m, self.n) } else { (m & !1, self.n) };
-        // SAFETY: the kernel reads `even` ≤ m rows of `stride` bytes from `a`, which holds m;
-        // writes `even`·n ≤ m·n outputs of `size` bytes to `out`, which holds m·n (both checked
-        // above); reads its own tables, which live as long as `self`; and the vector kernels,
-        // which take rows in pairs, get an even count.
-        unsafe { (self.f)(a.as_ptr(), out, even as i64) };
+        if even > 0 {
+            // SAFETY: the kernel reads `even` ≤ m rows of `stride` bytes from `a`, which holds m;
+            // writes `even`·n ≤ m·n outputs of `size` bytes to `out`, which holds m·n (both
+            // checked above); reads its own tables, which live as long as `self`; and the vector
+            // kernels, which take rows in pairs, get an even count.
+            unsafe { (self.f)(a.as_ptr(), out, even as i64) };
+        }
         if even < m {
             // The odd last row, paired with a row of zeros in this thread's scratch buffer: two
             // rows in, then two rows out.

@@ -331,8 +331,8 @@ pub struct CompiledModel {
     /// The batch: the first input's leading dim when it is fixed (else the run's).
     fixed_batch: Option<usize>,
     kernels: usize,
-    /// The largest value: (its name, bytes with every dynamic dim 1, how many dims are dynamic),
-    /// checked against the batch before a run allocates anything.
+    /// The largest values, one per count of dynamic dims: (its name, bytes with every dynamic dim
+    /// 1, how many dims are dynamic), checked against the batch before a run allocates anything.
     largest: Vec<(String, u64, u32)>,
 }
 
@@ -370,7 +370,15 @@ impl CompiledModel {
             })
             // Values of fixed size were checked just above; only the batch can make one too big.
             .filter(|&(_, _, dynamic)| dynamic > 0)
-            .collect();
+            .fold(Vec::<(String, u64, u32)>::new(), |mut kept, (name, fixed, dynamic)| {
+                // Of the values with as many dynamic dims, the largest is the first to be too big.
+                match kept.iter_mut().find(|k| k.2 == dynamic) {
+                    Some(k) if k.1 >= fixed => {}
+                    Some(k) => *k = (name, fixed, dynamic),
+                    None => kept.push((name, fixed, dynamic)),
+                }
+                kept
+            });
         let fixed_batch = match g.params().first().map(|&p| g.ty(p).dims.first().cloned()) {
             Some(Some(Dim::Fixed(n))) => Some(n as usize),
             _ => None,
@@ -480,8 +488,9 @@ impl CompiledModel {
             self.with_run(inputs, |run| {
                 for (i, (_, op)) in self.ops.iter().enumerate() {
                     let t = std::time::Instant::now();
-                    ops[i] = run.exec(op)?;
+                    run.exec(op)?;
                     times[i].push(t.elapsed().as_secs_f64());
+                    ops[i] = run.ops(op)?;
                 }
                 Ok(())
             })?;
@@ -538,8 +547,11 @@ impl CompiledModel {
             }
             // Inputs are read where the caller keeps them, constants where the model does
             // ([`CompiledModel::constant`]); the other slots are filled as the steps run.
-            let tensors: Vec<Option<Arc<Tensor>>> = vec![None; self.tensor_slots - self.first_computed()];
-            let mut run = Run { model: self, arena: &mut arena[..arena_bytes], inputs, tensors, batch };
+            let tensors = std::iter::repeat_with(|| None).take(self.tensor_slots - self.first_computed()).collect();
+            let mut run = Run {
+                arena: Arena { model: self, bytes: &mut arena[..arena_bytes], batch },
+                slots: Slots { model: self, inputs, tensors },
+            };
             f(&mut run)
         })
     }
@@ -925,35 +937,30 @@ impl<'g> Builder<'g> {
     }
 }
 
-/// One run's state: this thread's arena, the tensor slots, the batch.
+/// One run's state: this thread's arena and the tensor slots, apart so that a step can read a
+/// tensor while it writes the arena.
 struct Run<'a> {
+    arena: Arena<'a>,
+    slots: Slots<'a>,
+}
+
+/// This thread's arena at the run's batch.
+struct Arena<'a> {
     model: &'a CompiledModel,
-    arena: &'a mut [u8],
-    /// The caller's inputs: tensor slots `0..inputs.len()`.
-    inputs: &'a [Tensor],
-    /// The tensors steps compute: slots from [`CompiledModel::first_computed`] on.
-    tensors: Vec<Option<Arc<Tensor>>>,
+    bytes: &'a mut [u8],
     batch: usize,
 }
 
-/// See [`Run::held`].
-enum Held<'a> {
-    Input(&'a Tensor),
-    Shared(Arc<Tensor>),
+/// The tensor slots of a run.
+struct Slots<'a> {
+    model: &'a CompiledModel,
+    /// The caller's inputs: tensor slots `0..inputs.len()`.
+    inputs: &'a [Tensor],
+    /// The tensors steps compute: slots from [`CompiledModel::first_computed`] on.
+    tensors: Vec<Option<Tensor>>,
 }
 
-impl std::ops::Deref for Held<'_> {
-    type Target = Tensor;
-
-    fn deref(&self) -> &Tensor {
-        match self {
-            Held::Input(t) => t,
-            Held::Shared(t) => t,
-        }
-    }
-}
-
-impl<'a> Run<'a> {
+impl<'a> Arena<'a> {
     /// The byte range of activation `a` in the arena.
     fn range(&self, a: usize) -> std::ops::Range<usize> {
         let act = &self.model.activations[a];
@@ -961,12 +968,17 @@ impl<'a> Run<'a> {
         start..start + act.bytes * self.batch
     }
 
+    /// The bytes of activation `a`.
+    fn bytes(&self, a: usize) -> Result<&[u8], CodegenError> {
+        self.bytes.get(self.range(a)).ok_or_else(|| run_err("an activation lies outside the arena"))
+    }
+
     /// The logical shape of activation `a` at this batch.
     fn shape(&self, a: usize) -> Vec<usize> {
         std::iter::once(self.batch).chain(self.model.activations[a].dims.iter().copied()).collect()
     }
 
-    /// [`Run::shape`] as an ndarray dimension, built without a heap allocation for up to 4 dims.
+    /// [`Arena::shape`] as an ndarray dimension, built without a heap allocation for up to 4 dims.
     fn dim(&self, a: usize) -> ndarray::IxDyn {
         use ndarray::Dimension;
         let dims = &self.model.activations[a].dims;
@@ -981,10 +993,10 @@ impl<'a> Run<'a> {
     fn io<const N: usize>(&mut self, ins: [usize; N], out: usize) -> Result<([&[u8]; N], &mut [u8]), CodegenError> {
         let o = self.range(out);
         let ranges = ins.map(|a| self.range(a));
-        if o.end > self.arena.len() || ranges.iter().any(|r| r.end > self.arena.len()) {
+        if o.end > self.bytes.len() || ranges.iter().any(|r| r.end > self.bytes.len()) {
             return Err(run_err("an activation lies outside the arena"));
         }
-        let (left, rest) = self.arena.split_at_mut(o.start);
+        let (left, rest) = self.bytes.split_at_mut(o.start);
         let (mid, right) = rest.split_at_mut(o.len());
         let (left, right): (&[u8], &[u8]) = (left, right);
         let mut views: [&[u8]; N] = [&[]; N];
@@ -1000,18 +1012,14 @@ impl<'a> Run<'a> {
         Ok((views, mid))
     }
 
-    /// A tensor slot, held independently of `self` (a caller's input by reference, anything else
-    /// by its `Arc`), so that a step can write the arena while it reads the tensor.
-    fn held(&self, slot: usize) -> Result<Held<'a>, CodegenError> {
-        if let Some(t) = self.inputs.get(slot) {
-            return Ok(Held::Input(t));
-        }
-        if let Some(t) = self.model.constant(slot) {
-            return Ok(Held::Shared(t.clone()));
-        }
-        self.computed(slot).cloned().map(Held::Shared)
+    /// Activation `a` as a tensor of element type `elem` (NCHW here).
+    fn tensor(&self, a: usize, elem: &ElemType) -> Result<Tensor, CodegenError> {
+        Ok(bytes_tensor(self.bytes(a)?.to_vec(), &self.shape(a), elem))
     }
+}
 
+impl Slots<'_> {
+    /// The tensor in `slot`: an input, a constant or what a step computed.
     fn tensor(&self, slot: usize) -> Result<&Tensor, CodegenError> {
         if let Some(t) = self.inputs.get(slot) {
             return Ok(t);
@@ -1019,11 +1027,6 @@ impl<'a> Run<'a> {
         if let Some(t) = self.model.constant(slot) {
             return Ok(t);
         }
-        self.computed(slot).map(|t| &**t)
-    }
-
-    /// The tensor a step computed into `slot`.
-    fn computed(&self, slot: usize) -> Result<&Arc<Tensor>, CodegenError> {
         let i = slot.checked_sub(self.model.first_computed());
         i.and_then(|i| self.tensors.get(i)?.as_ref()).ok_or_else(|| run_err("a value was read before it was computed"))
     }
@@ -1032,76 +1035,70 @@ impl<'a> Run<'a> {
     fn store(&mut self, slot: usize, t: Tensor) -> Result<(), CodegenError> {
         let i = slot.checked_sub(self.model.first_computed());
         let cell = i.and_then(|i| self.tensors.get_mut(i)).ok_or_else(|| run_err("a step writes an input or a constant"))?;
-        *cell = Some(Arc::new(t));
+        *cell = Some(t);
         Ok(())
     }
+}
 
+impl Run<'_> {
     /// An argument as a tensor of type `ty` (activations are NCHW here).
     fn arg_tensor(&self, arg: Arg, ty: &TensorType) -> Result<std::borrow::Cow<'_, Tensor>, CodegenError> {
         match arg {
-            Arg::T(s) => self.tensor(s).map(std::borrow::Cow::Borrowed),
-            Arg::A(a) => Ok(std::borrow::Cow::Owned(bytes_tensor(self.arena[self.range(a)].to_vec(), &self.shape(a), &ty.elem))),
+            Arg::T(s) => self.slots.tensor(s).map(std::borrow::Cow::Borrowed),
+            Arg::A(a) => self.arena.tensor(a, &ty.elem).map(std::borrow::Cow::Owned),
         }
     }
 
     /// The model's outputs, ending the run: a tensor a step computed is moved out unless a later
     /// output returns it again.
     fn outputs(&mut self) -> Result<Vec<Tensor>, CodegenError> {
-        let outputs = &self.model.outputs;
-        let first = self.model.first_computed();
+        let outputs = &self.slots.model.outputs;
+        let first = self.slots.model.first_computed();
         (0..outputs.len())
             .map(|i| match outputs[i] {
                 (Arg::T(s), _) => {
                     let again = outputs[i + 1..].iter().any(|(a, _)| matches!(a, Arg::T(t) if *t == s));
-                    match s.checked_sub(first).and_then(|j| self.tensors.get_mut(j)) {
-                        Some(cell) if !again => {
-                            let t = cell.take().ok_or_else(|| run_err("an output was never computed"))?;
-                            Ok(Arc::try_unwrap(t).unwrap_or_else(|t| (*t).clone()))
-                        }
-                        _ => Ok(self.tensor(s)?.clone()),
+                    match s.checked_sub(first).and_then(|j| self.slots.tensors.get_mut(j)) {
+                        Some(cell) if !again => cell.take().ok_or_else(|| run_err("an output was never computed")),
+                        _ => Ok(self.slots.tensor(s)?.clone()),
                     }
                 }
-                (Arg::A(a), ref elem) => Ok(bytes_tensor(self.arena[self.range(a)].to_vec(), &self.shape(a), elem)),
+                (Arg::A(a), ref elem) => self.arena.tensor(a, elem),
             })
             .collect()
     }
 
-    /// Runs one step; returns the integer operations a kernel did.
-    fn exec(&mut self, op: &Op) -> Result<u64, CodegenError> {
-        let batch = self.batch;
-        Ok(match op {
+    /// Runs one step.
+    fn exec(&mut self, op: &Op) -> Result<(), CodegenError> {
+        let batch = self.arena.batch;
+        match op {
             Op::Gemm { kernel, a, y } => {
-                let ([x], out) = self.io([*a], *y)?;
+                let ([x], out) = self.arena.io([*a], *y)?;
                 kernel.run(x, batch, out).map_err(run_err)?;
-                2 * (batch * kernel.columns() * kernel.depth()) as u64
             }
             Op::Window { kernel, x, y } => {
-                let ([x], out) = self.io([*x], *y)?;
+                let ([x], out) = self.arena.io([*x], *y)?;
                 kernel.run(x, batch, out).map_err(run_err)?;
-                kernel.ops(batch)
             }
             Op::Mean { kernel, x, y } => {
-                let ([x], out) = self.io([*x], *y)?;
+                let ([x], out) = self.arena.io([*x], *y)?;
                 kernel.run(x, batch, out).map_err(run_err)?;
-                0
             }
             Op::Add { kernel, a, b, y } => {
-                let ([a, b], out) = self.io([*a, *b], *y)?;
+                let ([a, b], out) = self.arena.io([*a, *b], *y)?;
                 kernel.run(a, b, out).map_err(run_err)?;
-                0
             }
             Op::Lut { kernel, x, y } => {
-                let ([x], out) = self.io([*x], *y)?;
+                let ([x], out) = self.arena.io([*x], *y)?;
                 kernel.run(x, out).map_err(run_err)?;
-                0
             }
             Op::Convert { x, y } => {
                 let (c, plane) = {
-                    let d = &self.model.activations[*x].dims;
+                    let d = &self.arena.model.activations[*x].dims;
                     (d[0], d[1] * d[2])
                 };
-                let to = self.model.activations[*y].layout;
-                let ([src], dst) = self.io([*x], *y)?;
+                let to = self.arena.model.activations[*y].layout;
+                let ([src], dst) = self.arena.io([*x], *y)?;
                 let image = c * plane;
                 for (s, d) in src.chunks_exact(image).zip(dst.chunks_exact_mut(image)) {
                     match to {
@@ -1109,23 +1106,20 @@ impl<'a> Run<'a> {
                         Layout::Nchw => transpose(s, plane, c, d),
                     }
                 }
-                0
             }
             Op::Import { x, y } => {
-                let t = self.held(*x)?;
-                let bytes = tensor_bytes(&t).ok_or_else(|| run_err("a kernel input is not 8-bit"))?;
-                let ([], out) = self.io([], *y)?;
+                let t = self.slots.tensor(*x)?;
+                let bytes = tensor_bytes(t).ok_or_else(|| run_err("a kernel input is not 8-bit"))?;
+                let ([], out) = self.arena.io([], *y)?;
                 if bytes.len() != out.len() {
                     return Err(run_err(format!("a kernel input has {} bytes, not {}", bytes.len(), out.len())));
                 }
                 out.copy_from_slice(&bytes);
-                0
             }
             Op::Quantize { q, kernel, x, y } => {
-                let t = self.held(*x)?;
-                let a = t.as_f32().ok_or_else(|| run_err("quantize reads f32"))?;
+                let a = self.slots.tensor(*x)?.as_f32().ok_or_else(|| run_err("quantize reads f32"))?;
                 let (lo, hi) = q.range();
-                let ([], out) = self.io([], *y)?;
+                let ([], out) = self.arena.io([], *y)?;
                 if a.len() != out.len() {
                     return Err(run_err(format!("quantize reads {} values into {} bytes", a.len(), out.len())));
                 }
@@ -1136,21 +1130,19 @@ impl<'a> Run<'a> {
                         out.iter_mut().zip(a.iter()).for_each(|(o, &v)| *o = quantize_value(v, q.scale, q.zp, lo, hi) as u8)
                     }
                 }
-                0
             }
             Op::Dequantize { q, kernel, x, y } => {
-                let bytes = &self.arena[self.range(*x)];
+                let bytes = self.arena.bytes(*x)?;
                 let v: Vec<f32> = match kernel {
-                    Some(kernel) => {
+                    Some(kernel) if bytes.len() >= 16 => {
                         let mut v = vec![0f32; bytes.len()];
                         kernel.run(bytes, &mut v).map_err(run_err)?;
                         v
                     }
-                    None => bytes.iter().map(|&b| dequantize_value(q.value(b), q.scale, q.zp)).collect(),
+                    _ => bytes.iter().map(|&b| dequantize_value(q.value(b), q.scale, q.zp)).collect(),
                 };
-                let t = Tensor::F32(ndarray::ArrayD::from_shape_vec(self.dim(*x), v).map_err(|e| run_err(e.to_string()))?);
-                self.store(*y, t)?;
-                0
+                let t = Tensor::F32(ndarray::ArrayD::from_shape_vec(self.arena.dim(*x), v).map_err(|e| run_err(e.to_string()))?);
+                self.slots.store(*y, t)?;
             }
             Op::Dequantized { product, args, has_zp, factor, bias, attrs, y } => {
                 let vals: Vec<std::borrow::Cow<'_, Tensor>> =
@@ -1158,26 +1150,21 @@ impl<'a> Run<'a> {
                 let zp = if *has_zp { Some(vals[1].as_ref()) } else { None };
                 let y_t = dequant_chain::run(product, &vals[0], zp, &vals[vals.len() - 1], factor.as_deref(), bias, attrs)
                     .map_err(run_err)?;
-                let ops = product.ops(vals[0].len());
-                self.store(*y, y_t)?;
-                ops
+                self.slots.store(*y, y_t)?;
             }
             Op::DynamicQuantize { x, x_ty, y } => {
                 let x = self.arg_tensor(*x, x_ty)?;
                 let a = x.as_f32().ok_or_else(|| run_err("dynamic_quantize reads f32"))?;
                 let [q, s, z] = crate::lanes::dynamic_quantize(a);
                 for (slot, t) in y.iter().zip([q, s, z]) {
-                    self.store(*slot, t)?;
+                    self.slots.store(*slot, t)?;
                 }
-                0
             }
             Op::Integer { product, args, y } => {
                 let vals: Vec<std::borrow::Cow<'_, Tensor>> =
                     args.iter().map(|(a, t)| self.arg_tensor(*a, t)).collect::<Result<_, _>>()?;
                 let t = product.run(&vals[0], vals.get(1).map(|v| v.as_ref())).map_err(run_err)?;
-                let ops = product.ops(vals[0].len());
-                self.store(*y, t)?;
-                ops
+                self.slots.store(*y, t)?;
             }
             Op::Eval { kind, attrs, args, arg_types, results, result_types } => {
                 let vals: Vec<std::borrow::Cow<'_, Tensor>> =
@@ -1187,10 +1174,26 @@ impl<'a> Run<'a> {
                 let outs: Vec<&TensorType> = result_types.iter().collect();
                 let ts = eval_op_multi(*kind, attrs, &refs, &tys, &outs).map_err(|e| run_err(format!("{kind}: {e}")))?;
                 for (&s, t) in results.iter().zip(ts) {
-                    self.store(s, t)?;
+                    self.slots.store(s, t)?;
                 }
-                0
             }
+        }
+        Ok(())
+    }
+
+    /// The integer operations (2 · multiply-adds) step `op` does at this batch; 0 for steps
+    /// without a product.
+    fn ops(&self, op: &Op) -> Result<u64, CodegenError> {
+        let batch = self.arena.batch;
+        let len = |(arg, _): &(Arg, TensorType)| match *arg {
+            Arg::T(s) => self.slots.tensor(s).map(|t| t.len()),
+            Arg::A(a) => Ok(self.arena.range(a).len()),
+        };
+        Ok(match op {
+            Op::Gemm { kernel, .. } => 2 * (batch * kernel.columns() * kernel.depth()) as u64,
+            Op::Window { kernel, .. } => kernel.ops(batch),
+            Op::Integer { product, args, .. } | Op::Dequantized { product, args, .. } => product.ops(len(&args[0])?),
+            _ => 0,
         })
     }
 }
