@@ -978,16 +978,6 @@ impl<'a> Arena<'a> {
         std::iter::once(self.batch).chain(self.model.activations[a].dims.iter().copied()).collect()
     }
 
-    /// [`Arena::shape`] as an ndarray dimension, built without a heap allocation for up to 4 dims.
-    fn dim(&self, a: usize) -> ndarray::IxDyn {
-        use ndarray::Dimension;
-        let dims = &self.model.activations[a].dims;
-        let mut d = ndarray::IxDyn::zeros(dims.len() + 1);
-        d.slice_mut()[0] = self.batch;
-        d.slice_mut()[1..].copy_from_slice(dims);
-        d
-    }
-
     /// The activations `ins` to read and `out` to write, as slices of the arena; an error (a bug
     /// in the plan) when one lies outside the arena or an input overlaps the output.
     fn io<const N: usize>(&mut self, ins: [usize; N], out: usize) -> Result<([&[u8]; N], &mut [u8]), CodegenError> {
@@ -1141,7 +1131,7 @@ impl Run<'_> {
                     }
                     _ => bytes.iter().map(|&b| dequantize_value(q.value(b), q.scale, q.zp)).collect(),
                 };
-                let t = Tensor::F32(ndarray::ArrayD::from_shape_vec(self.arena.dim(*x), v).map_err(|e| run_err(e.to_string()))?);
+                let t = Tensor::F32(f32_array(batch, &self.arena.model.activations[*x].dims, v)?);
                 self.slots.store(*y, t)?;
             }
             Op::Dequantized { product, args, has_zp, factor, bias, attrs, y } => {
@@ -1196,6 +1186,20 @@ impl Run<'_> {
             _ => 0,
         })
     }
+}
+
+/// `v` as an array of shape `[batch, dims..]`, built through ndarray's fixed-rank shapes where
+/// they fit (setting up a dynamic-rank shape costs several times more, and outputs are small).
+fn f32_array(batch: usize, dims: &[usize], v: Vec<f32>) -> Result<ndarray::ArrayD<f32>, CodegenError> {
+    use ndarray::Array;
+    match *dims {
+        [] => Array::from_shape_vec(batch, v).map(|a| a.into_dyn()),
+        [a] => Array::from_shape_vec((batch, a), v).map(|a| a.into_dyn()),
+        [a, b] => Array::from_shape_vec((batch, a, b), v).map(|a| a.into_dyn()),
+        [a, b, c] => Array::from_shape_vec((batch, a, b, c), v).map(|a| a.into_dyn()),
+        _ => Array::from_shape_vec([&[batch], dims].concat(), v),
+    }
+    .map_err(|e| run_err(e.to_string()))
 }
 
 /// One step's share of a run.
