@@ -16,9 +16,9 @@
 //! one), and tensors (inputs, weights, what the evaluator's fallbacks compute). A reshape of an
 //! activation is no step at all: it names the same bytes.
 //!
-//! `run` takes `&self`; the arena and convolution scratch belong to the calling thread (reused
-//! from run to run, so a run allocates no activation memory once they have grown), so one model
-//! can run on many threads at once.
+//! `run` takes `&self`; the arena, the tensor slots and convolution scratch belong to the calling
+//! thread (reused from run to run, so a run allocates no activation memory once they have grown),
+//! so one model can run on many threads at once.
 //!
 //! Bounds: the arena holds `size · batch` bytes and every activation's range inside it is
 //! computed from the plan, checked to lie inside it and not to overlap the step's output; each
@@ -547,12 +547,17 @@ impl CompiledModel {
             }
             // Inputs are read where the caller keeps them, constants where the model does
             // ([`CompiledModel::constant`]); the other slots are filled as the steps run.
-            let tensors = std::iter::repeat_with(|| None).take(self.tensor_slots - self.first_computed()).collect();
-            let mut run = Run {
-                arena: Arena { model: self, bytes: &mut arena[..arena_bytes], batch },
-                slots: Slots { model: self, inputs, tensors },
-            };
-            f(&mut run)
+            TENSORS.with_borrow_mut(|tensors| {
+                tensors.clear();
+                tensors.resize_with(self.tensor_slots - self.first_computed(), || None);
+                let mut run = Run {
+                    arena: Arena { model: self, bytes: &mut arena[..arena_bytes], batch },
+                    slots: Slots { model: self, inputs, tensors },
+                };
+                let result = f(&mut run);
+                tensors.clear();
+                result
+            })
         })
     }
 }
@@ -560,6 +565,8 @@ impl CompiledModel {
 thread_local! {
     /// A thread's activation arena, grown to the largest run it has seen and reused.
     static ARENA: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
+    /// A thread's tensor slots (see [`Slots`]), empty between runs.
+    static TENSORS: std::cell::RefCell<Vec<Option<Tensor>>> = const { std::cell::RefCell::new(Vec::new()) };
 }
 
 /// Lowers every op of `g` to a kernel, or to the evaluator's implementation: the ops in
@@ -957,7 +964,7 @@ struct Slots<'a> {
     /// The caller's inputs: tensor slots `0..inputs.len()`.
     inputs: &'a [Tensor],
     /// The tensors steps compute: slots from [`CompiledModel::first_computed`] on.
-    tensors: Vec<Option<Tensor>>,
+    tensors: &'a mut Vec<Option<Tensor>>,
 }
 
 impl<'a> Arena<'a> {
