@@ -79,8 +79,8 @@ impl Halo {
     }
 
     /// Copies the NHWC image `img` into `halo` (`len` long, its border already the padding).
-    /// Rows are short (tens of bytes), so they are copied 16 bytes at a time in line rather than
-    /// by a call to `memcpy` each.
+    /// Rows are short (tens of bytes), so they are copied 16 and then 8 bytes at a time in line
+    /// rather than by a call to `memcpy` each.
     fn copy_in(&self, img: &[u8], halo: &mut [u8]) {
         let run = self.w * self.c;
         for (y, src) in img.chunks_exact(run.max(1)).enumerate().take(self.h) {
@@ -91,7 +91,11 @@ impl Halo {
             for (d, s) in (&mut d16).zip(&mut s16) {
                 d.copy_from_slice(s);
             }
-            for (d, s) in d16.into_remainder().iter_mut().zip(s16.remainder()) {
+            let (mut d8, mut s8) = (d16.into_remainder().chunks_exact_mut(8), s16.remainder().chunks_exact(8));
+            for (d, s) in (&mut d8).zip(&mut s8) {
+                d.copy_from_slice(s);
+            }
+            for (d, s) in d8.into_remainder().iter_mut().zip(s8.remainder()) {
                 *d = *s;
             }
         }
