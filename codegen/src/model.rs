@@ -30,7 +30,7 @@ use crate::add::AddQ;
 use crate::conv::Conv;
 use crate::depthwise::Depthwise;
 use crate::dequant_chain;
-use crate::gemm::{GemmKernel, GemmSpec, bytes_tensor, tensor_bytes};
+use crate::gemm::{GemmKernel, GemmSpec, bytes_tensor, shaped, tensor_bytes};
 use crate::integer::IntegerProduct;
 use crate::layout::{Layout, transpose};
 use crate::lut::Lut;
@@ -980,9 +980,15 @@ impl<'a> Arena<'a> {
         self.bytes.get(self.range(a)).ok_or_else(|| run_err("an activation lies outside the arena"))
     }
 
-    /// The logical shape of activation `a` at this batch.
-    fn shape(&self, a: usize) -> Vec<usize> {
-        std::iter::once(self.batch).chain(self.model.activations[a].dims.iter().copied()).collect()
+    /// The logical shape of activation `a` at this batch, held without a heap allocation for up
+    /// to 4 dims (read it with `slice()`).
+    fn shape(&self, a: usize) -> ndarray::IxDyn {
+        use ndarray::Dimension;
+        let dims = &self.model.activations[a].dims;
+        let mut d = ndarray::IxDyn::zeros(dims.len() + 1);
+        d.slice_mut()[0] = self.batch;
+        d.slice_mut()[1..].copy_from_slice(dims);
+        d
     }
 
     /// The activations `ins` to read and `out` to write, as slices of the arena; an error (a bug
@@ -1011,7 +1017,7 @@ impl<'a> Arena<'a> {
 
     /// Activation `a` as a tensor of element type `elem` (NCHW here).
     fn tensor(&self, a: usize, elem: &ElemType) -> Result<Tensor, CodegenError> {
-        Ok(bytes_tensor(self.bytes(a)?.to_vec(), &self.shape(a), elem))
+        Ok(bytes_tensor(self.bytes(a)?.to_vec(), ndarray::Dimension::slice(&self.shape(a)), elem))
     }
 }
 
@@ -1138,7 +1144,8 @@ impl Run<'_> {
                     }
                     _ => bytes.iter().map(|&b| dequantize_value(q.value(b), q.scale, q.zp)).collect(),
                 };
-                let t = Tensor::F32(f32_array(batch, &self.arena.model.activations[*x].dims, v)?);
+                let shape = self.arena.shape(*x);
+                let t = Tensor::F32(shaped(ndarray::Dimension::slice(&shape), v).map_err(|e| run_err(e.to_string()))?);
                 self.slots.store(*y, t)?;
             }
             Op::Dequantized { product, args, has_zp, factor, bias, attrs, y } => {
@@ -1193,20 +1200,6 @@ impl Run<'_> {
             _ => 0,
         })
     }
-}
-
-/// `v` as an array of shape `[batch, dims..]`, built through ndarray's fixed-rank shapes where
-/// they fit (setting up a dynamic-rank shape costs several times more, and outputs are small).
-fn f32_array(batch: usize, dims: &[usize], v: Vec<f32>) -> Result<ndarray::ArrayD<f32>, CodegenError> {
-    use ndarray::Array;
-    match *dims {
-        [] => Array::from_shape_vec(batch, v).map(|a| a.into_dyn()),
-        [a] => Array::from_shape_vec((batch, a), v).map(|a| a.into_dyn()),
-        [a, b] => Array::from_shape_vec((batch, a, b), v).map(|a| a.into_dyn()),
-        [a, b, c] => Array::from_shape_vec((batch, a, b, c), v).map(|a| a.into_dyn()),
-        _ => Array::from_shape_vec([&[batch], dims].concat(), v),
-    }
-    .map_err(|e| run_err(e.to_string()))
 }
 
 /// One step's share of a run.
