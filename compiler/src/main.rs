@@ -811,9 +811,9 @@ fn export(path: &Path, out: &Path, weights: Option<&Path>) -> Result<(), QcError
     Ok(qc::io::write_atomic(out, &onnx.encode_to_vec())?)
 }
 
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(f64::total_cmp);
-    v[v.len() / 2]
+/// The `q`-quantile (0 ≤ q ≤ 1) of times sorted in ascending order.
+fn quantile(sorted: &[f64], q: f64) -> f64 {
+    sorted[((sorted.len() - 1) as f64 * q).round() as usize]
 }
 
 fn bench(path: &Path, input: Option<&Path>, batch: usize, runs: usize, weights: Option<&Path>) -> Result<(), QcError> {
@@ -850,20 +850,31 @@ fn bench(path: &Path, input: Option<&Path>, batch: usize, runs: usize, weights: 
     let t = std::time::Instant::now();
     let compiled = qc_codegen::CompiledModel::compile(g).map_err(|e| QcError::Input(format!("error: {e}")))?;
     let compile_ms = t.elapsed().as_secs_f64() * 1e3;
-    let time = |f: &dyn Fn() -> Result<(), String>, n: usize| -> Result<f64, QcError> {
+    // Each run's time, sorted.
+    let time = |f: &dyn Fn() -> Result<(), String>, n: usize| -> Result<Vec<f64>, QcError> {
         f().map_err(|e| QcError::Input(format!("error: {e}")))?;
         let mut v = Vec::with_capacity(n);
-        for _ in 0..n {
+        for _ in 0..n.max(1) {
             let t = std::time::Instant::now();
             f().map_err(|e| QcError::Input(format!("error: {e}")))?;
             v.push(t.elapsed().as_secs_f64());
         }
-        Ok(median(v))
+        v.sort_by(f64::total_cmp);
+        Ok(v)
     };
-    let jit = time(&|| compiled.run(std::slice::from_ref(&x)).map(|_| ()).map_err(|e| e.to_string()), runs)?;
-    let interp = time(&|| evaluate(g, std::slice::from_ref(&x)).map(|_| ()).map_err(|e| e.to_string()), runs.div_ceil(5))?;
+    let jit_times = time(&|| compiled.run(std::slice::from_ref(&x)).map(|_| ()).map_err(|e| e.to_string()), runs)?;
+    let jit = quantile(&jit_times, 0.5);
+    let interp =
+        quantile(&time(&|| evaluate(g, std::slice::from_ref(&x)).map(|_| ()).map_err(|e| e.to_string()), runs.div_ceil(5))?, 0.5);
     say!("{}: batch {batch}, {} JIT kernels compiled in {compile_ms:.2} ms", path.display(), compiled.kernel_count());
-    say!("  jit     {:>10.4} ms (median of {runs})", jit * 1e3);
+    // The spread as well as the median: on a shared machine run times often fall into a fast
+    // and a slow mode, and a median alone hides which one it came from.
+    say!(
+        "  jit     {:>10.4} ms (median of {runs}; 10 % of runs took under {:.4} ms, 10 % over {:.4} ms)",
+        jit * 1e3,
+        quantile(&jit_times, 0.1) * 1e3,
+        quantile(&jit_times, 0.9) * 1e3
+    );
     say!("  interp  {:>10.4} ms ({:.1}x the JIT's time)", interp * 1e3, interp / jit);
     let mem = compiled.memory();
     say!(
