@@ -15,7 +15,7 @@
 //! from the halo's geometry, and `run_offsets` checks that the halo holds the bytes they reach.
 
 use crate::gemm::{GemmKernel, GemmSpec, RowOffsets};
-use crate::halo::Halo;
+use crate::halo::{Halo, Scratch};
 use crate::model::WindowKernel;
 use crate::window::{Geometry, Window};
 use crate::window_jit::with_padding_pixel;
@@ -315,13 +315,13 @@ impl WindowKernel for Conv {
     }
 
     /// Runs `batch` NHWC images; returns the NHWC output.
-    fn run(&self, x: &[u8], batch: usize, y: &mut [u8]) -> Result<(), String> {
+    fn run(&self, x: &[u8], batch: usize, y: &mut [u8], scratch: &mut Scratch<'_>) -> Result<(), String> {
         if let Gather::InPlace(halo) = &self.gather {
             let per_image = self.positions * self.kernel.columns();
             if y.len() != batch * per_image {
                 return Err(format!("a convolution output has {} bytes, not {batch}·{per_image}", y.len()));
             }
-            return halo.each_image(x, batch, self.pad_value, |img, i| {
+            return halo.each_image(x, batch, self.pad_value, scratch, |img, i| {
                 self.kernel.run_offsets(img, &mut y[i * per_image..(i + 1) * per_image])
             });
         }
@@ -330,5 +330,13 @@ impl WindowKernel for Conv {
 
     fn jit(&self) -> bool {
         true
+    }
+
+    /// The halo buffer of a convolution that reads its patches in place.
+    fn scratch_len(&self) -> usize {
+        match &self.gather {
+            Gather::InPlace(halo) => halo.len(),
+            _ => 0,
+        }
     }
 }

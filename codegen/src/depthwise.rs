@@ -10,6 +10,7 @@
 //! bounds are in its module.
 
 use crate::depthwise_simd::{DepthwiseKernel, DepthwiseSpec};
+use crate::halo::Scratch;
 use crate::model::WindowKernel;
 use crate::window::Window;
 use qc_ir::requant::{Requant, RequantMode, acc_scale, output_range};
@@ -218,8 +219,12 @@ impl WindowKernel for Depthwise {
         2 * (batch * self.c * self.window.positions * self.window.taps) as u64
     }
 
+    fn scratch_len(&self) -> usize {
+        self.kernel.as_ref().map_or(0, DepthwiseKernel::scratch_len)
+    }
+
     /// Runs `batch` NHWC images; returns the NHWC output.
-    fn run(&self, x: &[u8], batch: usize, y: &mut [u8]) -> Result<(), String> {
+    fn run(&self, x: &[u8], batch: usize, y: &mut [u8], scratch: &mut Scratch<'_>) -> Result<(), String> {
         let (c, w) = (self.c, &self.window);
         let image = c * w.plane;
         if x.len() != batch * image {
@@ -229,7 +234,7 @@ impl WindowKernel for Depthwise {
             return Err(format!("a depthwise convolution output has {} bytes, not {batch}·{}", y.len(), w.positions * c));
         }
         if let Some(kernel) = &self.kernel {
-            return kernel.run(x, batch, y);
+            return kernel.run(x, batch, y, scratch);
         }
         let mut xz = vec![0i32; image];
         let mut acc = vec![0i32; c];

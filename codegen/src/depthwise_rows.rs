@@ -22,7 +22,7 @@
 use crate::depthwise_simd::{DepthwiseSpec, dot_quad, folded, load_u8x16, requantized};
 use crate::gemm::emit_loop;
 use crate::gemm_simd::{small, store_lanes};
-use crate::halo::Halo;
+use crate::halo::{Halo, Scratch};
 use crate::jit::{Jit, JitCode};
 use cranelift_codegen::ir::{InstBuilder, MemFlagsData, Value, types};
 use cranelift_frontend::FunctionBuilder;
@@ -159,13 +159,18 @@ impl RowsKernel {
         Ok(Some(RowsKernel { f, halo, pad, out_image: oh * ow * c, _tables: tables, _code: code }))
     }
 
-    /// Runs `batch` NHWC images of `x` into `y`.
-    pub(crate) fn run(&self, x: &[u8], batch: usize, y: &mut [u8]) -> Result<(), String> {
+    /// The bytes of its halo buffer.
+    pub(crate) fn scratch_len(&self) -> usize {
+        self.halo.len()
+    }
+
+    /// Runs `batch` NHWC images of `x` into `y`, each copied into the halo buffer `scratch`.
+    pub(crate) fn run(&self, x: &[u8], batch: usize, y: &mut [u8], scratch: &mut Scratch<'_>) -> Result<(), String> {
         let out_image = self.out_image;
         if y.len() != batch * out_image {
             return Err(format!("a depthwise kernel's output has {} bytes, not {batch}·{out_image}", y.len()));
         }
-        self.halo.each_image(x, batch, self.pad, |img, i| {
+        self.halo.each_image(x, batch, self.pad, scratch, |img, i| {
             let out = &mut y[i * out_image..(i + 1) * out_image];
             // SAFETY: the kernel reads below its reach, which `img` (the halo buffer, `halo.len`
             // bytes) holds; writes below `oh·ow·C` bytes of `out`, its length; and reads its own

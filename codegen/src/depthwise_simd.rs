@@ -33,6 +33,7 @@
 
 use crate::depthwise_rows::RowsKernel;
 use crate::gemm_simd::{Epilogue, dot_vnni, pmaddwd, small, store_lanes};
+use crate::halo::Scratch;
 use crate::window::Window;
 use crate::window_jit::{self, ImageFn};
 use cranelift_codegen::ir::{Endianness, InstBuilder, MemFlagsData, Value, types};
@@ -227,16 +228,27 @@ impl DepthwiseKernel {
         Ok(DepthwiseKernel::Table { f, _tables: tables })
     }
 
-    /// Runs `batch` NHWC images (`plane · C` bytes each) into `y` (`positions · C` bytes each).
-    pub fn run(&self, x: &[u8], batch: usize, y: &mut [u8]) -> Result<(), String> {
+    /// The bytes of the buffer it copies an image into.
+    pub(crate) fn scratch_len(&self) -> usize {
         match self {
-            DepthwiseKernel::Rows(rows) => rows.run(x, batch, y),
+            DepthwiseKernel::Rows(rows) => rows.scratch_len(),
+            DepthwiseKernel::Table { f, .. } => f.scratch_len(),
+        }
+    }
+
+    /// Runs `batch` NHWC images (`plane · C` bytes each) into `y` (`positions · C` bytes each),
+    /// each copied into `scratch` ([`DepthwiseKernel::scratch_len`] bytes).
+    pub(crate) fn run(&self, x: &[u8], batch: usize, y: &mut [u8], scratch: &mut Scratch<'_>) -> Result<(), String> {
+        match self {
+            DepthwiseKernel::Rows(rows) => rows.run(x, batch, y, scratch),
             DepthwiseKernel::Table { f, .. } => {
                 let (image, out) = (x.len() / batch.max(1), y.len() / batch.max(1));
                 if x.len() != batch * image || y.len() != batch * out {
                     return Err(format!("a depthwise kernel got {} and {} bytes for {batch} images", x.len(), y.len()));
                 }
-                x.chunks_exact(image.max(1)).zip(y.chunks_exact_mut(out.max(1))).try_for_each(|(img, dst)| f.run_image(img, dst))
+                x.chunks_exact(image.max(1))
+                    .zip(y.chunks_exact_mut(out.max(1)))
+                    .try_for_each(|(img, dst)| f.run_image(img, dst, scratch))
             }
         }
     }

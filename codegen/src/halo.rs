@@ -3,6 +3,10 @@
 //! position instead of looking it up or branching on the border. The convolution's in-place GEMM
 //! and the depthwise row kernel read their images this way.
 //!
+//! The buffer is the kernel's own region of the run's arena ([`Scratch`]), which keeps it from
+//! run to run: its border is written when the region is fresh, and after that only the image is
+//! copied in.
+//!
 //! Bounds: the buffer a kernel gets is [`Halo::len`] bytes: the `rows × cols` pixels and any
 //! bytes past them that a kernel declared it reaches ([`Halo::reaching`]).
 
@@ -20,9 +24,27 @@ pub(crate) struct Halo {
     len: usize,
 }
 
-thread_local! {
-    /// A thread's image with a border, reused across layers and runs.
-    static HALO: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
+/// A windowed kernel's own buffer in the run's arena, kept from run to run (see
+/// `CompiledModel::run`). `fresh`: it may hold anything, and the kernel writes all of it that it
+/// relies on (the border); otherwise it holds what the kernel left there, and the border is
+/// still the padding.
+pub(crate) struct Scratch<'a> {
+    pub(crate) bytes: &'a mut [u8],
+    pub(crate) fresh: bool,
+}
+
+impl Scratch<'_> {
+    /// The first `len` bytes, filled with `pad` when the buffer is fresh (and from then on not
+    /// fresh); an error when the buffer is shorter.
+    pub(crate) fn padded(&mut self, len: usize, pad: u8) -> Result<&mut [u8], String> {
+        let have = self.bytes.len();
+        let buf = self.bytes.get_mut(..len).ok_or_else(|| format!("a kernel's buffer has {have} bytes, not {len}"))?;
+        if self.fresh {
+            buf.fill(pad);
+            self.fresh = false;
+        }
+        Ok(buf)
+    }
 }
 
 impl Halo {
@@ -50,31 +72,34 @@ impl Halo {
         Halo { len: self.len.max(reach), ..self }
     }
 
+    /// The bytes of its buffer.
+    pub(crate) fn len(&self) -> usize {
+        self.len
+    }
+
     /// The byte offset of halo pixel `(y, x)`.
     pub(crate) fn pixel(&self, y: usize, x: usize) -> usize {
         (y * self.cols + x) * self.c
     }
 
-    /// Calls `f` with each of `batch` NHWC images of `x` in this thread's halo buffer, whose
+    /// Calls `f` with each of `batch` NHWC images of `x` in the halo buffer `scratch`, whose
     /// border is `pad`, and its index.
     pub(crate) fn each_image(
         &self,
         x: &[u8],
         batch: usize,
         pad: u8,
+        scratch: &mut Scratch<'_>,
         mut f: impl FnMut(&[u8], usize) -> Result<(), String>,
     ) -> Result<(), String> {
         let image = self.h * self.w * self.c;
         if x.len() != batch * image {
             return Err(format!("a windowed kernel's input has {} bytes, not {batch}·{image}", x.len()));
         }
-        HALO.with_borrow_mut(|buf| {
-            buf.clear();
-            buf.resize(self.len, pad);
-            x.chunks_exact(image.max(1)).enumerate().try_for_each(|(i, img)| {
-                self.copy_in(img, buf);
-                f(buf, i)
-            })
+        let buf = scratch.padded(self.len, pad)?;
+        x.chunks_exact(image.max(1)).enumerate().try_for_each(|(i, img)| {
+            self.copy_in(img, buf);
+            f(buf, i)
         })
     }
 

@@ -18,7 +18,9 @@
 //!
 //! `run` takes `&self`; the arena, the tensor slots and convolution scratch belong to the calling
 //! thread (reused from run to run, so a run allocates no activation memory once they have grown),
-//! so one model can run on many threads at once.
+//! so one model can run on many threads at once. After the activations, the arena holds each
+//! windowed kernel's own buffer (an image with its border, [`Scratch`]): the borders are written
+//! when the arena last served another model or batch, or a run that failed, and kept otherwise.
 //!
 //! Bounds: the arena holds `size · batch` bytes and every activation's range inside it is
 //! computed from the plan, checked to lie inside it and not to overlap the step's output; each
@@ -31,6 +33,7 @@ use crate::conv::Conv;
 use crate::depthwise::Depthwise;
 use crate::dequant_chain;
 use crate::gemm::{GemmKernel, GemmSpec, bytes_tensor, shaped, tensor_bytes};
+use crate::halo::Scratch;
 use crate::integer::IntegerProduct;
 use crate::layout::{Layout, transpose};
 use crate::lut::Lut;
@@ -89,8 +92,13 @@ pub(crate) fn jit_enabled() -> bool {
 
 /// A kernel over a sliding window of NHWC images (see [`crate::window`]).
 pub(crate) trait WindowKernel: Send + Sync {
-    /// Runs `batch` NHWC images into `y` (lengths checked inside).
-    fn run(&self, x: &[u8], batch: usize, y: &mut [u8]) -> Result<(), String>;
+    /// Runs `batch` NHWC images into `y` (lengths checked inside), with its buffer `scratch`
+    /// ([`WindowKernel::scratch_len`] bytes, kept from run to run).
+    fn run(&self, x: &[u8], batch: usize, y: &mut [u8], scratch: &mut Scratch<'_>) -> Result<(), String>;
+    /// The bytes of the buffer it keeps in the arena from run to run (an image with its border).
+    fn scratch_len(&self) -> usize {
+        0
+    }
     /// The output's logical `[C, oh, ow]`.
     fn out_dims(&self) -> [usize; 3];
     /// Integer operations (2 · multiply-adds) for `batch` images; 0 for pooling.
@@ -247,6 +255,8 @@ enum Op {
         kernel: Box<dyn WindowKernel>,
         x: usize,
         y: usize,
+        /// Its buffer, in the arena's part after the activations.
+        scratch: std::ops::Range<usize>,
     },
     Mean {
         kernel: Box<GlobalMean>,
@@ -325,6 +335,10 @@ pub struct CompiledModel {
     plan: Plan,
     /// Tensor slots: inputs first, then constants, then what steps compute.
     tensor_slots: usize,
+    /// The bytes of the windowed kernels' buffers, after the activations in the arena.
+    scratch: usize,
+    /// This model among those compiled in the process: the arena notes whose buffers it holds.
+    id: u64,
     consts: Vec<(usize, Arc<Tensor>)>,
     inputs: Vec<(TensorType, String)>,
     outputs: Vec<(Arg, ElemType)>,
@@ -420,6 +434,11 @@ impl CompiledModel {
             activations: b.activations,
             plan,
             tensor_slots: b.tensor_slots,
+            scratch: b.scratch,
+            id: {
+                static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+                NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+            },
             consts: const_slots,
             inputs: g.params().iter().map(|&p| (g.ty(p).clone(), g.display_value(p))).collect(),
             outputs,
@@ -536,35 +555,55 @@ impl CompiledModel {
             (None, Some(t)) => t.shape().first().copied().unwrap_or(1),
             (None, None) => 1,
         };
-        let arena_bytes =
-            self.plan.size.checked_mul(batch).filter(|&b| b as u64 <= qc_ir::eval::MAX_TENSOR_BYTES * 4).ok_or_else(|| {
-                CodegenError::TooLarge(format!("the activations of @{} do not fit memory at batch {batch}", self.name))
-            })?;
+        let too_large =
+            || CodegenError::TooLarge(format!("the activations of @{} do not fit memory at batch {batch}", self.name));
+        let activations =
+            self.plan.size.checked_mul(batch).filter(|&b| b as u64 <= qc_ir::eval::MAX_TENSOR_BYTES * 4).ok_or_else(too_large)?;
+        // The kernels' buffers start on a cache line of their own.
+        let scratch_at = activations.next_multiple_of(64);
+        let arena_bytes = scratch_at.checked_add(self.scratch).ok_or_else(too_large)?;
         ARENA.with(|arena| {
             let mut arena = arena.borrow_mut();
+            let ThreadArena { bytes: arena, owner } = &mut *arena;
             if arena.len() < arena_bytes {
                 arena.resize(arena_bytes, 0);
             }
+            // The kernels' buffers are as this model left them when the last run on this thread
+            // that touched the arena was one of this model at this batch that ended well; else
+            // they are fresh, and no run may trust them until this one has ended well.
+            let fresh = *owner != Some((self.id, batch));
+            *owner = None;
             // Inputs are read where the caller keeps them, constants where the model does
             // ([`CompiledModel::constant`]); the other slots are filled as the steps run.
             TENSORS.with_borrow_mut(|tensors| {
                 tensors.clear();
                 tensors.resize_with(self.tensor_slots - self.first_computed(), || None);
                 let mut run = Run {
-                    arena: Arena { model: self, bytes: &mut arena[..arena_bytes], batch },
+                    arena: Arena { model: self, bytes: &mut arena[..arena_bytes], batch, scratch_at, fresh },
                     slots: Slots { model: self, inputs, tensors },
                 };
                 let result = f(&mut run);
                 tensors.clear();
+                if result.is_ok() {
+                    *owner = Some((self.id, batch));
+                }
                 result
             })
         })
     }
 }
 
+/// A thread's arena: activations, then the windowed kernels' buffers of the model that last ran.
+struct ThreadArena {
+    bytes: Vec<u8>,
+    /// The model and batch whose kernels' buffers it holds, as the last run that ended well
+    /// left them.
+    owner: Option<(u64, usize)>,
+}
+
 thread_local! {
-    /// A thread's activation arena, grown to the largest run it has seen and reused.
-    static ARENA: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
+    /// A thread's arena, grown to the largest run it has seen and reused.
+    static ARENA: std::cell::RefCell<ThreadArena> = const { std::cell::RefCell::new(ThreadArena { bytes: Vec::new(), owner: None }) };
     /// A thread's tensor slots (see [`Slots`]), empty between runs.
     static TENSORS: std::cell::RefCell<Vec<Option<Tensor>>> = const { std::cell::RefCell::new(Vec::new()) };
 }
@@ -751,6 +790,8 @@ struct Builder<'g> {
     activation_of: HashMap<(ValueId, Layout), usize>,
     tensor: HashMap<ValueId, usize>,
     tensor_slots: usize,
+    /// The windowed kernels' buffers so far, in bytes.
+    scratch: usize,
     /// Per buffer: bytes per image, first step, last step.
     lifetimes: Vec<(usize, usize, usize)>,
 }
@@ -765,6 +806,7 @@ impl<'g> Builder<'g> {
             activation_of: HashMap::new(),
             tensor: HashMap::new(),
             tensor_slots: 0,
+            scratch: 0,
             lifetimes: Vec::new(),
         }
     }
@@ -880,7 +922,11 @@ impl<'g> Builder<'g> {
                 if self.activations[y].dims != kernel.out_dims() {
                     return Err(err(format!("{label}: the kernel computes {:?}, not the result's dims", kernel.out_dims())));
                 }
-                (Op::Window { kernel, x, y }, vec![Arg::A(x)])
+                // Each buffer on a cache line of its own.
+                let at = self.scratch.next_multiple_of(64);
+                let scratch = at..at + kernel.scratch_len();
+                self.scratch = scratch.end;
+                (Op::Window { kernel, x, y, scratch }, vec![Arg::A(x)])
             }
             Lowered::Mean { kernel, x, y } => {
                 let x = self.activation(x, Layout::Nhwc)?;
@@ -951,11 +997,18 @@ struct Run<'a> {
     slots: Slots<'a>,
 }
 
+/// What a step reads (activations), writes (an activation) and keeps (its buffer) in the arena.
+type StepIo<'a, const N: usize> = ([&'a [u8]; N], &'a mut [u8], Scratch<'a>);
+
 /// This thread's arena at the run's batch.
 struct Arena<'a> {
     model: &'a CompiledModel,
+    /// The activations, then from `scratch_at` on the windowed kernels' buffers.
     bytes: &'a mut [u8],
     batch: usize,
+    scratch_at: usize,
+    /// Whether the kernels' buffers may hold anything (see [`Scratch`]).
+    fresh: bool,
 }
 
 /// The tensor slots of a run.
@@ -994,12 +1047,30 @@ impl<'a> Arena<'a> {
     /// The activations `ins` to read and `out` to write, as slices of the arena; an error (a bug
     /// in the plan) when one lies outside the arena or an input overlaps the output.
     fn io<const N: usize>(&mut self, ins: [usize; N], out: usize) -> Result<([&[u8]; N], &mut [u8]), CodegenError> {
+        let (views, out, _) = self.io_scratch(ins, out, 0..0)?;
+        Ok((views, out))
+    }
+
+    /// [`Arena::io`], and the kernel buffer at `scratch` in the arena's part after the
+    /// activations.
+    fn io_scratch<const N: usize>(
+        &mut self,
+        ins: [usize; N],
+        out: usize,
+        scratch: std::ops::Range<usize>,
+    ) -> Result<StepIo<'_, N>, CodegenError> {
         let o = self.range(out);
         let ranges = ins.map(|a| self.range(a));
-        if o.end > self.bytes.len() || ranges.iter().any(|r| r.end > self.bytes.len()) {
+        let (fresh, at) = (self.fresh, self.scratch_at.min(self.bytes.len()));
+        let (bytes, buffers) = self.bytes.split_at_mut(at);
+        let scratch = Scratch {
+            bytes: buffers.get_mut(scratch).ok_or_else(|| run_err("a kernel's buffer lies outside the arena"))?,
+            fresh,
+        };
+        if o.end > bytes.len() || ranges.iter().any(|r| r.end > bytes.len()) {
             return Err(run_err("an activation lies outside the arena"));
         }
-        let (left, rest) = self.bytes.split_at_mut(o.start);
+        let (left, rest) = bytes.split_at_mut(o.start);
         let (mid, right) = rest.split_at_mut(o.len());
         let (left, right): (&[u8], &[u8]) = (left, right);
         let mut views: [&[u8]; N] = [&[]; N];
@@ -1012,7 +1083,7 @@ impl<'a> Arena<'a> {
                 return Err(run_err("an input of a step overlaps its output in the arena"));
             };
         }
-        Ok((views, mid))
+        Ok((views, mid, scratch))
     }
 
     /// Activation `a` as a tensor of element type `elem` (NCHW here).
@@ -1079,9 +1150,9 @@ impl Run<'_> {
                 let ([x], out) = self.arena.io([*a], *y)?;
                 kernel.run(x, batch, out).map_err(run_err)?;
             }
-            Op::Window { kernel, x, y } => {
-                let ([x], out) = self.arena.io([*x], *y)?;
-                kernel.run(x, batch, out).map_err(run_err)?;
+            Op::Window { kernel, x, y, scratch } => {
+                let ([x], out, mut scratch) = self.arena.io_scratch([*x], *y, scratch.clone())?;
+                kernel.run(x, batch, out, &mut scratch).map_err(run_err)?;
             }
             Op::Mean { kernel, x, y } => {
                 let ([x], out) = self.arena.io([*x], *y)?;

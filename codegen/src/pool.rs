@@ -8,6 +8,7 @@
 //! checked against `batch · h·w·c` before the loops; the loops here are safe Rust, the kernels'
 //! bounds are in their module.
 
+use crate::halo::Scratch;
 use crate::model::WindowKernel;
 use crate::pool_simd::{GlobalMeanKernel, MaxPoolKernel, MeanSpec};
 use crate::window::Window;
@@ -72,9 +73,13 @@ impl WindowKernel for MaxPool {
         0
     }
 
+    fn scratch_len(&self) -> usize {
+        self.kernel.as_ref().map_or(0, MaxPoolKernel::scratch_len)
+    }
+
     /// Runs `batch` NHWC images; returns the NHWC output. Padded taps are skipped (the padding
     /// holds the lowest value, which never wins); a window entirely in the padding gives it.
-    fn run(&self, x: &[u8], batch: usize, y: &mut [u8]) -> Result<(), String> {
+    fn run(&self, x: &[u8], batch: usize, y: &mut [u8], scratch: &mut Scratch<'_>) -> Result<(), String> {
         let (c, w) = (self.c, &self.window);
         let image = c * w.plane;
         if x.len() != batch * image {
@@ -85,7 +90,7 @@ impl WindowKernel for MaxPool {
         }
         if let Some(kernel) = &self.kernel {
             for (img, dst) in x.chunks_exact(image).zip(y.chunks_exact_mut(w.positions * c)) {
-                kernel.run_image(img, dst)?;
+                kernel.run_image(img, dst, scratch)?;
             }
             return Ok(());
         }

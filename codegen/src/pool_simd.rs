@@ -14,6 +14,7 @@
 
 use crate::gemm::emit_loop;
 use crate::gemm_simd::{Epilogue, small, store_lanes};
+use crate::halo::Scratch;
 use crate::jit::{Jit, JitCode};
 use crate::window::Window;
 use crate::window_jit::{self, ImageFn};
@@ -55,9 +56,15 @@ impl MaxPoolKernel {
         Ok(MaxPoolKernel { f })
     }
 
-    /// Runs one NHWC image (`plane · C` bytes) into `out` (`positions · C` bytes).
-    pub fn run_image(&self, img: &[u8], out: &mut [u8]) -> Result<(), String> {
-        self.f.run_image(img, out)
+    /// Runs one NHWC image (`plane · C` bytes) into `out` (`positions · C` bytes), through its
+    /// copy in `scratch` ([`MaxPoolKernel::scratch_len`] bytes).
+    pub(crate) fn run_image(&self, img: &[u8], out: &mut [u8], scratch: &mut Scratch<'_>) -> Result<(), String> {
+        self.f.run_image(img, out, scratch)
+    }
+
+    /// The bytes of the buffer it copies an image into.
+    pub(crate) fn scratch_len(&self) -> usize {
+        self.f.scratch_len()
     }
 }
 

@@ -1,12 +1,13 @@
 //! What the JIT window kernels (depthwise convolution, max pooling) share: a function
 //! `f(padded image, out)` that loops over the output positions of a window table, and its call on
-//! one image copied into a thread's scratch buffer followed by the padding pixel.
+//! one image copied into the kernel's buffer ([`Scratch`]) followed by the padding pixel.
 //!
 //! Bounds: the table holds byte offsets `≤ plane·C` ([`Window::byte_offsets`]); a kernel body
 //! reads at most `slack` bytes past `pixel + C` and writes only below `out + pos·C + C`, which
 //! [`ImageFn::run_image`] makes safe by checking the lengths and sizing the copy.
 
 use crate::gemm::emit_loop;
+use crate::halo::Scratch;
 use crate::jit::{Jit, JitCode};
 use crate::window::Window;
 use cranelift_codegen::ir::{InstBuilder, MemFlagsData, Value, types};
@@ -104,8 +105,14 @@ pub(crate) fn with_padding_pixel<R>(img: &[u8], c: usize, pad: u8, slack: usize,
 }
 
 impl ImageFn {
-    /// Runs one NHWC image (`plane · C` bytes) into `out` (`positions · C` bytes).
-    pub(crate) fn run_image(&self, img: &[u8], out: &mut [u8]) -> Result<(), String> {
+    /// The bytes of the buffer [`ImageFn::run_image`] copies an image into.
+    pub(crate) fn scratch_len(&self) -> usize {
+        (self.plane + 1) * self.c + self.slack
+    }
+
+    /// Runs one NHWC image (`plane · C` bytes) into `out` (`positions · C` bytes), through a copy
+    /// of it in `scratch` followed by the padding pixel (written when the buffer is fresh).
+    pub(crate) fn run_image(&self, img: &[u8], out: &mut [u8], scratch: &mut Scratch<'_>) -> Result<(), String> {
         let image = self.plane * self.c;
         if img.len() != image || out.len() != self.positions * self.c {
             return Err(format!(
@@ -115,13 +122,12 @@ impl ImageFn {
                 self.positions * self.c
             ));
         }
-        with_padding_pixel(img, self.c, self.pad, self.slack, |padded| {
-            // SAFETY: the kernel reads below `(plane + 1)·C + slack` bytes of `padded` (its
-            // length) and writes below `positions · C` bytes of `out` (the bounds above; the
-            // lengths are checked), and reads its own tables, which live as long as `self`'s
-            // owner.
-            unsafe { (self.f)(padded.as_ptr(), out.as_mut_ptr()) };
-        });
+        let padded = scratch.padded(self.scratch_len(), self.pad)?;
+        padded[..image].copy_from_slice(img);
+        // SAFETY: the kernel reads below `(plane + 1)·C + slack` bytes of `padded` (its length)
+        // and writes below `positions · C` bytes of `out` (the bounds above; the lengths are
+        // checked), and reads its own tables, which live as long as `self`'s owner.
+        unsafe { (self.f)(padded.as_ptr(), out.as_mut_ptr()) };
         Ok(())
     }
 }

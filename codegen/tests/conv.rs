@@ -127,14 +127,22 @@ fn case_of(
         })
 }
 
+impl Case {
+    /// The model and its input of two images.
+    fn model_and_input(&self) -> Result<(qc_ir::Graph, Tensor), TestCaseError> {
+        let g = qc_ir::text::parse(&self.qir()).map_err(|d| TestCaseError::fail(format!("{d:?}\n{}", self.qir())))?;
+        // `x` holds u8 values; an i8 input is the same values shifted by 128 (as is its zero point).
+        let shift = if self.x_i8 { 128 } else { 0 };
+        let xs: Vec<i32> = self.x.iter().map(|v| v - shift).collect();
+        let x = Tensor::I32(ArrayD::from_shape_vec(IxDyn(&[2, self.c, self.win.hw[0], self.win.hw[1]]), xs).unwrap())
+            .cast(if self.x_i8 { ScalarType::I8 } else { ScalarType::U8 });
+        Ok((g, x))
+    }
+}
+
 fn check(case: &Case) -> Result<(), TestCaseError> {
     prop_assume!(case.out().is_some());
-    let g = qc_ir::text::parse(&case.qir()).map_err(|d| TestCaseError::fail(format!("{d:?}\n{}", case.qir())))?;
-    // `x` holds u8 values; an i8 input is the same values shifted by 128 (as is its zero point).
-    let shift = if case.x_i8 { 128 } else { 0 };
-    let xs: Vec<i32> = case.x.iter().map(|v| v - shift).collect();
-    let x = Tensor::I32(ArrayD::from_shape_vec(IxDyn(&[2, case.c, case.win.hw[0], case.win.hw[1]]), xs).unwrap())
-        .cast(if case.x_i8 { ScalarType::I8 } else { ScalarType::U8 });
+    let (g, x) = case.model_and_input()?;
     let model = CompiledModel::compile(&g).map_err(|e| TestCaseError::fail(e.to_string()))?;
     // A depthwise conv with one channel is an ordinary one: it goes to the GEMM kernel; others
     // get the depthwise kernel, except under `QC_ISA=scalar`, where the Rust loop runs them.
@@ -157,6 +165,34 @@ proptest! {
     #[test]
     fn jit_depthwise_rows_equal_the_evaluator(c in rows_case()) {
         check(&c)?;
+    }
+
+    /// The windowed kernels keep their images' borders in the thread's arena from run to run:
+    /// runs of two models and of two batches in turn on one thread (each one's border written
+    /// over by the other's activations and buffers) still equal the evaluator.
+    #[test]
+    fn kernels_buffers_kept_across_runs_stay_right_as_models_and_batches_alternate(
+        a in prop_oneof![case(), rows_case()],
+        b in prop_oneof![case(), rows_case()],
+    ) {
+        prop_assume!(a.out().is_some() && b.out().is_some());
+        let (ga, xa) = a.model_and_input()?;
+        let (gb, xb) = b.model_and_input()?;
+        let first = |x: &Tensor| match x {
+            Tensor::U8(v) => Tensor::U8(v.slice_axis(ndarray::Axis(0), ndarray::Slice::from(0..1)).to_owned()),
+            Tensor::I8(v) => Tensor::I8(v.slice_axis(ndarray::Axis(0), ndarray::Slice::from(0..1)).to_owned()),
+            _ => unreachable!("8-bit inputs"),
+        };
+        let (ma, mb) = (CompiledModel::compile(&ga).unwrap(), CompiledModel::compile(&gb).unwrap());
+        let (xa1, xb1) = (first(&xa), first(&xb));
+        for (m, g, x) in [
+            (&ma, &ga, &xa), (&ma, &ga, &xa), (&mb, &gb, &xb), (&ma, &ga, &xa), (&ma, &ga, &xa1),
+            (&mb, &gb, &xb1), (&ma, &ga, &xa1), (&ma, &ga, &xa), (&mb, &gb, &xb), (&mb, &gb, &xb),
+        ] {
+            let got = m.run(std::slice::from_ref(x)).map_err(|e| TestCaseError::fail(e.to_string()))?;
+            let want = evaluate(g, std::slice::from_ref(x)).map_err(|e| TestCaseError::fail(format!("{e:?}")))?;
+            prop_assert_eq!(got, want);
+        }
     }
 }
 
