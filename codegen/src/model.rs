@@ -1046,13 +1046,17 @@ impl<'a> Arena<'a> {
 
     /// The activations `ins` to read and `out` to write, as slices of the arena; an error (a bug
     /// in the plan) when one lies outside the arena or an input overlaps the output.
+    #[inline(always)]
     fn io<const N: usize>(&mut self, ins: [usize; N], out: usize) -> Result<([&[u8]; N], &mut [u8]), CodegenError> {
         let (views, out, _) = self.io_scratch(ins, out, 0..0)?;
         Ok((views, out))
     }
 
     /// [`Arena::io`], and the kernel buffer at `scratch` in the arena's part after the
-    /// activations.
+    /// activations. Inlined: returned through memory, its slices were read back in 16-byte
+    /// halves of what it had stored in 8-byte ones, which stalled every step (1.5 % of a batch-1
+    /// run of the pruned digits_resdw, in `perf annotate`).
+    #[inline(always)]
     fn io_scratch<const N: usize>(
         &mut self,
         ins: [usize; N],
