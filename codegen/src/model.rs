@@ -1132,18 +1132,20 @@ impl Run<'_> {
     fn outputs(&mut self) -> Result<Vec<Tensor>, CodegenError> {
         let outputs = &self.slots.model.outputs;
         let first = self.slots.model.first_computed();
-        (0..outputs.len())
-            .map(|i| match outputs[i] {
-                (Arg::T(s), _) => {
+        let mut out = Vec::with_capacity(outputs.len());
+        for (i, (arg, elem)) in outputs.iter().enumerate() {
+            out.push(match *arg {
+                Arg::T(s) => {
                     let again = outputs[i + 1..].iter().any(|(a, _)| matches!(a, Arg::T(t) if *t == s));
                     match s.checked_sub(first).and_then(|j| self.slots.tensors.get_mut(j)) {
-                        Some(cell) if !again => cell.take().ok_or_else(|| run_err("an output was never computed")),
-                        _ => Ok(self.slots.tensor(s)?.clone()),
+                        Some(cell) if !again => cell.take().ok_or_else(|| run_err("an output was never computed"))?,
+                        _ => self.slots.tensor(s)?.clone(),
                     }
                 }
-                (Arg::A(a), ref elem) => self.arena.tensor(a, elem),
-            })
-            .collect()
+                Arg::A(a) => self.arena.tensor(a, elem)?,
+            });
+        }
+        Ok(out)
     }
 
     /// Runs one step.
