@@ -529,12 +529,11 @@ impl GemmKernel {
             unsafe { (self.f)(a.as_ptr(), out, even as i64) };
         }
         if even < m {
-            // The odd last row, paired with a row of zeros in this thread's scratch buffer: two
-            // rows in, then two rows out.
-            LAST_ROW.with_borrow_mut(|scratch| {
-                let (rows, outs) = (2 * stride, 2 * n * size);
-                scratch.clear();
-                scratch.resize(rows + outs, 0);
+            // The odd last row, paired with a row of zeros: two rows in, then two rows out, in a
+            // buffer on the stack when they fit (a batch-1 classifier's last layer), else in this
+            // thread's scratch buffer.
+            let (rows, outs) = (2 * stride, 2 * n * size);
+            let last_row = |scratch: &mut [u8]| {
                 let (rows, outs) = scratch.split_at_mut(rows);
                 rows[..stride].copy_from_slice(&a[even * stride..]);
                 // SAFETY: two rows in, two rows out, as above.
@@ -542,7 +541,16 @@ impl GemmKernel {
                 // SAFETY: `out` holds m·n outputs of `size` bytes; the last row's start at even·n.
                 let last = unsafe { std::slice::from_raw_parts_mut(out.add(even * n * size), n * size) };
                 last.copy_from_slice(&outs[..n * size]);
-            });
+            };
+            if rows + outs <= 256 {
+                last_row(&mut [0u8; 256][..rows + outs]);
+            } else {
+                LAST_ROW.with_borrow_mut(|scratch| {
+                    scratch.clear();
+                    scratch.resize(rows + outs, 0);
+                    last_row(scratch);
+                });
+            }
         }
         Ok(())
     }
