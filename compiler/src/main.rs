@@ -306,6 +306,11 @@ enum Command {
         /// The weights file, if not beside the model.
         #[arg(long)]
         weights: Option<PathBuf>,
+        /// Before each timed JIT run, write to this many KiB of other memory, as another program
+        /// sharing the core's caches would (2048 empties this machine's 1 MiB L2); 0 times warm
+        /// runs back to back.
+        #[arg(long, default_value = "0")]
+        evict_kib: usize,
     },
     /// Run a model on inputs from .npy files.
     Run {
@@ -340,7 +345,9 @@ fn main() {
         Command::Pack { model, output, weights } => pack(&model, &output, weights.as_deref()),
         Command::Size { args, test, labels, json } => size(args, test.as_deref().zip(labels.as_deref()), json),
         Command::Eval(args) => eval(args),
-        Command::Bench { model, input, batch, runs, weights } => bench(&model, input.as_deref(), batch, runs, weights.as_deref()),
+        Command::Bench { model, input, batch, runs, weights, evict_kib } => {
+            bench(&model, input.as_deref(), batch, runs, weights.as_deref(), evict_kib)
+        }
         Command::Export { model, output, weights } => export(&model, &output, weights.as_deref()),
         Command::Run { model, input, output, weights, engine } => run(&model, &input, &output, weights.as_deref(), engine),
     };
@@ -816,7 +823,14 @@ fn quantile(sorted: &[f64], q: f64) -> f64 {
     sorted[((sorted.len() - 1) as f64 * q).round() as usize]
 }
 
-fn bench(path: &Path, input: Option<&Path>, batch: usize, runs: usize, weights: Option<&Path>) -> Result<(), QcError> {
+fn bench(
+    path: &Path,
+    input: Option<&Path>,
+    batch: usize,
+    runs: usize,
+    weights: Option<&Path>,
+    evict_kib: usize,
+) -> Result<(), QcError> {
     let model = load_model(path, weights)?;
     let g = &model.graph;
     if g.params().len() != 1 {
@@ -850,11 +864,23 @@ fn bench(path: &Path, input: Option<&Path>, batch: usize, runs: usize, weights: 
     let t = std::time::Instant::now();
     let compiled = qc_codegen::CompiledModel::compile(g).map_err(|e| QcError::Input(format!("error: {e}")))?;
     let compile_ms = t.elapsed().as_secs_f64() * 1e3;
-    // Each run's time, sorted.
-    let time = |f: &dyn Fn() -> Result<(), String>, n: usize| -> Result<Vec<f64>, QcError> {
+    // Memory written between timed runs (`--evict-kib`), a byte per cache line.
+    let other = std::cell::RefCell::new(vec![0u8; evict_kib.saturating_mul(1024)]);
+    let evict = |on: bool| {
+        if on {
+            let mut other = other.borrow_mut();
+            for b in other.iter_mut().step_by(64) {
+                *b = b.wrapping_add(1);
+            }
+            std::hint::black_box(&mut *other);
+        }
+    };
+    // Each run's time, sorted; `cold`: with memory written before each.
+    let time = |f: &dyn Fn() -> Result<(), String>, n: usize, cold: bool| -> Result<Vec<f64>, QcError> {
         f().map_err(|e| QcError::Input(format!("error: {e}")))?;
         let mut v = Vec::with_capacity(n);
         for _ in 0..n.max(1) {
+            evict(cold);
             let t = std::time::Instant::now();
             f().map_err(|e| QcError::Input(format!("error: {e}")))?;
             v.push(t.elapsed().as_secs_f64());
@@ -862,18 +888,21 @@ fn bench(path: &Path, input: Option<&Path>, batch: usize, runs: usize, weights: 
         v.sort_by(f64::total_cmp);
         Ok(v)
     };
-    let jit_times = time(&|| compiled.run(std::slice::from_ref(&x)).map(|_| ()).map_err(|e| e.to_string()), runs)?;
+    let jit_times = time(&|| compiled.run(std::slice::from_ref(&x)).map(|_| ()).map_err(|e| e.to_string()), runs, evict_kib > 0)?;
     let jit = quantile(&jit_times, 0.5);
-    let interp =
-        quantile(&time(&|| evaluate(g, std::slice::from_ref(&x)).map(|_| ()).map_err(|e| e.to_string()), runs.div_ceil(5))?, 0.5);
+    let interp = quantile(
+        &time(&|| evaluate(g, std::slice::from_ref(&x)).map(|_| ()).map_err(|e| e.to_string()), runs.div_ceil(5), false)?,
+        0.5,
+    );
     say!("{}: batch {batch}, {} JIT kernels compiled in {compile_ms:.2} ms", path.display(), compiled.kernel_count());
     // The spread as well as the median: on a shared machine run times often fall into a fast
     // and a slow mode, and a median alone hides which one it came from.
     say!(
-        "  jit     {:>10.4} ms (median of {runs}; 10 % of runs took under {:.4} ms, 10 % over {:.4} ms)",
+        "  jit     {:>10.4} ms (median of {runs}; 10 % of runs took under {:.4} ms, 10 % over {:.4} ms){}",
         jit * 1e3,
         quantile(&jit_times, 0.1) * 1e3,
-        quantile(&jit_times, 0.9) * 1e3
+        quantile(&jit_times, 0.9) * 1e3,
+        if evict_kib > 0 { format!("; {evict_kib} KiB of other memory written before each run") } else { String::new() }
     );
     say!("  interp  {:>10.4} ms ({:.1}x the JIT's time)", interp * 1e3, interp / jit);
     let mem = compiled.memory();

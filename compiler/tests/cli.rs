@@ -337,6 +337,10 @@ fn bench_times_the_jit_and_the_evaluator() {
     assert_eq!(code(&o), 0, "{}", stderr(&o));
     let s = stdout(&o);
     assert!(s.contains("batch 4, 5 JIT kernels compiled in") && s.contains("jit ") && s.contains("GOPS"), "{s}");
+    assert!(s.contains("10 % of runs took under") && !s.contains("other memory"), "{s}");
+    let o = qc(&["bench", p(&out), "--runs", "5", "--evict-kib", "64"]);
+    assert_eq!(code(&o), 0, "{}", stderr(&o));
+    assert!(stdout(&o).contains("64 KiB of other memory written before each run"), "{}", stdout(&o));
 }
 
 #[test]
