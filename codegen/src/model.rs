@@ -22,8 +22,9 @@
 //! windowed kernel's own buffer (an image with its border, [`Scratch`]): the borders are written
 //! when the arena last served another model or batch, or a run that failed, and kept otherwise.
 //!
-//! Bounds: the arena holds `size · batch` bytes and every activation's range inside it is
-//! computed from the plan, checked to lie inside it and not to overlap the step's output; each
+//! Bounds: the arena holds `size · batch` bytes of activations, then the kernels' buffers; every
+//! activation's range is computed from the plan, checked to lie inside the first part and not to
+//! overlap the step's output, and every buffer's to lie inside the second; each
 //! kernel checks the lengths of what it reads and writes against its compiled shape before it
 //! touches them; the only unsafe code is the call into JIT code, whose buffers
 //! `GemmKernel::run_rows` checks. A wrong input is an error, never an out-of-bounds access.

@@ -865,7 +865,10 @@ fn bench(
     let compiled = qc_codegen::CompiledModel::compile(g).map_err(|e| QcError::Input(format!("error: {e}")))?;
     let compile_ms = t.elapsed().as_secs_f64() * 1e3;
     // Memory written between timed runs (`--evict-kib`), a byte per cache line.
-    let other = std::cell::RefCell::new(vec![0u8; evict_kib.saturating_mul(1024)]);
+    if evict_kib > 1 << 20 {
+        return Err(QcError::Usage(format!("error: --evict-kib {evict_kib} is more than 1 GiB (1048576 KiB)")));
+    }
+    let other = std::cell::RefCell::new(vec![0u8; evict_kib * 1024]);
     let evict = |on: bool| {
         if on {
             let mut other = other.borrow_mut();

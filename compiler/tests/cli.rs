@@ -341,6 +341,9 @@ fn bench_times_the_jit_and_the_evaluator() {
     let o = qc(&["bench", p(&out), "--runs", "5", "--evict-kib", "64"]);
     assert_eq!(code(&o), 0, "{}", stderr(&o));
     assert!(stdout(&o).contains("64 KiB of other memory written before each run"), "{}", stdout(&o));
+    let o = qc(&["bench", p(&out), "--runs", "5", "--evict-kib", "99999999999"]);
+    assert_eq!(code(&o), 2, "{}", stderr(&o));
+    assert!(stderr(&o).contains("more than 1 GiB"), "{}", stderr(&o));
 }
 
 #[test]
