@@ -12,8 +12,9 @@
 //! image) and runs lie inside `[0, h·w·c)` and inside a patch row; the input length is checked
 //! against `batch · h·w·c` before the gather; patch rows are `GemmKernel::row_stride` bytes,
 //! which the kernel checks again. The gather is safe Rust. In place, the kernel's offsets are built
-//! from the halo's geometry, and `run_offsets` checks that the halo holds the bytes they reach.
+//! from the halo's geometry, and `run_in_place` checks that the halo holds the bytes they reach.
 
+use crate::direct::{Direct, DirectFn};
 use crate::gemm::{GemmKernel, GemmSpec, RowOffsets};
 use crate::halo::{Halo, Scratch};
 use crate::model::WindowKernel;
@@ -211,7 +212,7 @@ impl Conv {
             if let Some(place) = InPlace::new(attrs, [c, h, wd], [kh, kw], [oh, ow]) {
                 let weights = place.weights(&spec.weights, spec.n, kh);
                 let spec = GemmSpec { k: weights.len() / spec.n, weights, ..spec.clone() };
-                if let Some(kernel) = GemmKernel::compile_offsets(&spec, &place.offsets)? {
+                if let Some(kernel) = GemmKernel::compile_offsets(&spec, &place.offsets, &place.halo)? {
                     let (image, positions) = (c * h * wd, oh * ow);
                     let gather = Gather::InPlace(place.halo);
                     let depth = c * kh * kw;
@@ -321,15 +322,35 @@ impl WindowKernel for Conv {
             if y.len() != batch * per_image {
                 return Err(format!("a convolution output has {} bytes, not {batch}·{per_image}", y.len()));
             }
-            return halo.each_image(x, batch, self.pad_value, scratch, |img, i| {
-                self.kernel.run_offsets(img, &mut y[i * per_image..(i + 1) * per_image])
-            });
+            let mut result = Ok(());
+            halo.each_image(x, batch, self.pad_value, scratch, |img, buf, i| {
+                if result.is_ok() {
+                    result = self.kernel.run_in_place(img, buf, &mut y[i * per_image..(i + 1) * per_image]);
+                }
+            })?;
+            return result;
         }
         self.with_patches(x, batch, self.pad_value, |rows, n| self.kernel.run_rows(rows, n, y))
     }
 
     fn jit(&self) -> bool {
         true
+    }
+
+    fn direct(&self) -> Option<Direct> {
+        let output = self.positions * self.kernel.columns();
+        match &self.gather {
+            Gather::InPlace(halo) => {
+                let (f, image, reach) = self.kernel.direct_in_place()?;
+                (image == self.image).then(|| Direct {
+                    f: DirectFn::Window { f, pad: self.pad_value, buffer: halo.len().max(reach) },
+                    input: image,
+                    output,
+                })
+            }
+            Gather::Direct => self.kernel.direct_rows(self.positions).filter(|d| d.input == self.image && d.output == output),
+            Gather::Bytes(_) | Gather::Runs { .. } => None,
+        }
     }
 
     /// The halo buffer of a convolution that reads its patches in place.

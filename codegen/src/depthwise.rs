@@ -253,6 +253,11 @@ impl WindowKernel for Depthwise {
     fn jit(&self) -> bool {
         self.kernel.is_some()
     }
+
+    fn direct(&self) -> Option<crate::direct::Direct> {
+        let (c, w) = (self.c, &self.window);
+        self.kernel.as_ref().map(DepthwiseKernel::direct).filter(|d| d.input == c * w.plane && d.output == c * w.positions)
+    }
 }
 
 /// Per-channel requantization: f32 multipliers, run lane by lane; or anything else, one by one.

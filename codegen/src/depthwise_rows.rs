@@ -13,13 +13,14 @@
 //! 4 lanes × 4 taps per vector, one `vpdpbusd` per vector, the u8 form of the input (i8 flipped
 //! by `^ 0x80`), accumulators starting at `b − zp_u·Σ w`, the GEMM's f32 epilogue.
 //!
-//! Bounds: the kernel reads 16 bytes at `x + oy·cols·C + j + off[t]` for chunks starting at
-//! `j < ow·C`, all below the reach given to [`Halo::reaching`], which [`Halo::each_image`]
-//! allocates; it writes 16 bytes at `out + oy·ow·C + j` for whole chunks and `ow·C − j` single
-//! bytes for the last, partial one, below `oh·ow·C`, which [`RowsKernel::run`] checks; and it
-//! reads its own tables.
+//! Bounds: the kernel copies its image into the halo buffer ([`Halo::emit_copy_in`]), then reads
+//! 16 bytes at `x + oy·cols·C + j + off[t]` for chunks starting at `j < ow·C`, all below the
+//! reach given to [`Halo::reaching`], which [`Halo::each_image`] allocates; it writes 16 bytes
+//! at `out + oy·ow·C + j` for whole chunks and `ow·C − j` single bytes for the last, partial one,
+//! below `oh·ow·C`, which [`RowsKernel::run`] checks; and it reads its own tables.
 
 use crate::depthwise_simd::{DepthwiseSpec, dot_quad, folded, load_u8x16, requantized};
+use crate::direct::{Direct, DirectFn};
 use crate::gemm::emit_loop;
 use crate::gemm_simd::{small, store_lanes};
 use crate::halo::{Halo, Scratch};
@@ -33,7 +34,8 @@ const UNROLL: usize = 4;
 
 /// A compiled row kernel.
 pub(crate) struct RowsKernel {
-    f: unsafe extern "C" fn(*const u8, *mut u8),
+    /// `(image, out, halo buffer)`.
+    f: unsafe extern "C" fn(*const u8, *mut u8, *mut u8),
     halo: Halo,
     pad: u8,
     out_image: usize,
@@ -119,8 +121,9 @@ impl RowsKernel {
 
         let mut jit = Jit::new()?;
         let ptr = jit.pointer_type();
-        let id = jit.define(&[ptr, ptr], |b, args| {
-            let (x, out) = (args[0], args[1]);
+        let id = jit.define(&[ptr, ptr, ptr], |b, args| {
+            let (img, out, x) = (args[0], args[1], args[2]);
+            halo.emit_copy_in(b, img, x);
             let zero = b.ins().iconst(types::I64, 0);
             let rows = b.ins().iconst(types::I64, oh as i64);
             emit_loop(b, zero, rows, |b, oy| {
@@ -152,9 +155,9 @@ impl RowsKernel {
             b.ins().return_(&[]);
         })?;
         let code = Arc::new(jit.finish()?);
-        // SAFETY: `id` is a finalized function of `code` with the signature (pointer, pointer) -> (),
-        // in the host's System V calling convention.
-        let f = unsafe { std::mem::transmute::<*const u8, unsafe extern "C" fn(*const u8, *mut u8)>(code.function(id)) };
+        // SAFETY: `id` is a finalized function of `code` with the signature (pointer, pointer,
+        // pointer) -> (), in the host's System V calling convention.
+        let f = unsafe { std::mem::transmute::<*const u8, unsafe extern "C" fn(*const u8, *mut u8, *mut u8)>(code.function(id)) };
         let pad = if s.x_signed { s.zp_x as i8 as u8 } else { s.zp_x as u8 };
         Ok(Some(RowsKernel { f, halo, pad, out_image: oh * ow * c, _tables: tables, _code: code }))
     }
@@ -164,19 +167,28 @@ impl RowsKernel {
         self.halo.len()
     }
 
+    /// Its function for a direct call on one image (see [`crate::direct`]).
+    pub(crate) fn direct(&self) -> Direct {
+        Direct {
+            f: DirectFn::Window { f: self.f, pad: self.pad, buffer: self.halo.len() },
+            input: self.halo.image(),
+            output: self.out_image,
+        }
+    }
+
     /// Runs `batch` NHWC images of `x` into `y`, each copied into the halo buffer `scratch`.
     pub(crate) fn run(&self, x: &[u8], batch: usize, y: &mut [u8], scratch: &mut Scratch<'_>) -> Result<(), String> {
         let out_image = self.out_image;
         if y.len() != batch * out_image {
             return Err(format!("a depthwise kernel's output has {} bytes, not {batch}·{out_image}", y.len()));
         }
-        self.halo.each_image(x, batch, self.pad, scratch, |img, i| {
+        self.halo.each_image(x, batch, self.pad, scratch, |img, buf, i| {
             let out = &mut y[i * out_image..(i + 1) * out_image];
-            // SAFETY: the kernel reads below its reach, which `img` (the halo buffer, `halo.len`
-            // bytes) holds; writes below `oh·ow·C` bytes of `out`, its length; and reads its own
-            // tables, which live as long as `self`.
-            unsafe { (self.f)(img.as_ptr(), out.as_mut_ptr()) };
-            Ok(())
+            // SAFETY: the kernel reads the `h·w·C` bytes of `img` (checked by `each_image`);
+            // writes the image into `buf` (the halo buffer, `halo.len` bytes) and reads it below
+            // its reach, which `buf` holds; writes below `oh·ow·C` bytes of `out`, its length; and
+            // reads its own tables, which live as long as `self`.
+            unsafe { (self.f)(img.as_ptr(), out.as_mut_ptr(), buf.as_mut_ptr()) };
         })
     }
 }

@@ -236,6 +236,14 @@ impl DepthwiseKernel {
         }
     }
 
+    /// Its function for a direct call on one image (see [`crate::direct`]).
+    pub(crate) fn direct(&self) -> crate::direct::Direct {
+        match self {
+            DepthwiseKernel::Rows(rows) => rows.direct(),
+            DepthwiseKernel::Table { f, .. } => f.direct(),
+        }
+    }
+
     /// Runs `batch` NHWC images (`plane · C` bytes each) into `y` (`positions · C` bytes each),
     /// each copied into `scratch` ([`DepthwiseKernel::scratch_len`] bytes).
     pub(crate) fn run(&self, x: &[u8], batch: usize, y: &mut [u8], scratch: &mut Scratch<'_>) -> Result<(), String> {

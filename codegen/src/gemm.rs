@@ -140,7 +140,7 @@ pub(crate) struct Tables {
 /// `a + rows[r] + groups[g]`. A convolution reads its taps in place this way from an image with a
 /// border of zero points (rows: where the output positions' windows start; groups: where each
 /// kernel row's bytes lie from there), so no patch matrix is built. The number of rows is fixed
-/// (and even); a kernel compiled with offsets runs through [`GemmKernel::run_offsets`].
+/// (and even); a kernel compiled with offsets runs through [`GemmKernel::run_in_place`].
 #[derive(Clone, Debug)]
 pub struct RowOffsets {
     /// Each row's offset in the input.
@@ -202,7 +202,7 @@ pub enum Output {
 
 /// A compiled GEMM kernel.
 pub struct GemmKernel {
-    f: unsafe extern "C" fn(*const u8, *mut u8, i64),
+    f: Entry,
     n: usize,
     k: usize,
     path: Path,
@@ -211,6 +211,15 @@ pub struct GemmKernel {
     offsets: Option<(usize, usize)>,
     _tables: Box<Tables>,
     _code: Arc<JitCode>,
+}
+
+/// A kernel's compiled function.
+enum Entry {
+    /// `(a, out, m)`: `m` rows of a matrix, or in place.
+    Rows(unsafe extern "C" fn(*const u8, *mut u8, i64)),
+    /// `(image, out, halo buffer)`: in place, after copying an image of this many bytes into the
+    /// halo buffer ([`crate::halo::Halo::emit_copy_in`]).
+    Copying(unsafe extern "C" fn(*const u8, *mut u8, *mut u8), usize),
 }
 
 /// Emits `for var in start..end { body }`.
@@ -274,10 +283,14 @@ impl GemmKernel {
 
     /// A vector kernel writing requantized bytes and reading its rows where `offsets` says
     /// ([`RowOffsets`]); `None` on the scalar path, which reads rows from a matrix only.
-    pub fn compile_offsets(spec: &GemmSpec, offsets: &RowOffsets) -> Result<Option<GemmKernel>, String> {
+    pub(crate) fn compile_offsets(
+        spec: &GemmSpec,
+        offsets: &RowOffsets,
+        halo: &crate::halo::Halo,
+    ) -> Result<Option<GemmKernel>, String> {
         match Path::choose(spec) {
             Path::Scalar => Ok(None),
-            path => crate::gemm_simd::compile(spec, path, Output::Bytes, Some(offsets)).map(Some),
+            path => crate::gemm_simd::compile(spec, path, Output::Bytes, Some((offsets, halo))).map(Some),
         }
     }
 
@@ -301,7 +314,8 @@ impl GemmKernel {
         self.k
     }
 
-    /// Assembles a kernel from compiled parts (for the vector path's module).
+    /// Assembles a kernel from compiled parts (for the vector path's module); `copies`: the
+    /// bytes of the image it copies in ([`Entry::Copying`]).
     pub(crate) fn from_parts(
         f: *const u8,
         (n, k): (usize, usize),
@@ -309,10 +323,19 @@ impl GemmKernel {
         output: Output,
         tables: Box<Tables>,
         code: Arc<JitCode>,
+        copies: Option<usize>,
     ) -> GemmKernel {
-        // SAFETY: `f` is a finalized function of `code` with the signature
-        // (pointer, pointer, i64) -> (), and the System V calling convention of the host.
-        let f = unsafe { std::mem::transmute::<*const u8, unsafe extern "C" fn(*const u8, *mut u8, i64)>(f) };
+        let f = match copies {
+            // SAFETY: `f` is a finalized function of `code` with the signature
+            // (pointer, pointer, pointer) -> (), and the System V calling convention of the host.
+            Some(image) => Entry::Copying(
+                unsafe { std::mem::transmute::<*const u8, unsafe extern "C" fn(*const u8, *mut u8, *mut u8)>(f) },
+                image,
+            ),
+            // SAFETY: `f` is a finalized function of `code` with the signature
+            // (pointer, pointer, i64) -> (), and the System V calling convention of the host.
+            None => Entry::Rows(unsafe { std::mem::transmute::<*const u8, unsafe extern "C" fn(*const u8, *mut u8, i64)>(f) }),
+        };
         let offsets = (!tables.row_offsets.is_empty()).then(|| {
             let reach = RowOffsets {
                 rows: tables.row_offsets.iter().map(|&r| r as usize).collect(),
@@ -449,7 +472,7 @@ impl GemmKernel {
         })?;
         let code = Arc::new(jit.finish()?);
         let p = code.function(id);
-        Ok(GemmKernel::from_parts(p, (n, k), Path::Scalar, output, tables, code))
+        Ok(GemmKernel::from_parts(p, (n, k), Path::Scalar, output, tables, code, None))
     }
 
     /// Runs the kernel on `m` rows of activations (`m × k` bytes, i8 or u8 as compiled) into
@@ -507,9 +530,9 @@ impl GemmKernel {
     /// Calls the kernel on `m` rows of `a` into `out`, which holds `out_len` elements of the
     /// kernel's output type.
     fn call(&self, a: &[u8], m: usize, out: *mut u8, out_len: usize) -> Result<(), String> {
-        if self.offsets.is_some() {
-            return Err("this GEMM kernel reads its rows in place (run_offsets)".into());
-        }
+        let Entry::Rows(f) = self.f else {
+            return Err("this GEMM kernel reads its rows in place (run_in_place)".into());
+        };
         let stride = self.row_stride();
         if a.len() != m * stride || out_len != m * self.n {
             return Err(format!(
@@ -526,7 +549,7 @@ impl GemmKernel {
             // writes `even`·n ≤ m·n outputs of `size` bytes to `out`, which holds m·n (both
             // checked above); reads its own tables, which live as long as `self`; and the vector
             // kernels, which take rows in pairs, get an even count.
-            unsafe { (self.f)(a.as_ptr(), out, even as i64) };
+            unsafe { f(a.as_ptr(), out, even as i64) };
         }
         if even < m {
             // The odd last row, paired with a row of zeros: two rows in, then two rows out, in a
@@ -537,7 +560,7 @@ impl GemmKernel {
                 let (rows, outs) = scratch.split_at_mut(rows);
                 rows[..stride].copy_from_slice(&a[even * stride..]);
                 // SAFETY: two rows in, two rows out, as above.
-                unsafe { (self.f)(rows.as_ptr(), outs.as_mut_ptr(), 2) };
+                unsafe { f(rows.as_ptr(), outs.as_mut_ptr(), 2) };
                 // SAFETY: `out` holds m·n outputs of `size` bytes; the last row's start at even·n.
                 let last = unsafe { std::slice::from_raw_parts_mut(out.add(even * n * size), n * size) };
                 last.copy_from_slice(&outs[..n * size]);
@@ -562,26 +585,52 @@ thread_local! {
 }
 
 impl GemmKernel {
-    /// Runs a kernel compiled with [`RowOffsets`] on the rows they place in `a` (the bytes they
-    /// reach), writing its fixed number of rows of requantized bytes to `out`.
-    pub fn run_offsets(&self, a: &[u8], out: &mut [u8]) -> Result<(), String> {
-        let Some((m, reach)) = self.offsets else {
+    /// Its function for a direct call on `m` rows of a matrix of `k`-byte rows, writing bytes
+    /// (see [`crate::direct`]): `None` for a kernel reading in place, writing i32, or whose rows
+    /// need padding or pairing.
+    pub(crate) fn direct_rows(&self, m: usize) -> Option<crate::direct::Direct> {
+        let Entry::Rows(f) = self.f else { return None };
+        let paired = self.path == Path::Scalar || m.is_multiple_of(2);
+        (self.output == Output::Bytes && self.row_stride() == self.k && paired && m > 0).then(|| crate::direct::Direct {
+            f: crate::direct::DirectFn::Rows { f, m: m as i64 },
+            input: m * self.k,
+            output: m * self.n,
+        })
+    }
+
+    /// Its function for a direct call on one image when it reads in place (see
+    /// [`crate::direct`]): the function, the image's bytes, and the buffer bytes it reads.
+    pub(crate) fn direct_in_place(&self) -> Option<(unsafe extern "C" fn(*const u8, *mut u8, *mut u8), usize, usize)> {
+        match (self.offsets, &self.f) {
+            (Some((_, reach)), Entry::Copying(f, image)) => Some((*f, *image, reach)),
+            _ => None,
+        }
+    }
+
+    /// Runs a kernel compiled with [`RowOffsets`] on one image `img`, which it copies into the
+    /// halo buffer `buf` (whose border is the padding) and reads its rows from there, writing its
+    /// fixed number of rows of requantized bytes to `out`.
+    pub(crate) fn run_in_place(&self, img: &[u8], buf: &mut [u8], out: &mut [u8]) -> Result<(), String> {
+        let (Some((m, reach)), Entry::Copying(f, image)) = (self.offsets, &self.f) else {
             return Err("this GEMM kernel reads rows of a matrix (run_rows)".into());
         };
-        let out_len = out.len();
-        if a.len() < reach || out_len != m * self.n {
+        if img.len() != *image || buf.len() < reach || out.len() != m * self.n {
             return Err(format!(
-                "GEMM kernel {}x{}: {} input bytes (it reads {reach}) and {out_len} outputs for {m} rows",
+                "GEMM kernel {}x{}: an image of {} bytes (not {image}), a buffer of {} (it reads {reach}) and {} outputs for {m} rows",
                 self.k,
                 self.n,
-                a.len()
+                img.len(),
+                buf.len(),
+                out.len()
             ));
         }
-        // SAFETY: the kernel reads 4-byte groups at `rows[r] + groups[g]` (or 16 bytes at
+        // SAFETY: the kernel reads the image's bytes, which `img` holds, and writes them inside
+        // the halo's pixels, below its length, which `buf` has (`conv` builds the offsets within
+        // the halo); reads 4-byte groups at `rows[r] + groups[g]` (or 16 bytes at
         // `rows[r] + groups[4c]`, four contiguous groups, see `gemm_simd`), all below `reach`
-        // ≤ a.len(); writes m·n outputs to `out`, which holds them (checked above); reads its own
-        // tables, which live as long as `self`; and m is even (`gemm_simd::compile` checks).
-        unsafe { (self.f)(a.as_ptr(), out.as_mut_ptr(), m as i64) };
+        // ≤ buf.len(); writes m·n outputs to `out`, which holds them (checked above); reads its
+        // own tables, which live as long as `self`; and m is even (`gemm_simd::compile` checks).
+        unsafe { f(img.as_ptr(), out.as_mut_ptr(), buf.as_mut_ptr()) };
         Ok(())
     }
 }

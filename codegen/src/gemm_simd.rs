@@ -18,7 +18,7 @@
 //! Bounds (the invariant [`crate::gemm::GemmKernel::run`] relies on): the kernel is called with an
 //! even `m` only; every address it forms is `a + row·stride + 4·g` with `row < m` and `g < ⌈K/4⌉`
 //! (or, compiled with [`RowOffsets`], `a + rows[row] + groups[g]`, below their `reach`, which
-//! `run_offsets` checks against the input; 16-byte loads only where 4 groups are contiguous),
+//! `run_in_place` checks against the halo buffer; 16-byte loads only where 4 groups are contiguous),
 //! `out + size·(row·N + col)` with `col < N` (`size` 1, or 4 for i32 output), or inside its own tables (`packed` holds `⌈N/4⌉·⌈K/4⌉` panels, the group table only
 //! values `< ⌈K/4⌉`); N, K and the tables are fixed when it is compiled and `run` checks that `a`
 //! and `out` hold `m` rows. Partial last vectors store only their valid columns.
@@ -29,6 +29,7 @@
 //! never executed.
 
 use crate::gemm::{GemmKernel, GemmSpec, Output, Path, RowOffsets, Tables, emit_if, emit_loop};
+use crate::halo::Halo;
 use crate::jit::Jit;
 use cranelift_codegen::ir::condcodes::FloatCC;
 use cranelift_codegen::ir::{Endianness, InstBuilder, MemFlagsData, Value, types};
@@ -197,7 +198,16 @@ fn panel_bytes(path: Path) -> usize {
     if path == Path::Vnni { 16 } else { 32 }
 }
 
-pub(crate) fn compile(spec: &GemmSpec, path: Path, output: Output, offsets: Option<&RowOffsets>) -> Result<GemmKernel, String> {
+/// `in_place`: the kernel reads its rows where the offsets say in a halo buffer, taking `(image,
+/// out, halo buffer)` and copying the image in first ([`Halo::emit_copy_in`]), M fixed to the
+/// offsets' rows; else `(a, out, m)`.
+pub(crate) fn compile(
+    spec: &GemmSpec,
+    path: Path,
+    output: Output,
+    in_place: Option<(&RowOffsets, &Halo)>,
+) -> Result<GemmKernel, String> {
+    let offsets = in_place.map(|(o, _)| o);
     let out_size = if output == Output::I32 { 4 } else { 1 };
     let sse = path == Path::Sse;
     let (n, k) = (spec.n, spec.k);
@@ -272,13 +282,20 @@ pub(crate) fn compile(spec: &GemmSpec, path: Path, output: Output, offsets: Opti
     let small_mults = small(&tables.mult);
     let gt = tables.groups.as_ptr() as i64;
     let (rt, got) = (tables.row_offsets.as_ptr() as i64, tables.group_offsets.as_ptr() as i64);
-    let in_place = offsets.is_some();
+    let reads_in_place = offsets.is_some();
     let (lda, signed_in) = (row_stride(k) as i64, spec.a_signed);
     let (zp_y, lo, hi) = (spec.zp_y, spec.lo, spec.hi);
     let mut jit = Jit::new()?;
     let ptr = jit.pointer_type();
-    let id = jit.define(&[ptr, ptr, types::I64], |b, args| {
-        let (a, out, m) = (args[0], args[1], args[2]);
+    let params = if in_place.is_some() { [ptr, ptr, ptr] } else { [ptr, ptr, types::I64] };
+    let id = jit.define(&params, |b, args| {
+        let (a, out, m) = match in_place {
+            Some((offsets, halo)) => {
+                halo.emit_copy_in(b, args[0], args[2]);
+                (args[2], args[1], b.ins().iconst(types::I64, offsets.rows.len() as i64))
+            }
+            None => (args[0], args[1], args[2]),
+        };
         let flags = MemFlagsData::trusted();
         let raw = MemFlagsData::new().with_notrap();
         let little = MemFlagsData::new().with_endianness(Endianness::Little);
@@ -307,7 +324,7 @@ pub(crate) fn compile(spec: &GemmSpec, path: Path, output: Output, offsets: Opti
                         })
                         .collect()
                 };
-                let a_rows = if in_place {
+                let a_rows = if reads_in_place {
                     // Row r at `a + rows[r]`.
                     row_addrs(b, zero, 8)
                         .into_iter()
@@ -396,7 +413,7 @@ pub(crate) fn compile(spec: &GemmSpec, path: Path, output: Output, offsets: Opti
                 let (from, to) = walk.unwrap_or((0, groups));
                 // Where group `g` lies in a row: 4·g, or where the row offsets say.
                 let group_offset = |b: &mut FunctionBuilder, g: Value| {
-                    if in_place {
+                    if reads_in_place {
                         let at = b.ins().imul_imm_s(g, 8);
                         let at = b.ins().iadd_imm_s(at, got);
                         b.ins().load(types::I64, raw, at, 0)
@@ -592,5 +609,5 @@ pub(crate) fn compile(spec: &GemmSpec, path: Path, output: Output, offsets: Opti
         b.ins().return_(&[]);
     })?;
     let code = Arc::new(jit.finish()?);
-    Ok(GemmKernel::from_parts(code.function(id), (n, k), path, output, tables, code))
+    Ok(GemmKernel::from_parts(code.function(id), (n, k), path, output, tables, code, in_place.map(|(_, h)| h.image())))
 }

@@ -16,6 +16,7 @@ pub mod depthwise;
 mod depthwise_rows;
 mod depthwise_simd;
 mod dequant_chain;
+mod direct;
 pub mod gemm;
 mod gemm_simd;
 mod halo;

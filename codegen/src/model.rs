@@ -33,6 +33,7 @@ use crate::add::AddQ;
 use crate::conv::Conv;
 use crate::depthwise::Depthwise;
 use crate::dequant_chain;
+use crate::direct::{Call, Calls, Direct, DirectFn, StepView};
 use crate::gemm::{GemmKernel, GemmSpec, bytes_tensor, shaped, tensor_bytes};
 use crate::halo::Scratch;
 use crate::integer::IntegerProduct;
@@ -106,6 +107,10 @@ pub(crate) trait WindowKernel: Send + Sync {
     fn ops(&self, batch: usize) -> u64;
     /// Whether JIT-compiled code does the arithmetic.
     fn jit(&self) -> bool;
+    /// Its JIT function, when one call of it runs an image (see [`crate::direct`]).
+    fn direct(&self) -> Option<Direct> {
+        None
+    }
 }
 
 /// A fused integer product waiting for the add of its chain (see `dequant_chain`).
@@ -338,6 +343,8 @@ pub struct CompiledModel {
     tensor_slots: usize,
     /// The bytes of the windowed kernels' buffers, after the activations in the arena.
     scratch: usize,
+    /// A batch-1 run's steps as direct calls where they can be (see [`crate::direct`]).
+    direct: Option<Calls>,
     /// This model among those compiled in the process: the arena notes whose buffers it holds.
     id: u64,
     consts: Vec<(usize, Arc<Tensor>)>,
@@ -429,7 +436,9 @@ impl CompiledModel {
         let buffers: Vec<Buffer> =
             b.lifetimes.iter().map(|&(bytes, first, last)| Buffer { bytes, first, last: last.min(steps) }).collect();
         let plan = plan(&buffers);
+        let direct = direct_calls(&b.ops, &b.activations, &plan, b.scratch);
         Ok(CompiledModel {
+            direct,
             name: g.name.clone(),
             ops: b.ops,
             activations: b.activations,
@@ -492,8 +501,13 @@ impl CompiledModel {
     /// size); a wrong input is an error, never undefined behaviour.
     pub fn run(&self, inputs: &[Tensor]) -> Result<Vec<Tensor>, CodegenError> {
         self.with_run(inputs, |run| {
-            for (_, op) in &self.ops {
-                run.exec(op)?;
+            match &self.direct {
+                Some(calls) if run.arena.batch == 1 => run.calls(calls)?,
+                _ => {
+                    for (_, op) in &self.ops {
+                        run.exec(op)?;
+                    }
+                }
             }
             run.outputs()
         })
@@ -592,6 +606,25 @@ impl CompiledModel {
             })
         })
     }
+}
+
+/// The direct calls of a batch-1 run of `ops` (see [`crate::direct`]).
+fn direct_calls(ops: &[((String, String), Op)], activations: &[Activation], plan: &Plan, buffers: usize) -> Option<Calls> {
+    let range = |a: usize| {
+        let act = &activations[a];
+        let start = plan.offsets[act.buffer];
+        start..start + act.bytes
+    };
+    let steps = ops.iter().map(|(_, op)| {
+        let (direct, x, y, buffer) = match op {
+            Op::Window { kernel, x, y, scratch } => (kernel.direct(), *x, *y, scratch.clone()),
+            Op::Mean { kernel, x, y } => (kernel.direct(), *x, *y, 0..0),
+            Op::Gemm { kernel, a, y } => (kernel.direct_rows(1), *a, *y, 0..0),
+            _ => return StepView { direct: None, input: 0..0, output: 0..0, buffer: 0..0 },
+        };
+        StepView { direct, input: range(x), output: range(y), buffer }
+    });
+    crate::direct::calls(steps, plan.size, buffers)
 }
 
 /// A thread's arena: activations, then the windowed kernels' buffers of the model that last ran.
@@ -1147,6 +1180,39 @@ impl Run<'_> {
             });
         }
         Ok(out)
+    }
+
+    /// Runs a batch-1 run's steps: direct calls of their kernels, the other steps by
+    /// [`Run::exec`].
+    fn calls(&mut self, calls: &Calls) -> Result<(), CodegenError> {
+        if self.arena.batch != 1 || self.arena.bytes.len() < calls.arena {
+            return Err(run_err("direct calls need an arena at batch 1"));
+        }
+        if self.arena.fresh {
+            calls.pad_buffers(self.arena.bytes);
+        }
+        for call in &calls.calls {
+            match *call {
+                Call::Exec(i) => {
+                    let (_, op) = self.arena.model.ops.get(i).ok_or_else(|| run_err("a direct call names no step"))?;
+                    self.exec(op)?
+                }
+                // SAFETY: `direct::calls` made this call only for a kernel whose input, output and
+                // buffer are the bytes at these offsets of an arena of `calls.arena` bytes at batch
+                // 1 (both checked above), the input and output apart; the buffer's border was
+                // written when the buffers were fresh (just above), else is as the last good run of
+                // this model at batch 1 left it; the kernels read and write nothing else but their
+                // own tables.
+                Call::Kernel(f, [x, y, s]) => unsafe {
+                    let base = self.arena.bytes.as_mut_ptr();
+                    match f {
+                        DirectFn::Window { f, .. } => f(base.add(x), base.add(y), base.add(s)),
+                        DirectFn::Rows { f, m } => f(base.add(x), base.add(y), m),
+                    }
+                },
+            }
+        }
+        Ok(())
     }
 
     /// Runs one step.

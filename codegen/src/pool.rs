@@ -114,6 +114,11 @@ impl WindowKernel for MaxPool {
     fn jit(&self) -> bool {
         self.kernel.is_some()
     }
+
+    fn direct(&self) -> Option<crate::direct::Direct> {
+        let (c, w) = (self.c, &self.window);
+        self.kernel.as_ref().map(MaxPoolKernel::direct).filter(|d| d.input == c * w.plane && d.output == c * w.positions)
+    }
 }
 
 /// The 8-bit mean over H and W of each channel.
@@ -210,5 +215,11 @@ impl GlobalMean {
     /// Whether JIT-compiled code does (most of) the work.
     pub fn jit(&self) -> bool {
         self.kernel.is_some()
+    }
+
+    /// Its JIT function for a direct call on one image, when it does all of the mean (see
+    /// [`crate::direct`]).
+    pub(crate) fn direct(&self) -> Option<crate::direct::Direct> {
+        self.kernel.as_ref()?.direct().filter(|d| d.input == self.c * self.plane && d.output == self.c)
     }
 }

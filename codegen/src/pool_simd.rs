@@ -66,6 +66,11 @@ impl MaxPoolKernel {
     pub(crate) fn scratch_len(&self) -> usize {
         self.f.scratch_len()
     }
+
+    /// Its function for a direct call on one image (see [`crate::direct`]).
+    pub(crate) fn direct(&self) -> crate::direct::Direct {
+        self.f.direct()
+    }
 }
 
 /// The 8-bit global mean (f32 requantization) as a Cranelift function specialized to the
@@ -171,6 +176,16 @@ impl GlobalMeanKernel {
         // -> (), in the host's System V calling convention.
         let f = unsafe { std::mem::transmute::<*const u8, unsafe extern "C" fn(*const u8, *mut u8, i64)>(code.function(id)) };
         Ok(GlobalMeanKernel { f, c, plane, _code: code })
+    }
+
+    /// Its function for a direct call on one image (see [`crate::direct`]), which does all of
+    /// the mean when C is a multiple of 8.
+    pub(crate) fn direct(&self) -> Option<crate::direct::Direct> {
+        self.c.is_multiple_of(8).then(|| crate::direct::Direct {
+            f: crate::direct::DirectFn::Rows { f: self.f, m: 1 },
+            input: self.c * self.plane,
+            output: self.c,
+        })
     }
 
     /// Runs `batch` NHWC images (`x`) into `[batch][C]` bytes (`y`), the whole groups of 8

@@ -1,13 +1,13 @@
 //! What the JIT window kernels (depthwise convolution, max pooling) share: a function
-//! `f(padded image, out)` that loops over the output positions of a window table, and its call on
-//! one image copied into the kernel's buffer ([`Scratch`]) followed by the padding pixel.
+//! `f(image, out, buffer)` that copies the image into the kernel's buffer ([`Scratch`]), where
+//! the padding pixel follows it, and loops over the output positions of a window table.
 //!
 //! Bounds: the table holds byte offsets `≤ plane·C` ([`Window::byte_offsets`]); a kernel body
 //! reads at most `slack` bytes past `pixel + C` and writes only below `out + pos·C + C`, which
 //! [`ImageFn::run_image`] makes safe by checking the lengths and sizing the copy.
 
 use crate::gemm::emit_loop;
-use crate::halo::Scratch;
+use crate::halo::{Scratch, emit_copy_rows};
 use crate::jit::{Jit, JitCode};
 use crate::window::Window;
 use cranelift_codegen::ir::{InstBuilder, MemFlagsData, Value, types};
@@ -16,7 +16,8 @@ use std::sync::Arc;
 
 /// A compiled window kernel's entry point, with the shapes its call is checked against.
 pub(crate) struct ImageFn {
-    f: unsafe extern "C" fn(*const u8, *mut u8),
+    /// `(image, out, buffer)`.
+    f: unsafe extern "C" fn(*const u8, *mut u8, *mut u8),
     c: usize,
     plane: usize,
     positions: usize,
@@ -45,8 +46,10 @@ pub(crate) fn compile(
     let ot = offsets.as_ptr() as i64;
     let mut jit = Jit::new()?;
     let ptr = jit.pointer_type();
-    let id = jit.define(&[ptr, ptr], |b, args| {
-        let (x, out) = (args[0], args[1]);
+    let image = window.plane * c;
+    let id = jit.define(&[ptr, ptr, ptr], |b, args| {
+        let (img, out, x) = (args[0], args[1], args[2]);
+        emit_copy_rows(b, img, x, [1, image], 0);
         let raw = MemFlagsData::new().with_notrap();
         let zero = b.ins().iconst(types::I64, 0);
         let end = b.ins().iconst(types::I64, positions as i64);
@@ -66,9 +69,9 @@ pub(crate) fn compile(
         b.ins().return_(&[]);
     })?;
     let code = Arc::new(jit.finish()?);
-    // SAFETY: `id` is a finalized function of `code` with the signature (pointer, pointer) -> (),
-    // in the host's System V calling convention.
-    let f = unsafe { std::mem::transmute::<*const u8, unsafe extern "C" fn(*const u8, *mut u8)>(code.function(id)) };
+    // SAFETY: `id` is a finalized function of `code` with the signature (pointer, pointer,
+    // pointer) -> (), in the host's System V calling convention.
+    let f = unsafe { std::mem::transmute::<*const u8, unsafe extern "C" fn(*const u8, *mut u8, *mut u8)>(code.function(id)) };
     Ok(ImageFn { f, c, plane: window.plane, positions, pad, slack, _offsets: offsets, _code: code })
 }
 
@@ -110,6 +113,15 @@ impl ImageFn {
         (self.plane + 1) * self.c + self.slack
     }
 
+    /// Its function for a direct call on one image (see [`crate::direct`]).
+    pub(crate) fn direct(&self) -> crate::direct::Direct {
+        crate::direct::Direct {
+            f: crate::direct::DirectFn::Window { f: self.f, pad: self.pad, buffer: self.scratch_len() },
+            input: self.plane * self.c,
+            output: self.positions * self.c,
+        }
+    }
+
     /// Runs one NHWC image (`plane · C` bytes) into `out` (`positions · C` bytes), through a copy
     /// of it in `scratch` followed by the padding pixel (written when the buffer is fresh).
     pub(crate) fn run_image(&self, img: &[u8], out: &mut [u8], scratch: &mut Scratch<'_>) -> Result<(), String> {
@@ -123,11 +135,11 @@ impl ImageFn {
             ));
         }
         let padded = scratch.padded(self.scratch_len(), self.pad)?;
-        padded[..image].copy_from_slice(img);
-        // SAFETY: the kernel reads below `(plane + 1)·C + slack` bytes of `padded` (its length)
-        // and writes below `positions · C` bytes of `out` (the bounds above; the lengths are
-        // checked), and reads its own tables, which live as long as `self`'s owner.
-        unsafe { (self.f)(padded.as_ptr(), out.as_mut_ptr()) };
+        // SAFETY: the kernel copies the `plane · C` bytes of `img` (its length) to the start of
+        // `padded`, reads below `(plane + 1)·C + slack` bytes of `padded` (its length) and writes
+        // below `positions · C` bytes of `out` (the bounds above; the lengths are checked), and
+        // reads its own tables, which live as long as `self`'s owner.
+        unsafe { (self.f)(img.as_ptr(), out.as_mut_ptr(), padded.as_mut_ptr()) };
         Ok(())
     }
 }

@@ -140,6 +140,17 @@ impl Case {
     }
 }
 
+/// The first image of a batch.
+fn first(x: &Tensor) -> Tensor {
+    match x {
+        Tensor::U8(v) => Tensor::U8(v.slice_axis(ndarray::Axis(0), ndarray::Slice::from(0..1)).to_owned()),
+        Tensor::I8(v) => Tensor::I8(v.slice_axis(ndarray::Axis(0), ndarray::Slice::from(0..1)).to_owned()),
+        _ => unreachable!("8-bit inputs"),
+    }
+}
+
+/// The layer's JIT run equals the evaluator's on two images, and on one (where the kernels are
+/// called directly).
 fn check(case: &Case) -> Result<(), TestCaseError> {
     prop_assume!(case.out().is_some());
     let (g, x) = case.model_and_input()?;
@@ -148,9 +159,11 @@ fn check(case: &Case) -> Result<(), TestCaseError> {
     // get the depthwise kernel, except under `QC_ISA=scalar`, where the Rust loop runs them.
     let jit = !case.depthwise || case.c == 1 || std::env::var("QC_ISA").as_deref() != Ok("scalar");
     prop_assert_eq!(model.kernel_count(), usize::from(jit), "not the expected conv path");
-    let got = model.run(std::slice::from_ref(&x)).map_err(|e| TestCaseError::fail(e.to_string()))?;
-    let want = evaluate(&g, std::slice::from_ref(&x)).map_err(|e| TestCaseError::fail(format!("{e:?}")))?;
-    prop_assert_eq!(got, want);
+    for x in [first(&x), x] {
+        let got = model.run(std::slice::from_ref(&x)).map_err(|e| TestCaseError::fail(e.to_string()))?;
+        let want = evaluate(&g, std::slice::from_ref(&x)).map_err(|e| TestCaseError::fail(format!("{e:?}")))?;
+        prop_assert_eq!(got, want);
+    }
     Ok(())
 }
 
@@ -178,11 +191,6 @@ proptest! {
         prop_assume!(a.out().is_some() && b.out().is_some());
         let (ga, xa) = a.model_and_input()?;
         let (gb, xb) = b.model_and_input()?;
-        let first = |x: &Tensor| match x {
-            Tensor::U8(v) => Tensor::U8(v.slice_axis(ndarray::Axis(0), ndarray::Slice::from(0..1)).to_owned()),
-            Tensor::I8(v) => Tensor::I8(v.slice_axis(ndarray::Axis(0), ndarray::Slice::from(0..1)).to_owned()),
-            _ => unreachable!("8-bit inputs"),
-        };
         let (ma, mb) = (CompiledModel::compile(&ga).unwrap(), CompiledModel::compile(&gb).unwrap());
         let (xa1, xb1) = (first(&xa), first(&xb));
         for (m, g, x) in [
