@@ -542,56 +542,21 @@ impl GemmKernel {
                 a.len(),
             ));
         }
-        let size = if self.output == Output::I32 { 4 } else { 1 };
-        let (even, n) = if self.path == Path::Scalar { (m, self.n) } else { (m & !1, self.n) };
-        if even > 0 {
-            // SAFETY: the kernel reads `even` ≤ m rows of `stride` bytes from `a`, which holds m;
-            // writes `even`·n ≤ m·n outputs of `size` bytes to `out`, which holds m·n (both
-            // checked above); reads its own tables, which live as long as `self`; and the vector
-            // kernels, which take rows in pairs, get an even count.
-            unsafe { f(a.as_ptr(), out, even as i64) };
-        }
-        if even < m {
-            // The odd last row, paired with a row of zeros: two rows in, then two rows out, in a
-            // buffer on the stack when they fit (a batch-1 classifier's last layer), else in this
-            // thread's scratch buffer.
-            let (rows, outs) = (2 * stride, 2 * n * size);
-            let last_row = |scratch: &mut [u8]| {
-                let (rows, outs) = scratch.split_at_mut(rows);
-                rows[..stride].copy_from_slice(&a[even * stride..]);
-                // SAFETY: two rows in, two rows out, as above.
-                unsafe { f(rows.as_ptr(), outs.as_mut_ptr(), 2) };
-                // SAFETY: `out` holds m·n outputs of `size` bytes; the last row's start at even·n.
-                let last = unsafe { std::slice::from_raw_parts_mut(out.add(even * n * size), n * size) };
-                last.copy_from_slice(&outs[..n * size]);
-            };
-            if rows + outs <= 256 {
-                last_row(&mut [0u8; 256][..rows + outs]);
-            } else {
-                LAST_ROW.with_borrow_mut(|scratch| {
-                    scratch.clear();
-                    scratch.resize(rows + outs, 0);
-                    last_row(scratch);
-                });
-            }
-        }
+        // SAFETY: the kernel reads m rows of `stride` bytes from `a`, which holds them; writes
+        // m·n outputs of its output type to `out`, which holds them (both checked above); and
+        // reads its own tables, which live as long as `self`.
+        unsafe { f(a.as_ptr(), out, m as i64) };
         Ok(())
     }
-}
-
-thread_local! {
-    /// A thread's buffer for the odd last row of a GEMM: two input rows, then two output rows.
-    static LAST_ROW: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
 }
 
 impl GemmKernel {
     /// Its function for a direct call on `m` rows of a matrix of `k`-byte rows, writing bytes
     /// (see [`crate::direct`]): `None` for a kernel reading in place, writing i32, or whose rows
-    /// need padding or pairing.
+    /// need padding.
     pub(crate) fn direct_rows(&self, m: usize) -> Option<crate::direct::Direct> {
         let Entry::Rows(f) = self.f else { return None };
-        let paired = self.path == Path::Scalar || m.is_multiple_of(2);
-        (self.output == Output::Bytes && self.row_stride() == self.k && paired && m > 0).then(|| crate::direct::Direct {
+        (self.output == Output::Bytes && self.row_stride() == self.k && m > 0).then(|| crate::direct::Direct {
             f: crate::direct::DirectFn::Rows { f, m: m as i64 },
             input: m * self.k,
             output: m * self.n,

@@ -12,16 +12,19 @@
 //! the accumulators (weights up to i16 are exact there). Activations are u8; an i8 input is flipped
 //! to u8 (`q ^ 0x80`, zero point + 128). The zero-point term `−zp_a·Σ_k w` goes into the bias, so
 //! the accumulators start from it. Up to four column vectors (16 columns) are accumulated at
-//! once, for two rows at a time (8 accumulators, each panel load serving both rows);
-//! requantization (f32 mode) and the clamp run on vectors, and the result is narrowed to bytes. Rows are read in whole groups of 4 bytes: the row stride is K rounded up to 4.
+//! once, for two rows at a time (8 accumulators, each panel load serving both rows), and an odd
+//! last row on its own; requantization (f32 mode) and the clamp run on vectors, and the result is
+//! narrowed to bytes. Rows are read in whole groups of 4 bytes: the row stride is K rounded up
+//! to 4.
 //!
-//! Bounds (the invariant [`crate::gemm::GemmKernel::run`] relies on): the kernel is called with an
-//! even `m` only; every address it forms is `a + row·stride + 4·g` with `row < m` and `g < ⌈K/4⌉`
-//! (or, compiled with [`RowOffsets`], `a + rows[row] + groups[g]`, below their `reach`, which
-//! `run_in_place` checks against the halo buffer; 16-byte loads only where 4 groups are contiguous),
-//! `out + size·(row·N + col)` with `col < N` (`size` 1, or 4 for i32 output), or inside its own tables (`packed` holds `⌈N/4⌉·⌈K/4⌉` panels, the group table only
-//! values `< ⌈K/4⌉`); N, K and the tables are fixed when it is compiled and `run` checks that `a`
-//! and `out` hold `m` rows. Partial last vectors store only their valid columns.
+//! Bounds (the invariant [`crate::gemm::GemmKernel::run`] relies on): every address the kernel
+//! forms is `a + row·stride + 4·g` with `row < m` and `g < ⌈K/4⌉` (or, compiled with
+//! [`RowOffsets`], `a + rows[row] + groups[g]`, below their `reach`, which `run_in_place` checks
+//! against the halo buffer; 16-byte loads only where 4 groups are contiguous),
+//! `out + size·(row·N + col)` with `col < N` (`size` 1, or 4 for i32 output), or inside its own
+//! tables (`packed` holds `⌈N/4⌉·⌈K/4⌉` panels, the group table only values `< ⌈K/4⌉`); N, K
+//! and the tables are fixed when it is compiled and `run` checks that `a` and `out` hold `m` rows.
+//! Partial last vectors store only their valid columns.
 //!
 //! Weights are compile-time constants, so zeros are known: when some group of 4 k is zero in all
 //! 16 columns of a block (block sparsity from `sparsify --block`), the blocks are unrolled and each
@@ -300,10 +303,9 @@ pub(crate) fn compile(
         let raw = MemFlagsData::new().with_notrap();
         let little = MemFlagsData::new().with_endianness(Endianness::Little);
         let zero = b.ins().iconst(types::I64, 0);
-        // Rows in pairs or fours (each panel load serves them all); `m` is even
-        // (`GemmKernel::run_rows` runs an odd last row through a two-row scratch), so these
-        // bodies serve every row. Blocks of columns outside, rows inside: a block's weight
-        // panels stay in L1 while the rows stream past them.
+        // Rows in pairs or fours (each panel load serves them all), then an odd last row alone
+        // (in place, M is even). Blocks of columns outside, rows inside: a block's weight panels
+        // stay in L1 while the rows stream past them.
         let pairs = b.ins().sshr_imm_s(m, 1);
         // `rows` rows from `row0` (a value) of one block.
         let tile = |b: &mut FunctionBuilder,
@@ -560,8 +562,8 @@ pub(crate) fn compile(
         };
         // One block: `vecs` column vectors starting at vector `first`, for every row; `walk` is
         // the range of the group table to visit (all groups when `None`). Blocks of one or two
-        // vectors take rows four at a time (then a last pair when `m` is not a multiple of 4),
-        // so that each tile still has 8 accumulators; wider blocks take them in pairs.
+        // vectors take rows four at a time (then a pair when two or three rows are left), so
+        // that each tile still has 8 accumulators; wider blocks take them in pairs.
         let block = |b: &mut FunctionBuilder, first: Value, vecs: usize, last_cols: usize, walk: Option<(usize, usize)>| {
             if vecs <= 2 {
                 let quads = b.ins().sshr_imm_s(m, 2);
@@ -571,13 +573,20 @@ pub(crate) fn compile(
                 });
                 let pair = b.ins().band_imm_s(m, 2);
                 emit_if(b, pair, |b| {
-                    let row0 = b.ins().iadd_imm_s(m, -2);
+                    let row0 = b.ins().band_imm_s(m, -4);
                     tile(b, row0, 2, first, vecs, last_cols, walk);
                 });
             } else {
                 emit_loop(b, zero, pairs, |b, p| {
                     let row0 = b.ins().imul_imm_s(p, 2);
                     tile(b, row0, 2, first, vecs, last_cols, walk);
+                });
+            }
+            if in_place.is_none() {
+                let odd = b.ins().band_imm_s(m, 1);
+                emit_if(b, odd, |b| {
+                    let row0 = b.ins().iadd_imm_s(m, -1);
+                    tile(b, row0, 1, first, vecs, last_cols, walk);
                 });
             }
         };
