@@ -620,9 +620,13 @@ fn direct_calls(ops: &[((String, String), Op)], activations: &[Activation], plan
             Op::Window { kernel, x, y, scratch } => (kernel.direct(), *x, *y, scratch.clone()),
             Op::Mean { kernel, x, y } => (kernel.direct(), *x, *y, 0..0),
             Op::Gemm { kernel, a, y } => (kernel.direct_rows(1), *a, *y, 0..0),
-            _ => return StepView { direct: None, input: 0..0, output: 0..0, buffer: 0..0 },
+            Op::Add { a, b, y, .. } => return StepView::Add { a: range(*a), b: range(*b), y: range(*y) },
+            _ => return StepView::Other,
         };
-        StepView { direct, input: range(x), output: range(y), buffer }
+        match direct {
+            Some(direct) => StepView::Kernel { direct, input: range(x), output: range(y), buffer },
+            None => StepView::Other,
+        }
     });
     crate::direct::calls(steps, plan.size, buffers)
 }
@@ -1196,6 +1200,24 @@ impl Run<'_> {
                 Call::Exec(i) => {
                     let (_, op) = self.arena.model.ops.get(i).ok_or_else(|| run_err("a direct call names no step"))?;
                     self.exec(op)?
+                }
+                Call::Add(i, [a, b, y], len) => {
+                    let Some((_, Op::Add { kernel, .. })) = self.arena.model.ops.get(i) else {
+                        return Err(run_err("a direct add names no add"));
+                    };
+                    let base = self.arena.bytes.as_mut_ptr();
+                    // SAFETY: `direct::calls` made this call only for `len`-byte operands and result
+                    // at these offsets inside the arena's first part (its length checked above), the
+                    // result apart from both operands, so the shared and the exclusive slices do not
+                    // overlap; nothing else refers to the arena while they live.
+                    let (a, b, y) = unsafe {
+                        (
+                            std::slice::from_raw_parts(base.add(a), len),
+                            std::slice::from_raw_parts(base.add(b), len),
+                            std::slice::from_raw_parts_mut(base.add(y), len),
+                        )
+                    };
+                    kernel.run(a, b, y).map_err(run_err)?;
                 }
                 // SAFETY: `direct::calls` made this call only for a kernel whose input, output and
                 // buffer are the bytes at these offsets of an arena of `calls.arena` bytes at batch
