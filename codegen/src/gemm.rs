@@ -140,7 +140,7 @@ pub(crate) struct Tables {
 /// `a + rows[r] + groups[g]`. A convolution reads its taps in place this way from an image with a
 /// border of zero points (rows: where the output positions' windows start; groups: where each
 /// kernel row's bytes lie from there), so no patch matrix is built. The number of rows is fixed
-/// (and even); a kernel compiled with offsets runs through [`GemmKernel::run_in_place`].
+/// (and even); a kernel compiled with offsets runs through `GemmKernel::run_in_place`.
 #[derive(Clone, Debug)]
 pub struct RowOffsets {
     /// Each row's offset in the input.
