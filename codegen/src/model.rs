@@ -520,9 +520,18 @@ impl CompiledModel {
         let mut ops = vec![0u64; self.ops.len()];
         for _ in 0..runs.max(1) {
             self.with_run(inputs, |run| {
+                // Each step as `run` runs it: a batch-1 run's direct calls, else `Run::exec`.
+                let calls = self.direct.as_ref().filter(|_| run.arena.batch == 1);
+                if let Some(calls) = calls {
+                    run.start_calls(calls)?;
+                }
                 for (i, (_, op)) in self.ops.iter().enumerate() {
                     let t = std::time::Instant::now();
-                    run.exec(op)?;
+                    match calls.and_then(|c| c.calls.get(i)) {
+                        // SAFETY: `start_calls` returned `Ok` for these calls just above.
+                        Some(call) => unsafe { run.call(call)? },
+                        None => run.exec(op)?,
+                    }
                     times[i].push(t.elapsed().as_secs_f64());
                     ops[i] = run.ops(op)?;
                 }
@@ -1189,50 +1198,69 @@ impl Run<'_> {
     /// Runs a batch-1 run's steps: direct calls of their kernels, the other steps by
     /// [`Run::exec`].
     fn calls(&mut self, calls: &Calls) -> Result<(), CodegenError> {
+        self.start_calls(calls)?;
+        for call in &calls.calls {
+            // SAFETY: `start_calls` has just returned `Ok` for the calls `call` is one of.
+            unsafe { self.call(call)? };
+        }
+        Ok(())
+    }
+
+    /// Checks that the arena is the batch-1 arena that `calls` were made for, and writes the
+    /// borders of their kernels' buffers when the buffers are fresh (the steps run by
+    /// [`Run::exec`] write their own).
+    fn start_calls(&mut self, calls: &Calls) -> Result<(), CodegenError> {
         if self.arena.batch != 1 || self.arena.bytes.len() < calls.arena {
             return Err(run_err("direct calls need an arena at batch 1"));
         }
         if self.arena.fresh {
             calls.pad_buffers(self.arena.bytes);
         }
-        for call in &calls.calls {
-            match *call {
-                Call::Exec(i) => {
-                    let (_, op) = self.arena.model.ops.get(i).ok_or_else(|| run_err("a direct call names no step"))?;
-                    self.exec(op)?
-                }
-                Call::Add(i, [a, b, y], len) => {
-                    let Some((_, Op::Add { kernel, .. })) = self.arena.model.ops.get(i) else {
-                        return Err(run_err("a direct add names no add"));
-                    };
-                    let base = self.arena.bytes.as_mut_ptr();
-                    // SAFETY: `direct::calls` made this call only for `len`-byte operands and result
-                    // at these offsets inside the arena's first part (its length checked above), the
-                    // result apart from both operands, so the shared and the exclusive slices do not
-                    // overlap; nothing else refers to the arena while they live.
-                    let (a, b, y) = unsafe {
-                        (
-                            std::slice::from_raw_parts(base.add(a), len),
-                            std::slice::from_raw_parts(base.add(b), len),
-                            std::slice::from_raw_parts_mut(base.add(y), len),
-                        )
-                    };
-                    kernel.run(a, b, y).map_err(run_err)?;
-                }
-                // SAFETY: `direct::calls` made this call only for a kernel whose input, output and
-                // buffer are the bytes at these offsets of an arena of `calls.arena` bytes at batch
-                // 1 (both checked above), the input and output apart; the buffer's border was
-                // written when the buffers were fresh (just above), else is as the last good run of
-                // this model at batch 1 left it; the kernels read and write nothing else but their
-                // own tables.
-                Call::Kernel(f, [x, y, s]) => unsafe {
-                    let base = self.arena.bytes.as_mut_ptr();
-                    match f {
-                        DirectFn::Window { f, .. } => f(base.add(x), base.add(y), base.add(s)),
-                        DirectFn::Rows { f, m } => f(base.add(x), base.add(y), m),
-                    }
-                },
+        Ok(())
+    }
+
+    /// Runs one step of a batch-1 run.
+    ///
+    /// # Safety
+    /// [`Run::start_calls`] has returned `Ok` on this run for the [`Calls`] that `call` is one of.
+    #[inline(always)]
+    unsafe fn call(&mut self, call: &Call) -> Result<(), CodegenError> {
+        match *call {
+            Call::Exec(i) => {
+                let (_, op) = self.arena.model.ops.get(i).ok_or_else(|| run_err("a direct call names no step"))?;
+                self.exec(op)?
             }
+            Call::Add(i, [a, b, y], len) => {
+                let Some((_, Op::Add { kernel, .. })) = self.arena.model.ops.get(i) else {
+                    return Err(run_err("a direct add names no add"));
+                };
+                let base = self.arena.bytes.as_mut_ptr();
+                // SAFETY: `direct::calls` made this call only for `len`-byte operands and result at
+                // these offsets inside the arena's first part (whose length `start_calls` checked,
+                // the caller's promise), the result apart from both operands, so the shared and the
+                // exclusive slices do not overlap; nothing else refers to the arena while they live.
+                let (a, b, y) = unsafe {
+                    (
+                        std::slice::from_raw_parts(base.add(a), len),
+                        std::slice::from_raw_parts(base.add(b), len),
+                        std::slice::from_raw_parts_mut(base.add(y), len),
+                    )
+                };
+                kernel.run(a, b, y).map_err(run_err)?;
+            }
+            // SAFETY: `direct::calls` made this call only for a kernel whose input, output and
+            // buffer are the bytes at these offsets of an arena of `calls.arena` bytes at batch 1
+            // (which `start_calls` checked, the caller's promise), the input and output apart; the
+            // buffer's border was written by `start_calls` when the buffers were fresh, else is as
+            // the last good run of this model at batch 1 left it; the kernels read and write
+            // nothing else but their own tables.
+            Call::Kernel(f, [x, y, s]) => unsafe {
+                let base = self.arena.bytes.as_mut_ptr();
+                match f {
+                    DirectFn::Window { f, .. } => f(base.add(x), base.add(y), base.add(s)),
+                    DirectFn::Rows { f, m } => f(base.add(x), base.add(y), m),
+                }
+            },
         }
         Ok(())
     }
