@@ -322,13 +322,9 @@ impl WindowKernel for Conv {
             if y.len() != batch * per_image {
                 return Err(format!("a convolution output has {} bytes, not {batch}·{per_image}", y.len()));
             }
-            let mut result = Ok(());
-            halo.each_image(x, batch, self.pad_value, scratch, |img, buf, i| {
-                if result.is_ok() {
-                    result = self.kernel.run_in_place(img, buf, &mut y[i * per_image..(i + 1) * per_image]);
-                }
-            })?;
-            return result;
+            return halo.each_image(x, batch, self.pad_value, scratch, |img, buf, i| {
+                self.kernel.run_in_place(img, buf, &mut y[i * per_image..(i + 1) * per_image])
+            });
         }
         self.with_patches(x, batch, self.pad_value, |rows, n| self.kernel.run_rows(rows, n, y))
     }

@@ -189,6 +189,7 @@ impl RowsKernel {
             // its reach, which `buf` holds; writes below `oh·ow·C` bytes of `out`, its length; and
             // reads its own tables, which live as long as `self`.
             unsafe { (self.f)(img.as_ptr(), out.as_mut_ptr(), buf.as_mut_ptr()) };
+            Ok(())
         })
     }
 }

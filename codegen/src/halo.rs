@@ -103,17 +103,14 @@ impl Halo {
         batch: usize,
         pad: u8,
         scratch: &mut Scratch<'_>,
-        mut f: impl FnMut(&[u8], &mut [u8], usize),
+        mut f: impl FnMut(&[u8], &mut [u8], usize) -> Result<(), String>,
     ) -> Result<(), String> {
         let image = self.image();
         if x.len() != batch * image {
             return Err(format!("a windowed kernel's input has {} bytes, not {batch}·{image}", x.len()));
         }
         let buf = scratch.padded(self.len, pad)?;
-        for (i, img) in x.chunks_exact(image.max(1)).enumerate() {
-            f(img, buf, i);
-        }
-        Ok(())
+        x.chunks_exact(image.max(1)).enumerate().try_for_each(|(i, img)| f(img, buf, i))
     }
 
     /// Emits the copy of the NHWC image at `img` into the halo buffer at `buf`, whose border is
