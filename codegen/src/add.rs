@@ -1,9 +1,9 @@
 //! Integer add of two same-shape per-tensor 8-bit tensors (a residual connection): the
 //! evaluator's `clamp(rne((s_a(a − z_a) + s_b(b − z_b)) / s_y) + z_y)`, in f32, with its own
-//! operations in its order. Where the CPU has AVX-512 (AVX2) it is computed sixteen (eight)
+//! operations in its order. On ISA levels with AVX-512 (AVX2) it is computed sixteen (eight)
 //! elements at a time with intrinsics (widen, subtract, convert, multiply, add, divide, round,
 //! clamp, narrow);
-//! elsewhere, and under `QC_ISA=scalar`, the result is a function of the two bytes alone,
+//! on the others, `scalar` included, the result is a function of the two bytes alone,
 //! computed once for all 256 × 256 pairs when the model is compiled and looked up.
 //! Both are equal to the evaluator by construction (same f32 operations); the layout does not
 //! matter as long as both operands share it.
@@ -12,6 +12,7 @@
 //! is indexed by two bytes; the vector loops load and store 16 (8) bytes through subslices of
 //! exactly that length, bounds-checked by the slicing.
 
+use crate::target::Isa;
 use qc_ir::requant::{output_range, round_even};
 use qc_ir::{Attrs, ScalarType, TensorType};
 
@@ -47,11 +48,13 @@ pub struct AddQ {
     hi: f32,
     /// `table[a · 256 + b]`, when the vector loop does not run.
     table: Option<Box<[u8]>>,
+    /// Whether the vector loop may take sixteen elements at a time (the level has AVX-512).
+    avx512: bool,
 }
 
 impl AddQ {
     /// The kernel of an 8-bit add of per-tensor quantized same-shape operands, or `None`.
-    pub fn new(attrs: &Attrs, tys: &[&TensorType], out: &TensorType) -> Option<AddQ> {
+    pub fn new(attrs: &Attrs, tys: &[&TensorType], out: &TensorType, isa: Isa) -> Option<AddQ> {
         let (aq, bq, yq) = (tys[0].elem.quant()?, tys[1].elem.quant()?, out.elem.quant()?);
         let eight = |q: &qc_ir::QuantParams| q.axis.is_none() && matches!(q.storage, ScalarType::I8 | ScalarType::U8);
         if !(eight(aq) && eight(bq) && eight(yq)) || tys[0].dims != tys[1].dims || tys[0].dims != out.dims {
@@ -59,8 +62,17 @@ impl AddQ {
         }
         let (lo, hi) = output_range(yq, attrs);
         let (sy, zy) = yq.at(0);
-        let mut add = AddQ { a: Real::new(aq), b: Real::new(bq), sy, zy: zy as f32, lo: lo as f32, hi: hi as f32, table: None };
-        if !vector_loop() {
+        let mut add = AddQ {
+            a: Real::new(aq),
+            b: Real::new(bq),
+            sy,
+            zy: zy as f32,
+            lo: lo as f32,
+            hi: hi as f32,
+            table: None,
+            avx512: isa.avx512(),
+        };
+        if !vector_loop(isa) {
             let mut table = vec![0u8; 1 << 16].into_boxed_slice();
             for a in 0..=255u8 {
                 for b in 0..=255u8 {
@@ -163,7 +175,7 @@ impl AddQ {
             }
             // SAFETY: the CPU has AVX-512 F (checked just before).
             #[cfg(target_arch = "x86_64")]
-            None if std::is_x86_feature_detected!("avx512f") => unsafe { self.each_avx512(a, b, y) },
+            None if self.avx512 && std::is_x86_feature_detected!("avx512f") => unsafe { self.each_avx512(a, b, y) },
             #[cfg(target_arch = "x86_64")]
             // SAFETY: there is no table only where `vector_loop` found AVX2.
             None => unsafe { self.each_avx2(a, b, y) },
@@ -174,14 +186,16 @@ impl AddQ {
     }
 }
 
-/// Whether adds run the vector loop: on CPUs with AVX2, unless `QC_ISA=scalar`.
-fn vector_loop() -> bool {
+/// Whether adds run the vector loop: on levels with AVX2 (the CPU checked too, as the loop's
+/// safety rests on it).
+fn vector_loop(isa: Isa) -> bool {
     #[cfg(target_arch = "x86_64")]
     {
-        crate::model::jit_enabled() && std::is_x86_feature_detected!("avx2")
+        isa.avx2() && std::is_x86_feature_detected!("avx2")
     }
     #[cfg(not(target_arch = "x86_64"))]
     {
+        let _ = isa;
         false
     }
 }
@@ -202,7 +216,7 @@ mod tests {
         {
             for (flip, shift) in [(0u8, 0i32), (0x80, 128), (0, 17)] {
                 let real = |s| Real { s, flip, shift };
-                let add = AddQ { a: real(sa), b: real(sb), sy, zy: zy as f32, lo, hi, table: None };
+                let add = AddQ { a: real(sa), b: real(sb), sy, zy: zy as f32, lo, hi, table: None, avx512: true };
                 let want: Vec<u8> = a.iter().zip(&b).map(|(&p, &q)| add.one(p, q)).collect();
                 let mut y = vec![0u8; a.len()];
                 if std::is_x86_feature_detected!("avx2") {

@@ -17,7 +17,7 @@
 use crate::direct::{Direct, DirectFn};
 use crate::gemm::{GemmKernel, GemmSpec, RowOffsets};
 use crate::halo::{Halo, Scratch};
-use crate::model::WindowKernel;
+use crate::kernel::WindowKernel;
 use crate::window::{Geometry, Window};
 use crate::window_jit::with_padding_pixel;
 use qc_ir::{Attr, Attrs, Dim, OpKind, Tensor, TensorType};
@@ -163,6 +163,7 @@ impl Conv {
         w: &Tensor,
         bias: Option<&Tensor>,
         out: &TensorType,
+        isa: crate::target::Isa,
     ) -> Result<Option<Conv>, String> {
         let x = tys[0];
         if x.rank() != 4 || out.rank() != 4 || w.shape().len() != 4 {
@@ -212,7 +213,7 @@ impl Conv {
             if let Some(place) = InPlace::new(attrs, [c, h, wd], [kh, kw], [oh, ow]) {
                 let weights = place.weights(&spec.weights, spec.n, kh);
                 let spec = GemmSpec { k: weights.len() / spec.n, weights, ..spec.clone() };
-                if let Some(kernel) = GemmKernel::compile_offsets(&spec, &place.offsets, &place.halo)? {
+                if let Some(kernel) = GemmKernel::compile_offsets(&spec, &place.offsets, &place.halo, isa)? {
                     let (image, positions) = (c * h * wd, oh * ow);
                     let gather = Gather::InPlace(place.halo);
                     let depth = c * kh * kw;
@@ -220,7 +221,7 @@ impl Conv {
                 }
             }
         }
-        let kernel = GemmKernel::compile(&spec)?;
+        let kernel = GemmKernel::compile(&spec, isa)?;
         Conv::assemble(attrs, kernel, [c, h, wd], [kh, kw], [oh, ow], pad_value).map(Some)
     }
 

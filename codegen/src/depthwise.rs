@@ -1,6 +1,6 @@
 //! Integer depthwise conv2d (`groups = C_in = C_out`) on NHWC bytes. Layers that requantize in
 //! f32 run a Cranelift kernel specialized to the layer (`depthwise_simd.rs`, x64); the
-//! others (`--requant q31`), and every layer under `QC_ISA=scalar`, run the Rust loop here: each
+//! others (`--requant q31`), and every layer on the `scalar` ISA level, run the Rust loop here: each
 //! image is widened once to `x − zp_x` as i32, then every output pixel accumulates
 //! `w[tap][c] · x[p][c]` over its in-bounds taps, a loop over contiguous channels that the
 //! compiler vectorizes. Taps in the padding read `x = zp_x`, which adds 0, so they are skipped.
@@ -11,7 +11,7 @@
 
 use crate::depthwise_simd::{DepthwiseKernel, DepthwiseSpec};
 use crate::halo::Scratch;
-use crate::model::WindowKernel;
+use crate::kernel::WindowKernel;
 use crate::window::Window;
 use qc_ir::requant::{Requant, RequantMode, acc_scale, output_range};
 use qc_ir::{Attrs, ScalarType, Tensor, TensorType};
@@ -36,7 +36,14 @@ pub struct Depthwise {
 
 impl Depthwise {
     /// The kernel of an integer depthwise conv2d, or `None` when it is not one this kernel runs.
-    pub fn new(attrs: &Attrs, tys: &[&TensorType], w: &Tensor, bias: Option<&Tensor>, out: &TensorType) -> Option<Depthwise> {
+    pub fn new(
+        attrs: &Attrs,
+        tys: &[&TensorType],
+        w: &Tensor,
+        bias: Option<&Tensor>,
+        out: &TensorType,
+        isa: crate::target::Isa,
+    ) -> Option<Depthwise> {
         let (x, wt) = (tys[0], tys[1]);
         if x.rank() != 4 || out.rank() != 4 || w.shape().len() != 4 {
             return None;
@@ -91,7 +98,7 @@ impl Depthwise {
             None => Multipliers::Each(requant),
         };
         let kernel = match &requant {
-            Multipliers::F32(mult) if cfg!(target_arch = "x86_64") && crate::model::jit_enabled() => {
+            Multipliers::F32(mult) if cfg!(target_arch = "x86_64") && isa.jit_kernels() => {
                 let spec = DepthwiseSpec {
                     c,
                     window: &window,
@@ -104,7 +111,7 @@ impl Depthwise {
                     lo,
                     hi,
                 };
-                DepthwiseKernel::compile(&spec).ok()
+                DepthwiseKernel::compile(&spec, isa).ok()
             }
             _ => None,
         };

@@ -35,7 +35,7 @@ const UNROLL: usize = 4;
 /// A compiled row kernel.
 pub(crate) struct RowsKernel {
     /// `(image, out, halo buffer)`.
-    f: unsafe extern "C" fn(*const u8, *mut u8, *mut u8),
+    f: crate::jit::BufferFn,
     halo: Halo,
     pad: u8,
     out_image: usize,
@@ -155,9 +155,7 @@ impl RowsKernel {
             b.ins().return_(&[]);
         })?;
         let code = Arc::new(jit.finish()?);
-        // SAFETY: `id` is a finalized function of `code` with the signature (pointer, pointer,
-        // pointer) -> (), in the host's System V calling convention.
-        let f = unsafe { std::mem::transmute::<*const u8, unsafe extern "C" fn(*const u8, *mut u8, *mut u8)>(code.function(id)) };
+        let f = code.function(id)?;
         let pad = if s.x_signed { s.zp_x as i8 as u8 } else { s.zp_x as u8 };
         Ok(Some(RowsKernel { f, halo, pad, out_image: oh * ow * c, _tables: tables, _code: code }))
     }

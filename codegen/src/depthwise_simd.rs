@@ -104,7 +104,7 @@ impl Tables {
 impl DepthwiseKernel {
     /// Compiles the kernel; an error when the tables are inconsistent or the weights do not fit
     /// i16 (they are `w − zp_w` of 8-bit weights, so they always do).
-    pub fn compile(s: &DepthwiseSpec) -> Result<DepthwiseKernel, String> {
+    pub fn compile(s: &DepthwiseSpec, isa: crate::target::Isa) -> Result<DepthwiseKernel, String> {
         let (c, taps) = (s.c, s.window.taps);
         if c == 0 || taps == 0 || s.weights.len() != taps * c || s.bias.len() != c || s.mult.len() != c {
             return Err("inconsistent depthwise kernel tables".into());
@@ -112,11 +112,7 @@ impl DepthwiseKernel {
         if s.mult.iter().any(|m| !m.is_finite()) {
             return Err("the depthwise kernel requantizes with finite f32 multipliers".into());
         }
-        let vnni = match std::env::var("QC_ISA").as_deref() {
-            Ok("sse") | Ok("scalar") => false,
-            Ok("vnni") => true,
-            _ => crate::jit::host_has_vnni(),
-        };
+        let vnni = isa.vnni();
         if vnni && let Some(rows) = RowsKernel::compile(s)? {
             return Ok(DepthwiseKernel::Rows(rows));
         }

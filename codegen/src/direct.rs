@@ -21,9 +21,9 @@ use std::ops::Range;
 pub(crate) enum DirectFn {
     /// `(image, out, buffer)` on one image, which the kernel copies into its `buffer`-byte
     /// buffer, whose border must be `pad`.
-    Window { f: unsafe extern "C" fn(*const u8, *mut u8, *mut u8), pad: u8, buffer: usize },
+    Window { f: crate::jit::BufferFn, pad: u8, buffer: usize },
     /// `(a, out, m)`.
-    Rows { f: unsafe extern "C" fn(*const u8, *mut u8, i64), m: i64 },
+    Rows { f: crate::jit::RowsFn, m: i64 },
 }
 
 /// A kernel that a batch-1 step can call directly: its function and the bytes it reads and

@@ -6,6 +6,7 @@
 //! the vector paths are checked against.
 
 use crate::jit::{Jit, JitCode};
+use crate::target::Isa;
 use cranelift_codegen::ir::{InstBuilder, MemFlagsData, Value, condcodes::IntCC, types};
 use cranelift_frontend::{FunctionBuilder, Variable};
 use qc_ir::requant::{Requant, RequantMode, acc_scale, output_range};
@@ -169,17 +170,15 @@ pub enum Path {
 }
 
 impl Path {
-    /// The path to use: `QC_ISA=scalar|sse|vnni` forces one; otherwise VNNI where the host has it,
-    /// else SSE — the vector paths where the layer allows them (f32 requantization with finite
+    /// The path for `isa`: VNNI on the VNNI levels, SSE (`pmaddwd`) on the others but `scalar` —
+    /// the vector paths where the layer allows them (f32 requantization with finite
     /// multipliers; weights in i8 for VNNI, in i16 for SSE), else scalar.
-    pub fn choose(spec: &GemmSpec) -> Path {
+    pub fn choose(spec: &GemmSpec, isa: Isa) -> Path {
         let f32_mode = spec.requant.iter().all(|r| matches!(r, Requant::F32(m) if m.is_finite()));
         let fits = |lo: i32, hi: i32| spec.weights.iter().all(|w| (lo..=hi).contains(w));
-        let wanted = match std::env::var("QC_ISA").as_deref() {
-            Ok("scalar") => Path::Scalar,
-            Ok("sse") => Path::Sse,
-            Ok("vnni") => Path::Vnni,
-            _ if crate::jit::host_has_vnni() => Path::Vnni,
+        let wanted = match isa {
+            Isa::Scalar => Path::Scalar,
+            l if l.vnni() => Path::Vnni,
             _ => Path::Sse,
         };
         match wanted {
@@ -216,10 +215,10 @@ pub struct GemmKernel {
 /// A kernel's compiled function.
 enum Entry {
     /// `(a, out, m)`: `m` rows of a matrix, or in place.
-    Rows(unsafe extern "C" fn(*const u8, *mut u8, i64)),
+    Rows(crate::jit::RowsFn),
     /// `(image, out, halo buffer)`: in place, after copying an image of this many bytes into the
     /// halo buffer ([`crate::halo::Halo::emit_copy_in`]).
-    Copying(unsafe extern "C" fn(*const u8, *mut u8, *mut u8), usize),
+    Copying(crate::jit::BufferFn, usize),
 }
 
 /// Emits `for var in start..end { body }`.
@@ -256,9 +255,9 @@ pub(crate) fn emit_if(b: &mut FunctionBuilder, cond: Value, body: impl FnOnce(&m
 }
 
 impl GemmKernel {
-    /// Compiles the kernel on the path [`Path::choose`] picks.
-    pub fn compile(spec: &GemmSpec) -> Result<GemmKernel, String> {
-        GemmKernel::compile_on(spec, Path::choose(spec))
+    /// Compiles the kernel on the path [`Path::choose`] picks for `isa`.
+    pub fn compile(spec: &GemmSpec, isa: Isa) -> Result<GemmKernel, String> {
+        GemmKernel::compile_on(spec, Path::choose(spec, isa))
     }
 
     /// Compiles the kernel on a given path.
@@ -267,10 +266,10 @@ impl GemmKernel {
     }
 
     /// Compiles a kernel writing i32 accumulators ([`Output::I32`]) on the path [`Path::choose`]
-    /// would pick were the requantization f32 (it is not used).
-    pub fn compile_i32(spec: &GemmSpec) -> Result<GemmKernel, String> {
+    /// would pick for `isa` were the requantization f32 (it is not used).
+    pub fn compile_i32(spec: &GemmSpec, isa: Isa) -> Result<GemmKernel, String> {
         let f32_spec = GemmSpec { requant: vec![Requant::F32(1.0); spec.n], ..spec.clone() };
-        GemmKernel::compile_output(&f32_spec, Path::choose(&f32_spec), Output::I32)
+        GemmKernel::compile_output(&f32_spec, Path::choose(&f32_spec, isa), Output::I32)
     }
 
     /// Compiles the kernel on a given path, writing `output`.
@@ -287,8 +286,9 @@ impl GemmKernel {
         spec: &GemmSpec,
         offsets: &RowOffsets,
         halo: &crate::halo::Halo,
+        isa: Isa,
     ) -> Result<Option<GemmKernel>, String> {
-        match Path::choose(spec) {
+        match Path::choose(spec, isa) {
             Path::Scalar => Ok(None),
             path => crate::gemm_simd::compile(spec, path, Output::Bytes, Some((offsets, halo))).map(Some),
         }
@@ -317,24 +317,17 @@ impl GemmKernel {
     /// Assembles a kernel from compiled parts (for the vector path's module); `copies`: the
     /// bytes of the image it copies in ([`Entry::Copying`]).
     pub(crate) fn from_parts(
-        f: *const u8,
+        id: cranelift_module::FuncId,
         (n, k): (usize, usize),
         path: Path,
         output: Output,
         tables: Box<Tables>,
         code: Arc<JitCode>,
         copies: Option<usize>,
-    ) -> GemmKernel {
+    ) -> Result<GemmKernel, String> {
         let f = match copies {
-            // SAFETY: `f` is a finalized function of `code` with the signature
-            // (pointer, pointer, pointer) -> (), and the System V calling convention of the host.
-            Some(image) => Entry::Copying(
-                unsafe { std::mem::transmute::<*const u8, unsafe extern "C" fn(*const u8, *mut u8, *mut u8)>(f) },
-                image,
-            ),
-            // SAFETY: `f` is a finalized function of `code` with the signature
-            // (pointer, pointer, i64) -> (), and the System V calling convention of the host.
-            None => Entry::Rows(unsafe { std::mem::transmute::<*const u8, unsafe extern "C" fn(*const u8, *mut u8, i64)>(f) }),
+            Some(image) => Entry::Copying(code.function(id)?, image),
+            None => Entry::Rows(code.function(id)?),
         };
         let offsets = (!tables.row_offsets.is_empty()).then(|| {
             let reach = RowOffsets {
@@ -344,7 +337,7 @@ impl GemmKernel {
             .reach();
             (tables.row_offsets.len(), reach)
         });
-        GemmKernel { f, n, k, path, output, offsets, _tables: tables, _code: code }
+        Ok(GemmKernel { f, n, k, path, output, offsets, _tables: tables, _code: code })
     }
 
     fn compile_scalar(spec: &GemmSpec, output: Output) -> Result<GemmKernel, String> {
@@ -471,8 +464,7 @@ impl GemmKernel {
             b.ins().return_(&[]);
         })?;
         let code = Arc::new(jit.finish()?);
-        let p = code.function(id);
-        Ok(GemmKernel::from_parts(p, (n, k), Path::Scalar, output, tables, code, None))
+        GemmKernel::from_parts(id, (n, k), Path::Scalar, output, tables, code, None)
     }
 
     /// Runs the kernel on `m` rows of activations (`m × k` bytes, i8 or u8 as compiled) into
@@ -565,7 +557,7 @@ impl GemmKernel {
 
     /// Its function for a direct call on one image when it reads in place (see
     /// [`crate::direct`]): the function, the image's bytes, and the buffer bytes it reads.
-    pub(crate) fn direct_in_place(&self) -> Option<(unsafe extern "C" fn(*const u8, *mut u8, *mut u8), usize, usize)> {
+    pub(crate) fn direct_in_place(&self) -> Option<(crate::jit::BufferFn, usize, usize)> {
         match (self.offsets, &self.f) {
             (Some((_, reach)), Entry::Copying(f, image)) => Some((*f, *image, reach)),
             _ => None,

@@ -618,5 +618,5 @@ pub(crate) fn compile(
         b.ins().return_(&[]);
     })?;
     let code = Arc::new(jit.finish()?);
-    Ok(GemmKernel::from_parts(code.function(id), (n, k), path, output, tables, code, in_place.map(|(_, h)| h.image())))
+    GemmKernel::from_parts(id, (n, k), path, output, tables, code, in_place.map(|(_, h)| h.image()))
 }

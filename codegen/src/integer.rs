@@ -54,7 +54,13 @@ fn zero_points(w_zp: Option<&Tensor>, n: usize) -> Result<Option<Vec<i64>>, Stri
 /// The kernel `Σ x·(w − w_zp)` of column-major weights (`[N][K]`) and their columns' sums;
 /// `None` when `255·Σ|w − w_zp|` could leave i32 for a column (where the evaluator refuses a
 /// convolution's result).
-fn compile(weights: Vec<i64>, zps: &[i64], k: usize, signed: bool) -> Result<Option<(GemmKernel, Vec<i32>)>, String> {
+fn compile(
+    weights: Vec<i64>,
+    zps: &[i64],
+    k: usize,
+    signed: bool,
+    isa: crate::target::Isa,
+) -> Result<Option<(GemmKernel, Vec<i32>)>, String> {
     if k == 0 || weights.is_empty() {
         return Ok(None);
     }
@@ -77,13 +83,18 @@ fn compile(weights: Vec<i64>, zps: &[i64], k: usize, signed: bool) -> Result<Opt
         lo: 0,
         hi: 255,
     };
-    Ok(Some((GemmKernel::compile_i32(&spec)?, colsum)))
+    Ok(Some((GemmKernel::compile_i32(&spec, isa)?, colsum)))
 }
 
 impl IntegerProduct {
     /// The product of a `matmul_integer(a, b[, a_zp[, b_zp]])` whose `b` (2-D) and `b_zp` are
     /// constants and whose `a_zp` is a scalar; `None` for any other.
-    pub fn matmul(tys: &[&TensorType], b: &Tensor, b_zp: Option<&Tensor>) -> Result<Option<IntegerProduct>, String> {
+    pub fn matmul(
+        tys: &[&TensorType],
+        b: &Tensor,
+        b_zp: Option<&Tensor>,
+        isa: crate::target::Isa,
+    ) -> Result<Option<IntegerProduct>, String> {
         let Some(signed) = eight_bit(tys[0]) else { return Ok(None) };
         if tys.get(2).is_some_and(|z| z.dims.iter().any(|d| d.fixed() != Some(1))) || b.shape().len() != 2 {
             return Ok(None);
@@ -93,7 +104,7 @@ impl IntegerProduct {
         let Some(zps) = zero_points(b_zp, n)? else { return Ok(None) };
         // `[K, N]` → column-major `[N][K]`.
         let weights: Vec<i64> = (0..n * k).map(|i| wv[(i % k) * n + i / k]).collect();
-        let Some((kernel, colsum)) = compile(weights, &zps, k, signed)? else { return Ok(None) };
+        let Some((kernel, colsum)) = compile(weights, &zps, k, signed, isa)? else { return Ok(None) };
         Ok(Some(IntegerProduct { shape: Shape::MatMul { kernel, k, n }, colsum, signed }))
     }
 
@@ -105,6 +116,7 @@ impl IntegerProduct {
         w: &Tensor,
         w_zp: Option<&Tensor>,
         out: &TensorType,
+        isa: crate::target::Isa,
     ) -> Result<Option<IntegerProduct>, String> {
         let (x, signed) = match eight_bit(tys[0]) {
             Some(signed) if tys[0].rank() == 4 && out.rank() == 4 && attrs.int("groups", 1) == 1 => (tys[0], signed),
@@ -133,7 +145,7 @@ impl IntegerProduct {
                 }
             }
         }
-        let Some((kernel, colsum)) = compile(weights, &zps, k, signed)? else { return Ok(None) };
+        let Some((kernel, colsum)) = compile(weights, &zps, k, signed, isa)? else { return Ok(None) };
         let conv = Conv::assemble(attrs, kernel, [c, h, wd], [kh, kw], [oh, ow], 0)?;
         Ok(Some(IntegerProduct { shape: Shape::Conv { conv, chw: [c, h, wd], o, out_hw: [oh, ow] }, colsum, signed }))
     }
@@ -143,7 +155,7 @@ impl IntegerProduct {
         match &self.shape {
             Shape::MatMul { k, n, .. } => 2 * (x_len / k * n * k) as u64,
             Shape::Conv { conv, chw: [c, h, w], .. } => {
-                use crate::model::WindowKernel;
+                use crate::kernel::WindowKernel;
                 conv.ops(x_len / (c * h * w))
             }
         }

@@ -14,12 +14,40 @@ pub fn host_isa() -> Result<OwnedTargetIsa, String> {
     ISA.get_or_init(detect_isa).clone()
 }
 
-/// Whether the host has a VNNI dot-product instruction (AVX512-VNNI or AVX-VNNI), which the
-/// vector GEMM's dot tree becomes.
-pub fn host_has_vnni() -> bool {
-    host_isa().is_ok_and(|isa| {
-        isa.isa_flags().iter().any(|f| (f.name == "has_avx512vnni" || f.name == "has_avx_vnni") && f.as_bool() == Some(true))
-    })
+/// Whether Cranelift's host ISA has the boolean flag `name` set (`has_avx512vnni`): the
+/// instructions its lowering rules may use on this CPU.
+pub fn host_flag(name: &str) -> bool {
+    host_isa().is_ok_and(|isa| isa.isa_flags().iter().any(|f| f.name == name && f.as_bool() == Some(true)))
+}
+
+/// The signatures qc's kernels are defined with, as Rust function pointer types: the only
+/// types [`JitCode::function`] turns code into.
+pub trait KernelFn: Copy + sealed::Sealed {
+    /// The Cranelift parameters of the signature, given the pointer type.
+    fn params(pointer: Type) -> Vec<Type>;
+}
+
+mod sealed {
+    pub trait Sealed {}
+    impl Sealed for super::RowsFn {}
+    impl Sealed for super::BufferFn {}
+}
+
+/// `f(input, output, rows)`: a kernel over `rows` rows (or groups, or images) of its input.
+pub type RowsFn = unsafe extern "C" fn(*const u8, *mut u8, i64);
+/// `f(input, output, buffer)`: a kernel over one image that uses a buffer of its own.
+pub type BufferFn = unsafe extern "C" fn(*const u8, *mut u8, *mut u8);
+
+impl KernelFn for RowsFn {
+    fn params(pointer: Type) -> Vec<Type> {
+        vec![pointer, pointer, cranelift_codegen::ir::types::I64]
+    }
+}
+
+impl KernelFn for BufferFn {
+    fn params(pointer: Type) -> Vec<Type> {
+        vec![pointer, pointer, pointer]
+    }
 }
 
 /// `opt_level = "none"`: on kernel code it ran faster than `"speed"` (see
@@ -42,13 +70,15 @@ pub struct Jit {
     ctx: Context,
     fctx: FunctionBuilderContext,
     count: usize,
+    /// Each defined function's parameters, by id.
+    signatures: Vec<(FuncId, Vec<Type>)>,
 }
 
 impl Jit {
     /// A new module for the host.
     pub fn new() -> Result<Jit, String> {
         let module = JITModule::new(JITBuilder::with_isa(host_isa()?, default_libcall_names()));
-        Ok(Jit { ctx: module.make_context(), module, fctx: FunctionBuilderContext::new(), count: 0 })
+        Ok(Jit { ctx: module.make_context(), module, fctx: FunctionBuilderContext::new(), count: 0, signatures: Vec::new() })
     }
 
     /// The pointer type.
@@ -77,19 +107,23 @@ impl Jit {
         build(&mut b, &args);
         b.finalize(config);
         self.module.define_function(id, &mut self.ctx).map_err(|e| format!("Cranelift rejected a kernel: {e:?}"))?;
+        self.signatures.push((id, params.to_vec()));
         Ok(id)
     }
 
     /// Finalizes every function; the code lives as long as the returned [`JitCode`].
     pub fn finish(mut self) -> Result<JitCode, String> {
         self.module.finalize_definitions().map_err(|e| e.to_string())?;
-        Ok(JitCode { module: Some(self.module) })
+        let pointer = self.pointer_type();
+        Ok(JitCode { module: Some(self.module), signatures: self.signatures, pointer })
     }
 }
 
 /// Finalized machine code.
 pub struct JitCode {
     module: Option<JITModule>,
+    signatures: Vec<(FuncId, Vec<Type>)>,
+    pointer: Type,
 }
 
 // SAFETY: after `finalize_definitions` the module's code and data are immutable; `JitCode` only
@@ -99,9 +133,21 @@ unsafe impl Send for JitCode {}
 unsafe impl Sync for JitCode {}
 
 impl JitCode {
-    /// The address of a finalized function.
-    pub fn function(&self, id: FuncId) -> *const u8 {
-        self.module.as_ref().expect("alive until dropped").get_finalized_function(id)
+    /// The finalized function `id` as the Rust function type `F`, or an error when it was not
+    /// defined with `F`'s parameters. The pointer is valid while this `JitCode` lives: whoever
+    /// keeps it keeps the code too (kernels hold their `Arc<JitCode>` next to the pointer).
+    pub fn function<F: KernelFn>(&self, id: FuncId) -> Result<F, String> {
+        let params = self.signatures.iter().find(|(f, _)| *f == id).map(|(_, p)| p);
+        if params != Some(&F::params(self.pointer)) {
+            return Err(format!("JIT function {} was not defined as a {}", id.as_u32(), std::any::type_name::<F>()));
+        }
+        let code = self.module.as_ref().expect("alive until dropped").get_finalized_function(id);
+        const { assert!(std::mem::size_of::<F>() == std::mem::size_of::<*const u8>()) };
+        // SAFETY: `code` is the entry of a finalized function whose Cranelift signature is the
+        // one `F` declares (checked just above; `KernelFn` is implemented only for `extern "C"`
+        // pointer types of those parameters, returning nothing), in the host's default calling
+        // convention, which is System V's on x86-64 as `extern "C"` is; both are one pointer wide.
+        Ok(unsafe { std::mem::transmute_copy::<*const u8, F>(&code) })
     }
 }
 

@@ -1,13 +1,17 @@
 //! `qc-codegen`: lowering verified QIR to machine code with Cranelift.
 //!
-//! The JIT wrapper ([`jit`]); the integer GEMM kernel ([`gemm`], scalar and 128-bit vector
-//! paths) specialized to one layer; convolutions as GEMMs over channels-last patches ([`conv`]);
-//! depthwise convolution, max pooling, the global mean, quantize and dequantize as kernels of
-//! their own ([`depthwise`], [`pool`]); the products of dynamically quantized layers as GEMMs
-//! writing i32 ([`integer`]); Rust table kernels for residual adds and activations ([`add`],
-//! [`lut`]); and
-//! [`CompiledModel`], which runs a graph on them and every other op on the evaluator's
-//! implementation. Everything is checked bit for bit against the reference evaluator.
+//! [`CompiledModel::compile_with`] takes a graph and a target ([`CodegenOptions`]: an ISA level
+//! and threads, [`target`]) and goes through three stages, each in its own module: `lower.rs`
+//! picks each op's kernel (instruction selection), `steps.rs` lays the kernels' activations out
+//! in the arena with their layouts and lifetimes, and [`plan`] packs them; `runtime.rs` runs the
+//! steps on the calling thread's arena. The kernels themselves — the integer GEMM ([`gemm`],
+//! scalar and 128-bit vector paths) specialized to one layer; convolutions reading their taps in
+//! place ([`conv`]); depthwise convolution, max pooling, the global mean, quantize and dequantize
+//! ([`depthwise`], [`pool`]); the products of dynamically quantized layers ([`integer`]); Rust
+//! loops for residual adds and table activations ([`add`], [`lut`]) — know nothing of the plan
+//! or the run loop: windowed kernels meet it through one trait (`kernel.rs`). The JIT wrapper
+//! ([`jit`]) is the one place JIT code becomes a callable function. Every other op runs the
+//! evaluator's implementation. Everything is checked bit for bit against the reference evaluator.
 #![warn(missing_docs)]
 
 pub mod add;
@@ -17,21 +21,29 @@ mod depthwise_rows;
 mod depthwise_simd;
 mod dequant_chain;
 mod direct;
+mod error;
 pub mod gemm;
 mod gemm_simd;
 mod halo;
 pub mod integer;
 pub mod jit;
+mod kernel;
 pub mod lanes;
 pub mod layout;
+mod lower;
 pub mod lut;
 pub mod model;
 pub mod plan;
 pub mod pool;
 mod pool_simd;
 mod quant_simd;
+mod runtime;
+mod steps;
+pub mod target;
 pub mod window;
 mod window_jit;
 
+pub use error::CodegenError;
 pub use gemm::{GemmKernel, GemmSpec, Path};
-pub use model::{CodegenError, CompiledModel, MemoryPlan, StepProfile};
+pub use model::{CompiledModel, MemoryPlan, StepProfile};
+pub use target::{CodegenOptions, Isa};

@@ -1,7 +1,7 @@
 //! 8-bit pooling on NHWC bytes: max pooling through a window table, and the global mean (global
 //! average pooling, or reduce_mean over H and W) as one channel-wise sum per image and the
 //! evaluator's requantization `requant(Σ(x − zp_x), s_x / (s_y·h·w))`. Both run Cranelift
-//! kernels (`pool_simd.rs`); the Rust loops here run under `QC_ISA=scalar`, for the mean in q31
+//! kernels (`pool_simd.rs`); the Rust loops here run on the `scalar` ISA level, for the mean in q31
 //! mode, and for its channels past the last multiple of 8.
 //!
 //! Bounds: window entries are `< h·w` or the padding marker (see [`Window`]); input lengths are
@@ -9,8 +9,9 @@
 //! bounds are in their module.
 
 use crate::halo::Scratch;
-use crate::model::WindowKernel;
+use crate::kernel::WindowKernel;
 use crate::pool_simd::{GlobalMeanKernel, MaxPoolKernel, MeanSpec};
+use crate::target::Isa;
 use crate::window::Window;
 use qc_ir::requant::{Requant, RequantMode, q31};
 use qc_ir::{Attrs, OpKind, ScalarType, TensorType};
@@ -40,13 +41,13 @@ pub struct MaxPool {
     /// XOR-ed into signed bytes so that unsigned comparison orders them (`0x80` or 0).
     flip: u8,
     out_hw: [usize; 2],
-    /// The compiled kernel (not under `QC_ISA=scalar`).
+    /// The compiled kernel (not on the `scalar` ISA level).
     kernel: Option<MaxPoolKernel>,
 }
 
 impl MaxPool {
     /// The kernel of an 8-bit max_pool, or `None`.
-    pub fn new(attrs: &Attrs, x: &TensorType, out: &TensorType) -> Option<MaxPool> {
+    pub fn new(attrs: &Attrs, x: &TensorType, out: &TensorType, isa: Isa) -> Option<MaxPool> {
         let (_, _, signed) = q8(x)?;
         if q8(out)? != q8(x)? {
             return None;
@@ -58,7 +59,7 @@ impl MaxPool {
             return None;
         }
         let window = Window::new(attrs, (h, w), (k[0] as usize, k[1] as usize), (oh, ow))?;
-        let kernel = crate::model::jit_enabled().then(|| MaxPoolKernel::compile(c, &window, signed).ok()).flatten();
+        let kernel = isa.jit_kernels().then(|| MaxPoolKernel::compile(c, &window, signed).ok()).flatten();
         Some(MaxPool { c, window, flip: if signed { 0x80 } else { 0 }, out_hw: [oh, ow], kernel })
     }
 }
@@ -131,14 +132,14 @@ pub struct GlobalMean {
     zp_y: i32,
     lo: i32,
     hi: i32,
-    /// The compiled kernel for the whole groups of 8 channels (f32 requantization, not under
-    /// `QC_ISA=scalar`).
+    /// The compiled kernel for the whole groups of 8 channels (f32 requantization, not on the
+    /// `scalar` ISA level).
     kernel: Option<GlobalMeanKernel>,
 }
 
 impl GlobalMean {
     /// The kernel of an 8-bit global_avg_pool, or reduce_mean over axes {2, 3}, or `None`.
-    pub fn new(kind: OpKind, attrs: &Attrs, x: &TensorType, out: &TensorType) -> Option<GlobalMean> {
+    pub fn new(kind: OpKind, attrs: &Attrs, x: &TensorType, out: &TensorType, isa: Isa) -> Option<GlobalMean> {
         let ((s_x, zp_x, signed), (s_y, zp_y, out_signed)) = (q8(x)?, q8(out)?);
         let [c, h, w] = chw(x)?;
         match kind {
@@ -163,7 +164,7 @@ impl GlobalMean {
         };
         let (lo, hi) = if out_signed { (-128, 127) } else { (0, 255) };
         let kernel = match requant {
-            Requant::F32(m) if crate::model::jit_enabled() => {
+            Requant::F32(m) if isa.jit_kernels() => {
                 GlobalMeanKernel::compile(&MeanSpec { c, plane, zp_x, signed, m, zp_y, lo, hi }).ok()
             }
             _ => None,

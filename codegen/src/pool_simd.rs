@@ -83,7 +83,7 @@ impl MaxPoolKernel {
 /// `8g + 8 ≤ C` (whole groups only), so below `batch·image`, and writes 8 bytes at
 /// `out + i·C + 8g`, below `batch·C`; [`GlobalMeanKernel::run`] checks both lengths.
 pub struct GlobalMeanKernel {
-    f: unsafe extern "C" fn(*const u8, *mut u8, i64),
+    f: crate::jit::RowsFn,
     c: usize,
     plane: usize,
     _code: Arc<JitCode>,
@@ -172,9 +172,7 @@ impl GlobalMeanKernel {
             b.ins().return_(&[]);
         })?;
         let code = Arc::new(jit.finish()?);
-        // SAFETY: `id` is a finalized function of `code` with the signature (pointer, pointer, i64)
-        // -> (), in the host's System V calling convention.
-        let f = unsafe { std::mem::transmute::<*const u8, unsafe extern "C" fn(*const u8, *mut u8, i64)>(code.function(id)) };
+        let f = code.function(id)?;
         Ok(GlobalMeanKernel { f, c, plane, _code: code })
     }
 

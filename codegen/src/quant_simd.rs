@@ -48,7 +48,7 @@ impl Q8 {
     }
 }
 
-type Kernel = unsafe extern "C" fn(*const u8, *mut u8, i64);
+type Kernel = crate::jit::RowsFn;
 
 /// Compiles `f(src, dst, n)` running `body(b, src + 16·i elements, dst + 16·i elements)` for
 /// `i < n`; `src_bytes`/`dst_bytes` are an element's sizes.
@@ -71,9 +71,7 @@ fn compile(
         b.ins().return_(&[]);
     })?;
     let code = Arc::new(jit.finish()?);
-    // SAFETY: `id` is a finalized function of `code` with the signature (pointer, pointer, i64)
-    // -> (), in the host's System V calling convention.
-    let f = unsafe { std::mem::transmute::<*const u8, Kernel>(code.function(id)) };
+    let f = code.function(id)?;
     Ok((f, code))
 }
 

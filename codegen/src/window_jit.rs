@@ -69,9 +69,7 @@ pub(crate) fn compile(
         b.ins().return_(&[]);
     })?;
     let code = Arc::new(jit.finish()?);
-    // SAFETY: `id` is a finalized function of `code` with the signature (pointer, pointer,
-    // pointer) -> (), in the host's System V calling convention.
-    let f = unsafe { std::mem::transmute::<*const u8, unsafe extern "C" fn(*const u8, *mut u8, *mut u8)>(code.function(id)) };
+    let f = code.function(id)?;
     Ok(ImageFn { f, c, plane: window.plane, positions, pad, slack, _offsets: offsets, _code: code })
 }
 

@@ -10,7 +10,7 @@ mod support;
 
 use ndarray::{ArrayD, IxDyn};
 use proptest::prelude::*;
-use qc_codegen::CompiledModel;
+use qc_codegen::{CodegenOptions, CompiledModel, Isa};
 use qc_ir::eval::evaluate;
 use qc_ir::{ScalarType, Tensor};
 use support::{Window, cases, list, window};
@@ -112,10 +112,13 @@ fn check(case: &Case) -> Result<(), TestCaseError> {
     } else {
         ScalarType::U8
     });
-    let model = CompiledModel::compile(&g).map_err(|e| TestCaseError::fail(e.to_string()))?;
-    let got = model.run(std::slice::from_ref(&x)).map_err(|e| TestCaseError::fail(e.to_string()))?;
     let want = evaluate(&g, std::slice::from_ref(&x)).map_err(|e| TestCaseError::fail(format!("{e:?}")))?;
-    prop_assert_eq!(got, want, "{}", case.qir());
+    for isa in Isa::host_levels() {
+        let model =
+            CompiledModel::compile_with(&g, &CodegenOptions::with_isa(isa)).map_err(|e| TestCaseError::fail(e.to_string()))?;
+        let got = model.run(std::slice::from_ref(&x)).map_err(|e| TestCaseError::fail(e.to_string()))?;
+        prop_assert_eq!(&got, &want, "{} on {}", case.qir(), isa);
+    }
     Ok(())
 }
 
@@ -145,15 +148,17 @@ fn the_byte_kernels_are_used() {
         w: (0..256).map(|i| (i * 11 % 255) as i32 - 127).collect(),
     };
     let g = qc_ir::text::parse(&case.qir()).unwrap();
-    let model = CompiledModel::compile(&g).unwrap();
     let x = Tensor::I32(ArrayD::from_shape_vec(IxDyn(&[2, 16, 6, 5]), case.x.clone()).unwrap()).cast(ScalarType::U8);
-    let profile = model.profile(std::slice::from_ref(&x), 1).unwrap();
-    let labels: Vec<&str> = profile.iter().map(|p| p.label.as_str()).collect();
-    assert_eq!(model.fallback_ops(), Vec::<String>::new(), "{labels:?}");
-    // Max pooling and the mean are JIT-compiled but under `QC_ISA=scalar`.
-    for op in ["max_pool", "reduce_mean"] {
-        let step = profile.iter().find(|p| p.label.contains(op)).expect("the op's step");
-        assert_eq!(step.jit, std::env::var("QC_ISA").as_deref() != Ok("scalar"), "{op}");
+    for isa in Isa::host_levels() {
+        let model = CompiledModel::compile_with(&g, &CodegenOptions::with_isa(isa)).unwrap();
+        let profile = model.profile(std::slice::from_ref(&x), 1).unwrap();
+        let labels: Vec<&str> = profile.iter().map(|p| p.label.as_str()).collect();
+        assert_eq!(model.fallback_ops(), Vec::<String>::new(), "{labels:?}");
+        // Max pooling and the mean are JIT-compiled on every level but `scalar`.
+        for op in ["max_pool", "reduce_mean"] {
+            let step = profile.iter().find(|p| p.label.contains(op)).expect("the op's step");
+            assert_eq!(step.jit, isa != Isa::Scalar, "{op} on {isa}");
+        }
     }
     check(&case).unwrap();
 }

@@ -8,7 +8,7 @@ mod support;
 
 use ndarray::{ArrayD, IxDyn};
 use proptest::prelude::*;
-use qc_codegen::CompiledModel;
+use qc_codegen::{CodegenOptions, CompiledModel, Isa};
 use qc_ir::eval::evaluate;
 use qc_ir::{ScalarType, Tensor};
 use support::{Window, cases, list, window};
@@ -154,15 +154,18 @@ fn first(x: &Tensor) -> Tensor {
 fn check(case: &Case) -> Result<(), TestCaseError> {
     prop_assume!(case.out().is_some());
     let (g, x) = case.model_and_input()?;
-    let model = CompiledModel::compile(&g).map_err(|e| TestCaseError::fail(e.to_string()))?;
-    // A depthwise conv with one channel is an ordinary one: it goes to the GEMM kernel; others
-    // get the depthwise kernel, except under `QC_ISA=scalar`, where the Rust loop runs them.
-    let jit = !case.depthwise || case.c == 1 || std::env::var("QC_ISA").as_deref() != Ok("scalar");
-    prop_assert_eq!(model.kernel_count(), usize::from(jit), "not the expected conv path");
-    for x in [first(&x), x] {
-        let got = model.run(std::slice::from_ref(&x)).map_err(|e| TestCaseError::fail(e.to_string()))?;
-        let want = evaluate(&g, std::slice::from_ref(&x)).map_err(|e| TestCaseError::fail(format!("{e:?}")))?;
-        prop_assert_eq!(got, want);
+    for isa in Isa::host_levels() {
+        let model =
+            CompiledModel::compile_with(&g, &CodegenOptions::with_isa(isa)).map_err(|e| TestCaseError::fail(e.to_string()))?;
+        // A depthwise conv with one channel is an ordinary one: it goes to the GEMM kernel;
+        // others get the depthwise kernel, except on `scalar`, where the Rust loop runs them.
+        let jit = !case.depthwise || case.c == 1 || isa != Isa::Scalar;
+        prop_assert_eq!(model.kernel_count(), usize::from(jit), "not the expected conv path on {}", isa);
+        for x in [first(&x), x.clone()] {
+            let got = model.run(std::slice::from_ref(&x)).map_err(|e| TestCaseError::fail(e.to_string()))?;
+            let want = evaluate(&g, std::slice::from_ref(&x)).map_err(|e| TestCaseError::fail(format!("{e:?}")))?;
+            prop_assert_eq!(got, want, "on {}", isa);
+        }
     }
     Ok(())
 }

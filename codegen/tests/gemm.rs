@@ -173,7 +173,7 @@ fn lengths_are_checked() {
         lo: 0,
         hi: 255,
     };
-    let k = GemmKernel::compile(&spec).unwrap();
+    let k = GemmKernel::compile(&spec, qc_codegen::Isa::host()).unwrap();
     let mut out = vec![0u8; 4];
     assert!(k.run(&[1, 2, 3, 4, 5], 2, &mut out).is_err());
     assert!(k.run(&[1, 2, 3, 4, 5, 6], 2, &mut out[..3]).is_err());

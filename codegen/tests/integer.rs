@@ -11,7 +11,7 @@ mod support;
 
 use ndarray::{ArrayD, IxDyn};
 use proptest::prelude::*;
-use qc_codegen::CompiledModel;
+use qc_codegen::{CodegenOptions, CompiledModel, Isa};
 use qc_ir::eval::evaluate;
 use qc_ir::{ScalarType, Tensor};
 use support::{Window, cases, list, window};
@@ -155,13 +155,16 @@ fn check(case: &Case) -> Result<(), TestCaseError> {
     if case.tail.is_some() {
         inputs.push(Tensor::F32(ArrayD::from_elem(IxDyn(&[]), 0.0123f32)));
     }
-    let model = CompiledModel::compile(&g).map_err(|e| TestCaseError::fail(e.to_string()))?;
-    prop_assert_eq!(model.kernel_count(), 1, "{}", text);
-    // The tail is fused, and so is the scales' product when it comes after the integer product.
-    prop_assert_eq!(model.fallback_ops().len(), usize::from(case.tail == Some(true)), "{:?}", model.fallback_ops());
-    let got = model.run(&inputs).map_err(|e| TestCaseError::fail(e.to_string()))?;
     let want = evaluate(&g, &inputs).map_err(|e| TestCaseError::fail(format!("{e:?}")))?;
-    prop_assert_eq!(got, want, "{}", text);
+    for isa in Isa::host_levels() {
+        let model =
+            CompiledModel::compile_with(&g, &CodegenOptions::with_isa(isa)).map_err(|e| TestCaseError::fail(e.to_string()))?;
+        prop_assert_eq!(model.kernel_count(), 1, "{}", text);
+        // The tail is fused, and so is the scales' product when it comes after the integer product.
+        prop_assert_eq!(model.fallback_ops().len(), usize::from(case.tail == Some(true)), "{:?}", model.fallback_ops());
+        let got = model.run(&inputs).map_err(|e| TestCaseError::fail(e.to_string()))?;
+        prop_assert_eq!(&got, &want, "{} on {}", text, isa);
+    }
     Ok(())
 }
 
