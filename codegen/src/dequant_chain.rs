@@ -12,10 +12,10 @@
 //! tensor each. When `%s` is itself `mul(x.scale, w.scale)` of the run-time input scale and a
 //! constant, used nowhere else, that product is computed in the step too (`s[ch] = x.scale ·
 //! w.scale[ch]`, the evaluator's one f32 multiply per channel). This module finds such chains
-//! from their structure; the product itself must still compile ([`crate::integer`]) for the
+//! from their structure; the product itself must still compile ([`crate::kernels::integer`]) for the
 //! chain to be fused.
 
-use crate::integer::IntegerProduct;
+use crate::kernels::integer::IntegerProduct;
 use qc_ir::{Attrs, Graph, NodeId, OpKind, ScalarType, Tensor, TensorType, ValueId};
 
 /// A chain found in the graph.

@@ -50,8 +50,8 @@ impl KernelFn for BufferFn {
     }
 }
 
-/// `opt_level = "none"`: on kernel code it ran faster than `"speed"` (see
-/// shared/notes/cranelift-int8.md) and compiles 2–3× faster. The IR verifier (about half of the
+/// `opt_level = "none"`: on kernel code it ran faster than `"speed"` (measured; see
+/// docs/decisions.md) and compiles 2–3× faster. The IR verifier (about half of the
 /// compile time of a kernel) runs in debug builds only: release builds rely on the kernels'
 /// bit-exact property tests, which run the same IR builders.
 fn detect_isa() -> Result<OwnedTargetIsa, String> {

@@ -2,9 +2,9 @@
 //! step that runs it. Kernel modules implement it; they do not see the plan or the run loop.
 
 use crate::direct::Direct;
-use crate::halo::Scratch;
+use crate::kernels::window::halo::Scratch;
 
-/// A kernel over a sliding window of NHWC images (see [`crate::window`]).
+/// A kernel over a sliding window of NHWC images (see [`crate::kernels::window`]).
 pub trait WindowKernel: Send + Sync {
     /// Runs `batch` NHWC images into `y` (lengths checked inside), with its buffer `scratch`
     /// ([`WindowKernel::scratch_len`] bytes, kept from run to run).

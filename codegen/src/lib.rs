@@ -13,37 +13,26 @@
 //! ([`jit`]) is the one place JIT code becomes a callable function. Every other op runs the
 //! evaluator's implementation. Everything is checked bit for bit against the reference evaluator.
 #![warn(missing_docs)]
+#![deny(clippy::undocumented_unsafe_blocks)]
 
-pub mod add;
-pub mod conv;
-pub mod depthwise;
-mod depthwise_rows;
-mod depthwise_simd;
 mod dequant_chain;
 mod direct;
+mod emit;
 mod error;
-pub mod gemm;
-mod gemm_simd;
-mod halo;
-pub mod integer;
 pub mod jit;
 mod kernel;
-pub mod lanes;
+pub mod kernels;
 pub mod layout;
 mod lower;
-pub mod lut;
 pub mod model;
 pub mod plan;
-pub mod pool;
-mod pool_simd;
-mod quant_simd;
 mod runtime;
 mod steps;
 pub mod target;
-pub mod window;
-mod window_jit;
 
 pub use error::CodegenError;
 pub use gemm::{GemmKernel, GemmSpec, Path};
+pub use kernels::quant::lanes;
+pub use kernels::{add, conv, depthwise, gemm, integer, lut, pool, window};
 pub use model::{CompiledModel, MemoryPlan, StepProfile};
 pub use target::{CodegenOptions, Isa};

@@ -2,17 +2,17 @@
 //! evaluator's implementation. Which kernel an op gets is instruction selection: the fused
 //! dynamic-quantization tails (`dequant_chain.rs`) are chosen here too, not by a pass.
 
-use crate::add::AddQ;
-use crate::conv::Conv;
-use crate::depthwise::Depthwise;
 use crate::dequant_chain;
 use crate::error::{CodegenError, err};
-use crate::gemm::{GemmKernel, GemmSpec};
-use crate::integer::IntegerProduct;
 use crate::kernel::WindowKernel;
-use crate::lut::Lut;
-use crate::pool::{GlobalMean, MaxPool};
-use crate::quant_simd::{DequantizeKernel, Q8, QuantizeKernel};
+use crate::kernels::add::AddQ;
+use crate::kernels::conv::Conv;
+use crate::kernels::depthwise::Depthwise;
+use crate::kernels::gemm::{GemmKernel, GemmSpec};
+use crate::kernels::integer::IntegerProduct;
+use crate::kernels::lut::Lut;
+use crate::kernels::pool::{GlobalMean, MaxPool};
+use crate::kernels::quant::{DequantizeKernel, Q8, QuantizeKernel};
 use crate::target::Isa;
 use qc_ir::{Attrs, ConstValue, Dim, Graph, NodeId, OpKind, Tensor, TensorType, ValueId};
 use std::collections::{HashMap, HashSet};

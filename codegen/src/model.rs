@@ -1,11 +1,11 @@
 //! `CompiledModel`: a verified graph compiled for execution. Integer gemm, matmul and
 //! convolution (groups = 1) run as JIT-compiled GEMM kernels specialized to their layer
-//! ([`crate::conv`]); integer depthwise convolution as a JIT-compiled kernel of its own
-//! ([`crate::depthwise`]), and so do max pooling and the global mean ([`crate::pool`]) and
+//! ([`crate::kernels::conv`]); integer depthwise convolution as a JIT-compiled kernel of its own
+//! ([`crate::kernels::depthwise`]), and so do max pooling and the global mean ([`crate::kernels::pool`]) and
 //! per-tensor quantize and dequantize; `matmul_integer` and `conv_integer` (dynamic
-//! quantization) as GEMMs writing i32 ([`crate::integer`]), with their f32 tail fused in when
-//! they have one (`dequant_chain.rs`); same-shape add as a Rust vector loop ([`crate::add`]) and
-//! 8-bit activations as a Rust table kernel ([`crate::lut`]); 4-D
+//! quantization) as GEMMs writing i32 ([`crate::kernels::integer`]), with their f32 tail fused in when
+//! they have one (`dequant_chain.rs`); same-shape add as a Rust vector loop ([`crate::kernels::add`]) and
+//! 8-bit activations as a Rust table kernel ([`crate::kernels::lut`]); 4-D
 //! activations stay channels-last between those kernels ([`crate::layout`]); every other op runs
 //! the reference evaluator's implementation. Results equal the evaluator's bit for bit (tested on
 //! the corpus and by property tests per kernel).

@@ -4,8 +4,8 @@
 use crate::dequant_chain;
 use crate::direct::{Call, Calls, DirectFn};
 use crate::error::{CodegenError, run_err};
-use crate::gemm::{bytes_tensor, shaped, tensor_bytes};
-use crate::halo::Scratch;
+use crate::kernels::gemm::{bytes_tensor, shaped, tensor_bytes};
+use crate::kernels::window::halo::Scratch;
 use crate::layout::{Layout, transpose};
 use crate::model::CompiledModel;
 use crate::steps::{Arg, Op};
@@ -320,7 +320,7 @@ impl Run<'_> {
                 }
                 match (a.as_slice(), kernel) {
                     (Some(a), Some(kernel)) => kernel.run(a, out).map_err(run_err)?,
-                    (Some(a), None) => crate::lanes::quantize(a, q.scale, q.zp, lo, hi, out),
+                    (Some(a), None) => crate::kernels::quant::lanes::quantize(a, q.scale, q.zp, lo, hi, out),
                     (None, _) => {
                         out.iter_mut().zip(a.iter()).for_each(|(o, &v)| *o = quantize_value(v, q.scale, q.zp, lo, hi) as u8)
                     }
@@ -351,7 +351,7 @@ impl Run<'_> {
             Op::DynamicQuantize { x, x_ty, y } => {
                 let x = self.arg_tensor(*x, x_ty)?;
                 let a = x.as_f32().ok_or_else(|| run_err("dynamic_quantize reads f32"))?;
-                let [q, s, z] = crate::lanes::dynamic_quantize(a);
+                let [q, s, z] = crate::kernels::quant::lanes::dynamic_quantize(a);
                 for (slot, t) in y.iter().zip([q, s, z]) {
                     self.slots.store(*slot, t)?;
                 }

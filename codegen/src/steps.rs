@@ -1,16 +1,16 @@
 //! The step list: lowered ops on arena activations (with their layouts, and the layout changes
 //! a consumer needs) and tensor slots, and every activation buffer's lifetime for the plan.
 
-use crate::add::AddQ;
 use crate::error::{CodegenError, err};
-use crate::gemm::GemmKernel;
-use crate::integer::IntegerProduct;
 use crate::kernel::WindowKernel;
+use crate::kernels::add::AddQ;
+use crate::kernels::gemm::GemmKernel;
+use crate::kernels::integer::IntegerProduct;
+use crate::kernels::lut::Lut;
+use crate::kernels::pool::GlobalMean;
+use crate::kernels::quant::{DequantizeKernel, Q8, QuantizeKernel};
 use crate::layout::Layout;
 use crate::lower::{Lowered, per_image};
-use crate::lut::Lut;
-use crate::pool::GlobalMean;
-use crate::quant_simd::{DequantizeKernel, Q8, QuantizeKernel};
 use qc_ir::{Attrs, Graph, OpKind, Tensor, TensorType, ValueId};
 use std::collections::HashMap;
 use std::sync::Arc;

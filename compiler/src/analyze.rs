@@ -165,9 +165,9 @@ fn output_sqnr(g: &Graph, batches: &[Tensor], reference_out: &[Tensor]) -> Resul
 pub fn analyze(fp32: &Graph, quantized: Option<&Graph>, opts: &PipelineOptions) -> Result<Analysis, String> {
     let samples: Arc<Tensor> = opts.pass_options.calibration.clone().ok_or("analyze needs calibration samples (--calib)")?;
     let (reference, calibrated) = crate::exec::reference_and_calibrated(fp32, opts)?;
-    let lower = crate::exec::LOWER_TO_INT8;
+    let lower = qc_passes::lower_to_int8();
     let mut ours = calibrated.clone();
-    crate::exec::run_passes(&mut ours, lower, opts)?;
+    crate::exec::run_passes(&mut ours, &lower, opts)?;
     let q = quantized.unwrap_or(&ours);
     let batches = batches(&reference, &samples)?;
 
@@ -261,7 +261,7 @@ pub fn analyze(fp32: &Graph, quantized: Option<&Graph>, opts: &PipelineOptions) 
         let mut o = opts.clone();
         o.pass_options.keep_fp32 = vec![name.clone()];
         let mut kept = calibrated.clone();
-        crate::exec::run_passes(&mut kept, lower, &o)?;
+        crate::exec::run_passes(&mut kept, &lower, &o)?;
         let (db, _) = output_sqnr(&kept, &batches, &reference_out)?;
         report.push(LayerError {
             name,

@@ -94,24 +94,16 @@ pub fn choose_calibration(
     Ok((best.expect("methods were tried").0, scores))
 }
 
-/// The int8 pipeline split where calibration ends: the fp32 clean-up (the reference every int8
-/// model is compared with), calibration, and the lowering to integer ops.
-pub const FP32_CLEANUP: &[&str] =
-    &["fold-constants", "fold-hard-swish", "fold-bn", "fuse-matmul-add", "fuse-activation", "dead-code"];
-/// See [`FP32_CLEANUP`].
-pub const LOWER_TO_INT8: &[&str] = &["insert-qdq", "fold-qdq", "fuse-requant", "dead-code"];
-
 /// Runs `passes` over `g` quietly.
-pub fn run_passes(g: &mut Graph, passes: &[&str], opts: &qc_passes::PipelineOptions) -> Result<(), String> {
-    let names: Vec<String> = passes.iter().map(|s| s.to_string()).collect();
-    qc_passes::run_pipeline(g, &names, opts, &mut std::io::sink()).map(|_| ()).map_err(|e| e.to_string())
+pub fn run_passes(g: &mut Graph, passes: &[String], opts: &qc_passes::PipelineOptions) -> Result<(), String> {
+    qc_passes::run_pipeline(g, passes, opts, &mut std::io::sink()).map(|_| ()).map_err(|e| e.to_string())
 }
 
-/// The fp32 reference (`g` after [`FP32_CLEANUP`]) and the same graph calibrated.
+/// The fp32 reference (`g` after [`qc_passes::fp32_cleanup`]) and the same graph calibrated.
 pub fn reference_and_calibrated(g: &Graph, opts: &qc_passes::PipelineOptions) -> Result<(Graph, Graph), String> {
     let mut reference = g.clone();
-    run_passes(&mut reference, FP32_CLEANUP, opts)?;
+    run_passes(&mut reference, &qc_passes::fp32_cleanup(), opts)?;
     let mut calibrated = reference.clone();
-    run_passes(&mut calibrated, &["calibrate"], opts)?;
+    run_passes(&mut calibrated, &["calibrate".to_string()], opts)?;
     Ok((reference, calibrated))
 }

@@ -1,7 +1,11 @@
-//! `qc`: the compiler driver behind the `qc` command — loading models and weights, running
-//! pipelines, evaluating, and writing results.
+//! `qc`: the library behind the `qc` command — loading models and weights ([`model`], [`io`],
+//! [`onnx`]), the compile driver ([`driver`]: a typed request in, the compiled graph and its
+//! reports out), evaluation helpers ([`exec`]), and the reports (fusion, pruning, size,
+//! analysis). The command line (`main.rs`, `cli/`) only parses arguments and prints.
+#![forbid(unsafe_code)]
 
 pub mod analyze;
+pub mod driver;
 pub mod exec;
 pub mod huffman;
 pub mod io;
@@ -16,40 +20,33 @@ pub mod size_report;
 
 pub use model::{Model, load_model, save_model, save_model_packed};
 
-use std::fmt;
-
-/// A failure the CLI reports: bad input (exit code 1) or bad usage (exit code 2).
-#[derive(Debug)]
+/// A failure the CLI reports. The `error:` prefix and the exit code are decided here: bad input
+/// exits 1, bad usage 2.
+#[derive(Debug, thiserror::Error)]
 pub enum QcError {
-    /// The input is wrong: a file, a model, a tensor. The message is complete (diagnostics
-    /// are already rendered with their source lines).
+    /// The input is wrong: a file, a model, a tensor (the message names which and why).
+    #[error("error: {}", .0.trim_end())]
     Input(String),
     /// The command line is wrong.
+    #[error("error: {}", .0.trim_end())]
     Usage(String),
+    /// Diagnostics already rendered against their source (each with its own `error:` line).
+    #[error("{}", .0.trim_end())]
+    Diagnostics(String),
 }
 
 impl QcError {
     /// The process exit code for this error.
     pub fn exit_code(&self) -> i32 {
         match self {
-            QcError::Input(_) => 1,
+            QcError::Input(_) | QcError::Diagnostics(_) => 1,
             QcError::Usage(_) => 2,
         }
     }
 }
 
-impl fmt::Display for QcError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            QcError::Input(m) | QcError::Usage(m) => f.write_str(m.trim_end()),
-        }
-    }
-}
-
-impl std::error::Error for QcError {}
-
 impl From<anyhow::Error> for QcError {
     fn from(e: anyhow::Error) -> Self {
-        QcError::Input(format!("error: {e:#}"))
+        QcError::Input(format!("{e:#}"))
     }
 }

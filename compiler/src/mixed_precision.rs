@@ -108,7 +108,7 @@ pub fn choose(fp32: &Graph, opts: &PipelineOptions, max_loss: f64, min_sqnr: Opt
         o.pass_options.layer_weight_bits.clear();
         plan.apply(&mut o.pass_options);
         let mut g = calibrated.clone();
-        crate::exec::run_passes(&mut g, crate::exec::LOWER_TO_INT8, &o)?;
+        crate::exec::run_passes(&mut g, &qc_passes::lower_to_int8(), &o)?;
         scorer.score(&g)
     };
     let mut layers: Vec<(String, Precision)> = names.iter().map(|n| (n.clone(), Precision::Int4)).collect();

@@ -54,8 +54,8 @@ pub fn referenced_weights(g: &Graph) -> Vec<String> {
 /// Parses and verifies QIR text without weights (what `qc fmt` needs).
 pub fn parse_source(path: &Path, source: &str) -> Result<Graph, QcError> {
     let file = path.display().to_string();
-    let g = parse(source).map_err(|d| QcError::Input(render_all(&d, &file, source)))?;
-    verify(&g, VerifyOptions::default()).map_err(|d| QcError::Input(render_all(&d, &file, source)))?;
+    let g = parse(source).map_err(|d| QcError::Diagnostics(render_all(&d, &file, source)))?;
+    verify(&g, VerifyOptions::default()).map_err(|d| QcError::Diagnostics(render_all(&d, &file, source)))?;
     Ok(g)
 }
 
@@ -67,15 +67,14 @@ pub fn load_model(path: &Path, weights: Option<&Path>) -> Result<Model, QcError>
         let source = qc_ir::text::print(&graph);
         return Ok(Model { graph, path: path.to_path_buf(), source });
     }
-    let source =
-        std::fs::read_to_string(path).map_err(|e| QcError::Input(format!("error: cannot read {}: {e}", path.display())))?;
+    let source = std::fs::read_to_string(path).map_err(|e| QcError::Input(format!("cannot read {}: {e}", path.display())))?;
     let mut graph = parse_source(path, &source)?;
     let needed = referenced_weights(&graph);
     let wpath = weights.map(Path::to_path_buf).unwrap_or_else(|| weights_beside(path));
     if !needed.is_empty() {
         if !wpath.exists() {
             return Err(QcError::Input(format!(
-                "error: {} refers to weights (\"{}\", ...) but the weights file {} does not exist",
+                "{} refers to weights (\"{}\", ...) but the weights file {} does not exist",
                 path.display(),
                 needed[0],
                 wpath.display()
@@ -84,7 +83,7 @@ pub fn load_model(path: &Path, weights: Option<&Path>) -> Result<Model, QcError>
         graph.weights = read_weights(&wpath)?;
     }
     let model = Model { graph, path: path.to_path_buf(), source };
-    verify(&model.graph, VerifyOptions { check_weights: true }).map_err(|d| QcError::Input(model.render(&d)))?;
+    verify(&model.graph, VerifyOptions { check_weights: true }).map_err(|d| QcError::Diagnostics(model.render(&d)))?;
     Ok(model)
 }
 
@@ -99,7 +98,7 @@ fn needed_weights(g: &Graph) -> Option<qc_ir::Weights> {
 fn remove_stale(path: &Path) -> Result<(), QcError> {
     match std::fs::remove_file(path) {
         Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
-            Err(QcError::Input(format!("error: cannot remove the stale {}: {e}", path.display())))
+            Err(QcError::Input(format!("cannot remove the stale {}: {e}", path.display())))
         }
         _ => Ok(()),
     }

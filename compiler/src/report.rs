@@ -5,9 +5,10 @@ use qc_ir::{Graph, NodeId, OpKind};
 use std::fmt::Write;
 
 /// One op the report lists.
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug, PartialEq, serde::Serialize)]
 pub struct Finding {
     /// `f32`, `quantize`, `dequantize` or `requantize`.
+    #[serde(rename = "kind")]
     pub what: &'static str,
     /// The value it defines (`%conv1`).
     pub value: String,
@@ -19,8 +20,9 @@ pub struct Finding {
     pub reason: String,
 }
 
-/// What compiling left in the graph.
-#[derive(Clone, Debug, Default)]
+/// What compiling left in the graph (its JSON: `integer_ops`, `findings` with `kind`, `value`,
+/// `op`, `loc` and `reason`, and `notes`).
+#[derive(Clone, Debug, Default, serde::Serialize)]
 pub struct FusionReport {
     /// Ops computing on integers.
     pub integer_ops: usize,
@@ -108,40 +110,7 @@ impl FusionReport {
     }
 
     /// The report as JSON.
-    pub fn to_json(&self) -> String {
-        let esc = |s: &str| {
-            let mut o = String::with_capacity(s.len());
-            for c in s.chars() {
-                match c {
-                    '"' => o.push_str("\\\""),
-                    '\\' => o.push_str("\\\\"),
-                    '\n' => o.push_str("\\n"),
-                    c if (c as u32) < 0x20 => o.push_str(&format!("\\u{:04x}", c as u32)),
-                    c => o.push(c),
-                }
-            }
-            o
-        };
-        let items: Vec<String> = self
-            .findings
-            .iter()
-            .map(|f| {
-                format!(
-                    "    {{\"kind\": \"{}\", \"value\": \"{}\", \"op\": \"{}\", \"loc\": \"{}\", \"reason\": \"{}\"}}",
-                    f.what,
-                    esc(&f.value),
-                    esc(&f.op),
-                    esc(&f.loc),
-                    esc(&f.reason)
-                )
-            })
-            .collect();
-        let notes: Vec<String> = self.notes.iter().map(|n| format!("    \"{}\"", esc(n))).collect();
-        format!(
-            "{{\n  \"integer_ops\": {},\n  \"findings\": [\n{}\n  ],\n  \"notes\": [\n{}\n  ]\n}}\n",
-            self.integer_ops,
-            items.join(",\n"),
-            notes.join(",\n")
-        )
+    pub fn to_json(&self) -> serde_json::Value {
+        serde_json::to_value(self).expect("the fusion report serializes")
     }
 }

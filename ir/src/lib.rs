@@ -9,6 +9,7 @@
 //! - [`cost`]: parameters, MACs and weight bytes per layer;
 //! - [`diag`]: diagnostics with spans, rendered with a caret.
 #![warn(missing_docs)]
+#![forbid(unsafe_code)]
 
 pub mod attr;
 pub mod cost;

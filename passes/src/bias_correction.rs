@@ -23,29 +23,27 @@
 
 use crate::rewrite::{add_const, const_value};
 use crate::samples::batches;
-use crate::{Changed, Pass, PassError, PassOptions};
+use crate::{Changed, Pass, PassContext, PassError, PassOptions};
 use ndarray::{ArrayD, Axis};
 use qc_ir::eval::{eval_op, evaluate_observed};
 use qc_ir::requant::acc_scale;
 use qc_ir::{Attrs, ElemType, Graph, Loc, Node, NodeId, OpKind, QuantParams, ScalarType, Tensor, TensorType, ValueId};
-use std::cell::RefCell;
 use std::sync::Arc;
 
 /// The `bias-correction` pass.
 pub struct BiasCorrection {
     samples: Option<Arc<Tensor>>,
-    notes: RefCell<Vec<String>>,
 }
 
 impl BiasCorrection {
     /// The pass with its options.
     pub fn new(o: &PassOptions) -> BiasCorrection {
-        BiasCorrection { samples: o.calibration.clone(), notes: RefCell::new(Vec::new()) }
+        BiasCorrection { samples: o.calibration.clone() }
     }
 }
 
 fn err(m: impl Into<String>) -> PassError {
-    PassError::new("bias-correction", m)
+    PassError::msg(m)
 }
 
 /// `v = dequantize(quantize(c))` with `c` a constant: (the quantize node, c).
@@ -86,17 +84,8 @@ fn fake_quant(t: &Tensor, ty: &TensorType, q: &QuantParams) -> Result<Tensor, St
 }
 
 impl Pass for BiasCorrection {
-    fn name(&self) -> &'static str {
-        "bias-correction"
-    }
-
-    fn notes(&self) -> Vec<String> {
-        self.notes.borrow().clone()
-    }
-
-    fn run(&self, g: &mut Graph) -> Result<Changed, PassError> {
-        let mut notes = self.notes.borrow_mut();
-        notes.clear();
+    fn run(&self, g: &mut Graph, cx: &mut PassContext) -> Result<Changed, PassError> {
+        let notes = &mut cx.notes;
         let samples = self.samples.as_ref().ok_or_else(|| err("bias correction needs calibration samples (--calib X.npy)"))?;
         let batches = batches(g, samples).map_err(err)?;
         let layers: Vec<NodeId> = g

@@ -19,7 +19,7 @@
 
 use crate::fold_qdq::commutes_with_quantize;
 use crate::observer::{CalibMethod, Observer};
-use crate::{Changed, Pass, PassError, PassOptions};
+use crate::{Changed, Pass, PassContext, PassError, PassOptions};
 use qc_ir::eval::evaluate_observed;
 use qc_ir::{Attr, Attrs, Dim, Graph, Loc, Node, OpKind, Tensor, ValueId};
 use std::collections::HashMap;
@@ -49,7 +49,7 @@ impl Calibrate {
 const BATCH: usize = 16;
 
 fn err(msg: impl Into<String>) -> PassError {
-    PassError::new("calibrate", msg)
+    PassError::msg(msg)
 }
 
 /// Removes `stats` ops, so that calibrating twice measures the graph itself.
@@ -76,11 +76,7 @@ fn observed_values(g: &Graph) -> Vec<ValueId> {
 }
 
 impl Pass for Calibrate {
-    fn name(&self) -> &'static str {
-        "calibrate"
-    }
-
-    fn run(&self, g: &mut Graph) -> Result<Changed, PassError> {
+    fn run(&self, g: &mut Graph, _: &mut PassContext) -> Result<Changed, PassError> {
         let samples = self.samples.as_ref().ok_or_else(|| err("calibration needs samples: pass --calib X.npy"))?;
         remove_stats(g);
         if g.params().len() != 1 {

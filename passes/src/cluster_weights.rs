@@ -18,22 +18,20 @@
 use crate::channel_flow::{Rule, layer_names, rule};
 use crate::rewrite::{add_const, const_value};
 use crate::samples::{agreement, batches};
-use crate::{Changed, Pass, PassError, PassOptions};
+use crate::{Changed, Pass, PassContext, PassError, PassOptions};
 use qc_ir::{ConstValue, Graph, NodeId, Tensor};
-use std::cell::RefCell;
 use std::sync::Arc;
 
 /// The `cluster-weights` pass.
 pub struct ClusterWeights {
     clusters: usize,
     samples: Option<Arc<Tensor>>,
-    notes: RefCell<Vec<String>>,
 }
 
 impl ClusterWeights {
     /// The pass with its options.
     pub fn new(o: &PassOptions) -> ClusterWeights {
-        ClusterWeights { clusters: o.clusters, samples: o.calibration.clone(), notes: RefCell::new(Vec::new()) }
+        ClusterWeights { clusters: o.clusters, samples: o.calibration.clone() }
     }
 }
 
@@ -77,19 +75,10 @@ pub fn kmeans_1d(values: &[f32], k: usize) -> (Vec<f32>, Vec<usize>) {
 }
 
 impl Pass for ClusterWeights {
-    fn name(&self) -> &'static str {
-        "cluster-weights"
-    }
-
-    fn notes(&self) -> Vec<String> {
-        self.notes.borrow().clone()
-    }
-
-    fn run(&self, g: &mut Graph) -> Result<Changed, PassError> {
-        let mut notes = self.notes.borrow_mut();
-        notes.clear();
+    fn run(&self, g: &mut Graph, cx: &mut PassContext) -> Result<Changed, PassError> {
+        let notes = &mut cx.notes;
         if !(2..=256).contains(&self.clusters) {
-            return Err(PassError::new("cluster-weights", format!("--clusters must lie in 2..=256, got {}", self.clusters)));
+            return Err(PassError::msg(format!("--clusters must lie in 2..=256, got {}", self.clusters)));
         }
         let teacher = g.clone();
         let layers: Vec<NodeId> =
@@ -129,8 +118,8 @@ impl Pass for ClusterWeights {
             changed = true;
         }
         if changed && let Some(s) = &self.samples {
-            let b = batches(g, s).map_err(|e| PassError::new("cluster-weights", e))?;
-            let a = agreement(&teacher, g, &b).map_err(|e| PassError::new("cluster-weights", e))?;
+            let b = batches(g, s).map_err(|e| PassError::msg(e))?;
+            let a = agreement(&teacher, g, &b).map_err(|e| PassError::msg(e))?;
             notes.push(format!("top-1 agreement with the unclustered model {:.2} % on the calibration samples", 100.0 * a));
         }
         Ok(changed.into())

@@ -12,7 +12,7 @@
 //! Leaves alone: anything a returned value depends on. Unused function parameters stay (they
 //! are part of the signature).
 
-use crate::{Changed, Pass, PassError};
+use crate::{Changed, Pass, PassContext, PassError};
 use qc_ir::{ConstValue, Graph};
 use std::collections::HashSet;
 
@@ -20,11 +20,7 @@ use std::collections::HashSet;
 pub struct DeadCode;
 
 impl Pass for DeadCode {
-    fn name(&self) -> &'static str {
-        "dead-code"
-    }
-
-    fn run(&self, g: &mut Graph) -> Result<Changed, PassError> {
+    fn run(&self, g: &mut Graph, _: &mut PassContext) -> Result<Changed, PassError> {
         let mut changed = false;
         loop {
             let dead: Vec<_> = g.node_ids().filter(|&id| g.node(id).results.iter().all(|&r| g.use_count(r) == 0)).collect();

@@ -25,11 +25,10 @@
 use crate::channel_flow::{Rule, rule};
 use crate::rewrite::{add_const, const_value};
 use crate::samples::batches;
-use crate::{Changed, Pass, PassError, PassOptions};
+use crate::{Changed, Pass, PassContext, PassError, PassOptions};
 use ndarray::Axis;
 use qc_ir::eval::evaluate_observed;
 use qc_ir::{Attr, Graph, NodeId, OpKind, Tensor, ValueId};
-use std::cell::RefCell;
 use std::collections::HashMap;
 use std::sync::Arc;
 
@@ -37,13 +36,12 @@ use std::sync::Arc;
 pub struct Equalize {
     alpha: Option<f32>,
     samples: Option<Arc<Tensor>>,
-    notes: RefCell<Vec<String>>,
 }
 
 impl Equalize {
     /// The pass with its options.
     pub fn new(o: &PassOptions) -> Equalize {
-        Equalize { alpha: o.smooth_alpha, samples: o.calibration.clone(), notes: RefCell::new(Vec::new()) }
+        Equalize { alpha: o.smooth_alpha, samples: o.calibration.clone() }
     }
 }
 
@@ -125,27 +123,18 @@ fn replace(g: &mut Graph, n: NodeId, i: usize, t: Tensor) {
 }
 
 impl Pass for Equalize {
-    fn name(&self) -> &'static str {
-        "equalize"
-    }
-
-    fn notes(&self) -> Vec<String> {
-        self.notes.borrow().clone()
-    }
-
-    fn run(&self, g: &mut Graph) -> Result<Changed, PassError> {
-        let mut notes = self.notes.borrow_mut();
-        notes.clear();
+    fn run(&self, g: &mut Graph, cx: &mut PassContext) -> Result<Changed, PassError> {
+        let notes = &mut cx.notes;
         // Activation ranges for SmoothQuant: max |x_c| at each gemm/matmul pair's input.
         let mut act: HashMap<ValueId, Vec<f32>> = HashMap::new();
         if let Some(alpha) = self.alpha {
             if !(0.0..=1.0).contains(&alpha) {
-                return Err(PassError::new("equalize", format!("--smooth-alpha must lie in [0, 1], got {alpha}")));
+                return Err(PassError::msg(format!("--smooth-alpha must lie in [0, 1], got {alpha}")));
             }
-            let samples = self.samples.as_ref().ok_or_else(|| PassError::new("equalize", "--smooth-alpha needs --calib"))?;
+            let samples = self.samples.as_ref().ok_or_else(|| PassError::msg("--smooth-alpha needs --calib"))?;
             let wanted: Vec<ValueId> =
                 pairs(g).iter().filter(|p| g.node(p.second).kind != OpKind::Conv2d).map(|p| p.input).collect();
-            for b in batches(g, samples).map_err(|e| PassError::new("equalize", e))? {
+            for b in batches(g, samples).map_err(|e| PassError::msg(e))? {
                 evaluate_observed(g, &[b], |v, t| {
                     if wanted.contains(&v)
                         && let Some(a) = t.as_f32()
@@ -157,7 +146,7 @@ impl Pass for Equalize {
                         }
                     }
                 })
-                .map_err(|e| PassError::new("equalize", e.to_string()))?;
+                .map_err(|e| PassError::msg(e.to_string()))?;
             }
         }
         // Each pair's accumulated scale per channel.

@@ -18,7 +18,7 @@
 //! Precondition: none beyond a verified graph; the old constants are left for `dead-code`.
 
 use crate::rewrite::{add_const, const_f32, origin_name};
-use crate::{Changed, Pass, PassError};
+use crate::{Changed, Pass, PassContext, PassError};
 use ndarray::{ArrayD, IxDyn};
 use qc_ir::{ConstValue, Graph, Node, NodeId, OpKind, Tensor, TensorType, ValueId};
 
@@ -139,11 +139,7 @@ fn to_scale_shift(g: &mut Graph, bn: NodeId, a: &Affine) {
 }
 
 impl Pass for FoldBn {
-    fn name(&self) -> &'static str {
-        "fold-bn"
-    }
-
-    fn run(&self, g: &mut Graph) -> Result<Changed, PassError> {
+    fn run(&self, g: &mut Graph, _: &mut PassContext) -> Result<Changed, PassError> {
         let bns: Vec<NodeId> = g.node_ids().filter(|&id| g.node(id).kind == OpKind::BatchNorm).collect();
         let mut changed = false;
         for bn in bns {

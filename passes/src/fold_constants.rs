@@ -16,7 +16,7 @@
 //! quantize/dequantize of constants (weights stay integers; `fold-qdq` decides). The replaced ops' operands stay until `dead-code` removes them.
 
 use crate::rewrite::{const_value, origin_name, store_const};
-use crate::{Changed, Pass, PassError};
+use crate::{Changed, Pass, PassContext, PassError};
 use qc_ir::eval::eval_op;
 use qc_ir::{Attr, Graph, OpKind, Tensor, TensorType};
 
@@ -24,12 +24,8 @@ use qc_ir::{Attr, Graph, OpKind, Tensor, TensorType};
 pub struct FoldConstants;
 
 impl Pass for FoldConstants {
-    fn name(&self) -> &'static str {
-        "fold-constants"
-    }
-
-    fn run(&self, g: &mut Graph) -> Result<Changed, PassError> {
-        let order = g.topo_order().map_err(|n| PassError::new(self.name(), format!("the graph has a cycle through {n}")))?;
+    fn run(&self, g: &mut Graph, _: &mut PassContext) -> Result<Changed, PassError> {
+        let order = g.topo_order().map_err(|n| PassError::msg(format!("the graph has a cycle through {n}")))?;
         let mut changed = false;
         for id in order {
             let node = g.node(id);

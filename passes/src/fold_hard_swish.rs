@@ -16,7 +16,7 @@
 //! anything not on f32.
 
 use crate::rewrite::const_value;
-use crate::{Changed, Pass, PassError};
+use crate::{Changed, Pass, PassContext, PassError};
 use qc_ir::{Graph, NodeId, OpKind, ValueId};
 
 /// The `fold-hard-swish` pass.
@@ -85,11 +85,7 @@ fn match_at(g: &Graph, root: NodeId) -> Option<(ValueId, Vec<NodeId>)> {
 }
 
 impl Pass for FoldHardSwish {
-    fn name(&self) -> &'static str {
-        "fold-hard-swish"
-    }
-
-    fn run(&self, g: &mut Graph) -> Result<Changed, PassError> {
+    fn run(&self, g: &mut Graph, _: &mut PassContext) -> Result<Changed, PassError> {
         let roots: Vec<NodeId> = g.node_ids().filter(|&n| matches!(g.node(n).kind, OpKind::Div | OpKind::Mul)).collect();
         let mut changed = false;
         for root in roots {

@@ -22,7 +22,7 @@
 //! dequantizes other ops still read. Runs to a fixed point.
 
 use crate::rewrite::{const_value, origin_name, store_const};
-use crate::{Changed, Pass, PassError};
+use crate::{Changed, Pass, PassContext, PassError};
 use qc_ir::eval::eval_op;
 use qc_ir::{ConstValue, Graph, Node, NodeId, OpKind, TensorType, ValueId};
 
@@ -127,14 +127,10 @@ fn sink_through(g: &mut Graph, q: NodeId) -> bool {
 }
 
 impl Pass for FoldQdq {
-    fn name(&self) -> &'static str {
-        "fold-qdq"
-    }
-
-    fn run(&self, g: &mut Graph) -> Result<Changed, PassError> {
+    fn run(&self, g: &mut Graph, _: &mut PassContext) -> Result<Changed, PassError> {
         let mut changed = false;
         loop {
-            let order = g.topo_order().map_err(|n| PassError::new(self.name(), format!("the graph has a cycle through {n}")))?;
+            let order = g.topo_order().map_err(|n| PassError::msg(format!("the graph has a cycle through {n}")))?;
             let mut step = false;
             for q in order {
                 if !g.contains(q) || g.node(q).kind != OpKind::Quantize {

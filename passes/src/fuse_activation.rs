@@ -14,19 +14,15 @@
 //! returned, and quantized ops (their activation is folded into the requantization clamp by
 //! `fuse-requant`).
 
-use crate::{Changed, Pass, PassError};
+use crate::{Changed, Pass, PassContext, PassError};
 use qc_ir::{Attr, Graph, NodeId, OpKind};
 
 /// The `fuse-activation` pass.
 pub struct FuseActivation;
 
 impl Pass for FuseActivation {
-    fn name(&self) -> &'static str {
-        "fuse-activation"
-    }
-
-    fn run(&self, g: &mut Graph) -> Result<Changed, PassError> {
-        let order = g.topo_order().map_err(|n| PassError::new(self.name(), format!("the graph has a cycle through {n}")))?;
+    fn run(&self, g: &mut Graph, _: &mut PassContext) -> Result<Changed, PassError> {
+        let order = g.topo_order().map_err(|n| PassError::msg(format!("the graph has a cycle through {n}")))?;
         let mut changed = false;
         for act in order {
             if !g.contains(act) || !matches!(g.node(act).kind, OpKind::Relu | OpKind::Clip) {

@@ -14,7 +14,7 @@
 //! a vector of the output width, and matmul results with other uses.
 
 use crate::rewrite::const_value;
-use crate::{Changed, Pass, PassError};
+use crate::{Changed, Pass, PassContext, PassError};
 use qc_ir::{Dim, Graph, NodeId, OpKind};
 
 /// The `fuse-matmul-add` pass.
@@ -49,11 +49,7 @@ fn candidate(g: &Graph, add: NodeId) -> Option<(NodeId, usize)> {
 }
 
 impl Pass for FuseMatmulAdd {
-    fn name(&self) -> &'static str {
-        "fuse-matmul-add"
-    }
-
-    fn run(&self, g: &mut Graph) -> Result<Changed, PassError> {
+    fn run(&self, g: &mut Graph, _: &mut PassContext) -> Result<Changed, PassError> {
         let adds: Vec<NodeId> = g.node_ids().filter(|&n| g.node(n).kind == OpKind::Add).collect();
         let mut changed = false;
         for add in adds {

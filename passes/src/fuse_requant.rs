@@ -1,5 +1,5 @@
 //! `fuse-requant` — approximating by design: the fused op computes the integer semantics of
-//! DESIGN.md (with f32 requantization, bit for bit what ONNX Runtime's integer kernels compute),
+//! ARCHITECTURE.md (with f32 requantization, bit for bit what ONNX Runtime's integer kernels compute),
 //! which may differ from the f32 simulation of the QDQ form it replaces by one quantization step
 //! where the f32 sum rounds differently.
 //!
@@ -27,7 +27,7 @@
 //! more than the quantize. Run `fold-qdq` first; the dequantizes left unread go in `dead-code`.
 
 use crate::fold_qdq::dequantized;
-use crate::{Changed, Pass, PassError, PassOptions};
+use crate::{Changed, Pass, PassContext, PassError, PassOptions};
 use qc_ir::eval::weight_output_axis;
 use qc_ir::requant::{RequantMode, acc_scale};
 use qc_ir::{Attr, Attrs, Graph, Loc, Node, NodeId, OpKind, ValueId};
@@ -192,12 +192,8 @@ pub fn explain(g: &Graph, op: NodeId) -> String {
 }
 
 impl Pass for FuseRequant {
-    fn name(&self) -> &'static str {
-        "fuse-requant"
-    }
-
-    fn run(&self, g: &mut Graph) -> Result<Changed, PassError> {
-        let order = g.topo_order().map_err(|n| PassError::new(self.name(), format!("the graph has a cycle through {n}")))?;
+    fn run(&self, g: &mut Graph, _: &mut PassContext) -> Result<Changed, PassError> {
+        let order = g.topo_order().map_err(|n| PassError::msg(format!("the graph has a cycle through {n}")))?;
         let mut changed = false;
         for quantize in order {
             if !g.contains(quantize) || g.node(quantize).kind != OpKind::Quantize {

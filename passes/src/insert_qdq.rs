@@ -29,7 +29,7 @@
 
 use crate::fold_qdq::{commutes_with_quantize, dequantized};
 use crate::fuse_requant::has_integer_form;
-use crate::{Changed, Pass, PassError, PassOptions};
+use crate::{Changed, Pass, PassContext, PassError, PassOptions};
 use qc_ir::eval::weight_output_axis;
 use qc_ir::requant::acc_scale;
 use qc_ir::{ElemType, Graph, Loc, Node, NodeId, OpKind, QuantParams, ScalarType, ValueId};
@@ -42,7 +42,6 @@ pub struct InsertQdq {
     keep_fp32: Vec<String>,
     weight_bits: u8,
     layer_weight_bits: Vec<(String, u8)>,
-    notes: std::sync::Mutex<Vec<String>>,
 }
 
 impl InsertQdq {
@@ -55,7 +54,6 @@ impl InsertQdq {
             keep_fp32: opts.keep_fp32.clone(),
             weight_bits: opts.weight_bits,
             layer_weight_bits: opts.layer_weight_bits.clone(),
-            notes: Default::default(),
         }
     }
 }
@@ -149,7 +147,7 @@ impl InsertQdq {
         changed
     }
 
-    fn weights(&self, g: &mut Graph) -> Result<bool, PassError> {
+    fn weights(&self, g: &mut Graph, notes: &mut Vec<String>) -> Result<bool, PassError> {
         let kernels: Vec<NodeId> =
             g.node_ids().filter(|&n| matches!(g.node(n).kind, OpKind::Conv2d | OpKind::Gemm | OpKind::MatMul)).collect();
         let mut changed = false;
@@ -185,7 +183,7 @@ impl InsertQdq {
                     let limit = (1u32 << 30) as f32;
                     if (bdata[c] / acc_scale(s_x, scales[c])).abs() > limit {
                         let raised = bdata[c].abs() / (limit * s_x) * 1.0001;
-                        self.notes.lock().expect("not poisoned").push(format!(
+                        notes.push(format!(
                             "{}: the bias of channel {c} would exceed 2^30 as i32; its weight scale was raised from {:?} to {raised:?}",
                             g.display_value(node.results[0]),
                             scales[c]
@@ -208,10 +206,10 @@ impl InsertQdq {
                 let bq = if g.ty(b).rank() == 1 && g.ty(b).dims[0] == qc_ir::Dim::Fixed(n as u64) {
                     bq
                 } else {
-                    return Err(PassError::new(
-                        "insert-qdq",
-                        format!("the bias of {} is not a vector of {n}", g.display_value(node.results[0])),
-                    ));
+                    return Err(PassError::msg(format!(
+                        "the bias of {} is not a vector of {n}",
+                        g.display_value(node.results[0])
+                    )));
                 };
                 let bbase = base_name(g, b);
                 let bd = add_qdq(g, b, bq, &bbase);
@@ -224,18 +222,9 @@ impl InsertQdq {
 }
 
 impl Pass for InsertQdq {
-    fn name(&self) -> &'static str {
-        "insert-qdq"
-    }
-
-    fn notes(&self) -> Vec<String> {
-        self.notes.lock().expect("not poisoned").clone()
-    }
-
-    fn run(&self, g: &mut Graph) -> Result<Changed, PassError> {
-        self.notes.lock().expect("not poisoned").clear();
+    fn run(&self, g: &mut Graph, cx: &mut PassContext) -> Result<Changed, PassError> {
         let a = self.activations(g);
-        let w = self.weights(g)?;
+        let w = self.weights(g, &mut cx.notes)?;
         g.rebuild_edges();
         Ok((a || w).into())
     }

@@ -1,15 +1,12 @@
 //! `qc-passes`: the [`Pass`] trait, the registry of every pass, named pipelines, and the runner
 //! that verifies the graph after each pass and can print or dump the IR after any of them.
 #![warn(missing_docs)]
+#![forbid(unsafe_code)]
 
-mod backprop;
 mod bias_correction;
 mod calibrate;
-pub mod channel_flow;
-mod channel_selection;
 mod cluster_weights;
 mod dead_code;
-pub mod distill;
 mod equalize;
 mod fold_bn;
 mod fold_constants;
@@ -19,13 +16,14 @@ mod fuse_activation;
 mod fuse_matmul_add;
 mod fuse_requant;
 mod insert_qdq;
-pub mod observer;
+mod options;
 mod prune_channels;
 mod quantize_dynamic;
-pub mod reconstruct;
-mod rewrite;
-pub mod samples;
 mod sparsify;
+pub mod support;
+
+pub(crate) use support::{backprop, channel_selection, rewrite};
+pub use support::{channel_flow, distill, observer, reconstruct, samples};
 
 pub use bias_correction::BiasCorrection;
 pub use calibrate::Calibrate;
@@ -41,6 +39,7 @@ pub use fuse_matmul_add::FuseMatmulAdd;
 pub use fuse_requant::{FuseRequant, explain as explain_unfused};
 pub use insert_qdq::{InsertQdq, activation_params, kept_fp32};
 pub use observer::CalibMethod;
+pub use options::{OPTION_KEYS, PassOptions, Progress};
 pub use prune_channels::{PruneChannels, PruneCriterion, PruneOptions, kept_count};
 pub use quantize_dynamic::QuantizeDynamic;
 pub use rewrite::const_value;
@@ -84,6 +83,11 @@ impl PassError {
     pub fn new(pass: &str, message: impl Into<String>) -> PassError {
         PassError { pass: pass.to_string(), message: message.into(), diagnostics: Vec::new() }
     }
+
+    /// A plain failure of the running pass (the runner names it).
+    pub fn msg(message: impl Into<String>) -> PassError {
+        PassError::new("", message)
+    }
 }
 
 impl fmt::Display for PassError {
@@ -98,83 +102,40 @@ impl fmt::Display for PassError {
 
 impl std::error::Error for PassError {}
 
-/// The options of the passes (`qc passes` lists which pass reads which).
-#[derive(Clone, Debug)]
-pub struct PassOptions {
-    /// How `fuse-requant` requantizes: `f32` (ONNX Runtime's formula) or `q31`.
-    pub requant: qc_ir::requant::RequantMode,
-    /// `calibrate`'s samples (a batch of model inputs).
-    pub calibration: Option<std::sync::Arc<qc_ir::Tensor>>,
-    /// `calibrate`'s method.
-    pub calib_method: CalibMethod,
-    /// Per-tensor methods, by value name or op location.
-    pub calib_overrides: Vec<(String, CalibMethod)>,
-    /// `insert-qdq`'s activation storage: u8 or i8.
-    pub activations: qc_ir::ScalarType,
-    /// `insert-qdq`: symmetric activations.
-    pub symmetric_activations: bool,
-    /// `insert-qdq`: one weight scale per tensor instead of per output channel.
-    pub per_tensor_weights: bool,
-    /// Called by `calibrate` with (samples done, samples in all) after each batch.
-    pub progress: Option<Progress>,
-    /// What `prune-channels` removes.
-    pub prune: PruneOptions,
-    /// What `sparsify` zeroes.
-    pub sparsify: SparsifyOptions,
-    /// `cluster-weights`: shared values per layer.
-    pub clusters: usize,
-    /// `insert-qdq`: ops (by location or result name) that stay in fp32.
-    pub keep_fp32: Vec<String>,
-    /// `equalize`: SmoothQuant's migration strength for gemm/matmul pairs.
-    pub smooth_alpha: Option<f32>,
-    /// `insert-qdq`: weight bits (8, or 4 for i4 weights).
-    pub weight_bits: u8,
-    /// `insert-qdq`: weight bits of single layers (by location or result name).
-    pub layer_weight_bits: Vec<(String, u8)>,
+/// What a pass gets besides the graph: the options, and where to leave notes for the user.
+pub struct PassContext<'a> {
+    /// The passes' options (calibration samples included).
+    pub options: &'a PassOptions,
+    /// What the pass wants the user to know (decisions it took that change accuracy).
+    pub notes: Vec<String>,
 }
 
-/// A progress callback: (done, total).
-#[derive(Clone)]
-pub struct Progress(pub std::sync::Arc<dyn Fn(usize, usize) + Send + Sync>);
-
-impl std::fmt::Debug for Progress {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("Progress")
-    }
-}
-
-impl Default for PassOptions {
-    fn default() -> Self {
-        PassOptions {
-            requant: Default::default(),
-            calibration: None,
-            calib_method: CalibMethod::MinMax,
-            calib_overrides: Vec::new(),
-            activations: qc_ir::ScalarType::U8,
-            symmetric_activations: false,
-            per_tensor_weights: false,
-            progress: None,
-            prune: PruneOptions::default(),
-            sparsify: SparsifyOptions::default(),
-            clusters: 16,
-            keep_fp32: Vec::new(),
-            smooth_alpha: None,
-            weight_bits: 8,
-            layer_weight_bits: Vec::new(),
-        }
+impl<'a> PassContext<'a> {
+    /// A context with `options` and no notes.
+    pub fn new(options: &'a PassOptions) -> PassContext<'a> {
+        PassContext { options, notes: Vec::new() }
     }
 }
 
 /// A transformation of the graph. `run` either leaves a graph the verifier accepts or fails.
+/// Its name, doc and placement are its line in [`REGISTRY`].
 pub trait Pass {
-    /// The registered name (`fold-bn`).
-    fn name(&self) -> &'static str;
     /// Runs the pass.
-    fn run(&self, g: &mut Graph) -> Result<Changed, PassError>;
-    /// What the last run wants the user to know (decisions it took that change accuracy).
-    fn notes(&self) -> Vec<String> {
-        Vec::new()
-    }
+    fn run(&self, g: &mut Graph, cx: &mut PassContext) -> Result<Changed, PassError>;
+}
+
+/// Where the driver puts a pass that an option adds to a pipeline (`--prune-ratio` adds
+/// `prune-channels`, ...).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Placement {
+    /// Only where a pipeline or pass list names it.
+    Listed,
+    /// Just before this pass, else first.
+    Before(&'static str),
+    /// Just after the first of these passes the pipeline has, else first.
+    After(&'static [&'static str]),
+    /// Just after this pass; not added to a pipeline without it.
+    RightAfter(&'static str),
 }
 
 /// A registry entry.
@@ -183,93 +144,57 @@ pub struct PassInfo {
     pub name: &'static str,
     /// One line of documentation.
     pub doc: &'static str,
-    /// Makes the pass.
+    /// Where an option adds it to a pipeline.
+    pub placement: Placement,
+    /// Makes the pass with its options.
     pub make: fn(&PassOptions) -> Box<dyn Pass>,
 }
 
-/// Every pass, in the order `qc passes` lists them.
-pub const REGISTRY: &[PassInfo] = &[
-    PassInfo {
-        name: "fold-constants",
-        doc: "evaluate ops whose operands are all constant (shape arithmetic included); constant shape operands become attributes",
-        make: |_| Box::new(FoldConstants),
-    },
-    PassInfo {
-        name: "fold-hard-swish",
-        doc: "replace x * clip(x + 3, 0, 6) / 6 and x * hard_sigmoid(x) with hard_swish",
-        make: |_| Box::new(FoldHardSwish),
-    },
-    PassInfo {
-        name: "fold-bn",
-        doc: "fold batch_norm into the conv2d/gemm before it, or into a standalone mul + add",
-        make: |_| Box::new(FoldBn),
-    },
-    PassInfo {
-        name: "prune-channels",
-        doc: "remove output channels of conv/gemm layers and propagate the shapes (--prune-ratio, --prune-layer, --prune-criterion, --prune-multiple, --reconstruct, --prune-steps, --max-loss)",
-        make: |o| Box::new(PruneChannels::new(o)),
-    },
-    PassInfo {
-        name: "sparsify",
-        doc: "zero the smallest weights of conv/gemm layers, one by one or in the 16x4 blocks the JIT skips (--sparsity, --sparsity-layer, --sparsity-global, --block, --reconstruct)",
-        make: |o| Box::new(Sparsify::new(o)),
-    },
-    PassInfo {
-        name: "cluster-weights",
-        doc: "weight sharing: k-means the nonzero weights of each conv/gemm layer into --clusters K values (Deep Compression)",
-        make: |o| Box::new(ClusterWeights::new(o)),
-    },
-    PassInfo {
-        name: "fuse-matmul-add",
-        doc: "rewrite a 2-D matmul by a constant weight plus a constant bias vector as one gemm",
-        make: |_| Box::new(FuseMatmulAdd),
-    },
-    PassInfo {
-        name: "fuse-activation",
-        doc: "mark a relu/clip that follows a conv2d/gemm/matmul as that op's fused activation",
-        make: |_| Box::new(FuseActivation),
-    },
-    PassInfo {
-        name: "equalize",
-        doc: "cross-layer equalization of conv/gemm pairs through relu and max pooling; SmoothQuant for gemm/matmul pairs (--smooth-alpha)",
-        make: |o| Box::new(Equalize::new(o)),
-    },
-    PassInfo {
-        name: "calibrate",
-        doc: "run the evaluator on --calib samples and record each activation's range in a stats op (--calib-method, --calib-override)",
-        make: |o| Box::new(Calibrate::new(o)),
-    },
-    PassInfo {
-        name: "insert-qdq",
-        doc: "quantize/dequantize calibrated activations next to integer-capable ops, and their weights and biases (--activations, --symmetric, --per-tensor, --keep-fp32, --weight-bits)",
-        make: |o| Box::new(InsertQdq::new(o)),
-    },
-    PassInfo {
-        name: "bias-correction",
-        doc: "after insert-qdq: match each quantized weight channel's spread to the original (scale) and fold the mean output shift on the calibration samples into the bias",
-        make: |o| Box::new(BiasCorrection::new(o)),
-    },
-    PassInfo {
-        name: "fold-qdq",
-        doc: "quantize constants; cancel quantize(dequantize(q)) or make it a requantize; move Q/DQ through reshape, transpose, max_pool, relu",
-        make: |_| Box::new(FoldQdq),
-    },
-    PassInfo {
-        name: "fuse-requant",
-        doc: "dequantize → conv2d/gemm/matmul/add/pool/concat/activation → quantize becomes one integer op (--requant f32|q31)",
-        make: |o| Box::new(FuseRequant::new(o)),
-    },
-    PassInfo {
-        name: "quantize-dynamic",
-        doc: "dynamic quantization of gemm/matmul/conv2d: i8 weights, u8 activations quantized per call (--per-tensor)",
-        make: |o| Box::new(QuantizeDynamic::new(o)),
-    },
-    PassInfo {
-        name: "dead-code",
-        doc: "remove ops whose results are never used, and weights no const refers to",
-        make: |_| Box::new(DeadCode),
-    },
-];
+/// The registry, one line per pass: `name => how to make it (from the options), placement,
+/// doc`. This table is the only place a pass's name is written.
+macro_rules! declare_passes {
+    ($($name:literal => |$o:pat_param| $make:expr, $place:expr, $doc:literal;)*) => {
+        /// Every pass, in the order `qc passes` lists them.
+        pub const REGISTRY: &[PassInfo] = &[
+            $(PassInfo { name: $name, doc: $doc, placement: $place, make: |$o| Box::new($make) },)*
+        ];
+    };
+}
+
+declare_passes! {
+    "fold-constants" => |_| FoldConstants, Placement::Listed,
+        "evaluate ops whose operands are all constant (shape arithmetic included); constant shape operands become attributes";
+    "fold-hard-swish" => |_| FoldHardSwish, Placement::Listed,
+        "replace x * clip(x + 3, 0, 6) / 6 and x * hard_sigmoid(x) with hard_swish";
+    "fold-bn" => |_| FoldBn, Placement::Listed,
+        "fold batch_norm into the conv2d/gemm before it, or into a standalone mul + add";
+    "prune-channels" => |o| PruneChannels::new(o), Placement::Before("fold-bn"),
+        "remove output channels of conv/gemm layers and propagate the shapes (--prune-ratio, --prune-layer, --prune-criterion, --prune-multiple, --reconstruct, --prune-steps, --max-loss)";
+    "sparsify" => |o| Sparsify::new(o), Placement::After(&["fold-bn"]),
+        "zero the smallest weights of conv/gemm layers, one by one or in the 16x4 blocks the JIT skips (--sparsity, --sparsity-layer, --sparsity-global, --block, --reconstruct)";
+    "cluster-weights" => |o| ClusterWeights::new(o), Placement::After(&["sparsify", "fold-bn"]),
+        "weight sharing: k-means the nonzero weights of each conv/gemm layer into --clusters K values (Deep Compression)";
+    "fuse-matmul-add" => |_| FuseMatmulAdd, Placement::Listed,
+        "rewrite a 2-D matmul by a constant weight plus a constant bias vector as one gemm";
+    "fuse-activation" => |_| FuseActivation, Placement::Listed,
+        "mark a relu/clip that follows a conv2d/gemm/matmul as that op's fused activation";
+    "equalize" => |o| Equalize::new(o), Placement::RightAfter("fuse-activation"),
+        "cross-layer equalization of conv/gemm pairs through relu and max pooling; SmoothQuant for gemm/matmul pairs (--smooth-alpha)";
+    "calibrate" => |o| Calibrate::new(o), Placement::Listed,
+        "run the evaluator on --calib samples and record each activation's range in a stats op (--calib-method, --calib-override)";
+    "insert-qdq" => |o| InsertQdq::new(o), Placement::Listed,
+        "quantize/dequantize calibrated activations next to integer-capable ops, and their weights and biases (--activations, --symmetric, --per-tensor, --keep-fp32, --weight-bits)";
+    "bias-correction" => |o| BiasCorrection::new(o), Placement::RightAfter("insert-qdq"),
+        "after insert-qdq: match each quantized weight channel's spread to the original (scale) and fold the mean output shift on the calibration samples into the bias";
+    "fold-qdq" => |_| FoldQdq, Placement::Listed,
+        "quantize constants; cancel quantize(dequantize(q)) or make it a requantize; move Q/DQ through reshape, transpose, max_pool, relu";
+    "fuse-requant" => |o| FuseRequant::new(o), Placement::Listed,
+        "dequantize → conv2d/gemm/matmul/add/pool/concat/activation → quantize becomes one integer op (--requant f32|q31)";
+    "quantize-dynamic" => |o| QuantizeDynamic::new(o), Placement::Listed,
+        "dynamic quantization of gemm/matmul/conv2d: i8 weights, u8 activations quantized per call (--per-tensor)";
+    "dead-code" => |_| DeadCode, Placement::Listed,
+        "remove ops whose results are never used, and weights no const refers to";
+}
 
 /// Named pipelines: (name, passes, doc).
 pub const PIPELINES: &[(&str, &[&str], &str)] = &[
@@ -307,12 +232,37 @@ pub const PIPELINES: &[(&str, &[&str], &str)] = &[
     ),
 ];
 
-/// Makes the pass called `name` with `opts`, or an error listing the valid names.
-pub fn lookup(name: &str, opts: &PassOptions) -> Result<Box<dyn Pass>, String> {
-    REGISTRY.iter().find(|p| p.name == name).map(|p| (p.make)(opts)).ok_or_else(|| {
+/// The registry entry of the pass called `name`, or an error listing the valid names.
+pub fn info(name: &str) -> Result<&'static PassInfo, String> {
+    REGISTRY.iter().find(|p| p.name == name).ok_or_else(|| {
         let names: Vec<&str> = REGISTRY.iter().map(|p| p.name).collect();
         format!("unknown pass `{name}`; valid passes: {}", names.join(", "))
     })
+}
+
+/// Makes the pass called `name` with `opts`, or an error listing the valid names.
+pub fn lookup(name: &str, opts: &PassOptions) -> Result<Box<dyn Pass>, String> {
+    info(name).map(|p| (p.make)(opts))
+}
+
+/// Adds `pass` to the pass list `names` where its [`Placement`] says, unless it is there
+/// already (or its placement needs a pass the list does not have).
+pub fn place(names: &mut Vec<String>, pass: &str) -> Result<(), String> {
+    if names.iter().any(|n| n == pass) {
+        return Ok(());
+    }
+    let position = |p: &str| names.iter().position(|n| n == p);
+    let at = match info(pass)?.placement {
+        Placement::Listed => return Err(format!("pass `{pass}` is added by naming it in a pipeline or pass list")),
+        Placement::Before(p) => position(p).unwrap_or(0),
+        Placement::After(ps) => ps.iter().find_map(|p| position(p)).map_or(0, |i| i + 1),
+        Placement::RightAfter(p) => match position(p) {
+            Some(i) => i + 1,
+            None => return Ok(()),
+        },
+    };
+    names.insert(at, pass.to_string());
+    Ok(())
 }
 
 /// The pass names of pipeline `name`, or an error listing the valid pipelines.
@@ -321,6 +271,21 @@ pub fn pipeline(name: &str) -> Result<Vec<String>, String> {
         let names: Vec<&str> = PIPELINES.iter().map(|p| p.0).collect();
         format!("unknown pipeline `{name}`; valid pipelines: {}", names.join(", "))
     })
+}
+
+/// The fp32 clean-up every int8 model is compared with: the `int8` pipeline's passes before
+/// `calibrate`, then `dead-code` (the `default` pipeline).
+pub fn fp32_cleanup() -> Vec<String> {
+    let int8 = pipeline("int8").expect("the int8 pipeline exists");
+    let calibrate = int8.iter().position(|p| p == "calibrate").expect("int8 calibrates");
+    int8[..calibrate].iter().cloned().chain(["dead-code".to_string()]).collect()
+}
+
+/// The `int8` pipeline's passes after `calibrate`: the lowering to integer ops.
+pub fn lower_to_int8() -> Vec<String> {
+    let int8 = pipeline("int8").expect("the int8 pipeline exists");
+    let calibrate = int8.iter().position(|p| p == "calibrate").expect("int8 calibrates");
+    int8[calibrate + 1..].to_vec()
 }
 
 /// How the runner reports and checks.
@@ -349,6 +314,8 @@ pub struct PassRecord {
     pub changed: Changed,
     /// What the pass reported.
     pub notes: Vec<String>,
+    /// How long it ran (the verification after it included).
+    pub elapsed: std::time::Duration,
 }
 
 /// Runs `passes` in order, verifying after each; IR printed after passes goes to `print_to`.
@@ -358,10 +325,13 @@ pub fn run_pipeline(
     opts: &PipelineOptions,
     print_to: &mut dyn std::io::Write,
 ) -> Result<Vec<PassRecord>, PassError> {
-    let made: Vec<Box<dyn Pass>> = passes
+    let made: Vec<(&'static str, Box<dyn Pass>)> = passes
         .iter()
-        .map(|n| lookup(n, &opts.pass_options).map_err(|e| PassError::new("pipeline", e)))
-        .collect::<Result<_, _>>()?;
+        .map(|n| {
+            let info = info(n).map_err(|e| PassError::new("pipeline", e))?;
+            Ok((info.name, (info.make)(&opts.pass_options)))
+        })
+        .collect::<Result<_, PassError>>()?;
     for n in opts.print_after.iter().chain(&opts.stop_after) {
         lookup(n, &opts.pass_options).map_err(|e| PassError::new("pipeline", e))?;
     }
@@ -381,15 +351,17 @@ pub fn run_pipeline(
     };
     dump(0, "input", g)?;
     let mut records = Vec::new();
-    for (i, pass) in made.iter().enumerate() {
-        let name = pass.name();
-        let changed = pass.run(g)?;
+    for (i, (name, pass)) in made.iter().enumerate() {
+        let name = *name;
+        let started = std::time::Instant::now();
+        let mut cx = PassContext::new(&opts.pass_options);
+        let changed = pass.run(g, &mut cx).map_err(|e| PassError { pass: name.into(), ..e })?;
         verify(g, vopts).map_err(|d| PassError {
             pass: name.into(),
             message: "the pass produced a graph that does not verify (a bug in the pass)".into(),
             diagnostics: d,
         })?;
-        records.push(PassRecord { name: name.into(), changed, notes: pass.notes() });
+        records.push(PassRecord { name: name.into(), changed, notes: cx.notes, elapsed: started.elapsed() });
         if opts.print_after_all || opts.print_after.iter().any(|p| p == name) {
             let note = if changed == Changed::Yes { "" } else { " (no change)" };
             writeln!(print_to, "// ----- IR after {name}{note} -----\n{}", print(g))
@@ -401,4 +373,34 @@ pub fn run_pipeline(
         }
     }
     Ok(records)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_default_pipeline_is_the_int8_pipelines_fp32_part() {
+        assert_eq!(pipeline("default").unwrap(), fp32_cleanup());
+        for p in PIPELINES.iter().flat_map(|p| p.1.iter()) {
+            info(p).unwrap_or_else(|e| panic!("{e}"));
+        }
+    }
+
+    #[test]
+    fn options_place_their_passes_by_the_table() {
+        let mut names = pipeline("int8").unwrap();
+        for p in ["prune-channels", "sparsify", "cluster-weights", "equalize", "bias-correction"] {
+            place(&mut names, p).unwrap();
+        }
+        assert_eq!(
+            names.join(","),
+            "fold-constants,fold-hard-swish,prune-channels,fold-bn,sparsify,cluster-weights,fuse-matmul-add,\
+             fuse-activation,equalize,calibrate,insert-qdq,bias-correction,fold-qdq,fuse-requant,dead-code"
+        );
+        let mut fp32 = pipeline("cleanup").unwrap();
+        place(&mut fp32, "bias-correction").unwrap();
+        assert!(!fp32.iter().any(|p| p == "bias-correction"));
+        assert!(place(&mut fp32, "fold-bn").is_err());
+    }
 }

@@ -37,11 +37,10 @@ use crate::distill::{DistillOptions, distill};
 use crate::reconstruct::{refit, refit_depthwise};
 use crate::rewrite::const_value;
 use crate::samples::{agreement, batches};
-use crate::{Changed, Pass, PassError, PassOptions};
+use crate::{Changed, Pass, PassContext, PassError, PassOptions};
 use qc_ir::cost::layer_costs;
 use qc_ir::eval::evaluate_observed;
 use qc_ir::{Graph, NodeId, OpKind, Tensor, ValueId};
-use std::cell::RefCell;
 use std::collections::HashMap;
 use std::fmt;
 use std::str::FromStr;
@@ -132,18 +131,17 @@ impl Default for PruneOptions {
 pub struct PruneChannels {
     opts: PruneOptions,
     samples: Option<Arc<Tensor>>,
-    notes: RefCell<Vec<String>>,
 }
 
 impl PruneChannels {
     /// The pass with its options.
     pub fn new(o: &PassOptions) -> PruneChannels {
-        PruneChannels { opts: o.prune.clone(), samples: o.calibration.clone(), notes: RefCell::new(Vec::new()) }
+        PruneChannels { opts: o.prune.clone(), samples: o.calibration.clone() }
     }
 }
 
 fn err(msg: impl Into<String>) -> PassError {
-    PassError::new("prune-channels", msg)
+    PassError::msg(msg)
 }
 
 fn display_name(g: &Graph, n: NodeId) -> String {
@@ -300,17 +298,8 @@ impl PruneChannels {
 }
 
 impl Pass for PruneChannels {
-    fn name(&self) -> &'static str {
-        "prune-channels"
-    }
-
-    fn notes(&self) -> Vec<String> {
-        self.notes.borrow().clone()
-    }
-
-    fn run(&self, g: &mut Graph) -> Result<Changed, PassError> {
-        let mut notes = self.notes.borrow_mut();
-        notes.clear();
+    fn run(&self, g: &mut Graph, cx: &mut PassContext) -> Result<Changed, PassError> {
+        let notes = &mut cx.notes;
         if self.opts.ratio.is_none() && self.opts.layers.is_empty() {
             return Ok(Changed::No);
         }

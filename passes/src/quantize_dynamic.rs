@@ -18,7 +18,7 @@
 //! or beta other than 1, and biases that are not a vector of the output width.
 
 use crate::rewrite::{add_const, const_f32, const_value, origin_name};
-use crate::{Changed, Pass, PassError, PassOptions};
+use crate::{Changed, Pass, PassContext, PassError, PassOptions};
 use ndarray::{ArrayD, IxDyn};
 use qc_ir::infer::{Operand, infer_type};
 use qc_ir::{Attr, Attrs, Graph, Loc, Node, NodeId, OpKind, ScalarType, Tensor, TensorType, ValueId};
@@ -210,11 +210,7 @@ impl QuantizeDynamic {
 }
 
 impl Pass for QuantizeDynamic {
-    fn name(&self) -> &'static str {
-        "quantize-dynamic"
-    }
-
-    fn run(&self, g: &mut Graph) -> Result<Changed, PassError> {
+    fn run(&self, g: &mut Graph, _: &mut PassContext) -> Result<Changed, PassError> {
         let ops: Vec<NodeId> =
             g.node_ids().filter(|&n| matches!(g.node(n).kind, OpKind::Gemm | OpKind::MatMul | OpKind::Conv2d)).collect();
         let mut changed = false;

@@ -26,9 +26,8 @@ use crate::channel_flow::{Rule, layer_names, rule};
 use crate::reconstruct::refit;
 use crate::rewrite::{add_const, const_value};
 use crate::samples::{agreement, batches};
-use crate::{Changed, Pass, PassError, PassOptions};
+use crate::{Changed, Pass, PassContext, PassError, PassOptions};
 use qc_ir::{ConstValue, Graph, NodeId, OpKind, Tensor};
-use std::cell::RefCell;
 use std::sync::Arc;
 
 /// What `sparsify` zeroes.
@@ -50,18 +49,17 @@ pub struct SparsifyOptions {
 pub struct Sparsify {
     opts: SparsifyOptions,
     samples: Option<Arc<Tensor>>,
-    notes: RefCell<Vec<String>>,
 }
 
 impl Sparsify {
     /// The pass with its options.
     pub fn new(o: &PassOptions) -> Sparsify {
-        Sparsify { opts: o.sparsify.clone(), samples: o.calibration.clone(), notes: RefCell::new(Vec::new()) }
+        Sparsify { opts: o.sparsify.clone(), samples: o.calibration.clone() }
     }
 }
 
 fn err(msg: impl Into<String>) -> PassError {
-    PassError::new("sparsify", msg)
+    PassError::msg(msg)
 }
 
 /// A layer's weights as groups to rank: each group's flat indices (single weights or blocks).
@@ -101,17 +99,8 @@ fn groups(g: &Graph, n: NodeId, block: bool) -> (Arc<Tensor>, Vec<Vec<usize>>) {
 }
 
 impl Pass for Sparsify {
-    fn name(&self) -> &'static str {
-        "sparsify"
-    }
-
-    fn notes(&self) -> Vec<String> {
-        self.notes.borrow().clone()
-    }
-
-    fn run(&self, g: &mut Graph) -> Result<Changed, PassError> {
-        let mut notes = self.notes.borrow_mut();
-        notes.clear();
+    fn run(&self, g: &mut Graph, cx: &mut PassContext) -> Result<Changed, PassError> {
+        let notes = &mut cx.notes;
         if self.opts.sparsity.is_none() && self.opts.layers.is_empty() {
             return Ok(Changed::No);
         }

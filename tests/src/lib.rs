@@ -6,11 +6,13 @@
 //! // error: value %x is defined twice an expected error (a substring of the rendered diagnostic)
 //! //@ calib: 16                       calibration samples (seeded random)
 //! //@ approximate                     outputs may change (pruning): evaluate, do not compare
-//! //@ prune-ratio: 0.5                prune-channels options (also prune-layer: NAME=R,
-//!                                     prune-multiple: N, prune-criterion: C, reconstruct)
-//! //@ sparsity: 0.5                   sparsify options (also block, sparsity-global)
-//! //@ clusters: 4                     cluster-weights' shared values per layer
+//! //@ tolerance: 1                   absolute tolerance of the before/after comparison
+//! //@ prune-ratio: 0.5                any option of the passes, by its command-line name
+//! //@ reconstruct                     (a flag: no value)
 //! ```
+//!
+//! Options are read by [`qc_passes::PassOptions::set`], the parser behind the command line's
+//! flags, so a directive means what the flag means and a misspelt one is an error.
 //!
 //! Directives before the first `func` hold for the whole file; a later case may add its own.
 //!
@@ -143,66 +145,27 @@ struct Header {
     approximate: bool,
 }
 
-fn header(text: &str) -> Header {
+/// The directives of `text`: the harness's own (`passes`, `calib`, `tolerance`, `approximate`),
+/// every other one an option of the passes by its command-line name, read by the same parser as
+/// the command line's flags ([`qc_passes::PassOptions::set`]).
+fn header(text: &str) -> Result<Header, String> {
     let mut h = Header::default();
     for line in text.lines() {
-        if let Some(rest) = line.strip_prefix("//@ passes:") {
-            h.passes = rest.split(',').map(|s| s.trim().to_string()).filter(|s| !s.is_empty()).collect();
-        }
-        if let Some(rest) = line.strip_prefix("//@ requant:") {
-            h.options.requant = match rest.trim() {
-                "q31" => qc_ir::requant::RequantMode::Q31,
-                _ => qc_ir::requant::RequantMode::F32,
-            };
-        }
-        if let Some(rest) = line.strip_prefix("//@ activations:") {
-            h.options.activations = if rest.trim() == "i8" { ScalarType::I8 } else { ScalarType::U8 };
-        }
-        if line.trim() == "//@ symmetric" {
-            h.options.symmetric_activations = true;
-        }
-        if let Some(rest) = line.strip_prefix("//@ calib:") {
-            h.calib_samples = rest.trim().parse().expect("a sample count");
-        }
-        if let Some(rest) = line.strip_prefix("//@ tolerance:") {
-            h.tolerance = Some(rest.trim().parse().expect("a number"));
-        }
-        if line.trim() == "//@ approximate" {
-            h.approximate = true;
-        }
-        let prune = &mut h.options.prune;
-        if let Some(rest) = line.strip_prefix("//@ prune-ratio:") {
-            prune.ratio = Some(rest.trim().parse().expect("a ratio"));
-        }
-        if let Some(rest) = line.strip_prefix("//@ prune-layer:") {
-            let (name, r) = rest.trim().rsplit_once('=').expect("NAME=RATIO");
-            prune.layers.push((name.to_string(), r.parse().expect("a ratio")));
-        }
-        if let Some(rest) = line.strip_prefix("//@ prune-multiple:") {
-            prune.multiple = rest.trim().parse().expect("a count");
-        }
-        if let Some(rest) = line.strip_prefix("//@ prune-criterion:") {
-            prune.criterion = rest.trim().parse().expect("a criterion");
-        }
-        if line.trim() == "//@ reconstruct" {
-            prune.reconstruct = true;
-            h.options.sparsify.reconstruct = true;
-        }
-        let sparsify = &mut h.options.sparsify;
-        if let Some(rest) = line.strip_prefix("//@ sparsity:") {
-            sparsify.sparsity = Some(rest.trim().parse().expect("a fraction"));
-        }
-        if line.trim() == "//@ block" {
-            sparsify.block = true;
-        }
-        if line.trim() == "//@ sparsity-global" {
-            sparsify.global = true;
-        }
-        if let Some(rest) = line.strip_prefix("//@ clusters:") {
-            h.options.clusters = rest.trim().parse().expect("a count");
+        let Some(directive) = line.strip_prefix("//@ ") else { continue };
+        let (key, value) = match directive.split_once(':') {
+            Some((k, v)) => (k.trim(), Some(v.trim())),
+            None => (directive.trim(), None),
+        };
+        let bad = |what: &str| format!("`{line}`: {key} takes {what}");
+        match (key, value) {
+            ("passes", Some(v)) => h.passes = v.split(',').map(|s| s.trim().to_string()).filter(|s| !s.is_empty()).collect(),
+            ("calib", Some(v)) => h.calib_samples = v.parse().map_err(|_| bad("a sample count"))?,
+            ("tolerance", Some(v)) => h.tolerance = Some(v.parse().map_err(|_| bad("a number"))?),
+            ("approximate", None) => h.approximate = true,
+            (key, value) => h.options.set(key, value).map_err(|e| format!("`{line}`: {e}"))?,
         }
     }
-    h
+    Ok(h)
 }
 
 /// Splits a case file at `// -----` lines. Each case keeps its position in the file (earlier
@@ -305,7 +268,14 @@ pub fn check_file(path: &Path) -> String {
     let file = path.file_name().expect("a file").to_string_lossy().into_owned();
     // Directives before the first case hold for every case; a case may add its own.
     let head: String = text.lines().take_while(|l| !l.starts_with("func")).map(|l| format!("{l}\n")).collect();
-    split_cases(&text).iter().map(|c| check_case(&file, c, &header(&format!("{head}{c}")))).collect::<Vec<_>>().join("// -----\n")
+    split_cases(&text)
+        .iter()
+        .map(|c| match header(&format!("{head}{c}")) {
+            Ok(h) => check_case(&file, c, &h),
+            Err(e) => panic!("{file}: {e}"),
+        })
+        .collect::<Vec<_>>()
+        .join("// -----\n")
 }
 
 /// Every `.qir` file under `dir`, sorted.

@@ -1,4 +1,4 @@
-//! Ops on quantized operands: the integer kernels, exactly as DESIGN.md defines them.
+//! Ops on quantized operands: the integer kernels, exactly as ARCHITECTURE.md ("What an op computes") defines them.
 //!
 //! conv2d / gemm / matmul: `acc = bias_q + Σ (x - zp_x)(w - zp_w)` in i32 (computed in i64 and
 //! checked), then requantized to the result type ([`crate::requant`]), or, for an f32 result,

@@ -1,4 +1,4 @@
-//! Quantize and dequantize, exactly as DESIGN.md defines them.
+//! Quantize and dequantize, exactly as ARCHITECTURE.md ("What an op computes") defines them.
 
 use crate::tensor::Tensor;
 use crate::types::{QuantParams, ScalarType, TensorType};
@@ -81,7 +81,7 @@ pub fn relu_q(x: &Tensor, zp: i32) -> Tensor {
     }
 }
 
-/// ONNX DynamicQuantizeLinear as DESIGN.md defines it: u8, the range widened to include 0,
+/// ONNX DynamicQuantizeLinear as ARCHITECTURE.md defines it: u8, the range widened to include 0,
 /// `s = (max - min) / 255` (1 when max = min), `zp = rne(clamp(-min / s, 0, 255))`.
 /// Returns (data, scale, zero point).
 pub fn dynamic_quantize(x: &ArrayD<f32>) -> (Tensor, Tensor, Tensor) {

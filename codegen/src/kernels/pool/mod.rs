@@ -8,11 +8,13 @@
 //! checked against `batch · h·w·c` before the loops; the loops here are safe Rust, the kernels'
 //! bounds are in their module.
 
-use crate::halo::Scratch;
+pub(crate) mod simd;
+
 use crate::kernel::WindowKernel;
-use crate::pool_simd::{GlobalMeanKernel, MaxPoolKernel, MeanSpec};
+use crate::kernels::pool::simd::{GlobalMeanKernel, MaxPoolKernel, MeanSpec};
+use crate::kernels::window::Window;
+use crate::kernels::window::halo::Scratch;
 use crate::target::Isa;
-use crate::window::Window;
 use qc_ir::requant::{Requant, RequantMode, q31};
 use qc_ir::{Attrs, OpKind, ScalarType, TensorType};
 

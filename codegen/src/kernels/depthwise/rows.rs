@@ -8,7 +8,7 @@
 //! those 16 bytes are `16/C` neighbouring pixels, so a channel count below the vector's width
 //! still fills it; when 16 divides C, they are a group of 16 channels of one pixel. Either way the
 //! weights of lane `l` of panel `p` are those of channel `(16p + l) mod C`, packed as the
-//! [`crate::depthwise_simd`] VNNI kernel packs its groups (`[panel][tap quad][4 × 4 lanes][4
+//! [`crate::kernels::depthwise::simd`] VNNI kernel packs its groups (`[panel][tap quad][4 × 4 lanes][4
 //! taps]`), and a chunk of 16 lanes is that kernel's group: four taps' bytes interleaved into
 //! 4 lanes × 4 taps per vector, one `vpdpbusd` per vector, the u8 form of the input (i8 flipped
 //! by `^ 0x80`), accumulators starting at `b − zp_u·Σ w`, the GEMM's f32 epilogue.
@@ -19,12 +19,12 @@
 //! at `out + oy·ow·C + j` for whole chunks and `ow·C − j` single bytes for the last, partial one,
 //! below `oh·ow·C`, which [`RowsKernel::run`] checks; and it reads its own tables.
 
-use crate::depthwise_simd::{DepthwiseSpec, dot_quad, folded, load_u8x16, requantized};
 use crate::direct::{Direct, DirectFn};
-use crate::gemm::emit_loop;
-use crate::gemm_simd::{small, store_lanes};
-use crate::halo::{Halo, Scratch};
+use crate::emit::emit_loop;
+use crate::emit::{small, store_lanes};
 use crate::jit::{Jit, JitCode};
+use crate::kernels::depthwise::simd::{DepthwiseSpec, dot_quad, folded, load_u8x16, requantized};
+use crate::kernels::window::halo::{Halo, Scratch};
 use cranelift_codegen::ir::{InstBuilder, MemFlagsData, Value, types};
 use cranelift_frontend::FunctionBuilder;
 use std::sync::Arc;

@@ -15,11 +15,11 @@
 //! from the halo's geometry, and `run_in_place` checks that the halo holds the bytes they reach.
 
 use crate::direct::{Direct, DirectFn};
-use crate::gemm::{GemmKernel, GemmSpec, RowOffsets};
-use crate::halo::{Halo, Scratch};
 use crate::kernel::WindowKernel;
-use crate::window::{Geometry, Window};
-use crate::window_jit::with_padding_pixel;
+use crate::kernels::gemm::{GemmKernel, GemmSpec, RowOffsets};
+use crate::kernels::window::halo::{Halo, Scratch};
+use crate::kernels::window::jit::with_padding_pixel;
+use crate::kernels::window::{Geometry, Window};
 use qc_ir::{Attr, Attrs, Dim, OpKind, Tensor, TensorType};
 
 /// A compiled convolution.
@@ -242,7 +242,7 @@ impl Conv {
     }
 
     /// The product of `batch` NHWC images (`x`) as i32 accumulators, `[batch·positions][O]`, for
-    /// a kernel writing them, with `pad` as the padding byte (see [`crate::integer`]).
+    /// a kernel writing them, with `pad` as the padding byte (see [`crate::kernels::integer`]).
     pub fn run_i32(&self, x: &[u8], batch: usize, pad: u8, y: &mut [i32]) -> Result<(), String> {
         self.with_patches(x, batch, pad, |rows, n| self.kernel.run_rows_i32(rows, n, y))
     }

@@ -22,20 +22,20 @@
 //! zero point, which the padding pixel holds after the flip.
 //!
 //! With VNNI, layers of stride 1 whose C divides 16 or is a multiple of 16 run neither: the row
-//! kernel ([`crate::depthwise_rows`]) reads their taps at immediate offsets in an image with a
+//! kernel ([`crate::kernels::depthwise::rows`]) reads their taps at immediate offsets in an image with a
 //! border, and fills its vectors with several pixels when C is below 16.
 //!
-//! Bounds (see [`crate::window_jit`], which checks them before the call): the kernel reads 8
+//! Bounds (see [`crate::kernels::window::jit`], which checks them before the call): the kernel reads 8
 //! bytes at `pixel + 8g` with `8g < C` (VNNI: 16 bytes at `pixel + 16g`, `16g < C`), so at most
 //! 16 bytes past the pixel's `C` ([`SLACK`]); it writes 8 (16) bytes at `out + pos·C + 8g`
 //! (`16g`) for whole groups and single bytes below `out + pos·C + C` for the last, partial one;
 //! and it reads its own tables.
 
-use crate::depthwise_rows::RowsKernel;
-use crate::gemm_simd::{Epilogue, dot_vnni, pmaddwd, small, store_lanes};
-use crate::halo::Scratch;
-use crate::window::Window;
-use crate::window_jit::{self, ImageFn};
+use crate::emit::{Epilogue, dot_vnni, pmaddwd, small, store_lanes};
+use crate::kernels::depthwise::rows::RowsKernel;
+use crate::kernels::window::Window;
+use crate::kernels::window::halo::Scratch;
+use crate::kernels::window::jit::{self as window_jit, ImageFn};
 use cranelift_codegen::ir::{Endianness, InstBuilder, MemFlagsData, Value, types};
 use cranelift_frontend::FunctionBuilder;
 

@@ -3,6 +3,9 @@
 //! padding. Kernels index only through these tables, so their bounds are settled here: every
 //! entry is `< h·w` or exactly `h·w` (the marker), which `taps` checks as it builds.
 
+pub(crate) mod halo;
+pub(crate) mod jit;
+
 use qc_ir::Attrs;
 
 /// A window's output positions × taps over one `h × w` plane.

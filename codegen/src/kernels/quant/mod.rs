@@ -9,8 +9,10 @@
 //! Bounds: the kernels read and write `16·n` elements for the `n` they are given, which
 //! [`QuantizeKernel::run`] and [`DequantizeKernel::run`] derive from the lengths of their slices.
 
-use crate::gemm::emit_loop;
-use crate::gemm_simd::store_bytes;
+pub mod lanes;
+
+use crate::emit::emit_loop;
+use crate::emit::store_bytes;
 use crate::jit::{Jit, JitCode};
 use cranelift_codegen::ir::condcodes::FloatCC;
 use cranelift_codegen::ir::{Endianness, InstBuilder, MemFlagsData, Value, types};

@@ -3,7 +3,7 @@
 //! comes from `dynamic_quantize`, its zero point with it, known only when the model runs).
 //!
 //! The weight and its zero point are compiled into a GEMM writing i32 accumulators
-//! ([`crate::gemm::Output::I32`]) that computes `Σ x·(w − w_zp)`; the input's zero point then
+//! ([`crate::kernels::gemm::Output::I32`]) that computes `Σ x·(w − w_zp)`; the input's zero point then
 //! subtracts `x_zp·Σ_k (w − w_zp)` per column (wrapping, as the kernel adds: the evaluator's
 //! `matmul_integer` truncates its exact i64 product to i32, which is the same value). A
 //! convolution's padding reads the zero point (its patch rows are gathered with it), so padded
@@ -12,8 +12,8 @@
 //!
 //! Bounds: everything here is safe Rust over checked lengths; the kernels check theirs.
 
-use crate::conv::Conv;
-use crate::gemm::{GemmKernel, GemmSpec};
+use crate::kernels::conv::Conv;
+use crate::kernels::gemm::{GemmKernel, GemmSpec};
 use crate::layout::transpose;
 use qc_ir::{Attrs, ScalarType, Tensor, TensorType};
 
@@ -188,7 +188,7 @@ impl IntegerProduct {
         if x.scalar_type() != expected {
             return Err(format!("an integer product reads {expected}, got {}", x.scalar_type()));
         }
-        let bytes = crate::gemm::tensor_bytes(x).ok_or("an integer product reads 8-bit integers")?;
+        let bytes = crate::kernels::gemm::tensor_bytes(x).ok_or("an integer product reads 8-bit integers")?;
         let zp = match x_zp {
             Some(z) => match z.to_i64_vec().as_deref() {
                 Some([v]) => *v as i32,

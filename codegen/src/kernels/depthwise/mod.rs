@@ -9,10 +9,13 @@
 //! checked against `batch · h·w·c` before the loop; the Rust loop is safe Rust, the kernel's
 //! bounds are in its module.
 
-use crate::depthwise_simd::{DepthwiseKernel, DepthwiseSpec};
-use crate::halo::Scratch;
+mod rows;
+pub(crate) mod simd;
+
 use crate::kernel::WindowKernel;
-use crate::window::Window;
+use crate::kernels::depthwise::simd::{DepthwiseKernel, DepthwiseSpec};
+use crate::kernels::window::Window;
+use crate::kernels::window::halo::Scratch;
 use qc_ir::requant::{Requant, RequantMode, acc_scale, output_range};
 use qc_ir::{Attrs, ScalarType, Tensor, TensorType};
 
@@ -184,7 +187,7 @@ impl Depthwise {
     #[inline(always)]
     fn requantize(&self, acc: &[i32], out: &mut [u8]) {
         match &self.requant {
-            Multipliers::F32(m) => crate::lanes::requant_f32(acc, m, self.zp_y, self.lo, self.hi, out),
+            Multipliers::F32(m) => crate::kernels::quant::lanes::requant_f32(acc, m, self.zp_y, self.lo, self.hi, out),
             Multipliers::Each(r) => {
                 for ((o, &a), r) in out.iter_mut().zip(acc.iter()).zip(r) {
                     *o = r.apply(a, self.zp_y, self.lo, self.hi) as u8;

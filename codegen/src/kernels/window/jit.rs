@@ -6,10 +6,10 @@
 //! reads at most `slack` bytes past `pixel + C` and writes only below `out + pos·C + C`, which
 //! [`ImageFn::run_image`] makes safe by checking the lengths and sizing the copy.
 
-use crate::gemm::emit_loop;
-use crate::halo::{Scratch, emit_copy_rows};
+use crate::emit::emit_loop;
 use crate::jit::{Jit, JitCode};
-use crate::window::Window;
+use crate::kernels::window::Window;
+use crate::kernels::window::halo::{Scratch, emit_copy_rows};
 use cranelift_codegen::ir::{InstBuilder, MemFlagsData, Value, types};
 use cranelift_frontend::FunctionBuilder;
 use std::sync::Arc;

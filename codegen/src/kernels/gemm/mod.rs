@@ -5,10 +5,13 @@
 //! This is the scalar path: exact, portable to every target Cranelift supports, and the reference
 //! the vector paths are checked against.
 
+pub(crate) mod simd;
+
+use crate::emit::emit_loop;
 use crate::jit::{Jit, JitCode};
 use crate::target::Isa;
-use cranelift_codegen::ir::{InstBuilder, MemFlagsData, Value, condcodes::IntCC, types};
-use cranelift_frontend::{FunctionBuilder, Variable};
+use cranelift_codegen::ir::{InstBuilder, MemFlagsData, types};
+use cranelift_frontend::Variable;
 use qc_ir::requant::{Requant, RequantMode, acc_scale, output_range};
 use qc_ir::{Attrs, ElemType, OpKind, ScalarType, Tensor, TensorType};
 use std::sync::Arc;
@@ -217,41 +220,8 @@ enum Entry {
     /// `(a, out, m)`: `m` rows of a matrix, or in place.
     Rows(crate::jit::RowsFn),
     /// `(image, out, halo buffer)`: in place, after copying an image of this many bytes into the
-    /// halo buffer ([`crate::halo::Halo::emit_copy_in`]).
+    /// halo buffer ([`crate::kernels::window::halo::Halo::emit_copy_in`]).
     Copying(crate::jit::BufferFn, usize),
-}
-
-/// Emits `for var in start..end { body }`.
-pub(crate) fn emit_loop(b: &mut FunctionBuilder, start: Value, end: Value, mut body: impl FnMut(&mut FunctionBuilder, Value)) {
-    let var = b.declare_var(types::I64);
-    b.def_var(var, start);
-    let (header, block, exit) = (b.create_block(), b.create_block(), b.create_block());
-    b.ins().jump(header, &[]);
-    b.switch_to_block(header);
-    let i = b.use_var(var);
-    let more = b.ins().icmp(IntCC::SignedLessThan, i, end);
-    b.ins().brif(more, block, &[], exit, &[]);
-    b.switch_to_block(block);
-    b.seal_block(block);
-    body(b, i);
-    let next = b.ins().iadd_imm_s(i, 1);
-    b.def_var(var, next);
-    b.ins().jump(header, &[]);
-    b.seal_block(header);
-    b.switch_to_block(exit);
-    b.seal_block(exit);
-}
-
-/// Emits `if cond != 0 { body }`.
-pub(crate) fn emit_if(b: &mut FunctionBuilder, cond: Value, body: impl FnOnce(&mut FunctionBuilder)) {
-    let (then, exit) = (b.create_block(), b.create_block());
-    b.ins().brif(cond, then, &[], exit, &[]);
-    b.switch_to_block(then);
-    b.seal_block(then);
-    body(b);
-    b.ins().jump(exit, &[]);
-    b.switch_to_block(exit);
-    b.seal_block(exit);
 }
 
 impl GemmKernel {
@@ -276,7 +246,7 @@ impl GemmKernel {
     pub fn compile_output(spec: &GemmSpec, path: Path, output: Output) -> Result<GemmKernel, String> {
         match path {
             Path::Scalar => GemmKernel::compile_scalar(spec, output),
-            Path::Sse | Path::Vnni => crate::gemm_simd::compile(spec, path, output, None),
+            Path::Sse | Path::Vnni => crate::kernels::gemm::simd::compile(spec, path, output, None),
         }
     }
 
@@ -285,12 +255,12 @@ impl GemmKernel {
     pub(crate) fn compile_offsets(
         spec: &GemmSpec,
         offsets: &RowOffsets,
-        halo: &crate::halo::Halo,
+        halo: &crate::kernels::window::halo::Halo,
         isa: Isa,
     ) -> Result<Option<GemmKernel>, String> {
         match Path::choose(spec, isa) {
             Path::Scalar => Ok(None),
-            path => crate::gemm_simd::compile(spec, path, Output::Bytes, Some((offsets, halo))).map(Some),
+            path => crate::kernels::gemm::simd::compile(spec, path, Output::Bytes, Some((offsets, halo))).map(Some),
         }
     }
 
@@ -499,7 +469,7 @@ impl GemmKernel {
     /// The bytes per input row that [`GemmKernel::run_rows`] reads: `k`, rounded up to a multiple
     /// of 4 on the vector paths (the bytes past `k` meet zero weights, so any value will do).
     pub fn row_stride(&self) -> usize {
-        if self.path == Path::Scalar { self.k } else { crate::gemm_simd::row_stride(self.k) }
+        if self.path == Path::Scalar { self.k } else { crate::kernels::gemm::simd::row_stride(self.k) }
     }
 
     /// Runs the kernel on `m` rows of [`GemmKernel::row_stride`] bytes, which callers that build

@@ -7,17 +7,17 @@
 //! as the evaluator does. Per output position, 16 channels at a time: the first tap's bytes, then
 //! `umax` (u8) or `smax` (i8) with each other tap's.
 //!
-//! Bounds (see [`crate::window_jit`], which checks them before the call): the kernel reads 16
+//! Bounds (see [`crate::kernels::window::jit`], which checks them before the call): the kernel reads 16
 //! bytes at `pixel + 16g` with `16g < C`, so at most 16 bytes past the pixel's `C` ([`SLACK`]);
 //! it writes 16 bytes at `out + pos·C + 16g` for whole groups (`16g + 16 ≤ C`) and single bytes
 //! below `out + pos·C + C` for the last, partial one.
 
-use crate::gemm::emit_loop;
-use crate::gemm_simd::{Epilogue, small, store_lanes};
-use crate::halo::Scratch;
+use crate::emit::emit_loop;
+use crate::emit::{Epilogue, small, store_lanes};
 use crate::jit::{Jit, JitCode};
-use crate::window::Window;
-use crate::window_jit::{self, ImageFn};
+use crate::kernels::window::Window;
+use crate::kernels::window::halo::Scratch;
+use crate::kernels::window::jit::{self as window_jit, ImageFn};
 use cranelift_codegen::ir::{InstBuilder, MemFlagsData, Value, types};
 use cranelift_frontend::FunctionBuilder;
 use std::sync::Arc;

@@ -15,8 +15,8 @@
 //! image's `h·w·C` bytes and writes its rows at `pixel(top + y, left)`, inside the `rows × cols`
 //! pixels.
 
-use crate::gemm::emit_loop;
-use crate::window::Geometry;
+use crate::emit::emit_loop;
+use crate::kernels::window::Geometry;
 use cranelift_codegen::ir::{InstBuilder, MemFlagsData, Type, Value, types};
 use cranelift_frontend::FunctionBuilder;
 

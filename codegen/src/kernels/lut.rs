@@ -6,7 +6,7 @@
 //!
 //! Bounds: the table has 256 entries, indexed by a byte; lengths are checked equal; safe Rust.
 
-use crate::quant_simd::Q8;
+use crate::kernels::quant::Q8;
 use qc_ir::{Attrs, Dim, OpKind, Tensor, TensorType};
 
 /// A compiled lookup-table activation.
@@ -26,7 +26,7 @@ impl Lut {
         let flat = |t: &TensorType| TensorType { dims: vec![Dim::Fixed(256)], elem: t.elem.clone() };
         let y = qc_ir::eval::eval_op(kind, attrs, &[&all], &[&flat(x)], &flat(out)).ok()?;
         let mut table = Box::new([0u8; 256]);
-        for (slot, b) in table.iter_mut().zip(crate::gemm::tensor_bytes(&y)?) {
+        for (slot, b) in table.iter_mut().zip(crate::kernels::gemm::tensor_bytes(&y)?) {
             *slot = b;
         }
         Some(Lut { table })

@@ -1,0 +1,238 @@
+//! Commands that compile: `compile`, `analyze`, `size` — a [`Request`] built from the flags, the
+//! driver, and the printing.
+
+use super::args::{CompileArgs, Requant};
+use super::usage;
+use crate::say;
+use qc::driver::{Calibration, MixedPrecision, Pipeline, Printing, Request};
+use qc::io::read_tensor;
+use qc::{QcError, load_model, save_model};
+use qc_ir::requant::RequantMode;
+use qc_ir::text::print;
+use qc_passes::PassOptions;
+use std::io::Write;
+use std::path::Path;
+
+pub(crate) fn analyze(a: CompileArgs, quantized: Option<&Path>, plots: Option<&Path>, json: bool) -> Result<(), QcError> {
+    if a.calib.is_none() {
+        return Err(usage("qc analyze needs --calib X.npy"));
+    }
+    let model = load_model(&a.model, a.weights.as_deref())?;
+    let q = quantized.map(|p| load_model(p, None)).transpose()?;
+    let opts = qc_passes::PipelineOptions { check_weights: true, pass_options: request(&a)?.options, ..Default::default() };
+    let r =
+        qc::analyze::analyze(&model.graph, q.as_ref().map(|m| &m.graph), &opts).map_err(|e| QcError::Input(format!("{e}")))?;
+    if let Some(dir) = plots {
+        std::fs::create_dir_all(dir).map_err(|e| QcError::Input(format!("cannot create {}: {e}", dir.display())))?;
+        qc::io::write_atomic(&dir.join("sqnr.svg"), qc::plots::sqnr_bars(&r).as_bytes())?;
+        for h in &r.histograms {
+            let name: String =
+                h.value.trim_start_matches('%').chars().map(|c| if c.is_alphanumeric() || c == '_' { c } else { '_' }).collect();
+            qc::io::write_atomic(&dir.join(format!("hist_{name}.svg")), qc::plots::histogram(h).as_bytes())?;
+        }
+        eprintln!("plots: {} files in {}", 1 + r.histograms.len(), dir.display());
+    }
+    if json {
+        say!("{}", serde_json::to_string_pretty(&r.to_json()).expect("JSON"));
+    } else {
+        say!("{}", r.summary().trim_end());
+    }
+    Ok(())
+}
+
+pub(crate) fn size(a: CompileArgs, test: Option<(&Path, &Path)>, json: bool) -> Result<(), QcError> {
+    let model = load_model(&a.model, a.weights.as_deref())?;
+    let data = match test {
+        Some((x, y)) => Some((
+            read_tensor(x)?,
+            read_tensor(y)?.to_i64_vec().ok_or_else(|| QcError::Input(format!("{}: labels must be integers", y.display())))?,
+        )),
+        None => None,
+    };
+    let errors = |g: &qc_ir::Graph| -> Result<Option<usize>, QcError> {
+        let Some((x, y)) = &data else { return Ok(None) };
+        let compiled = qc_codegen::CompiledModel::compile(g).map_err(|e| QcError::Input(format!("{e}")))?;
+        let out =
+            qc::exec::run_batch_with(g, x, 64, |xi| compiled.run(&[xi]).map(|mut v| v.remove(0)).map_err(|e| e.to_string()))
+                .map_err(|e| QcError::Input(format!("{e}")))?;
+        Ok(Some(qc::exec::argmax_rows(&out).iter().zip(y).filter(|(p, l)| **p as i64 != **l).count()))
+    };
+    let full = request(&a)?;
+    let compiled = |r: &Request| qc::driver::compile_quietly(&model.graph, r);
+    let mut stages = vec![qc::size_report::stage("fp32", &model.graph, errors(&model.graph)?)];
+    let mut last = model.graph.clone();
+    if a.calib.is_some() {
+        last = compiled(&full.without_compression())?;
+        stages.push(qc::size_report::stage("int8", &last, errors(&last)?));
+    }
+    if full.prunes() || full.sparsifies() {
+        last = compiled(&Request { cluster: false, ..full.clone() })?;
+        stages.push(qc::size_report::stage("pruned", &last, errors(&last)?));
+    }
+    if full.cluster {
+        last = compiled(&full)?;
+        stages.push(qc::size_report::stage("clustered", &last, errors(&last)?));
+    }
+    let needed = qc::model::referenced_weights(&last);
+    let mut w = last.weights.clone();
+    w.retain(|n| needed.iter().any(|m| m == n));
+    let (bytes, packed) = qc::packed_weights::pack(&w);
+    stages.push(qc::size_report::packed_stage(&last, &packed, bytes.len() as u64, stages.last().and_then(|s| s.errors)));
+    if json {
+        say!("{}", serde_json::to_string_pretty(&qc::size_report::to_json(&stages)).expect("JSON"));
+    } else {
+        say!("{}", qc::size_report::summary(&stages).trim_end());
+    }
+    Ok(())
+}
+
+/// The driver's request for `a`: flags parsed into typed options (the `NAME=VALUE` and named
+/// ones by [`PassOptions::set`], the parser the test directives share), the calibration
+/// samples read.
+pub(crate) fn request(a: &CompileArgs) -> Result<Request, QcError> {
+    let mut o = PassOptions {
+        requant: match a.requant {
+            Requant::F32 => RequantMode::F32,
+            Requant::Q31 => RequantMode::Q31,
+        },
+        symmetric_activations: a.symmetric,
+        per_tensor_weights: a.per_tensor,
+        keep_fp32: a.keep_fp32.clone(),
+        smooth_alpha: a.smooth_alpha,
+        prune: qc_passes::PruneOptions {
+            ratio: a.prune_ratio,
+            layers: Vec::new(),
+            criterion: Default::default(),
+            multiple: a.prune_multiple,
+            reconstruct: a.reconstruct,
+            steps: a.prune_steps,
+            distill: a.distill,
+            max_loss: a.max_loss,
+        },
+        clusters: a.clusters.unwrap_or(16),
+        sparsify: qc_passes::SparsifyOptions {
+            sparsity: a.sparsity,
+            layers: Vec::new(),
+            global: a.sparsity_global,
+            block: a.block,
+            reconstruct: a.reconstruct,
+        },
+        ..Default::default()
+    };
+    let calibration = match a.calib_method.as_str() {
+        "auto" => Calibration::Auto,
+        m => {
+            o.set("calib-method", Some(m)).map_err(usage)?;
+            Calibration::Method(o.calib_method)
+        }
+    };
+    let named: [(&str, &[String]); 6] = [
+        ("weight-bits", &[a.weight_bits.to_string()]),
+        ("layer-weight-bits", &a.layer_weight_bits),
+        ("prune-criterion", std::slice::from_ref(&a.prune_criterion)),
+        ("sparsity-layer", &a.sparsity_layer),
+        ("prune-layer", &a.prune_layer),
+        ("activations", std::slice::from_ref(&a.activations)),
+    ];
+    for (key, values) in named.iter().chain([("calib-override", a.calib_override.as_slice())].iter()) {
+        for v in values.iter() {
+            o.set(key, Some(v)).map_err(usage)?;
+        }
+    }
+    if let Some(path) = &a.calib {
+        let samples = read_tensor(path)?;
+        o.progress = progress_bar(samples.shape().first().copied().unwrap_or(0));
+        o.calibration = Some(std::sync::Arc::new(samples));
+    }
+    let mixed_precision = match (a.mixed_precision, a.max_loss) {
+        (false, _) => None,
+        (true, Some(max_loss)) => Some(MixedPrecision { max_loss, min_sqnr: a.min_sqnr }),
+        (true, None) => return Err(usage("--mixed-precision needs --max-loss P (percentage points of agreement)")),
+    };
+    Ok(Request {
+        pipeline: match (&a.pipeline, &a.passes) {
+            (_, Some(p)) => Pipeline::Passes(p.clone()),
+            (Some(name), None) => Pipeline::Named(name.clone()),
+            (None, None) => Pipeline::Default,
+        },
+        dynamic: a.dynamic,
+        options: o,
+        calibration,
+        bias_correction: a.bias_correction,
+        equalize: a.equalize,
+        cluster: a.clusters.is_some(),
+        mixed_precision,
+        pruning_report: a.report.is_some(),
+        printing: Printing {
+            after_all: a.print_after_all,
+            after: a.print_after.clone(),
+            dump_dir: a.dump_dir.clone(),
+            stop_after: a.stop_after.clone(),
+        },
+    })
+}
+
+/// A progress bar on stderr when a person is watching a long calibration.
+fn progress_bar(samples: usize) -> Option<qc_passes::Progress> {
+    if !std::io::IsTerminal::is_terminal(&std::io::stderr()) || samples < 64 {
+        return None;
+    }
+    let bar = indicatif::ProgressBar::new(samples as u64);
+    bar.set_style(indicatif::ProgressStyle::with_template("calibrating {bar:40} {pos}/{len} samples").expect("a valid template"));
+    Some(qc_passes::Progress(std::sync::Arc::new(move |done, total| {
+        bar.set_position(done as u64);
+        if done >= total {
+            bar.finish_and_clear();
+        }
+    })))
+}
+
+pub(crate) fn compile(a: CompileArgs) -> Result<(), QcError> {
+    let request = request(&a)?;
+    request.check()?;
+    let mut model = load_model(&a.model, a.weights.as_deref())?;
+    let stdout = std::io::stdout();
+    let mut lock = stdout.lock();
+    let outcome = qc::driver::compile(&mut model, &request, &mut lock)?;
+    if let Some((method, scores)) = &outcome.calibration {
+        let table: Vec<String> = scores.iter().map(|(m, s)| format!("{m} {s:.2} dB")).collect();
+        eprintln!("calibration: {method} (output SQNR on the calibration samples: {})", table.join(", "));
+    }
+    for d in &outcome.mixed_precision {
+        eprintln!("mixed precision: {d}");
+    }
+    for n in &outcome.fusion.notes {
+        eprintln!("note: {n}");
+    }
+    if outcome.fusion.has_findings() {
+        eprint!("{}", outcome.fusion.summary());
+    }
+    if let Some(path) = &a.report {
+        let mut json = outcome.fusion.to_json();
+        if !outcome.pruning.is_empty() {
+            for r in &outcome.pruning {
+                eprint!("{}", r.summary());
+            }
+            json["pruning"] = outcome.pruning.iter().map(|r| r.to_json()).collect();
+        }
+        let text = serde_json::to_string_pretty(&json).expect("JSON") + "\n";
+        qc::io::write_atomic(path, text.as_bytes())?;
+    }
+    match &a.output {
+        Some(o) if a.compress => {
+            let packed = qc::save_model_packed(&model.graph, o)?;
+            let (raw, coded): (usize, usize) = packed.iter().fold((0, 0), |(r, c), p| (r + p.raw_bytes, c + p.packed_bytes));
+            eprintln!(
+                "weights: {raw} bytes → {coded} bytes compressed ({:.2}x) in {}",
+                raw as f64 / coded.max(1) as f64,
+                qc::model::packed_weights_path(o).display()
+            );
+        }
+        Some(o) => save_model(&model.graph, o)?,
+        None if !(a.print_after_all || !a.print_after.is_empty()) => {
+            write!(lock, "{}", print(&model.graph)).map_err(|e| QcError::Input(e.to_string()))?;
+        }
+        None => {}
+    }
+    Ok(())
+}

@@ -1,0 +1,220 @@
+//! Commands that run a model: `run`, `bench`, `eval`.
+
+use super::args::{BenchArgs, Engine, EvalArgs};
+use crate::say;
+use qc::io::{read_tensor, write_tensor};
+use qc::{QcError, load_model};
+use qc_codegen::CompiledModel;
+use qc_ir::eval::evaluate;
+use qc_ir::{Dim, Tensor};
+use std::io::Write;
+use std::path::Path;
+
+pub(crate) fn run(
+    path: &Path,
+    input: &str,
+    out: &Path,
+    weights: Option<&Path>,
+    engine: Engine,
+    isa: &str,
+) -> Result<(), QcError> {
+    let options = super::codegen_options(isa)?;
+    let model = load_model(path, weights)?;
+    let g = &model.graph;
+    if g.params().len() != 1 || g.outputs().len() != 1 {
+        return Err(QcError::Usage(format!(
+            "@{} has {} inputs and {} outputs; `qc run` handles one of each so far",
+            g.name,
+            g.params().len(),
+            g.outputs().len()
+        )));
+    }
+    let file = match input.split_once('=') {
+        Some((name, file)) => {
+            let p = g.params()[0];
+            if g.value(p).name.as_deref() != Some(name) {
+                return Err(QcError::Usage(format!("@{} has no input named {name}; it takes {}", g.name, g.display_value(p))));
+            }
+            file
+        }
+        None => input,
+    };
+    let x = read_tensor(Path::new(file))?;
+    let y = match engine {
+        Engine::Jit => {
+            let compiled = CompiledModel::compile_with(g, &options).map_err(|e| QcError::Input(format!("{e}")))?;
+            match g.ty(g.params()[0]).dims.first() {
+                // A model specialized to a batch size runs a larger batch in chunks of it.
+                Some(Dim::Fixed(b)) if x.shape().first() != Some(&(*b as usize)) => qc::exec::run_batch_with(g, &x, 1, |xi| {
+                    compiled.run(&[xi]).map(|mut v| v.remove(0)).map_err(|e| e.to_string())
+                }),
+                _ => compiled.run(&[x]).map(|mut v| v.remove(0)).map_err(|e| e.to_string()),
+            }
+        }
+        Engine::Interp => match g.ty(g.params()[0]).dims.first() {
+            Some(Dim::Fixed(_)) if x.as_f32().is_some() => qc::exec::run_batch(g, &x, 1),
+            _ => evaluate(g, &[x]).map(|mut v| v.remove(0)).map_err(|e| e.to_string()),
+        },
+    }
+    .map_err(|e| QcError::Input(format!("{file}: {e}")))?;
+    write_tensor(out, &y)?;
+    Ok(())
+}
+
+/// The `q`-quantile (0 ≤ q ≤ 1) of times sorted in ascending order.
+fn quantile(sorted: &[f64], q: f64) -> f64 {
+    sorted[((sorted.len() - 1) as f64 * q).round() as usize]
+}
+
+pub(crate) fn bench(args: BenchArgs) -> Result<(), QcError> {
+    let BenchArgs { model: path, input, batch, runs, weights, evict_kib, isa } = args;
+    let (path, input, weights) = (path.as_path(), input.as_deref(), weights.as_deref());
+    let options = super::codegen_options(&isa)?;
+    let model = load_model(path, weights)?;
+    let g = &model.graph;
+    if g.params().len() != 1 {
+        return Err(QcError::Usage("qc bench times models with one input".into()));
+    }
+    let batch = match g.ty(g.params()[0]).dims.first() {
+        Some(Dim::Fixed(b)) => *b as usize,
+        _ => batch.max(1),
+    };
+    qc_ir::eval::check_sizes(g, batch).map_err(|e| QcError::Input(format!("{}: {e}", path.display())))?;
+    let mut dims: Vec<usize> = g.ty(g.params()[0]).dims.iter().map(|d| d.fixed().map_or(batch, |n| n as usize)).collect();
+    dims[0] = batch;
+    let x = match input {
+        Some(p) => {
+            let t = read_tensor(p)?;
+            let a = t.as_f32().ok_or_else(|| QcError::Input(format!("{}: inputs must be f32", p.display())))?;
+            if a.shape().first().copied().unwrap_or(0) < batch {
+                return Err(QcError::Input(format!("{} holds fewer than {batch} samples", p.display())));
+            }
+            Tensor::F32(a.slice_axis(ndarray::Axis(0), ndarray::Slice::from(0..batch)).to_owned())
+        }
+        None => {
+            let n: usize = dims.iter().product();
+            let data = (0..n).map(|i| ((i * 7) % 11) as f32 / 11.0).collect();
+            Tensor::F32(
+                ndarray::ArrayD::from_shape_vec(ndarray::IxDyn(&dims), data)
+                    .map_err(|e| QcError::Input(format!("an input of shape {dims:?} cannot be made: {e}")))?,
+            )
+        }
+    };
+    let t = std::time::Instant::now();
+    let compiled = CompiledModel::compile_with(g, &options).map_err(|e| QcError::Input(format!("{e}")))?;
+    let compile_ms = t.elapsed().as_secs_f64() * 1e3;
+    // Memory written between timed runs (`--evict-kib`), a byte per cache line.
+    if evict_kib > 1 << 20 {
+        return Err(QcError::Usage(format!("--evict-kib {evict_kib} is more than 1 GiB (1048576 KiB)")));
+    }
+    let other = std::cell::RefCell::new(vec![0u8; evict_kib * 1024]);
+    let evict = |on: bool| {
+        if on {
+            let mut other = other.borrow_mut();
+            for b in other.iter_mut().step_by(64) {
+                *b = b.wrapping_add(1);
+            }
+            std::hint::black_box(&mut *other);
+        }
+    };
+    // Each run's time, sorted; `cold`: with memory written before each.
+    let time = |f: &dyn Fn() -> Result<(), String>, n: usize, cold: bool| -> Result<Vec<f64>, QcError> {
+        f().map_err(|e| QcError::Input(format!("{e}")))?;
+        let mut v = Vec::with_capacity(n);
+        for _ in 0..n.max(1) {
+            evict(cold);
+            let t = std::time::Instant::now();
+            f().map_err(|e| QcError::Input(format!("{e}")))?;
+            v.push(t.elapsed().as_secs_f64());
+        }
+        v.sort_by(f64::total_cmp);
+        Ok(v)
+    };
+    let jit_times = time(&|| compiled.run(std::slice::from_ref(&x)).map(|_| ()).map_err(|e| e.to_string()), runs, evict_kib > 0)?;
+    let jit = quantile(&jit_times, 0.5);
+    let interp = quantile(
+        &time(&|| evaluate(g, std::slice::from_ref(&x)).map(|_| ()).map_err(|e| e.to_string()), runs.div_ceil(5), false)?,
+        0.5,
+    );
+    say!(
+        "{}: batch {batch}, {} JIT kernels compiled in {compile_ms:.2} ms for ISA level {} on {}",
+        path.display(),
+        compiled.kernel_count(),
+        compiled.isa(),
+        cpu_model()
+    );
+    // The spread as well as the median: on a shared machine run times often fall into a fast
+    // and a slow mode, and a median alone hides which one it came from.
+    say!(
+        "  jit     {:>10.4} ms (median of {runs}; 10 % of runs took under {:.4} ms, 10 % over {:.4} ms){}",
+        jit * 1e3,
+        quantile(&jit_times, 0.1) * 1e3,
+        quantile(&jit_times, 0.9) * 1e3,
+        if evict_kib > 0 { format!("; {evict_kib} KiB of other memory written before each run") } else { String::new() }
+    );
+    say!("  interp  {:>10.4} ms ({:.1}x the JIT's time)", interp * 1e3, interp / jit);
+    let mem = compiled.memory();
+    say!(
+        "  arena   {} bytes at batch {batch} ({} per image; lower bound {}, {} activations unshared {}){}",
+        mem.arena * batch,
+        mem.arena,
+        mem.lower_bound,
+        mem.buffers,
+        mem.unshared,
+        match compiled.fallback_ops().len() {
+            0 => String::new(),
+            n => format!("; {n} ops on the evaluator"),
+        }
+    );
+    let mut profile = compiled.profile(std::slice::from_ref(&x), runs).map_err(|e| QcError::Input(format!("{e}")))?;
+    profile.sort_by(|a, b| b.seconds.total_cmp(&a.seconds));
+    say!("  per layer (median):");
+    for p in profile.iter().take(12) {
+        let gops = if p.ops > 0 { format!("{:>7.1} GOPS", p.ops as f64 / p.seconds / 1e9) } else { String::new() };
+        say!("    {:>9.4} ms  {:<4} {gops:>12}  {}", p.seconds * 1e3, if p.jit { "jit" } else { "rust" }, p.label);
+    }
+    Ok(())
+}
+
+pub(crate) fn eval(a: EvalArgs) -> Result<(), QcError> {
+    let model = load_model(&a.model, a.weights.as_deref())?;
+    let x = read_tensor(&a.input)?;
+    let labels = read_tensor(&a.labels)?
+        .to_i64_vec()
+        .ok_or_else(|| QcError::Input(format!("{}: labels must be integers", a.labels.display())))?;
+    // The JIT computes the evaluator's bits, faster.
+    let run = |g: &qc_ir::Graph| -> Result<Tensor, QcError> {
+        let compiled = CompiledModel::compile(g).map_err(|e| QcError::Input(format!("{e}")))?;
+        qc::exec::run_batch_with(g, &x, a.batch, |xi| compiled.run(&[xi]).map(|mut v| v.remove(0)).map_err(|e| e.to_string()))
+            .map_err(|e| QcError::Input(format!("{}: {e}", a.input.display())))
+    };
+    let y = run(&model.graph)?;
+    let pred = qc::exec::argmax_rows(&y);
+    if pred.len() != labels.len() {
+        return Err(QcError::Input(format!("{} samples but {} labels", pred.len(), labels.len())));
+    }
+    let correct = pred.iter().zip(&labels).filter(|(p, l)| **p as i64 == **l).count();
+    let n = labels.len();
+    say!("{}: accuracy {:.2} % ({correct}/{n}, {} errors)", a.model.display(), 100.0 * correct as f64 / n as f64, n - correct);
+    if let Some(r) = &a.reference {
+        let reference = load_model(r, None)?;
+        let ry = run(&reference.graph)?;
+        let rp = qc::exec::argmax_rows(&ry);
+        let same = pred.iter().zip(&rp).filter(|(a, b)| a == b).count();
+        let rc = rp.iter().zip(&labels).filter(|(p, l)| **p as i64 == **l).count();
+        say!("{}: accuracy {:.2} % ({rc}/{n})", r.display(), 100.0 * rc as f64 / n as f64);
+        say!("top-1 agreement {:.2} % ({same}/{n})", 100.0 * same as f64 / n as f64);
+        say!("output SQNR against the reference {:.2} dB", qc::exec::sqnr_db(&ry, &y));
+    }
+    Ok(())
+}
+
+/// The CPU's model name (`/proc/cpuinfo`), for benchmark output.
+fn cpu_model() -> String {
+    std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|s| {
+            s.lines().find(|l| l.starts_with("model name")).and_then(|l| l.split_once(':')).map(|(_, m)| m.trim().to_string())
+        })
+        .unwrap_or_else(|| "an unknown CPU".into())
+}
