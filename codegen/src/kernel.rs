@@ -19,6 +19,9 @@ pub trait WindowKernel: Send + Sync {
     fn ops(&self, batch: usize) -> u64;
     /// Whether JIT-compiled code does the arithmetic.
     fn jit(&self) -> bool;
+    /// Which kernel and path it is, for people and the codegen case files
+    /// (`conv 3x3 in place, gemm vnni`).
+    fn describe(&self) -> String;
     /// Its JIT function, when one call of it runs an image (see [`crate::direct`]).
     fn direct(&self) -> Option<Direct> {
         None

@@ -203,6 +203,13 @@ impl CompiledModel {
         self.kernels
     }
 
+    /// Each step with the kernel and path that runs it, in order: `(label, description)`, e.g.
+    /// `("%c1 = conv2d loc(\"conv1\")", "conv, taps in place, gemm vnni")`. What the codegen case
+    /// files snapshot per ISA level.
+    pub fn kernels(&self) -> Vec<(String, String)> {
+        self.ops.iter().map(|((label, _), op)| (label.clone(), op.describe())).collect()
+    }
+
     /// The ops that run on the evaluator's implementation rather than a kernel, as
     /// `%value = op loc("...")`.
     pub fn fallback_ops(&self) -> Vec<String> {

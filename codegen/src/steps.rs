@@ -129,6 +129,26 @@ impl Op {
             _ => false,
         }
     }
+
+    /// Which kernel and path runs the step (see [`crate::CompiledModel::kernels`]).
+    pub(crate) fn describe(&self) -> String {
+        let jit = |on: bool| if on { "jit" } else { "rust loop" };
+        match self {
+            Op::Gemm { kernel, .. } => format!("gemm {}", kernel.path().name()),
+            Op::Window { kernel, .. } => kernel.describe(),
+            Op::Mean { kernel, .. } => format!("global mean, {}", jit(kernel.jit())),
+            Op::Add { kernel, .. } => format!("add, {}", kernel.describe()),
+            Op::Lut { .. } => "lookup table".into(),
+            Op::Quantize { kernel, .. } => format!("quantize, {}", jit(kernel.is_some())),
+            Op::Dequantize { kernel, .. } => format!("dequantize, {}", jit(kernel.is_some())),
+            Op::Integer { product, .. } => format!("integer product, {}", product.describe()),
+            Op::Dequantized { product, .. } => format!("integer product with its f32 tail, {}", product.describe()),
+            Op::DynamicQuantize { .. } => "dynamic quantize, rust loop".into(),
+            Op::Convert { .. } => "layout change".into(),
+            Op::Import { .. } => "tensor to bytes".into(),
+            Op::Eval { .. } => "evaluator".into(),
+        }
+    }
 }
 
 /// Builds the step list: activations and their layouts, layout changes where a consumer needs

@@ -17,10 +17,10 @@
 //! Leaves alone: batch norms whose parameters are not constants (or not loaded).
 //! Precondition: none beyond a verified graph; the old constants are left for `dead-code`.
 
-use crate::rewrite::{add_const, const_f32, origin_name};
+use crate::rewrite::{add_const, const_f32, derived_name, origin_name};
 use crate::{Changed, Pass, PassContext, PassError};
 use ndarray::{ArrayD, IxDyn};
-use qc_ir::{ConstValue, Graph, Node, NodeId, OpKind, Tensor, TensorType, ValueId};
+use qc_ir::{Graph, Node, NodeId, OpKind, Tensor, TensorType, ValueId};
 
 /// The `fold-bn` pass.
 pub struct FoldBn;
@@ -88,16 +88,7 @@ fn fold_into_producer(g: &mut Graph, bn: NodeId, a: &Affine) -> bool {
     };
     // New tensors are named after the ones they replace (`conv1.weight` → `conv1.weight.bn`).
     let origin = origin_name(g, x);
-    let named = |v: Option<ValueId>, role: &str| {
-        let weight = v.and_then(|v| g.producer(v)).and_then(|p| match &g.node(p).value {
-            Some(ConstValue::Weight(w)) => Some(w.clone()),
-            _ => None,
-        });
-        match weight.or_else(|| v.and_then(|v| g.value(v).name.clone())) {
-            Some(n) => format!("{n}.bn"),
-            None => format!("{origin}.{role}.bn"),
-        }
-    };
+    let named = |v: Option<ValueId>, role: &str| derived_name(g, v, &format!("{origin}.{role}"), "bn");
     let (w_name, b_name) = (named(Some(w), "weight"), named(b, "bias"));
     let loc = g.node(p).loc.clone();
     let wty = g.ty(w).clone();

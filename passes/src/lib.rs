@@ -8,6 +8,7 @@ mod calibrate;
 mod cluster_weights;
 mod dead_code;
 mod equalize;
+mod fold_bias_add;
 mod fold_bn;
 mod fold_constants;
 mod fold_hard_swish;
@@ -30,6 +31,7 @@ pub use calibrate::Calibrate;
 pub use cluster_weights::{ClusterWeights, kmeans_1d};
 pub use dead_code::DeadCode;
 pub use equalize::Equalize;
+pub use fold_bias_add::FoldBiasAdd;
 pub use fold_bn::FoldBn;
 pub use fold_constants::FoldConstants;
 pub use fold_hard_swish::FoldHardSwish;
@@ -174,6 +176,8 @@ declare_passes! {
         "zero the smallest weights of conv/gemm layers, one by one or in the 16x4 blocks the JIT skips (--sparsity, --sparsity-layer, --sparsity-global, --block, --reconstruct)";
     "cluster-weights" => |o| ClusterWeights::new(o), Placement::After(&["sparsify", "fold-bn"]),
         "weight sharing: k-means the nonzero weights of each conv/gemm layer into --clusters K values (Deep Compression)";
+    "fold-bias-add" => |_| FoldBiasAdd, Placement::Listed,
+        "fold the add of a per-channel constant into the bias of the conv2d/gemm before it";
     "fuse-matmul-add" => |_| FuseMatmulAdd, Placement::Listed,
         "rewrite a 2-D matmul by a constant weight plus a constant bias vector as one gemm";
     "fuse-activation" => |_| FuseActivation, Placement::Listed,
@@ -196,38 +200,27 @@ declare_passes! {
         "remove ops whose results are never used, and weights no const refers to";
 }
 
-/// Named pipelines: (name, passes, doc).
-pub const PIPELINES: &[(&str, &[&str], &str)] = &[
-    (
-        "default",
-        &["fold-constants", "fold-hard-swish", "fold-bn", "fuse-matmul-add", "fuse-activation", "dead-code"],
-        "the fp32 clean-up before quantization",
-    ),
-    ("cleanup", &["fold-constants", "dead-code"], "constant folding and dead-code removal only"),
+/// The fp32 clean-up every quantizing pipeline starts with.
+const FP32_CLEANUP: &[&str] =
+    &["fold-constants", "fold-hard-swish", "fold-bn", "fold-bias-add", "fuse-matmul-add", "fuse-activation"];
+
+/// Named pipelines: (name, their passes as a sequence of parts, doc).
+pub const PIPELINES: &[(&str, &[&[&str]], &str)] = &[
+    ("default", &[FP32_CLEANUP, &["dead-code"]], "the fp32 clean-up before quantization"),
+    ("cleanup", &[&["fold-constants", "dead-code"]], "constant folding and dead-code removal only"),
     (
         "int8",
-        &[
-            "fold-constants",
-            "fold-hard-swish",
-            "fold-bn",
-            "fuse-matmul-add",
-            "fuse-activation",
-            "calibrate",
-            "insert-qdq",
-            "fold-qdq",
-            "fuse-requant",
-            "dead-code",
-        ],
+        &[FP32_CLEANUP, &["calibrate", "insert-qdq", "fold-qdq", "fuse-requant", "dead-code"]],
         "post-training static quantization to integer ops (needs --calib)",
     ),
     (
         "dynamic",
-        &["fold-constants", "fold-hard-swish", "fold-bn", "fuse-matmul-add", "fuse-activation", "quantize-dynamic", "dead-code"],
+        &[FP32_CLEANUP, &["quantize-dynamic", "dead-code"]],
         "dynamic quantization of gemm and matmul (ONNX Runtime's quantize_dynamic)",
     ),
     (
         "qdq",
-        &["fold-constants", "fold-hard-swish", "fold-bn", "fold-qdq", "fuse-requant", "dead-code"],
+        &[&["fold-constants", "fold-hard-swish", "fold-bn", "fold-qdq", "fuse-requant", "dead-code"]],
         "compile a model quantized elsewhere (QDQ from ONNX Runtime or quantization-aware training) to integer ops",
     ),
 ];
@@ -267,7 +260,7 @@ pub fn place(names: &mut Vec<String>, pass: &str) -> Result<(), String> {
 
 /// The pass names of pipeline `name`, or an error listing the valid pipelines.
 pub fn pipeline(name: &str) -> Result<Vec<String>, String> {
-    PIPELINES.iter().find(|p| p.0 == name).map(|p| p.1.iter().map(|s| s.to_string()).collect()).ok_or_else(|| {
+    PIPELINES.iter().find(|p| p.0 == name).map(|p| p.1.concat().iter().map(|s| s.to_string()).collect()).ok_or_else(|| {
         let names: Vec<&str> = PIPELINES.iter().map(|p| p.0).collect();
         format!("unknown pipeline `{name}`; valid pipelines: {}", names.join(", "))
     })
@@ -382,7 +375,7 @@ mod tests {
     #[test]
     fn the_default_pipeline_is_the_int8_pipelines_fp32_part() {
         assert_eq!(pipeline("default").unwrap(), fp32_cleanup());
-        for p in PIPELINES.iter().flat_map(|p| p.1.iter()) {
+        for p in PIPELINES.iter().flat_map(|p| p.1.concat()) {
             info(p).unwrap_or_else(|e| panic!("{e}"));
         }
     }
@@ -395,7 +388,8 @@ mod tests {
         }
         assert_eq!(
             names.join(","),
-            "fold-constants,fold-hard-swish,prune-channels,fold-bn,sparsify,cluster-weights,fuse-matmul-add,\
+            "fold-constants,fold-hard-swish,prune-channels,fold-bn,sparsify,cluster-weights,fold-bias-add,\
+             fuse-matmul-add,\
              fuse-activation,equalize,calibrate,insert-qdq,bias-correction,fold-qdq,fuse-requant,dead-code"
         );
         let mut fp32 = pipeline("cleanup").unwrap();

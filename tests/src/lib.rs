@@ -29,6 +29,9 @@ use qc_ir::{ConstValue, Dim, Graph, ScalarType, Tensor, TensorType};
 use qc_passes::{PipelineOptions, run_pipeline};
 use std::path::Path;
 
+mod codegen;
+pub use codegen::check_codegen_file;
+
 /// A small deterministic random generator (xorshift64*), so tests need no extra crate.
 pub struct Rng(u64);
 
@@ -132,8 +135,10 @@ pub fn compare_abs(a: &Tensor, b: &Tensor, tol: f64) -> Result<(), String> {
 
 /// Header directives of a case file.
 #[derive(Default, Debug)]
-struct Header {
+pub(crate) struct Header {
     passes: Vec<String>,
+    /// `//@ isa: scalar, avx2`: the ISA levels a codegen case file compiles for.
+    isa: Vec<String>,
     options: qc_passes::PassOptions,
     /// Absolute tolerance of the before/after comparison, when the passes approximate by more
     /// than f32 rounding (`//@ tolerance: 1` allows one quantization step on integer outputs).
@@ -148,7 +153,7 @@ struct Header {
 /// The directives of `text`: the harness's own (`passes`, `calib`, `tolerance`, `approximate`),
 /// every other one an option of the passes by its command-line name, read by the same parser as
 /// the command line's flags ([`qc_passes::PassOptions::set`]).
-fn header(text: &str) -> Result<Header, String> {
+pub(crate) fn header(text: &str) -> Result<Header, String> {
     let mut h = Header::default();
     for line in text.lines() {
         let Some(directive) = line.strip_prefix("//@ ") else { continue };
@@ -159,6 +164,7 @@ fn header(text: &str) -> Result<Header, String> {
         let bad = |what: &str| format!("`{line}`: {key} takes {what}");
         match (key, value) {
             ("passes", Some(v)) => h.passes = v.split(',').map(|s| s.trim().to_string()).filter(|s| !s.is_empty()).collect(),
+            ("isa", Some(v)) => h.isa = v.split(',').map(|s| s.trim().to_string()).filter(|s| !s.is_empty()).collect(),
             ("calib", Some(v)) => h.calib_samples = v.parse().map_err(|_| bad("a sample count"))?,
             ("tolerance", Some(v)) => h.tolerance = Some(v.parse().map_err(|_| bad("a number"))?),
             ("approximate", None) => h.approximate = true,
@@ -208,12 +214,14 @@ fn check_case(file: &str, case: &str, h: &Header) -> String {
     }
 }
 
-fn run_case(file: &str, case: &str, h: &Header) -> Result<String, String> {
+/// A case's graph (weights generated, verified) before the header's passes, and the records of
+/// the passes run over it (none without `//@ passes:`) with the graph after them.
+pub(crate) fn prepare(file: &str, case: &str, h: &Header) -> Result<(Graph, Vec<qc_passes::PassRecord>, Graph), String> {
     let mut g = parse(case).map_err(|d| qc_ir::diag::render_all(&d, file, case))?;
     fill_random_weights(&mut g);
     verify(&g, VerifyOptions { check_weights: true }).map_err(|d| qc_ir::diag::render_all(&d, file, case))?;
     if h.passes.is_empty() {
-        return Ok(print(&g));
+        return Ok((g.clone(), Vec::new(), g));
     }
     let before = g.clone();
     let mut pass_options = h.options.clone();
@@ -230,6 +238,14 @@ fn run_case(file: &str, case: &str, h: &Header) -> Result<String, String> {
         s.push_str(&qc_ir::diag::render_all(&e.diagnostics, file, case));
         s
     })?;
+    Ok((before, records, g))
+}
+
+fn run_case(file: &str, case: &str, h: &Header) -> Result<String, String> {
+    let (before, records, g) = prepare(file, case, h)?;
+    if h.passes.is_empty() {
+        return Ok(print(&g));
+    }
     let mut out = String::new();
     for r in &records {
         out.push_str(&format!("// {}: {}\n", r.name, if r.changed == qc_passes::Changed::Yes { "changed" } else { "no change" }));
@@ -295,4 +311,27 @@ pub fn qir_files(dir: &Path) -> Vec<std::path::PathBuf> {
     }
     out.sort();
     out
+}
+
+/// Snapshots `check(file)` for every `.qir` file under `dir` (named `prefix` + its path, folders
+/// joined by `__`), checking every file even when one fails, then fails listing those that did.
+pub fn snapshot_files(dir: &Path, prefix: &str, check: fn(&Path) -> String) {
+    let files = qir_files(dir);
+    assert!(!files.is_empty(), "expected case files under {}", dir.display());
+    let mut failed = Vec::new();
+    for path in files {
+        let rel = path.strip_prefix(dir).expect("under dir").with_extension("");
+        let name = format!("{prefix}{}", rel.to_string_lossy().replace(['/', '\\'], "__"));
+        let snapshots = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/snapshots");
+        let checked = std::panic::catch_unwind(|| {
+            let output = check(&path);
+            insta::with_settings!({ snapshot_path => snapshots, prepend_module_to_snapshot => false, input_file => &path }, {
+                insta::assert_snapshot!(name, output);
+            });
+        });
+        if checked.is_err() {
+            failed.push(rel.display().to_string());
+        }
+    }
+    assert!(failed.is_empty(), "{} case files failed (each one's panic is printed above): {}", failed.len(), failed.join(", "));
 }

@@ -162,6 +162,15 @@ impl AddQ {
         self.each_avx2(&a[i..n], &b[i..n], &mut y[i..n]);
     }
 
+    /// Which loop it runs: `avx512`, `avx2` or `table`.
+    pub fn describe(&self) -> &'static str {
+        match (&self.table, self.avx512) {
+            (Some(_), _) => "table",
+            (None, true) => "avx512",
+            (None, false) => "avx2",
+        }
+    }
+
     /// Adds two operands of the same length and layout.
     pub fn run(&self, a: &[u8], b: &[u8], y: &mut [u8]) -> Result<(), String> {
         if a.len() != b.len() || a.len() != y.len() {

@@ -334,6 +334,16 @@ impl WindowKernel for Conv {
         true
     }
 
+    fn describe(&self) -> String {
+        let how = match &self.gather {
+            Gather::InPlace(_) => "taps in place",
+            Gather::Direct => "1x1, rows in place",
+            Gather::Bytes(_) => "patches by bytes",
+            Gather::Runs { .. } => "patches by runs",
+        };
+        format!("conv, {how}, gemm {}", self.kernel.path().name())
+    }
+
     fn direct(&self) -> Option<Direct> {
         let output = self.positions * self.kernel.columns();
         match &self.gather {

@@ -87,6 +87,17 @@ fn compile(
 }
 
 impl IntegerProduct {
+    /// Which kernel computes the product.
+    pub fn describe(&self) -> String {
+        match &self.shape {
+            Shape::MatMul { kernel, .. } => format!("gemm {}", kernel.path().name()),
+            Shape::Conv { conv, .. } => {
+                use crate::kernel::WindowKernel;
+                conv.describe()
+            }
+        }
+    }
+
     /// The product of a `matmul_integer(a, b[, a_zp[, b_zp]])` whose `b` (2-D) and `b_zp` are
     /// constants and whose `a_zp` is a scalar; `None` for any other.
     pub fn matmul(

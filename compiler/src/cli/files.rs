@@ -92,8 +92,8 @@ pub(crate) fn list_passes() {
         say!("  {:<18} {}", p.name, p.doc);
     }
     say!("pipelines:");
-    for (name, passes, doc) in PIPELINES {
-        say!("  {:<18} {} — {}", name, passes.join(","), doc);
+    for (name, parts, doc) in PIPELINES {
+        say!("  {:<18} {} — {}", name, parts.concat().join(","), doc);
     }
 }
 

@@ -59,3 +59,14 @@ pub fn origin_name(g: &Graph, v: ValueId) -> String {
     }
     g.value(v).name.clone().unwrap_or_else(|| format!("v{}", v.0))
 }
+
+/// The name of a tensor a pass derives from value `v` (`suffix` says how): `v`'s weight name or
+/// value name with the suffix (`conv1.bias` → `conv1.bias.bn`), else `fallback` with it.
+pub fn derived_name(g: &Graph, v: Option<ValueId>, fallback: &str, suffix: &str) -> String {
+    let weight = v.and_then(|v| g.producer(v)).and_then(|p| match &g.node(p).value {
+        Some(ConstValue::Weight(w)) => Some(w.clone()),
+        _ => None,
+    });
+    let base = weight.or_else(|| v.and_then(|v| g.value(v).name.clone())).unwrap_or_else(|| fallback.to_string());
+    format!("{base}.{suffix}")
+}

@@ -264,6 +264,13 @@ impl WindowKernel for Depthwise {
         self.kernel.is_some()
     }
 
+    fn describe(&self) -> String {
+        match &self.kernel {
+            Some(k) => format!("depthwise, {}", k.describe()),
+            None => "depthwise, rust loop".into(),
+        }
+    }
+
     fn direct(&self) -> Option<crate::direct::Direct> {
         let (c, w) = (self.c, &self.window);
         self.kernel.as_ref().map(DepthwiseKernel::direct).filter(|d| d.input == c * w.plane && d.output == c * w.positions)

@@ -70,6 +70,8 @@ pub enum DepthwiseKernel {
     Table {
         /// The compiled function.
         f: ImageFn,
+        /// Whether it multiplies with `vpdpbusd` (else `pmaddwd`).
+        vnni: bool,
         /// What it reads.
         _tables: Box<Tables>,
     },
@@ -98,6 +100,17 @@ impl Tables {
         let pad = if s.x_signed { s.zp_x as i8 as u8 } else { s.zp_x as u8 };
         let addresses = [weights, self.bias.as_ptr() as i64, self.mult.as_ptr() as i64];
         (addresses, s.x_signed, (s.zp_y, s.lo, s.hi), pad)
+    }
+}
+
+impl DepthwiseKernel {
+    /// Which kernel it is: `rows, vnni`, `table, vnni` or `table, pmaddwd`.
+    pub(crate) fn describe(&self) -> &'static str {
+        match self {
+            DepthwiseKernel::Rows(_) => "rows, vnni",
+            DepthwiseKernel::Table { vnni: true, .. } => "table, vnni",
+            DepthwiseKernel::Table { vnni: false, .. } => "table, pmaddwd",
+        }
     }
 }
 
@@ -176,7 +189,7 @@ impl DepthwiseKernel {
             };
             window_jit::emit_groups(b, c, 8, group);
         })?;
-        Ok(DepthwiseKernel::Table { f, _tables: tables })
+        Ok(DepthwiseKernel::Table { f, vnni: false, _tables: tables })
     }
 
     /// The VNNI kernel: 16 channels × 4 taps at a time.
@@ -221,7 +234,7 @@ impl DepthwiseKernel {
             };
             window_jit::emit_groups(b, c, 16, group);
         })?;
-        Ok(DepthwiseKernel::Table { f, _tables: tables })
+        Ok(DepthwiseKernel::Table { f, vnni: true, _tables: tables })
     }
 
     /// The bytes of the buffer it copies an image into.

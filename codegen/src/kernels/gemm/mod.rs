@@ -192,6 +192,17 @@ impl Path {
     }
 }
 
+impl Path {
+    /// The path's name in descriptions: `scalar`, `pmaddwd` or `vnni`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Path::Scalar => "scalar",
+            Path::Sse => "pmaddwd",
+            Path::Vnni => "vnni",
+        }
+    }
+}
+
 /// What a kernel writes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Output {

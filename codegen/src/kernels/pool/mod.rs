@@ -118,6 +118,10 @@ impl WindowKernel for MaxPool {
         self.kernel.is_some()
     }
 
+    fn describe(&self) -> String {
+        if self.kernel.is_some() { "max pool, jit" } else { "max pool, rust loop" }.into()
+    }
+
     fn direct(&self) -> Option<crate::direct::Direct> {
         let (c, w) = (self.c, &self.window);
         self.kernel.as_ref().map(MaxPoolKernel::direct).filter(|d| d.input == c * w.plane && d.output == c * w.positions)
