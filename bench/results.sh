@@ -17,15 +17,15 @@ trap 'rm -rf "$tmp"' EXIT
 cargo build --release -p qc --quiet
 qc=target/release/qc
 cpu="$(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ *//')"
-flags="$(grep -o -w -E 'avx512_?vnni|avx_vnni|avx512bw|avx2' /proc/cpuinfo | sort -u | tr '\n' ' ')"
+flags="$(grep -o -w -E 'avx512_?vnni|avx_vnni|avx512bw|avx2' /proc/cpuinfo | sort -u | paste -sd ' ')"
 
 {
   echo "# Benchmark results"
   echo
   echo "Written by \`bench/results.sh $runs\` on $(date -u +%Y-%m-%d), one thread: do not edit by hand."
   echo
-  echo "- CPU: $cpu (${flags:-no AVX2}), $(nproc) cores"
-  echo "- qc $(git rev-parse --short HEAD)"
+  echo "- CPU: $cpu (${flags:-no AVX2}), $(nproc) cores; qc's ISA level: $("$qc" bench examples/mlp.qir --runs 1 | sed -nE 's/.*ISA level ([^ ]+) on .*/\1/p')"
+  echo "- qc $(git describe --always --dirty)"
   echo
   echo "## GEMM kernels"
   echo

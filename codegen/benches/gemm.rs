@@ -92,13 +92,16 @@ fn main() {
             std::hint::black_box(af.dot(&bf));
         });
         println!("{m}x{n}x{k}: f32 ndarray {:.3} ms, {:.1} GFLOPS", f32_t * 1e3, ops / f32_t / 1e9);
-        for path in [Path::Scalar, Path::Sse, Path::Vnni] {
+        // The paths this CPU's ISA levels use (the VNNI path only where it has VNNI).
+        let vnni = qc_codegen::Isa::host().vnni();
+        for path in [Path::Scalar, Path::Sse, Path::Vnni].into_iter().filter(|&p| p != Path::Vnni || vnni) {
             let t0 = Instant::now();
             let kernel = GemmKernel::compile_on(&spec, path).expect("compiles");
             let compile = t0.elapsed().as_secs_f64();
             let t = time(runs, || kernel.run(&a, m, &mut out).expect("runs"));
             println!(
-                "{m}x{n}x{k}: int8 {path:?} {:.3} ms, {:.1} GOPS, {:.2}x f32, JIT compile {:.2} ms",
+                "{m}x{n}x{k}: int8 {} {:.3} ms, {:.1} GOPS, {:.2}x f32, JIT compile {:.2} ms",
+                path.name(),
                 t * 1e3,
                 ops / t / 1e9,
                 f32_t / t,
@@ -135,13 +138,14 @@ fn main() {
                 lo: 0,
                 hi: 255,
             };
-            let kernel = GemmKernel::compile_on(&spec, Path::Vnni).expect("compiles");
+            let kernel = GemmKernel::compile(&spec, qc_codegen::Isa::host()).expect("compiles");
             let t = time(runs, || kernel.run(&a, m, &mut out).expect("runs"));
             if sparsity == 0.0 {
                 dense_t = t;
             }
             println!(
-                "{m}x{n}x{k}: int8 Vnni, {:.0} % block sparsity: {:.3} ms, {:.2}x the dense kernel",
+                "{m}x{n}x{k}: int8 {}, {:.0} % block sparsity: {:.3} ms, {:.2}x the dense kernel",
+                kernel.path().name(),
                 sparsity * 100.0,
                 t * 1e3,
                 dense_t / t

@@ -45,13 +45,9 @@ pub fn run_batch_with(
     Ok(Tensor::F32(ndarray::concatenate(ndarray::Axis(0), &views).map_err(|e| e.to_string())?))
 }
 
-/// The index of the largest value of each row of a `[N, C]` batch.
-pub fn argmax_rows(y: &Tensor) -> Vec<usize> {
-    let a = y.as_f32().expect("f32 outputs");
-    let c = a.shape().last().copied().unwrap_or(1).max(1);
-    let v: Vec<f32> = a.iter().copied().collect();
-    v.chunks(c).map(|r| r.iter().enumerate().fold(0, |b, (i, x)| if *x > r[b] { i } else { b })).collect()
-}
+/// The index of the largest value of each row of a `[N, C]` batch (the passes' own, so that
+/// the CLI and the passes count agreement alike).
+pub use qc_passes::samples::argmax_rows;
 
 /// Signal-to-quantization-noise ratio of `got` against `reference`, in dB.
 pub fn sqnr_db(reference: &Tensor, got: &Tensor) -> f64 {

@@ -1,5 +1,12 @@
 //! `qc export` output runs in ONNX Runtime and agrees with qc's evaluator. Skipped, with the
 //! reason printed, when python3 with onnxruntime and numpy is not installed (.ci/run installs it).
+//!
+//! ONNX Runtime runs each model twice: with its graph optimizations off, so that every QDQ node
+//! computes as the ONNX spec defines it (the check of what the exported graph means), and with
+//! its defaults, which fuse Q/DQ into its integer kernels. On a CPU without VNNI its AVX2 u8×s8
+//! kernels (`vpmaddubsw`) saturate pairs of products, so there a run that goes through them (the
+//! default one, and any run of a dynamically quantized model, whose `MatMulInteger` is one) has
+//! its agreement printed, not required (an export for such CPUs is issue 36's).
 
 use qc::exec::{argmax_rows, run_batch};
 use qc::io::{read_tensor, write_atomic};
@@ -10,7 +17,10 @@ use std::process::Command;
 const RUN_ORT: &str = r#"
 import sys, numpy as np, onnxruntime as ort
 x = np.load(sys.argv[2]).astype(np.float32)
-s = ort.InferenceSession(sys.argv[1], providers=["CPUExecutionProvider"])
+o = ort.SessionOptions()
+if sys.argv[4] == "none":
+    o.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+s = ort.InferenceSession(sys.argv[1], o, providers=["CPUExecutionProvider"])
 name = s.get_inputs()[0].name
 np.save(sys.argv[3], np.concatenate([s.run(None, {name: x[i:i+1]})[0] for i in range(len(x))]))
 "#;
@@ -56,13 +66,23 @@ fn exported_models_run_in_onnx_runtime_and_agree() {
         let onnx = qc::onnx::export::export(&g).unwrap();
         let path = dir.join(format!("{base}_{pipeline}.onnx"));
         write_atomic(&path, &prost::Message::encode_to_vec(&onnx)).unwrap();
-        let y_path = dir.join(format!("{base}_{pipeline}.npy"));
-        let o = Command::new("python3").args(["-c", RUN_ORT]).arg(&path).arg(&x_path).arg(&y_path).output().unwrap();
-        assert!(o.status.success(), "{base} {pipeline}: onnxruntime failed:\n{}", String::from_utf8_lossy(&o.stderr));
-        let ort = argmax_rows(&read_tensor(&y_path).unwrap());
         let ours = argmax_rows(&run_batch(&g, &x, 1).unwrap());
-        let agree = ours.iter().zip(&ort).filter(|(a, b)| a == b).count() as f64 / ours.len() as f64;
-        println!("{base} ({pipeline}): arg-max agreement with ONNX Runtime {:.2} %", 100.0 * agree);
-        assert!(agree >= 0.995, "{base} {pipeline}: agreement {agree}");
+        // Its integer kernels saturate without VNNI (see the top of this file).
+        let vnni = qc_codegen::Isa::host().vnni();
+        for level in ["none", "default"] {
+            let y_path = dir.join(format!("{base}_{pipeline}_{level}.npy"));
+            let o =
+                Command::new("python3").args(["-c", RUN_ORT]).arg(&path).arg(&x_path).arg(&y_path).arg(level).output().unwrap();
+            assert!(o.status.success(), "{base} {pipeline}: onnxruntime failed:\n{}", String::from_utf8_lossy(&o.stderr));
+            let ort = argmax_rows(&read_tensor(&y_path).unwrap());
+            let agree = ours.iter().zip(&ort).filter(|(a, b)| a == b).count() as f64 / ours.len() as f64;
+            println!("{base} ({pipeline}): arg-max agreement with ONNX Runtime (optimizations {level}) {:.2} %", 100.0 * agree);
+            let integer_kernels = pipeline != "default" && (level == "default" || pipeline == "dynamic");
+            if vnni || !integer_kernels {
+                assert!(agree >= 0.995, "{base} {pipeline}, optimizations {level}: agreement {agree}");
+            } else {
+                println!("  (not required: ONNX Runtime's integer kernels saturate on this CPU without VNNI)");
+            }
+        }
     }
 }

@@ -3,49 +3,20 @@
 #![warn(missing_docs)]
 #![forbid(unsafe_code)]
 
-mod bias_correction;
-mod calibrate;
-mod cluster_weights;
-mod dead_code;
-mod equalize;
-mod fold_bias_add;
-mod fold_bn;
-mod fold_constants;
-mod fold_hard_swish;
-mod fold_qdq;
-mod fuse_activation;
-mod fuse_matmul_add;
-mod fuse_requant;
-mod insert_qdq;
 mod options;
-mod prune_channels;
-mod quantize_dynamic;
-mod sparsify;
 pub mod support;
 
 pub(crate) use support::{backprop, channel_selection, rewrite};
 pub use support::{channel_flow, distill, observer, reconstruct, samples};
 
-pub use bias_correction::BiasCorrection;
-pub use calibrate::Calibrate;
-pub use cluster_weights::{ClusterWeights, kmeans_1d};
-pub use dead_code::DeadCode;
-pub use equalize::Equalize;
-pub use fold_bias_add::FoldBiasAdd;
-pub use fold_bn::FoldBn;
-pub use fold_constants::FoldConstants;
-pub use fold_hard_swish::FoldHardSwish;
-pub use fold_qdq::FoldQdq;
-pub use fuse_activation::FuseActivation;
-pub use fuse_matmul_add::FuseMatmulAdd;
-pub use fuse_requant::{FuseRequant, explain as explain_unfused};
-pub use insert_qdq::{InsertQdq, activation_params, kept_fp32};
+pub use cluster_weights::kmeans_1d;
+pub use fuse_requant::explain as explain_unfused;
+pub use insert_qdq::{activation_params, kept_fp32};
 pub use observer::CalibMethod;
 pub use options::{OPTION_KEYS, PassOptions, Progress};
-pub use prune_channels::{PruneChannels, PruneCriterion, PruneOptions, kept_count};
-pub use quantize_dynamic::QuantizeDynamic;
+pub use prune_channels::{PruneCriterion, PruneOptions, kept_count};
 pub use rewrite::const_value;
-pub use sparsify::{Sparsify, SparsifyOptions};
+pub use sparsify::SparsifyOptions;
 
 use qc_ir::Graph;
 use qc_ir::diag::Diagnostic;
@@ -152,10 +123,13 @@ pub struct PassInfo {
     pub make: fn(&PassOptions) -> Box<dyn Pass>,
 }
 
-/// The registry, one line per pass: `name => how to make it (from the options), placement,
-/// doc`. This table is the only place a pass's name is written.
+/// The registry, one line per pass: `name => module::Type, how to make it from the options,
+/// placement, doc`. It declares the pass's module and exports its type; this table is the only
+/// place a pass's name is written, and the only line a new pass adds outside its own file.
 macro_rules! declare_passes {
-    ($($name:literal => |$o:pat_param| $make:expr, $place:expr, $doc:literal;)*) => {
+    ($($name:literal => $module:ident::$ty:ident, |$o:pat_param| $make:expr, $place:expr, $doc:literal;)*) => {
+        $(mod $module; pub use $module::$ty;)*
+
         /// Every pass, in the order `qc passes` lists them.
         pub const REGISTRY: &[PassInfo] = &[
             $(PassInfo { name: $name, doc: $doc, placement: $place, make: |$o| Box::new($make) },)*
@@ -164,39 +138,39 @@ macro_rules! declare_passes {
 }
 
 declare_passes! {
-    "fold-constants" => |_| FoldConstants, Placement::Listed,
+    "fold-constants" => fold_constants::FoldConstants, |_| FoldConstants, Placement::Listed,
         "evaluate ops whose operands are all constant (shape arithmetic included); constant shape operands become attributes";
-    "fold-hard-swish" => |_| FoldHardSwish, Placement::Listed,
+    "fold-hard-swish" => fold_hard_swish::FoldHardSwish, |_| FoldHardSwish, Placement::Listed,
         "replace x * clip(x + 3, 0, 6) / 6 and x * hard_sigmoid(x) with hard_swish";
-    "fold-bn" => |_| FoldBn, Placement::Listed,
+    "fold-bn" => fold_bn::FoldBn, |_| FoldBn, Placement::Listed,
         "fold batch_norm into the conv2d/gemm before it, or into a standalone mul + add";
-    "prune-channels" => |o| PruneChannels::new(o), Placement::Before("fold-bn"),
+    "prune-channels" => prune_channels::PruneChannels, |o| PruneChannels::new(o), Placement::Before("fold-bn"),
         "remove output channels of conv/gemm layers and propagate the shapes (--prune-ratio, --prune-layer, --prune-criterion, --prune-multiple, --reconstruct, --prune-steps, --max-loss)";
-    "sparsify" => |o| Sparsify::new(o), Placement::After(&["fold-bn"]),
+    "sparsify" => sparsify::Sparsify, |o| Sparsify::new(o), Placement::After(&["fold-bn"]),
         "zero the smallest weights of conv/gemm layers, one by one or in the 16x4 blocks the JIT skips (--sparsity, --sparsity-layer, --sparsity-global, --block, --reconstruct)";
-    "cluster-weights" => |o| ClusterWeights::new(o), Placement::After(&["sparsify", "fold-bn"]),
+    "cluster-weights" => cluster_weights::ClusterWeights, |o| ClusterWeights::new(o), Placement::After(&["sparsify", "fold-bn"]),
         "weight sharing: k-means the nonzero weights of each conv/gemm layer into --clusters K values (Deep Compression)";
-    "fold-bias-add" => |_| FoldBiasAdd, Placement::Listed,
+    "fold-bias-add" => fold_bias_add::FoldBiasAdd, |_| FoldBiasAdd, Placement::Listed,
         "fold the add of a per-channel constant into the bias of the conv2d/gemm before it";
-    "fuse-matmul-add" => |_| FuseMatmulAdd, Placement::Listed,
+    "fuse-matmul-add" => fuse_matmul_add::FuseMatmulAdd, |_| FuseMatmulAdd, Placement::Listed,
         "rewrite a 2-D matmul by a constant weight plus a constant bias vector as one gemm";
-    "fuse-activation" => |_| FuseActivation, Placement::Listed,
+    "fuse-activation" => fuse_activation::FuseActivation, |_| FuseActivation, Placement::Listed,
         "mark a relu/clip that follows a conv2d/gemm/matmul as that op's fused activation";
-    "equalize" => |o| Equalize::new(o), Placement::RightAfter("fuse-activation"),
+    "equalize" => equalize::Equalize, |o| Equalize::new(o), Placement::RightAfter("fuse-activation"),
         "cross-layer equalization of conv/gemm pairs through relu and max pooling; SmoothQuant for gemm/matmul pairs (--smooth-alpha)";
-    "calibrate" => |o| Calibrate::new(o), Placement::Listed,
+    "calibrate" => calibrate::Calibrate, |o| Calibrate::new(o), Placement::Listed,
         "run the evaluator on --calib samples and record each activation's range in a stats op (--calib-method, --calib-override)";
-    "insert-qdq" => |o| InsertQdq::new(o), Placement::Listed,
+    "insert-qdq" => insert_qdq::InsertQdq, |o| InsertQdq::new(o), Placement::Listed,
         "quantize/dequantize calibrated activations next to integer-capable ops, and their weights and biases (--activations, --symmetric, --per-tensor, --keep-fp32, --weight-bits)";
-    "bias-correction" => |o| BiasCorrection::new(o), Placement::RightAfter("insert-qdq"),
+    "bias-correction" => bias_correction::BiasCorrection, |o| BiasCorrection::new(o), Placement::RightAfter("insert-qdq"),
         "after insert-qdq: match each quantized weight channel's spread to the original (scale) and fold the mean output shift on the calibration samples into the bias";
-    "fold-qdq" => |_| FoldQdq, Placement::Listed,
+    "fold-qdq" => fold_qdq::FoldQdq, |_| FoldQdq, Placement::Listed,
         "quantize constants; cancel quantize(dequantize(q)) or make it a requantize; move Q/DQ through reshape, transpose, max_pool, relu";
-    "fuse-requant" => |o| FuseRequant::new(o), Placement::Listed,
+    "fuse-requant" => fuse_requant::FuseRequant, |o| FuseRequant::new(o), Placement::Listed,
         "dequantize → conv2d/gemm/matmul/add/pool/concat/activation → quantize becomes one integer op (--requant f32|q31)";
-    "quantize-dynamic" => |o| QuantizeDynamic::new(o), Placement::Listed,
+    "quantize-dynamic" => quantize_dynamic::QuantizeDynamic, |o| QuantizeDynamic::new(o), Placement::Listed,
         "dynamic quantization of gemm/matmul/conv2d: i8 weights, u8 activations quantized per call (--per-tensor)";
-    "dead-code" => |_| DeadCode, Placement::Listed,
+    "dead-code" => dead_code::DeadCode, |_| DeadCode, Placement::Listed,
         "remove ops whose results are never used, and weights no const refers to";
 }
 

@@ -20,8 +20,7 @@ pub(crate) fn analyze(a: CompileArgs, quantized: Option<&Path>, plots: Option<&P
     let model = load_model(&a.model, a.weights.as_deref())?;
     let q = quantized.map(|p| load_model(p, None)).transpose()?;
     let opts = qc_passes::PipelineOptions { check_weights: true, pass_options: request(&a)?.options, ..Default::default() };
-    let r =
-        qc::analyze::analyze(&model.graph, q.as_ref().map(|m| &m.graph), &opts).map_err(|e| QcError::Input(format!("{e}")))?;
+    let r = qc::analyze::analyze(&model.graph, q.as_ref().map(|m| &m.graph), &opts).map_err(|e| QcError::Input(e.to_string()))?;
     if let Some(dir) = plots {
         std::fs::create_dir_all(dir).map_err(|e| QcError::Input(format!("cannot create {}: {e}", dir.display())))?;
         qc::io::write_atomic(&dir.join("sqnr.svg"), qc::plots::sqnr_bars(&r).as_bytes())?;
@@ -51,10 +50,10 @@ pub(crate) fn size(a: CompileArgs, test: Option<(&Path, &Path)>, json: bool) -> 
     };
     let errors = |g: &qc_ir::Graph| -> Result<Option<usize>, QcError> {
         let Some((x, y)) = &data else { return Ok(None) };
-        let compiled = qc_codegen::CompiledModel::compile(g).map_err(|e| QcError::Input(format!("{e}")))?;
+        let compiled = qc_codegen::CompiledModel::compile(g).map_err(|e| QcError::Input(e.to_string()))?;
         let out =
             qc::exec::run_batch_with(g, x, 64, |xi| compiled.run(&[xi]).map(|mut v| v.remove(0)).map_err(|e| e.to_string()))
-                .map_err(|e| QcError::Input(format!("{e}")))?;
+                .map_err(|e| QcError::Input(e.to_string()))?;
         Ok(Some(qc::exec::argmax_rows(&out).iter().zip(y).filter(|(p, l)| **p as i64 != **l).count()))
     };
     let full = request(&a)?;
@@ -126,16 +125,18 @@ pub(crate) fn request(a: &CompileArgs) -> Result<Request, QcError> {
             Calibration::Method(o.calib_method)
         }
     };
-    let named: [(&str, &[String]); 6] = [
-        ("weight-bits", &[a.weight_bits.to_string()]),
+    let weight_bits = [a.weight_bits.to_string()];
+    let named: [(&str, &[String]); 7] = [
+        ("weight-bits", &weight_bits),
         ("layer-weight-bits", &a.layer_weight_bits),
         ("prune-criterion", std::slice::from_ref(&a.prune_criterion)),
         ("sparsity-layer", &a.sparsity_layer),
         ("prune-layer", &a.prune_layer),
         ("activations", std::slice::from_ref(&a.activations)),
+        ("calib-override", &a.calib_override),
     ];
-    for (key, values) in named.iter().chain([("calib-override", a.calib_override.as_slice())].iter()) {
-        for v in values.iter() {
+    for (key, values) in named {
+        for v in values {
             o.set(key, Some(v)).map_err(usage)?;
         }
     }
