@@ -126,6 +126,24 @@ fn usage_errors_exit_2() {
     assert_eq!(code(&o), 2);
     assert!(stderr(&o).contains("valid pipelines: default"));
     assert_eq!(code(&qc(&["frobnicate"])), 2);
+    // ISA levels: an unknown name lists the levels; a level this CPU cannot run is refused.
+    let o = qc(&["bench", "examples/mlp.qir", "--isa", "sse"]);
+    assert_eq!(code(&o), 2);
+    assert!(stderr(&o).contains("unknown ISA level `sse`; the levels are host, scalar, sse4.1"), "{}", stderr(&o));
+    if let Some(missing) = qc_codegen::Isa::ALL.into_iter().find(|l| !l.on_host()) {
+        let o = qc(&["run", "examples/mlp.qir", "--input", "x.npy", "-o", "y.npy", "--isa", missing.name()]);
+        assert_eq!(code(&o), 2);
+        assert!(stderr(&o).contains(&format!("this CPU cannot run ISA level {missing}")), "{}", stderr(&o));
+    }
+}
+
+/// `qc bench` names the CPU and the ISA level it compiled for.
+#[test]
+fn bench_names_the_isa_level() {
+    let o = qc(&["bench", "examples/mlp.qir", "--runs", "3", "--isa", "scalar"]);
+    assert_eq!(code(&o), 0, "{}", stderr(&o));
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert!(out.contains("for ISA level scalar on "), "{out}");
 }
 
 #[test]
