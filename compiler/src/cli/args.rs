@@ -10,6 +10,30 @@ pub(crate) struct Cli {
     pub(crate) command: Command,
 }
 
+/// `--activations`.
+#[derive(Clone, Copy, ValueEnum)]
+pub(crate) enum Activations {
+    /// Unsigned bytes (ONNX Runtime's default for activations).
+    U8,
+    /// Signed bytes.
+    I8,
+}
+
+/// `--prune-criterion`.
+#[derive(Clone, Copy, ValueEnum)]
+pub(crate) enum Criterion {
+    /// The L1 norm of each channel's weights.
+    L1,
+    /// The L2 norm of each channel's weights.
+    L2,
+    /// |γ| of the batch norm after the layer.
+    BnGamma,
+    /// √E[x²] at each consumer's input times its weight norm, on the calibration samples.
+    Activation,
+    /// Greedy elimination of the channels the next layers' least-squares refit makes up for best.
+    Lsq,
+}
+
 #[derive(Clone, Copy, ValueEnum)]
 pub(crate) enum Requant {
     /// `M = f32(f32(s_x·s_w) / s_y)`, `y = rne(f32(acc)·M) + zp`.
@@ -90,9 +114,9 @@ pub(crate) struct CompileArgs {
     /// A method for one tensor, by value name or op location: NAME=METHOD (repeatable).
     #[arg(long)]
     pub(crate) calib_override: Vec<String>,
-    /// Activation storage: u8 or i8.
-    #[arg(long, default_value = "u8")]
-    pub(crate) activations: String,
+    /// Activation storage.
+    #[arg(long, value_enum, default_value = "u8")]
+    pub(crate) activations: Activations,
     /// Symmetric activations (zero point 0 for i8, 128 for u8).
     #[arg(long)]
     pub(crate) symmetric: bool,
@@ -139,9 +163,9 @@ pub(crate) struct CompileArgs {
     /// A pruning ratio for one layer (its location, result or weight name): NAME=RATIO (repeatable).
     #[arg(long)]
     pub(crate) prune_layer: Vec<String>,
-    /// How channels are ranked for pruning: l1, l2 or bn-gamma.
-    #[arg(long, default_value = "l2")]
-    pub(crate) prune_criterion: String,
+    /// How channels are ranked for pruning.
+    #[arg(long, value_enum, default_value = "l2")]
+    pub(crate) prune_criterion: Criterion,
     /// Kept channel counts are multiples of this (4: the JIT's GEMM column panel).
     #[arg(long, default_value = "4")]
     pub(crate) prune_multiple: usize,

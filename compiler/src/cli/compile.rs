@@ -1,7 +1,7 @@
 //! Commands that compile: `compile`, `analyze`, `size` — a [`Request`] built from the flags, the
 //! driver, and the printing.
 
-use super::args::{CompileArgs, Requant};
+use super::args::{Activations, CompileArgs, Criterion, Requant};
 use super::usage;
 use crate::say;
 use qc::driver::{Calibration, MixedPrecision, Pipeline, Printing, Request};
@@ -85,14 +85,18 @@ pub(crate) fn size(a: CompileArgs, test: Option<(&Path, &Path)>, json: bool) -> 
     Ok(())
 }
 
-/// The driver's request for `a`: flags parsed into typed options (the `NAME=VALUE` and named
-/// ones by [`PassOptions::set`], the parser the test directives share), the calibration
-/// samples read.
+/// The driver's request for `a`: flags parsed into typed options (choices by clap, the
+/// `NAME=VALUE` ones and calibration methods by [`PassOptions::set`], the parser the test
+/// directives share), the calibration samples read.
 pub(crate) fn request(a: &CompileArgs) -> Result<Request, QcError> {
     let mut o = PassOptions {
         requant: match a.requant {
             Requant::F32 => RequantMode::F32,
             Requant::Q31 => RequantMode::Q31,
+        },
+        activations: match a.activations {
+            Activations::U8 => qc_ir::ScalarType::U8,
+            Activations::I8 => qc_ir::ScalarType::I8,
         },
         symmetric_activations: a.symmetric,
         per_tensor_weights: a.per_tensor,
@@ -101,7 +105,13 @@ pub(crate) fn request(a: &CompileArgs) -> Result<Request, QcError> {
         prune: qc_passes::PruneOptions {
             ratio: a.prune_ratio,
             layers: Vec::new(),
-            criterion: Default::default(),
+            criterion: match a.prune_criterion {
+                Criterion::L1 => qc_passes::PruneCriterion::L1,
+                Criterion::L2 => qc_passes::PruneCriterion::L2,
+                Criterion::BnGamma => qc_passes::PruneCriterion::BnGamma,
+                Criterion::Activation => qc_passes::PruneCriterion::Activation,
+                Criterion::Lsq => qc_passes::PruneCriterion::Lsq,
+            },
             multiple: a.prune_multiple,
             reconstruct: a.reconstruct,
             steps: a.prune_steps,
@@ -126,13 +136,11 @@ pub(crate) fn request(a: &CompileArgs) -> Result<Request, QcError> {
         }
     };
     let weight_bits = [a.weight_bits.to_string()];
-    let named: [(&str, &[String]); 7] = [
+    let named: [(&str, &[String]); 5] = [
         ("weight-bits", &weight_bits),
         ("layer-weight-bits", &a.layer_weight_bits),
-        ("prune-criterion", std::slice::from_ref(&a.prune_criterion)),
         ("sparsity-layer", &a.sparsity_layer),
         ("prune-layer", &a.prune_layer),
-        ("activations", std::slice::from_ref(&a.activations)),
         ("calib-override", &a.calib_override),
     ];
     for (key, values) in named {
