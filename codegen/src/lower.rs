@@ -11,6 +11,7 @@ use crate::kernels::depthwise::Depthwise;
 use crate::kernels::gemm::{GemmKernel, GemmSpec};
 use crate::kernels::integer::IntegerProduct;
 use crate::kernels::lut::Lut;
+use crate::kernels::mul::MulQ;
 use crate::kernels::pool::{GlobalMean, MaxPool};
 use crate::kernels::quant::{DequantizeKernel, Q8, QuantizeKernel};
 use crate::target::Isa;
@@ -88,6 +89,12 @@ pub(crate) enum Lowered {
     Lut {
         kernel: Lut,
         x: ValueId,
+        y: ValueId,
+    },
+    Mul {
+        kernel: MulQ,
+        a: ValueId,
+        b: ValueId,
         y: ValueId,
     },
     Gemm {
@@ -214,6 +221,9 @@ pub(crate) fn lower(
             }
             (OpKind::Add, true, _, Some(a)) => {
                 AddQ::new(&node.attrs, &tys, out_ty, isa).map(|kernel| Lowered::Add { kernel, a, b: node.operands[1], y })
+            }
+            (OpKind::Mul, true, _, Some(a)) if batched(tys[0]) && batched(tys[1]) => {
+                MulQ::new(&tys, out_ty).map(|kernel| Lowered::Mul { kernel, a, b: node.operands[1], y })
             }
             (OpKind::Reshape | OpKind::Flatten | OpKind::Squeeze | OpKind::Unsqueeze, true, _, Some(x))
                 if node.operands.len() == 1 && batched(tys[0]) && Q8::of(tys[0]) == Q8::of(out_ty) =>

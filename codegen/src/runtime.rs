@@ -283,6 +283,10 @@ impl Run<'_> {
                 let ([a, b], out) = self.arena.io([*a, *b], *y)?;
                 kernel.run(a, b, out).map_err(run_err)?;
             }
+            Op::Mul { kernel, a, b, y, layout } => {
+                let ([a, b], out) = self.arena.io([*a, *b], *y)?;
+                kernel.run(a, b, out, *layout).map_err(run_err)?;
+            }
             Op::Lut { kernel, x, y } => {
                 let ([x], out) = self.arena.io([*x], *y)?;
                 kernel.run(x, out).map_err(run_err)?;

@@ -7,6 +7,7 @@ use crate::kernels::add::AddQ;
 use crate::kernels::gemm::GemmKernel;
 use crate::kernels::integer::IntegerProduct;
 use crate::kernels::lut::Lut;
+use crate::kernels::mul::MulQ;
 use crate::kernels::pool::GlobalMean;
 use crate::kernels::quant::{DequantizeKernel, Q8, QuantizeKernel};
 use crate::layout::Layout;
@@ -92,6 +93,14 @@ pub(crate) enum Op {
         x: usize,
         y: usize,
     },
+    Mul {
+        kernel: MulQ,
+        a: usize,
+        b: usize,
+        y: usize,
+        /// The layout of the result (and of the large operand of a gated mul).
+        layout: Layout,
+    },
     Gemm {
         kernel: GemmKernel,
         a: usize,
@@ -139,6 +148,7 @@ impl Op {
             Op::Mean { kernel, .. } => format!("global mean, {}", jit(kernel.jit())),
             Op::Add { kernel, .. } => format!("add, {}", kernel.describe()),
             Op::Lut { .. } => "lookup table".into(),
+            Op::Mul { kernel, .. } => kernel.describe().into(),
             Op::Quantize { kernel, .. } => format!("quantize, {}", jit(kernel.is_some())),
             Op::Dequantize { kernel, .. } => format!("dequantize, {}", jit(kernel.is_some())),
             Op::Integer { product, .. } => format!("integer product, {}", product.describe()),
@@ -314,6 +324,13 @@ impl<'g> Builder<'g> {
                 let layout = self.present_layout(a);
                 let (a, b) = (self.activation(a, layout)?, self.activation(b, layout)?);
                 (Op::Add { kernel, a, b, y: self.new_activation(y, layout, None)? }, vec![Arg::A(a), Arg::A(b)])
+            }
+            Lowered::Mul { kernel, a, b, y } => {
+                // The gate of a gated mul (`[c]` per image) is the same bytes in either layout.
+                let large = [a, b][kernel.large_operand().unwrap_or(0)];
+                let layout = self.present_layout(large);
+                let (a, b) = (self.activation(a, layout)?, self.activation(b, layout)?);
+                (Op::Mul { kernel, a, b, y: self.new_activation(y, layout, None)?, layout }, vec![Arg::A(a), Arg::A(b)])
             }
             Lowered::Gemm { kernel, a, y } => {
                 let a = self.activation(a, Layout::Nchw)?;

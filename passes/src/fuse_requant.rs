@@ -10,7 +10,7 @@
 //!   `f32(s_x·s_w[c])`: `acc = bias + Σ(x − zp_x)(w − zp_w)` in i32, requantized (`--requant
 //!   f32|q31`, recorded as `requant = "q31"`) into the quantize's type; a relu or clip between the
 //!   op and the quantize (or a fused `activation`) becomes the requantization clamp;
-//! - add, avg_pool, global_avg_pool, reduce_mean, concat, and the lookup-table activations
+//! - add, mul (ONNX Runtime's QLinearMul), avg_pool, global_avg_pool, reduce_mean, concat, and the lookup-table activations
 //!   (sigmoid, hard_sigmoid, hard_swish, clip) whose operands are all dequantized.
 //!
 //! ```text
@@ -53,6 +53,7 @@ pub fn has_integer_form(kind: OpKind) -> bool {
             | OpKind::Gemm
             | OpKind::MatMul
             | OpKind::Add
+            | OpKind::Mul
             | OpKind::AvgPool
             | OpKind::GlobalAvgPool
             | OpKind::ReduceMean
@@ -120,7 +121,7 @@ fn plan(g: &Graph, op: NodeId, mut attrs: Attrs, absorbed: Vec<NodeId>) -> Resul
                 }
             }
         }
-        OpKind::Add | OpKind::AvgPool | OpKind::GlobalAvgPool | OpKind::ReduceMean | OpKind::Concat => {
+        OpKind::Add | OpKind::Mul | OpKind::AvgPool | OpKind::GlobalAvgPool | OpKind::ReduceMean | OpKind::Concat => {
             if let Some(&v) = q.iter().find(|&&v| !per_tensor(v)) {
                 return Err(format!("{} is quantized per axis", g.display_value(v)));
             }

@@ -63,3 +63,27 @@ fn floats_round_trip_bit_exact() {
         assert_eq!(x.to_bits(), y.to_bits());
     }
 }
+
+#[test]
+fn any_value_name_round_trips() {
+    // Names as exporters write them: a name outside `[A-Za-z0-9_.$]` prints quoted (`%"..."`).
+    let names = ["/backbone/conv1/Conv_output_0", "onnx::Conv_123", "Conv@0.bias.bn.q", "x.1", "größe", "a \"b\" \\ c"];
+    let text = "func @f(%x: tensor<2xf32>) -> tensor<2xf32> {\n  %y = relu(%x) : tensor<2xf32>\n  return %y\n}\n";
+    let mut g = parse(text).expect("parses");
+    let x = g.params()[0];
+    let y = g.outputs()[0];
+    g.value_mut(x).name = Some(names[0].to_string());
+    g.value_mut(y).name = Some(names[5].to_string());
+    for name in &names[1..5] {
+        let mut renamed = g.clone();
+        renamed.value_mut(y).name = Some(name.to_string());
+        let printed = print(&renamed);
+        let again = parse(&printed).unwrap_or_else(|d| panic!("printed text does not parse: {d:?}\n{printed}"));
+        assert!(renamed.same_as(&again), "re-parsed graph differs\n{printed}");
+    }
+    let printed = print(&g);
+    assert!(printed.contains(r#"%"/backbone/conv1/Conv_output_0""#), "{printed}");
+    let again = parse(&printed).unwrap_or_else(|d| panic!("printed text does not parse: {d:?}\n{printed}"));
+    assert!(g.same_as(&again), "re-parsed graph differs\n{printed}");
+    assert_eq!(print(&again), printed);
+}

@@ -8,6 +8,7 @@ pub mod depthwise;
 pub mod gemm;
 pub mod integer;
 pub mod lut;
+pub mod mul;
 pub mod pool;
 pub mod quant;
 pub mod window;

@@ -157,6 +157,28 @@ pub fn add(attrs: &Attrs, args: &[&Tensor], tys: &[&TensorType], out: &TensorTyp
     Ok(store(y, out))
 }
 
+/// `mul` of two per-tensor quantized operands with numpy broadcasting (ONNX Runtime's QLinearMul):
+/// `acc = (a − z_a)(b − z_b)` exactly in i32, `y = clamp(rne(f32(acc) · M) + z_y)` with
+/// `M = f32(f32(s_a · s_b) / s_y)`.
+pub fn mul(args: &[&Tensor], tys: &[&TensorType], out: &TensorType) -> Result<Tensor, String> {
+    let (aq, bq, yq) = (per_tensor(tys[0], "a")?, per_tensor(tys[1], "b")?, per_tensor(out, "the result")?);
+    let ((sa, za), (sb, zb), (sy, zy)) = (aq.at(0), bq.at(0), yq.at(0));
+    let (lo, hi) = yq.storage.quant_range().expect("quantized");
+    let m = mul_multiplier(sa, sb, sy);
+    let (a, b) = (ints(args[0]), ints(args[1]));
+    let shape = broadcast_shape(a.shape(), b.shape())?;
+    let (av, bv) = (a.broadcast(IxDyn(&shape)).ok_or("broadcast")?, b.broadcast(IxDyn(&shape)).ok_or("broadcast")?);
+    let y = ndarray::Zip::from(&av)
+        .and(&bv)
+        .map_collect(|&p, &q| crate::requant::requant_f32(((p - za as i64) * (q - zb as i64)) as i32, m, zy, lo, hi));
+    Ok(store(y, out))
+}
+
+/// The multiplier of an integer `mul`: `f32(f32(s_a · s_b) / s_y)`, in that order.
+pub fn mul_multiplier(sa: f32, sb: f32, sy: f32) -> f32 {
+    sa * sb / sy
+}
+
 /// Requantizes a sum of `n` values: `rne(f32(sum) · M) + zp_y` with `M = s_x / (s_y · n)`.
 fn requant_mean(sum: i64, n: usize, s_x: f32, s_y: f32, zp_y: i32, lo: i32, hi: i32, mode: RequantMode) -> Result<i32, String> {
     if n == 0 {

@@ -9,7 +9,7 @@ mod quant;
 mod shape_ops;
 
 pub use elementwise::fused_activation;
-pub use integer::weight_output_axis;
+pub use integer::{mul_multiplier, weight_output_axis};
 pub use quant::{dequantize_value, dynamic_params, quantize_value};
 
 use crate::attr::Attrs;
@@ -200,6 +200,7 @@ pub fn eval_op(kind: OpKind, attrs: &Attrs, args: &[&Tensor], tys: &[&TensorType
         match kind {
             OpKind::Conv2d | OpKind::Gemm | OpKind::MatMul => return integer::kernel(kind, attrs, args, tys, out),
             OpKind::Add if tys.iter().all(|t| t.elem.quant().is_some()) => return integer::add(attrs, args, tys, out),
+            OpKind::Mul if tys.iter().all(|t| t.elem.quant().is_some()) => return integer::mul(args, tys, out),
             OpKind::AvgPool | OpKind::GlobalAvgPool | OpKind::ReduceMean => return integer::mean(kind, attrs, args, tys, out),
             OpKind::Concat if tys.iter().any(|t| t.elem != out.elem) => {
                 return integer::concat(args, tys, out, attrs.int("axis", 0));

@@ -57,6 +57,9 @@ pub enum Token<'s> {
     /// `%name` (the name without `%`).
     #[regex(r"%[A-Za-z0-9_.$]+", |lex| &lex.slice()[1..])]
     ValueName(&'s str),
+    /// `%"name"` (the quoted string, quotes included): a value name with other characters.
+    #[regex(r#"%"([^"\\\n]|\\.)*""#, |lex| &lex.slice()[1..])]
+    QuotedValueName(&'s str),
     /// `@name` (the name without `@`).
     #[regex(r"@[A-Za-z0-9_.$]+", |lex| &lex.slice()[1..])]
     SymbolName(&'s str),
@@ -122,6 +125,7 @@ impl std::fmt::Display for Token<'_> {
             Token::ValueName(s) => write!(f, "%{s}"),
             Token::SymbolName(s) => write!(f, "@{s}"),
             Token::QuotedSymbol(s) => write!(f, "@{s}"),
+            Token::QuotedValueName(s) => write!(f, "%{s}"),
             Token::Str(s) | Token::Ident(s) | Token::Int(s) | Token::Float(s) | Token::Dims(s) => f.write_str(s),
             t => f.write_str(match t {
                 Token::Func => "func",

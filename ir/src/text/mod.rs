@@ -34,7 +34,8 @@ pub fn parse(src: &str) -> Result<Graph, Vec<Diagnostic>> {
 
 fn syntax_diagnostic(e: ParseError<usize, Token<'_>, SyntaxError>, len: usize) -> Diagnostic {
     let expected = |exp: &[String]| -> String {
-        let mut v: Vec<&str> = exp.iter().map(|s| s.as_str()).collect();
+        // The quoted forms of names (`%"value"`, `@"symbol"`) go without saying next to the bare ones.
+        let mut v: Vec<&str> = exp.iter().map(|s| s.as_str()).filter(|s| !s.contains("\\\"")).collect();
         v.sort_unstable();
         v.dedup();
         if v.len() > 8 {

@@ -21,7 +21,12 @@ struct Names<'g> {
 impl Names<'_> {
     fn get(&mut self, v: ValueId) -> String {
         match &self.g.value(v).name {
-            Some(n) => format!("%{n}"),
+            Some(n) if is_bare(n) => format!("%{n}"),
+            Some(n) => {
+                let mut out = String::from("%");
+                write_quoted(&mut out, n).expect("String");
+                out
+            }
             None => {
                 let next = self.numbers.len();
                 format!("%{}", self.numbers.entry(v).or_insert(next))
