@@ -7,6 +7,7 @@ use crate::error::{CodegenError, err};
 use crate::kernel::WindowKernel;
 use crate::kernels::add::AddQ;
 use crate::kernels::conv::Conv;
+use crate::kernels::conv_f32::ConvF32;
 use crate::kernels::depthwise::Depthwise;
 use crate::kernels::gemm::{GemmKernel, GemmSpec};
 use crate::kernels::integer::IntegerProduct;
@@ -100,6 +101,12 @@ pub(crate) enum Lowered {
     Gemm {
         kernel: GemmKernel,
         a: ValueId,
+        y: ValueId,
+    },
+    /// An f32 convolution on tensors.
+    ConvF32 {
+        kernel: Box<ConvF32>,
+        x: ValueId,
         y: ValueId,
     },
     /// Same bytes, other dims (NCHW order).
@@ -196,6 +203,13 @@ pub(crate) fn lower(
                     }),
                     false => None,
                 }
+            }
+            (OpKind::Conv2d, false, Some(w), Some(x)) if tys[0].elem.is_f32() && out_ty.elem.is_f32() => {
+                ConvF32::new(&node.attrs, tys[0], w, bias.as_deref(), out_ty, isa).map(|kernel| Lowered::ConvF32 {
+                    kernel: Box::new(kernel),
+                    x,
+                    y,
+                })
             }
             (OpKind::Conv2d, true, Some(w), Some(x)) if node.attrs.int("groups", 1) == 1 => {
                 let kernel =
@@ -295,7 +309,7 @@ pub(crate) fn lower(
             Lowered::Quantize { kernel, .. } => kernel.is_some(),
             Lowered::Dequantize { kernel, .. } => kernel.is_some(),
             Lowered::Mean { kernel, .. } => kernel.jit(),
-            Lowered::Integer { .. } | Lowered::Dequantized { .. } => true,
+            Lowered::Integer { .. } | Lowered::Dequantized { .. } | Lowered::ConvF32 { .. } => true,
             _ => false,
         });
         lowered.push(((label, node.loc.name.clone()), op));

@@ -360,6 +360,10 @@ impl Run<'_> {
                     self.slots.store(*slot, t)?;
                 }
             }
+            Op::ConvF32 { kernel, x, y } => {
+                let t = kernel.run(self.arg_tensor(x.0, &x.1)?.as_ref()).map_err(run_err)?;
+                self.slots.store(*y, t)?;
+            }
             Op::Integer { product, args, y } => {
                 let vals: Vec<std::borrow::Cow<'_, Tensor>> =
                     args.iter().map(|(a, t)| self.arg_tensor(*a, t)).collect::<Result<_, _>>()?;
@@ -393,6 +397,7 @@ impl Run<'_> {
             Op::Gemm { kernel, .. } => 2 * (batch * kernel.columns() * kernel.depth()) as u64,
             Op::Window { kernel, .. } => kernel.ops(batch),
             Op::Integer { product, args, .. } | Op::Dequantized { product, args, .. } => product.ops(len(&args[0])?),
+            Op::ConvF32 { kernel, x, .. } => 2 * kernel.macs() * (len(x)? / kernel.input_len().max(1)) as u64,
             _ => 0,
         })
     }

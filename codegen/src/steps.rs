@@ -4,6 +4,7 @@
 use crate::error::{CodegenError, err};
 use crate::kernel::WindowKernel;
 use crate::kernels::add::AddQ;
+use crate::kernels::conv_f32::ConvF32;
 use crate::kernels::gemm::GemmKernel;
 use crate::kernels::integer::IntegerProduct;
 use crate::kernels::lut::Lut;
@@ -106,6 +107,11 @@ pub(crate) enum Op {
         a: usize,
         y: usize,
     },
+    ConvF32 {
+        kernel: Box<ConvF32>,
+        x: (Arg, TensorType),
+        y: usize,
+    },
     /// A 4-D activation into the other layout.
     Convert {
         x: usize,
@@ -134,7 +140,7 @@ impl Op {
             Op::Quantize { kernel, .. } => kernel.is_some(),
             Op::Dequantize { kernel, .. } => kernel.is_some(),
             Op::Mean { kernel, .. } => kernel.jit(),
-            Op::Integer { .. } | Op::Dequantized { .. } => true,
+            Op::Integer { .. } | Op::Dequantized { .. } | Op::ConvF32 { .. } => true,
             _ => false,
         }
     }
@@ -148,6 +154,7 @@ impl Op {
             Op::Mean { kernel, .. } => format!("global mean, {}", jit(kernel.jit())),
             Op::Add { kernel, .. } => format!("add, {}", kernel.describe()),
             Op::Lut { .. } => "lookup table".into(),
+            Op::ConvF32 { kernel, .. } => kernel.describe().into(),
             Op::Mul { kernel, .. } => kernel.describe().into(),
             Op::Quantize { kernel, .. } => format!("quantize, {}", jit(kernel.is_some())),
             Op::Dequantize { kernel, .. } => format!("dequantize, {}", jit(kernel.is_some())),
@@ -354,6 +361,11 @@ impl<'g> Builder<'g> {
             Lowered::DynamicQuantize { x, results } => {
                 let (arg, x_ty) = (self.eval_arg(x)?, self.g.ty(x).clone());
                 (Op::DynamicQuantize { x: arg, x_ty, y: results.map(|r| self.tensor_slot(r)) }, vec![arg])
+            }
+            Lowered::ConvF32 { kernel, x, y } => {
+                let arg = (self.eval_arg(x)?, self.g.ty(x).clone());
+                let read = vec![arg.0];
+                (Op::ConvF32 { kernel, x: arg, y: self.tensor_slot(y) }, read)
             }
             Lowered::Integer { product, x, zp, y } => {
                 let args = std::iter::once(x).chain(zp).map(|a| Ok((self.eval_arg(a)?, self.g.ty(a).clone()))).collect::<Result<

@@ -7,13 +7,13 @@
 
 use crate::QcError;
 use crate::model::Model;
-use qc_ir::Graph;
+use qc_ir::{Graph, OpKind};
 use qc_passes::{CalibMethod, PassOptions, PassRecord, PipelineOptions, run_pipeline};
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 /// Which passes run.
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub enum Pipeline {
     /// `dynamic` for dynamic quantization, `int8` when calibration samples are given, else
     /// `default`; with the compression passes the options call for.
@@ -117,19 +117,32 @@ impl Request {
     /// it, so that its zeros are those of the weights the JIT multiplies; ...). An explicit pass
     /// list is taken as it is.
     pub fn passes(&self) -> Result<Vec<String>, QcError> {
+        self.passes_for(None)
+    }
+
+    /// The pipeline [`Pipeline::Default`] stands for: `dynamic` with `--dynamic`, `int8` with
+    /// calibration samples, `qdq` for a model `g` that is already quantized (it carries
+    /// quantize/dequantize ops: ONNX Runtime's QDQ models, quantization-aware training's), else
+    /// `default`.
+    pub fn default_pipeline(&self, g: Option<&Graph>) -> &'static str {
+        let quantized = |g: &Graph| g.node_ids().any(|n| matches!(g.node(n).kind, OpKind::Quantize | OpKind::Dequantize));
+        if self.dynamic {
+            "dynamic"
+        } else if self.options.calibration.is_some() {
+            "int8"
+        } else if g.is_some_and(quantized) {
+            "qdq"
+        } else {
+            "default"
+        }
+    }
+
+    /// [`Request::passes`] for the model `g` (the default pipeline depends on it).
+    pub fn passes_for(&self, g: Option<&Graph>) -> Result<Vec<String>, QcError> {
         let mut names = match &self.pipeline {
             Pipeline::Passes(p) => return Ok(p.clone()),
             Pipeline::Named(name) => qc_passes::pipeline(name).map_err(|e| QcError::Usage(format!("{e}")))?,
-            Pipeline::Default => {
-                let name = if self.dynamic {
-                    "dynamic"
-                } else if self.options.calibration.is_some() {
-                    "int8"
-                } else {
-                    "default"
-                };
-                qc_passes::pipeline(name).expect("the pipeline exists")
-            }
+            Pipeline::Default => qc_passes::pipeline(self.default_pipeline(g)).expect("the pipeline exists"),
         };
         let wanted = [
             ("prune-channels", self.prunes()),
@@ -166,6 +179,9 @@ impl Request {
 /// What compiling decided and measured.
 #[derive(Debug, Default)]
 pub struct Outcome {
+    /// The pipeline the request's default stood for with this model (see
+    /// [`Request::default_pipeline`]); `None` when the request named a pipeline or passes.
+    pub pipeline: Option<&'static str>,
     /// What each pass did.
     pub records: Vec<PassRecord>,
     /// What stayed f32 and why, with the passes' notes.
@@ -183,9 +199,13 @@ pub struct Outcome {
 /// Compiles `model.graph` in place as `request` says; the IR printed after passes goes to
 /// `print_to`.
 pub fn compile(model: &mut Model, request: &Request, print_to: &mut dyn std::io::Write) -> Result<Outcome, QcError> {
-    let names = request.check()?;
+    request.check()?;
+    let names = request.passes_for(Some(&model.graph))?;
     let mut options = request.options.clone();
     let mut outcome = Outcome::default();
+    if request.pipeline == Pipeline::Default {
+        outcome.pipeline = Some(request.default_pipeline(Some(&model.graph)));
+    }
     let input_error = |e: String| QcError::Input(format!("{e}"));
     if request.calibration == Calibration::Auto {
         let t = Instant::now();
@@ -256,7 +276,7 @@ fn pruning_report(
 /// Runs `request`'s passes over a copy of `g` quietly (no printing, no report): the graph a
 /// stage of `qc size` or a trial of a search measures.
 pub fn compile_quietly(g: &Graph, request: &Request) -> Result<Graph, QcError> {
-    let names = request.passes()?;
+    let names = request.passes_for(Some(g))?;
     let mut options = request.options.clone();
     if let Calibration::Method(m) = request.calibration {
         options.calib_method = m;

@@ -455,3 +455,21 @@ fn int4_weights_and_mixed_precision() {
     let o = qc(&["compile", model, "--calib", CALIB, "--mixed-precision"]);
     assert_eq!(code(&o), 2, "{}", stderr(&o));
 }
+
+/// An ONNX Runtime QDQ model compiles to integer ops without a pipeline flag: qc sees its
+/// quantize/dequantize ops, says so, and only the boundary quantize and dequantize stay.
+#[test]
+fn an_onnx_runtime_qdq_model_picks_the_qdq_pipeline() {
+    let d = scratch("qdq");
+    let model = "../shared/corpus/models/digits_resdw_qdq_pre_u8s8_minmax.onnx";
+    let (out, report) = (d.join("resdw.qir"), d.join("report.json"));
+    let o = qc(&["compile", model, "-o", p(&out), "--report", p(&report)]);
+    assert_eq!(code(&o), 0, "{}", stderr(&o));
+    assert!(stderr(&o).contains("compiling it with the qdq pipeline"), "{}", stderr(&o));
+    let text = std::fs::read_to_string(&out).unwrap();
+    let count = |op: &str| text.lines().filter(|l| l.contains(&format!("= {op}("))).count();
+    assert_eq!((count("quantize"), count("dequantize")), (1, 1), "{text}");
+    assert!(count("conv2d") > 0);
+    let report = std::fs::read_to_string(&report).unwrap();
+    assert!(!report.contains("has no integer form"), "{report}");
+}

@@ -4,6 +4,7 @@
 
 pub mod add;
 pub mod conv;
+pub mod conv_f32;
 pub mod depthwise;
 pub mod gemm;
 pub mod integer;

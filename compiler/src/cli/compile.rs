@@ -203,6 +203,9 @@ pub(crate) fn compile(a: CompileArgs) -> Result<(), QcError> {
     let stdout = std::io::stdout();
     let mut lock = stdout.lock();
     let outcome = qc::driver::compile(&mut model, &request, &mut lock)?;
+    if outcome.pipeline == Some("qdq") {
+        eprintln!("note: the model is already quantized (it has quantize/dequantize ops): compiling it with the qdq pipeline");
+    }
     if let Some((method, scores)) = &outcome.calibration {
         let table: Vec<String> = scores.iter().map(|(m, s)| format!("{m} {s:.2} dB")).collect();
         eprintln!("calibration: {method} (output SQNR on the calibration samples: {})", table.join(", "));

@@ -49,7 +49,13 @@ fn dims4<T>(a: &ArrayD<T>) -> Result<[usize; 4], String> {
 
 /// 2-D convolution, NCHW input, OIHW weight, optional bias; in f32, or exactly in integers
 /// (the caller has subtracted the zero points, so padding reads real zero).
-pub fn conv2d<T: ndarray::LinalgScalar>(
+///
+/// Each output element is `Σ x·w` over (ic, ky, kx) in that order, skipping taps in the padding,
+/// then `+ bias` — the definition, whatever the loop structure: outputs are computed a row at a
+/// time for a block of [`OC_BLOCK`] output channels (one multiply of an input value by the block's
+/// weights, which vectorizes), and large convolutions split their blocks over threads. The order
+/// of the additions into each element never changes, so the result does not depend on either.
+pub fn conv2d<T: ndarray::LinalgScalar + Send + Sync>(
     x: &ArrayD<T>,
     w: &ArrayD<T>,
     b: Option<&ArrayD<T>>,
@@ -68,29 +74,132 @@ pub fn conv2d<T: ndarray::LinalgScalar>(
     let (xs, ws) = (x.as_slice().expect("standard"), w.as_slice().expect("standard"));
     let bias: Vec<T> = b.map_or(vec![T::zero(); o], |b| b.iter().copied().collect());
     let og = o / g;
-    let mut out = vec![T::zero(); n * o * oh * ow];
-    for ni in 0..n {
-        for oc in 0..o {
-            let grp = oc / og;
-            for y in 0..oh {
-                for xo in 0..ow {
-                    let mut acc = T::zero();
-                    for ic in 0..ci {
-                        let chan = grp * ci + ic;
-                        for ky in 0..kh {
-                            let Some(iy) = win.at(0, y, ky, h) else { continue };
-                            for kx in 0..kw {
-                                let Some(ix) = win.at(1, xo, kx, wd) else { continue };
-                                acc = acc + xs[((ni * c + chan) * h + iy) * wd + ix] * ws[((oc * ci + ic) * kh + ky) * kw + kx];
-                            }
-                        }
-                    }
-                    out[((ni * o + oc) * oh + y) * ow + xo] = acc + bias[oc];
-                }
+    // For each kx, the outputs of a row whose tap lies inside the input row: xo in [lo, hi).
+    let cols: Vec<(usize, usize)> = (0..kw)
+        .map(|kx| {
+            let lo = (0..ow).find(|&xo| win.at(1, xo, kx, wd).is_some()).unwrap_or(ow);
+            let hi = (lo..ow).find(|&xo| win.at(1, xo, kx, wd).is_none()).unwrap_or(ow);
+            (lo, hi)
+        })
+        .collect();
+    let geometry = ConvGeometry { c, h, wd, ci, kh, kw, oh, ow, og, win: &win, cols: &cols };
+    // The units of work: (image, first output channel of a block within one group).
+    let block = if og >= OC_BLOCK / 2 { OC_BLOCK } else { 1 };
+    let units: Vec<(usize, usize)> =
+        (0..n).flat_map(|ni| (0..g).flat_map(move |grp| (0..og).step_by(block).map(move |j| (ni, grp * og + j)))).collect();
+    let work = n * o * oh * ow * ci * kh * kw;
+    let threads = if work >= 1 << 22 { std::thread::available_parallelism().map_or(1, |t| t.get()).min(units.len()) } else { 1 };
+    let run = |part: &[(usize, usize)]| -> Vec<Vec<T>> {
+        part.iter()
+            .map(|&(ni, oc0)| {
+                let nb = block.min(og - oc0 % og);
+                geometry.block(xs, ws, ni, oc0, nb, block)
+            })
+            .collect()
+    };
+    let results: Vec<Vec<T>> = if threads > 1 {
+        let chunk = units.len().div_ceil(threads);
+        std::thread::scope(|s| {
+            let handles: Vec<_> = units.chunks(chunk).map(|part| s.spawn(move || run(part))).collect();
+            handles.into_iter().flat_map(|h| h.join().expect("a convolution thread panicked")).collect()
+        })
+    } else {
+        run(&units)
+    };
+    let plane = oh * ow;
+    let mut out = vec![T::zero(); n * o * plane];
+    for (&(ni, oc0), planes) in units.iter().zip(results) {
+        for (j, p) in planes.chunks_exact(plane).enumerate() {
+            let oc = oc0 + j;
+            for (dst, &v) in out[(ni * o + oc) * plane..][..plane].iter_mut().zip(p) {
+                *dst = v + bias[oc];
             }
         }
     }
     Ok(ArrayD::from_shape_vec(IxDyn(&[n, o, oh, ow]), out).expect("sized"))
+}
+
+/// Output channels computed together by [`conv2d`].
+const OC_BLOCK: usize = 8;
+
+/// What [`conv2d`]'s blocks share.
+struct ConvGeometry<'a> {
+    c: usize,
+    h: usize,
+    wd: usize,
+    ci: usize,
+    kh: usize,
+    kw: usize,
+    oh: usize,
+    ow: usize,
+    og: usize,
+    win: &'a Window,
+    cols: &'a [(usize, usize)],
+}
+
+impl ConvGeometry<'_> {
+    /// The sums (without bias) of `nb` output channels from `oc0` (one group) of image `ni`:
+    /// `nb` planes, computed `width` channels at a time (`width` is 1 or [`OC_BLOCK`]).
+    fn block<T: ndarray::LinalgScalar>(&self, xs: &[T], ws: &[T], ni: usize, oc0: usize, nb: usize, width: usize) -> Vec<T> {
+        let &ConvGeometry { c, h, wd, ci, kh, kw, oh, ow, og, win, cols } = self;
+        let grp = oc0 / og;
+        let (sx, dx, px) = (win.stride[1], win.dil[1], win.pad[1]);
+        let mut planes = vec![T::zero(); nb * oh * ow];
+        if width == 1 {
+            // One channel: the row is the vector.
+            let oc = oc0;
+            for y in 0..oh {
+                let row = &mut planes[y * ow..][..ow];
+                for ic in 0..ci {
+                    for ky in 0..kh {
+                        let Some(iy) = win.at(0, y, ky, h) else { continue };
+                        let input = &xs[((ni * c + grp * ci + ic) * h + iy) * wd..][..wd];
+                        for (kx, &(lo, hi)) in cols.iter().enumerate() {
+                            let wv = ws[((oc * ci + ic) * kh + ky) * kw + kx];
+                            let first = lo * sx + kx * dx - px;
+                            for (i, acc) in row[lo..hi].iter_mut().enumerate() {
+                                *acc = *acc + input[first + i * sx] * wv;
+                            }
+                        }
+                    }
+                }
+            }
+            return planes;
+        }
+        // The block's weights, [ic][ky][kx][OC_BLOCK], zero beyond `nb`.
+        let mut wt = vec![[T::zero(); OC_BLOCK]; ci * kh * kw];
+        for (j, oc) in (oc0..oc0 + nb).enumerate() {
+            for (t, &v) in ws[oc * ci * kh * kw..][..ci * kh * kw].iter().enumerate() {
+                wt[t][j] = v;
+            }
+        }
+        let mut acc = vec![[T::zero(); OC_BLOCK]; ow];
+        for y in 0..oh {
+            acc.fill([T::zero(); OC_BLOCK]);
+            for ic in 0..ci {
+                for ky in 0..kh {
+                    let Some(iy) = win.at(0, y, ky, h) else { continue };
+                    let input = &xs[((ni * c + grp * ci + ic) * h + iy) * wd..][..wd];
+                    for (kx, &(lo, hi)) in cols.iter().enumerate() {
+                        let wv = wt[(ic * kh + ky) * kw + kx];
+                        let first = lo * sx + kx * dx - px;
+                        for (i, a) in acc[lo..hi].iter_mut().enumerate() {
+                            let v = input[first + i * sx];
+                            for (s, &k) in a.iter_mut().zip(&wv) {
+                                *s = *s + v * k;
+                            }
+                        }
+                    }
+                }
+            }
+            for (j, plane) in planes.chunks_exact_mut(oh * ow).enumerate() {
+                for (dst, a) in plane[y * ow..][..ow].iter_mut().zip(&acc) {
+                    *dst = a[j];
+                }
+            }
+        }
+        planes
+    }
 }
 
 /// 2-D transposed convolution, weight `[C_in, C_out/groups, kH, kW]`.
