@@ -65,6 +65,9 @@ pub struct CompiledModel {
     pub(crate) plan: Plan,
     /// Tensor slots: inputs first, then constants, then what steps compute.
     pub(crate) tensor_slots: usize,
+    /// Per step: the computed tensor slots (numbered from [`CompiledModel::first_computed`]) no
+    /// later step reads, dropped after it.
+    pub(crate) frees: Vec<Vec<usize>>,
     /// The bytes of the windowed kernels' buffers, after the activations in the arena.
     pub(crate) scratch: usize,
     /// A batch-1 run's steps as direct calls where they can be (see [`crate::direct`]).
@@ -155,6 +158,14 @@ impl CompiledModel {
             b.lifetimes.iter().map(|&(bytes, first, last)| Buffer { bytes, first, last: last.min(steps) }).collect();
         let plan = plan(&buffers);
         let direct = direct_calls(&b.ops, &b.activations, &plan, b.scratch);
+        // Computed tensors are dropped after the last step that reads them.
+        let first_computed = g.params().len() + const_slots.len();
+        let mut frees = vec![Vec::new(); steps];
+        for (&slot, &last) in &b.slot_last_read {
+            if slot >= first_computed && last < steps {
+                frees[last].push(slot - first_computed);
+            }
+        }
         Ok(CompiledModel {
             direct,
             name: g.name.clone(),
@@ -162,6 +173,7 @@ impl CompiledModel {
             activations: b.activations,
             plan,
             tensor_slots: b.tensor_slots,
+            frees,
             scratch: b.scratch,
             id: {
                 static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
@@ -235,8 +247,9 @@ impl CompiledModel {
             match &self.direct {
                 Some(calls) if run.arena.batch == 1 => run.calls(calls)?,
                 _ => {
-                    for (_, op) in &self.ops {
+                    for (i, (_, op)) in self.ops.iter().enumerate() {
                         run.exec(op)?;
+                        run.free_after(i);
                     }
                 }
             }
@@ -262,6 +275,7 @@ impl CompiledModel {
                     }
                     times[i].push(t.elapsed().as_secs_f64());
                     ops[i] = run.ops(op)?;
+                    run.free_after(i);
                 }
                 Ok(())
             })?;

@@ -197,6 +197,7 @@ impl Run<'_> {
         let started = self.start_calls(calls)?;
         for i in 0..calls.calls.len() {
             self.call(&started, i)?;
+            self.free_after(i);
         }
         Ok(())
     }
@@ -261,6 +262,15 @@ impl Run<'_> {
             },
         }
         Ok(())
+    }
+
+    /// Drops the tensors that no step after step `i` reads.
+    pub(crate) fn free_after(&mut self, i: usize) {
+        for &slot in self.arena.model.frees.get(i).map_or(&[][..], Vec::as_slice) {
+            if let Some(t) = self.slots.tensors.get_mut(slot) {
+                *t = None;
+            }
+        }
     }
 
     /// Runs one step.

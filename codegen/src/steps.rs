@@ -183,6 +183,8 @@ pub(crate) struct Builder<'g> {
     pub(crate) scratch: usize,
     /// Per buffer: bytes per image, first step, last step.
     pub(crate) lifetimes: Vec<(usize, usize, usize)>,
+    /// Per tensor slot read by a step: the last step that reads it (`usize::MAX`: an output).
+    pub(crate) slot_last_read: HashMap<usize, usize>,
 }
 
 impl<'g> Builder<'g> {
@@ -197,6 +199,7 @@ impl<'g> Builder<'g> {
             tensor_slots: 0,
             scratch: 0,
             lifetimes: Vec::new(),
+            slot_last_read: HashMap::new(),
         }
     }
 
@@ -217,9 +220,15 @@ impl<'g> Builder<'g> {
 
     /// Notes that step `step` reads `arg`.
     pub(crate) fn read(&mut self, arg: Arg, step: usize) {
-        if let Arg::A(a) = arg {
-            let life = &mut self.lifetimes[self.activations[a].buffer];
-            life.2 = life.2.max(step);
+        match arg {
+            Arg::A(a) => {
+                let life = &mut self.lifetimes[self.activations[a].buffer];
+                life.2 = life.2.max(step);
+            }
+            Arg::T(t) => {
+                let last = self.slot_last_read.entry(t).or_insert(step);
+                *last = (*last).max(step);
+            }
         }
     }
 

@@ -210,6 +210,8 @@ pub fn compile(model: &mut Model, request: &Request, print_to: &mut dyn std::io:
     if request.calibration == Calibration::Auto {
         let t = Instant::now();
         let samples = options.calibration.clone().expect("checked");
+        // The trials and the compile after them calibrate once (see `exec::choose_calibration`).
+        options.calib_cache = Some(qc_passes::CalibCache::default());
         let (method, scores) =
             crate::exec::choose_calibration(&model.graph, &names, &Request::quiet(&options), &samples).map_err(input_error)?;
         options.calib_method = method;

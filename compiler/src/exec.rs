@@ -9,6 +9,15 @@ pub fn run_batch(g: &Graph, x: &Tensor, chunk: usize) -> Result<Tensor, String> 
     run_batch_with(g, x, chunk, |xi| evaluate(g, &[xi]).map(|mut v| v.remove(0)).map_err(|e| e.to_string()))
 }
 
+/// Like [`run_batch`], on the JIT when `g` compiles (its outputs are the evaluator's, bit for bit:
+/// the JIT's contract), else on the evaluator: for measuring a graph on many samples.
+pub fn run_batch_compiled(g: &Graph, x: &Tensor, chunk: usize) -> Result<Tensor, String> {
+    match qc_codegen::CompiledModel::compile(g) {
+        Ok(compiled) => run_batch_with(g, x, chunk, |xi| compiled.run(&[xi]).map(|mut v| v.remove(0)).map_err(|e| e.to_string())),
+        Err(_) => run_batch(g, x, chunk),
+    }
+}
+
 /// Like [`run_batch`], running each chunk with `run` (the evaluator or a compiled model).
 pub fn run_batch_with(
     g: &Graph,
@@ -61,16 +70,20 @@ pub fn sqnr_db(reference: &Tensor, got: &Tensor) -> f64 {
 pub const AUTO_METHODS: [&str; 5] = ["minmax", "percentile", "kl", "js", "mse"];
 
 /// Compiles `g` with each calibration method and keeps the one whose outputs on the calibration
-/// samples have the best SQNR against the uncompiled graph. Returns the choice and every score.
+/// samples have the best SQNR against the uncompiled graph (calibrating once: the methods share
+/// what it observed; scoring on the JIT). Returns the choice and every score.
 pub fn choose_calibration(
     g: &Graph,
     passes: &[String],
     opts: &qc_passes::PipelineOptions,
     samples: &Tensor,
 ) -> Result<(qc_passes::CalibMethod, Vec<(String, f64)>), String> {
-    let reference = run_batch(g, samples, 64)?;
+    let reference = run_batch_compiled(g, samples, 64)?;
     let mut scores = Vec::new();
     let mut best: Option<(qc_passes::CalibMethod, f64)> = None;
+    // One forward pass of calibration for all the methods (they differ in how they read it), in
+    // `opts`' cache when it has one.
+    let cache = opts.pass_options.calib_cache.clone().unwrap_or_default();
     for name in AUTO_METHODS {
         let method: qc_passes::CalibMethod = name.parse().expect("a known method");
         let mut o = qc_passes::PipelineOptions {
@@ -79,9 +92,10 @@ pub fn choose_calibration(
             ..Default::default()
         };
         o.pass_options.calib_method = method;
+        o.pass_options.calib_cache = Some(cache.clone());
         let mut trial = g.clone();
         qc_passes::run_pipeline(&mut trial, passes, &o, &mut std::io::sink()).map_err(|e| e.to_string())?;
-        let s = sqnr_db(&reference, &run_batch(&trial, samples, 64)?);
+        let s = sqnr_db(&reference, &run_batch_compiled(&trial, samples, 64)?);
         scores.push((name.to_string(), s));
         if best.is_none_or(|(_, b)| s > b) {
             best = Some((method, s));

@@ -28,6 +28,7 @@ use std::sync::Arc;
 /// The `calibrate` pass.
 pub struct Calibrate {
     progress: Option<crate::Progress>,
+    cache: Option<crate::CalibCache>,
     samples: Option<Arc<Tensor>>,
     method: CalibMethod,
     overrides: Vec<(String, CalibMethod)>,
@@ -38,6 +39,7 @@ impl Calibrate {
     pub fn new(opts: &PassOptions) -> Calibrate {
         Calibrate {
             progress: opts.progress.clone(),
+            cache: opts.calib_cache.clone(),
             samples: opts.calibration.clone(),
             method: opts.calib_method,
             overrides: opts.calib_overrides.clone(),
@@ -99,11 +101,64 @@ impl Pass for Calibrate {
                 i % per
             )));
         }
+        let values = observed_values(g);
+        // The same graph on the same samples observes the same values: reuse them.
+        let key = self.cache.as_ref().map(|_| (qc_ir::text::print(g), Arc::as_ptr(samples) as usize));
+        let cached = match (&self.cache, &key) {
+            (Some(cache), Some((text, ptr))) => cache
+                .0
+                .lock()
+                .ok()
+                .and_then(|c| c.as_ref().filter(|(t, p, o)| t == text && p == ptr && o.len() == values.len()).map(|c| c.2.clone())),
+            _ => None,
+        };
+        let observers = match cached {
+            Some(observers) => observers,
+            None => {
+                let observers = self.observe(g, &values, x, &param_ty)?;
+                if let (Some(cache), Some((text, ptr))) = (&self.cache, key)
+                    && let Ok(mut c) = cache.0.lock()
+                {
+                    *c = Some((text, ptr, observers.clone()));
+                }
+                observers
+            }
+        };
+        let mut ranges: HashMap<ValueId, (f32, f32)> = HashMap::new();
+        for (v, obs) in values.into_iter().zip(observers) {
+            // Data movement shares its input's range (as ONNX Runtime does), so that no
+            // requantization is needed around it.
+            let shared = g
+                .producer(v)
+                .filter(|&p| g.node(p).kind != OpKind::Relu && commutes_with_quantize(g.node(p).kind))
+                .and_then(|p| ranges.get(&g.node(p).operands[0]).copied());
+            let (lo, hi) = shared.unwrap_or_else(|| obs.range(self.method_for(g, v)));
+            ranges.insert(v, (lo, hi));
+            let attrs = Attrs::new().with("max", Attr::Float(hi)).with("min", Attr::Float(lo));
+            let stats = g.add_node(Node::new(OpKind::Stats, vec![v], attrs, Loc::default()), vec![g.ty(v).clone()]);
+            let s = g.node(stats).results[0];
+            if let Some(name) = g.value(v).name.clone() {
+                g.value_mut(s).name = Some(g.unique_name(&format!("{name}.stats")));
+            }
+            for (user, i) in g.uses(v) {
+                if user != stats {
+                    g.set_operand(user, i, s);
+                }
+            }
+            let outs: Vec<ValueId> = g.outputs().iter().map(|&o| if o == v { s } else { o }).collect();
+            g.set_outputs(outs);
+        }
+        Ok(Changed::Yes)
+    }
+}
+
+impl Calibrate {
+    /// Runs the samples through `g` and observes `values` (the forward pass).
+    fn observe(&self, g: &Graph, values: &[ValueId], x: &ndarray::ArrayD<f32>, param_ty: &qc_ir::TensorType) -> Result<Vec<Observer>, PassError> {
         let batch = match param_ty.dims[0] {
             Dim::Fixed(b) => b as usize,
             Dim::Dynamic => BATCH,
         };
-        let values = observed_values(g);
         let index: HashMap<ValueId, usize> = values.iter().enumerate().map(|(i, &v)| (v, i)).collect();
         let mut observers = vec![Observer::default(); values.len()];
         let n = x.shape()[0];
@@ -134,35 +189,9 @@ impl Pass for Calibrate {
                 (p.0)(end, n);
             }
         }
-        let mut ranges: HashMap<ValueId, (f32, f32)> = HashMap::new();
-        for (v, obs) in values.into_iter().zip(observers) {
-            // Data movement shares its input's range (as ONNX Runtime does), so that no
-            // requantization is needed around it.
-            let shared = g
-                .producer(v)
-                .filter(|&p| g.node(p).kind != OpKind::Relu && commutes_with_quantize(g.node(p).kind))
-                .and_then(|p| ranges.get(&g.node(p).operands[0]).copied());
-            let (lo, hi) = shared.unwrap_or_else(|| obs.range(self.method_for(g, v)));
-            ranges.insert(v, (lo, hi));
-            let attrs = Attrs::new().with("max", Attr::Float(hi)).with("min", Attr::Float(lo));
-            let stats = g.add_node(Node::new(OpKind::Stats, vec![v], attrs, Loc::default()), vec![g.ty(v).clone()]);
-            let s = g.node(stats).results[0];
-            if let Some(name) = g.value(v).name.clone() {
-                g.value_mut(s).name = Some(g.unique_name(&format!("{name}.stats")));
-            }
-            for (user, i) in g.uses(v) {
-                if user != stats {
-                    g.set_operand(user, i, s);
-                }
-            }
-            let outs: Vec<ValueId> = g.outputs().iter().map(|&o| if o == v { s } else { o }).collect();
-            g.set_outputs(outs);
-        }
-        Ok(Changed::Yes)
+        Ok(observers)
     }
-}
 
-impl Calibrate {
     /// The method for `v`: an override naming the value or its op's `loc`, else the default.
     fn method_for(&self, g: &Graph, v: ValueId) -> CalibMethod {
         let name = g.value(v).name.clone().unwrap_or_default();

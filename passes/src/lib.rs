@@ -13,7 +13,7 @@ pub use cluster_weights::kmeans_1d;
 pub use fuse_requant::explain as explain_unfused;
 pub use insert_qdq::{activation_params, kept_fp32};
 pub use observer::CalibMethod;
-pub use options::{OPTION_KEYS, PassOptions, Progress};
+pub use options::{CalibCache, OPTION_KEYS, PassOptions, Progress};
 pub use prune_channels::{PruneCriterion, PruneOptions, kept_count};
 pub use rewrite::const_value;
 pub use sparsify::SparsifyOptions;

@@ -27,6 +27,9 @@ pub struct PassOptions {
     pub per_tensor_weights: bool,
     /// Called by `calibrate` with (samples done, samples in all) after each batch.
     pub progress: Option<Progress>,
+    /// Where `calibrate` keeps what it observed, for runs that calibrate the same graph on the
+    /// same samples again with another method (`--calib-method auto`): they skip the forward pass.
+    pub calib_cache: Option<CalibCache>,
     /// What `prune-channels` removes.
     pub prune: PruneOptions,
     /// What `sparsify` zeroes.
@@ -41,6 +44,17 @@ pub struct PassOptions {
     pub weight_bits: u8,
     /// `insert-qdq`: weight bits of single layers (by location or result name).
     pub layer_weight_bits: Vec<(String, u8)>,
+}
+
+/// What `calibrate` observed on one graph and set of samples: the graph's text and samples'
+/// address it was observed for, and one observer per observed value, in `calibrate`'s order.
+#[derive(Clone, Default)]
+pub struct CalibCache(pub std::sync::Arc<std::sync::Mutex<Option<(String, usize, Vec<crate::support::observer::Observer>)>>>);
+
+impl std::fmt::Debug for CalibCache {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("CalibCache")
+    }
 }
 
 /// A progress callback: (done, total).
@@ -64,6 +78,7 @@ impl Default for PassOptions {
             symmetric_activations: false,
             per_tensor_weights: false,
             progress: None,
+            calib_cache: None,
             prune: PruneOptions::default(),
             sparsify: SparsifyOptions::default(),
             clusters: 16,
