@@ -1,0 +1,132 @@
+//! The zoo's CNNs (`../shared/zoo/build` writes them to `$QC_ZOO`, by default
+//! `~/.cache/qc-zoo`), end to end: each compiles with its calibration samples to integer ops
+//! only (the input's quantize and the output's dequantize aside), with an output SQNR against
+//! fp32 on the zoo's test inputs no worse than ONNX Runtime's own int8 model's (MinMax, the same
+//! method) − 0.5 dB; the JIT runs it with no op on the evaluator and equals the evaluator bit for
+//! bit; ONNX Runtime's QDQ file compiles without flags to the same integer form; the fp32 model
+//! runs on the JIT with its convolutions compiled, equal to the evaluator bit for bit.
+//!
+//! Minutes long, so `#[ignore]`d: `.ci/run` runs it with `--ignored` when the zoo is there. Each
+//! test says so and passes when the zoo is not built.
+
+use qc::driver::{Request, compile};
+use qc::io::read_tensor;
+use qc::model::load_model;
+use qc_codegen::CompiledModel;
+use qc_ir::eval::evaluate;
+use qc_ir::{OpKind, Tensor};
+use std::path::PathBuf;
+
+const CNNS: [&str; 4] = ["resnet18", "mobilenet_v2", "mobilenet_v3_small", "efficientnet_b0"];
+
+fn zoo() -> Option<PathBuf> {
+    let dir = std::env::var_os("QC_ZOO")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache/qc-zoo")))?;
+    if dir.join("results.json").exists() {
+        Some(dir)
+    } else {
+        eprintln!("skipped: the zoo is not built at {} (run ../shared/zoo/build; QC_ZOO overrides)", dir.display());
+        None
+    }
+}
+
+fn sqnr_db(reference: &Tensor, got: &Tensor) -> f64 {
+    qc::exec::sqnr_db(reference, got)
+}
+
+/// The first `n` samples of a batch.
+fn first(x: &Tensor, n: usize) -> Tensor {
+    let a = x.as_f32().expect("f32 samples");
+    Tensor::F32(a.slice_axis(ndarray::Axis(0), ndarray::Slice::from(0..n.min(a.shape()[0]))).to_owned())
+}
+
+/// ONNX Runtime's SQNR for `variant` of `model`, from the zoo's `results.json`.
+fn ort_sqnr(zoo: &std::path::Path, model: &str, variant: &str) -> f64 {
+    let text = std::fs::read_to_string(zoo.join("results.json")).expect("results.json");
+    let v: serde_json::Value = serde_json::from_str(&text).expect("valid JSON");
+    v["models"][model]["variants"][variant]["sqnr_db"].as_f64().unwrap_or_else(|| panic!("no SQNR for {model} {variant}"))
+}
+
+/// What stays outside the integer graph: every finding but the boundary quantize/dequantize.
+fn non_boundary_findings(report: &qc::report::FusionReport) -> Vec<String> {
+    report
+        .findings
+        .iter()
+        .filter(|f| !f.reason.contains("model input") && !f.reason.contains("model output"))
+        .map(|f| format!("{} {} {}: {}", f.what, f.value, f.op, f.reason))
+        .collect()
+}
+
+/// Runs `g` on the JIT, checking that no op runs on the evaluator, and compares with the
+/// evaluator on the first `check` samples.
+fn jit_equals_evaluator(name: &str, g: &qc_ir::Graph, x: &Tensor, check: usize) -> Tensor {
+    let compiled = CompiledModel::compile(g).unwrap_or_else(|e| panic!("{name}: {e}"));
+    let y = qc::exec::run_batch_with(g, x, 8, |xi| compiled.run(&[xi]).map(|mut v| v.remove(0)).map_err(|e| e.to_string()))
+        .unwrap_or_else(|e| panic!("{name}: {e}"));
+    let xs = first(x, check);
+    let want = evaluate(g, std::slice::from_ref(&xs)).unwrap_or_else(|e| panic!("{name}: {e}")).remove(0);
+    assert_eq!(compiled.run(&[xs]).unwrap().remove(0), want, "{name}: the JIT differs from the evaluator");
+    y
+}
+
+#[test]
+#[ignore = "minutes long; needs the zoo (.ci/run runs it when the zoo is built)"]
+fn zoo_cnns_compile_to_integer_ops_with_onnx_runtimes_accuracy() {
+    let Some(zoo) = zoo() else { return };
+    for name in CNNS {
+        let t = std::time::Instant::now();
+        let mut model = load_model(&zoo.join(format!("models/{name}.onnx")), None).unwrap();
+        let calib = read_tensor(&zoo.join(format!("data/{name}_calib.npy"))).unwrap();
+        let test = read_tensor(&zoo.join(format!("data/{name}_test.npy"))).unwrap();
+        let fp32 = read_tensor(&zoo.join(format!("goldens/{name}_fp32.npy"))).unwrap();
+        let mut request = Request::default();
+        request.options.calibration = Some(std::sync::Arc::new(calib));
+        let outcome = compile(&mut model, &request, &mut std::io::sink()).unwrap_or_else(|e| panic!("{name}: {e}"));
+        let compiled_in = t.elapsed();
+        let left = non_boundary_findings(&outcome.fusion);
+        assert!(left.is_empty(), "{name}: ops outside the integer graph:\n{}", left.join("\n"));
+        let count = |k: OpKind| model.graph.node_ids().filter(|&n| model.graph.node(n).kind == k).count();
+        assert_eq!((count(OpKind::Quantize), count(OpKind::Dequantize)), (1, 1), "{name}");
+        let y = jit_equals_evaluator(name, &model.graph, &test, 2);
+        let (ours, theirs) = (sqnr_db(&fp32, &y), ort_sqnr(&zoo, name, "qdq"));
+        eprintln!(
+            "{name}: {} integer ops, compiled in {:.1} s; int8 SQNR {ours:.2} dB, ONNX Runtime's (MinMax) {theirs:.2} dB",
+            outcome.fusion.integer_ops,
+            compiled_in.as_secs_f64()
+        );
+        assert!(ours >= theirs - 0.5, "{name}: SQNR {ours:.2} dB against ONNX Runtime's {theirs:.2} dB");
+    }
+}
+
+#[test]
+#[ignore = "minutes long; needs the zoo (.ci/run runs it when the zoo is built)"]
+fn zoo_qdq_models_compile_without_flags_to_integer_ops() {
+    let Some(zoo) = zoo() else { return };
+    for name in CNNS {
+        let mut model = load_model(&zoo.join(format!("models/{name}_qdq.onnx")), None).unwrap();
+        let test = read_tensor(&zoo.join(format!("data/{name}_test.npy"))).unwrap();
+        let outcome = compile(&mut model, &Request::default(), &mut std::io::sink()).unwrap_or_else(|e| panic!("{name}: {e}"));
+        assert_eq!(outcome.pipeline, Some("qdq"), "{name}");
+        let left = non_boundary_findings(&outcome.fusion);
+        assert!(left.is_empty(), "{name}: ops outside the integer graph:\n{}", left.join("\n"));
+        let y = jit_equals_evaluator(name, &model.graph, &first(&test, 4), 1);
+        assert_eq!(y.as_f32().unwrap().shape(), [4, 1000], "{name}");
+    }
+}
+
+#[test]
+#[ignore = "minutes long; needs the zoo (.ci/run runs it when the zoo is built)"]
+fn zoo_fp32_models_run_their_convolutions_compiled() {
+    let Some(zoo) = zoo() else { return };
+    for name in CNNS {
+        let model = load_model(&zoo.join(format!("models/{name}.onnx")), None).unwrap();
+        let test = read_tensor(&zoo.join(format!("data/{name}_test.npy"))).unwrap();
+        let compiled = CompiledModel::compile(&model.graph).unwrap();
+        let convs: Vec<String> = compiled.fallback_ops().into_iter().filter(|l| l.contains("= conv2d")).collect();
+        assert!(convs.is_empty(), "{name}: convolutions on the evaluator: {convs:?}");
+        let x = first(&test, 2);
+        let want = evaluate(&model.graph, std::slice::from_ref(&x)).unwrap().remove(0);
+        assert_eq!(compiled.run(&[x]).unwrap().remove(0), want, "{name}: the JIT differs from the evaluator");
+    }
+}
