@@ -5,6 +5,8 @@
 //! This is the scalar path: exact, portable to every target Cranelift supports, and the reference
 //! the vector paths are checked against.
 
+#[cfg(target_arch = "x86_64")]
+pub(crate) mod avx2;
 pub(crate) mod simd;
 
 use crate::emit::emit_loop;
@@ -170,6 +172,9 @@ pub enum Path {
     /// 128-bit vectors, four u8 × i8 products summed per i32 lane by the dot-product tree the
     /// x64 backend turns into one `vpdpbusd` (AVX-512 VNNI / AVX-VNNI).
     Vnni,
+    /// 256-bit `vpmaddwd`, precompiled with `std::arch` (see `avx2.rs`): the AVX2 and AVX-512 BW
+    /// levels, for kernels writing bytes from rows of a matrix.
+    Avx2,
 }
 
 impl Path {
@@ -182,10 +187,12 @@ impl Path {
         let wanted = match isa {
             Isa::Scalar => Path::Scalar,
             l if l.vnni() => Path::Vnni,
+            l if l.avx2() && cfg!(target_arch = "x86_64") => Path::Avx2,
             _ => Path::Sse,
         };
         match wanted {
             Path::Vnni if f32_mode && fits(-128, 127) => Path::Vnni,
+            Path::Avx2 if f32_mode && fits(-32768, 32767) => Path::Avx2,
             Path::Vnni | Path::Sse if f32_mode && fits(-32768, 32767) => Path::Sse,
             _ => Path::Scalar,
         }
@@ -199,6 +206,7 @@ impl Path {
             Path::Scalar => "scalar",
             Path::Sse => "pmaddwd",
             Path::Vnni => "vnni",
+            Path::Avx2 => "avx2 vpmaddwd",
         }
     }
 }
@@ -222,8 +230,8 @@ pub struct GemmKernel {
     output: Output,
     /// For a kernel reading rows in place: its number of rows and the input bytes they reach.
     offsets: Option<(usize, usize)>,
-    _tables: Box<Tables>,
-    _code: Arc<JitCode>,
+    /// The JIT paths' tables and code, which their function reads (none on the native path).
+    _jit: Option<(Box<Tables>, Arc<JitCode>)>,
 }
 
 /// A kernel's compiled function.
@@ -233,6 +241,9 @@ enum Entry {
     /// `(image, out, halo buffer)`: in place, after copying an image of this many bytes into the
     /// halo buffer ([`crate::kernels::window::halo::Halo::emit_copy_in`]).
     Copying(crate::jit::BufferFn, usize),
+    /// The precompiled 256-bit path ([`Path::Avx2`]), on rows of a matrix.
+    #[cfg(target_arch = "x86_64")]
+    Native(Box<avx2::Avx2Gemm>),
 }
 
 impl GemmKernel {
@@ -250,7 +261,12 @@ impl GemmKernel {
     /// would pick for `isa` were the requantization f32 (it is not used).
     pub fn compile_i32(spec: &GemmSpec, isa: Isa) -> Result<GemmKernel, String> {
         let f32_spec = GemmSpec { requant: vec![Requant::F32(1.0); spec.n], ..spec.clone() };
-        GemmKernel::compile_output(&f32_spec, Path::choose(&f32_spec, isa), Output::I32)
+        let path = match Path::choose(&f32_spec, isa) {
+            // The precompiled path writes bytes; i32 accumulators take the 128-bit one.
+            Path::Avx2 => Path::Sse,
+            p => p,
+        };
+        GemmKernel::compile_output(&f32_spec, path, Output::I32)
     }
 
     /// Compiles the kernel on a given path, writing `output`.
@@ -258,6 +274,14 @@ impl GemmKernel {
         match path {
             Path::Scalar => GemmKernel::compile_scalar(spec, output),
             Path::Sse | Path::Vnni => crate::kernels::gemm::simd::compile(spec, path, output, None),
+            #[cfg(target_arch = "x86_64")]
+            Path::Avx2 if output == Output::Bytes => {
+                let stride = crate::kernels::gemm::simd::row_stride(spec.k);
+                let native = avx2::Avx2Gemm::new(spec, stride).ok_or("the AVX2 path takes f32 requantization and i16 weights")?;
+                let f = Entry::Native(Box::new(native));
+                Ok(GemmKernel { f, n: spec.n, k: spec.k, path, output, offsets: None, _jit: None })
+            }
+            Path::Avx2 => Err("the AVX2 path writes requantized bytes".into()),
         }
     }
 
@@ -270,7 +294,8 @@ impl GemmKernel {
         isa: Isa,
     ) -> Result<Option<GemmKernel>, String> {
         match Path::choose(spec, isa) {
-            Path::Scalar => Ok(None),
+            // The precompiled path reads rows of a matrix: the convolution gathers them.
+            Path::Scalar | Path::Avx2 => Ok(None),
             path => crate::kernels::gemm::simd::compile(spec, path, Output::Bytes, Some((offsets, halo))).map(Some),
         }
     }
@@ -318,7 +343,7 @@ impl GemmKernel {
             .reach();
             (tables.row_offsets.len(), reach)
         });
-        Ok(GemmKernel { f, n, k, path, output, offsets, _tables: tables, _code: code })
+        Ok(GemmKernel { f, n, k, path, output, offsets, _jit: Some((tables, code)) })
     }
 
     fn compile_scalar(spec: &GemmSpec, output: Output) -> Result<GemmKernel, String> {
@@ -489,6 +514,10 @@ impl GemmKernel {
         if self.output != Output::Bytes {
             return Err("this GEMM kernel writes i32 accumulators".into());
         }
+        #[cfg(target_arch = "x86_64")]
+        if let Entry::Native(native) = &self.f {
+            return native.run(a, m, out);
+        }
         self.call(a, m, out.as_mut_ptr(), out.len())
     }
 
@@ -504,7 +533,7 @@ impl GemmKernel {
     /// kernel's output type.
     fn call(&self, a: &[u8], m: usize, out: *mut u8, out_len: usize) -> Result<(), String> {
         let Entry::Rows(f) = self.f else {
-            return Err("this GEMM kernel reads its rows in place (run_in_place)".into());
+            return Err("this GEMM kernel reads its rows in place (run_in_place) or runs natively (run_rows)".into());
         };
         let stride = self.row_stride();
         if a.len() != m * stride || out_len != m * self.n {

@@ -1,0 +1,215 @@
+//! The 256-bit GEMM path for AVX2 CPUs, precompiled with `std::arch` (Cranelift's x64 backend
+//! emits 128-bit vectors only; see ARCHITECTURE.md, "Kernels past 128 bits"): `vpmaddwd` on
+//! 256-bit registers, sixteen exact i16 products per instruction, summed in pairs into i32.
+//!
+//! Weights are packed when the layer is compiled, per block of 16 columns, as `[k pair][16
+//! columns][2 k]` i16 (zero past N and past K). Activations are u8 (an i8 input is flipped,
+//! `q ^ 0x80`, its zero point + 128, as on the other vector paths), widened once per row to i16
+//! pairs; the accumulators start from the bias with the zero-point term `−zp_u·Σ_k w` folded in.
+//! The micro-kernel keeps 4 rows × 16 columns in eight accumulators: per k pair, two weight
+//! loads, four broadcast activation pairs, eight `vpmaddwd`, eight `vpaddd`. The epilogue is the
+//! evaluator's f32 requantization, `clamp(rne(f32(acc)·M) + zp, lo, hi)`, on vectors: `cvtdq2ps`,
+//! `mulps`, `roundps` to nearest even, a clamp to `[lo − zp, hi − zp]` (which bounds the value
+//! before it leaves f32, as `requant_f32` does), `cvtps2dq`, `+ zp`. The sums are exact (the
+//! layer passed [`GemmSpec::accumulators_fit`]), so the order of the additions does not matter:
+//! the result is the evaluator's, bit for bit.
+//!
+//! Bounds: `run` checks that `a` holds `m` rows of `stride` bytes and `out` `m·n` bytes; the
+//! loops index through slices of the lengths the vector loads and stores take (checked by the
+//! slicing), and the packed panels and tables are sized when the kernel is built.
+
+use crate::kernels::gemm::GemmSpec;
+use qc_ir::requant::Requant;
+
+/// Rows per micro-tile.
+const MR: usize = 4;
+/// Columns per block (two 8-lane vectors).
+const NB: usize = 16;
+
+/// A GEMM layer packed for the AVX2 path.
+pub(crate) struct Avx2Gemm {
+    n: usize,
+    /// K rounded up to 2 (the k pairs).
+    pairs: usize,
+    /// Bytes per activation row.
+    stride: usize,
+    /// XOR that makes an activation byte u8 (0x80 for i8 inputs).
+    flip: u8,
+    /// Per block: `[pair][16][2]` i16.
+    packed: Vec<i16>,
+    /// Accumulator starts, multipliers, per column padded to a multiple of 16.
+    start: Vec<i32>,
+    mult: Vec<f32>,
+    zp: i32,
+    lo: i32,
+    hi: i32,
+}
+
+impl Avx2Gemm {
+    /// Packs `spec` (f32 requantization with finite multipliers, weights in i16) for rows of
+    /// `stride ≥ k` bytes; `None` otherwise.
+    pub(crate) fn new(spec: &GemmSpec, stride: usize) -> Option<Avx2Gemm> {
+        let (n, k) = (spec.n, spec.k);
+        if n == 0 || k == 0 || stride < k || spec.weights.len() != n * k || spec.bias.len() != n || spec.requant.len() != n {
+            return None;
+        }
+        if spec.weights.iter().any(|&w| i16::try_from(w).is_err()) {
+            return None;
+        }
+        let blocks = n.div_ceil(NB);
+        let pairs = k.div_ceil(2);
+        let mut packed = vec![0i16; blocks * pairs * NB * 2];
+        for c in 0..n {
+            let (blk, col) = (c / NB, c % NB);
+            for kk in 0..k {
+                packed[((blk * pairs + kk / 2) * NB + col) * 2 + kk % 2] = spec.weights[c * k + kk] as i16;
+            }
+        }
+        let zp_u = spec.zp_a as i64 + if spec.a_signed { 128 } else { 0 };
+        let mut start = vec![0i32; blocks * NB];
+        let mut mult = vec![0f32; blocks * NB];
+        for c in 0..n {
+            let wsum: i64 = spec.weights[c * k..(c + 1) * k].iter().map(|&w| w as i64).sum();
+            start[c] = (spec.bias[c] as i64 - zp_u * wsum) as i32;
+            mult[c] = match spec.requant[c] {
+                Requant::F32(m) if m.is_finite() => m,
+                _ => return None,
+            };
+        }
+        Some(Avx2Gemm {
+            n,
+            pairs,
+            stride,
+            flip: if spec.a_signed { 0x80 } else { 0 },
+            packed,
+            start,
+            mult,
+            zp: spec.zp_y,
+            lo: spec.lo,
+            hi: spec.hi,
+        })
+    }
+
+    /// `m` rows of `a` (`stride` bytes each) into `out` (`m × n` requantized bytes).
+    pub(crate) fn run(&self, a: &[u8], m: usize, out: &mut [u8]) -> Result<(), String> {
+        if a.len() != m * self.stride || out.len() != m * self.n {
+            return Err(format!("AVX2 GEMM: {} input bytes and {} outputs for {m} rows", a.len(), out.len()));
+        }
+        if !std::is_x86_feature_detected!("avx2") {
+            return Err("the AVX2 GEMM path runs on a CPU without AVX2".into());
+        }
+        // SAFETY: AVX2 is present (checked just above).
+        unsafe { self.run_avx2(a, m, out) };
+        Ok(())
+    }
+
+    #[target_feature(enable = "avx2")]
+    fn run_avx2(&self, a: &[u8], m: usize, out: &mut [u8]) {
+        let pairs = self.pairs;
+        // MR rows widened to i16 pairs, one i32 word per k pair (`a[2p] | a[2p + 1] << 16`), zero
+        // past K.
+        let mut rows = vec![0i32; MR * pairs];
+        let mut tile = [0u8; MR * NB];
+        for r0 in (0..m).step_by(MR) {
+            let mr = MR.min(m - r0);
+            rows.fill(0);
+            for (r, dst) in rows.chunks_exact_mut(pairs).enumerate().take(mr) {
+                let src = &a[(r0 + r) * self.stride..][..self.stride];
+                self.widen(src, dst);
+            }
+            for blk in 0..self.n.div_ceil(NB) {
+                let panel = &self.packed[blk * pairs * NB * 2..][..pairs * NB * 2];
+                let acc = self.micro(&rows, panel, blk);
+                self.epilogue(&acc, blk, &mut tile);
+                let cols = NB.min(self.n - blk * NB);
+                for r in 0..mr {
+                    out[(r0 + r) * self.n + blk * NB..][..cols].copy_from_slice(&tile[r * NB..][..cols]);
+                }
+            }
+        }
+    }
+
+    /// One activation row as i16 pair words (`dst[p] = a[2p] | a[2p + 1] << 16`, each byte made
+    /// u8), sixteen bytes at a time with `vpmovzxbw`, the tail byte by byte.
+    #[target_feature(enable = "avx2")]
+    fn widen(&self, src: &[u8], dst: &mut [i32]) {
+        use std::arch::x86_64::*;
+        let flip = _mm_set1_epi8(self.flip as i8);
+        let (mut i, n) = (0, src.len().min(dst.len() * 2));
+        while i + 16 <= n {
+            let s: &[u8; 16] = src[i..i + 16].try_into().expect("16 bytes");
+            let d: &mut [i32; 8] = (&mut dst[i / 2..i / 2 + 8]).try_into().expect("8 words");
+            // SAFETY: `s` is 16 bytes and `d` 32 bytes (8 words).
+            unsafe {
+                let v = _mm_xor_si128(_mm_loadu_si128(s.as_ptr().cast()), flip);
+                _mm256_storeu_si256(d.as_mut_ptr().cast(), _mm256_cvtepu8_epi16(v));
+            }
+            i += 16;
+        }
+        for (d, two) in dst[i / 2..].iter_mut().zip(src[i..n].chunks(2)) {
+            let lo = (two[0] ^ self.flip) as i32;
+            let hi = two.get(1).map_or(0, |&b| (b ^ self.flip) as i32);
+            *d = lo | hi << 16;
+        }
+    }
+
+    /// The accumulators of one 4-row × 16-column tile: `start + Σ a·w` over the k pairs.
+    #[target_feature(enable = "avx2")]
+    fn micro(&self, rows: &[i32], panel: &[i16], blk: usize) -> [[std::arch::x86_64::__m256i; 2]; MR] {
+        use std::arch::x86_64::*;
+        let pairs = self.pairs;
+        const { assert!(MR == 4, "the loop below takes four rows") };
+        let load = |s: &[i32]| -> __m256i {
+            let s: &[i32; 8] = s[..8].try_into().expect("8 lanes");
+            // SAFETY: `s` is exactly 8 i32s.
+            unsafe { _mm256_loadu_si256(s.as_ptr().cast()) }
+        };
+        let start = &self.start[blk * NB..][..NB];
+        let mut acc = [[load(&start[..8]), load(&start[8..])]; MR];
+        let rows: &[i32] = &rows[..MR * pairs];
+        let (r0, rest) = rows.split_at(pairs);
+        let (r1, rest) = rest.split_at(pairs);
+        let (r2, r3) = rest.split_at(pairs);
+        for ((((w, &x0), &x1), &x2), &x3) in panel.chunks_exact(NB * 2).zip(r0).zip(r1).zip(r2).zip(r3) {
+            let w: &[i16; 32] = w.try_into().expect("a panel of 16 column pairs");
+            // SAFETY: `w` is 32 i16s, two 256-bit loads.
+            let (w0, w1) = unsafe { (_mm256_loadu_si256(w.as_ptr().cast()), _mm256_loadu_si256(w[16..].as_ptr().cast())) };
+            for (row, x) in acc.iter_mut().zip([x0, x1, x2, x3]) {
+                let x = _mm256_set1_epi32(x);
+                row[0] = _mm256_add_epi32(row[0], _mm256_madd_epi16(x, w0));
+                row[1] = _mm256_add_epi32(row[1], _mm256_madd_epi16(x, w1));
+            }
+        }
+        acc
+    }
+
+    /// Requantizes a tile into `tile` (`[row][16]` bytes).
+    #[target_feature(enable = "avx2")]
+    fn epilogue(&self, acc: &[[std::arch::x86_64::__m256i; 2]; MR], blk: usize, tile: &mut [u8; MR * NB]) {
+        use std::arch::x86_64::*;
+        let mult = &self.mult[blk * NB..][..NB];
+        let load = |s: &[f32]| -> __m256 {
+            let s: &[f32; 8] = s[..8].try_into().expect("8 lanes");
+            // SAFETY: `s` is exactly 8 f32s.
+            unsafe { _mm256_loadu_ps(s.as_ptr()) }
+        };
+        let m = [load(&mult[..8]), load(&mult[8..])];
+        let (lo, hi) = (_mm256_set1_ps((self.lo - self.zp) as f32), _mm256_set1_ps((self.hi - self.zp) as f32));
+        let zp = _mm256_set1_epi32(self.zp);
+        for (r, row) in acc.iter().enumerate() {
+            let mut v = [0i32; NB];
+            for h in 0..2 {
+                let f = _mm256_mul_ps(_mm256_cvtepi32_ps(row[h]), m[h]);
+                let f = _mm256_round_ps::<{ _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC }>(f);
+                let f = _mm256_min_ps(_mm256_max_ps(f, lo), hi);
+                let q = _mm256_add_epi32(_mm256_cvtps_epi32(f), zp);
+                let dst: &mut [i32; 8] = (&mut v[h * 8..][..8]).try_into().expect("8 lanes");
+                // SAFETY: `dst` is exactly 8 i32s.
+                unsafe { _mm256_storeu_si256(dst.as_mut_ptr().cast(), q) };
+            }
+            for (t, &q) in tile[r * NB..][..NB].iter_mut().zip(&v) {
+                *t = q as u8;
+            }
+        }
+    }
+}
