@@ -419,3 +419,52 @@ fn corrupted_onnx_files_never_panic() {
     }
     println!("{n} corrupted files: {imported} imported, {failed} rejected with an error");
 }
+
+/// A YOLO-style anchor grid: `Range` over the feature map's width and height (from `Shape`),
+/// `Expand` to the grid, `ConstantOfShape` strides, `Tile`, `Equal`/`Where` — constant once the
+/// input shape is fixed, so it folds at import — and an `Expand` of a computed value, which
+/// becomes a broadcast multiply by ones.
+#[test]
+fn anchor_grid_subgraph_folds_at_import() {
+    let scalar = |name: &str, v: i64| encode(name, &Tensor::I64(ArrayD::from_elem(IxDyn(&[]), v)));
+    let n = vec![
+        node("Shape", &["x"], &["sh"], vec![]),
+        node("Gather", &["sh", "three"], &["w"], vec![AttributeProto::int("axis", 0)]),
+        node("Gather", &["sh", "two"], &["h"], vec![AttributeProto::int("axis", 0)]),
+        node("Range", &["zero", "w", "one"], &["xs"], vec![]),
+        node("Range", &["zero", "h", "one"], &["ys"], vec![]),
+        node("Unsqueeze", &["ys", "ax1"], &["ys1"], vec![]),
+        node("Concat", &["h1", "w1"], &["hw"], vec![AttributeProto::int("axis", 0)]),
+        node("Unsqueeze", &["h", "ax0"], &["h1"], vec![]),
+        node("Unsqueeze", &["w", "ax0"], &["w1"], vec![]),
+        node("Expand", &["xs", "hw"], &["gx"], vec![]),
+        node("Expand", &["ys1", "hw"], &["gy"], vec![]),
+        node("ConstantOfShape", &["hw"], &["stride"], vec![AttributeProto::tensor("value", i64s("v", &[8]))]),
+        node("Mul", &["gx", "stride"], &["sx"], vec![]),
+        node("Tile", &["gy", "reps"], &["gy2"], vec![]),
+        node("Equal", &["sx", "zero"], &["at0"], vec![]),
+        node("Where", &["at0", "gy2", "sx"], &["grid"], vec![]),
+        node("Cast", &["grid"], &["gridf"], vec![AttributeProto::int("to", 1)]),
+        node("Add", &["x", "gridf"], &["y0"], vec![]),
+        node("Expand", &["y0", "big"], &["y"], vec![]),
+    ];
+    let inits = vec![
+        scalar("zero", 0),
+        scalar("one", 1),
+        scalar("two", 2),
+        scalar("three", 3),
+        i64s("ax0", &[0]),
+        i64s("ax1", &[1]),
+        i64s("reps", &[1, 1]),
+        i64s("big", &[2, 1, 1, 1]),
+    ];
+    let bytes = model(17, n, inits, vec![vi("x", &[1, 2, 3, 4])], &["y"]);
+    let g = check("anchor_grid", bytes);
+    let x = Tensor::F32(ArrayD::zeros(IxDyn(&[1, 2, 3, 4])));
+    let y = evaluate(&g, &[x]).unwrap().remove(0);
+    let y = y.as_f32().unwrap();
+    assert_eq!(y.shape(), [2, 2, 3, 4]);
+    // Column 0 has x·8 = 0, so Where takes the row index there; elsewhere x·8.
+    let row: Vec<f32> = (0..4).map(|c| y[[1, 1, 2, c]]).collect();
+    assert_eq!(row, [2.0, 8.0, 16.0, 24.0]);
+}

@@ -62,6 +62,7 @@ fn non_boundary_findings(report: &qc::report::FusionReport) -> Vec<String> {
 /// evaluator on the first `check` samples.
 fn jit_equals_evaluator(name: &str, g: &qc_ir::Graph, x: &Tensor, check: usize) -> Tensor {
     let compiled = CompiledModel::compile(g).unwrap_or_else(|e| panic!("{name}: {e}"));
+    assert_eq!(compiled.fallback_ops(), Vec::<String>::new(), "{name}: ops on the evaluator");
     let y = qc::exec::run_batch_with(g, x, 8, |xi| compiled.run(&[xi]).map(|mut v| v.remove(0)).map_err(|e| e.to_string()))
         .unwrap_or_else(|e| panic!("{name}: {e}"));
     let xs = first(x, check);
@@ -128,5 +129,40 @@ fn zoo_fp32_models_run_their_convolutions_compiled() {
         let x = first(&test, 2);
         let want = evaluate(&model.graph, std::slice::from_ref(&x)).unwrap().remove(0);
         assert_eq!(compiled.run(&[x]).unwrap().remove(0), want, "{name}: the JIT differs from the evaluator");
+    }
+}
+
+/// A YOLOv8n detector with its box-decoding head (`tests/models/make_yolo.sh` writes it into
+/// `$QC_ZOO/extra/`): its anchor grid folds at import, and the evaluator and the JIT reproduce
+/// ONNX Runtime's fp32 outputs (relative 1e-5).
+#[test]
+#[ignore = "needs the zoo and tests/models/make_yolo.sh (.ci/run runs it when they are there)"]
+fn yolo_detector_imports_and_matches_onnx_runtime() {
+    let Some(zoo) = zoo() else { return };
+    let dir = zoo.join("extra");
+    if !dir.join("yolov8n_320.onnx").exists() {
+        eprintln!("skipped: no {} (run tests/models/make_yolo.sh)", dir.join("yolov8n_320.onnx").display());
+        return;
+    }
+    let model = load_model(&dir.join("yolov8n_320.onnx"), None).unwrap();
+    let x = read_tensor(&dir.join("yolov8n_320_x.npy")).unwrap();
+    let want = read_tensor(&dir.join("yolov8n_320_y.npy")).unwrap();
+    let want = want.as_f32().unwrap();
+    let compiled = CompiledModel::compile(&model.graph).unwrap();
+    for (engine, y) in [
+        ("evaluator", qc::exec::run_batch(&model.graph, &x, 1).unwrap()),
+        (
+            "JIT",
+            qc::exec::run_batch_with(&model.graph, &x, 1, |xi| {
+                compiled.run(&[xi]).map(|mut v| v.remove(0)).map_err(|e| e.to_string())
+            })
+            .unwrap(),
+        ),
+    ] {
+        let y = y.as_f32().unwrap().clone();
+        assert_eq!(y.shape(), want.shape(), "{engine}");
+        let worst = y.iter().zip(want.iter()).map(|(a, b)| (a - b).abs() / b.abs().max(1.0)).fold(0f32, f32::max);
+        eprintln!("yolov8n_320 on the {engine}: largest relative difference from ONNX Runtime {worst:e}");
+        assert!(worst <= 1e-5, "{engine}: {worst}");
     }
 }

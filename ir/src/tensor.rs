@@ -38,17 +38,19 @@ macro_rules! each_tensor {
     };
 }
 
-/// Applies a shape-only function (reshape, transpose, slice, ...) to any tensor, keeping its type.
+/// Applies a shape-only function (reshape, transpose, slice, broadcast, ...) to any tensor,
+/// keeping its type: `map_tensor!(t, a => a.t().to_owned())`.
+#[macro_export]
 macro_rules! map_tensor {
     ($t:expr, $a:ident => $body:expr) => {
         match $t {
-            Tensor::F32($a) => Tensor::F32($body),
-            Tensor::F16($a) => Tensor::F16($body),
-            Tensor::I64($a) => Tensor::I64($body),
-            Tensor::I32($a) => Tensor::I32($body),
-            Tensor::I8($a) => Tensor::I8($body),
-            Tensor::U8($a) => Tensor::U8($body),
-            Tensor::Bool($a) => Tensor::Bool($body),
+            $crate::Tensor::F32($a) => $crate::Tensor::F32($body),
+            $crate::Tensor::F16($a) => $crate::Tensor::F16($body),
+            $crate::Tensor::I64($a) => $crate::Tensor::I64($body),
+            $crate::Tensor::I32($a) => $crate::Tensor::I32($body),
+            $crate::Tensor::I8($a) => $crate::Tensor::I8($body),
+            $crate::Tensor::U8($a) => $crate::Tensor::U8($body),
+            $crate::Tensor::Bool($a) => $crate::Tensor::Bool($body),
         }
     };
 }

@@ -162,7 +162,7 @@ pub(crate) fn bench(args: BenchArgs) -> Result<(), QcError> {
         mem.buffers,
         mem.unshared,
         match compiled.fallback_ops().len() {
-            0 => String::new(),
+            1 => "; 1 op on the evaluator".to_string(),
             n => format!("; {n} ops on the evaluator"),
         }
     );
@@ -172,6 +172,24 @@ pub(crate) fn bench(args: BenchArgs) -> Result<(), QcError> {
     for p in profile.iter().take(12) {
         let gops = if p.ops > 0 { format!("{:>7.1} GOPS", p.ops as f64 / p.seconds / 1e9) } else { String::new() };
         say!("    {:>9.4} ms  {:<4} {gops:>12}  {}", p.seconds * 1e3, if p.jit { "jit" } else { "rust" }, p.label);
+    }
+    // The steps' time by op (or by what the step does: a layout change, a tensor copied in).
+    let mut by_op: Vec<(String, f64, usize)> = Vec::new();
+    for p in &profile {
+        let op = match p.label.split_once(" = ") {
+            Some((_, rest)) => rest.split([' ', '(']).next().unwrap_or(rest).to_string(),
+            None if p.label.contains(" → ") => "layout change / copy".to_string(),
+            None => p.label.clone(),
+        };
+        match by_op.iter_mut().find(|(o, _, _)| *o == op) {
+            Some(e) => (e.1, e.2) = (e.1 + p.seconds, e.2 + 1),
+            None => by_op.push((op, p.seconds, 1)),
+        }
+    }
+    by_op.sort_by(|a, b| b.1.total_cmp(&a.1));
+    say!("  per op kind (sum of medians):");
+    for (op, t, n) in by_op {
+        say!("    {:>9.4} ms  {n:>4} × {op}", t * 1e3);
     }
     Ok(())
 }

@@ -297,6 +297,53 @@ impl Importer {
         Ok(Val::Value(self.g.node(id).results[0]))
     }
 
+    /// The ops exporters build constants from shapes with ([`super::fold`]): computed now when
+    /// their inputs are constant. An `Expand` of a computed value (to a constant shape) becomes
+    /// a multiply by ones of that shape, which is the same broadcast, value for value.
+    fn shape_op(&mut self, c: &Ctx) -> R<Vec<Val>> {
+        use super::fold;
+        let op = c.node.op_type.as_str();
+        let all_const = (0..c.inputs.len()).all(|i| matches!(c.input(i), Some(Val::Const(_)) | None));
+        if op == "Expand" && !all_const {
+            let shape = c.const_ints(1, "shape")?.ok_or_else(|| Fail::Error("Expand needs a shape".into()))?;
+            let x = self.operand(c, 0)?;
+            if !self.g.ty(x).elem.is_f32() {
+                return Err(Fail::Unsupported(format!("Expand of a computed {} value", self.g.ty(x).elem)));
+            }
+            let dims: Vec<usize> = shape.iter().map(|&d| d.max(0) as usize).collect();
+            let ones = Tensor::F32(ndarray::ArrayD::from_elem(ndarray::IxDyn(&dims), 1.0));
+            let ones = self.materialize(&format!("{}.ones", c.node.name), &ones, None);
+            return Ok(vec![self.emit_values(OpKind::Mul, vec![x, ones], Attrs::new(), None, &c.loc)?]);
+        }
+        if !all_const {
+            return Err(Fail::Unsupported(format!(
+                "{op} of computed values (qc folds it when its inputs are constant, as they are once the input shape is fixed: --input-shape)"
+            )));
+        }
+        let t = |i: usize| -> R<Arc<Tensor>> {
+            c.const_input(i, "input")?.ok_or_else(|| Fail::Error(format!("input {i} is required")))
+        };
+        let ints = |i: usize, what: &str| -> R<Vec<i64>> {
+            c.const_ints(i, what)?.ok_or_else(|| Fail::Error(format!("{what} is required")))
+        };
+        let out = match op {
+            "Expand" => fold::expand(&*t(0)?, &ints(1, "shape")?),
+            "ConstantOfShape" => {
+                let value = match c.attr("value").and_then(|a| a.t.as_ref()) {
+                    Some(v) => Some(super::tensor::decode(v).map_err(Fail::Error)?),
+                    None => None,
+                };
+                fold::constant_of_shape(&ints(0, "shape")?, value.as_ref())
+            }
+            "Range" => fold::range(&*t(0)?, &*t(1)?, &*t(2)?),
+            "Tile" => fold::tile(&*t(0)?, &ints(1, "repeats")?),
+            "Where" => fold::where_(&*t(0)?, &*t(1)?, &*t(2)?),
+            "Equal" => fold::equal(&*t(0)?, &*t(1)?),
+            _ => unreachable!("dispatched by name"),
+        };
+        Ok(vec![Val::Const(Arc::new(out.map_err(Fail::Error)?))])
+    }
+
     fn translate(&mut self, c: &Ctx) -> R<Vec<Val>> {
         let op = c.node.op_type.as_str();
         let one = |v: R<Val>| v.map(|v| vec![v]);
@@ -443,6 +490,7 @@ impl Importer {
                 }
                 one(self.emit(c, OpKind::Slice, &[0], a, None))
             }
+            "Expand" | "ConstantOfShape" | "Range" | "Tile" | "Where" | "Equal" => self.shape_op(c),
             "Split" => self.split(c),
             "Pad" => self.pad(c),
             "Resize" => self.resize(c),

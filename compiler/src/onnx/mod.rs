@@ -1,6 +1,7 @@
 //! ONNX models: protobuf messages, tensor decoding, and import into QIR.
 
 pub mod export;
+pub mod fold;
 pub mod import;
 pub mod proto;
 pub mod tensor;

@@ -110,6 +110,11 @@ impl AttributeProto {
         AttributeProto { name: name.into(), r#type: attribute_type::INTS, ints: v.to_vec(), ..Default::default() }
     }
 
+    /// A tensor attribute.
+    pub fn tensor(name: &str, t: TensorProto) -> AttributeProto {
+        AttributeProto { name: name.into(), r#type: attribute_type::TENSOR, t: Some(t), ..Default::default() }
+    }
+
     /// A string attribute.
     pub fn string(name: &str, s: &str) -> AttributeProto {
         AttributeProto { name: name.into(), r#type: attribute_type::STRING, s: s.as_bytes().to_vec(), ..Default::default() }
