@@ -262,7 +262,7 @@ impl<'g> Builder<'g> {
                     .get(&v)
                     .ok_or_else(|| err(format!("{} is read before it is computed", self.g.display_value(v))))?;
                 let y = self.new_activation(v, Layout::Nchw, None)?;
-                self.push(format!("{} → bytes", self.g.display_value(v)), Op::Import { x, y }, &[]);
+                self.push(format!("{} → bytes", self.g.display_value(v)), Op::Import { x, y }, &[Arg::T(x)]);
                 if layout == Layout::Nchw {
                     return Ok(y);
                 }
@@ -308,7 +308,7 @@ impl<'g> Builder<'g> {
         let (op, args) = match op {
             Lowered::Quantize { q, kernel, x, y } => {
                 let x = *self.tensor.get(&x).ok_or_else(|| err("quantize reads a value before it is computed"))?;
-                (Op::Quantize { q, kernel, x, y: self.new_activation(y, Layout::Nchw, None)? }, vec![])
+                (Op::Quantize { q, kernel, x, y: self.new_activation(y, Layout::Nchw, None)? }, vec![Arg::T(x)])
             }
             Lowered::Dequantize { q, kernel, x, y } => {
                 let x = self.activation(x, Layout::Nchw)?;

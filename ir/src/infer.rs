@@ -165,7 +165,8 @@ pub fn infer(kind: OpKind, attrs: &Attrs, ops: &[Operand]) -> R<Vec<TypeFact>> {
             if !same && ops.iter().any(|o| o.ty.elem.quant().is_none()) {
                 return Err("concat operands have different element types".into());
             }
-            one(dims, same.then(|| x().elem.clone()))
+            // Quantized operands may be requantized into the result's declared parameters.
+            one(dims, (same && x().elem.quant().is_none()).then(|| x().elem.clone()))
         }
         OpKind::Slice => {
             let rank = x().rank();

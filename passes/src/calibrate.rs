@@ -128,10 +128,15 @@ impl Pass for Calibrate {
         for (v, obs) in values.into_iter().zip(observers) {
             // Data movement shares its input's range (as ONNX Runtime does), so that no
             // requantization is needed around it.
+            // (The op may already read its input's `stats`, inserted a step earlier.)
+            let input = |p: qc_ir::NodeId| {
+                let x = g.node(p).operands[0];
+                g.producer_of_kind(x, OpKind::Stats).map_or(x, |s| g.node(s).operands[0])
+            };
             let shared = g
                 .producer(v)
                 .filter(|&p| g.node(p).kind != OpKind::Relu && commutes_with_quantize(g.node(p).kind))
-                .and_then(|p| ranges.get(&g.node(p).operands[0]).copied());
+                .and_then(|p| ranges.get(&input(p)).copied());
             let (lo, hi) = shared.unwrap_or_else(|| obs.range(self.method_for(g, v)));
             ranges.insert(v, (lo, hi));
             let attrs = Attrs::new().with("max", Attr::Float(hi)).with("min", Attr::Float(lo));

@@ -101,6 +101,15 @@ fn sink_through(g: &mut Graph, q: NodeId) -> bool {
     let input = g.node(op).operands[0];
     let quantized_input = match dequantized(g, input) {
         Some(inner) if g.ty(inner).elem == g.ty(result).elem => inner,
+        // Other parameters, per tensor: the op reads a requantized copy (the quantize of the
+        // dequantize, which `fold_pair` makes a requantize), exact for these monotone ops.
+        Some(inner) if g.ty(inner).elem.quant().is_some_and(|p| p.axis.is_none()) => {
+            let ty = g.ty(input).with_elem(g.ty(result).elem.clone());
+            let mut nq = Node::new(OpKind::Quantize, vec![input], Default::default(), g.node(q).loc.clone());
+            nq.span = None;
+            let id = g.add_node(nq, vec![ty]);
+            g.node(id).results[0]
+        }
         Some(_) => return false,
         // A relu after conv/gemm/matmul stays where fuse-requant folds it into the clamp.
         None if kind == OpKind::Relu && g.producer(input).is_some_and(|p| g.node(p).kind.accepts_fused_activation()) => {
