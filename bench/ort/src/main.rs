@@ -12,6 +12,9 @@
 //! fp32 ONNX file through the `int8` pipeline with the corpus calibration samples; ONNX Runtime
 //! runs the fp32 file and every int8 (QDQ) variant in the corpus, and the fastest is its "best".
 //! Dynamic: qc's `dynamic` pipeline against ONNX Runtime's `quantize_dynamic` variants.
+//! Zoo CNNs (when `../shared/zoo/build` has run; `QC_ZOO` overrides `~/.cache/qc-zoo`): qc
+//! compiles the fp32 file with the zoo's calibration samples (MinMax, the default); ONNX Runtime
+//! runs the fp32 file and the zoo's QDQ files; batch 1 and 8, `RUNS / 10` runs (at least 10).
 
 use ort::session::Session;
 use ort::session::builder::GraphOptimizationLevel;
@@ -94,14 +97,48 @@ fn main() -> Result<(), Error> {
     for name in ["digits_mlp", "digits_mlpmm"] {
         side_by_side(&env, name, "dynamic", "dyn", &x_all, runs)?;
     }
+    if let Some(zoo) = zoo() {
+        println!();
+        println!("Zoo CNNs at 224×224: qc compiled with the zoo's calibration samples against ONNX Runtime's fp32 model and its QDQ models.");
+        header("qc int8 ms", "ORT int8 ms", "(ORT's fastest int8 variant)");
+        let x_all = qc::io::read_tensor(&zoo.join("data/resnet18_test.npy"))?;
+        let x_all = x_all.as_f32().ok_or("test data is not f32")?.clone();
+        for name in ["resnet18", "mobilenet_v2", "mobilenet_v3_small", "efficientnet_b0"] {
+            let mut model = qc::model::load_model(&zoo.join(format!("models/{name}.onnx")), None)?;
+            let mut request = qc::driver::Request::default();
+            request.options.calibration = Some(Arc::new(qc::io::read_tensor(&zoo.join(format!("data/{name}_calib.npy")))?));
+            qc::driver::compile(&mut model, &request, &mut std::io::sink())?;
+            let qc = CompiledModel::compile(&model.graph)?;
+            let variants = files_starting(&zoo.join("models"), &format!("{name}_qdq"))?;
+            compare(&env, name, &qc, &zoo.join(format!("models/{name}.onnx")), &variants, &x_all, &[1, 8], (runs / 10).max(10))?;
+        }
+    }
     Ok(())
 }
 
-fn header(qc: &str, ort: &str, variant: &str) {
-    println!("{:<14} {:>5} {:>11} {:>12} {:>12}  {:<38} {:>13}", "model", "batch", qc, "ORT fp32 ms", ort, variant, "qc / best ORT");
+/// The zoo's folder, when it has been built.
+fn zoo() -> Option<PathBuf> {
+    let dir = std::env::var_os("QC_ZOO")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache/qc-zoo")))?;
+    dir.join("results.json").exists().then_some(dir)
 }
 
-/// One model at batch 1 and 64: qc through `pipeline`, ONNX Runtime's fp32 model and its
+/// The `.onnx` files in `dir` whose names start with `prefix`, sorted.
+fn files_starting(dir: &Path, prefix: &str) -> Result<Vec<PathBuf>, Error> {
+    let mut v: Vec<PathBuf> = std::fs::read_dir(dir)?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|e| e == "onnx") && p.file_name().is_some_and(|n| n.to_string_lossy().starts_with(prefix)))
+        .collect();
+    v.sort();
+    Ok(v)
+}
+
+fn header(qc: &str, ort: &str, variant: &str) {
+    println!("{:<18} {:>5} {:>11} {:>12} {:>12}  {:<38} {:>13}", "model", "batch", qc, "ORT fp32 ms", ort, variant, "qc / best ORT");
+}
+
+/// One corpus model at batch 1 and 64: qc through `pipeline`, ONNX Runtime's fp32 model and its
 /// `{name}_{prefix}_*` variants, interleaved; prints a row per batch.
 fn side_by_side(
     env: &ort::environment::Environment,
@@ -112,20 +149,35 @@ fn side_by_side(
     runs: usize,
 ) -> Result<(), Error> {
     let qc = qc_model(name, pipeline)?;
-    let mut fp32 = session(env, &corpus().join(format!("models/{name}_fp32.onnx")))?;
-    let mut variants: Vec<(String, Session)> = std::fs::read_dir(corpus().join("models"))?
-        .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|p| p.file_name().is_some_and(|n| n.to_string_lossy().starts_with(&format!("{name}_{prefix}_"))))
-        .map(|p| Ok((p.file_stem().unwrap_or_default().to_string_lossy().into_owned(), session(env, &p)?)))
+    let variants = files_starting(&corpus().join("models"), &format!("{name}_{prefix}_"))?;
+    compare(env, name, &qc, &corpus().join(format!("models/{name}_fp32.onnx")), &variants, x_all, &[1, 64], runs)
+}
+
+/// qc's compiled model against ONNX Runtime's `fp32` file and its int8 `variants`, interleaved,
+/// on the first `batch` rows of `x_all` for each batch; prints a row per batch.
+#[allow(clippy::too_many_arguments)]
+fn compare(
+    env: &ort::environment::Environment,
+    name: &str,
+    qc: &CompiledModel,
+    fp32: &Path,
+    variants: &[PathBuf],
+    x_all: &ndarray::ArrayD<f32>,
+    batches: &[usize],
+    runs: usize,
+) -> Result<(), Error> {
+    let mut fp32 = session(env, fp32)?;
+    let mut variants: Vec<(String, Session)> = variants
+        .iter()
+        .map(|p| Ok((p.file_stem().unwrap_or_default().to_string_lossy().into_owned(), session(env, p)?)))
         .collect::<Result<_, Error>>()?;
-    variants.sort_by(|a, b| a.0.cmp(&b.0));
-    for batch in [1usize, 64] {
+    for &batch in batches {
         let x = x_all.slice_axis(ndarray::Axis(0), ndarray::Slice::from(0..batch)).to_owned();
         let shape = x.shape().to_vec();
         let data: Vec<f32> = x.iter().copied().collect();
         let input = Tensor::F32(x);
         // Warm up everything, then interleave.
-        for _ in 0..10 {
+        for _ in 0..3 {
             qc.run(std::slice::from_ref(&input))?;
             ort_run(&mut fp32, &shape, &data)?;
             for (_, s) in &mut variants {
@@ -153,9 +205,9 @@ fn side_by_side(
             .zip(t_int8)
             .map(|((n, _), t)| (n.clone(), median(t)))
             .min_by(|a, b| a.1.total_cmp(&b.1))
-            .ok_or("no quantized variant in the corpus")?;
+            .ok_or("no quantized variant")?;
         println!(
-            "{name:<14} {batch:>5} {:>11.4} {:>12.4} {:>12.4}  {best:<38} {:>12.2}x",
+            "{name:<18} {batch:>5} {:>11.4} {:>12.4} {:>12.4}  {best:<38} {:>12.2}x",
             q * 1e3,
             f * 1e3,
             i8_t * 1e3,
