@@ -7,8 +7,8 @@ use crate::error::{CodegenError, err};
 use crate::kernel::WindowKernel;
 use crate::kernels::add::AddQ;
 use crate::kernels::conv::Conv;
-use crate::kernels::conv_f32::ConvF32;
 use crate::kernels::depthwise::Depthwise;
+use crate::kernels::f32::{self as f32_kernels, F32Kernel};
 use crate::kernels::gemm::{GemmKernel, GemmSpec};
 use crate::kernels::integer::IntegerProduct;
 use crate::kernels::lut::Lut;
@@ -103,10 +103,10 @@ pub(crate) enum Lowered {
         a: ValueId,
         y: ValueId,
     },
-    /// An f32 convolution on tensors.
-    ConvF32 {
-        kernel: Box<ConvF32>,
-        x: ValueId,
+    /// An f32 op on tensors (all its operands, constants included).
+    F32 {
+        kernel: Box<dyn F32Kernel>,
+        args: Vec<ValueId>,
         y: ValueId,
     },
     /// Same bytes, other dims (NCHW order).
@@ -120,6 +120,24 @@ pub(crate) enum Lowered {
         args: Vec<ValueId>,
         results: Vec<ValueId>,
     },
+}
+
+/// The mul that is the only use of activation `id`'s result and multiplies it by the
+/// activation's own input (`x · sigmoid(x)`), and whether the activation is its first operand;
+/// `None` when there is none or its result is not an 8-bit activation.
+fn times_input(g: &Graph, id: NodeId, batched: &dyn Fn(&TensorType) -> bool) -> Option<(NodeId, bool)> {
+    let node = g.node(id);
+    let (x, f) = (*node.operands.first()?, node.results[0]);
+    let [(mul, slot)] = g.uses(f)[..] else { return None };
+    let m = g.node(mul);
+    let ok = m.kind == OpKind::Mul
+        && g.use_count(f) == 1
+        && m.operands.len() == 2
+        && m.results.len() == 1
+        && m.operands[1 - slot] == x
+        && batched(g.ty(m.results[0]))
+        && g.ty(m.results[0]).dims == g.ty(x).dims;
+    ok.then_some((mul, slot == 0))
 }
 
 /// The dims after the leading (batch) dim, when the leading dim is the batch (`batch_fixed`:
@@ -204,13 +222,6 @@ pub(crate) fn lower(
                     false => None,
                 }
             }
-            (OpKind::Conv2d, false, Some(w), Some(x)) if tys[0].elem.is_f32() && out_ty.elem.is_f32() => {
-                ConvF32::new(&node.attrs, tys[0], w, bias.as_deref(), out_ty, isa).map(|kernel| Lowered::ConvF32 {
-                    kernel: Box::new(kernel),
-                    x,
-                    y,
-                })
-            }
             (OpKind::Conv2d, true, Some(w), Some(x)) if node.attrs.int("groups", 1) == 1 => {
                 let kernel =
                     Conv::new(&node.attrs, &tys, w, bias.as_deref(), out_ty, isa).map_err(|e| err(format!("{}: {e}", who())))?;
@@ -231,13 +242,24 @@ pub(crate) fn lower(
             (OpKind::Sigmoid | OpKind::HardSigmoid | OpKind::HardSwish | OpKind::Clip, true, _, Some(x))
                 if node.operands.len() == 1 && batched(tys[0]) =>
             {
-                Lut::new(node.kind, &node.attrs, tys[0], out_ty).map(|kernel| Lowered::Lut { kernel, x, y })
+                match times_input(g, id, &batched) {
+                    Some((mul, f_first)) => {
+                        let m = g.node(mul);
+                        let kernel =
+                            Lut::times_input(node.kind, &node.attrs, tys[0], out_ty, &m.attrs, f_first, g.ty(m.results[0]), isa);
+                        if kernel.is_some() {
+                            absorbed.insert(mul);
+                        }
+                        kernel.map(|kernel| Lowered::Lut { kernel, x, y: m.results[0] })
+                    }
+                    None => Lut::new(node.kind, &node.attrs, tys[0], out_ty, isa).map(|kernel| Lowered::Lut { kernel, x, y }),
+                }
             }
             (OpKind::Add, true, _, Some(a)) => {
                 AddQ::new(&node.attrs, &tys, out_ty, isa).map(|kernel| Lowered::Add { kernel, a, b: node.operands[1], y })
             }
             (OpKind::Mul, true, _, Some(a)) if batched(tys[0]) && batched(tys[1]) => {
-                MulQ::new(&tys, out_ty).map(|kernel| Lowered::Mul { kernel, a, b: node.operands[1], y })
+                MulQ::new(&node.attrs, &tys, out_ty).map(|kernel| Lowered::Mul { kernel, a, b: node.operands[1], y })
             }
             (OpKind::Reshape | OpKind::Flatten | OpKind::Squeeze | OpKind::Unsqueeze, true, _, Some(x))
                 if node.operands.len() == 1 && batched(tys[0]) && Q8::of(tys[0]) == Q8::of(out_ty) =>
@@ -293,6 +315,14 @@ pub(crate) fn lower(
                     }
                 }
             }
+            _ if node.results.len() == 1 => {
+                let consts: Vec<Option<&Tensor>> = node.operands.iter().map(|o| values.get(o).map(|t| t.as_ref())).collect();
+                f32_kernels::select(node.kind, &node.attrs, &tys, &consts, out_ty, isa).map(|kernel| Lowered::F32 {
+                    kernel,
+                    args: node.operands.clone(),
+                    y,
+                })
+            }
             _ => None,
         };
         let loc = if node.loc.name.is_empty() { String::new() } else { format!(" loc(\"{}\")", node.loc.name) };
@@ -309,7 +339,7 @@ pub(crate) fn lower(
             Lowered::Quantize { kernel, .. } => kernel.is_some(),
             Lowered::Dequantize { kernel, .. } => kernel.is_some(),
             Lowered::Mean { kernel, .. } => kernel.jit(),
-            Lowered::Integer { .. } | Lowered::Dequantized { .. } | Lowered::ConvF32 { .. } => true,
+            Lowered::Integer { .. } | Lowered::Dequantized { .. } | Lowered::F32 { .. } => true,
             _ => false,
         });
         lowered.push(((label, node.loc.name.clone()), op));

@@ -370,8 +370,11 @@ impl Run<'_> {
                     self.slots.store(*slot, t)?;
                 }
             }
-            Op::ConvF32 { kernel, x, y } => {
-                let t = kernel.run(self.arg_tensor(x.0, &x.1)?.as_ref()).map_err(run_err)?;
+            Op::F32 { kernel, args, y } => {
+                let vals: Vec<std::borrow::Cow<'_, Tensor>> =
+                    args.iter().map(|(a, t)| self.arg_tensor(*a, t)).collect::<Result<_, _>>()?;
+                let refs: Vec<&Tensor> = vals.iter().map(|v| v.as_ref()).collect();
+                let t = kernel.run(&refs).map_err(run_err)?;
                 self.slots.store(*y, t)?;
             }
             Op::Integer { product, args, y } => {
@@ -407,7 +410,10 @@ impl Run<'_> {
             Op::Gemm { kernel, .. } => 2 * (batch * kernel.columns() * kernel.depth()) as u64,
             Op::Window { kernel, .. } => kernel.ops(batch),
             Op::Integer { product, args, .. } | Op::Dequantized { product, args, .. } => product.ops(len(&args[0])?),
-            Op::ConvF32 { kernel, x, .. } => 2 * kernel.macs() * (len(x)? / kernel.input_len().max(1)) as u64,
+            Op::F32 { kernel, args, .. } => kernel.ops(match args.first() {
+                Some(a) => len(a)?,
+                None => 0,
+            }),
             _ => 0,
         })
     }

@@ -4,7 +4,7 @@
 use crate::error::{CodegenError, err};
 use crate::kernel::WindowKernel;
 use crate::kernels::add::AddQ;
-use crate::kernels::conv_f32::ConvF32;
+use crate::kernels::f32::F32Kernel;
 use crate::kernels::gemm::GemmKernel;
 use crate::kernels::integer::IntegerProduct;
 use crate::kernels::lut::Lut;
@@ -107,9 +107,9 @@ pub(crate) enum Op {
         a: usize,
         y: usize,
     },
-    ConvF32 {
-        kernel: Box<ConvF32>,
-        x: (Arg, TensorType),
+    F32 {
+        kernel: Box<dyn F32Kernel>,
+        args: Vec<(Arg, TensorType)>,
         y: usize,
     },
     /// A 4-D activation into the other layout.
@@ -140,7 +140,7 @@ impl Op {
             Op::Quantize { kernel, .. } => kernel.is_some(),
             Op::Dequantize { kernel, .. } => kernel.is_some(),
             Op::Mean { kernel, .. } => kernel.jit(),
-            Op::Integer { .. } | Op::Dequantized { .. } | Op::ConvF32 { .. } => true,
+            Op::Integer { .. } | Op::Dequantized { .. } | Op::F32 { .. } => true,
             _ => false,
         }
     }
@@ -153,8 +153,8 @@ impl Op {
             Op::Window { kernel, .. } => kernel.describe(),
             Op::Mean { kernel, .. } => format!("global mean, {}", jit(kernel.jit())),
             Op::Add { kernel, .. } => format!("add, {}", kernel.describe()),
-            Op::Lut { .. } => "lookup table".into(),
-            Op::ConvF32 { kernel, .. } => kernel.describe().into(),
+            Op::Lut { kernel, .. } => kernel.describe(),
+            Op::F32 { kernel, .. } => kernel.describe().into(),
             Op::Mul { kernel, .. } => kernel.describe().into(),
             Op::Quantize { kernel, .. } => format!("quantize, {}", jit(kernel.is_some())),
             Op::Dequantize { kernel, .. } => format!("dequantize, {}", jit(kernel.is_some())),
@@ -371,10 +371,13 @@ impl<'g> Builder<'g> {
                 let (arg, x_ty) = (self.eval_arg(x)?, self.g.ty(x).clone());
                 (Op::DynamicQuantize { x: arg, x_ty, y: results.map(|r| self.tensor_slot(r)) }, vec![arg])
             }
-            Lowered::ConvF32 { kernel, x, y } => {
-                let arg = (self.eval_arg(x)?, self.g.ty(x).clone());
-                let read = vec![arg.0];
-                (Op::ConvF32 { kernel, x: arg, y: self.tensor_slot(y) }, read)
+            Lowered::F32 { kernel, args, y } => {
+                let args = args
+                    .iter()
+                    .map(|&a| Ok((self.eval_arg(a)?, self.g.ty(a).clone())))
+                    .collect::<Result<Vec<_>, CodegenError>>()?;
+                let read = args.iter().map(|(a, _)| *a).collect();
+                (Op::F32 { kernel, args, y: self.tensor_slot(y) }, read)
             }
             Lowered::Integer { product, x, zp, y } => {
                 let args = std::iter::once(x).chain(zp).map(|a| Ok((self.eval_arg(a)?, self.g.ty(a).clone()))).collect::<Result<

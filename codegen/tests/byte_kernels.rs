@@ -1,7 +1,7 @@
 //! The byte kernels (max pooling and global mean, JIT-compiled; residual add, mul — same-shape
 //! and by a per-channel gate, either operand first — and lookup-table activations) through
-//! `CompiledModel` against the
-//! reference evaluator, bit for bit, over random shapes, windows (kernel, strides, pads,
+//! `CompiledModel` against the reference evaluator — and a mul of a value by an activation of
+//! itself (SiLU), which runs as one table — bit for bit, over random shapes, windows (kernel, strides, pads,
 //! dilations), zero points, scales, signedness and requantization modes. Each case's graph puts a
 //! 1×1 convolution first, so the kernels read channels-last values, and adds that value to the
 //! NCHW input, so an add of operands in different layouts is covered too. Batches of 0 to 3
@@ -49,7 +49,7 @@ impl Case {
             format!("reduce_mean(%s) {{axes = [-1, 2], keepdims = true, {mode}}}")
         };
         format!(
-            "func @kernels(%x: tensor<?x{c}x{h}x{w}x{qx}>) -> (tensor<?x{c}x{ph}x{pw}x{qa}>, tensor<?x{c}x{h}x{w}x{qs}>, tensor<?x{c}x1x1x{qs}>, tensor<?x{c}x{h}x{w}x{qs}>, tensor<?x{c}x{h}x{w}x{qa}>, tensor<?x{c}x{h}x{w}x{qx}>) {{
+            "func @kernels(%x: tensor<?x{c}x{h}x{w}x{qx}>) -> (tensor<?x{c}x{ph}x{pw}x{qa}>, tensor<?x{c}x{h}x{w}x{qs}>, tensor<?x{c}x1x1x{qs}>, tensor<?x{c}x{h}x{w}x{qs}>, tensor<?x{c}x{h}x{w}x{qa}>, tensor<?x{c}x{h}x{w}x{qx}>, tensor<?x{c}x{h}x{w}x{qx}>) {{
   %w = const dense<[{wv}]> : tensor<{c}x{c}x1x1x!q<i8, 0.01, 0>>
   %a = conv2d(%x, %w) {{{mode}}} : tensor<?x{c}x{h}x{w}x{qa}>
   %m = max_pool(%a) {{kernel_shape = [{kh}, {kw}], {attrs}}} : tensor<?x{c}x{ph}x{pw}x{qa}>
@@ -58,8 +58,11 @@ impl Case {
   %l = {lut}(%a) : tensor<?x{c}x{h}x{w}x{qs}>
   %p = mul(%a, %x) : tensor<?x{c}x{h}x{w}x{qa}>
   %e = {gated} : tensor<?x{c}x{h}x{w}x{qx}>
-  return %m, %s, %g, %l, %p, %e
+  %f = {lut}(%a) : tensor<?x{c}x{h}x{w}x{qs}>
+  %silu = {silu} : tensor<?x{c}x{h}x{w}x{qx}>
+  return %m, %s, %g, %l, %p, %e, %silu
 }}",
+            silu = if self.signed { "mul(%f, %a)" } else { "mul(%a, %f)" },
             gated = if self.c % 2 == 0 { "mul(%a, %g)" } else { "mul(%g, %a)" },
             lut = ["sigmoid", "hard_swish", "hard_sigmoid"][self.c % 3],
             qx = q(0),
@@ -160,6 +163,7 @@ fn the_byte_kernels_are_used() {
         assert_eq!(model.fallback_ops(), Vec::<String>::new(), "{labels:?}");
         // Max pooling and the mean are JIT-compiled on every level but `scalar`.
         assert!(model.kernels().iter().any(|(_, k)| k.contains("per-channel gate")), "{:?}", model.kernels());
+        assert!(model.kernels().iter().any(|(_, k)| k.contains("(x), one lookup table")), "{:?}", model.kernels());
         for op in ["max_pool", "reduce_mean"] {
             let step = profile.iter().find(|p| p.label.contains(op)).expect("the op's step");
             assert_eq!(step.jit, isa != Isa::Scalar, "{op} on {isa}");

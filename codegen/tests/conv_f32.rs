@@ -1,6 +1,6 @@
 //! The f32 convolution kernel through `CompiledModel` against the reference evaluator, bit for
 //! bit, on every ISA level of this CPU: random shapes, windows (kernel, strides, pads,
-//! dilations), groups (depthwise included), with and without bias, fused relu or clip, inputs
+//! dilations), groups (depthwise on its own too), with and without bias, fused relu or clip, inputs
 //! with zeros, negative zeros and large values, batches of 0 to 2 images. `QC_SLOW=1` runs 1000
 //! cases.
 
@@ -81,6 +81,30 @@ fn case() -> impl Strategy<Value = Case> {
         })
 }
 
+/// Depthwise: one input and one output channel per group, 1 to 80 groups (the kernel sums 32
+/// channels at a time, then the rest).
+fn depthwise() -> impl Strategy<Value = Case> {
+    (1usize..80, window(12, false), any::<bool>(), 0usize..3, 0usize..3)
+        .prop_flat_map(|(groups, win, bias, activation, batch)| {
+            (
+                Just((groups, win.clone(), bias, activation, batch)),
+                prop::collection::vec(value(), batch * groups * win.hw[0] * win.hw[1]),
+                prop::collection::vec(-2.0f32..2.0, groups * win.k[0] * win.k[1]),
+            )
+        })
+        .prop_map(|((groups, win, bias, activation, batch), x, w)| Case {
+            groups,
+            ci: 1,
+            og: 1,
+            win,
+            bias,
+            activation,
+            batch,
+            x,
+            w,
+        })
+}
+
 fn check(case: &Case) -> Result<(), TestCaseError> {
     prop_assume!(case.win.out().is_some());
     let text = case.qir();
@@ -105,6 +129,11 @@ proptest! {
 
     #[test]
     fn the_f32_conv_equals_the_evaluator(c in case()) {
+        check(&c)?;
+    }
+
+    #[test]
+    fn the_f32_depthwise_conv_equals_the_evaluator(c in depthwise()) {
         check(&c)?;
     }
 }

@@ -136,8 +136,10 @@ fn check(c: &Case) -> Result<(), TestCaseError> {
     let mut paths = vec![Path::Scalar];
     if f32_mode {
         paths.push(Path::Sse);
+        paths.extend(native_paths().into_iter().filter(|&p| p == Path::Avx2));
         if spec.weights.iter().all(|w| (-128..=127).contains(w)) {
             paths.push(Path::Vnni);
+            paths.extend(native_paths().into_iter().filter(|&p| p == Path::Avx512));
         }
     }
     for path in paths {
@@ -148,6 +150,19 @@ fn check(c: &Case) -> Result<(), TestCaseError> {
         prop_assert_eq!(&got, &want, "{:?} path", path);
     }
     Ok(())
+}
+
+/// The precompiled `std::arch` paths this CPU runs (AVX2 `vpmaddwd`, AVX-512 VNNI `vpdpbusd`).
+fn native_paths() -> Vec<Path> {
+    let levels = qc_codegen::Isa::host_levels();
+    let mut paths = Vec::new();
+    if levels.contains(&qc_codegen::Isa::Avx2) {
+        paths.push(Path::Avx2);
+    }
+    if levels.contains(&qc_codegen::Isa::Avx512Vnni) {
+        paths.push(Path::Avx512);
+    }
+    paths
 }
 
 proptest! {
@@ -203,7 +218,7 @@ fn adversarial_shapes_stay_inside_their_buffers() {
                 let a: Vec<u8> = (0..m * k).map(|i| (i * 13 % 256) as u8).collect();
                 let mut want = vec![0u8; m * n];
                 GemmKernel::compile_on(&spec, Path::Scalar).unwrap().run(&a, m, &mut want).unwrap();
-                for path in [Path::Sse, Path::Vnni] {
+                for path in [Path::Sse, Path::Vnni].into_iter().chain(native_paths()) {
                     let mut got = vec![0u8; m * n];
                     GemmKernel::compile_on(&spec, path).unwrap().run(&a, m, &mut got).unwrap();
                     assert_eq!(got, want, "{path:?} n={n} k={k} m={m} zero={zero}");

@@ -44,9 +44,15 @@ enum Gather {
     /// Few channels: for every patch byte, the image byte it copies, or `image` for the zero
     /// point (padding taps and the row tail), read from the image followed by one zero point.
     Bytes(Vec<u32>),
-    /// Many channels: per output position, runs of contiguous bytes (neighbouring taps of a
-    /// kernel row merge into one run); `starts[pos]..starts[pos + 1]` index `runs`.
-    Runs { runs: Vec<Run>, starts: Vec<u32> },
+    /// Many channels, or few with long runs: per output position, runs of contiguous bytes
+    /// (neighbouring taps of a kernel row merge into one run).
+    Runs(Runs),
+}
+
+/// Every position's runs: `starts[pos]..starts[pos + 1]` index `runs`.
+struct Runs {
+    runs: Vec<Run>,
+    starts: Vec<u32>,
 }
 
 /// `row[dst..dst + len]` = `image[src..src + len]`, or the zero point when `src` is `None`.
@@ -114,7 +120,9 @@ impl Gather {
         {
             return Gather::Direct;
         }
-        if c < 8 {
+        let runs = Gather::runs(window, c, stride);
+        // Short runs (few channels, narrow kernels) cost more to walk than a byte table.
+        if c < 8 && runs.runs.len() * 12 > window.positions * stride {
             let mut bytes = vec![image as u32; window.positions * stride];
             for (pos, row) in bytes.chunks_exact_mut(stride).enumerate() {
                 for (t, &p) in window.at(pos).iter().enumerate() {
@@ -127,6 +135,11 @@ impl Gather {
             }
             return Gather::Bytes(bytes);
         }
+        Gather::Runs(runs)
+    }
+
+    /// The runs of every position's patch row.
+    fn runs(window: &Window, c: usize, stride: usize) -> Runs {
         let (mut runs, mut starts) = (Vec::new(), vec![0u32]);
         for pos in 0..window.positions {
             let first = runs.len();
@@ -144,7 +157,7 @@ impl Gather {
             }
             starts.push(runs.len() as u32);
         }
-        Gather::Runs { runs, starts }
+        Runs { runs, starts }
     }
 }
 
@@ -244,63 +257,73 @@ impl Conv {
     /// The product of `batch` NHWC images (`x`) as i32 accumulators, `[batch·positions][O]`, for
     /// a kernel writing them, with `pad` as the padding byte (see [`crate::kernels::integer`]).
     pub fn run_i32(&self, x: &[u8], batch: usize, pad: u8, y: &mut [i32]) -> Result<(), String> {
-        self.with_patches(x, batch, pad, |rows, n| self.kernel.run_rows_i32(rows, n, y))
+        let n = self.kernel.columns();
+        if y.len() != batch * self.positions * n {
+            return Err(format!("a convolution output has {} accumulators, not {batch}·{}", y.len(), self.positions * n));
+        }
+        self.with_patches(x, batch, pad, |rows, r0, m| self.kernel.run_rows_i32(rows, m, &mut y[r0 * n..(r0 + m) * n]))
     }
 
-    /// Calls `f` with the patch rows of `batch` NHWC images (`x`) and their number, `pad` filling
-    /// the taps in the padding.
+    /// Calls `f(patches, first, m)` with the patch rows `first..first + m` of `batch` NHWC
+    /// images (`x`), `pad` filling the taps in the padding: all of them at once when the input
+    /// is the patch matrix, else a block at a time, gathered into a buffer small enough to stay
+    /// in cache while the GEMM reads it.
     fn with_patches(
         &self,
         x: &[u8],
         batch: usize,
         pad: u8,
-        f: impl FnOnce(&[u8], usize) -> Result<(), String>,
+        mut f: impl FnMut(&[u8], usize, usize) -> Result<(), String>,
     ) -> Result<(), String> {
         let image = self.image;
         if x.len() != batch * image {
             return Err(format!("a convolution input has {} bytes, not {batch}·{image}", x.len()));
         }
-        let rows = batch * self.positions;
         let stride = self.kernel.row_stride();
-        let patch_bytes = self.positions * stride;
         match self.gather {
-            Gather::Direct => return f(x, rows),
+            Gather::Direct => return f(x, 0, batch * self.positions),
             Gather::InPlace(_) => return Err("this convolution reads its patches in place".into()),
-            Gather::Bytes(_) | Gather::Runs { .. } => {}
+            Gather::Bytes(_) | Gather::Runs(_) => {}
         }
+        // Rows per block: about 48 KiB of patches, a multiple of 8 (the GEMM's tile height).
+        let block = ((48 << 10) / stride.max(1)).clamp(8, 1 << 12) / 8 * 8;
         PATCHES.with(|patches| {
             let mut patches = patches.borrow_mut();
-            if patches.len() < rows * stride {
-                patches.resize(rows * stride, 0);
+            let len = block.min(self.positions) * stride;
+            if patches.len() < len {
+                patches.resize(len, 0);
             }
-            let patches = &mut patches[..rows * stride];
-            match &self.gather {
-                Gather::Direct | Gather::InPlace(_) => unreachable!("handled above"),
-                Gather::Bytes(index) => {
-                    for (img, dst) in x.chunks_exact(image).zip(patches.chunks_exact_mut(patch_bytes)) {
-                        // Byte index `image` is the padding: one byte of the zero point.
-                        with_padding_pixel(img, 1, pad, 0, |padded| {
-                            for (d, &i) in dst.iter_mut().zip(index) {
-                                *d = padded[i as usize];
-                            }
-                        });
-                    }
-                }
-                Gather::Runs { runs, starts } => {
-                    for (img, dst) in x.chunks_exact(image).zip(patches.chunks_exact_mut(patch_bytes)) {
-                        for (row, span) in dst.chunks_exact_mut(stride).zip(starts.windows(2)) {
-                            for r in &runs[span[0] as usize..span[1] as usize] {
-                                let d = &mut row[r.dst as usize..(r.dst + r.len) as usize];
-                                match r.src {
-                                    Some(s) => d.copy_from_slice(&img[s as usize..(s + r.len) as usize]),
-                                    None => d.fill(pad),
+            for (i, img) in x.chunks_exact(image).enumerate() {
+                for p0 in (0..self.positions).step_by(block) {
+                    let m = block.min(self.positions - p0);
+                    let dst = &mut patches[..m * stride];
+                    match &self.gather {
+                        Gather::Direct | Gather::InPlace(_) => unreachable!("handled above"),
+                        Gather::Bytes(index) => {
+                            // Byte index `image` is the padding: one byte of the zero point.
+                            let index = &index[p0 * stride..(p0 + m) * stride];
+                            with_padding_pixel(img, 1, pad, 0, |padded| {
+                                for (d, &i) in dst.iter_mut().zip(index) {
+                                    *d = padded[i as usize];
+                                }
+                            });
+                        }
+                        Gather::Runs(Runs { runs, starts }) => {
+                            for (row, span) in dst.chunks_exact_mut(stride).zip(starts[p0..].windows(2)) {
+                                for r in &runs[span[0] as usize..span[1] as usize] {
+                                    let d = &mut row[r.dst as usize..(r.dst + r.len) as usize];
+                                    match r.src {
+                                        Some(s) => d.copy_from_slice(&img[s as usize..(s + r.len) as usize]),
+                                        None => d.fill(pad),
+                                    }
                                 }
                             }
                         }
                     }
+                    f(dst, i * self.positions + p0, m)?;
                 }
             }
-            f(patches, rows)
+            Ok(())
         })
     }
 }
@@ -327,7 +350,11 @@ impl WindowKernel for Conv {
                 self.kernel.run_in_place(img, buf, &mut y[i * per_image..(i + 1) * per_image])
             });
         }
-        self.with_patches(x, batch, self.pad_value, |rows, n| self.kernel.run_rows(rows, n, y))
+        let n = self.kernel.columns();
+        if y.len() != batch * self.positions * n {
+            return Err(format!("a convolution output has {} bytes, not {batch}·{}", y.len(), self.positions * n));
+        }
+        self.with_patches(x, batch, self.pad_value, |rows, r0, m| self.kernel.run_rows(rows, m, &mut y[r0 * n..(r0 + m) * n]))
     }
 
     fn jit(&self) -> bool {
@@ -339,7 +366,7 @@ impl WindowKernel for Conv {
             Gather::InPlace(_) => "taps in place",
             Gather::Direct => "1x1, rows in place",
             Gather::Bytes(_) => "patches by bytes",
-            Gather::Runs { .. } => "patches by runs",
+            Gather::Runs(_) => "patches by runs",
         };
         format!("conv, {how}, gemm {}", self.kernel.path().name())
     }
@@ -356,7 +383,7 @@ impl WindowKernel for Conv {
                 })
             }
             Gather::Direct => self.kernel.direct_rows(self.positions).filter(|d| d.input == self.image && d.output == output),
-            Gather::Bytes(_) | Gather::Runs { .. } => None,
+            Gather::Bytes(_) | Gather::Runs(_) => None,
         }
     }
 

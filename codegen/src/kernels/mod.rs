@@ -4,8 +4,8 @@
 
 pub mod add;
 pub mod conv;
-pub mod conv_f32;
 pub mod depthwise;
+pub mod f32;
 pub mod gemm;
 pub mod integer;
 pub mod lut;

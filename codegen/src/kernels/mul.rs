@@ -10,7 +10,7 @@
 
 use crate::kernels::quant::Q8;
 use crate::layout::Layout;
-use qc_ir::{Dim, OpKind, ScalarType, Tensor, TensorType};
+use qc_ir::{Attrs, Dim, OpKind, ScalarType, Tensor, TensorType};
 
 /// How the operands' shapes relate.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -33,9 +33,9 @@ fn eight(t: &TensorType) -> bool {
 }
 
 impl MulQ {
-    /// The kernel of a mul of two 8-bit per-tensor operands into `out`, or `None` when the
+    /// The kernel of a mul (with its attributes) of two 8-bit per-tensor operands into `out`, or `None` when the
     /// types or shapes are not one of the two forms (same dims; a per-channel gate).
-    pub fn new(tys: &[&TensorType], out: &TensorType) -> Option<MulQ> {
+    pub fn new(attrs: &Attrs, tys: &[&TensorType], out: &TensorType) -> Option<MulQ> {
         if tys.len() != 2 || !eight(tys[0]) || !eight(tys[1]) || !eight(out) {
             return None;
         }
@@ -62,8 +62,7 @@ impl MulQ {
         };
         let (a, b) = (bytes(tys[0], &|i| i >> 8)?, bytes(tys[1], &|i| i & 0xff)?);
         let flat = |t: &TensorType| TensorType { dims: vec![Dim::Fixed(1 << 16)], elem: t.elem.clone() };
-        let y = qc_ir::eval::eval_op(OpKind::Mul, &Default::default(), &[&a, &b], &[&flat(tys[0]), &flat(tys[1])], &flat(out))
-            .ok()?;
+        let y = qc_ir::eval::eval_op(OpKind::Mul, attrs, &[&a, &b], &[&flat(tys[0]), &flat(tys[1])], &flat(out)).ok()?;
         let table = crate::kernels::gemm::tensor_bytes(&y)?.into_boxed_slice();
         (table.len() == 1 << 16).then_some(MulQ { table, shape })
     }

@@ -8,8 +8,9 @@ mod nn;
 mod quant;
 mod shape_ops;
 
-pub use elementwise::fused_activation;
+pub use elementwise::{broadcast_shape, exp, fused_activation, hard_sigmoid, hard_swish, sigmoid};
 pub use integer::{mul_multiplier, weight_output_axis};
+pub use nn::product;
 pub use quant::{dequantize_value, dynamic_params, quantize_value};
 
 use crate::attr::Attrs;

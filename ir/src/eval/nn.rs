@@ -284,10 +284,10 @@ pub fn matmul<T: ndarray::LinalgScalar>(a: &ArrayD<T>, b: &ArrayD<T>) -> Result<
     let nb: usize = batch.iter().product();
     let av = av.into_shape_with_order(IxDyn(&[nb, m, k])).map_err(|e| e.to_string())?;
     let bv = bv.into_shape_with_order(IxDyn(&[nb, k, n])).map_err(|e| e.to_string())?;
-    let mut out = Vec::with_capacity(nb * m * n);
+    let (av, bv) = (av.as_slice().expect("standard layout"), bv.as_slice().expect("standard layout"));
+    let mut out = vec![T::zero(); nb * m * n];
     for i in 0..nb {
-        let p = as2(&av.index_axis(Axis(0), i).to_owned()).dot(&as2(&bv.index_axis(Axis(0), i).to_owned()));
-        out.extend(p.iter().copied());
+        product(&av[i * m * k..][..m * k], &bv[i * k * n..][..k * n], k, n, &mut out[i * m * n..][..m * n]);
     }
     let mut shape = batch;
     if a.ndim() > 1 {
@@ -299,7 +299,21 @@ pub fn matmul<T: ndarray::LinalgScalar>(a: &ArrayD<T>, b: &ArrayD<T>) -> Result<
     Ok(ArrayD::from_shape_vec(IxDyn(&shape), out).expect("sized"))
 }
 
-/// `alpha * op(A) op(B) + beta * C`.
+/// `y[i][j] = Σ_k a[i][k]·b[k][j]` for row-major `a` (`[m][k]`) and `b` (`[k][n]`) into `y`
+/// (`[m][n]`, zero): each element's sum starts at 0 and takes its products in `k` order, a
+/// multiply and then an add (the definition the compiled f32 products reproduce). The loop runs
+/// `i, k, j`, so the inner loop is a vector update of a row.
+pub fn product<T: ndarray::LinalgScalar>(a: &[T], b: &[T], k: usize, n: usize, y: &mut [T]) {
+    for (row, a_row) in y.chunks_exact_mut(n.max(1)).zip(a.chunks_exact(k.max(1))) {
+        for (&aik, b_row) in a_row.iter().zip(b.chunks_exact(n.max(1))) {
+            for (o, &bkj) in row.iter_mut().zip(b_row) {
+                *o = *o + aik * bkj;
+            }
+        }
+    }
+}
+
+/// `alpha * op(A) op(B) + beta * C`, the product as [`product`] defines it.
 pub fn gemm(a: &ArrayD<f32>, b: &ArrayD<f32>, c: Option<&ArrayD<f32>>, attrs: &Attrs) -> Result<ArrayD<f32>, String> {
     if a.ndim() != 2 || b.ndim() != 2 {
         return Err("gemm operands must be 2-D".into());
@@ -310,7 +324,11 @@ pub fn gemm(a: &ArrayD<f32>, b: &ArrayD<f32>, c: Option<&ArrayD<f32>>, attrs: &A
         return Err(format!("gemm inner dims differ: {} vs {}", a2.ncols(), b2.nrows()));
     }
     let (alpha, beta) = (attrs.float("alpha", 1.0), attrs.float("beta", 1.0));
-    let mut y = a2.dot(&b2).into_dyn();
+    let (m, k, n) = (a2.nrows(), a2.ncols(), b2.ncols());
+    let (a2, b2) = (a2.as_standard_layout(), b2.as_standard_layout());
+    let mut y = vec![0.0f32; m * n];
+    product(a2.as_slice().expect("standard layout"), b2.as_slice().expect("standard layout"), k, n, &mut y);
+    let mut y = ArrayD::from_shape_vec(IxDyn(&[m, n]), y).expect("sized");
     if alpha != 1.0 {
         y.mapv_inplace(|v| v * alpha);
     }
@@ -504,14 +522,15 @@ pub fn resize(x: &ArrayD<f32>, attrs: &Attrs, out_shape: &[usize]) -> Result<Arr
     Ok(cur)
 }
 
-/// Softmax along `axis`, subtracting the maximum first.
+/// Softmax along `axis`: per lane `e = exp(v − max)` (qc's [`super::elementwise::exp`]), their
+/// sum in index order, then `e / sum`.
 pub fn softmax(x: &ArrayD<f32>, axis: i64) -> Result<ArrayD<f32>, String> {
     let axis = Axis(normalize_axis(axis, x.ndim())?);
     let mut y = x.clone();
     for mut lane in y.lanes_mut(axis) {
         let m = lane.fold(f32::NEG_INFINITY, |a, &b| a.max(b));
-        lane.mapv_inplace(|v| (v - m).exp());
-        let s: f32 = lane.sum();
+        lane.mapv_inplace(|v| super::elementwise::exp(v - m));
+        let s = lane.fold(0.0f32, |a, &b| a + b);
         lane.mapv_inplace(|v| v / s);
     }
     Ok(y)

@@ -176,19 +176,25 @@ pub fn gather(x: &Tensor, indices: &Tensor, axis: i64) -> Result<Tensor, String>
     reshape(&taken, &shape)
 }
 
-/// Mean over `axes`.
+/// Mean over `axes`: each result is the sum of its inputs in index order, one add at a time
+/// from 0, divided by their count.
 pub fn reduce_mean(x: &ArrayD<f32>, axes: &[usize], keepdims: bool) -> ArrayD<f32> {
-    let mut sorted = axes.to_vec();
-    sorted.sort_unstable();
-    let mut y = x.clone();
-    for &a in sorted.iter().rev() {
-        let n = y.shape()[a] as f32;
-        y = y.sum_axis(Axis(a)).mapv(|v| v / n);
-        if keepdims {
-            y.insert_axis_inplace(Axis(a));
+    let rank = x.ndim();
+    let kept: Vec<usize> = (0..rank).filter(|a| !axes.contains(a)).collect();
+    let perm: Vec<usize> = kept.iter().copied().chain((0..rank).filter(|a| axes.contains(a))).collect();
+    let moved = x.view().permuted_axes(IxDyn(&perm));
+    let moved = moved.as_standard_layout();
+    let count: usize = (0..rank).filter(|a| axes.contains(a)).map(|a| x.shape()[a]).product();
+    let sums: Vec<f32> = match count {
+        0 => vec![f32::NAN; kept.iter().map(|&a| x.shape()[a]).product()],
+        _ => {
+            moved.as_slice().expect("standard layout").chunks_exact(count).map(|c| c.iter().fold(0.0f32, |a, &b| a + b)).collect()
         }
-    }
-    y
+    };
+    let shape: Vec<usize> =
+        (0..rank).filter_map(|a| if axes.contains(&a) { keepdims.then_some(1) } else { Some(x.shape()[a]) }).collect();
+    let n = count as f32;
+    ArrayD::from_shape_vec(IxDyn(&shape), sums.into_iter().map(|v| v / n).collect()).expect("sized")
 }
 
 /// The result dims of squeeze / unsqueeze for a concrete input shape.

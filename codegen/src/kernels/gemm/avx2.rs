@@ -37,12 +37,8 @@ pub(crate) struct Avx2Gemm {
     flip: u8,
     /// Per block: `[pair][16][2]` i16.
     packed: Vec<i16>,
-    /// Accumulator starts, multipliers, per column padded to a multiple of 16.
-    start: Vec<i32>,
-    mult: Vec<f32>,
-    zp: i32,
-    lo: i32,
-    hi: i32,
+    /// The accumulators' starts and the requantization, per column.
+    req: NativeRequant,
 }
 
 impl Avx2Gemm {
@@ -65,28 +61,14 @@ impl Avx2Gemm {
                 packed[((blk * pairs + kk / 2) * NB + col) * 2 + kk % 2] = spec.weights[c * k + kk] as i16;
             }
         }
-        let zp_u = spec.zp_a as i64 + if spec.a_signed { 128 } else { 0 };
-        let mut start = vec![0i32; blocks * NB];
-        let mut mult = vec![0f32; blocks * NB];
-        for c in 0..n {
-            let wsum: i64 = spec.weights[c * k..(c + 1) * k].iter().map(|&w| w as i64).sum();
-            start[c] = (spec.bias[c] as i64 - zp_u * wsum) as i32;
-            mult[c] = match spec.requant[c] {
-                Requant::F32(m) if m.is_finite() => m,
-                _ => return None,
-            };
-        }
+        let req = NativeRequant::new(spec, blocks * NB)?;
         Some(Avx2Gemm {
             n,
             pairs,
             stride,
             flip: if spec.a_signed { 0x80 } else { 0 },
             packed,
-            start,
-            mult,
-            zp: spec.zp_y,
-            lo: spec.lo,
-            hi: spec.hi,
+            req,
         })
     }
 
@@ -164,7 +146,7 @@ impl Avx2Gemm {
             // SAFETY: `s` is exactly 8 i32s.
             unsafe { _mm256_loadu_si256(s.as_ptr().cast()) }
         };
-        let start = &self.start[blk * NB..][..NB];
+        let start = &self.req.start[blk * NB..][..NB];
         let mut acc = [[load(&start[..8]), load(&start[8..])]; MR];
         let rows: &[i32] = &rows[..MR * pairs];
         let (r0, rest) = rows.split_at(pairs);
@@ -187,15 +169,15 @@ impl Avx2Gemm {
     #[target_feature(enable = "avx2")]
     fn epilogue(&self, acc: &[[std::arch::x86_64::__m256i; 2]; MR], blk: usize, tile: &mut [u8; MR * NB]) {
         use std::arch::x86_64::*;
-        let mult = &self.mult[blk * NB..][..NB];
+        let mult = &self.req.mult[blk * NB..][..NB];
         let load = |s: &[f32]| -> __m256 {
             let s: &[f32; 8] = s[..8].try_into().expect("8 lanes");
             // SAFETY: `s` is exactly 8 f32s.
             unsafe { _mm256_loadu_ps(s.as_ptr()) }
         };
         let m = [load(&mult[..8]), load(&mult[8..])];
-        let (lo, hi) = (_mm256_set1_ps((self.lo - self.zp) as f32), _mm256_set1_ps((self.hi - self.zp) as f32));
-        let zp = _mm256_set1_epi32(self.zp);
+        let (lo, hi) = (_mm256_set1_ps((self.req.lo - self.req.zp) as f32), _mm256_set1_ps((self.req.hi - self.req.zp) as f32));
+        let zp = _mm256_set1_epi32(self.req.zp);
         for (r, row) in acc.iter().enumerate() {
             let mut v = [0i32; NB];
             for h in 0..2 {
@@ -211,5 +193,35 @@ impl Avx2Gemm {
                 *t = q as u8;
             }
         }
+    }
+}
+
+/// What the native paths' epilogues read: per column, padded with zeros to a multiple of their
+/// block, the accumulator's start, `bias − zp_u·Σ_k w` (the activations' zero point as u8, after
+/// the i8 flip), and the f32 multiplier; the output zero point and clamp.
+pub(crate) struct NativeRequant {
+    pub(crate) start: Vec<i32>,
+    pub(crate) mult: Vec<f32>,
+    pub(crate) zp: i32,
+    pub(crate) lo: i32,
+    pub(crate) hi: i32,
+}
+
+impl NativeRequant {
+    /// `None` unless every column requantizes in f32 with a finite multiplier.
+    pub(crate) fn new(spec: &GemmSpec, padded: usize) -> Option<NativeRequant> {
+        let (n, k) = (spec.n, spec.k);
+        let zp_u = spec.zp_a as i64 + if spec.a_signed { 128 } else { 0 };
+        let mut start = vec![0i32; padded.max(n)];
+        let mut mult = vec![0f32; padded.max(n)];
+        for c in 0..n {
+            let wsum: i64 = spec.weights[c * k..(c + 1) * k].iter().map(|&w| w as i64).sum();
+            start[c] = (spec.bias[c] as i64 - zp_u * wsum) as i32;
+            mult[c] = match spec.requant[c] {
+                Requant::F32(m) if m.is_finite() => m,
+                _ => return None,
+            };
+        }
+        Some(NativeRequant { start, mult, zp: spec.zp_y, lo: spec.lo, hi: spec.hi })
     }
 }

@@ -7,6 +7,8 @@
 
 #[cfg(target_arch = "x86_64")]
 pub(crate) mod avx2;
+#[cfg(target_arch = "x86_64")]
+pub(crate) mod avx512;
 pub(crate) mod simd;
 
 use crate::emit::emit_loop;
@@ -175,6 +177,9 @@ pub enum Path {
     /// 256-bit `vpmaddwd`, precompiled with `std::arch` (see `avx2.rs`): the AVX2 and AVX-512 BW
     /// levels, for kernels writing bytes from rows of a matrix.
     Avx2,
+    /// 512-bit `vpdpbusd`, precompiled with `std::arch` (see `avx512.rs`): the AVX-512 VNNI
+    /// level, for kernels writing bytes from rows of a matrix.
+    Avx512,
 }
 
 impl Path {
@@ -186,27 +191,31 @@ impl Path {
         let fits = |lo: i32, hi: i32| spec.weights.iter().all(|w| (lo..=hi).contains(w));
         let wanted = match isa {
             Isa::Scalar => Path::Scalar,
+            Isa::Avx512Vnni if cfg!(target_arch = "x86_64") => Path::Avx512,
             l if l.vnni() => Path::Vnni,
             l if l.avx2() && cfg!(target_arch = "x86_64") => Path::Avx2,
             _ => Path::Sse,
         };
         match wanted {
+            Path::Avx512 if f32_mode && fits(-128, 127) => Path::Avx512,
             Path::Vnni if f32_mode && fits(-128, 127) => Path::Vnni,
             Path::Avx2 if f32_mode && fits(-32768, 32767) => Path::Avx2,
-            Path::Vnni | Path::Sse if f32_mode && fits(-32768, 32767) => Path::Sse,
+            Path::Avx512 | Path::Vnni | Path::Sse if f32_mode && fits(-32768, 32767) => Path::Sse,
             _ => Path::Scalar,
         }
     }
 }
 
 impl Path {
-    /// The path's name in descriptions: `scalar`, `pmaddwd` or `vnni`.
+    /// The path's name in descriptions: `scalar`, `pmaddwd`, `vnni`, `avx2 vpmaddwd` or
+    /// `avx512 vpdpbusd`.
     pub fn name(self) -> &'static str {
         match self {
             Path::Scalar => "scalar",
             Path::Sse => "pmaddwd",
             Path::Vnni => "vnni",
             Path::Avx2 => "avx2 vpmaddwd",
+            Path::Avx512 => "avx512 vpdpbusd",
         }
     }
 }
@@ -244,6 +253,9 @@ enum Entry {
     /// The precompiled 256-bit path ([`Path::Avx2`]), on rows of a matrix.
     #[cfg(target_arch = "x86_64")]
     Native(Box<avx2::Avx2Gemm>),
+    /// The precompiled 512-bit path ([`Path::Avx512`]), on rows of a matrix.
+    #[cfg(target_arch = "x86_64")]
+    Native512(Box<avx512::Avx512Gemm>),
 }
 
 impl GemmKernel {
@@ -262,8 +274,9 @@ impl GemmKernel {
     pub fn compile_i32(spec: &GemmSpec, isa: Isa) -> Result<GemmKernel, String> {
         let f32_spec = GemmSpec { requant: vec![Requant::F32(1.0); spec.n], ..spec.clone() };
         let path = match Path::choose(&f32_spec, isa) {
-            // The precompiled path writes bytes; i32 accumulators take the 128-bit one.
+            // The precompiled paths write bytes; i32 accumulators take the 128-bit ones.
             Path::Avx2 => Path::Sse,
+            Path::Avx512 => Path::Vnni,
             p => p,
         };
         GemmKernel::compile_output(&f32_spec, path, Output::I32)
@@ -281,7 +294,18 @@ impl GemmKernel {
                 let f = Entry::Native(Box::new(native));
                 Ok(GemmKernel { f, n: spec.n, k: spec.k, path, output, offsets: None, _jit: None })
             }
-            Path::Avx2 => Err("the AVX2 path writes requantized bytes".into()),
+            #[cfg(target_arch = "x86_64")]
+            Path::Avx512 if output == Output::Bytes => {
+                let stride = crate::kernels::gemm::simd::row_stride(spec.k);
+                let native =
+                    avx512::Avx512Gemm::new(spec, stride).ok_or("the AVX-512 path takes f32 requantization and i8 weights")?;
+                if !avx512::Avx512Gemm::on_host() {
+                    return Err("the AVX-512 VNNI path needs a CPU with AVX-512 VNNI".into());
+                }
+                let f = Entry::Native512(Box::new(native));
+                Ok(GemmKernel { f, n: spec.n, k: spec.k, path, output, offsets: None, _jit: None })
+            }
+            Path::Avx2 | Path::Avx512 => Err("the precompiled paths write requantized bytes on x86-64".into()),
         }
     }
 
@@ -295,7 +319,7 @@ impl GemmKernel {
     ) -> Result<Option<GemmKernel>, String> {
         match Path::choose(spec, isa) {
             // The precompiled path reads rows of a matrix: the convolution gathers them.
-            Path::Scalar | Path::Avx2 => Ok(None),
+            Path::Scalar | Path::Avx2 | Path::Avx512 => Ok(None),
             path => crate::kernels::gemm::simd::compile(spec, path, Output::Bytes, Some((offsets, halo))).map(Some),
         }
     }
@@ -515,8 +539,10 @@ impl GemmKernel {
             return Err("this GEMM kernel writes i32 accumulators".into());
         }
         #[cfg(target_arch = "x86_64")]
-        if let Entry::Native(native) = &self.f {
-            return native.run(a, m, out);
+        match &self.f {
+            Entry::Native(native) => return native.run(a, m, out),
+            Entry::Native512(native) => return native.run(a, m, out),
+            Entry::Rows(_) | Entry::Copying(..) => {}
         }
         self.call(a, m, out.as_mut_ptr(), out.len())
     }

@@ -15,6 +15,7 @@
 //! Bounds: every slice is indexed through checked Rust indexing or sliced to the lengths the
 //! vector loads and stores need before the intrinsics run.
 
+use super::{F32Kernel, Window, avx2};
 use crate::target::Isa;
 use qc_ir::{Attrs, Tensor, TensorType};
 
@@ -25,30 +26,27 @@ const MR: usize = 5;
 const NR: usize = 16;
 /// Taps per block.
 const KC: usize = 128;
+/// Channels a depthwise convolution sums together (four 8-lane vectors).
+const DW: usize = 32;
 
 /// A compiled f32 convolution.
 pub struct ConvF32 {
     c: usize,
-    h: usize,
-    w: usize,
+    /// The window over each plane.
+    win: Window,
     groups: usize,
     /// Per group: packed weights `[oc tile][tap][MR]`, zero beyond the group's channels.
     packed: Vec<Vec<f32>>,
     og: usize,
     ci: usize,
-    k: [usize; 2],
-    stride: [usize; 2],
-    dil: [usize; 2],
-    pad: [usize; 2],
-    out: [usize; 2],
-    /// Per kx: the outputs of a row whose tap lies inside the input row, `[lo, hi)`.
-    cols: Vec<(usize, usize)>,
     bias: Vec<f32>,
     /// The fused activation's bounds (`-inf..inf` without one).
     lo: f32,
     hi: f32,
     relu: bool,
     avx2: bool,
+    /// A depthwise convolution's weights `[tap][c]` (one input and one output channel per group).
+    depthwise: Option<Vec<f32>>,
 }
 
 impl ConvF32 {
@@ -113,70 +111,57 @@ impl ConvF32 {
         };
         Some(ConvF32 {
             c,
-            h,
-            w: wd,
+            win: Window::new([h, wd], [kh, kw], [s[0], s[1]], [d[0], d[1]], [p[0], p[1]], [oh, ow]),
             groups,
             packed,
             og,
             ci,
-            k: [kh, kw],
-            stride: [s[0], s[1]],
-            dil: [d[0], d[1]],
-            pad: [p[0], p[1]],
-            out: [oh, ow],
-            cols: (0..kw)
-                .map(|kx| {
-                    let col = |x: usize| (x * s[1] + kx * d[1]).wrapping_sub(p[1]);
-                    let lo = (0..ow).find(|&x| col(x) < wd).unwrap_or(ow);
-                    (lo, (lo..ow).find(|&x| col(x) >= wd).unwrap_or(ow))
-                })
-                .collect(),
             bias,
             lo,
             hi,
             relu,
             avx2: isa.avx2() && avx2(),
+            depthwise: (ci == 1 && og == 1 && groups > 1)
+                .then(|| (0..kh * kw).flat_map(|t| (0..o).map(move |oc| (t, oc))).map(|(t, oc)| ws[oc * kh * kw + t]).collect()),
         })
     }
 
     /// Multiply-adds per image.
     pub fn macs(&self) -> u64 {
-        (self.groups * self.og * self.out[0] * self.out[1] * self.ci * self.k[0] * self.k[1]) as u64
-    }
-
-    /// Input elements per image.
-    pub fn input_len(&self) -> usize {
-        self.c * self.h * self.w
-    }
-
-    /// What it runs.
-    pub fn describe(&self) -> &'static str {
-        if self.avx2 { "f32 conv, avx2 (mul + add)" } else { "f32 conv, rust loop" }
+        (self.groups * self.og * self.win.out[0] * self.win.out[1] * self.ci * self.win.k[0] * self.win.k[1]) as u64
     }
 
     /// The convolution of `x` (`[n, c, h, w]`, standard layout) into a new tensor.
-    pub fn run(&self, x: &Tensor) -> Result<Tensor, String> {
+    pub fn convolve(&self, x: &Tensor) -> Result<Tensor, String> {
         let x = x.as_f32().ok_or("an f32 conv reads f32")?;
         let shape = x.shape();
-        if shape.len() != 4 || shape[1..] != [self.c, self.h, self.w] {
-            return Err(format!("an f32 conv for [n, {}, {}, {}] got {shape:?}", self.c, self.h, self.w));
+        if shape.len() != 4 || shape[1..] != [self.c, self.win.h, self.win.w] {
+            return Err(format!("an f32 conv for [n, {}, {}, {}] got {shape:?}", self.c, self.win.h, self.win.w));
         }
         let n = shape[0];
         let x = x.as_standard_layout();
         let xs = x.as_slice().ok_or("standard layout")?;
         let o = self.groups * self.og;
-        let plane = self.out[0] * self.out[1];
+        let plane = self.win.out[0] * self.win.out[1];
         let mut out = vec![0.0f32; n * o * plane];
-        let image_in = self.c * self.h * self.w;
-        let taps = self.ci * self.k[0] * self.k[1];
+        let image_in = self.c * self.win.h * self.win.w;
+        let taps = self.ci * self.win.k[0] * self.win.k[1];
         let mut panel = vec![0.0f32; KC.min(taps) * NR];
         let tiles = self.og.div_ceil(MR);
         // The sums of one pixel panel: [oc tile][MR][NR].
         let mut sums = vec![0.0f32; tiles * MR * NR];
+        if self.depthwise.is_some() {
+            let mut scratch = (vec![0.0f32; image_in], vec![0.0f32; o * plane]);
+            for (image, dst) in xs.chunks_exact(image_in).zip(out.chunks_exact_mut(o * plane)) {
+                self.depthwise(image, dst, &mut scratch);
+            }
+            let shape = [n, o, self.win.out[0], self.win.out[1]];
+            return ndarray::ArrayD::from_shape_vec(ndarray::IxDyn(&shape), out).map(Tensor::F32).map_err(|e| e.to_string());
+        }
         for ni in 0..n {
             let image = &xs[ni * image_in..][..image_in];
             for g in 0..self.groups {
-                let input = &image[g * self.ci * self.h * self.w..][..self.ci * self.h * self.w];
+                let input = &image[g * self.ci * self.win.h * self.win.w..][..self.ci * self.win.h * self.win.w];
                 if self.og < MR {
                     // Few channels per group (depthwise): each output row is the vector.
                     for j in 0..self.og {
@@ -212,7 +197,7 @@ impl ConvF32 {
             }
         }
         let t =
-            ndarray::ArrayD::from_shape_vec(ndarray::IxDyn(&[n, o, self.out[0], self.out[1]]), out).map_err(|e| e.to_string())?;
+            ndarray::ArrayD::from_shape_vec(ndarray::IxDyn(&[n, o, self.win.out[0], self.win.out[1]]), out).map_err(|e| e.to_string())?;
         Ok(Tensor::F32(t))
     }
 
@@ -237,9 +222,9 @@ impl ConvF32 {
 
     #[inline(always)]
     fn rows_any(&self, input: &[f32], oc: usize, dst: &mut [f32]) {
-        let ([kh, kw], [oh, ow], (h, w)) = (self.k, self.out, (self.h, self.w));
-        let (sy, sx) = (self.stride[0], self.stride[1]);
-        debug_assert_eq!(self.cols.len(), kw);
+        let ([kh, kw], [oh, ow], (h, w)) = (self.win.k, self.win.out, (self.win.h, self.win.w));
+        let (sy, sx) = (self.win.stride[0], self.win.stride[1]);
+        debug_assert_eq!(self.win.cols.len(), kw);
         let taps = self.ci * kh * kw;
         let weights = &self.packed[oc / self.og][((oc % self.og) / MR) * taps * MR..][..taps * MR];
         let lane = (oc % self.og) % MR;
@@ -248,17 +233,17 @@ impl ConvF32 {
             row.fill(0.0);
             for ic in 0..self.ci {
                 for ky in 0..kh {
-                    let iy = (y * sy + ky * self.dil[0]).wrapping_sub(self.pad[0]);
+                    let iy = (y * sy + ky * self.win.dil[0]).wrapping_sub(self.win.pad[0]);
                     if iy >= h {
                         continue;
                     }
                     let line = &input[(ic * h + iy) * w..][..w];
-                    for (kx, &(lo, hi)) in self.cols.iter().enumerate() {
+                    for (kx, &(lo, hi)) in self.win.cols.iter().enumerate() {
                         let wv = weights[((ic * kh + ky) * kw + kx) * MR + lane];
                         if lo >= hi {
                             continue;
                         }
-                        let col = |x: usize| x * sx + kx * self.dil[1] - self.pad[1];
+                        let col = |x: usize| x * sx + kx * self.win.dil[1] - self.win.pad[1];
                         if sx == 1 {
                             let first = col(lo);
                             for (a, &v) in row[lo..hi].iter_mut().zip(&line[first..first + (hi - lo)]) {
@@ -279,6 +264,79 @@ impl ConvF32 {
         }
     }
 
+    /// A depthwise convolution of one image (`[c][h][w]` into `[c][oh][ow]`) with the channels
+    /// as the vector: the image is transposed to `[h][w][c]`, each output pixel's channels are
+    /// summed [`DW`] at a time over the taps inside the input in (ky, kx) order — each element's
+    /// sum the evaluator's —, then transposed back. `scratch` holds the two transposed images.
+    fn depthwise(&self, image: &[f32], dst: &mut [f32], scratch: &mut (Vec<f32>, Vec<f32>)) {
+        let (xt, yt) = scratch;
+        let (c, hw) = (self.c, self.win.h * self.win.w);
+        let plane = self.win.out[0] * self.win.out[1];
+        crate::layout::transpose(image, c, hw, xt);
+        #[cfg(target_arch = "x86_64")]
+        if self.avx2 {
+            // SAFETY: `avx2` was set only where the CPU has AVX2 (checked by `avx2()`).
+            unsafe { self.depthwise_avx2(xt, yt) };
+            crate::layout::transpose(yt, plane, c, dst);
+            return;
+        }
+        self.depthwise_any(xt, yt);
+        crate::layout::transpose(yt, plane, c, dst);
+    }
+
+    /// [`ConvF32::depthwise_any`] compiled for AVX2.
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx2")]
+    fn depthwise_avx2(&self, xt: &[f32], yt: &mut [f32]) {
+        self.depthwise_any(xt, yt);
+    }
+
+    /// `yt` (`[oh][ow][c]`) from `xt` (`[h][w][c]`).
+    #[inline(always)]
+    fn depthwise_any(&self, xt: &[f32], yt: &mut [f32]) {
+        let Some(weights) = &self.depthwise else { return };
+        let ([kh, kw], [oh, ow], c) = (self.win.k, self.win.out, self.c);
+        for y in 0..oh {
+            for x in 0..ow {
+                let pixel = &mut yt[(y * ow + x) * c..][..c];
+                let mut c0 = 0;
+                while c0 < c {
+                    let width = DW.min(c - c0);
+                    let mut acc = [0.0f32; DW];
+                    for ky in 0..kh {
+                        let iy = (y * self.win.stride[0] + ky * self.win.dil[0]).wrapping_sub(self.win.pad[0]);
+                        if iy >= self.win.h {
+                            continue;
+                        }
+                        for kx in 0..kw {
+                            let ix = (x * self.win.stride[1] + kx * self.win.dil[1]).wrapping_sub(self.win.pad[1]);
+                            if ix >= self.win.w {
+                                continue;
+                            }
+                            let src = &xt[(iy * self.win.w + ix) * c + c0..][..width];
+                            let w = &weights[(ky * kw + kx) * c + c0..][..width];
+                            if width == DW {
+                                let (src, w): (&[f32; DW], &[f32; DW]) =
+                                    (src.try_into().expect("DW lanes"), w.try_into().expect("DW lanes"));
+                                for i in 0..DW {
+                                    acc[i] += src[i] * w[i];
+                                }
+                            } else {
+                                for ((a, &v), &wv) in acc.iter_mut().zip(src).zip(w) {
+                                    *a += v * wv;
+                                }
+                            }
+                        }
+                    }
+                    for (i, p) in pixel[c0..c0 + width].iter_mut().enumerate() {
+                        *p = self.activate(acc[i] + self.bias[c0 + i]);
+                    }
+                    c0 += width;
+                }
+            }
+        }
+    }
+
     /// The evaluator's fused activation: `max(v, 0)` for relu, `min(max(v, lo), hi)` for clip.
     #[inline(always)]
     fn activate(&self, v: f32) -> f32 {
@@ -294,24 +352,24 @@ impl ConvF32 {
     /// Packs taps `k0..k0 + kc` of pixels `p0..p0 + NR` of one group's input into `panel`
     /// (`[tap][NR]`), zero for taps in the padding and pixels past the end.
     fn pack(&self, input: &[f32], p0: usize, k0: usize, kc: usize, panel: &mut [f32]) {
-        let [kh, kw] = self.k;
-        let [oh, ow] = self.out;
-        let (h, w) = (self.h, self.w);
+        let [kh, kw] = self.win.k;
+        let [oh, ow] = self.win.out;
+        let (h, w) = (self.win.h, self.win.w);
         let count = NR.min(oh * ow - p0);
         for (r, row) in panel.chunks_exact_mut(NR).enumerate().take(kc) {
             let tap = k0 + r;
             let (ic, ky, kx) = (tap / (kh * kw), tap / kw % kh, tap % kw);
             let chan = &input[ic * h * w..][..h * w];
             row.fill(0.0);
-            let (dy, dx) = (ky * self.dil[0], kx * self.dil[1]);
-            let (sy, sx, px) = (self.stride[0], self.stride[1], self.pad[1]);
+            let (dy, dx) = (ky * self.win.dil[0], kx * self.win.dil[1]);
+            let (sy, sx, px) = (self.win.stride[0], self.win.stride[1], self.win.pad[1]);
             // Pixels p0.. in runs of one output row each.
             let mut i = 0;
             while i < count {
                 let (y, x0) = ((p0 + i) / ow, (p0 + i) % ow);
                 let run = (ow - x0).min(count - i);
                 // A position above the input wraps to a huge value: outside too.
-                let iy = (y * sy + dy).wrapping_sub(self.pad[0]);
+                let iy = (y * sy + dy).wrapping_sub(self.win.pad[0]);
                 if iy < h {
                     let line = &chan[iy * w..][..w];
                     // The x of this run whose input column is inside the row: [lo, hi).
@@ -386,13 +444,16 @@ fn micro_avx2(w: &[f32], panel: &[f32], acc: &mut [f32]) {
     }
 }
 
-fn avx2() -> bool {
-    #[cfg(target_arch = "x86_64")]
-    {
-        std::is_x86_feature_detected!("avx2")
+impl F32Kernel for ConvF32 {
+    fn run(&self, args: &[&Tensor]) -> Result<Tensor, String> {
+        self.convolve(args.first().ok_or("conv2d has no input")?)
     }
-    #[cfg(not(target_arch = "x86_64"))]
-    {
-        false
+
+    fn describe(&self) -> &'static str {
+        if self.avx2 { "f32 conv, avx2 (mul + add)" } else { "f32 conv, rust loop" }
+    }
+
+    fn ops(&self, len: usize) -> u64 {
+        2 * self.macs() * (len / (self.c * self.win.h * self.win.w).max(1)) as u64
     }
 }

@@ -1,0 +1,144 @@
+//! f32 gemm and matmul by a constant matrix: `y = α · (a · b) + β · c`, then the fused
+//! activation. The product is the evaluator's (`qc_ir::eval::product`): each element's sum starts
+//! at 0 and takes its products in `k` order, a multiply and then an add. Here `b` is stored
+//! `[k][n]`; for a block of four rows and up to [`NC`] columns the rows' partial sums stay in L1
+//! while each row of `b` is read once for all four.
+
+use super::{F32Kernel, activate, fused, slice, tensor, twin};
+use qc_ir::{Attrs, OpKind, Tensor, TensorType};
+
+/// Columns per block.
+const NC: usize = 512;
+/// Rows per block.
+const MR: usize = 4;
+
+/// A compiled f32 gemm or matmul by a constant matrix.
+pub struct GemmF32 {
+    /// `[k][n]`.
+    b: Vec<f32>,
+    k: usize,
+    n: usize,
+    /// gemm's `trans_a`: `a` is `[k][m]`.
+    trans_a: bool,
+    /// `a` has rank 2 (gemm) or at least 2 (matmul: its leading dims are rows).
+    gemm: bool,
+    alpha: f32,
+    /// `β · c` per column.
+    bias: Option<Vec<f32>>,
+    act: Option<(f32, f32)>,
+    avx2: bool,
+}
+
+impl GemmF32 {
+    /// gemm or matmul of `tys[0]` by the constant `b` (rank 2), with gemm's constant `c` of one
+    /// value per column (or a scalar).
+    pub fn new(kind: OpKind, attrs: &Attrs, tys: &[&TensorType], b: &Tensor, c: Option<&Tensor>, avx2: bool) -> Option<GemmF32> {
+        let bm = b.as_f32()?;
+        let (a_rank, gemm) = (tys[0].rank(), kind == OpKind::Gemm);
+        if bm.ndim() != 2 || a_rank < 2 || (gemm && a_rank != 2) || (!gemm && tys.len() != 2) {
+            return None;
+        }
+        let trans_b = gemm && attrs.bool("trans_b", false);
+        let b = if trans_b { bm.view().reversed_axes().to_owned() } else { bm.to_owned() };
+        let (k, n) = (b.shape()[0], b.shape()[1]);
+        let beta = if gemm { attrs.float("beta", 1.0) } else { 1.0 };
+        let bias = match c {
+            None => None,
+            Some(c) => {
+                let c = c.as_f32()?;
+                // A value per column, or one for all: `[n]`, `[1, n]`, `[1]`, `[]`, `[1, 1]`.
+                let per_column = c.len() == n && c.shape().last() == Some(&n) && c.shape().iter().rev().skip(1).all(|&d| d == 1);
+                let single = c.len() == 1 && c.ndim() <= 2;
+                if !(per_column || single) {
+                    return None;
+                }
+                let v: Vec<f32> = c.iter().copied().collect();
+                Some((0..n).map(|j| beta * v[if single { 0 } else { j }]).collect())
+            }
+        };
+        Some(GemmF32 {
+            b: b.as_standard_layout().iter().copied().collect(),
+            k,
+            n,
+            trans_a: gemm && attrs.bool("trans_a", false),
+            gemm,
+            alpha: if gemm { attrs.float("alpha", 1.0) } else { 1.0 },
+            bias,
+            act: fused(attrs)?,
+            avx2,
+        })
+    }
+
+    /// `y` (`[m][n]`) from `a` (`[m][k]`).
+    #[inline(always)]
+    fn rows(&self, a: &[f32], m: usize, y: &mut [f32]) {
+        let (k, n) = (self.k, self.n);
+        for r0 in (0..m).step_by(MR) {
+            let rows = MR.min(m - r0);
+            for n0 in (0..n).step_by(NC) {
+                let nc = NC.min(n - n0);
+                let mut block = [[0.0f32; NC]; MR];
+                for kk in 0..k {
+                    let b_row = &self.b[kk * n + n0..][..nc];
+                    for (r, acc) in block.iter_mut().enumerate().take(rows) {
+                        let av = a[(r0 + r) * k + kk];
+                        for (o, &bv) in acc[..nc].iter_mut().zip(b_row) {
+                            *o += av * bv;
+                        }
+                    }
+                }
+                for (r, acc) in block.iter_mut().enumerate().take(rows) {
+                    let acc = &mut acc[..nc];
+                    if self.alpha != 1.0 {
+                        acc.iter_mut().for_each(|v| *v *= self.alpha);
+                    }
+                    if let Some(bias) = &self.bias {
+                        acc.iter_mut().zip(&bias[n0..n0 + nc]).for_each(|(v, &c)| *v += c);
+                    }
+                    activate(acc, self.act);
+                    y[(r0 + r) * n + n0..][..nc].copy_from_slice(acc);
+                }
+            }
+        }
+    }
+}
+
+impl F32Kernel for GemmF32 {
+    fn run(&self, args: &[&Tensor]) -> Result<Tensor, String> {
+        let x = args.first().ok_or("a product has operands")?;
+        let shape = x.shape();
+        let what = if self.gemm { "gemm" } else { "matmul" };
+        if shape.len() < 2 || (self.gemm && shape.len() != 2) {
+            return Err(format!("an f32 {what} got shape {shape:?}"));
+        }
+        let (rows, inner) = match self.trans_a {
+            true => (shape[1], shape[0]),
+            false => (shape[..shape.len() - 1].iter().product(), shape[shape.len() - 1]),
+        };
+        if inner != self.k {
+            return Err(format!("an f32 {what} by a [{}, {}] matrix got shape {shape:?}", self.k, self.n));
+        }
+        let a = match self.trans_a {
+            true => std::borrow::Cow::Owned(x.as_f32().ok_or("gemm reads f32")?.t().iter().copied().collect()),
+            false => slice(x)?,
+        };
+        let mut y = vec![0.0f32; rows * self.n];
+        twin! {
+            fn product(g: &GemmF32, a: &[f32], rows: usize, y: &mut [f32]) {
+                g.rows(a, rows, y)
+            }
+        }
+        product(self.avx2, self, &a, rows, &mut y);
+        let mut out: Vec<usize> = if self.trans_a { vec![rows] } else { shape[..shape.len() - 1].to_vec() };
+        out.push(self.n);
+        tensor(&out, y)
+    }
+
+    fn describe(&self) -> &'static str {
+        if self.avx2 { "f32 product, avx2" } else { "f32 product, rust loop" }
+    }
+
+    fn ops(&self, len: usize) -> u64 {
+        2 * (len / self.k.max(1) * self.k * self.n) as u64
+    }
+}

@@ -1,0 +1,134 @@
+//! f32 data movement: concat, transpose, slice. Copies, so any order gives the evaluator's
+//! values; the axes, permutation and ranges are resolved once, at compile time.
+
+use super::{F32Kernel, slice, tensor};
+use qc_ir::infer::{normalize_axes, normalize_axis, slice_range};
+use qc_ir::{Attrs, Tensor, TensorType};
+
+/// Concatenation along one axis.
+pub struct Concat {
+    axis: usize,
+}
+
+impl Concat {
+    /// concat of operands of rank `tys[0].rank()` (at least 1) along `axis`.
+    pub fn new(attrs: &Attrs, tys: &[&TensorType]) -> Option<Concat> {
+        let rank = tys.first()?.rank();
+        (rank > 0 && tys.iter().all(|t| t.rank() == rank))
+            .then(|| normalize_axis(attrs.int("axis", 0), rank).ok().map(|axis| Concat { axis }))?
+    }
+}
+
+impl F32Kernel for Concat {
+    fn run(&self, args: &[&Tensor]) -> Result<Tensor, String> {
+        let first = args.first().ok_or("concat has operands")?.shape();
+        let mut shape = first.to_vec();
+        shape[self.axis] = 0;
+        for a in args {
+            let s = a.shape();
+            let same = s.len() == first.len() && (0..s.len()).all(|i| i == self.axis || s[i] == first[i]);
+            if !same {
+                return Err(format!("concat along axis {} of shapes {first:?} and {s:?}", self.axis));
+            }
+            shape[self.axis] += s[self.axis];
+        }
+        let outer: usize = first[..self.axis].iter().product();
+        let inner: usize = first[self.axis + 1..].iter().product();
+        let parts: Vec<std::borrow::Cow<'_, [f32]>> = args.iter().map(|a| slice(a)).collect::<Result<_, _>>()?;
+        let mut y = Vec::with_capacity(shape.iter().product());
+        for o in 0..outer {
+            for (a, part) in args.iter().zip(&parts) {
+                let block = a.shape()[self.axis] * inner;
+                y.extend_from_slice(&part[o * block..][..block]);
+            }
+        }
+        tensor(&shape, y)
+    }
+
+    fn describe(&self) -> &'static str {
+        "f32 concat"
+    }
+}
+
+/// A permutation of the dims.
+pub struct Transpose {
+    perm: Vec<usize>,
+}
+
+impl Transpose {
+    /// transpose of `x` by `perm` (reversed when absent).
+    pub fn new(attrs: &Attrs, x: &TensorType) -> Option<Transpose> {
+        let rank = x.rank();
+        let perm = match attrs.ints("perm") {
+            Some(p) => normalize_axes(p, rank).ok()?,
+            None => (0..rank).rev().collect(),
+        };
+        let mut sorted = perm.clone();
+        sorted.sort_unstable();
+        (sorted == (0..rank).collect::<Vec<_>>()).then_some(Transpose { perm })
+    }
+}
+
+impl F32Kernel for Transpose {
+    fn run(&self, args: &[&Tensor]) -> Result<Tensor, String> {
+        let a = args.first().and_then(|t| t.as_f32()).ok_or("transpose reads f32")?;
+        if a.ndim() != self.perm.len() {
+            return Err(format!("a transpose of rank {} got shape {:?}", self.perm.len(), a.shape()));
+        }
+        let v = a.view().permuted_axes(ndarray::IxDyn(&self.perm));
+        let shape = v.shape().to_vec();
+        tensor(&shape, v.iter().copied().collect())
+    }
+
+    fn describe(&self) -> &'static str {
+        "f32 transpose"
+    }
+}
+
+/// ONNX Slice: per axis, a start, an end and a step (clamped at run time to the dim).
+pub struct Slice {
+    /// (axis, start, end, step).
+    axes: Vec<(usize, i64, i64, i64)>,
+}
+
+impl Slice {
+    /// slice of `x` by its attributes; `None` for a step of 0 or lists of different lengths.
+    pub fn new(attrs: &Attrs, x: &TensorType) -> Option<Slice> {
+        let starts = attrs.ints("starts")?;
+        let ends = attrs.ints("ends")?;
+        let axes = match attrs.ints("axes") {
+            Some(a) => normalize_axes(a, x.rank()).ok()?,
+            None => (0..starts.len()).collect(),
+        };
+        let steps = attrs.ints("steps").map(<[i64]>::to_vec).unwrap_or_else(|| vec![1; starts.len()]);
+        if ends.len() != starts.len() || axes.len() != starts.len() || steps.len() != starts.len() || steps.contains(&0) {
+            return None;
+        }
+        Some(Slice { axes: (0..starts.len()).map(|k| (axes[k], starts[k], ends[k], steps[k])).collect() })
+    }
+}
+
+impl F32Kernel for Slice {
+    fn run(&self, args: &[&Tensor]) -> Result<Tensor, String> {
+        let a = args.first().and_then(|t| t.as_f32()).ok_or("slice reads f32")?;
+        let mut v = a.view();
+        for &(axis, start, end, step) in &self.axes {
+            let d = *v.shape().get(axis).ok_or("slice of a missing axis")? as i64;
+            let (first, count) = slice_range(d, start, end, step);
+            let sl = match count {
+                0 => ndarray::Slice::new(0, Some(0), 1),
+                _ if step > 0 => {
+                    ndarray::Slice::new(first as isize, Some((first + (count - 1) * step + 1) as isize), step as isize)
+                }
+                _ => ndarray::Slice::new((first + (count - 1) * step) as isize, Some(first as isize + 1), step as isize),
+            };
+            v.slice_axis_inplace(ndarray::Axis(axis), sl);
+        }
+        let shape = v.shape().to_vec();
+        tensor(&shape, v.iter().copied().collect())
+    }
+
+    fn describe(&self) -> &'static str {
+        "f32 slice"
+    }
+}

@@ -1,0 +1,215 @@
+//! The 512-bit GEMM path for AVX-512 VNNI CPUs, precompiled with `std::arch` (Cranelift's x64
+//! backend emits 128-bit vectors only; see ARCHITECTURE.md, "Kernels past 128 bits"):
+//! `vpdpbusd` on 512-bit registers, sixty-four u8 × i8 products per instruction, summed four at a
+//! time into i32 lanes without saturation.
+//!
+//! Weights (i8) are packed when the layer is compiled, per panel of 32 columns (16 for a last
+//! panel of at most 16), as `[k quad][columns]` i32 words, each holding a column's four weights
+//! of that quad (zero past N and past K). Activations are u8 (an i8 input is flipped, `q ^ 0x80`,
+//! its zero point + 128, as on the other vector paths), copied once per tile of rows into k-quad
+//! words; the accumulators start from the bias with the zero-point term `−zp_u·Σ_k w` folded in.
+//! The micro-kernel keeps up to 8 rows × 32 columns in sixteen accumulators: per k quad, two
+//! weight loads, eight broadcast activation words, sixteen `vpdpbusd`. The epilogue is the
+//! evaluator's f32 requantization on vectors: `vcvtdq2ps`, `vmulps`, a clamp to
+//! `[lo − zp, hi − zp]` (integers, so clamping before rounding equals clamping after),
+//! `vcvtps2dq` rounding to nearest even by its embedded rounding mode, `+ zp`, then `vpmovdb` to
+//! bytes. The sums are exact (the layer passed [`GemmSpec::accumulators_fit`]), so
+//! the result is the evaluator's, bit for bit.
+//!
+//! Bounds: `run` checks that `a` holds `m` rows of `stride` bytes and `out` `m·n` bytes; every
+//! vector load and store goes through a slice of exactly its width (checked by the slicing), and
+//! the packed panels and tables are sized when the kernel is built.
+
+use crate::kernels::gemm::GemmSpec;
+use crate::kernels::gemm::avx2::NativeRequant;
+use std::arch::x86_64::*;
+
+/// Rows per micro-tile.
+const MR: usize = 8;
+/// Columns per vector.
+const L: usize = 16;
+
+/// A GEMM layer packed for the AVX-512 VNNI path.
+pub(crate) struct Avx512Gemm {
+    n: usize,
+    /// K rounded up to 4 (the k quads).
+    quads: usize,
+    /// Bytes per activation row (at least `4 · quads`).
+    stride: usize,
+    /// XOR that makes four activation bytes u8 (0x80808080 for i8 inputs).
+    flip: u32,
+    /// Per panel: `[quad][32 or 16 columns]` words of four i8 weights.
+    packed: Vec<i32>,
+    /// The accumulators' starts and the requantization, per column.
+    req: NativeRequant,
+}
+
+impl Avx512Gemm {
+    /// Packs `spec` (f32 requantization with finite multipliers, weights in i8) for rows of
+    /// `stride` bytes (a multiple of 4, at least `k`); `None` otherwise.
+    pub(crate) fn new(spec: &GemmSpec, stride: usize) -> Option<Avx512Gemm> {
+        let (n, k) = (spec.n, spec.k);
+        let quads = k.div_ceil(4);
+        if n == 0 || k == 0 || !stride.is_multiple_of(4) || stride < 4 * quads {
+            return None;
+        }
+        if spec.weights.len() != n * k || spec.bias.len() != n || spec.requant.len() != n {
+            return None;
+        }
+        if spec.weights.iter().any(|&w| i8::try_from(w).is_err()) {
+            return None;
+        }
+        let padded = n.div_ceil(2 * L) * 2 * L;
+        let mut packed = vec![0i32; quads * n.div_ceil(L) * L];
+        for c in 0..n {
+            let (base, width) = panel(c / (2 * L), n, quads);
+            let col = c % (2 * L);
+            for q in 0..quads {
+                let mut word = [0u8; 4];
+                for (i, b) in word.iter_mut().enumerate() {
+                    if let Some(&w) = spec.weights[c * k..(c + 1) * k].get(4 * q + i) {
+                        *b = w as i8 as u8;
+                    }
+                }
+                packed[base + q * width + col] = i32::from_le_bytes(word);
+            }
+        }
+        let req = NativeRequant::new(spec, padded)?;
+        Some(Avx512Gemm {
+            n,
+            quads,
+            stride,
+            flip: if spec.a_signed { 0x8080_8080 } else { 0 },
+            packed,
+            req,
+        })
+    }
+
+    /// Whether this CPU runs the path.
+    pub(crate) fn on_host() -> bool {
+        std::is_x86_feature_detected!("avx512f")
+            && std::is_x86_feature_detected!("avx512bw")
+            && std::is_x86_feature_detected!("avx512vnni")
+    }
+
+    /// `m` rows of `a` (`stride` bytes each) into `out` (`m × n` requantized bytes).
+    pub(crate) fn run(&self, a: &[u8], m: usize, out: &mut [u8]) -> Result<(), String> {
+        if a.len() != m * self.stride || out.len() != m * self.n {
+            return Err(format!("AVX-512 GEMM: {} input bytes and {} outputs for {m} rows", a.len(), out.len()));
+        }
+        if !Avx512Gemm::on_host() {
+            return Err("the AVX-512 VNNI GEMM path runs on a CPU without AVX-512 VNNI".into());
+        }
+        // SAFETY: AVX-512 F, BW and VNNI are present (checked just above).
+        unsafe { self.run_avx512(a, m, out) };
+        Ok(())
+    }
+
+    #[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
+    fn run_avx512(&self, a: &[u8], m: usize, out: &mut [u8]) {
+        let mut rows = vec![0i32; MR * self.quads];
+        for r0 in (0..m).step_by(MR) {
+            let mr = MR.min(m - r0);
+            for (r, dst) in rows.chunks_exact_mut(self.quads).enumerate().take(mr) {
+                let src = &a[(r0 + r) * self.stride..][..4 * self.quads];
+                for (d, s) in dst.iter_mut().zip(src.chunks_exact(4)) {
+                    *d = (u32::from_le_bytes(s.try_into().expect("4 bytes")) ^ self.flip) as i32;
+                }
+            }
+            let out = &mut out[r0 * self.n..(r0 + mr) * self.n];
+            match mr {
+                8 => self.tile_rows::<8>(&rows, out),
+                7 => self.tile_rows::<7>(&rows, out),
+                6 => self.tile_rows::<6>(&rows, out),
+                5 => self.tile_rows::<5>(&rows, out),
+                4 => self.tile_rows::<4>(&rows, out),
+                3 => self.tile_rows::<3>(&rows, out),
+                2 => self.tile_rows::<2>(&rows, out),
+                _ => self.tile_rows::<1>(&rows, out),
+            }
+        }
+    }
+
+    /// `R` rows (their k-quad words in `rows`) against every panel, into `out` (`R × n`).
+    #[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
+    fn tile_rows<const R: usize>(&self, rows: &[i32], out: &mut [u8]) {
+        for p in 0..self.n.div_ceil(2 * L) {
+            let (base, width) = panel(p, self.n, self.quads);
+            let weights = &self.packed[base..][..self.quads * width];
+            if width == 2 * L {
+                let acc = self.micro::<R, 2>(rows, weights, p * 2 * L);
+                self.epilogue::<R, 2>(&acc, p * 2 * L, out);
+            } else {
+                let acc = self.micro::<R, 1>(rows, weights, p * 2 * L);
+                self.epilogue::<R, 1>(&acc, p * 2 * L, out);
+            }
+        }
+    }
+
+    /// The accumulators of an `R`-row × `16·V`-column tile from column `col0`: `start + Σ a·w`
+    /// over the k quads.
+    #[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
+    fn micro<const R: usize, const V: usize>(&self, rows: &[i32], weights: &[i32], col0: usize) -> [[__m512i; V]; R] {
+        let load = |s: &[i32]| -> __m512i {
+            let s: &[i32; L] = s[..L].try_into().expect("16 lanes");
+            // SAFETY: `s` is exactly 16 i32s.
+            unsafe { _mm512_loadu_si512(s.as_ptr().cast()) }
+        };
+        let start = &self.req.start[col0..][..V * L];
+        let mut acc: [[__m512i; V]; R] = [std::array::from_fn(|v| load(&start[v * L..])); R];
+        let rows: [&[i32]; R] = std::array::from_fn(|r| &rows[r * self.quads..][..self.quads]);
+        for (q, w) in weights.chunks_exact(V * L).enumerate() {
+            let w: [__m512i; V] = std::array::from_fn(|v| load(&w[v * L..]));
+            for (row, x) in acc.iter_mut().zip(&rows) {
+                let x = _mm512_set1_epi32(x[q]);
+                for (a, &w) in row.iter_mut().zip(&w) {
+                    *a = _mm512_dpbusd_epi32(*a, x, w);
+                }
+            }
+        }
+        acc
+    }
+
+    /// Requantizes a tile into `out` (`R` rows of `n` bytes) at columns `col0..`.
+    #[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
+    fn epilogue<const R: usize, const V: usize>(&self, acc: &[[__m512i; V]; R], col0: usize, out: &mut [u8]) {
+        let mult = &self.req.mult[col0..][..V * L];
+        let m: [__m512; V] = std::array::from_fn(|v| {
+            let s: &[f32; L] = mult[v * L..][..L].try_into().expect("16 lanes");
+            // SAFETY: `s` is exactly 16 f32s.
+            unsafe { _mm512_loadu_ps(s.as_ptr()) }
+        });
+        let (lo, hi) = (_mm512_set1_ps((self.req.lo - self.req.zp) as f32), _mm512_set1_ps((self.req.hi - self.req.zp) as f32));
+        let zp = _mm512_set1_epi32(self.req.zp);
+        for (r, row) in acc.iter().enumerate() {
+            for (v, (&a, &m)) in row.iter().zip(&m).enumerate() {
+                // Clamping to the integer bounds before rounding gives what clamping after it
+                // does; the conversion rounds to nearest even whatever MXCSR says.
+                let f = _mm512_min_ps(_mm512_max_ps(_mm512_mul_ps(_mm512_cvtepi32_ps(a), m), lo), hi);
+                let q = _mm512_cvt_roundps_epi32::<{ _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC }>(f);
+                let bytes = _mm512_cvtepi32_epi8(_mm512_add_epi32(q, zp));
+                let c = col0 + v * L;
+                if c >= self.n {
+                    break;
+                }
+                let dst = &mut out[r * self.n + c..][..L.min(self.n - c)];
+                if let Ok(dst) = <&mut [u8; L]>::try_from(&mut *dst) {
+                    // SAFETY: `dst` is exactly 16 bytes.
+                    unsafe { _mm_storeu_si128(dst.as_mut_ptr().cast(), bytes) };
+                } else {
+                    let mut tile = [0u8; L];
+                    // SAFETY: `tile` is exactly 16 bytes.
+                    unsafe { _mm_storeu_si128(tile.as_mut_ptr().cast(), bytes) };
+                    dst.copy_from_slice(&tile[..dst.len()]);
+                }
+            }
+        }
+    }
+}
+
+/// Panel `p`'s offset in the packed weights and its width: 32 columns, or 16 for a last panel
+/// holding at most 16.
+fn panel(p: usize, n: usize, quads: usize) -> (usize, usize) {
+    let width = if (p + 1) * 2 * L > n && n - p * 2 * L <= L { L } else { 2 * L };
+    (p * 2 * L * quads, width)
+}
