@@ -26,8 +26,6 @@ const MR: usize = 5;
 const NR: usize = 16;
 /// Taps per block.
 const KC: usize = 128;
-/// Channels a depthwise convolution sums together (four 8-lane vectors).
-const DW: usize = 32;
 
 /// A compiled f32 convolution.
 pub struct ConvF32 {
@@ -45,8 +43,6 @@ pub struct ConvF32 {
     hi: f32,
     relu: bool,
     avx2: bool,
-    /// A depthwise convolution's weights `[tap][c]` (one input and one output channel per group).
-    depthwise: Option<Vec<f32>>,
 }
 
 impl ConvF32 {
@@ -121,8 +117,6 @@ impl ConvF32 {
             hi,
             relu,
             avx2: isa.avx2() && avx2(),
-            depthwise: (ci == 1 && og == 1 && groups > 1)
-                .then(|| (0..kh * kw).flat_map(|t| (0..o).map(move |oc| (t, oc))).map(|(t, oc)| ws[oc * kh * kw + t]).collect()),
         })
     }
 
@@ -150,14 +144,6 @@ impl ConvF32 {
         let tiles = self.og.div_ceil(MR);
         // The sums of one pixel panel: [oc tile][MR][NR].
         let mut sums = vec![0.0f32; tiles * MR * NR];
-        if self.depthwise.is_some() {
-            let mut scratch = (vec![0.0f32; image_in], vec![0.0f32; o * plane]);
-            for (image, dst) in xs.chunks_exact(image_in).zip(out.chunks_exact_mut(o * plane)) {
-                self.depthwise(image, dst, &mut scratch);
-            }
-            let shape = [n, o, self.win.out[0], self.win.out[1]];
-            return ndarray::ArrayD::from_shape_vec(ndarray::IxDyn(&shape), out).map(Tensor::F32).map_err(|e| e.to_string());
-        }
         for ni in 0..n {
             let image = &xs[ni * image_in..][..image_in];
             for g in 0..self.groups {
@@ -196,8 +182,8 @@ impl ConvF32 {
                 }
             }
         }
-        let t =
-            ndarray::ArrayD::from_shape_vec(ndarray::IxDyn(&[n, o, self.win.out[0], self.win.out[1]]), out).map_err(|e| e.to_string())?;
+        let t = ndarray::ArrayD::from_shape_vec(ndarray::IxDyn(&[n, o, self.win.out[0], self.win.out[1]]), out)
+            .map_err(|e| e.to_string())?;
         Ok(Tensor::F32(t))
     }
 
@@ -260,79 +246,6 @@ impl ConvF32 {
             let b = self.bias[oc];
             for a in row.iter_mut() {
                 *a = self.activate(*a + b);
-            }
-        }
-    }
-
-    /// A depthwise convolution of one image (`[c][h][w]` into `[c][oh][ow]`) with the channels
-    /// as the vector: the image is transposed to `[h][w][c]`, each output pixel's channels are
-    /// summed [`DW`] at a time over the taps inside the input in (ky, kx) order — each element's
-    /// sum the evaluator's —, then transposed back. `scratch` holds the two transposed images.
-    fn depthwise(&self, image: &[f32], dst: &mut [f32], scratch: &mut (Vec<f32>, Vec<f32>)) {
-        let (xt, yt) = scratch;
-        let (c, hw) = (self.c, self.win.h * self.win.w);
-        let plane = self.win.out[0] * self.win.out[1];
-        crate::layout::transpose(image, c, hw, xt);
-        #[cfg(target_arch = "x86_64")]
-        if self.avx2 {
-            // SAFETY: `avx2` was set only where the CPU has AVX2 (checked by `avx2()`).
-            unsafe { self.depthwise_avx2(xt, yt) };
-            crate::layout::transpose(yt, plane, c, dst);
-            return;
-        }
-        self.depthwise_any(xt, yt);
-        crate::layout::transpose(yt, plane, c, dst);
-    }
-
-    /// [`ConvF32::depthwise_any`] compiled for AVX2.
-    #[cfg(target_arch = "x86_64")]
-    #[target_feature(enable = "avx2")]
-    fn depthwise_avx2(&self, xt: &[f32], yt: &mut [f32]) {
-        self.depthwise_any(xt, yt);
-    }
-
-    /// `yt` (`[oh][ow][c]`) from `xt` (`[h][w][c]`).
-    #[inline(always)]
-    fn depthwise_any(&self, xt: &[f32], yt: &mut [f32]) {
-        let Some(weights) = &self.depthwise else { return };
-        let ([kh, kw], [oh, ow], c) = (self.win.k, self.win.out, self.c);
-        for y in 0..oh {
-            for x in 0..ow {
-                let pixel = &mut yt[(y * ow + x) * c..][..c];
-                let mut c0 = 0;
-                while c0 < c {
-                    let width = DW.min(c - c0);
-                    let mut acc = [0.0f32; DW];
-                    for ky in 0..kh {
-                        let iy = (y * self.win.stride[0] + ky * self.win.dil[0]).wrapping_sub(self.win.pad[0]);
-                        if iy >= self.win.h {
-                            continue;
-                        }
-                        for kx in 0..kw {
-                            let ix = (x * self.win.stride[1] + kx * self.win.dil[1]).wrapping_sub(self.win.pad[1]);
-                            if ix >= self.win.w {
-                                continue;
-                            }
-                            let src = &xt[(iy * self.win.w + ix) * c + c0..][..width];
-                            let w = &weights[(ky * kw + kx) * c + c0..][..width];
-                            if width == DW {
-                                let (src, w): (&[f32; DW], &[f32; DW]) =
-                                    (src.try_into().expect("DW lanes"), w.try_into().expect("DW lanes"));
-                                for i in 0..DW {
-                                    acc[i] += src[i] * w[i];
-                                }
-                            } else {
-                                for ((a, &v), &wv) in acc.iter_mut().zip(src).zip(w) {
-                                    *a += v * wv;
-                                }
-                            }
-                        }
-                    }
-                    for (i, p) in pixel[c0..c0 + width].iter_mut().enumerate() {
-                        *p = self.activate(acc[i] + self.bias[c0 + i]);
-                    }
-                    c0 += width;
-                }
             }
         }
     }

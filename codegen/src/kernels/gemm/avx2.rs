@@ -62,14 +62,7 @@ impl Avx2Gemm {
             }
         }
         let req = NativeRequant::new(spec, blocks * NB)?;
-        Some(Avx2Gemm {
-            n,
-            pairs,
-            stride,
-            flip: if spec.a_signed { 0x80 } else { 0 },
-            packed,
-            req,
-        })
+        Some(Avx2Gemm { n, pairs, stride, flip: if spec.a_signed { 0x80 } else { 0 }, packed, req })
     }
 
     /// `m` rows of `a` (`stride` bytes each) into `out` (`m × n` requantized bytes).

@@ -75,14 +75,7 @@ impl Avx512Gemm {
             }
         }
         let req = NativeRequant::new(spec, padded)?;
-        Some(Avx512Gemm {
-            n,
-            quads,
-            stride,
-            flip: if spec.a_signed { 0x8080_8080 } else { 0 },
-            packed,
-            req,
-        })
+        Some(Avx512Gemm { n, quads, stride, flip: if spec.a_signed { 0x8080_8080 } else { 0 }, packed, req })
     }
 
     /// Whether this CPU runs the path.
