@@ -18,6 +18,12 @@ qc_model *qc_load(const char *path);
 /* JIT-compiles a loaded model. 0 on success, -1 on error. */
 int qc_compile(qc_model *model);
 
+/* JIT-compiles a loaded model for `threads` threads, over which each qc_run splits its batch
+   (outputs equal to one thread's). 0 on success, -1 on error: 0 threads, or more than one for a
+   model whose images are not independent (dynamic quantization), with the reason in
+   qc_last_error. */
+int qc_compile_threads(qc_model *model, size_t threads);
+
 /* The number of dims of the model's input and their sizes (0 for a dynamic dim), written to dims
  * (at most max_dims of them). Returns the rank, or -1 on error. */
 int qc_input_dims(const qc_model *model, size_t *dims, size_t max_dims);

@@ -67,6 +67,23 @@ pub unsafe extern "C" fn qc_compile(model: *mut QcModel) -> c_int {
     })
 }
 
+/// JIT-compiles a loaded model for `threads` threads, over which each run splits its batch; 0 or
+/// -1 (0 threads, or more than one for a model whose images are not independent, with the
+/// reason in `qc_last_error`).
+///
+/// # Safety
+/// `model` as for `qc_compile`.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn qc_compile_threads(model: *mut QcModel, threads: usize) -> c_int {
+    guard(-1, || {
+        // SAFETY: see above.
+        let m = unsafe { model.as_mut() }.ok_or("qc_compile_threads: model is NULL")?;
+        let options = qc_codegen::CodegenOptions { threads, ..qc_codegen::CodegenOptions::host() };
+        m.compiled = Some(CompiledModel::compile_with(&m.graph, &options).map_err(|e| e.to_string())?);
+        Ok(0)
+    })
+}
+
 /// The input's rank and dims (0 for a dynamic dim); -1 on error.
 ///
 /// # Safety

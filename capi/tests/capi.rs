@@ -39,6 +39,15 @@ fn load_compile_run_and_errors() {
         assert!(last_error().contains("must be tensor<?x64xf32>"));
         assert_eq!(qc_run(m, std::ptr::null(), shape.as_ptr(), 2, y.as_mut_ptr(), 10), -1);
         assert_eq!(qc_compile(std::ptr::null_mut()), -1);
+        // Two threads split a batch of 3 and give the one-thread outputs; 0 threads is refused.
+        let (x3, shape3) = ((0..192).map(|i| (i % 7) as f32 / 7.0).collect::<Vec<f32>>(), [3usize, 64]);
+        let (mut one, mut two) = ([0f32; 30], [0f32; 30]);
+        assert_eq!(qc_run(m, x3.as_ptr(), shape3.as_ptr(), 2, one.as_mut_ptr(), 30), 0);
+        assert_eq!(qc_compile_threads(m, 0), -1);
+        assert!(last_error().contains("at least one thread"), "{}", last_error());
+        assert_eq!(qc_compile_threads(m, 2), 0);
+        assert_eq!(qc_run(m, x3.as_ptr(), shape3.as_ptr(), 2, two.as_mut_ptr(), 30), 0);
+        assert_eq!(one, two);
         qc_free(m);
         qc_free(std::ptr::null_mut());
     }

@@ -92,9 +92,18 @@ fn main() {
             std::hint::black_box(af.dot(&bf));
         });
         println!("{m}x{n}x{k}: f32 ndarray {:.3} ms, {:.1} GFLOPS", f32_t * 1e3, ops / f32_t / 1e9);
-        // The paths this CPU's ISA levels use (the VNNI path only where it has VNNI).
+        // The paths this CPU's ISA levels use (the VNNI paths only where it has VNNI).
+        let levels = qc_codegen::Isa::host_levels();
+        let on = |l: qc_codegen::Isa| levels.contains(&l);
         let vnni = qc_codegen::Isa::host().vnni();
-        for path in [Path::Scalar, Path::Sse, Path::Vnni].into_iter().filter(|&p| p != Path::Vnni || vnni) {
+        let paths = [
+            (Path::Scalar, true),
+            (Path::Sse, true),
+            (Path::Avx2, on(qc_codegen::Isa::Avx2)),
+            (Path::Vnni, vnni),
+            (Path::Avx512, on(qc_codegen::Isa::Avx512Vnni)),
+        ];
+        for path in paths.into_iter().filter_map(|(p, on)| on.then_some(p)) {
             let t0 = Instant::now();
             let kernel = GemmKernel::compile_on(&spec, path).expect("compiles");
             let compile = t0.elapsed().as_secs_f64();

@@ -29,6 +29,7 @@ pub mod plan;
 mod runtime;
 mod steps;
 pub mod target;
+mod threads;
 
 pub use error::CodegenError;
 pub use gemm::{GemmKernel, GemmSpec, Path};

@@ -85,6 +85,10 @@ pub struct CompiledModel {
     pub(crate) largest: Vec<(String, u64, u32)>,
     /// The ISA level its kernels were built for.
     pub(crate) isa: crate::target::Isa,
+    /// The threads a run splits its batch over, and the workers besides the caller's (see
+    /// `threads.rs`).
+    pub(crate) threads: usize,
+    pub(crate) pool: Option<rayon::ThreadPool>,
 }
 
 impl CompiledModel {
@@ -93,14 +97,20 @@ impl CompiledModel {
         CompiledModel::compile_with(g, &CodegenOptions::host())
     }
 
-    /// Compiles a verified graph whose weights are loaded, for `options`' ISA level; an error
-    /// when this CPU cannot run that level, or for more than one thread (not yet supported).
+    /// Compiles a verified graph whose weights are loaded, for `options`' ISA level and threads;
+    /// an error when this CPU cannot run that level, for 0 threads, or for more than one when
+    /// the model's images are not independent (then a batch cannot be split).
     pub fn compile_with(g: &Graph, options: &CodegenOptions) -> Result<CompiledModel, CodegenError> {
         if !options.isa.on_host() {
             return Err(err(format!("this CPU cannot run ISA level {}", options.isa)));
         }
-        if options.threads != 1 {
-            return Err(err(format!("runs use one thread; {} were asked for", options.threads)));
+        if options.threads == 0 {
+            return Err(err("a model runs on at least one thread"));
+        }
+        if options.threads > 1 {
+            crate::threads::images_apart(g).map_err(|e| {
+                err(format!("{} threads split a batch, but @{}'s images are not independent: {e}", options.threads, g.name))
+            })?;
         }
         qc_ir::eval::check_sizes(g, 1).map_err(err)?;
         let largest = g
@@ -186,6 +196,8 @@ impl CompiledModel {
             kernels,
             largest,
             isa: options.isa,
+            threads: options.threads,
+            pool: crate::threads::pool(options.threads).map_err(err)?,
         })
     }
 
@@ -243,6 +255,14 @@ impl CompiledModel {
     /// Runs the model. Inputs are checked against the compiled types (a dynamic dim accepts any
     /// size); a wrong input is an error, never undefined behaviour.
     pub fn run(&self, inputs: &[Tensor]) -> Result<Vec<Tensor>, CodegenError> {
+        match inputs.first().and_then(|t| t.shape().first()) {
+            Some(&n) if self.threads > 1 && n > 1 && inputs.len() == self.inputs.len() => self.run_split(inputs, n, self.threads),
+            _ => self.run_one(inputs),
+        }
+    }
+
+    /// [`CompiledModel::run`] on the calling thread.
+    pub(crate) fn run_one(&self, inputs: &[Tensor]) -> Result<Vec<Tensor>, CodegenError> {
         self.with_run(inputs, |run| {
             match &self.direct {
                 Some(calls) if run.arena.batch == 1 => run.calls(calls)?,

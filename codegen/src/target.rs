@@ -134,7 +134,8 @@ impl FromStr for Isa {
 pub struct CodegenOptions {
     /// The ISA level the kernels are built for.
     pub isa: Isa,
-    /// Threads a run may use. One today: [`crate::CompiledModel::compile_with`] refuses more.
+    /// Threads a run splits its batch over (at least 1; more only for a model whose images are
+    /// independent, which [`crate::CompiledModel::compile_with`] checks).
     pub threads: usize,
 }
 

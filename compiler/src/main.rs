@@ -27,8 +27,8 @@ fn main() {
         Command::Eval(args) => cli::measure::eval(args),
         Command::Bench(args) => cli::measure::bench(args),
         Command::Export { model, output, weights } => cli::files::export(&model, &output, weights.as_deref()),
-        Command::Run { model, input, output, weights, engine, isa } => {
-            cli::measure::run(&model, &input, &output, weights.as_deref(), engine, &isa)
+        Command::Run { model, input, output, weights, engine, isa, threads } => {
+            cli::measure::run(&model, &input, &output, weights.as_deref(), engine, &isa, threads)
         }
     };
     if let Err(e) = result {

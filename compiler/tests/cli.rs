@@ -137,13 +137,23 @@ fn usage_errors_exit_2() {
     }
 }
 
-/// `qc bench` names the CPU and the ISA level it compiled for.
+/// `qc bench` names the CPU and the ISA level it compiled for, and the threads.
 #[test]
 fn bench_names_the_isa_level() {
     let o = qc(&["bench", "examples/mlp.qir", "--runs", "3", "--isa", "scalar"]);
     assert_eq!(code(&o), 0, "{}", stderr(&o));
     let out = String::from_utf8_lossy(&o.stdout);
     assert!(out.contains("for ISA level scalar on "), "{out}");
+    let o = qc(&["bench", "examples/mlp.qir", "--runs", "3", "--batch", "4", "--threads", "2"]);
+    assert_eq!(code(&o), 0, "{}", stderr(&o));
+    assert!(String::from_utf8_lossy(&o.stdout).contains(", 2 threads"), "{}", String::from_utf8_lossy(&o.stdout));
+    // Threads are at least one, and only the JIT takes them.
+    let o = qc(&["bench", "examples/mlp.qir", "--threads", "0"]);
+    assert_eq!(code(&o), 2);
+    assert!(stderr(&o).contains("--threads: a model runs on at least one thread"), "{}", stderr(&o));
+    let o = qc(&["run", "examples/mlp.qir", "--input", "x.npy", "-o", "y.npy", "--engine", "interp", "--threads", "2"]);
+    assert_eq!(code(&o), 2);
+    assert!(stderr(&o).contains("--threads is for --engine jit"), "{}", stderr(&o));
 }
 
 #[test]

@@ -139,3 +139,34 @@ fn wrong_inputs_are_errors() {
     nan[[0, 0, 3, 3]] = f32::NAN;
     assert!(input_error(model.run(&[Tensor::F32(nan)]).unwrap_err()).contains("holds NaN"));
 }
+
+/// `threads` splits a batch over the model's workers: every corpus model whose images are
+/// independent gives the one-thread outputs, bit for bit, for 2 and 3 threads and batches of
+/// 1, 2, 5 and 540 (parts of unequal size, fewer images than threads); a dynamically quantized
+/// model (one range for the whole batch) is refused with the reason, and so are 0 threads.
+#[test]
+fn a_batch_split_over_threads_gives_the_one_thread_outputs() {
+    let x = read_tensor(&corpus().join("data/digits_test_x.npy")).unwrap();
+    for (name, g) in cases() {
+        let one = CompiledModel::compile(&g).unwrap();
+        for threads in [2, 3] {
+            let options = qc_codegen::CodegenOptions { threads, ..qc_codegen::CodegenOptions::host() };
+            let many = match CompiledModel::compile_with(&g, &options) {
+                Ok(m) => m,
+                Err(e) => {
+                    assert!(name.ends_with("dynamic"), "{name}: {e}");
+                    assert!(e.to_string().contains("dynamic quantization"), "{name}: {e}");
+                    continue;
+                }
+            };
+            assert!(!name.ends_with("dynamic"), "{name} took {threads} threads");
+            for n in [1, 2, 5, 540] {
+                let xs = x.rows(0, n).unwrap();
+                let want = one.run(std::slice::from_ref(&xs)).unwrap();
+                assert_eq!(many.run(std::slice::from_ref(&xs)).unwrap(), want, "{name}, {threads} threads, batch {n}");
+            }
+        }
+        let zero = qc_codegen::CodegenOptions { threads: 0, ..qc_codegen::CodegenOptions::host() };
+        assert!(CompiledModel::compile_with(&g, &zero).is_err(), "{name}: 0 threads");
+    }
+}

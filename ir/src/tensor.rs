@@ -57,6 +57,33 @@ macro_rules! map_tensor {
 pub(crate) use map_tensor;
 
 impl Tensor {
+    /// Rows `start..end` of the leading axis (`None` for a scalar or a range past the end).
+    pub fn rows(&self, start: usize, end: usize) -> Option<Tensor> {
+        let n = *self.shape().first()?;
+        (start <= end && end <= n)
+            .then(|| map_tensor!(self, a => a.slice_axis(ndarray::Axis(0), ndarray::Slice::from(start..end)).to_owned()))
+    }
+
+    /// `parts` stacked along the leading axis (the inverse of [`Tensor::rows`]): an error when
+    /// their types or other dims differ.
+    pub fn concat_rows(parts: &[Tensor]) -> Result<Tensor, String> {
+        macro_rules! stack {
+            ($($v:ident),*) => {
+                match parts.first() {
+                    None => Err("nothing to stack".to_string()),
+                    $(Some(Tensor::$v(_)) => {
+                        let views = parts
+                            .iter()
+                            .map(|p| match p { Tensor::$v(a) => Ok(a.view()), _ => Err("tensors of different types".to_string()) })
+                            .collect::<Result<Vec<_>, String>>()?;
+                        ndarray::concatenate(ndarray::Axis(0), &views).map(Tensor::$v).map_err(|e| e.to_string())
+                    })*
+                }
+            };
+        }
+        stack!(F32, F16, I64, I32, I8, U8, Bool)
+    }
+
     /// The scalar type of the stored elements.
     pub fn scalar_type(&self) -> ScalarType {
         match self {

@@ -14,7 +14,8 @@
 //! Dynamic: qc's `dynamic` pipeline against ONNX Runtime's `quantize_dynamic` variants.
 //! Zoo CNNs (when `../shared/zoo/build` has run; `QC_ZOO` overrides `~/.cache/qc-zoo`): qc
 //! compiles the fp32 file with the zoo's calibration samples (MinMax, the default); ONNX Runtime
-//! runs the fp32 file and the zoo's QDQ files; batch 1 and 8, `RUNS / 10` runs (at least 10).
+//! runs the fp32 file and the zoo's QDQ files; batch 1 and 8, `RUNS / 10` runs (at least 10); then
+//! batch 8 on two threads for both (qc splitting the batch, ONNX Runtime's intra-op threads).
 
 use ort::session::Session;
 use ort::session::builder::GraphOptimizationLevel;
@@ -64,10 +65,10 @@ fn qc_model(name: &str, pipeline: &str) -> Result<CompiledModel, Error> {
     Ok(CompiledModel::compile(&g)?)
 }
 
-fn session(env: &ort::environment::Environment, path: &Path) -> Result<Session, Error> {
+fn session(env: &ort::environment::Environment, path: &Path, threads: usize) -> Result<Session, Error> {
     Ok(Session::builder(env)?
         .with_optimization_level(GraphOptimizationLevel::Level3)?
-        .with_intra_threads(1)?
+        .with_intra_threads(threads)?
         .with_inter_threads(1)?
         .with_parallel_execution(false)?
         .commit_from_file(path)?)
@@ -103,14 +104,26 @@ fn main() -> Result<(), Error> {
         header("qc int8 ms", "ORT int8 ms", "(ORT's fastest int8 variant)");
         let x_all = qc::io::read_tensor(&zoo.join("data/resnet18_test.npy"))?;
         let x_all = x_all.as_f32().ok_or("test data is not f32")?.clone();
-        for name in ["resnet18", "mobilenet_v2", "mobilenet_v3_small", "efficientnet_b0"] {
+        let names = ["resnet18", "mobilenet_v2", "mobilenet_v3_small", "efficientnet_b0"];
+        let mut graphs = Vec::new();
+        for name in names {
             let mut model = qc::model::load_model(&zoo.join(format!("models/{name}.onnx")), None)?;
             let mut request = qc::driver::Request::default();
             request.options.calibration = Some(Arc::new(qc::io::read_tensor(&zoo.join(format!("data/{name}_calib.npy")))?));
             qc::driver::compile(&mut model, &request, &mut std::io::sink())?;
             let qc = CompiledModel::compile(&model.graph)?;
             let variants = files_starting(&zoo.join("models"), &format!("{name}_qdq"))?;
-            compare(&env, name, &qc, &zoo.join(format!("models/{name}.onnx")), &variants, &x_all, &[1, 8], (runs / 10).max(10))?;
+            let fp32 = zoo.join(format!("models/{name}.onnx"));
+            compare(&env, name, &qc, &fp32, &variants, &x_all, &[1, 8], (runs / 10).max(10), 1)?;
+            graphs.push((name, model.graph, fp32, variants));
+        }
+        println!();
+        println!("The same at batch 8 on two threads: qc splits the batch (--threads 2), ONNX Runtime has intra_op_num_threads = 2.");
+        header("qc int8 ms", "ORT int8 ms", "(ORT's fastest int8 variant)");
+        for (name, g, fp32, variants) in &graphs {
+            let options = qc_codegen::CodegenOptions { threads: 2, ..qc_codegen::CodegenOptions::host() };
+            let qc = CompiledModel::compile_with(g, &options)?;
+            compare(&env, name, &qc, fp32, variants, &x_all, &[8], (runs / 10).max(10), 2)?;
         }
     }
     Ok(())
@@ -150,11 +163,12 @@ fn side_by_side(
 ) -> Result<(), Error> {
     let qc = qc_model(name, pipeline)?;
     let variants = files_starting(&corpus().join("models"), &format!("{name}_{prefix}_"))?;
-    compare(env, name, &qc, &corpus().join(format!("models/{name}_fp32.onnx")), &variants, x_all, &[1, 64], runs)
+    compare(env, name, &qc, &corpus().join(format!("models/{name}_fp32.onnx")), &variants, x_all, &[1, 64], runs, 1)
 }
 
-/// qc's compiled model against ONNX Runtime's `fp32` file and its int8 `variants`, interleaved,
-/// on the first `batch` rows of `x_all` for each batch; prints a row per batch.
+/// qc's compiled model against ONNX Runtime's `fp32` file and its int8 `variants` (sessions on
+/// `threads` intra-op threads), interleaved, on the first `batch` rows of `x_all` for each batch;
+/// prints a row per batch.
 #[allow(clippy::too_many_arguments)]
 fn compare(
     env: &ort::environment::Environment,
@@ -165,11 +179,12 @@ fn compare(
     x_all: &ndarray::ArrayD<f32>,
     batches: &[usize],
     runs: usize,
+    threads: usize,
 ) -> Result<(), Error> {
-    let mut fp32 = session(env, fp32)?;
+    let mut fp32 = session(env, fp32, threads)?;
     let mut variants: Vec<(String, Session)> = variants
         .iter()
-        .map(|p| Ok((p.file_stem().unwrap_or_default().to_string_lossy().into_owned(), session(env, p)?)))
+        .map(|p| Ok((p.file_stem().unwrap_or_default().to_string_lossy().into_owned(), session(env, p, threads)?)))
         .collect::<Result<_, Error>>()?;
     for &batch in batches {
         let x = x_all.slice_axis(ndarray::Axis(0), ndarray::Slice::from(0..batch)).to_owned();

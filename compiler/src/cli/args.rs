@@ -307,6 +307,9 @@ pub(crate) enum Command {
         /// avx512-vnni.
         #[arg(long, default_value = "host")]
         isa: String,
+        /// Threads the JIT splits the batch over (the model's images must be independent).
+        #[arg(long, default_value = "1")]
+        threads: usize,
     },
 }
 
@@ -336,4 +339,8 @@ pub(crate) struct BenchArgs {
     /// avx512-vnni.
     #[arg(long, default_value = "host")]
     pub(crate) isa: String,
+    /// Threads the JIT splits the batch over (the model's images must be independent); the
+    /// per-layer times are one thread's.
+    #[arg(long, default_value = "1")]
+    pub(crate) threads: usize,
 }

@@ -17,8 +17,12 @@ pub(crate) fn run(
     weights: Option<&Path>,
     engine: Engine,
     isa: &str,
+    threads: usize,
 ) -> Result<(), QcError> {
-    let options = super::codegen_options(isa)?;
+    let options = super::codegen_options(isa, threads)?;
+    if matches!(engine, Engine::Interp) && threads != 1 {
+        return Err(super::usage("--threads: the evaluator runs on one thread; --threads is for --engine jit"));
+    }
     let model = load_model(path, weights)?;
     let g = &model.graph;
     if g.params().len() != 1 || g.outputs().len() != 1 {
@@ -67,9 +71,9 @@ fn quantile(sorted: &[f64], q: f64) -> f64 {
 }
 
 pub(crate) fn bench(args: BenchArgs) -> Result<(), QcError> {
-    let BenchArgs { model: path, input, batch, runs, weights, evict_kib, isa } = args;
+    let BenchArgs { model: path, input, batch, runs, weights, evict_kib, isa, threads } = args;
     let (path, input, weights) = (path.as_path(), input.as_deref(), weights.as_deref());
-    let options = super::codegen_options(&isa)?;
+    let options = super::codegen_options(&isa, threads)?;
     let model = load_model(path, weights)?;
     let g = &model.graph;
     if g.params().len() != 1 {
@@ -137,11 +141,12 @@ pub(crate) fn bench(args: BenchArgs) -> Result<(), QcError> {
         0.5,
     );
     say!(
-        "{}: batch {batch}, {} JIT kernels compiled in {compile_ms:.2} ms for ISA level {} on {}",
+        "{}: batch {batch}, {} JIT kernels compiled in {compile_ms:.2} ms for ISA level {} on {}{}",
         path.display(),
         compiled.kernel_count(),
         compiled.isa(),
-        cpu_model()
+        cpu_model(),
+        if threads > 1 { format!(", {threads} threads") } else { String::new() }
     );
     // The spread as well as the median: on a shared machine run times often fall into a fast
     // and a slow mode, and a median alone hides which one it came from.

@@ -23,8 +23,11 @@ pub(crate) fn usage(e: impl std::fmt::Display) -> QcError {
     QcError::Usage(format!("{e}"))
 }
 
-/// The codegen options of `--isa LEVEL` (`host`: this CPU's best).
-pub(crate) fn codegen_options(isa: &str) -> Result<qc_codegen::CodegenOptions, QcError> {
+/// The codegen options of `--isa LEVEL` (`host`: this CPU's best) and `--threads N`.
+pub(crate) fn codegen_options(isa: &str, threads: usize) -> Result<qc_codegen::CodegenOptions, QcError> {
     let isa: qc_codegen::Isa = isa.parse().map_err(|e| usage(format!("--isa: {e}")))?;
-    Ok(qc_codegen::CodegenOptions::with_isa(isa))
+    if threads == 0 {
+        return Err(usage("--threads: a model runs on at least one thread"));
+    }
+    Ok(qc_codegen::CodegenOptions { isa, threads })
 }

@@ -29,6 +29,11 @@ const MR: usize = 8;
 /// Columns per vector.
 const L: usize = 16;
 
+thread_local! {
+    /// A thread's activation words of one tile of rows, reused across layers and runs.
+    static ROWS: std::cell::RefCell<Vec<i32>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
 /// A GEMM layer packed for the AVX-512 VNNI path.
 pub(crate) struct Avx512Gemm {
     n: usize,
@@ -40,6 +45,9 @@ pub(crate) struct Avx512Gemm {
     flip: u32,
     /// Per panel: `[quad][32 or 16 columns]` words of four i8 weights.
     packed: Vec<i32>,
+    /// Per panel of block-sparse weights: the quads with a nonzero weight in some column, which
+    /// are all the kernel visits (`None` where at least 7 in 8 are nonzero).
+    nonzero: Vec<Option<Vec<u32>>>,
     /// The accumulators' starts and the requantization, per column.
     req: NativeRequant,
 }
@@ -74,8 +82,18 @@ impl Avx512Gemm {
                 packed[base + q * width + col] = i32::from_le_bytes(word);
             }
         }
+        let nonzero = (0..n.div_ceil(2 * L))
+            .map(|p| {
+                let (base, width) = panel(p, n, quads);
+                let nz: Vec<u32> = (0..quads)
+                    .filter(|q| packed[base + q * width..][..width].iter().any(|&w| w != 0))
+                    .map(|q| q as u32)
+                    .collect();
+                (nz.len() * 8 < quads * 7).then_some(nz)
+            })
+            .collect();
         let req = NativeRequant::new(spec, padded)?;
-        Some(Avx512Gemm { n, quads, stride, flip: if spec.a_signed { 0x8080_8080 } else { 0 }, packed, req })
+        Some(Avx512Gemm { n, quads, stride, flip: if spec.a_signed { 0x8080_8080 } else { 0 }, packed, nonzero, req })
     }
 
     /// Whether this CPU runs the path.
@@ -100,7 +118,14 @@ impl Avx512Gemm {
 
     #[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
     fn run_avx512(&self, a: &[u8], m: usize, out: &mut [u8]) {
-        let mut rows = vec![0i32; MR * self.quads];
+        ROWS.with_borrow_mut(|rows| {
+            rows.resize(MR * self.quads, 0);
+            self.run_rows(a, m, out, rows)
+        })
+    }
+
+    #[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
+    fn run_rows(&self, a: &[u8], m: usize, out: &mut [u8], rows: &mut [i32]) {
         for r0 in (0..m).step_by(MR) {
             let mr = MR.min(m - r0);
             for (r, dst) in rows.chunks_exact_mut(self.quads).enumerate().take(mr) {
@@ -111,14 +136,14 @@ impl Avx512Gemm {
             }
             let out = &mut out[r0 * self.n..(r0 + mr) * self.n];
             match mr {
-                8 => self.tile_rows::<8>(&rows, out),
-                7 => self.tile_rows::<7>(&rows, out),
-                6 => self.tile_rows::<6>(&rows, out),
-                5 => self.tile_rows::<5>(&rows, out),
-                4 => self.tile_rows::<4>(&rows, out),
-                3 => self.tile_rows::<3>(&rows, out),
-                2 => self.tile_rows::<2>(&rows, out),
-                _ => self.tile_rows::<1>(&rows, out),
+                8 => self.tile_rows::<8>(rows, out),
+                7 => self.tile_rows::<7>(rows, out),
+                6 => self.tile_rows::<6>(rows, out),
+                5 => self.tile_rows::<5>(rows, out),
+                4 => self.tile_rows::<4>(rows, out),
+                3 => self.tile_rows::<3>(rows, out),
+                2 => self.tile_rows::<2>(rows, out),
+                _ => self.tile_rows::<1>(rows, out),
             }
         }
     }
@@ -129,20 +154,27 @@ impl Avx512Gemm {
         for p in 0..self.n.div_ceil(2 * L) {
             let (base, width) = panel(p, self.n, self.quads);
             let weights = &self.packed[base..][..self.quads * width];
+            let nonzero = self.nonzero[p].as_deref();
             if width == 2 * L {
-                let acc = self.micro::<R, 2>(rows, weights, p * 2 * L);
+                let acc = self.micro::<R, 2>(rows, weights, nonzero, p * 2 * L);
                 self.epilogue::<R, 2>(&acc, p * 2 * L, out);
             } else {
-                let acc = self.micro::<R, 1>(rows, weights, p * 2 * L);
+                let acc = self.micro::<R, 1>(rows, weights, nonzero, p * 2 * L);
                 self.epilogue::<R, 1>(&acc, p * 2 * L, out);
             }
         }
     }
 
     /// The accumulators of an `R`-row × `16·V`-column tile from column `col0`: `start + Σ a·w`
-    /// over the k quads.
+    /// over the k quads (those in `nonzero` when given).
     #[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
-    fn micro<const R: usize, const V: usize>(&self, rows: &[i32], weights: &[i32], col0: usize) -> [[__m512i; V]; R] {
+    fn micro<const R: usize, const V: usize>(
+        &self,
+        rows: &[i32],
+        weights: &[i32],
+        nonzero: Option<&[u32]>,
+        col0: usize,
+    ) -> [[__m512i; V]; R] {
         let load = |s: &[i32]| -> __m512i {
             let s: &[i32; L] = s[..L].try_into().expect("16 lanes");
             // SAFETY: `s` is exactly 16 i32s.
@@ -151,7 +183,7 @@ impl Avx512Gemm {
         let start = &self.req.start[col0..][..V * L];
         let mut acc: [[__m512i; V]; R] = [std::array::from_fn(|v| load(&start[v * L..])); R];
         let rows: [&[i32]; R] = std::array::from_fn(|r| &rows[r * self.quads..][..self.quads]);
-        for (q, w) in weights.chunks_exact(V * L).enumerate() {
+        let mut step = |q: usize, w: &[i32]| {
             let w: [__m512i; V] = std::array::from_fn(|v| load(&w[v * L..]));
             for (row, x) in acc.iter_mut().zip(&rows) {
                 let x = _mm512_set1_epi32(x[q]);
@@ -159,6 +191,10 @@ impl Avx512Gemm {
                     *a = _mm512_dpbusd_epi32(*a, x, w);
                 }
             }
+        };
+        match nonzero {
+            None => weights.chunks_exact(V * L).enumerate().for_each(|(q, w)| step(q, w)),
+            Some(quads) => quads.iter().for_each(|&q| step(q as usize, &weights[q as usize * V * L..][..V * L])),
         }
         acc
     }
