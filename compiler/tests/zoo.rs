@@ -4,7 +4,7 @@
 //! fp32 on the zoo's test inputs no worse than ONNX Runtime's own int8 model's (MinMax, the same
 //! method) − 0.5 dB; the JIT runs it with no op on the evaluator and equals the evaluator bit for
 //! bit; ONNX Runtime's QDQ file compiles without flags to the same integer form; the fp32 model
-//! runs on the JIT with its convolutions compiled, equal to the evaluator bit for bit.
+//! runs on the JIT with every op compiled (none on the evaluator), equal to it bit for bit.
 //!
 //! Minutes long, so `#[ignore]`d: `.ci/run` runs it with `--ignored` when the zoo is there. Each
 //! test says so and passes when the zoo is not built.
@@ -118,14 +118,13 @@ fn zoo_qdq_models_compile_without_flags_to_integer_ops() {
 
 #[test]
 #[ignore = "minutes long; needs the zoo (.ci/run runs it when the zoo is built)"]
-fn zoo_fp32_models_run_their_convolutions_compiled() {
+fn zoo_fp32_models_run_every_op_compiled() {
     let Some(zoo) = zoo() else { return };
     for name in CNNS {
         let model = load_model(&zoo.join(format!("models/{name}.onnx")), None).unwrap();
         let test = read_tensor(&zoo.join(format!("data/{name}_test.npy"))).unwrap();
         let compiled = CompiledModel::compile(&model.graph).unwrap();
-        let convs: Vec<String> = compiled.fallback_ops().into_iter().filter(|l| l.contains("= conv2d")).collect();
-        assert!(convs.is_empty(), "{name}: convolutions on the evaluator: {convs:?}");
+        assert_eq!(compiled.fallback_ops(), Vec::<String>::new(), "{name}: ops on the evaluator");
         let x = first(&test, 2);
         let want = evaluate(&model.graph, std::slice::from_ref(&x)).unwrap().remove(0);
         assert_eq!(compiled.run(&[x]).unwrap().remove(0), want, "{name}: the JIT differs from the evaluator");
@@ -164,5 +163,45 @@ fn yolo_detector_imports_and_matches_onnx_runtime() {
         let worst = y.iter().zip(want.iter()).map(|(a, b)| (a - b).abs() / b.abs().max(1.0)).fold(0f32, f32::max);
         eprintln!("yolov8n_320 on the {engine}: largest relative difference from ONNX Runtime {worst:e}");
         assert!(worst <= 1e-5, "{engine}: {worst}");
+    }
+}
+
+/// ONNX Runtime's QDQ files compiled by qc against ONNX Runtime's own int8 outputs (the zoo's
+/// goldens), in steps of the output's quantization: where the goldens were made on a CPU with
+/// VNNI (ONNX Runtime's AVX2 kernels saturate pairs of products, so elsewhere they are not the
+/// QDQ graph's meaning), ResNet-18, MobileNetV2 and MobileNetV3-Small agree to within one step
+/// with the same top-1 on all 16 test images. EfficientNet-B0 is measured and printed, not
+/// held to it: its outputs differ by up to 8 steps (14 of 16 top-1 agree) — see the issue.
+#[test]
+#[ignore = "minutes long; needs the zoo (.ci/run runs it when the zoo is built)"]
+fn zoo_qdq_models_match_onnx_runtimes_int8_outputs() {
+    let Some(zoo) = zoo() else { return };
+    let text = std::fs::read_to_string(zoo.join("results.json")).expect("results.json");
+    let env: serde_json::Value = serde_json::from_str(&text).expect("valid JSON");
+    let cpu = &env["env"]["cpu"];
+    if cpu["avx512_vnni"].as_bool() != Some(true) && cpu["avx_vnni"].as_bool() != Some(true) {
+        eprintln!("skipped: the zoo's ONNX Runtime outputs were made on a CPU without VNNI (its int8 kernels saturate there)");
+        return;
+    }
+    for name in CNNS {
+        let mut model = load_model(&zoo.join(format!("models/{name}_qdq.onnx")), None).unwrap();
+        let test = read_tensor(&zoo.join(format!("data/{name}_test.npy"))).unwrap();
+        let golden = read_tensor(&zoo.join(format!("goldens/{name}_qdq.npy"))).unwrap();
+        compile(&mut model, &Request::default(), &mut std::io::sink()).unwrap_or_else(|e| panic!("{name}: {e}"));
+        let g = &model.graph;
+        let out = g.outputs()[0];
+        let dq = g.producer(out).map(|n| g.node(n)).filter(|n| n.kind == OpKind::Dequantize).expect("a dequantized output");
+        let step = g.ty(dq.operands[0]).elem.quant().expect("quantized").at(0).0 as f64;
+        let y = CompiledModel::compile(g).unwrap().run(&[test]).unwrap().remove(0);
+        let (ours, theirs) = (y.as_f32().unwrap(), golden.as_f32().unwrap());
+        assert_eq!(ours.shape(), theirs.shape(), "{name}");
+        let steps = ours.iter().zip(theirs.iter()).map(|(a, b)| ((a - b) as f64 / step).abs()).fold(0.0, f64::max);
+        let top1 = |a: &ndarray::ArrayD<f32>| qc::exec::argmax_rows(&Tensor::F32(a.clone()));
+        let same = top1(ours).iter().zip(top1(theirs)).filter(|(a, b)| **a == *b).count();
+        eprintln!("{name}: qc against ONNX Runtime's int8 run of its QDQ file: at most {steps:.2} output steps apart, top-1 equal on {same} of {}", ours.shape()[0]);
+        if name != "efficientnet_b0" {
+            assert!(steps <= 1.0 + 1e-3, "{name}: {steps} steps from ONNX Runtime's outputs");
+            assert_eq!(same, ours.shape()[0], "{name}: top-1");
+        }
     }
 }
