@@ -1,9 +1,14 @@
-//! `cargo bench -p qc-codegen`: the GEMM kernel's throughput on each path, next to an f32
-//! ndarray GEMM of the same shape measured in the same run. Prints medians and GOPS
-//! (2·M·N·K per second). Then a 3×3 convolution of 64 channels through `CompiledModel` (patch
-//! gather from NHWC + GEMM), timed as its own step, next to the f32 GEMM of its shape. Then the VNNI kernel on block-sparse weights (blocks of 16 columns × 4 k
+//! `cargo bench -p qc-codegen`: first this CPU's peak for each dot-instruction sequence
+//! (`support/peak.rs`); then convolutions through `CompiledModel` (3×3 64→64 on 16×16 ×4 and on
+//! 56×56, 3×3 128→128 on 8×8 ×8, 1×1 256→256 on 14×14), each timed as its own step, with their
+//! GOPS as a share of the best integer peak and next to the f32 GEMM of their shape; then the
+//! GEMM kernel's throughput on each path, next to an f32 ndarray GEMM of the same shape measured
+//! in the same run. Prints medians and GOPS (2·M·N·K per second). Then the VNNI kernel on block-sparse weights (blocks of 16 columns × 4 k
 //! zeroed, as `sparsify --block` makes them) at 50, 80 and 90 %, against the dense kernel of the
 //! same run.
+
+#[path = "support/peak.rs"]
+mod peak;
 
 use qc_codegen::CompiledModel;
 use qc_codegen::gemm::{GemmKernel, GemmSpec, Path};
@@ -28,17 +33,19 @@ fn time(runs: usize, mut f: impl FnMut()) -> f64 {
     )
 }
 
-/// A 3×3, pad 1 convolution of `c` → `c` channels over `hw × hw` images, `batch` at a time.
-fn conv(runs: usize, c: usize, hw: usize, batch: usize) {
-    let weights: Vec<String> = (0..c * c * 9).map(|i| ((i * 37 % 255) as i32 - 127).to_string()).collect();
+/// A `k`×`k` convolution (pad `k / 2`) of `c` → `c` channels over `hw × hw` images, `batch` at
+/// a time; `peak` is the best integer peak in GOPS.
+fn conv(runs: usize, c: usize, hw: usize, batch: usize, k: usize, peak: f64) {
+    let weights: Vec<String> = (0..c * c * k * k).map(|i| ((i * 37 % 255) as i32 - 127).to_string()).collect();
     let q = "!q<u8, 0.02, 3>";
     let text = format!(
         "func @conv(%x: tensor<?x{c}x{hw}x{hw}x{q}>) -> tensor<?x{c}x{hw}x{hw}x{q}> {{
-  %w = const dense<[{w}]> : tensor<{c}x{c}x3x3x!q<i8, 0.01, 0>>
-  %y = conv2d(%x, %w) {{pads = [1, 1, 1, 1]}} : tensor<?x{c}x{hw}x{hw}x{q}>
+  %w = const dense<[{w}]> : tensor<{c}x{c}x{k}x{k}x!q<i8, 0.01, 0>>
+  %y = conv2d(%x, %w) {{pads = [{p}, {p}, {p}, {p}]}} : tensor<?x{c}x{hw}x{hw}x{q}>
   return %y
 }}",
-        w = weights.join(", ")
+        w = weights.join(", "),
+        p = k / 2
     );
     let g = qc_ir::text::parse(&text).expect("parses");
     let t0 = Instant::now();
@@ -49,17 +56,18 @@ fn conv(runs: usize, c: usize, hw: usize, batch: usize) {
     }));
     let profile = model.profile(std::slice::from_ref(&x), runs).expect("runs");
     let step = profile.iter().find(|p| p.label.contains("conv2d")).expect("a conv step");
-    let (m, k) = (batch * hw * hw, 9 * c);
-    let af = ndarray::Array2::<f32>::from_shape_fn((m, k), |(i, j)| ((i + j) % 7) as f32);
-    let bf = ndarray::Array2::<f32>::from_shape_fn((k, c), |(i, j)| ((i * j) % 5) as f32);
+    let (m, depth) = (batch * hw * hw, k * k * c);
+    let af = ndarray::Array2::<f32>::from_shape_fn((m, depth), |(i, j)| ((i + j) % 7) as f32);
+    let bf = ndarray::Array2::<f32>::from_shape_fn((depth, c), |(i, j)| ((i * j) % 5) as f32);
     let f32_t = time(runs, || {
         std::hint::black_box(af.dot(&bf));
     });
-    let ops = 2.0 * (m * k * c) as f64;
+    let ops = 2.0 * (m * depth * c) as f64;
     println!(
-        "conv 3x3 {c}->{c} {hw}x{hw} batch {batch}: int8 {:.3} ms, {:.1} GOPS (f32 GEMM of its shape {:.1} GFLOPS, {:.2}x), compile {:.2} ms",
+        "conv {k}x{k} {c}->{c} {hw}x{hw} batch {batch}: int8 {:.3} ms, {:.1} GOPS = {:.0} % of the int8 peak (f32 GEMM of its shape {:.1} GFLOPS, {:.2}x), compile {:.2} ms",
         step.seconds * 1e3,
         ops / step.seconds / 1e9,
+        100.0 * ops / step.seconds / 1e9 / peak,
         ops / f32_t / 1e9,
         f32_t / step.seconds,
         compile * 1e3
@@ -68,8 +76,15 @@ fn conv(runs: usize, c: usize, hw: usize, batch: usize) {
 
 fn main() {
     let runs = if std::env::var("QC_SLOW").is_ok() { 101 } else { 21 };
-    conv(runs, 64, 16, 4);
-    conv(runs, 128, 8, 8);
+    let peaks = peak::measure();
+    for p in &peaks {
+        println!("peak {}: {:.1} {}", p.name, p.gops, if p.integer { "GOPS" } else { "GFLOPS" });
+    }
+    let best = peaks.iter().filter(|p| p.integer).map(|p| p.gops).fold(f64::NAN, f64::max);
+    conv(runs, 64, 16, 4, 3, best);
+    conv(runs, 64, 56, 1, 3, best);
+    conv(runs, 128, 8, 8, 3, best);
+    conv(runs, 256, 14, 1, 1, best);
     for (m, n, k) in [(256usize, 256usize, 256usize), (64, 1024, 576), (1, 128, 64)] {
         let ops = 2.0 * (m * n * k) as f64;
         let spec = GemmSpec {

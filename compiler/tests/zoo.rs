@@ -198,7 +198,10 @@ fn zoo_qdq_models_match_onnx_runtimes_int8_outputs() {
         let steps = ours.iter().zip(theirs.iter()).map(|(a, b)| ((a - b) as f64 / step).abs()).fold(0.0, f64::max);
         let top1 = |a: &ndarray::ArrayD<f32>| qc::exec::argmax_rows(&Tensor::F32(a.clone()));
         let same = top1(ours).iter().zip(top1(theirs)).filter(|(a, b)| **a == *b).count();
-        eprintln!("{name}: qc against ONNX Runtime's int8 run of its QDQ file: at most {steps:.2} output steps apart, top-1 equal on {same} of {}", ours.shape()[0]);
+        eprintln!(
+            "{name}: qc against ONNX Runtime's int8 run of its QDQ file: at most {steps:.2} output steps apart, top-1 equal on {same} of {}",
+            ours.shape()[0]
+        );
         if name != "efficientnet_b0" {
             assert!(steps <= 1.0 + 1e-3, "{name}: {steps} steps from ONNX Runtime's outputs");
             assert_eq!(same, ours.shape()[0], "{name}: top-1");
