@@ -242,18 +242,16 @@ pub(crate) fn lower(
             (OpKind::Sigmoid | OpKind::HardSigmoid | OpKind::HardSwish | OpKind::Clip, true, _, Some(x))
                 if node.operands.len() == 1 && batched(tys[0]) =>
             {
-                match times_input(g, id, &batched) {
-                    Some((mul, f_first)) => {
-                        let m = g.node(mul);
-                        let kernel =
-                            Lut::times_input(node.kind, &node.attrs, tys[0], out_ty, &m.attrs, f_first, g.ty(m.results[0]), isa);
-                        if kernel.is_some() {
-                            absorbed.insert(mul);
-                        }
-                        kernel.map(|kernel| Lowered::Lut { kernel, x, y: m.results[0] })
-                    }
-                    None => Lut::new(node.kind, &node.attrs, tys[0], out_ty, isa).map(|kernel| Lowered::Lut { kernel, x, y }),
-                }
+                // With the mul of `x` by it when that can be one table; else the activation alone.
+                let fused = times_input(g, id, &batched).and_then(|(mul, f_first)| {
+                    let m = g.node(mul);
+                    let kernel =
+                        Lut::times_input(node.kind, &node.attrs, tys[0], out_ty, &m.attrs, f_first, g.ty(m.results[0]), isa)?;
+                    absorbed.insert(mul);
+                    Some(Lowered::Lut { kernel, x, y: m.results[0] })
+                });
+                fused
+                    .or_else(|| Lut::new(node.kind, &node.attrs, tys[0], out_ty, isa).map(|kernel| Lowered::Lut { kernel, x, y }))
             }
             (OpKind::Add, true, _, Some(a)) => {
                 AddQ::new(&node.attrs, &tys, out_ty, isa).map(|kernel| Lowered::Add { kernel, a, b: node.operands[1], y })

@@ -40,11 +40,7 @@ impl Lut {
         let all = Tensor::I32(ndarray::ArrayD::from_shape_vec(ndarray::IxDyn(&[256]), bytes).ok()?).cast(x.elem.storage());
         let flat = |t: &TensorType| TensorType { dims: vec![Dim::Fixed(256)], elem: t.elem.clone() };
         let y = qc_ir::eval::eval_op(kind, attrs, &[&all], &[&flat(x)], &flat(out)).ok()?;
-        let mut table = Box::new([0u8; 256]);
-        for (slot, b) in table.iter_mut().zip(crate::kernels::gemm::tensor_bytes(&y)?) {
-            *slot = b;
-        }
-        Some(Lut { table, kind, times_input: false, vbmi: vbmi(isa) })
+        Some(Lut { table: table_of(&y)?, kind, times_input: false, vbmi: vbmi(isa) })
     }
 
     /// The table of `mul(x, f(x))` (or `mul(f(x), x)` when `f_first`) for the 8-bit per-tensor
@@ -77,11 +73,7 @@ impl Lut {
             false => ([&xs, &fs], [&flat(x), &flat(f_out)]),
         };
         let y = qc_ir::eval::eval_op(OpKind::Mul, mul_attrs, &args, &tys, &flat(out)).ok()?;
-        let mut table = Box::new([0u8; 256]);
-        for (slot, b) in table.iter_mut().zip(crate::kernels::gemm::tensor_bytes(&y)?) {
-            *slot = b;
-        }
-        Some(Lut { table, kind, times_input: true, vbmi: f.vbmi })
+        Some(Lut { table: table_of(&y)?, kind, times_input: true, vbmi: f.vbmi })
     }
 
     /// What it runs: `lookup table`, or `x · sigmoid(x), one lookup table`, and `, vbmi` for
@@ -100,7 +92,7 @@ impl Lut {
             return Err(format!("a lookup reads {} bytes into {}", x.len(), y.len()));
         }
         #[cfg(target_arch = "x86_64")]
-        if self.vbmi && vbmi(Isa::Avx512Bw) {
+        if self.vbmi && vbmi_on_host() {
             // SAFETY: AVX-512 F, BW and VBMI are present (checked just above).
             unsafe { self.run_vbmi(x, y) };
             return Ok(());
@@ -140,18 +132,26 @@ impl Lut {
     }
 }
 
+/// The 256 bytes of an evaluator result on all 256 inputs.
+fn table_of(y: &Tensor) -> Option<Box<[u8; 256]>> {
+    crate::kernels::gemm::tensor_bytes(y)?.into_boxed_slice().try_into().ok()
+}
+
 /// Whether the 64-byte lookup may run: an AVX-512 level, on a CPU with AVX-512 VBMI.
 fn vbmi(isa: Isa) -> bool {
+    isa.avx512() && vbmi_on_host()
+}
+
+/// Whether this CPU has AVX-512 F, BW and VBMI.
+fn vbmi_on_host() -> bool {
     #[cfg(target_arch = "x86_64")]
     {
-        isa.avx512()
-            && std::is_x86_feature_detected!("avx512f")
+        std::is_x86_feature_detected!("avx512f")
             && std::is_x86_feature_detected!("avx512bw")
             && std::is_x86_feature_detected!("avx512vbmi")
     }
     #[cfg(not(target_arch = "x86_64"))]
     {
-        let _ = isa;
         false
     }
 }
