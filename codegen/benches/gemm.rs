@@ -34,9 +34,11 @@ fn time(runs: usize, mut f: impl FnMut()) -> f64 {
 }
 
 /// A `k`×`k` convolution (pad `k / 2`) of `c` → `c` channels over `hw × hw` images, `batch` at
-/// a time; `peak` is the best integer peak in GOPS.
-fn conv(runs: usize, c: usize, hw: usize, batch: usize, k: usize, peak: f64) {
-    let weights: Vec<String> = (0..c * c * k * k).map(|i| ((i * 37 % 255) as i32 - 127).to_string()).collect();
+/// a time, with 8-bit weights or 7-bit ones (in [−64, 64], `--weight-bits 7`); `peak` is the best
+/// integer peak in GOPS.
+fn conv(runs: usize, c: usize, hw: usize, batch: usize, k: usize, bits: u8, peak: f64) {
+    let weight = |i: usize| if bits == 7 { (i * 37 % 129) as i32 - 64 } else { (i * 37 % 255) as i32 - 127 };
+    let weights: Vec<String> = (0..c * c * k * k).map(|i| weight(i).to_string()).collect();
     let q = "!q<u8, 0.02, 3>";
     let text = format!(
         "func @conv(%x: tensor<?x{c}x{hw}x{hw}x{q}>) -> tensor<?x{c}x{hw}x{hw}x{q}> {{
@@ -64,7 +66,8 @@ fn conv(runs: usize, c: usize, hw: usize, batch: usize, k: usize, peak: f64) {
     });
     let ops = 2.0 * (m * depth * c) as f64;
     println!(
-        "conv {k}x{k} {c}->{c} {hw}x{hw} batch {batch}: int8 {:.3} ms, {:.1} GOPS = {:.0} % of the int8 peak (f32 GEMM of its shape {:.1} GFLOPS, {:.2}x), compile {:.2} ms",
+        "conv {k}x{k} {c}->{c} {hw}x{hw} batch {batch}, {bits}-bit weights ({}): int8 {:.3} ms, {:.1} GOPS = {:.0} % of the int8 peak (f32 GEMM of its shape {:.1} GFLOPS, {:.2}x), compile {:.2} ms",
+        model.kernels().into_iter().find(|(label, _)| label.contains("conv2d")).map_or(String::new(), |(_, how)| how),
         step.seconds * 1e3,
         ops / step.seconds / 1e9,
         100.0 * ops / step.seconds / 1e9 / peak,
@@ -81,11 +84,14 @@ fn main() {
         println!("peak {}: {:.1} {}", p.name, p.gops, if p.integer { "GOPS" } else { "GFLOPS" });
     }
     let best = peaks.iter().filter(|p| p.integer).map(|p| p.gops).fold(f64::NAN, f64::max);
-    conv(runs, 64, 16, 4, 3, best);
-    conv(runs, 64, 56, 1, 3, best);
-    conv(runs, 128, 8, 8, 3, best);
-    conv(runs, 256, 14, 1, 1, best);
-    for (m, n, k) in [(256usize, 256usize, 256usize), (64, 1024, 576), (1, 128, 64)] {
+    for bits in [8, 7] {
+        conv(runs, 64, 16, 4, 3, bits, best);
+        conv(runs, 64, 56, 1, 3, bits, best);
+        conv(runs, 128, 8, 8, 3, bits, best);
+        conv(runs, 256, 14, 1, 1, bits, best);
+    }
+    // The last: MobileNetV2's first expanding 1×1 convolution (56×56 pixels, 24 → 144 channels).
+    for (m, n, k) in [(256usize, 256usize, 256usize), (64, 1024, 576), (1, 128, 64), (3136, 144, 24)] {
         let ops = 2.0 * (m * n * k) as f64;
         let spec = GemmSpec {
             n,
@@ -99,6 +105,8 @@ fn main() {
             lo: 0,
             hi: 255,
         };
+        // The same layer with 7-bit weights, for the `vpmaddubsw` path.
+        let spec7 = GemmSpec { weights: (0..n * k).map(|i| (i * 7 % 129) as i32 - 64).collect(), ..spec.clone() };
         let a: Vec<u8> = (0..m * k).map(|i| (i * 13 % 256) as u8).collect();
         let mut out = vec![0u8; m * n];
         let af = ndarray::Array2::<f32>::from_shape_fn((m, k), |(i, j)| ((i + j) % 7) as f32);
@@ -115,12 +123,14 @@ fn main() {
             (Path::Scalar, true),
             (Path::Sse, true),
             (Path::Avx2, on(qc_codegen::Isa::Avx2)),
+            (Path::Avx2Maddubs, on(qc_codegen::Isa::Avx2)),
             (Path::Vnni, vnni),
             (Path::Avx512, on(qc_codegen::Isa::Avx512Vnni)),
         ];
         for path in paths.into_iter().filter_map(|(p, on)| on.then_some(p)) {
             let t0 = Instant::now();
-            let kernel = GemmKernel::compile_on(&spec, path).expect("compiles");
+            let spec = if path == Path::Avx2Maddubs { &spec7 } else { &spec };
+            let kernel = GemmKernel::compile_on(spec, path).expect("compiles");
             let compile = t0.elapsed().as_secs_f64();
             let t = time(runs, || kernel.run(&a, m, &mut out).expect("runs"));
             println!(

@@ -1,6 +1,6 @@
 //! The JIT GEMM kernel against the reference evaluator, bit for bit, over random shapes, zero
-//! points, scales, activations, both requantization modes, i4 and i8 weights, and block-sparse
-//! weights (whose zero groups the vector kernel skips). `QC_SLOW=1` runs 1000 cases.
+//! points, scales, activations, both requantization modes, i4, 7-bit and i8 weights, and
+//! block-sparse weights (whose zero groups the vector kernel skips). `QC_SLOW=1` runs 1000 cases.
 
 use ndarray::{ArrayD, IxDyn};
 use proptest::prelude::*;
@@ -28,8 +28,9 @@ struct Case {
     relu: bool,
     q31: bool,
     trans_b: bool,
-    /// i4 weights (values in [-8, 7]).
-    int4: bool,
+    /// Weight bits: 8, 7 (values in [-64, 64], which `vpmaddubsw` multiplies exactly) or 4
+    /// (values in [-8, 7]).
+    bits: u8,
 }
 
 /// Zeroes the weights of the (16 columns × 4 k) blocks `mask` selects, as `sparsify --block`
@@ -62,7 +63,7 @@ fn case() -> impl Strategy<Value = Case> {
                 prop::collection::vec(-128i32..=127, n * k),
                 prop::collection::vec(-5000i32..5000, n),
                 prop::option::of(prop::collection::vec(any::<bool>(), 1..40)),
-                any::<bool>(),
+                prop::sample::select(vec![8u8, 7, 4]),
             )
         })
         .prop_map(
@@ -78,16 +79,21 @@ fn case() -> impl Strategy<Value = Case> {
                 mut w,
                 bias,
                 mask,
-                int4,
+                bits,
             )| {
                 if let Some(mask) = mask {
                     zero_blocks(&mut w, n, k, &mask);
                 }
-                if int4 {
+                if bits == 4 {
                     w.iter_mut().for_each(|v: &mut i32| *v = v.rem_euclid(16) - 8);
                     zp_w.iter_mut().for_each(|z: &mut i32| *z = (*z).clamp(-8, 7));
                 }
-                Case { m, n, k, a_signed, y_signed, zp_x, zp_y, s_x, s_y, s_w, zp_w, a, w, bias, relu, q31, trans_b, int4 }
+                if bits == 7 {
+                    // Weights whose `w − zp_w` lies in [-64, 64], the extremes often.
+                    zp_w.iter_mut().for_each(|z| *z = 0);
+                    w.iter_mut().for_each(|v: &mut i32| *v = (*v).clamp(-64, 64));
+                }
+                Case { m, n, k, a_signed, y_signed, zp_x, zp_y, s_x, s_y, s_w, zp_w, a, w, bias, relu, q31, trans_b, bits }
             },
         )
 }
@@ -104,7 +110,7 @@ fn check(c: &Case) -> Result<(), TestCaseError> {
     // Weights are generated as [n][k]; lay them out as the op reads them.
     let w_data: Vec<i32> = if c.trans_b { c.w.clone() } else { (0..c.k * c.n).map(|i| c.w[(i % c.n) * c.k + i / c.n]).collect() };
     let xt = TensorType::new(&[c.m as u64, c.k as u64], ElemType::Quant(QuantParams::per_tensor(st_a, c.s_x, c.zp_x)));
-    let storage = if c.int4 { ScalarType::I4 } else { ScalarType::I8 };
+    let storage = if c.bits == 4 { ScalarType::I4 } else { ScalarType::I8 };
     let wq = QuantParams { storage, axis: Some(w_axis), scales: c.s_w.clone(), zero_points: c.zp_w.clone() };
     let wt = TensorType::new(&w_shape.map(|d| d as u64), ElemType::Quant(wq));
     let bs: Vec<f32> = c.s_w.iter().map(|&s| acc_scale(c.s_x, s)).collect();
@@ -131,7 +137,8 @@ fn check(c: &Case) -> Result<(), TestCaseError> {
     let spec = GemmSpec::from_node(kind, &attrs, &tys, &w, if kind == OpKind::Gemm { Some(&b) } else { None }, &yt)
         .map_err(TestCaseError::fail)?;
     // Every path on this machine that the layer allows: scalar always; SSE for f32
-    // requantization (weights within i16); VNNI when the weights also fit i8.
+    // requantization (weights within i16); VNNI when the weights also fit i8; `vpmaddubsw` when
+    // besides no pair of them can saturate.
     let f32_mode = !c.q31;
     let mut paths = vec![Path::Scalar];
     if f32_mode {
@@ -140,7 +147,13 @@ fn check(c: &Case) -> Result<(), TestCaseError> {
         if spec.weights.iter().all(|w| (-128..=127).contains(w)) {
             paths.push(Path::Vnni);
             paths.extend(native_paths().into_iter().filter(|&p| p == Path::Avx512));
+            if qc_codegen::gemm::avx2_maddubs::pairs_fit(&spec) {
+                paths.extend(native_paths().into_iter().filter(|&p| p == Path::Avx2).map(|_| Path::Avx2Maddubs));
+            }
         }
+    }
+    if c.bits == 7 && f32_mode && native_paths().contains(&Path::Avx2) {
+        prop_assert!(paths.contains(&Path::Avx2Maddubs), "7-bit weights take the vpmaddubsw path");
     }
     for path in paths {
         let kernel = GemmKernel::compile_on(&spec, path).map_err(TestCaseError::fail)?;
@@ -225,6 +238,66 @@ fn adversarial_shapes_stay_inside_their_buffers() {
                 }
             }
         }
+    }
+}
+
+/// The `vpmaddubsw` path at the edge of saturation: pairs of weights whose positive (or negative)
+/// parts sum to exactly ±128 meet activations of 255, where a pair of products is ±32640, and
+/// mixed-sign pairs reach the i8 extremes; the path equals the scalar one. A pair one past the
+/// edge is refused, and `choose` then takes the `vpmaddwd` path.
+#[test]
+fn maddubs_path_is_exact_at_the_edge_of_saturation() {
+    use qc_codegen::gemm::avx2_maddubs::pairs_fit;
+    if !native_paths().contains(&Path::Avx2) {
+        eprintln!("skipped: this CPU has no AVX2");
+        return;
+    }
+    let edge = [[64, 64], [-64, -64], [127, 1], [-127, -1], [-128, 0], [127, -128], [0, 128 - 1], [-1, -127]];
+    for (n, k) in [(1usize, 2usize), (8, 16), (17, 10), (33, 7)] {
+        let weights: Vec<i32> = (0..n * k).map(|i| edge[((i % k) / 2 + i / k) % edge.len()][i % k % 2]).collect();
+        for zp_a in [0, 255] {
+            let spec = GemmSpec {
+                n,
+                k,
+                zp_a,
+                a_signed: false,
+                weights: weights.clone(),
+                bias: vec![-7; n],
+                requant: vec![qc_ir::requant::Requant::F32(0.0007); n],
+                zp_y: 128,
+                lo: 0,
+                hi: 255,
+            };
+            assert!(pairs_fit(&spec), "n={n} k={k}");
+            assert_eq!(Path::choose(&spec, qc_codegen::Isa::Avx2), Path::Avx2Maddubs);
+            for m in [1usize, 3, 4, 6] {
+                for fill in [0u8, 255, 1] {
+                    let a: Vec<u8> = (0..m * k).map(|i| if fill == 1 { (i * 97 % 256) as u8 } else { fill }).collect();
+                    let mut want = vec![0u8; m * n];
+                    GemmKernel::compile_on(&spec, Path::Scalar).unwrap().run(&a, m, &mut want).unwrap();
+                    let mut got = vec![0u8; m * n];
+                    GemmKernel::compile_on(&spec, Path::Avx2Maddubs).unwrap().run(&a, m, &mut got).unwrap();
+                    assert_eq!(got, want, "n={n} k={k} m={m} zp={zp_a} fill={fill}");
+                }
+            }
+        }
+    }
+    for past in [[127, 2], [-100, -29], [65, 64]] {
+        let spec = GemmSpec {
+            n: 1,
+            k: 4,
+            zp_a: 0,
+            a_signed: false,
+            weights: vec![1, 1, past[0], past[1]],
+            bias: vec![0],
+            requant: vec![qc_ir::requant::Requant::F32(0.01)],
+            zp_y: 0,
+            lo: 0,
+            hi: 255,
+        };
+        assert!(!pairs_fit(&spec), "{past:?}");
+        assert_eq!(Path::choose(&spec, qc_codegen::Isa::Avx2), Path::Avx2);
+        assert!(GemmKernel::compile_on(&spec, Path::Avx2Maddubs).is_err());
     }
 }
 

@@ -499,3 +499,51 @@ fn bias_correction_and_equalization_gain_sqnr() {
     assert!(bc_gain > 0.5 && eq_gain > 0.5, "{report}");
     insta::assert_snapshot!("bias_correction_and_equalization", report);
 }
+
+/// `--weight-bits 7` (weights in [-64, 64], ONNX Runtime's `reduce_range`): on the AVX2 level
+/// every GEMM and convolution of the digits models takes the exact `vpmaddubsw` path and equals
+/// the evaluator; its accuracy cost against 8-bit weights is printed and bounded.
+#[test]
+fn seven_bit_weights_take_the_maddubs_path_at_a_small_accuracy_cost() {
+    let (test_x, calib, y, _) = digits("digits_cnn");
+    assert!(test_x.shape()[0] >= 64);
+    let mut report = String::new();
+    for base in ["digits_cnn", "digits_resdw", "digits_mlp"] {
+        let fp32 = import(&corpus().join(format!("models/{base}_fp32.onnx")));
+        let reference = qc::exec::run_batch(&fp32, &test_x, 64).unwrap();
+        let quantized = |bits: u8| {
+            let mut g = fp32.clone();
+            let opts = qc_passes::PipelineOptions {
+                check_weights: true,
+                pass_options: qc_passes::PassOptions {
+                    calibration: Some(calib.clone()),
+                    weight_bits: bits,
+                    ..Default::default()
+                },
+                ..Default::default()
+            };
+            qc_passes::run_pipeline(&mut g, &qc_passes::pipeline("int8").unwrap(), &opts, &mut std::io::sink()).unwrap();
+            g
+        };
+        let (g8, g7) = (quantized(8), quantized(7));
+        let (e8, e7) = (test_errors(&g8, &test_x, &y), test_errors(&g7, &test_x, &y));
+        let s8 = qc::exec::sqnr_db(&reference, &qc::exec::run_batch(&g8, &test_x, 64).unwrap());
+        let s7 = qc::exec::sqnr_db(&reference, &qc::exec::run_batch(&g7, &test_x, 64).unwrap());
+        report += &format!(
+            "{base}: 8-bit weights {e8} test errors, SQNR {s8:.2} dB; 7-bit weights {e7} test errors, SQNR {s7:.2} dB\n"
+        );
+        assert!(e7 <= e8 + y.len() / 200, "{base}: {e7} errors with 7-bit weights, {e8} with 8-bit");
+        assert!(s7 >= s8 - 4.0, "{base}: SQNR {s7:.2} dB with 7-bit weights, {s8:.2} dB with 8-bit");
+        if qc_codegen::Isa::host_levels().contains(&qc_codegen::Isa::Avx2) {
+            let options = qc_codegen::CodegenOptions { isa: qc_codegen::Isa::Avx2, ..qc_codegen::CodegenOptions::host() };
+            let m = qc_codegen::CompiledModel::compile_with(&g7, &options).unwrap();
+            let gemms: Vec<String> = m.kernels().into_iter().map(|(_, how)| how).filter(|how| how.contains("gemm")).collect();
+            assert!(!gemms.is_empty() && gemms.iter().all(|how| how.ends_with("vpmaddubsw")), "{base}: {gemms:?}");
+            let a = test_x.as_f32().unwrap();
+            let x = Tensor::F32(a.slice_axis(ndarray::Axis(0), ndarray::Slice::from(0..64)).to_owned());
+            let got = m.run(std::slice::from_ref(&x)).unwrap().remove(0);
+            assert_eq!(got, evaluate(&g7, &[x]).unwrap().remove(0), "{base}: the JIT on AVX2 equals the evaluator");
+        }
+    }
+    print!("{report}");
+}

@@ -9,9 +9,10 @@
 //!   `s = (hi − lo) / (qmax − qmin)`, `zp = rne(qmin − lo / s)`) or `--symmetric`
 //!   (`s = max(|lo|, |hi|) / ((qmax − qmin) / 2)`, zp 0 for i8 and 128 for u8);
 //! - weights: i8, symmetric, per output channel (`--per-tensor` for one scale),
-//!   `s[c] = max|w[c]| / 127`, so that they lie in [-127, 127]; or i4 (`--weight-bits 4`, or per
-//!   layer `--layer-weight-bits NAME=4`), `s[c] = max|w[c]| / 7`, in [-7, 7] — two per byte in the
-//!   weights file;
+//!   `s[c] = max|w[c]| / 127`, so that they lie in [-127, 127]; or 7-bit (`--weight-bits 7`, or
+//!   per layer `--layer-weight-bits NAME=7`), `s[c] = max|w[c]| / 64`, in [-64, 64] — ONNX
+//!   Runtime's `reduce_range`, which CPUs without VNNI multiply exactly with `vpmaddubsw`; or i4
+//!   (`--weight-bits 4`), `s[c] = max|w[c]| / 7`, in [-7, 7] — two per byte in the weights file;
 //! - biases: i32 with scale `f32(s_x · s_w[c])`, zero point 0; a channel whose bias would exceed
 //!   2^30 has its weight scale raised until it does not.
 //!
@@ -167,7 +168,11 @@ impl InsertQdq {
                 .iter()
                 .find(|(name, _)| kept_fp32(g, k, std::slice::from_ref(name)))
                 .map_or(self.weight_bits, |(_, b)| *b);
-            let (storage, qmax) = if bits == 4 { (ScalarType::I4, 7.0) } else { (ScalarType::I8, 127.0) };
+            let (storage, qmax) = match bits {
+                4 => (ScalarType::I4, 7.0),
+                7 => (ScalarType::I8, 64.0),
+                _ => (ScalarType::I8, 127.0),
+            };
             let mut scales: Vec<f32> = (0..n)
                 .map(|c| usable(wa.index_axis(ndarray::Axis(axis), c).iter().fold(0f32, |m, v| m.max(v.abs())) / qmax))
                 .collect();

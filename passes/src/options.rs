@@ -100,8 +100,8 @@ pub const OPTION_KEYS: &[(&str, &str)] = &[
     ("calib-override", "NAME=METHOD"),
     ("keep-fp32", "NAME"),
     ("smooth-alpha", "A"),
-    ("weight-bits", "8 | 4"),
-    ("layer-weight-bits", "NAME=4 | NAME=8"),
+    ("weight-bits", "8 | 7 | 4"),
+    ("layer-weight-bits", "NAME=4 | NAME=7 | NAME=8"),
     ("prune-ratio", "R"),
     ("prune-layer", "NAME=R"),
     ("prune-criterion", "l1 | l2 | bn-gamma | activation | lsq"),
@@ -168,15 +168,15 @@ impl PassOptions {
             "keep-fp32" => self.keep_fp32.push(need()?.to_string()),
             "smooth-alpha" => self.smooth_alpha = Some(number("a number")? as f32),
             "weight-bits" => {
-                self.weight_bits = match number("8 or 4")? {
-                    b if b == 4.0 || b == 8.0 => b as u8,
-                    b => return Err(format!("{} takes 8 or 4, not {b}", flag())),
+                self.weight_bits = match number("8, 7 or 4")? {
+                    b if b == 4.0 || b == 7.0 || b == 8.0 => b as u8,
+                    b => return Err(format!("{} takes 8, 7 or 4, not {b}", flag())),
                 }
             }
             "layer-weight-bits" => {
-                let bad = || format!("{} takes NAME=4 or NAME=8, got `{}`", flag(), value.unwrap_or_default());
-                let (name, b) = named("NAME=4 or NAME=8")?;
-                let b: u8 = b.parse().ok().filter(|b| *b == 4 || *b == 8).ok_or_else(bad)?;
+                let bad = || format!("{} takes NAME=4, NAME=7 or NAME=8, got `{}`", flag(), value.unwrap_or_default());
+                let (name, b) = named("NAME=4, NAME=7 or NAME=8")?;
+                let b: u8 = b.parse().ok().filter(|b| matches!(b, 4 | 7 | 8)).ok_or_else(bad)?;
                 self.layer_weight_bits.push((name, b));
             }
             "prune-ratio" => self.prune.ratio = Some(number("a ratio")? as f32),

@@ -15,7 +15,9 @@
 //! Zoo CNNs (when `../shared/zoo/build` has run; `QC_ZOO` overrides `~/.cache/qc-zoo`): qc
 //! compiles the fp32 file with the zoo's calibration samples (MinMax, the default); ONNX Runtime
 //! runs the fp32 file and the zoo's QDQ files; batch 1 and 8, `RUNS / 10` runs (at least 10); then
-//! batch 8 on two threads for both (qc splitting the batch, ONNX Runtime's intra-op threads).
+//! batch 8 on two threads for both (qc splitting the batch, ONNX Runtime's intra-op threads). qc
+//! runs each zoo model twice, with 8-bit weights and with 7-bit ones (`--weight-bits 7`, rows
+//! marked `w7`: what CPUs without VNNI multiply with `vpmaddubsw`).
 
 use ort::session::Session;
 use ort::session::builder::GraphOptimizationLevel;
@@ -107,23 +109,32 @@ fn main() -> Result<(), Error> {
         let names = ["resnet18", "mobilenet_v2", "mobilenet_v3_small", "efficientnet_b0"];
         let mut graphs = Vec::new();
         for name in names {
-            let mut model = qc::model::load_model(&zoo.join(format!("models/{name}.onnx")), None)?;
-            let mut request = qc::driver::Request::default();
-            request.options.calibration = Some(Arc::new(qc::io::read_tensor(&zoo.join(format!("data/{name}_calib.npy")))?));
-            qc::driver::compile(&mut model, &request, &mut std::io::sink())?;
-            let qc = CompiledModel::compile(&model.graph)?;
-            let variants = files_starting(&zoo.join("models"), &format!("{name}_qdq"))?;
             let fp32 = zoo.join(format!("models/{name}.onnx"));
-            compare(&env, name, &qc, &fp32, &variants, &x_all, &[1, 8], (runs / 10).max(10), 1)?;
-            graphs.push((name, model.graph, fp32, variants));
+            let calib = Arc::new(qc::io::read_tensor(&zoo.join(format!("data/{name}_calib.npy")))?);
+            let mut compiled = Vec::new();
+            for (label, bits) in [(name.to_string(), 8), (format!("{name} w7"), 7)] {
+                let mut model = qc::model::load_model(&fp32, None)?;
+                let mut request = qc::driver::Request::default();
+                request.options.calibration = Some(calib.clone());
+                request.options.weight_bits = bits;
+                qc::driver::compile(&mut model, &request, &mut std::io::sink())?;
+                compiled.push((label, model.graph));
+            }
+            let variants = files_starting(&zoo.join("models"), &format!("{name}_qdq"))?;
+            let qcs = compiled.iter().map(|(l, g)| Ok((l.clone(), CompiledModel::compile(g)?))).collect::<Result<Vec<_>, Error>>()?;
+            compare(&env, &qcs, &fp32, &variants, &x_all, &[1, 8], (runs / 10).max(10), 1)?;
+            graphs.push((compiled, fp32, variants));
         }
         println!();
         println!("The same at batch 8 on two threads: qc splits the batch (--threads 2), ONNX Runtime has intra_op_num_threads = 2.");
         header("qc int8 ms", "ORT int8 ms", "(ORT's fastest int8 variant)");
-        for (name, g, fp32, variants) in &graphs {
+        for (compiled, fp32, variants) in &graphs {
             let options = qc_codegen::CodegenOptions { threads: 2, ..qc_codegen::CodegenOptions::host() };
-            let qc = CompiledModel::compile_with(g, &options)?;
-            compare(&env, name, &qc, fp32, variants, &x_all, &[8], (runs / 10).max(10), 2)?;
+            let qcs = compiled
+                .iter()
+                .map(|(l, g)| Ok((l.clone(), CompiledModel::compile_with(g, &options)?)))
+                .collect::<Result<Vec<_>, Error>>()?;
+            compare(&env, &qcs, fp32, variants, &x_all, &[8], (runs / 10).max(10), 2)?;
         }
     }
     Ok(())
@@ -161,19 +172,18 @@ fn side_by_side(
     x_all: &ndarray::ArrayD<f32>,
     runs: usize,
 ) -> Result<(), Error> {
-    let qc = qc_model(name, pipeline)?;
+    let qc = [(name.to_string(), qc_model(name, pipeline)?)];
     let variants = files_starting(&corpus().join("models"), &format!("{name}_{prefix}_"))?;
-    compare(env, name, &qc, &corpus().join(format!("models/{name}_fp32.onnx")), &variants, x_all, &[1, 64], runs, 1)
+    compare(env, &qc, &corpus().join(format!("models/{name}_fp32.onnx")), &variants, x_all, &[1, 64], runs, 1)
 }
 
-/// qc's compiled model against ONNX Runtime's `fp32` file and its int8 `variants` (sessions on
-/// `threads` intra-op threads), interleaved, on the first `batch` rows of `x_all` for each batch;
-/// prints a row per batch.
+/// qc's compiled models (each with its row label) against ONNX Runtime's `fp32` file and its int8
+/// `variants` (sessions on `threads` intra-op threads), interleaved, on the first `batch` rows of
+/// `x_all` for each batch; prints a row per qc model and batch.
 #[allow(clippy::too_many_arguments)]
 fn compare(
     env: &ort::environment::Environment,
-    name: &str,
-    qc: &CompiledModel,
+    qcs: &[(String, CompiledModel)],
     fp32: &Path,
     variants: &[PathBuf],
     x_all: &ndarray::ArrayD<f32>,
@@ -193,18 +203,22 @@ fn compare(
         let input = Tensor::F32(x);
         // Warm up everything, then interleave.
         for _ in 0..3 {
-            qc.run(std::slice::from_ref(&input))?;
+            for (_, qc) in qcs {
+                qc.run(std::slice::from_ref(&input))?;
+            }
             ort_run(&mut fp32, &shape, &data)?;
             for (_, s) in &mut variants {
                 ort_run(s, &shape, &data)?;
             }
         }
-        let (mut t_qc, mut t_fp32) = (Vec::new(), Vec::new());
+        let (mut t_qc, mut t_fp32) = (vec![Vec::new(); qcs.len()], Vec::new());
         let mut t_int8: Vec<Vec<f64>> = vec![Vec::new(); variants.len()];
         for _ in 0..runs {
-            let t = Instant::now();
-            std::hint::black_box(qc.run(std::slice::from_ref(&input))?);
-            t_qc.push(t.elapsed().as_secs_f64());
+            for ((_, qc), times) in qcs.iter().zip(&mut t_qc) {
+                let t = Instant::now();
+                std::hint::black_box(qc.run(std::slice::from_ref(&input))?);
+                times.push(t.elapsed().as_secs_f64());
+            }
             let t = Instant::now();
             std::hint::black_box(ort_run(&mut fp32, &shape, &data)?);
             t_fp32.push(t.elapsed().as_secs_f64());
@@ -214,20 +228,23 @@ fn compare(
                 times.push(t.elapsed().as_secs_f64());
             }
         }
-        let (q, f) = (median(t_qc), median(t_fp32));
+        let f = median(t_fp32);
         let (best, i8_t) = variants
             .iter()
             .zip(t_int8)
             .map(|((n, _), t)| (n.clone(), median(t)))
             .min_by(|a, b| a.1.total_cmp(&b.1))
             .ok_or("no quantized variant")?;
-        println!(
-            "{name:<18} {batch:>5} {:>11.4} {:>12.4} {:>12.4}  {best:<38} {:>12.2}x",
-            q * 1e3,
-            f * 1e3,
-            i8_t * 1e3,
-            q / f.min(i8_t)
-        );
+        for ((name, _), times) in qcs.iter().zip(t_qc) {
+            let q = median(times);
+            println!(
+                "{name:<18} {batch:>5} {:>11.4} {:>12.4} {:>12.4}  {best:<38} {:>12.2}x",
+                q * 1e3,
+                f * 1e3,
+                i8_t * 1e3,
+                q / f.min(i8_t)
+            );
+        }
     }
     Ok(())
 }

@@ -133,10 +133,12 @@ pub(crate) struct CompileArgs {
     /// SmoothQuant for gemm/matmul pairs with this migration strength (implies --equalize).
     #[arg(long)]
     pub(crate) smooth_alpha: Option<f32>,
-    /// Weight bits: 8, or 4 (i4 weights with 8-bit activations).
+    /// Weight bits: 8; 7 (weights in [-64, 64], ONNX Runtime's reduce_range: CPUs with AVX2 but
+    /// no VNNI multiply them exactly with vpmaddubsw, about 1.3x faster); or 4 (i4 weights with
+    /// 8-bit activations).
     #[arg(long, default_value = "8", value_parser = clap::value_parser!(u8).range(4..=8))]
     pub(crate) weight_bits: u8,
-    /// Weight bits for one layer: NAME=4 or NAME=8 (repeatable).
+    /// Weight bits for one layer: NAME=4, NAME=7 or NAME=8 (repeatable).
     #[arg(long)]
     pub(crate) layer_weight_bits: Vec<String>,
     /// Choose each layer's precision (int4 weights, int8, fp32) greedily by measured sensitivity

@@ -67,9 +67,7 @@ impl Avx2Gemm {
 
     /// `m` rows of `a` (`stride` bytes each) into `out` (`m × n` requantized bytes).
     pub(crate) fn run(&self, a: &[u8], m: usize, out: &mut [u8]) -> Result<(), String> {
-        if a.len() != m * self.stride || out.len() != m * self.n {
-            return Err(format!("AVX2 GEMM: {} input bytes and {} outputs for {m} rows", a.len(), out.len()));
-        }
+        check_rows("AVX2", a, self.stride, m, out, self.n)?;
         if !std::is_x86_feature_detected!("avx2") {
             return Err("the AVX2 GEMM path runs on a CPU without AVX2".into());
         }
@@ -217,4 +215,13 @@ impl NativeRequant {
         }
         Some(NativeRequant { start, mult, zp: spec.zp_y, lo: spec.lo, hi: spec.hi })
     }
+}
+
+/// Checks what a precompiled path's `run` is given: `m` rows of `stride` bytes in `a`, `m·n`
+/// outputs in `out`.
+pub(crate) fn check_rows(what: &str, a: &[u8], stride: usize, m: usize, out: &[u8], n: usize) -> Result<(), String> {
+    if a.len() != m * stride || out.len() != m * n {
+        return Err(format!("{what} GEMM: {} input bytes and {} outputs for {m} rows", a.len(), out.len()));
+    }
+    Ok(())
 }

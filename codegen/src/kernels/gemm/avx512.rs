@@ -21,7 +21,8 @@
 //! the packed panels and tables are sized when the kernel is built.
 
 use crate::kernels::gemm::GemmSpec;
-use crate::kernels::gemm::avx2::NativeRequant;
+use crate::kernels::gemm::avx2::{NativeRequant, check_rows};
+use crate::kernels::gemm::quads::{QuadPanels, with_rows};
 use std::arch::x86_64::*;
 
 /// Rows per micro-tile.
@@ -29,25 +30,15 @@ const MR: usize = 8;
 /// Columns per vector.
 const L: usize = 16;
 
-thread_local! {
-    /// A thread's activation words of one tile of rows, reused across layers and runs.
-    static ROWS: std::cell::RefCell<Vec<i32>> = const { std::cell::RefCell::new(Vec::new()) };
-}
-
 /// A GEMM layer packed for the AVX-512 VNNI path.
 pub(crate) struct Avx512Gemm {
     n: usize,
-    /// K rounded up to 4 (the k quads).
-    quads: usize,
     /// Bytes per activation row (at least `4 · quads`).
     stride: usize,
     /// XOR that makes four activation bytes u8 (0x80808080 for i8 inputs).
     flip: u32,
-    /// Per panel: `[quad][32 or 16 columns]` words of four i8 weights.
-    packed: Vec<i32>,
-    /// Per panel of block-sparse weights: the quads with a nonzero weight in some column, which
-    /// are all the kernel visits (`None` where at least 7 in 8 are nonzero).
-    nonzero: Vec<Option<Vec<u32>>>,
+    /// The weights, in panels of 32 columns.
+    w: QuadPanels,
     /// The accumulators' starts and the requantization, per column.
     req: NativeRequant,
 }
@@ -56,44 +47,12 @@ impl Avx512Gemm {
     /// Packs `spec` (f32 requantization with finite multipliers, weights in i8) for rows of
     /// `stride` bytes (a multiple of 4, at least `k`); `None` otherwise.
     pub(crate) fn new(spec: &GemmSpec, stride: usize) -> Option<Avx512Gemm> {
-        let (n, k) = (spec.n, spec.k);
-        let quads = k.div_ceil(4);
-        if n == 0 || k == 0 || !stride.is_multiple_of(4) || stride < 4 * quads {
+        let w = QuadPanels::new(spec, L)?;
+        if !stride.is_multiple_of(4) || stride < 4 * w.quads {
             return None;
         }
-        if spec.weights.len() != n * k || spec.bias.len() != n || spec.requant.len() != n {
-            return None;
-        }
-        if spec.weights.iter().any(|&w| i8::try_from(w).is_err()) {
-            return None;
-        }
-        let padded = n.div_ceil(2 * L) * 2 * L;
-        let mut packed = vec![0i32; quads * n.div_ceil(L) * L];
-        for c in 0..n {
-            let (base, width) = panel(c / (2 * L), n, quads);
-            let col = c % (2 * L);
-            for q in 0..quads {
-                let mut word = [0u8; 4];
-                for (i, b) in word.iter_mut().enumerate() {
-                    if let Some(&w) = spec.weights[c * k..(c + 1) * k].get(4 * q + i) {
-                        *b = w as i8 as u8;
-                    }
-                }
-                packed[base + q * width + col] = i32::from_le_bytes(word);
-            }
-        }
-        let nonzero = (0..n.div_ceil(2 * L))
-            .map(|p| {
-                let (base, width) = panel(p, n, quads);
-                let nz: Vec<u32> = (0..quads)
-                    .filter(|q| packed[base + q * width..][..width].iter().any(|&w| w != 0))
-                    .map(|q| q as u32)
-                    .collect();
-                (nz.len() * 8 < quads * 7).then_some(nz)
-            })
-            .collect();
-        let req = NativeRequant::new(spec, padded)?;
-        Some(Avx512Gemm { n, quads, stride, flip: if spec.a_signed { 0x8080_8080 } else { 0 }, packed, nonzero, req })
+        let req = NativeRequant::new(spec, spec.n.div_ceil(2 * L) * 2 * L)?;
+        Some(Avx512Gemm { n: spec.n, stride, flip: if spec.a_signed { 0x8080_8080 } else { 0 }, w, req })
     }
 
     /// Whether this CPU runs the path.
@@ -105,9 +64,7 @@ impl Avx512Gemm {
 
     /// `m` rows of `a` (`stride` bytes each) into `out` (`m × n` requantized bytes).
     pub(crate) fn run(&self, a: &[u8], m: usize, out: &mut [u8]) -> Result<(), String> {
-        if a.len() != m * self.stride || out.len() != m * self.n {
-            return Err(format!("AVX-512 GEMM: {} input bytes and {} outputs for {m} rows", a.len(), out.len()));
-        }
+        check_rows("AVX-512", a, self.stride, m, out, self.n)?;
         if !Avx512Gemm::on_host() {
             return Err("the AVX-512 VNNI GEMM path runs on a CPU without AVX-512 VNNI".into());
         }
@@ -118,22 +75,14 @@ impl Avx512Gemm {
 
     #[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
     fn run_avx512(&self, a: &[u8], m: usize, out: &mut [u8]) {
-        ROWS.with_borrow_mut(|rows| {
-            rows.resize(MR * self.quads, 0);
-            self.run_rows(a, m, out, rows)
-        })
+        with_rows(MR * self.w.quads, |rows| self.run_rows(a, m, out, rows))
     }
 
     #[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
     fn run_rows(&self, a: &[u8], m: usize, out: &mut [u8], rows: &mut [i32]) {
         for r0 in (0..m).step_by(MR) {
             let mr = MR.min(m - r0);
-            for (r, dst) in rows.chunks_exact_mut(self.quads).enumerate().take(mr) {
-                let src = &a[(r0 + r) * self.stride..][..4 * self.quads];
-                for (d, s) in dst.iter_mut().zip(src.chunks_exact(4)) {
-                    *d = (u32::from_le_bytes(s.try_into().expect("4 bytes")) ^ self.flip) as i32;
-                }
-            }
+            self.w.load_rows(a, self.stride, r0, mr, self.flip, rows);
             let out = &mut out[r0 * self.n..(r0 + mr) * self.n];
             match mr {
                 8 => self.tile_rows::<8>(rows, out),
@@ -151,16 +100,13 @@ impl Avx512Gemm {
     /// `R` rows (their k-quad words in `rows`) against every panel, into `out` (`R × n`).
     #[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
     fn tile_rows<const R: usize>(&self, rows: &[i32], out: &mut [u8]) {
-        for p in 0..self.n.div_ceil(2 * L) {
-            let (base, width) = panel(p, self.n, self.quads);
-            let weights = &self.packed[base..][..self.quads * width];
-            let nonzero = self.nonzero[p].as_deref();
-            if width == 2 * L {
-                let acc = self.micro::<R, 2>(rows, weights, nonzero, p * 2 * L);
-                self.epilogue::<R, 2>(&acc, p * 2 * L, out);
+        for (col0, weights, nonzero, full) in self.w.panels(self.n) {
+            if full {
+                let acc = self.micro::<R, 2>(rows, weights, nonzero, col0);
+                self.epilogue::<R, 2>(&acc, col0, out);
             } else {
-                let acc = self.micro::<R, 1>(rows, weights, nonzero, p * 2 * L);
-                self.epilogue::<R, 1>(&acc, p * 2 * L, out);
+                let acc = self.micro::<R, 1>(rows, weights, nonzero, col0);
+                self.epilogue::<R, 1>(&acc, col0, out);
             }
         }
     }
@@ -182,7 +128,8 @@ impl Avx512Gemm {
         };
         let start = &self.req.start[col0..][..V * L];
         let mut acc: [[__m512i; V]; R] = [std::array::from_fn(|v| load(&start[v * L..])); R];
-        let rows: [&[i32]; R] = std::array::from_fn(|r| &rows[r * self.quads..][..self.quads]);
+        let quads = self.w.quads;
+        let rows: [&[i32]; R] = std::array::from_fn(|r| &rows[r * quads..][..quads]);
         let mut step = |q: usize, w: &[i32]| {
             let w: [__m512i; V] = std::array::from_fn(|v| load(&w[v * L..]));
             for (row, x) in acc.iter_mut().zip(&rows) {
@@ -194,7 +141,7 @@ impl Avx512Gemm {
         };
         match nonzero {
             None => weights.chunks_exact(V * L).enumerate().for_each(|(q, w)| step(q, w)),
-            Some(quads) => quads.iter().for_each(|&q| step(q as usize, &weights[q as usize * V * L..][..V * L])),
+            Some(nz) => nz.iter().for_each(|&q| step(q as usize, &weights[q as usize * V * L..][..V * L])),
         }
         acc
     }
@@ -234,11 +181,4 @@ impl Avx512Gemm {
             }
         }
     }
-}
-
-/// Panel `p`'s offset in the packed weights and its width: 32 columns, or 16 for a last panel
-/// holding at most 16.
-fn panel(p: usize, n: usize, quads: usize) -> (usize, usize) {
-    let width = if (p + 1) * 2 * L > n && n - p * 2 * L <= L { L } else { 2 * L };
-    (p * 2 * L * quads, width)
 }

@@ -8,7 +8,11 @@
 #[cfg(target_arch = "x86_64")]
 pub(crate) mod avx2;
 #[cfg(target_arch = "x86_64")]
+pub mod avx2_maddubs;
+#[cfg(target_arch = "x86_64")]
 pub(crate) mod avx512;
+#[cfg(target_arch = "x86_64")]
+mod quads;
 pub(crate) mod simd;
 
 use crate::emit::emit_loop;
@@ -177,6 +181,10 @@ pub enum Path {
     /// 256-bit `vpmaddwd`, precompiled with `std::arch` (see `avx2.rs`): the AVX2 and AVX-512 BW
     /// levels, for kernels writing bytes from rows of a matrix.
     Avx2,
+    /// 256-bit `vpmaddubsw` (u8 × i8, twice `vpmaddwd`'s work), precompiled with `std::arch`
+    /// (see `avx2_maddubs.rs`): the AVX2 and AVX-512 BW levels, for the same kernels where no
+    /// pair of products can saturate (weights in [−64, 64], `--weight-bits 7`).
+    Avx2Maddubs,
     /// 512-bit `vpdpbusd`, precompiled with `std::arch` (see `avx512.rs`): the AVX-512 VNNI
     /// level, for kernels writing bytes from rows of a matrix.
     Avx512,
@@ -197,6 +205,8 @@ impl Path {
             _ => Path::Sse,
         };
         match wanted {
+            #[cfg(target_arch = "x86_64")]
+            Path::Avx2 if f32_mode && fits(-128, 127) && avx2_maddubs::pairs_fit(spec) => Path::Avx2Maddubs,
             Path::Avx512 if f32_mode && fits(-128, 127) => Path::Avx512,
             Path::Vnni if f32_mode && fits(-128, 127) => Path::Vnni,
             Path::Avx2 if f32_mode && fits(-32768, 32767) => Path::Avx2,
@@ -207,14 +217,15 @@ impl Path {
 }
 
 impl Path {
-    /// The path's name in descriptions: `scalar`, `pmaddwd`, `vnni`, `avx2 vpmaddwd` or
-    /// `avx512 vpdpbusd`.
+    /// The path's name in descriptions: `scalar`, `pmaddwd`, `vnni`, `avx2 vpmaddwd`,
+    /// `avx2 vpmaddubsw` or `avx512 vpdpbusd`.
     pub fn name(self) -> &'static str {
         match self {
             Path::Scalar => "scalar",
             Path::Sse => "pmaddwd",
             Path::Vnni => "vnni",
             Path::Avx2 => "avx2 vpmaddwd",
+            Path::Avx2Maddubs => "avx2 vpmaddubsw",
             Path::Avx512 => "avx512 vpdpbusd",
         }
     }
@@ -253,6 +264,9 @@ enum Entry {
     /// The precompiled 256-bit path ([`Path::Avx2`]), on rows of a matrix.
     #[cfg(target_arch = "x86_64")]
     Native(Box<avx2::Avx2Gemm>),
+    /// The precompiled 256-bit `vpmaddubsw` path ([`Path::Avx2Maddubs`]), on rows of a matrix.
+    #[cfg(target_arch = "x86_64")]
+    NativeMaddubs(Box<avx2_maddubs::Avx2MaddubsGemm>),
     /// The precompiled 512-bit path ([`Path::Avx512`]), on rows of a matrix.
     #[cfg(target_arch = "x86_64")]
     Native512(Box<avx512::Avx512Gemm>),
@@ -275,7 +289,7 @@ impl GemmKernel {
         let f32_spec = GemmSpec { requant: vec![Requant::F32(1.0); spec.n], ..spec.clone() };
         let path = match Path::choose(&f32_spec, isa) {
             // The precompiled paths write bytes; i32 accumulators take the 128-bit ones.
-            Path::Avx2 => Path::Sse,
+            Path::Avx2 | Path::Avx2Maddubs => Path::Sse,
             Path::Avx512 => Path::Vnni,
             p => p,
         };
@@ -295,6 +309,14 @@ impl GemmKernel {
                 Ok(GemmKernel { f, n: spec.n, k: spec.k, path, output, offsets: None, _jit: None })
             }
             #[cfg(target_arch = "x86_64")]
+            Path::Avx2Maddubs if output == Output::Bytes => {
+                let stride = crate::kernels::gemm::simd::row_stride(spec.k);
+                let native = avx2_maddubs::Avx2MaddubsGemm::new(spec, stride)
+                    .ok_or("the AVX2 vpmaddubsw path takes f32 requantization and i8 weights whose pairs cannot saturate")?;
+                let f = Entry::NativeMaddubs(Box::new(native));
+                Ok(GemmKernel { f, n: spec.n, k: spec.k, path, output, offsets: None, _jit: None })
+            }
+            #[cfg(target_arch = "x86_64")]
             Path::Avx512 if output == Output::Bytes => {
                 let stride = crate::kernels::gemm::simd::row_stride(spec.k);
                 let native =
@@ -305,7 +327,7 @@ impl GemmKernel {
                 let f = Entry::Native512(Box::new(native));
                 Ok(GemmKernel { f, n: spec.n, k: spec.k, path, output, offsets: None, _jit: None })
             }
-            Path::Avx2 | Path::Avx512 => Err("the precompiled paths write requantized bytes on x86-64".into()),
+            Path::Avx2 | Path::Avx2Maddubs | Path::Avx512 => Err("the precompiled paths write requantized bytes on x86-64".into()),
         }
     }
 
@@ -319,7 +341,7 @@ impl GemmKernel {
     ) -> Result<Option<GemmKernel>, String> {
         match Path::choose(spec, isa) {
             // The precompiled path reads rows of a matrix: the convolution gathers them.
-            Path::Scalar | Path::Avx2 | Path::Avx512 => Ok(None),
+            Path::Scalar | Path::Avx2 | Path::Avx2Maddubs | Path::Avx512 => Ok(None),
             path => crate::kernels::gemm::simd::compile(spec, path, Output::Bytes, Some((offsets, halo))).map(Some),
         }
     }
@@ -541,6 +563,7 @@ impl GemmKernel {
         #[cfg(target_arch = "x86_64")]
         match &self.f {
             Entry::Native(native) => return native.run(a, m, out),
+            Entry::NativeMaddubs(native) => return native.run(a, m, out),
             Entry::Native512(native) => return native.run(a, m, out),
             Entry::Rows(_) | Entry::Copying(..) => {}
         }
