@@ -300,6 +300,14 @@ fn quantize_evaluate_report_and_export() {
     let o = qc(&["export", p(&out), "-o", p(&onnx)]);
     assert_eq!(code(&o), 0, "{}", stderr(&o));
     assert!(std::fs::metadata(&onnx).unwrap().len() > 1000);
+    assert!(stderr(&o).contains("saturate") && stderr(&o).contains("--weight-bits 7"), "{}", stderr(&o));
+    // With 7-bit weights there is nothing to say.
+    let out7 = d.join("cnn_int8_w7.qir");
+    let o = qc(&["compile", model, "--calib", CALIB, "--weight-bits", "7", "-o", p(&out7)]);
+    assert_eq!(code(&o), 0, "{}", stderr(&o));
+    let o = qc(&["export", p(&out7), "-o", p(&d.join("cnn_int8_w7.onnx"))]);
+    assert_eq!(code(&o), 0, "{}", stderr(&o));
+    assert!(!stderr(&o).contains("saturate"), "{}", stderr(&o));
     // Dynamic quantization, and q31 requantization.
     let o = qc(&["compile", "../shared/corpus/models/digits_mlp_fp32.onnx", "--dynamic"]);
     assert_eq!(code(&o), 0, "{}", stderr(&o));

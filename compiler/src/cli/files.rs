@@ -101,5 +101,32 @@ pub(crate) fn export(path: &Path, out: &Path, weights: Option<&Path>) -> Result<
     use prost::Message;
     let model = load_model(path, weights)?;
     let onnx = qc::onnx::export::export(&model.graph).map_err(|e| QcError::Input(format!("{}: {e}", path.display())))?;
-    Ok(qc::io::write_atomic(out, &onnx.encode_to_vec())?)
+    qc::io::write_atomic(out, &onnx.encode_to_vec())?;
+    let wide = layers_with_wide_weights(&model.graph);
+    if !wide.is_empty() {
+        eprintln!(
+            "note: {} integer layers (first: {}) have weights beyond [-64, 64]: ONNX Runtime's integer kernels on x86 CPUs \
+             without VNNI (AVX2 only) saturate such products, so its results there differ a little from qc's \
+             (the digits: 98.3-99.4 % arg-max agreement); `qc compile --weight-bits 7` quantizes weights they compute exactly",
+            wide.len(),
+            wide[0]
+        );
+    }
+    Ok(())
+}
+
+/// The integer conv/gemm/matmul layers whose constant i8 weights leave [-64, 64], by result.
+fn layers_with_wide_weights(g: &qc_ir::Graph) -> Vec<String> {
+    use qc_ir::OpKind;
+    g.node_ids()
+        .filter(|&n| matches!(g.node(n).kind, OpKind::Conv2d | OpKind::Gemm | OpKind::MatMul | OpKind::MatMulInteger | OpKind::ConvInteger))
+        .filter(|&n| {
+            let w = g.node(n).operands.get(1).and_then(|&w| qc_passes::const_value(g, w));
+            w.is_some_and(|w| {
+                w.scalar_type() == qc_ir::ScalarType::I8
+                    && w.to_i64_vec().is_some_and(|v| v.iter().any(|x| !(-64..=64).contains(x)))
+            })
+        })
+        .map(|n| g.display_value(g.node(n).results[0]))
+        .collect()
 }
