@@ -307,7 +307,8 @@ impl CompiledModel {
             .zip(ops)
             .map(|((((label, loc), op), mut t), ops)| {
                 t.sort_by(f64::total_cmp);
-                StepProfile { label: label.clone(), loc: loc.clone(), jit: op.jit(), seconds: t[t.len() / 2], ops }
+                let (label, loc, kernel) = (label.clone(), loc.clone(), op.describe());
+                StepProfile { label, loc, kernel, jit: op.jit(), seconds: t[t.len() / 2], ops }
             })
             .collect())
     }
@@ -409,6 +410,8 @@ pub struct StepProfile {
     pub label: String,
     /// The op's source location name (empty when it has none).
     pub loc: String,
+    /// The kernel and path that run it, as [`CompiledModel::kernels`] describes them.
+    pub kernel: String,
     /// Whether a JIT kernel runs it (else Rust code).
     pub jit: bool,
     /// Median seconds.

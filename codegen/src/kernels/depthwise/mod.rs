@@ -1,5 +1,6 @@
 //! Integer depthwise conv2d (`groups = C_in = C_out`) on NHWC bytes. Layers that requantize in
-//! f32 run a Cranelift kernel specialized to the layer (`depthwise_simd.rs`, x64); the
+//! f32 run a Cranelift kernel specialized to the layer (`simd.rs`, `rows.rs`, x64) — on the AVX2
+//! levels without VNNI the 256-bit `std::arch` kernel of `avx2.rs` instead; the
 //! others (`--requant q31`), and every layer on the `scalar` ISA level, run the Rust loop here: each
 //! image is widened once to `x − zp_x` as i32, then every output pixel accumulates
 //! `w[tap][c] · x[p][c]` over its in-bounds taps, a loop over contiguous channels that the
@@ -9,6 +10,8 @@
 //! checked against `batch · h·w·c` before the loop; the Rust loop is safe Rust, the kernel's
 //! bounds are in its module.
 
+#[cfg(target_arch = "x86_64")]
+mod avx2;
 mod rows;
 pub(crate) mod simd;
 
@@ -35,6 +38,9 @@ pub struct Depthwise {
     out_hw: [usize; 2],
     /// The compiled kernel, where the layer has one.
     kernel: Option<DepthwiseKernel>,
+    /// The precompiled AVX2 kernel, on the AVX2 levels without VNNI.
+    #[cfg(target_arch = "x86_64")]
+    native: Option<avx2::Avx2Depthwise>,
 }
 
 impl Depthwise {
@@ -100,26 +106,35 @@ impl Depthwise {
             Some(m) => Multipliers::F32(m),
             None => Multipliers::Each(requant),
         };
-        let kernel = match &requant {
-            Multipliers::F32(mult) if cfg!(target_arch = "x86_64") && isa.jit_kernels() => {
-                let spec = DepthwiseSpec {
-                    c,
-                    window: &window,
-                    weights: &weights,
-                    bias: &bias,
-                    mult,
-                    zp_x,
-                    x_signed: xq.storage == ScalarType::I8,
-                    zp_y,
-                    lo,
-                    hi,
-                };
-                DepthwiseKernel::compile(&spec, isa).ok()
-            }
+        let spec = match &requant {
+            Multipliers::F32(mult) if cfg!(target_arch = "x86_64") && isa.jit_kernels() => Some(DepthwiseSpec {
+                c,
+                window: &window,
+                weights: &weights,
+                bias: &bias,
+                mult,
+                zp_x,
+                x_signed: xq.storage == ScalarType::I8,
+                zp_y,
+                lo,
+                hi,
+            }),
+            _ => None,
+        };
+        // The AVX2 levels without VNNI run the 256-bit `std::arch` kernel; the others, or where
+        // it cannot be built, the Cranelift one.
+        #[cfg(target_arch = "x86_64")]
+        let native = spec.as_ref().filter(|_| isa.avx2() && !isa.vnni()).and_then(avx2::Avx2Depthwise::new);
+        #[cfg(not(target_arch = "x86_64"))]
+        let native: Option<()> = None;
+        let kernel = match &spec {
+            Some(spec) if native.is_none() => DepthwiseKernel::compile(spec, isa).ok(),
             _ => None,
         };
         Some(Depthwise {
             kernel,
+            #[cfg(target_arch = "x86_64")]
+            native,
             c,
             window,
             weights,
@@ -246,6 +261,10 @@ impl WindowKernel for Depthwise {
         if let Some(kernel) = &self.kernel {
             return kernel.run(x, batch, y, scratch);
         }
+        #[cfg(target_arch = "x86_64")]
+        if let Some(native) = &self.native {
+            return native.run(w, x, batch, y);
+        }
         let mut xz = vec![0i32; image];
         let mut acc = vec![0i32; c];
         for (img, dst) in x.chunks_exact(image).zip(y.chunks_exact_mut(w.positions * c)) {
@@ -261,12 +280,13 @@ impl WindowKernel for Depthwise {
     }
 
     fn jit(&self) -> bool {
-        self.kernel.is_some()
+        self.kernel.is_some() || self.native()
     }
 
     fn describe(&self) -> String {
         match &self.kernel {
             Some(k) => format!("depthwise, {}", k.describe()),
+            None if self.native() => "depthwise, avx2 vpmaddwd".into(),
             None => "depthwise, rust loop".into(),
         }
     }
@@ -274,6 +294,16 @@ impl WindowKernel for Depthwise {
     fn direct(&self) -> Option<crate::direct::Direct> {
         let (c, w) = (self.c, &self.window);
         self.kernel.as_ref().map(DepthwiseKernel::direct).filter(|d| d.input == c * w.plane && d.output == c * w.positions)
+    }
+}
+
+impl Depthwise {
+    /// Whether the precompiled AVX2 kernel runs the layer.
+    fn native(&self) -> bool {
+        #[cfg(target_arch = "x86_64")]
+        return self.native.is_some();
+        #[cfg(not(target_arch = "x86_64"))]
+        false
     }
 }
 

@@ -137,25 +137,38 @@ impl Avx2MaddubsGemm {
             // SAFETY: `s` is exactly 8 i32s.
             unsafe { _mm256_loadu_si256(s.as_ptr().cast()) }
         };
+        // Plain loops, no `array::from_fn` or `for_each` closures: a generic function compiled
+        // without AVX2 cannot inline this function's AVX2 closures, and would call them per
+        // element.
         let start = &self.req.start[col0..][..V * L];
-        let mut acc: [[__m256i; V]; R] = [std::array::from_fn(|v| load(&start[v * L..])); R];
+        let mut acc = [[_mm256_setzero_si256(); V]; R];
+        for row in acc.iter_mut() {
+            for (v, a) in row.iter_mut().enumerate() {
+                *a = load(&start[v * L..]);
+            }
+        }
         let quads = self.w.quads;
-        let rows: [&[i32]; R] = std::array::from_fn(|r| &rows[r * quads..][..quads]);
+        let rows = &rows[..R * quads];
         let ones = _mm256_set1_epi16(1);
-        let mut step = |q: usize, w: &[i32]| {
-            let w: [__m256i; V] = std::array::from_fn(|v| load(&w[v * L..]));
-            for (row, x) in acc.iter_mut().zip(&rows) {
-                let x = _mm256_set1_epi32(x[q]);
+        let count = nonzero.map_or(quads, <[u32]>::len);
+        for i in 0..count {
+            let q = match nonzero {
+                None => i,
+                Some(nz) => nz[i] as usize,
+            };
+            let wq = &weights[q * V * L..][..V * L];
+            let mut w = [_mm256_setzero_si256(); V];
+            for (v, w) in w.iter_mut().enumerate() {
+                *w = load(&wq[v * L..]);
+            }
+            for (r, row) in acc.iter_mut().enumerate() {
+                let x = _mm256_set1_epi32(rows[r * quads + q]);
                 for (a, &w) in row.iter_mut().zip(&w) {
                     // Exact: the pairs fit in i16 (`pairs_fit`).
                     let pairs = _mm256_maddubs_epi16(x, w);
                     *a = _mm256_add_epi32(*a, _mm256_madd_epi16(pairs, ones));
                 }
             }
-        };
-        match nonzero {
-            None => weights.chunks_exact(V * L).enumerate().for_each(|(q, w)| step(q, w)),
-            Some(nz) => nz.iter().for_each(|&q| step(q as usize, &weights[q as usize * V * L..][..V * L])),
         }
         acc
     }
@@ -164,21 +177,23 @@ impl Avx2MaddubsGemm {
     #[target_feature(enable = "avx2")]
     fn epilogue<const R: usize, const V: usize>(&self, acc: &[[__m256i; V]; R], col0: usize, out: &mut [u8]) {
         let mult = &self.req.mult[col0..][..V * L];
-        let m: [__m256; V] = std::array::from_fn(|v| {
+        let mut m = [_mm256_setzero_ps(); V];
+        for (v, m) in m.iter_mut().enumerate() {
             let s: &[f32; L] = mult[v * L..][..L].try_into().expect("8 lanes");
             // SAFETY: `s` is exactly 8 f32s.
-            unsafe { _mm256_loadu_ps(s.as_ptr()) }
-        });
+            *m = unsafe { _mm256_loadu_ps(s.as_ptr()) };
+        }
         let (lo, hi) = (_mm256_set1_ps((self.req.lo - self.req.zp) as f32), _mm256_set1_ps((self.req.hi - self.req.zp) as f32));
         let zp = _mm256_set1_epi32(self.req.zp);
         let unsigned = self.req.lo >= 0;
         let cols = (V * L).min(self.n - col0);
         for (r, row) in acc.iter().enumerate() {
-            let q: [__m256i; V] = std::array::from_fn(|v| {
-                let f = _mm256_min_ps(_mm256_max_ps(_mm256_mul_ps(_mm256_cvtepi32_ps(row[v]), m[v]), lo), hi);
+            let mut q = [_mm256_setzero_si256(); V];
+            for ((q, &a), &m) in q.iter_mut().zip(row).zip(&m) {
+                let f = _mm256_min_ps(_mm256_max_ps(_mm256_mul_ps(_mm256_cvtepi32_ps(a), m), lo), hi);
                 let f = _mm256_round_ps::<{ _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC }>(f);
-                _mm256_add_epi32(_mm256_cvtps_epi32(f), zp)
-            });
+                *q = _mm256_add_epi32(_mm256_cvtps_epi32(f), zp);
+            }
             // Every value lies in [lo, hi], within i16 and within the bytes' range: the packs
             // do not saturate. `packs_epi32` interleaves the 128-bit halves; the permute puts
             // the sixteen i16 back in column order.
