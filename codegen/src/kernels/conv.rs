@@ -18,7 +18,6 @@ use crate::direct::{Direct, DirectFn};
 use crate::kernel::WindowKernel;
 use crate::kernels::gemm::{GemmKernel, GemmSpec, RowOffsets};
 use crate::kernels::window::halo::{Halo, Scratch};
-use crate::kernels::window::jit::with_padding_pixel;
 use crate::kernels::window::{Geometry, Window};
 use qc_ir::{Attr, Attrs, Dim, OpKind, Tensor, TensorType};
 
@@ -41,11 +40,8 @@ enum Gather {
     InPlace(Halo),
     /// The input is the patch matrix (1×1, stride 1, no padding, rows need no padding bytes).
     Direct,
-    /// Few channels: for every patch byte, the image byte it copies, or `image` for the zero
-    /// point (padding taps and the row tail), read from the image followed by one zero point.
-    Bytes(Vec<u32>),
-    /// Many channels, or few with long runs: per output position, runs of contiguous bytes
-    /// (neighbouring taps of a kernel row merge into one run).
+    /// Per output position, runs of contiguous bytes (neighbouring taps of a kernel row merge
+    /// into one run); a run of at most 16 bytes is copied as 16 (see [`SHORT`]).
     Runs(Runs),
 }
 
@@ -112,7 +108,6 @@ impl InPlace {
 
 impl Gather {
     fn new(window: &Window, c: usize, stride: usize) -> Gather {
-        let image = window.plane * c;
         if window.taps == 1
             && window.positions == window.plane
             && stride == c
@@ -120,22 +115,7 @@ impl Gather {
         {
             return Gather::Direct;
         }
-        let runs = Gather::runs(window, c, stride);
-        // Short runs (few channels, narrow kernels) cost more to walk than a byte table.
-        if c < 8 && runs.runs.len() * 12 > window.positions * stride {
-            let mut bytes = vec![image as u32; window.positions * stride];
-            for (pos, row) in bytes.chunks_exact_mut(stride).enumerate() {
-                for (t, &p) in window.at(pos).iter().enumerate() {
-                    if p as usize != window.plane {
-                        for (i, b) in row[t * c..(t + 1) * c].iter_mut().enumerate() {
-                            *b = (p as usize * c + i) as u32;
-                        }
-                    }
-                }
-            }
-            return Gather::Bytes(bytes);
-        }
-        Gather::Runs(runs)
+        Gather::Runs(Gather::runs(window, c, stride))
     }
 
     /// The runs of every position's patch row.
@@ -160,6 +140,13 @@ impl Gather {
         Runs { runs, starts }
     }
 }
+
+/// Runs of at most this many bytes are copied as this many, one vector move, where the image
+/// has the bytes to read: the bytes written past the run are written again by the runs and rows
+/// after it (the rows are filled in order), or lie in the row's tail past K (which meets zero
+/// weights) or in the block's slack. Few-channel layers (an RGB stem: runs of 9 or 21 bytes)
+/// then copy a row in a few moves.
+const SHORT: usize = 16;
 
 thread_local! {
     /// A thread's patch matrix, reused across layers and runs.
@@ -283,43 +270,37 @@ impl Conv {
         match self.gather {
             Gather::Direct => return f(x, 0, batch * self.positions),
             Gather::InPlace(_) => return Err("this convolution reads its patches in place".into()),
-            Gather::Bytes(_) | Gather::Runs(_) => {}
+            Gather::Runs(_) => {}
         }
         // Rows per block: about 48 KiB of patches, a multiple of 8 (the GEMM's tile height).
         let block = ((48 << 10) / stride.max(1)).clamp(8, 1 << 12) / 8 * 8;
         PATCHES.with(|patches| {
             let mut patches = patches.borrow_mut();
-            let len = block.min(self.positions) * stride;
+            let len = block.min(self.positions) * stride + SHORT;
             if patches.len() < len {
                 patches.resize(len, 0);
             }
+            let Gather::Runs(Runs { runs, starts }) = &self.gather else { unreachable!("handled above") };
             for (i, img) in x.chunks_exact(image).enumerate() {
                 for p0 in (0..self.positions).step_by(block) {
                     let m = block.min(self.positions - p0);
-                    let dst = &mut patches[..m * stride];
-                    match &self.gather {
-                        Gather::Direct | Gather::InPlace(_) => unreachable!("handled above"),
-                        Gather::Bytes(index) => {
-                            // Byte index `image` is the padding: one byte of the zero point.
-                            let index = &index[p0 * stride..(p0 + m) * stride];
-                            with_padding_pixel(img, 1, pad, 0, |padded| {
-                                for (d, &i) in dst.iter_mut().zip(index) {
-                                    *d = padded[i as usize];
+                    let dst = &mut patches[..m * stride + SHORT];
+                    for (r0, span) in (0..m).map(|r| r * stride).zip(starts[p0..].windows(2)) {
+                        for r in &runs[span[0] as usize..span[1] as usize] {
+                            let (d, len) = (r0 + r.dst as usize, r.len as usize);
+                            match r.src.map(|s| s as usize) {
+                                Some(s) if len <= SHORT && s + SHORT <= img.len() => {
+                                    let src: &[u8; SHORT] = img[s..s + SHORT].try_into().expect("16 bytes");
+                                    let to: &mut [u8; SHORT] = (&mut dst[d..d + SHORT]).try_into().expect("16 bytes");
+                                    *to = *src;
                                 }
-                            });
-                        }
-                        Gather::Runs(Runs { runs, starts }) => {
-                            for (row, span) in dst.chunks_exact_mut(stride).zip(starts[p0..].windows(2)) {
-                                for r in &runs[span[0] as usize..span[1] as usize] {
-                                    let d = &mut row[r.dst as usize..(r.dst + r.len) as usize];
-                                    match r.src {
-                                        Some(s) => d.copy_from_slice(&img[s as usize..(s + r.len) as usize]),
-                                        None => d.fill(pad),
-                                    }
-                                }
+                                Some(s) => dst[d..d + len].copy_from_slice(&img[s..s + len]),
+                                None if len <= SHORT => dst[d..d + SHORT].fill(pad),
+                                None => dst[d..d + len].fill(pad),
                             }
                         }
                     }
+                    let dst = &dst[..m * stride];
                     f(dst, i * self.positions + p0, m)?;
                 }
             }
@@ -365,7 +346,6 @@ impl WindowKernel for Conv {
         let how = match &self.gather {
             Gather::InPlace(_) => "taps in place",
             Gather::Direct => "1x1, rows in place",
-            Gather::Bytes(_) => "patches by bytes",
             Gather::Runs(_) => "patches by runs",
         };
         format!("conv, {how}, gemm {}", self.kernel.path().name())
@@ -383,7 +363,7 @@ impl WindowKernel for Conv {
                 })
             }
             Gather::Direct => self.kernel.direct_rows(self.positions).filter(|d| d.input == self.image && d.output == output),
-            Gather::Bytes(_) | Gather::Runs(_) => None,
+            Gather::Runs(_) => None,
         }
     }
 

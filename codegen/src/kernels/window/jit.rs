@@ -88,23 +88,6 @@ pub(crate) fn emit_groups(b: &mut FunctionBuilder, c: usize, width: usize, group
     }
 }
 
-thread_local! {
-    /// A thread's copy of one image followed by its padding pixel.
-    static PADDED: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
-}
-
-/// Calls `f` with this thread's copy of `img` (an NHWC image of `c` channels) followed by one
-/// pixel of `pad` bytes — the pixel a window table's padding marker (`h·w`) points at — and
-/// `slack` more bytes.
-pub(crate) fn with_padding_pixel<R>(img: &[u8], c: usize, pad: u8, slack: usize, f: impl FnOnce(&[u8]) -> R) -> R {
-    PADDED.with_borrow_mut(|scratch| {
-        scratch.resize(img.len() + c + slack, 0);
-        scratch[..img.len()].copy_from_slice(img);
-        scratch[img.len()..img.len() + c].fill(pad);
-        f(scratch)
-    })
-}
-
 impl ImageFn {
     /// The bytes of the buffer [`ImageFn::run_image`] copies an image into.
     pub(crate) fn scratch_len(&self) -> usize {
