@@ -41,7 +41,7 @@ enum Gather {
     /// The input is the patch matrix (1×1, stride 1, no padding, rows need no padding bytes).
     Direct,
     /// Per output position, runs of contiguous bytes (neighbouring taps of a kernel row merge
-    /// into one run); a run of at most 16 bytes is copied as 16 (see [`SHORT`]).
+    /// into one run); a short run is copied in 16-byte moves (see [`SHORT`]).
     Runs(Runs),
 }
 
@@ -141,11 +141,11 @@ impl Gather {
     }
 }
 
-/// Runs of at most this many bytes are copied as this many, one vector move, where the image
-/// has the bytes to read: the bytes written past the run are written again by the runs and rows
-/// after it (the rows are filled in order), or lie in the row's tail past K (which meets zero
-/// weights) or in the block's slack. Few-channel layers (an RGB stem: runs of 9 or 21 bytes)
-/// then copy a row in a few moves.
+/// Runs of up to four times this many bytes are copied in moves of this many (rounded up), where
+/// the image has the bytes to read: the bytes written past the run are written again by the runs
+/// and rows after it (the rows are filled in order), or lie in the row's tail past K (which meets
+/// zero weights) or in the block's slack. Few-channel layers (an RGB stem: runs of 9 or 21 bytes)
+/// then copy a row in a few moves, without a call to `memcpy` per run.
 const SHORT: usize = 16;
 
 thread_local! {
@@ -289,10 +289,12 @@ impl Conv {
                         for r in &runs[span[0] as usize..span[1] as usize] {
                             let (d, len) = (r0 + r.dst as usize, r.len as usize);
                             match r.src.map(|s| s as usize) {
-                                Some(s) if len <= SHORT && s + SHORT <= img.len() => {
-                                    let src: &[u8; SHORT] = img[s..s + SHORT].try_into().expect("16 bytes");
-                                    let to: &mut [u8; SHORT] = (&mut dst[d..d + SHORT]).try_into().expect("16 bytes");
-                                    *to = *src;
+                                Some(s) if len <= 4 * SHORT && s + len.next_multiple_of(SHORT) <= img.len() => {
+                                    for o in (0..len).step_by(SHORT) {
+                                        let src: &[u8; SHORT] = img[s + o..s + o + SHORT].try_into().expect("16 bytes");
+                                        let to: &mut [u8; SHORT] = (&mut dst[d + o..d + o + SHORT]).try_into().expect("16 bytes");
+                                        *to = *src;
+                                    }
                                 }
                                 Some(s) => dst[d..d + len].copy_from_slice(&img[s..s + len]),
                                 None if len <= SHORT => dst[d..d + SHORT].fill(pad),
