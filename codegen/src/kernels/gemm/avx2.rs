@@ -20,6 +20,7 @@
 
 use crate::kernels::gemm::GemmSpec;
 use qc_ir::requant::Requant;
+use std::arch::x86_64::*;
 
 /// Rows per micro-tile.
 const MR: usize = 4;
@@ -81,32 +82,28 @@ impl Avx2Gemm {
         let pairs = self.pairs;
         // MR rows widened to i16 pairs, one i32 word per k pair (`a[2p] | a[2p + 1] << 16`), zero
         // past K.
-        let mut rows = vec![0i32; MR * pairs];
-        let mut tile = [0u8; MR * NB];
-        for r0 in (0..m).step_by(MR) {
-            let mr = MR.min(m - r0);
-            rows.fill(0);
-            for (r, dst) in rows.chunks_exact_mut(pairs).enumerate().take(mr) {
-                let src = &a[(r0 + r) * self.stride..][..self.stride];
-                self.widen(src, dst);
-            }
-            for blk in 0..self.n.div_ceil(NB) {
-                let panel = &self.packed[blk * pairs * NB * 2..][..pairs * NB * 2];
-                let acc = self.micro(&rows, panel, blk);
-                self.epilogue(&acc, blk, &mut tile);
-                let cols = NB.min(self.n - blk * NB);
-                for r in 0..mr {
-                    out[(r0 + r) * self.n + blk * NB..][..cols].copy_from_slice(&tile[r * NB..][..cols]);
+        crate::kernels::gemm::quads::with_rows(MR * pairs, |rows| {
+            for r0 in (0..m).step_by(MR) {
+                let mr = MR.min(m - r0);
+                rows.fill(0);
+                for (r, dst) in rows.chunks_exact_mut(pairs).enumerate().take(mr) {
+                    let src = &a[(r0 + r) * self.stride..][..self.stride];
+                    self.widen(src, dst);
+                }
+                let out = &mut out[r0 * self.n..(r0 + mr) * self.n];
+                for blk in 0..self.n.div_ceil(NB) {
+                    let panel = &self.packed[blk * pairs * NB * 2..][..pairs * NB * 2];
+                    let acc = self.micro(rows, panel, blk);
+                    self.req.store_avx2::<MR, 2>(&acc, mr, blk * NB, self.n, out);
                 }
             }
-        }
+        })
     }
 
     /// One activation row as i16 pair words (`dst[p] = a[2p] | a[2p + 1] << 16`, each byte made
     /// u8), sixteen bytes at a time with `vpmovzxbw`, the tail byte by byte.
     #[target_feature(enable = "avx2")]
     fn widen(&self, src: &[u8], dst: &mut [i32]) {
-        use std::arch::x86_64::*;
         let flip = _mm_set1_epi8(self.flip as i8);
         let (mut i, n) = (0, src.len().min(dst.len() * 2));
         while i + 16 <= n {
@@ -129,7 +126,6 @@ impl Avx2Gemm {
     /// The accumulators of one 4-row × 16-column tile: `start + Σ a·w` over the k pairs.
     #[target_feature(enable = "avx2")]
     fn micro(&self, rows: &[i32], panel: &[i16], blk: usize) -> [[std::arch::x86_64::__m256i; 2]; MR] {
-        use std::arch::x86_64::*;
         let pairs = self.pairs;
         const { assert!(MR == 4, "the loop below takes four rows") };
         let load = |s: &[i32]| -> __m256i {
@@ -155,36 +151,6 @@ impl Avx2Gemm {
         }
         acc
     }
-
-    /// Requantizes a tile into `tile` (`[row][16]` bytes).
-    #[target_feature(enable = "avx2")]
-    fn epilogue(&self, acc: &[[std::arch::x86_64::__m256i; 2]; MR], blk: usize, tile: &mut [u8; MR * NB]) {
-        use std::arch::x86_64::*;
-        let mult = &self.req.mult[blk * NB..][..NB];
-        let load = |s: &[f32]| -> __m256 {
-            let s: &[f32; 8] = s[..8].try_into().expect("8 lanes");
-            // SAFETY: `s` is exactly 8 f32s.
-            unsafe { _mm256_loadu_ps(s.as_ptr()) }
-        };
-        let m = [load(&mult[..8]), load(&mult[8..])];
-        let (lo, hi) = (_mm256_set1_ps((self.req.lo - self.req.zp) as f32), _mm256_set1_ps((self.req.hi - self.req.zp) as f32));
-        let zp = _mm256_set1_epi32(self.req.zp);
-        for (r, row) in acc.iter().enumerate() {
-            let mut v = [0i32; NB];
-            for h in 0..2 {
-                let f = _mm256_mul_ps(_mm256_cvtepi32_ps(row[h]), m[h]);
-                let f = _mm256_round_ps::<{ _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC }>(f);
-                let f = _mm256_min_ps(_mm256_max_ps(f, lo), hi);
-                let q = _mm256_add_epi32(_mm256_cvtps_epi32(f), zp);
-                let dst: &mut [i32; 8] = (&mut v[h * 8..][..8]).try_into().expect("8 lanes");
-                // SAFETY: `dst` is exactly 8 i32s.
-                unsafe { _mm256_storeu_si256(dst.as_mut_ptr().cast(), q) };
-            }
-            for (t, &q) in tile[r * NB..][..NB].iter_mut().zip(&v) {
-                *t = q as u8;
-            }
-        }
-    }
 }
 
 /// What the native paths' epilogues read: per column, padded with zeros to a multiple of their
@@ -199,6 +165,60 @@ pub(crate) struct NativeRequant {
 }
 
 impl NativeRequant {
+    /// Requantizes the first `rows` rows of a tile of `8·V` columns (`V` of 1 or 2) from column
+    /// `col0` into `out`, rows of `n` bytes: the evaluator's f32 requantization on vectors, then
+    /// bytes by saturating packs that the clamp keeps from saturating, stored directly.
+    #[target_feature(enable = "avx2")]
+    #[inline]
+    pub(crate) fn store_avx2<const R: usize, const V: usize>(
+        &self,
+        acc: &[[__m256i; V]; R],
+        rows: usize,
+        col0: usize,
+        n: usize,
+        out: &mut [u8],
+    ) {
+        const L: usize = 8;
+        let mult = &self.mult[col0..][..V * L];
+        let mut m = [_mm256_setzero_ps(); V];
+        for (v, m) in m.iter_mut().enumerate() {
+            let s: &[f32; L] = mult[v * L..][..L].try_into().expect("8 lanes");
+            // SAFETY: `s` is exactly 8 f32s.
+            *m = unsafe { _mm256_loadu_ps(s.as_ptr()) };
+        }
+        let (lo, hi) = (_mm256_set1_ps((self.lo - self.zp) as f32), _mm256_set1_ps((self.hi - self.zp) as f32));
+        let zp = _mm256_set1_epi32(self.zp);
+        let unsigned = self.lo >= 0;
+        let cols = (V * L).min(n - col0);
+        for (r, row) in acc.iter().enumerate().take(rows) {
+            let mut q = [_mm256_setzero_si256(); V];
+            for ((q, &a), &m) in q.iter_mut().zip(row).zip(&m) {
+                let f = _mm256_min_ps(_mm256_max_ps(_mm256_mul_ps(_mm256_cvtepi32_ps(a), m), lo), hi);
+                let f = _mm256_round_ps::<{ _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC }>(f);
+                *q = _mm256_add_epi32(_mm256_cvtps_epi32(f), zp);
+            }
+            // Every value lies in [lo, hi], within i16 and within the bytes' range: the packs
+            // do not saturate. `packs_epi32` interleaves the 128-bit halves; the permute puts
+            // the sixteen i16 back in column order.
+            let words = _mm256_permute4x64_epi64::<0b11_01_10_00>(_mm256_packs_epi32(q[0], q[V - 1]));
+            let (w0, w1) = (_mm256_castsi256_si128(words), _mm256_extracti128_si256::<1>(words));
+            let bytes = if unsigned { _mm_packus_epi16(w0, w1) } else { _mm_packs_epi16(w0, w1) };
+            let dst = &mut out[r * n + col0..][..cols];
+            if let Ok(dst) = <&mut [u8; 2 * L]>::try_from(&mut *dst) {
+                // SAFETY: `dst` is exactly 16 bytes.
+                unsafe { _mm_storeu_si128(dst.as_mut_ptr().cast(), bytes) };
+            } else if let Ok(dst) = <&mut [u8; L]>::try_from(&mut *dst) {
+                // SAFETY: `dst` is exactly 8 bytes, the low half of `bytes`.
+                unsafe { _mm_storel_epi64(dst.as_mut_ptr().cast(), bytes) };
+            } else {
+                let mut tile = [0u8; 2 * L];
+                // SAFETY: `tile` is exactly 16 bytes.
+                unsafe { _mm_storeu_si128(tile.as_mut_ptr().cast(), bytes) };
+                dst.copy_from_slice(&tile[..dst.len()]);
+            }
+        }
+    }
+
     /// `None` unless every column requantizes in f32 with a finite multiplier.
     pub(crate) fn new(spec: &GemmSpec, padded: usize) -> Option<NativeRequant> {
         let (n, k) = (spec.n, spec.k);

@@ -114,10 +114,10 @@ impl Avx2MaddubsGemm {
         for (col0, weights, nonzero, full) in self.w.panels(self.n) {
             if full {
                 let acc = self.micro::<R, 2>(rows, weights, nonzero, col0);
-                self.epilogue::<R, 2>(&acc, col0, out);
+                self.req.store_avx2::<R, 2>(&acc, R, col0, self.n, out);
             } else {
                 let acc = self.micro::<R, 1>(rows, weights, nonzero, col0);
-                self.epilogue::<R, 1>(&acc, col0, out);
+                self.req.store_avx2::<R, 1>(&acc, R, col0, self.n, out);
             }
         }
     }
@@ -173,46 +173,4 @@ impl Avx2MaddubsGemm {
         acc
     }
 
-    /// Requantizes a tile into `out` (`R` rows of `n` bytes) at columns `col0..`.
-    #[target_feature(enable = "avx2")]
-    fn epilogue<const R: usize, const V: usize>(&self, acc: &[[__m256i; V]; R], col0: usize, out: &mut [u8]) {
-        let mult = &self.req.mult[col0..][..V * L];
-        let mut m = [_mm256_setzero_ps(); V];
-        for (v, m) in m.iter_mut().enumerate() {
-            let s: &[f32; L] = mult[v * L..][..L].try_into().expect("8 lanes");
-            // SAFETY: `s` is exactly 8 f32s.
-            *m = unsafe { _mm256_loadu_ps(s.as_ptr()) };
-        }
-        let (lo, hi) = (_mm256_set1_ps((self.req.lo - self.req.zp) as f32), _mm256_set1_ps((self.req.hi - self.req.zp) as f32));
-        let zp = _mm256_set1_epi32(self.req.zp);
-        let unsigned = self.req.lo >= 0;
-        let cols = (V * L).min(self.n - col0);
-        for (r, row) in acc.iter().enumerate() {
-            let mut q = [_mm256_setzero_si256(); V];
-            for ((q, &a), &m) in q.iter_mut().zip(row).zip(&m) {
-                let f = _mm256_min_ps(_mm256_max_ps(_mm256_mul_ps(_mm256_cvtepi32_ps(a), m), lo), hi);
-                let f = _mm256_round_ps::<{ _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC }>(f);
-                *q = _mm256_add_epi32(_mm256_cvtps_epi32(f), zp);
-            }
-            // Every value lies in [lo, hi], within i16 and within the bytes' range: the packs
-            // do not saturate. `packs_epi32` interleaves the 128-bit halves; the permute puts
-            // the sixteen i16 back in column order.
-            let words = _mm256_permute4x64_epi64::<0b11_01_10_00>(_mm256_packs_epi32(q[0], q[V - 1]));
-            let (w0, w1) = (_mm256_castsi256_si128(words), _mm256_extracti128_si256::<1>(words));
-            let bytes = if unsigned { _mm_packus_epi16(w0, w1) } else { _mm_packs_epi16(w0, w1) };
-            let dst = &mut out[r * self.n + col0..][..cols];
-            if let Ok(dst) = <&mut [u8; 2 * L]>::try_from(&mut *dst) {
-                // SAFETY: `dst` is exactly 16 bytes.
-                unsafe { _mm_storeu_si128(dst.as_mut_ptr().cast(), bytes) };
-            } else if let Ok(dst) = <&mut [u8; L]>::try_from(&mut *dst) {
-                // SAFETY: `dst` is exactly 8 bytes, the low half of `bytes`.
-                unsafe { _mm_storel_epi64(dst.as_mut_ptr().cast(), bytes) };
-            } else {
-                let mut tile = [0u8; 2 * L];
-                // SAFETY: `tile` is exactly 16 bytes.
-                unsafe { _mm_storeu_si128(tile.as_mut_ptr().cast(), bytes) };
-                dst.copy_from_slice(&tile[..dst.len()]);
-            }
-        }
-    }
 }

@@ -12,7 +12,7 @@ pub mod avx2_maddubs;
 #[cfg(target_arch = "x86_64")]
 pub(crate) mod avx512;
 #[cfg(target_arch = "x86_64")]
-mod quads;
+pub(crate) mod quads;
 pub(crate) mod simd;
 
 use crate::emit::emit_loop;
