@@ -9,8 +9,10 @@
 //! The micro-kernel keeps 4 rows × 16 columns in eight accumulators: per k pair, two weight
 //! loads, four broadcast activation pairs, eight `vpmaddwd`, eight `vpaddd`. The epilogue is the
 //! evaluator's f32 requantization, `clamp(rne(f32(acc)·M) + zp, lo, hi)`, on vectors: `cvtdq2ps`,
-//! `mulps`, `roundps` to nearest even, a clamp to `[lo − zp, hi − zp]` (which bounds the value
-//! before it leaves f32, as `requant_f32` does), `cvtps2dq`, `+ zp`. The sums are exact (the
+//! `mulps`, a clamp to `[lo − zp, hi − zp]` (integers, so clamping before rounding equals clamping
+//! after; it bounds the value before it leaves f32, as `requant_f32` does), `roundps` to nearest
+//! even, `cvtps2dq`, `+ zp`, then bytes by saturating packs ([`NativeRequant::store_avx2`], which
+//! the `vpmaddubsw` path shares). The sums are exact (the
 //! layer passed [`GemmSpec::accumulators_fit`]), so the order of the additions does not matter:
 //! the result is the evaluator's, bit for bit.
 //!
