@@ -191,9 +191,11 @@ pub enum Path {
 }
 
 impl Path {
-    /// The path for `isa`: VNNI on the VNNI levels, SSE (`pmaddwd`) on the others but `scalar` —
-    /// the vector paths where the layer allows them (f32 requantization with finite
-    /// multipliers; weights in i8 for VNNI, in i16 for SSE), else scalar.
+    /// The path for `isa`: the 512-bit one on `avx512-vnni`, VNNI on `avx-vnni`, on `avx2` and
+    /// `avx512bw` `vpmaddubsw` where no pair of weights can saturate and `vpmaddwd` otherwise,
+    /// SSE (`pmaddwd`) on `sse4.1` — the vector paths where the layer allows them (f32
+    /// requantization with finite multipliers; weights in i8 for the byte products, in i16 for
+    /// `pmaddwd`/`vpmaddwd`), else scalar.
     pub fn choose(spec: &GemmSpec, isa: Isa) -> Path {
         let f32_mode = spec.requant.iter().all(|r| matches!(r, Requant::F32(m) if m.is_finite()));
         let fits = |lo: i32, hi: i32| spec.weights.iter().all(|w| (lo..=hi).contains(w));
