@@ -44,7 +44,7 @@ flags="$(grep -o -w -E 'avx512_?vnni|avx_vnni|avx512bw|avx2' /proc/cpuinfo | sor
   for m in digits_mlp digits_cnn digits_resdw; do
     "$qc" compile "$corpus/models/${m}_fp32.onnx" --calib "$corpus/data/digits_calib_x.npy" -o "$tmp/$m.qir" 2>/dev/null
     for b in 1 64; do
-      "$qc" bench "$tmp/$m.qir" --input "$corpus/data/digits_test_x.npy" --batch "$b" --runs "$runs" > "$tmp/bench.txt"
+      "$qc" bench "$tmp/$m.qir" --input "$corpus/data/digits_test_x.npy" --batch "$b" --runs "$runs" --against interp > "$tmp/bench.txt"
       head_line="$(head -1 "$tmp/bench.txt")"
       level="$(sed -E 's/.*ISA level ([^ ]+) on .*/\1/' <<< "$head_line")"
       kernels="$(sed -E 's/.*batch [0-9]+, ([0-9]+) JIT kernels.*/\1/' <<< "$head_line")"

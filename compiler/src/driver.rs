@@ -200,6 +200,7 @@ pub struct Outcome {
 /// `print_to`.
 pub fn compile(model: &mut Model, request: &Request, print_to: &mut dyn std::io::Write) -> Result<Outcome, QcError> {
     request.check()?;
+    crate::layer_names::check_layer_names(&model.graph, &request.options)?;
     let names = request.passes_for(Some(&model.graph))?;
     let mut options = request.options.clone();
     let mut outcome = Outcome::default();

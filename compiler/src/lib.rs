@@ -9,6 +9,7 @@ pub mod driver;
 pub mod exec;
 pub mod huffman;
 pub mod io;
+pub mod layer_names;
 pub mod mixed_precision;
 pub mod model;
 pub mod onnx;

@@ -150,7 +150,7 @@ fn bench_names_the_isa_level() {
     // Threads are at least one, and only the JIT takes them.
     let o = qc(&["bench", "examples/mlp.qir", "--threads", "0"]);
     assert_eq!(code(&o), 2);
-    assert!(stderr(&o).contains("--threads: a model runs on at least one thread"), "{}", stderr(&o));
+    assert!(stderr(&o).contains("--threads") && stderr(&o).contains("must be at least 1"), "{}", stderr(&o));
     let o = qc(&["run", "examples/mlp.qir", "--input", "x.npy", "-o", "y.npy", "--engine", "interp", "--threads", "2"]);
     assert_eq!(code(&o), 2);
     assert!(stderr(&o).contains("--threads is for --engine jit"), "{}", stderr(&o));
@@ -363,6 +363,36 @@ fn calibration_errors() {
     assert!(stdout(&o).contains("quantize(%input) : tensor<?x1x8x8x!q<u8, 1.0, 0>>"), "{}", stdout(&o));
 }
 
+/// Misuse is an error (exit 2) that says what is wrong: layer names the model does not have
+/// (with the closest one), values out of range, including negative ones.
+#[test]
+fn misuse_is_an_error_with_the_choices() {
+    let model = "../shared/corpus/models/digits_cnn_fp32.onnx";
+    let cases: [(&[&str], &str); 8] = [
+        (&["--keep-fp32", "node_conv2d_x"], "--keep-fp32: the model has no layer named `node_conv2d_x`; did you mean `node_conv2d"),
+        (&["--layer-weight-bits", "nosuch=4"], "--layer-weight-bits: the model has no layer named `nosuch`"),
+        (&["--calib-override", "nosuch=minmax"], "--calib-override: the model has no layer named `nosuch`"),
+        (&["--prune-ratio", "1.5"], "1.5 is not in [0, 1)"),
+        (&["--prune-ratio", "-0.2"], "-0.2 is not in [0, 1)"),
+        (&["--sparsity", "1"], "1 is not in [0, 1)"),
+        (&["--weight-bits", "6"], "`6` is not one of 8, 7, 4"),
+        (&["--layer-weight-bits", "node_conv2d=6"], "takes NAME=4, NAME=7 or NAME=8"),
+    ];
+    for (args, want) in cases {
+        let mut argv = vec!["compile", model, "--calib", CALIB];
+        argv.extend_from_slice(args);
+        let o = qc(&argv);
+        assert_eq!(code(&o), 2, "{args:?}: {}", stderr(&o));
+        assert!(stderr(&o).contains(want), "{args:?}: {}", stderr(&o));
+    }
+    // A name the model has is taken.
+    let o = qc(&["compile", model, "--calib", CALIB, "--keep-fp32", "node_conv2d", "--calib-override", "node_conv2d_1=minmax"]);
+    assert_eq!(code(&o), 0, "{}", stderr(&o));
+    let o = qc(&["bench", "examples/mlp.qir", "--runs", "0"]);
+    assert_eq!(code(&o), 2, "{}", stderr(&o));
+    assert!(stderr(&o).contains("--runs") && stderr(&o).contains("must be at least 1"), "{}", stderr(&o));
+}
+
 #[test]
 fn bench_times_the_jit_and_the_evaluator() {
     let d = scratch("bench");
@@ -374,6 +404,11 @@ fn bench_times_the_jit_and_the_evaluator() {
     let s = stdout(&o);
     assert!(s.contains("batch 4, 5 JIT kernels compiled in") && s.contains("jit ") && s.contains("GOPS"), "{s}");
     assert!(s.contains("10 % of runs took under") && !s.contains("other memory"), "{s}");
+    // The evaluator is timed only when asked.
+    assert!(!s.contains("interp"), "{s}");
+    let o = qc(&["bench", p(&out), "--runs", "5", "--against", "interp"]);
+    assert_eq!(code(&o), 0, "{}", stderr(&o));
+    assert!(stdout(&o).contains("x the JIT's time"), "{}", stdout(&o));
     let o = qc(&["bench", p(&out), "--runs", "5", "--evict-kib", "64"]);
     assert_eq!(code(&o), 0, "{}", stderr(&o));
     assert!(stdout(&o).contains("64 KiB of other memory written before each run"), "{}", stdout(&o));
@@ -490,4 +525,27 @@ fn an_onnx_runtime_qdq_model_picks_the_qdq_pipeline() {
     assert!(count("conv2d") > 0);
     let report = std::fs::read_to_string(&report).unwrap();
     assert!(!report.contains("has no integer form"), "{report}");
+}
+
+/// A reader that goes away (`qc compile --print-after-all | head`) ends qc quietly: exit 0, no
+/// "Broken pipe" error from the pass that was printing.
+#[test]
+fn a_closed_pipe_ends_quietly() {
+    use std::io::{BufRead, BufReader};
+    let mut child = Command::new(env!("CARGO_BIN_EXE_qc"))
+        .args(["compile", "../shared/corpus/models/digits_cnn_fp32.onnx", "--calib", CALIB, "--print-after-all"])
+        .current_dir(root())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("qc runs");
+    let mut first = String::new();
+    // A small buffer: qc writes more than the pipe holds (76 KB against 64 KB), so it is still
+    // writing when the reader goes.
+    BufReader::with_capacity(64, child.stdout.take().expect("piped")).read_line(&mut first).unwrap();
+    assert!(first.contains("IR after"), "{first}");
+    // The reader is dropped here, closing the pipe while qc still has passes to print.
+    let o = child.wait_with_output().unwrap();
+    assert_eq!(o.status.code(), Some(0), "{}", String::from_utf8_lossy(&o.stderr));
+    assert!(!String::from_utf8_lossy(&o.stderr).contains("Broken pipe"), "{}", String::from_utf8_lossy(&o.stderr));
 }

@@ -136,7 +136,7 @@ pub(crate) struct CompileArgs {
     /// Weight bits: 8; 7 (weights in [-64, 64], ONNX Runtime's reduce_range: CPUs with AVX2 but
     /// no VNNI multiply them exactly with vpmaddubsw, about 1.3x faster); or 4 (i4 weights with
     /// 8-bit activations).
-    #[arg(long, default_value = "8", value_parser = clap::value_parser!(u8).range(4..=8))]
+    #[arg(long, default_value = "8", value_parser = weight_bits)]
     pub(crate) weight_bits: u8,
     /// Weight bits for one layer: NAME=4, NAME=7 or NAME=8 (repeatable).
     #[arg(long)]
@@ -160,7 +160,7 @@ pub(crate) struct CompileArgs {
     pub(crate) report: Option<PathBuf>,
     /// Structured pruning: remove this fraction of every prunable layer's output channels
     /// (adds `prune-channels` before `fold-bn` to the pipeline).
-    #[arg(long)]
+    #[arg(long, allow_negative_numbers = true, value_parser = fraction)]
     pub(crate) prune_ratio: Option<f32>,
     /// A pruning ratio for one layer (its location, result or weight name): NAME=RATIO (repeatable).
     #[arg(long)]
@@ -187,7 +187,7 @@ pub(crate) struct CompileArgs {
     pub(crate) max_loss: Option<f64>,
     /// Unstructured sparsity: zero this fraction of every layer's weights, smallest first (adds
     /// `sparsify` after `fold-bn` to the pipeline; --reconstruct re-fits the rest).
-    #[arg(long)]
+    #[arg(long, allow_negative_numbers = true, value_parser = fraction)]
     pub(crate) sparsity: Option<f32>,
     /// A sparsity for one layer: NAME=FRACTION (repeatable).
     #[arg(long)]
@@ -310,7 +310,7 @@ pub(crate) enum Command {
         #[arg(long, default_value = "host")]
         isa: String,
         /// Threads the JIT splits the batch over (the model's images must be independent).
-        #[arg(long, default_value = "1")]
+        #[arg(long, default_value = "1", value_parser = at_least_one)]
         threads: usize,
     },
 }
@@ -324,10 +324,10 @@ pub(crate) struct BenchArgs {
     #[arg(long)]
     pub(crate) input: Option<PathBuf>,
     /// The batch size.
-    #[arg(long, default_value = "1")]
+    #[arg(long, default_value = "1", value_parser = at_least_one)]
     pub(crate) batch: usize,
     /// Timed runs (medians are reported).
-    #[arg(long, default_value = "50")]
+    #[arg(long, default_value = "50", value_parser = at_least_one)]
     pub(crate) runs: usize,
     /// The weights file, if not beside the model.
     #[arg(long)]
@@ -343,6 +343,42 @@ pub(crate) struct BenchArgs {
     pub(crate) isa: String,
     /// Threads the JIT splits the batch over (the model's images must be independent); the
     /// per-layer times are one thread's.
-    #[arg(long, default_value = "1")]
+    #[arg(long, default_value = "1", value_parser = at_least_one)]
     pub(crate) threads: usize,
+    /// Also time this engine on the same inputs (the reference evaluator, which is slow: a fifth
+    /// of --runs).
+    #[arg(long, value_enum)]
+    pub(crate) against: Option<Against>,
+}
+
+/// What `qc bench --against` times beside the JIT.
+#[derive(Clone, Copy, clap::ValueEnum)]
+pub(crate) enum Against {
+    /// The reference evaluator.
+    Interp,
+}
+
+/// A fraction in [0, 1) (`--prune-ratio`, `--sparsity`: 1 would remove everything).
+fn fraction(s: &str) -> Result<f32, String> {
+    let v: f32 = s.parse().map_err(|_| format!("`{s}` is not a number"))?;
+    if (0.0..1.0).contains(&v) { Ok(v) } else { Err(format!("{v} is not in [0, 1) (1 would remove every channel or weight)")) }
+}
+
+/// A count of at least 1 (runs, batch, threads).
+fn at_least_one(s: &str) -> Result<usize, String> {
+    match s.parse::<usize>() {
+        Ok(0) => Err("must be at least 1".into()),
+        Ok(v) => Ok(v),
+        Err(_) => Err(format!("`{s}` is not a whole number")),
+    }
+}
+
+/// `--weight-bits`: 8, 7 or 4.
+fn weight_bits(s: &str) -> Result<u8, String> {
+    match s {
+        "8" => Ok(8),
+        "7" => Ok(7),
+        "4" => Ok(4),
+        _ => Err(format!("`{s}` is not one of 8, 7, 4")),
+    }
 }

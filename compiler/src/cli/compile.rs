@@ -200,9 +200,8 @@ pub(crate) fn compile(a: CompileArgs) -> Result<(), QcError> {
     let request = request(&a)?;
     request.check()?;
     let mut model = load_model(&a.model, a.weights.as_deref())?;
-    let stdout = std::io::stdout();
-    let mut lock = stdout.lock();
-    let outcome = qc::driver::compile(&mut model, &request, &mut lock)?;
+    let mut out = super::QuietPipe(std::io::stdout().lock());
+    let outcome = qc::driver::compile(&mut model, &request, &mut out)?;
     if outcome.pipeline == Some("qdq") {
         eprintln!("note: the model is already quantized (it has quantize/dequantize ops): compiling it with the qdq pipeline");
     }
@@ -242,7 +241,7 @@ pub(crate) fn compile(a: CompileArgs) -> Result<(), QcError> {
         }
         Some(o) => save_model(&model.graph, o)?,
         None if !(a.print_after_all || !a.print_after.is_empty()) => {
-            write!(lock, "{}", print(&model.graph)).map_err(|e| QcError::Input(e.to_string()))?;
+            write!(out, "{}", print(&model.graph)).map_err(|e| QcError::Input(e.to_string()))?;
         }
         None => {}
     }

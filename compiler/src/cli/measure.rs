@@ -1,6 +1,6 @@
 //! Commands that run a model: `run`, `bench`, `eval`.
 
-use super::args::{BenchArgs, Engine, EvalArgs};
+use super::args::{Against, BenchArgs, Engine, EvalArgs};
 use crate::say;
 use qc::io::{read_tensor, write_tensor};
 use qc::{QcError, load_model};
@@ -71,7 +71,7 @@ fn quantile(sorted: &[f64], q: f64) -> f64 {
 }
 
 pub(crate) fn bench(args: BenchArgs) -> Result<(), QcError> {
-    let BenchArgs { model: path, input, batch, runs, weights, evict_kib, isa, threads } = args;
+    let BenchArgs { model: path, input, batch, runs, weights, evict_kib, isa, threads, against } = args;
     let (path, input, weights) = (path.as_path(), input.as_deref(), weights.as_deref());
     let options = super::codegen_options(&isa, threads)?;
     let model = load_model(path, weights)?;
@@ -136,10 +136,13 @@ pub(crate) fn bench(args: BenchArgs) -> Result<(), QcError> {
     };
     let jit_times = time(&|| compiled.run(std::slice::from_ref(&x)).map(|_| ()).map_err(|e| e.to_string()), runs, evict_kib > 0)?;
     let jit = quantile(&jit_times, 0.5);
-    let interp = quantile(
-        &time(&|| evaluate(g, std::slice::from_ref(&x)).map(|_| ()).map_err(|e| e.to_string()), runs.div_ceil(5), false)?,
-        0.5,
-    );
+    let interp = match against {
+        Some(Against::Interp) => Some(quantile(
+            &time(&|| evaluate(g, std::slice::from_ref(&x)).map(|_| ()).map_err(|e| e.to_string()), runs.div_ceil(5), false)?,
+            0.5,
+        )),
+        None => None,
+    };
     say!(
         "{}: batch {batch}, {} JIT kernels compiled in {compile_ms:.2} ms for ISA level {} on {}{}",
         path.display(),
@@ -157,7 +160,9 @@ pub(crate) fn bench(args: BenchArgs) -> Result<(), QcError> {
         quantile(&jit_times, 0.9) * 1e3,
         if evict_kib > 0 { format!("; {evict_kib} KiB of other memory written before each run") } else { String::new() }
     );
-    say!("  interp  {:>10.4} ms ({:.1}x the JIT's time)", interp * 1e3, interp / jit);
+    if let Some(interp) = interp {
+        say!("  interp  {:>10.4} ms ({:.1}x the JIT's time)", interp * 1e3, interp / jit);
+    }
     let mem = compiled.memory();
     say!(
         "  arena   {} bytes at batch {batch} ({} per image; lower bound {}, {} activations unshared {}){}",

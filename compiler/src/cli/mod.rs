@@ -6,6 +6,7 @@ pub(crate) mod files;
 pub(crate) mod measure;
 
 use qc::QcError;
+use std::io::Write;
 
 /// Prints a line to stdout; a closed pipe (`qc ... | head`) ends the output quietly instead of
 /// panicking.
@@ -16,6 +17,26 @@ macro_rules! say {
             std::process::exit(0);
         }
     }};
+}
+
+/// Standard output for what the passes print (`--print-after-all`): a reader that went away
+/// (`| head`) ends the program quietly, as `say!` does, instead of failing the pass that printed.
+pub(crate) struct QuietPipe<W: Write>(pub(crate) W);
+
+impl<W: Write> Write for QuietPipe<W> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        match self.0.write(buf) {
+            Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => std::process::exit(0),
+            r => r,
+        }
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        match self.0.flush() {
+            Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => std::process::exit(0),
+            r => r,
+        }
+    }
 }
 
 /// A usage error (exit code 2).
