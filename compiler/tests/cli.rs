@@ -391,6 +391,33 @@ fn misuse_is_an_error_with_the_choices() {
     let o = qc(&["bench", "examples/mlp.qir", "--runs", "0"]);
     assert_eq!(code(&o), 2, "{}", stderr(&o));
     assert!(stderr(&o).contains("--runs") && stderr(&o).contains("must be at least 1"), "{}", stderr(&o));
+    // Options that would do nothing.
+    let unused: [(&[&str], &str); 5] = [
+        (&["compile", model, "--calib", CALIB, "--distill", "10"], "--distill recovers what pruning lost"),
+        (&["compile", model, "--calib", CALIB, "--min-sqnr", "30"], "--mixed-precision"),
+        (&["analyze", model, "--calib", CALIB, "-o", "x.qir"], "qc analyze writes no model: -o/--output is for qc compile"),
+        (&["size", model, "--print-after-all"], "qc size writes no model: --print-after-all is for qc compile"),
+        (&["compile", model, "--calib", CALIB, "--compress", "-o", "x.onnx"], "an .onnx output holds its weights itself"),
+    ];
+    for (argv, want) in unused {
+        let o = qc(argv);
+        assert_eq!(code(&o), 2, "{argv:?}: {}", stderr(&o));
+        assert!(stderr(&o).contains(want), "{argv:?}: {}", stderr(&o));
+    }
+}
+
+/// `qc compile -o X.onnx` writes ONNX (what `qc export` writes), which qc reads back and runs.
+#[test]
+fn compile_to_an_onnx_file_writes_onnx() {
+    let d = scratch("compile-onnx");
+    let onnx = d.join("q.onnx");
+    let o = qc(&["compile", "../shared/corpus/models/digits_cnn_fp32.onnx", "--calib", CALIB, "-o", p(&onnx)]);
+    assert_eq!(code(&o), 0, "{}", stderr(&o));
+    let bytes = std::fs::read(&onnx).unwrap();
+    assert!(!bytes.starts_with(b"func"), "QIR text in an .onnx file");
+    let y = d.join("y.npy");
+    let o = qc(&["run", p(&onnx), "--input", TEST_X, "-o", p(&y)]);
+    assert_eq!(code(&o), 0, "{}", stderr(&o));
 }
 
 #[test]

@@ -77,7 +77,8 @@ pub(crate) struct EvalArgs {
 pub(crate) struct CompileArgs {
     /// The model (.qir, weights in the .safetensors beside it; or .onnx).
     pub(crate) model: PathBuf,
-    /// Where to write the optimized QIR (weights go beside it); stdout when absent.
+    /// Where to write the optimized QIR (weights go beside it), or ONNX for a `.onnx` path (as
+    /// `qc export` writes it); stdout when absent.
     #[arg(short, long)]
     pub(crate) output: Option<PathBuf>,
     /// The weights file, if not beside the model.
@@ -147,7 +148,7 @@ pub(crate) struct CompileArgs {
     pub(crate) mixed_precision: bool,
     /// With --mixed-precision: also keep the output SQNR against fp32 (calibration samples) at
     /// least this many dB.
-    #[arg(long)]
+    #[arg(long, requires = "mixed_precision")]
     pub(crate) min_sqnr: Option<f64>,
     /// Keep this op (location or result name) in fp32 when quantizing (repeatable).
     #[arg(long)]

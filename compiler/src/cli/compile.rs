@@ -14,6 +14,7 @@ use std::io::Write;
 use std::path::Path;
 
 pub(crate) fn analyze(a: CompileArgs, quantized: Option<&Path>, plots: Option<&Path>, json: bool) -> Result<(), QcError> {
+    reject_outputs("analyze", &a)?;
     if a.calib.is_none() {
         return Err(usage("qc analyze needs --calib X.npy"));
     }
@@ -39,7 +40,25 @@ pub(crate) fn analyze(a: CompileArgs, quantized: Option<&Path>, plots: Option<&P
     Ok(())
 }
 
+/// `analyze` and `size` take `compile`'s options but write no model: the options that only
+/// shape what `compile` writes or prints are refused rather than ignored.
+fn reject_outputs(command: &str, a: &CompileArgs) -> Result<(), QcError> {
+    let given = [
+        ("-o/--output", a.output.is_some()),
+        ("--dump-dir", a.dump_dir.is_some()),
+        ("--report", a.report.is_some()),
+        ("--compress", a.compress),
+        ("--print-after-all", a.print_after_all),
+        ("--print-after", !a.print_after.is_empty()),
+    ];
+    match given.iter().find(|(_, on)| *on) {
+        Some((flag, _)) => Err(usage(format!("qc {command} writes no model: {flag} is for qc compile"))),
+        None => Ok(()),
+    }
+}
+
 pub(crate) fn size(a: CompileArgs, test: Option<(&Path, &Path)>, json: bool) -> Result<(), QcError> {
+    reject_outputs("size", &a)?;
     let model = load_model(&a.model, a.weights.as_deref())?;
     let data = match test {
         Some((x, y)) => Some((
@@ -89,6 +108,9 @@ pub(crate) fn size(a: CompileArgs, test: Option<(&Path, &Path)>, json: bool) -> 
 /// `NAME=VALUE` ones and calibration methods by [`PassOptions::set`], the parser the test
 /// directives share), the calibration samples read.
 pub(crate) fn request(a: &CompileArgs) -> Result<Request, QcError> {
+    if a.distill > 0 && a.prune_ratio.is_none() && a.prune_layer.is_empty() {
+        return Err(usage("--distill recovers what pruning lost: it needs --prune-ratio or --prune-layer"));
+    }
     let mut o = PassOptions {
         requant: match a.requant {
             Requant::F32 => RequantMode::F32,
@@ -230,6 +252,12 @@ pub(crate) fn compile(a: CompileArgs) -> Result<(), QcError> {
         qc::io::write_atomic(path, text.as_bytes())?;
     }
     match &a.output {
+        Some(o) if o.extension().is_some_and(|e| e.eq_ignore_ascii_case("onnx")) => {
+            if a.compress {
+                return Err(usage("--compress writes qc's packed weights file; an .onnx output holds its weights itself"));
+            }
+            super::files::write_onnx(&model.graph, o).map_err(|e| QcError::Input(format!("{}: {e}", a.model.display())))?;
+        }
         Some(o) if a.compress => {
             let packed = qc::save_model_packed(&model.graph, o)?;
             let (raw, coded): (usize, usize) = packed.iter().fold((0, 0), |(r, c), p| (r + p.raw_bytes, c + p.packed_bytes));

@@ -98,11 +98,18 @@ pub(crate) fn list_passes() {
 }
 
 pub(crate) fn export(path: &Path, out: &Path, weights: Option<&Path>) -> Result<(), QcError> {
-    use prost::Message;
     let model = load_model(path, weights)?;
-    let onnx = qc::onnx::export::export(&model.graph).map_err(|e| QcError::Input(format!("{}: {e}", path.display())))?;
-    qc::io::write_atomic(out, &onnx.encode_to_vec())?;
-    let wide = layers_with_wide_weights(&model.graph);
+    write_onnx(&model.graph, out).map_err(|e| QcError::Input(format!("{}: {e}", path.display())))?;
+    Ok(())
+}
+
+/// Writes `g` as an ONNX file (`qc export`, and `qc compile -o X.onnx`), with a note when its
+/// weights are ones ONNX Runtime's AVX2 kernels saturate on.
+pub(crate) fn write_onnx(g: &qc_ir::Graph, out: &Path) -> Result<(), String> {
+    use prost::Message;
+    let onnx = qc::onnx::export::export(g)?;
+    qc::io::write_atomic(out, &onnx.encode_to_vec()).map_err(|e| e.to_string())?;
+    let wide = layers_with_wide_weights(g);
     if !wide.is_empty() {
         eprintln!(
             "note: {} integer layers (first: {}) have weights beyond [-64, 64]: ONNX Runtime's integer kernels on x86 CPUs \
