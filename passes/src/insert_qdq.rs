@@ -16,7 +16,8 @@
 //! - biases: i32 with scale `f32(s_x · s_w[c])`, zero point 0; a channel whose bias would exceed
 //!   2^30 has its weight scale raised until it does not.
 //!
-//! A scale below `f32::MIN_POSITIVE` (a zero-range tensor, an all-zero channel) becomes 1.
+//! A scale below `f32::MIN_POSITIVE` (a zero-range tensor, an all-zero channel) becomes 1; an
+//! activation whose calibrated range is zero is named in a note.
 //!
 //! ```text
 //! %c.stats = stats(%c) {max = 6.0, min = 0.0}    →   %c.q = quantize(%c) : tensor<...x!q<u8, 0.023529412, 0>>
@@ -118,7 +119,7 @@ fn base_name(g: &Graph, v: ValueId) -> String {
 }
 
 impl InsertQdq {
-    fn activations(&self, g: &mut Graph) -> bool {
+    fn activations(&self, g: &mut Graph, notes: &mut Vec<String>) -> bool {
         let stats: Vec<NodeId> = g.node_ids().filter(|&n| g.node(n).kind == OpKind::Stats).collect();
         let mut changed = false;
         for s in stats {
@@ -137,6 +138,15 @@ impl InsertQdq {
             let base = base_name(g, r);
             g.remove_node(s);
             if next_to_integer {
+                if !(hi > lo) {
+                    // A constant (or NaN) activation over the samples: the scale falls back to 1.
+                    notes.push(format!(
+                        "{}: every calibration sample gives it the same value ({lo}), a zero range; it is quantized with \
+                         scale 1 — calibrate with samples that vary (an all-zero or constant set says nothing of the \
+                         model's inputs)",
+                        g.display_value(v)
+                    ));
+                }
                 let q = activation_params(lo, hi, self.activations, self.symmetric);
                 let dv = add_qdq(g, v, q, &base);
                 g.replace_all_uses(r, dv);
@@ -228,7 +238,7 @@ impl InsertQdq {
 
 impl Pass for InsertQdq {
     fn run(&self, g: &mut Graph, cx: &mut PassContext) -> Result<Changed, PassError> {
-        let a = self.activations(g);
+        let a = self.activations(g, &mut cx.notes);
         let w = self.weights(g, &mut cx.notes)?;
         g.rebuild_edges();
         Ok((a || w).into())
