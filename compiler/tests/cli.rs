@@ -576,3 +576,14 @@ fn a_closed_pipe_ends_quietly() {
     assert_eq!(o.status.code(), Some(0), "{}", String::from_utf8_lossy(&o.stderr));
     assert!(!String::from_utf8_lossy(&o.stderr).contains("Broken pipe"), "{}", String::from_utf8_lossy(&o.stderr));
 }
+
+/// An all-zero calibration set is not silently taken: the zero-range activation is named.
+#[test]
+fn a_constant_calibration_set_is_reported() {
+    let d = scratch("zero-calib");
+    let zeros = d.join("zeros.npy");
+    ndarray_npy::write_npy(&zeros, &ArrayD::<f32>::zeros(IxDyn(&[8, 1, 8, 8]))).unwrap();
+    let o = qc(&["compile", "../shared/corpus/models/digits_cnn_fp32.onnx", "--calib", p(&zeros), "-o", p(&d.join("z.qir"))]);
+    assert_eq!(code(&o), 0, "{}", stderr(&o));
+    assert!(stderr(&o).contains("%input: every calibration sample gives it the same value (0), a zero range"), "{}", stderr(&o));
+}
