@@ -587,3 +587,13 @@ fn a_constant_calibration_set_is_reported() {
     assert_eq!(code(&o), 0, "{}", stderr(&o));
     assert!(stderr(&o).contains("%input: every calibration sample gives it the same value (0), a zero range"), "{}", stderr(&o));
 }
+
+/// `qc fmt` takes an ONNX model too (printed as QIR), as every command does.
+#[test]
+fn fmt_prints_an_onnx_model_as_qir() {
+    let o = qc(&["fmt", "../shared/corpus/models/digits_mlp_fp32.onnx"]);
+    assert_eq!(code(&o), 0, "{}", stderr(&o));
+    assert!(stdout(&o).starts_with("func @digits_mlp_fp32("), "{}", stdout(&o));
+    let o = qc(&["fmt", "--check", "../shared/corpus/models/digits_mlp_fp32.onnx"]);
+    assert_eq!(code(&o), 2, "{}", stderr(&o));
+}

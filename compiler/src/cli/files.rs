@@ -63,6 +63,15 @@ pub(crate) fn import(path: &Path, out: &Path, shapes: &[String]) -> Result<(), Q
 }
 
 pub(crate) fn fmt(path: &Path, check: bool) -> Result<(), QcError> {
+    if path.extension().is_some_and(|e| e.eq_ignore_ascii_case("onnx")) {
+        // An ONNX model has no text to check: print it as QIR, as `qc import` would write it.
+        if check {
+            return Err(QcError::Usage(format!("--check checks QIR text; {} is an ONNX model", path.display())));
+        }
+        let model = load_model(path, None)?;
+        say!("{}", print(&model.graph).trim_end_matches('\n'));
+        return Ok(());
+    }
     let source = std::fs::read_to_string(path).map_err(|e| QcError::Input(format!("cannot read {}: {e}", path.display())))?;
     let g = parse_source(path, &source)?;
     let canonical = print(&g);
