@@ -369,7 +369,10 @@ fn calibration_errors() {
 fn misuse_is_an_error_with_the_choices() {
     let model = "../shared/corpus/models/digits_cnn_fp32.onnx";
     let cases: [(&[&str], &str); 8] = [
-        (&["--keep-fp32", "node_conv2d_x"], "--keep-fp32: the model has no layer named `node_conv2d_x`; did you mean `node_conv2d"),
+        (
+            &["--keep-fp32", "node_conv2d_x"],
+            "--keep-fp32: the model has no layer named `node_conv2d_x`; did you mean `node_conv2d",
+        ),
         (&["--layer-weight-bits", "nosuch=4"], "--layer-weight-bits: the model has no layer named `nosuch`"),
         (&["--calib-override", "nosuch=minmax"], "--calib-override: the model has no layer named `nosuch`"),
         (&["--prune-ratio", "1.5"], "1.5 is not in [0, 1)"),

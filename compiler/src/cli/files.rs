@@ -135,7 +135,9 @@ pub(crate) fn write_onnx(g: &qc_ir::Graph, out: &Path) -> Result<(), String> {
 fn layers_with_wide_weights(g: &qc_ir::Graph) -> Vec<String> {
     use qc_ir::OpKind;
     g.node_ids()
-        .filter(|&n| matches!(g.node(n).kind, OpKind::Conv2d | OpKind::Gemm | OpKind::MatMul | OpKind::MatMulInteger | OpKind::ConvInteger))
+        .filter(|&n| {
+            matches!(g.node(n).kind, OpKind::Conv2d | OpKind::Gemm | OpKind::MatMul | OpKind::MatMulInteger | OpKind::ConvInteger)
+        })
         .filter(|&n| {
             let w = g.node(n).operands.get(1).and_then(|&w| qc_passes::const_value(g, w));
             w.is_some_and(|w| {

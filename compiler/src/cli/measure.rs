@@ -181,7 +181,13 @@ pub(crate) fn bench(args: BenchArgs) -> Result<(), QcError> {
     say!("  per layer (median):");
     for p in profile.iter().take(12) {
         let gops = if p.ops > 0 { format!("{:>7.1} GOPS", p.ops as f64 / p.seconds / 1e9) } else { String::new() };
-        say!("    {:>9.4} ms  {:<4} {gops:>12}  {}  [{}]", p.seconds * 1e3, if p.jit { "jit" } else { "rust" }, p.label, p.kernel);
+        say!(
+            "    {:>9.4} ms  {:<4} {gops:>12}  {}  [{}]",
+            p.seconds * 1e3,
+            if p.jit { "jit" } else { "rust" },
+            p.label,
+            p.kernel
+        );
     }
     // The steps' time by op (or by what the step does: a layout change, a tensor copied in).
     let mut by_op: Vec<(String, f64, usize)> = Vec::new();

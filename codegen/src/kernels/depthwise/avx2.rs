@@ -85,9 +85,8 @@ impl Avx2Depthwise {
             return None;
         }
         let halo_hw = [0, 1].map(|i| span(i).max(g.pads[i] + g.hw[i]));
-        let offsets: Vec<usize> = (0..taps)
-            .map(|t| ((t / g.k[1]) * g.dilations[0] * halo_hw[1] + (t % g.k[1]) * g.dilations[1]) * cp)
-            .collect();
+        let offsets: Vec<usize> =
+            (0..taps).map(|t| ((t / g.k[1]) * g.dilations[0] * halo_hw[1] + (t % g.k[1]) * g.dilations[1]) * cp).collect();
         // The last output pixel's farthest tap ends inside the halo.
         let last = ((g.out[0] - 1) * g.strides[0] * halo_hw[1] + (g.out[1] - 1) * g.strides[1]) * cp;
         let reach = last + offsets.iter().max()? + G.max(cp);

@@ -172,5 +172,4 @@ impl Avx2MaddubsGemm {
         }
         acc
     }
-
 }

@@ -329,7 +329,9 @@ impl GemmKernel {
                 let f = Entry::Native512(Box::new(native));
                 Ok(GemmKernel { f, n: spec.n, k: spec.k, path, output, offsets: None, _jit: None })
             }
-            Path::Avx2 | Path::Avx2Maddubs | Path::Avx512 => Err("the precompiled paths write requantized bytes on x86-64".into()),
+            Path::Avx2 | Path::Avx2Maddubs | Path::Avx512 => {
+                Err("the precompiled paths write requantized bytes on x86-64".into())
+            }
         }
     }
 
