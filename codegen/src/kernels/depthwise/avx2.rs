@@ -89,7 +89,7 @@ impl Avx2Depthwise {
             (0..taps).map(|t| ((t / g.k[1]) * g.dilations[0] * halo_hw[1] + (t % g.k[1]) * g.dilations[1]) * cp).collect();
         // The last output pixel's farthest tap ends inside the halo.
         let last = ((g.out[0] - 1) * g.strides[0] * halo_hw[1] + (g.out[1] - 1) * g.strides[1]) * cp;
-        let reach = last + offsets.iter().max()? + G.max(cp);
+        let reach = last + offsets.iter().max()? + cp;
         if reach > halo_hw[0] * halo_hw[1] * cp {
             return None;
         }
@@ -118,7 +118,6 @@ impl Avx2Depthwise {
             geometry: g,
             halo_hw,
             offsets,
-
             weights,
             start,
             mult,
