@@ -33,25 +33,45 @@ pub fn run_batch_with(
             g.outputs().len()
         ));
     }
-    let a = x.as_f32().ok_or_else(|| format!("the input batch must be f32, got {}", x.scalar_type()))?;
-    let n = *a.shape().first().ok_or("the input batch has no batch dimension")?;
-    let fixed = match g.ty(g.params()[0]).dims.first() {
-        Some(Dim::Fixed(b)) => Some(*b as usize),
+    let mut ys = run_batches(g, std::slice::from_ref(x), chunk, |mut xs| run(xs.remove(0)).map(|y| vec![y]))?;
+    Ok(ys.remove(0))
+}
+
+/// Runs `g` on a batch of samples: one tensor per input, each holding the samples along its
+/// first dim; `chunk` samples per call of `run`, or the model's own batch when its first input's
+/// batch dim is fixed. Returns each output's batch.
+pub fn run_batches(
+    g: &Graph,
+    inputs: &[Tensor],
+    chunk: usize,
+    run: impl Fn(Vec<Tensor>) -> Result<Vec<Tensor>, String>,
+) -> Result<Vec<Tensor>, String> {
+    if inputs.len() != g.params().len() {
+        return Err(format!("@{} takes {} inputs, got {}", g.name, g.params().len(), inputs.len()));
+    }
+    let counts: Vec<usize> = inputs.iter().map(|t| t.shape().first().copied().unwrap_or(0)).collect();
+    let n = counts.first().copied().ok_or("the model has no inputs")?;
+    if inputs.iter().any(|t| t.shape().is_empty()) || counts.iter().any(|&c| c != n) {
+        return Err(format!("the inputs must hold the same number of samples along their first dim, got {counts:?}"));
+    }
+    let fixed = match g.params().first().map(|&p| g.ty(p).dims.first()) {
+        Some(Some(Dim::Fixed(b))) => Some(*b as usize),
         _ => None,
     };
     let chunk = fixed.unwrap_or(chunk.max(1));
     if fixed.is_some() && n % chunk != 0 {
         return Err(format!("a batch of {n} does not split into the model's batches of {chunk}"));
     }
-    let mut outs = Vec::with_capacity(n.div_ceil(chunk));
+    let mut outs: Vec<Vec<Tensor>> = vec![Vec::new(); g.outputs().len()];
     for start in (0..n).step_by(chunk) {
         let end = (start + chunk).min(n);
-        let xi = Tensor::F32(a.slice_axis(ndarray::Axis(0), ndarray::Slice::from(start..end)).to_owned());
-        let y = run(xi).map_err(|e| format!("samples {start}..{end}: {e}"))?;
-        outs.push(y.as_f32().ok_or_else(|| format!("the output is {}, not f32", y.scalar_type()))?.clone());
+        let xs = inputs.iter().map(|t| t.rows(start, end).expect("counted")).collect();
+        let ys = run(xs).map_err(|e| format!("samples {start}..{end}: {e}"))?;
+        for (o, y) in outs.iter_mut().zip(ys) {
+            o.push(y);
+        }
     }
-    let views: Vec<_> = outs.iter().map(|o| o.view()).collect();
-    Ok(Tensor::F32(ndarray::concatenate(ndarray::Axis(0), &views).map_err(|e| e.to_string())?))
+    outs.iter().map(|parts| Tensor::concat_rows(parts)).collect()
 }
 
 /// The index of the largest value of each row of a `[N, C]` batch (the passes' own, so that

@@ -251,3 +251,57 @@ pub fn read_weights(path: &Path) -> Result<Weights> {
     }
     weights_from_bytes(&bytes, path)
 }
+
+/// A model input's or output's name as files are named after it: its value's name without `%`.
+fn value_file_name(g: &qc_ir::Graph, v: qc_ir::ValueId, i: usize) -> String {
+    g.value(v).name.clone().unwrap_or_else(|| i.to_string())
+}
+
+/// `path` with `.NAME` put before its extension: `x.npy` → `x.NAME.npy`.
+fn beside(path: &Path, name: &str) -> std::path::PathBuf {
+    let stem = path.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
+    let ext = path.extension().map(|e| format!(".{}", e.to_string_lossy())).unwrap_or_default();
+    path.with_file_name(format!("{stem}.{name}{ext}"))
+}
+
+/// The file of each of `g`'s inputs, in order, from `specs`: `NAME=FILE` for each input; or,
+/// for a model of one input, `FILE`; or, for a model of several, one `FILE` whose stem names
+/// them all (`x.npy` → `x.NAME.npy`, as the zoo and `qc run` name such files).
+pub fn input_files(g: &qc_ir::Graph, specs: &[String]) -> std::result::Result<Vec<std::path::PathBuf>, String> {
+    let names: Vec<String> = g.params().iter().enumerate().map(|(i, &p)| value_file_name(g, p, i)).collect();
+    let named: Vec<Option<(&str, &str)>> = specs.iter().map(|s| s.split_once('=')).collect();
+    match (&named[..], names.len()) {
+        ([], _) => Err("give the inputs with --input".into()),
+        ([None], 1) => Ok(vec![specs[0].clone().into()]),
+        ([None], _) => Ok(names.iter().map(|n| beside(Path::new(&specs[0]), n)).collect()),
+        _ if named.iter().all(Option::is_some) => {
+            let pairs: Vec<(&str, &str)> = named.into_iter().flatten().collect();
+            if let Some((n, _)) = pairs.iter().find(|(n, _)| !names.iter().any(|m| m == n)) {
+                return Err(format!("@{} has no input named {n}; its inputs are {}", g.name, names.join(", ")));
+            }
+            names
+                .iter()
+                .map(|n| match pairs.iter().filter(|(m, _)| m == n).collect::<Vec<_>>()[..] {
+                    [(_, f)] => Ok(f.into()),
+                    [] => Err(format!("input {n} is not given: add --input {n}=FILE")),
+                    _ => Err(format!("input {n} is given more than once")),
+                })
+                .collect()
+        }
+        _ => Err(format!(
+            "@{} takes {} inputs ({}): give each as --input NAME=FILE, or one --input FILE for FILE's stem.NAME files",
+            g.name,
+            names.len(),
+            names.join(", ")
+        )),
+    }
+}
+
+/// Where each of `g`'s outputs is written for `-o out`: `out` for a model of one output, else
+/// `out`'s stem with each output's name (`y.npy` → `y.NAME.npy`).
+pub fn output_files(g: &qc_ir::Graph, out: &Path) -> Vec<std::path::PathBuf> {
+    match g.outputs() {
+        [_] => vec![out.to_path_buf()],
+        outs => outs.iter().enumerate().map(|(i, &o)| beside(out, &value_file_name(g, o, i))).collect(),
+    }
+}

@@ -600,3 +600,60 @@ fn fmt_prints_an_onnx_model_as_qir() {
     let o = qc(&["fmt", "--check", "../shared/corpus/models/digits_mlp_fp32.onnx"]);
     assert_eq!(code(&o), 2, "{}", stderr(&o));
 }
+
+#[test]
+fn run_takes_several_named_inputs_and_writes_each_output() {
+    let d = scratch("multi");
+    let model = d.join("m.qir");
+    std::fs::write(
+        &model,
+        "func @m(%ids: tensor<?x3xi64>, %x: tensor<?x3xf32>) -> (tensor<?x3xf32>, tensor<?x3xf32>) {
+  %table = const dense<[0.5, 1.5, 2.5]> : tensor<3xf32>
+  %e = gather(%table, %ids) {axis = 0} : tensor<?x3xf32>
+  %sum = add(%e, %x) : tensor<?x3xf32>
+  %g = gelu(%sum) : tensor<?x3xf32>
+  return %sum, %g
+}
+",
+    )
+    .unwrap();
+    let ids = qc_ir::Tensor::I64(ArrayD::from_shape_vec(IxDyn(&[2, 3]), vec![0, 1, 2, 2, 1, 0]).unwrap());
+    let x = qc_ir::Tensor::F32(ArrayD::from_shape_vec(IxDyn(&[2, 3]), vec![1.0, 0.0, -1.0, 0.0, 0.0, 0.0]).unwrap());
+    // As the zoo names them: a stem, then each input's name.
+    qc::io::write_tensor(&d.join("in.ids.npy"), &ids).unwrap();
+    qc::io::write_tensor(&d.join("in.x.npy"), &x).unwrap();
+    for engine in ["jit", "interp"] {
+        let o = qc(&["run", p(&model), "--input", p(&d.join("in.npy")), "-o", p(&d.join("out.npy")), "--engine", engine]);
+        assert_eq!(code(&o), 0, "{}", stderr(&o));
+        let sum = qc::io::read_tensor(&d.join("out.sum.npy")).unwrap();
+        assert_eq!(sum.to_f64_vec(), vec![1.5, 1.5, 1.5, 2.5, 1.5, 0.5], "{engine}");
+        assert_eq!(qc::io::read_tensor(&d.join("out.g.npy")).unwrap().shape(), [2, 3]);
+    }
+    // By name, in any order.
+    let by_name = |args: &[String]| {
+        let mut a = vec!["run".to_string(), p(&model).to_string(), "-o".into(), p(&d.join("named.npy")).to_string()];
+        for s in args {
+            a.extend(["--input".to_string(), s.clone()]);
+        }
+        qc(&a.iter().map(String::as_str).collect::<Vec<_>>())
+    };
+    let x_arg = format!("x={}", p(&d.join("in.x.npy")));
+    let ids_arg = format!("ids={}", p(&d.join("in.ids.npy")));
+    let o = by_name(&[x_arg.clone(), ids_arg.clone()]);
+    assert_eq!(code(&o), 0, "{}", stderr(&o));
+    assert!(d.join("named.sum.npy").exists() && d.join("named.g.npy").exists());
+    let o = by_name(std::slice::from_ref(&x_arg));
+    assert_eq!(code(&o), 2);
+    assert!(stderr(&o).contains("input ids is not given: add --input ids=FILE"), "{}", stderr(&o));
+    let o = by_name(&[x_arg.clone(), ids_arg.clone(), format!("mask={}", p(&d.join("in.x.npy")))]);
+    assert_eq!(code(&o), 2);
+    assert!(stderr(&o).contains("@m has no input named mask; its inputs are ids, x"), "{}", stderr(&o));
+    let o = by_name(&[x_arg, p(&d.join("in.ids.npy")).to_string()]);
+    assert_eq!(code(&o), 2);
+    assert!(stderr(&o).contains("give each as --input NAME=FILE"), "{}", stderr(&o));
+    // A missing stem file is named.
+    fails_with(&qc(&["run", p(&model), "--input", p(&d.join("nope.npy")), "-o", p(&d.join("o.npy"))]), "nope.ids.npy");
+    // bench takes the same inputs.
+    let o = qc(&["bench", p(&model), "--input", p(&d.join("in.npy")), "--runs", "2", "--batch", "2"]);
+    assert_eq!(code(&o), 0, "{}", stderr(&o));
+}

@@ -331,6 +331,95 @@ pub fn infer(kind: OpKind, attrs: &Attrs, ops: &[Operand]) -> R<Vec<TypeFact>> {
                 (0..out_rank).map(|i| if axes.contains(&i) { Dim::Fixed(1) } else { *rest.next().expect("counted") }).collect();
             one(dims, Some(x().elem.clone()))
         }
+        OpKind::LayerNorm => {
+            float_operands(kind, ops)?;
+            let rank = x().rank();
+            let axis = normalize_axis(attrs.int("axis", -1), rank)?;
+            let norm = &x().dims[axis..];
+            for (o, what) in ops[1..].iter().zip(["scale", "bias"]) {
+                if broadcast(norm, &o.ty.dims).ok().as_deref() != Some(norm) {
+                    return Err(format!("the layer_norm {what} {} does not broadcast to the normalized dims", o.ty));
+                }
+            }
+            one(x().dims.clone(), Some(F32))
+        }
+        OpKind::Gelu => {
+            float_operands(kind, ops)?;
+            match attrs.str("approximate") {
+                None | Some("none" | "tanh") => one(x().dims.clone(), Some(F32)),
+                Some(other) => Err(format!("gelu approximate must be \"none\" or \"tanh\", got \"{other}\"")),
+            }
+        }
+        OpKind::Erf | OpKind::Tanh | OpKind::Sqrt | OpKind::Exp => {
+            float_operands(kind, ops)?;
+            one(x().dims.clone(), Some(F32))
+        }
+        OpKind::Neg => match &x().elem {
+            ElemType::Scalar(ScalarType::F32 | ScalarType::I64 | ScalarType::I32) => {
+                one(x().dims.clone(), Some(x().elem.clone()))
+            }
+            e => Err(format!("neg needs an f32 or integer operand, got {e}")),
+        },
+        OpKind::Pow => {
+            float_operands(kind, ops)?;
+            one(broadcast(&ops[0].ty.dims, &ops[1].ty.dims)?, Some(F32))
+        }
+        OpKind::Where => {
+            if ops[0].ty.elem != ElemType::Scalar(ScalarType::Bool) {
+                return Err(format!("the condition of where must be bool, got {}", ops[0].ty.elem));
+            }
+            if ops[1].ty.elem != ops[2].ty.elem || ops[1].ty.elem.quant().is_some() {
+                return Err(format!(
+                    "where chooses between values of one plain type, got {} and {}",
+                    ops[1].ty.elem, ops[2].ty.elem
+                ));
+            }
+            let dims = broadcast(&broadcast(&ops[0].ty.dims, &ops[1].ty.dims)?, &ops[2].ty.dims)?;
+            one(dims, Some(ops[1].ty.elem.clone()))
+        }
+        OpKind::Equal | OpKind::Less | OpKind::LessOrEqual | OpKind::Greater | OpKind::GreaterOrEqual => {
+            let (a, b) = (&ops[0].ty.elem, &ops[1].ty.elem);
+            if a != b || a.quant().is_some() {
+                return Err(format!("{kind} compares values of one plain type, got {a} and {b}"));
+            }
+            one(broadcast(&ops[0].ty.dims, &ops[1].ty.dims)?, Some(ScalarType::Bool.into()))
+        }
+        OpKind::And | OpKind::Or | OpKind::Not => {
+            let bool_ty = ElemType::Scalar(ScalarType::Bool);
+            if let Some(o) = ops.iter().find(|o| o.ty.elem != bool_ty) {
+                return Err(format!("{kind} needs bool operands, got {}", o.ty.elem));
+            }
+            let dims = match ops.get(1) {
+                Some(b) => broadcast(&x().dims, &b.ty.dims)?,
+                None => x().dims.clone(),
+            };
+            one(dims, Some(bool_ty))
+        }
+        OpKind::Expand => {
+            let shape = attrs.ints("shape").unwrap_or(&[]);
+            if let Some(bad) = shape.iter().find(|&&d| d < 0) {
+                return Err(format!("expand shape holds {bad}"));
+            }
+            let to: Vec<Dim> = shape.iter().map(|&d| Dim::Fixed(d as u64)).collect();
+            one(broadcast(&x().dims, &to)?, Some(x().elem.clone()))
+        }
+        OpKind::ReduceSum | OpKind::ReduceMax | OpKind::ReduceMin => {
+            float_operands(kind, ops)?;
+            let rank = x().rank();
+            let axes = match attrs.ints("axes") {
+                Some(a) if !a.is_empty() => normalize_axes(a, rank)?,
+                _ => (0..rank).collect(),
+            };
+            let keep = attrs.bool("keepdims", true);
+            let dims = (0..rank)
+                .filter_map(|i| match (axes.contains(&i), keep) {
+                    (false, _) => Some(x().dims[i]),
+                    (true, true) => Some(Dim::Fixed(1)),
+                    (true, false) => None,
+                })
+                .collect();
+            one(dims, Some(F32))
+        }
     }
 }
 

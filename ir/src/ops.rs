@@ -113,6 +113,27 @@ ops! {
     Cast = "cast", operands 1 ..= 1, attrs [req("to", Str)], "convert elements to the scalar type named by `to`";
     Squeeze = "squeeze", operands 1 ..= 1, attrs [opt("axes", Ints)], "remove size-1 dims (`axes`, or all)";
     Unsqueeze = "unsqueeze", operands 1 ..= 1, attrs [req("axes", Ints)], "insert size-1 dims at `axes` of the result";
+    LayerNorm = "layer_norm", operands 2 ..= 3, attrs [opt("axis", Int), opt("epsilon", Float)], "(x − mean) / sqrt(var + epsilon) · scale + bias over the dims from `axis` (−1 by default) on; epsilon 1e-5 by default";
+    Gelu = "gelu", operands 1 ..= 1, attrs [opt("approximate", Str)], "x · Φ(x): `x / 2 · (1 + erf(x / √2))`, or with `approximate = \"tanh\"` `x / 2 · (1 + tanh(√(2/π) · (x + 0.044715 x³)))`";
+    Erf = "erf", operands 1 ..= 1, attrs [], "the error function";
+    Tanh = "tanh", operands 1 ..= 1, attrs [], "hyperbolic tangent";
+    Sqrt = "sqrt", operands 1 ..= 1, attrs [], "square root";
+    Exp = "exp", operands 1 ..= 1, attrs [], "e to the x";
+    Neg = "neg", operands 1 ..= 1, attrs [], "−x";
+    Pow = "pow", operands 2 ..= 2, attrs [], "elementwise a to the power b with numpy broadcasting";
+    Where = "where", operands 3 ..= 3, attrs [], "elementwise `cond ? a : b` (cond bool) with numpy broadcasting of all three";
+    Equal = "equal", operands 2 ..= 2, attrs [], "elementwise a == b, bool, with numpy broadcasting";
+    Less = "less", operands 2 ..= 2, attrs [], "elementwise a < b, bool, with numpy broadcasting";
+    LessOrEqual = "less_or_equal", operands 2 ..= 2, attrs [], "elementwise a <= b, bool, with numpy broadcasting";
+    Greater = "greater", operands 2 ..= 2, attrs [], "elementwise a > b, bool, with numpy broadcasting";
+    GreaterOrEqual = "greater_or_equal", operands 2 ..= 2, attrs [], "elementwise a >= b, bool, with numpy broadcasting";
+    And = "and", operands 2 ..= 2, attrs [], "elementwise logical and of bools with numpy broadcasting";
+    Or = "or", operands 2 ..= 2, attrs [], "elementwise logical or of bools with numpy broadcasting";
+    Not = "not", operands 1 ..= 1, attrs [], "elementwise logical not of bools";
+    Expand = "expand", operands 1 ..= 1, attrs [req("shape", Ints)], "broadcast to `shape` (numpy rules; either side may be the larger in a dim)";
+    ReduceSum = "reduce_sum", operands 1 ..= 1, attrs [opt("axes", Ints), opt("keepdims", Bool)], "sum over `axes` (all when absent), keepdims true by default";
+    ReduceMax = "reduce_max", operands 1 ..= 1, attrs [opt("axes", Ints), opt("keepdims", Bool)], "maximum over `axes` (all when absent), keepdims true by default";
+    ReduceMin = "reduce_min", operands 1 ..= 1, attrs [opt("axes", Ints), opt("keepdims", Bool)], "minimum over `axes` (all when absent), keepdims true by default";
 }
 
 impl OpKind {

@@ -141,3 +141,57 @@ fn evaluator_rejects_wrong_inputs() {
     assert!(e.0.contains("NaN at flat index 1"), "{e}");
     assert!(evaluate(&g, &[]).is_err());
 }
+
+#[test]
+fn layer_norm_normalizes_the_trailing_dims() {
+    let src = "func @f(%x: tensor<2x4xf32>) -> tensor<2x4xf32> {
+  %s = const dense<[1.0, 2.0, 1.0, 1.0]> : tensor<4xf32>
+  %b = const dense<[0.0, 0.0, 0.0, 10.0]> : tensor<4xf32>
+  %y = layer_norm(%x, %s, %b) {epsilon = 0.0} : tensor<2x4xf32>
+  return %y
+}";
+    // Row 1: mean 2.5, variance 1.25; row 2 is row 1 scaled by 10: the same result.
+    let x = t(&[2, 4], &[1., 2., 3., 4., 10., 20., 30., 40.]);
+    let z = |v: f64| (v - 2.5) / 1.25f64.sqrt();
+    let row = [z(1.), 2. * z(2.), z(3.), z(4.) + 10.];
+    close(&run(src, &[x]), &[row, row].concat());
+}
+
+#[test]
+fn gelu_in_both_forms() {
+    let src = |mode: &str| {
+        format!(
+            "func @f(%x: tensor<3xf32>) -> tensor<3xf32> {{
+  %y = gelu(%x) {{approximate = \"{mode}\"}} : tensor<3xf32>
+  return %y
+}}"
+        )
+    };
+    let x = t(&[3], &[-1., 0., 2.]);
+    // x·Φ(x): Φ(−1) = 0.158655, Φ(2) = 0.977250.
+    close(&run(&src("none"), std::slice::from_ref(&x)), &[-0.158655, 0., 1.954500]);
+    // The tanh form: 0.5·x·(1 + tanh(√(2/π)(x + 0.044715x³))).
+    let tanh_form = |v: f64| 0.5 * v * (1. + ((2. / std::f64::consts::PI).sqrt() * (v + 0.044715 * v * v * v)).tanh());
+    close(&run(&src("tanh"), &[x]), &[tanh_form(-1.), 0., tanh_form(2.)]);
+}
+
+#[test]
+fn an_attention_mask_becomes_an_additive_bias() {
+    // BERT's export: the i64 mask to bool, broadcast over the query rows, 0 where kept and the
+    // lowest f32 where masked; the softmax then gives masked keys no weight.
+    let src = "func @f(%s: tensor<1x2x3xf32>, %m: tensor<1x3xi64>) -> tensor<1x2x3xf32> {
+  %b = cast(%m) {to = \"bool\"} : tensor<1x3xbool>
+  %u = unsqueeze(%b) {axes = [1]} : tensor<1x1x3xbool>
+  %e = expand(%u) {shape = [1, 2, 3]} : tensor<1x2x3xbool>
+  %zero = const dense<[0.0]> : tensor<f32>
+  %low = const dense<[-3.4028235e38]> : tensor<f32>
+  %bias = where(%e, %zero, %low) : tensor<1x2x3xf32>
+  %a = add(%s, %bias) : tensor<1x2x3xf32>
+  %p = softmax(%a) {axis = -1} : tensor<1x2x3xf32>
+  return %p
+}";
+    let s = t(&[1, 2, 3], &[1., 2., 3., 0., 0., 0.]);
+    let m = Tensor::I64(ArrayD::from_shape_vec(IxDyn(&[1, 3]), vec![1, 1, 0]).unwrap());
+    let e = std::f64::consts::E;
+    close(&run(src, &[s, m]), &[1. / (1. + e), e / (1. + e), 0., 0.5, 0.5, 0.]);
+}

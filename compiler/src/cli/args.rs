@@ -294,10 +294,12 @@ pub(crate) enum Command {
     Run {
         /// The model.
         model: PathBuf,
-        /// The input batch: X.npy, or NAME=X.npy.
-        #[arg(long)]
-        input: String,
-        /// Where to write the outputs (.npy).
+        /// The input batch: X.npy, or NAME=X.npy once per input (repeatable); for a model of
+        /// several inputs, X.npy alone reads X.NAME.npy for each.
+        #[arg(long, required = true)]
+        input: Vec<String>,
+        /// Where to write the output (.npy); a model of several outputs writes Y.NAME.npy for
+        /// each beside it.
         #[arg(short, long)]
         output: PathBuf,
         /// The weights file, if not beside the model.
@@ -321,9 +323,10 @@ pub(crate) enum Command {
 pub(crate) struct BenchArgs {
     /// The model.
     pub(crate) model: PathBuf,
-    /// Inputs to time (.npy); the first `--batch` samples are used.
+    /// Inputs to time (.npy), as `qc run` takes them; the first `--batch` samples are used.
+    /// Without them, made-up values (0 for integer inputs).
     #[arg(long)]
-    pub(crate) input: Option<PathBuf>,
+    pub(crate) input: Vec<String>,
     /// The batch size.
     #[arg(long, default_value = "1", value_parser = at_least_one)]
     pub(crate) batch: usize,

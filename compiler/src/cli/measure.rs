@@ -12,7 +12,7 @@ use std::path::Path;
 
 pub(crate) fn run(
     path: &Path,
-    input: &str,
+    inputs: &[String],
     out: &Path,
     weights: Option<&Path>,
     engine: Engine,
@@ -25,44 +25,49 @@ pub(crate) fn run(
     }
     let model = load_model(path, weights)?;
     let g = &model.graph;
-    if g.params().len() != 1 || g.outputs().len() != 1 {
-        return Err(QcError::Usage(format!(
-            "@{} has {} inputs and {} outputs; `qc run` handles one of each so far",
-            g.name,
-            g.params().len(),
-            g.outputs().len()
-        )));
-    }
-    let file = match input.split_once('=') {
-        Some((name, file)) => {
-            let p = g.params()[0];
-            if g.value(p).name.as_deref() != Some(name) {
-                return Err(QcError::Usage(format!("@{} has no input named {name}; it takes {}", g.name, g.display_value(p))));
-            }
-            file
-        }
-        None => input,
-    };
-    let x = read_tensor(Path::new(file))?;
-    let y = match engine {
+    let files = qc::io::input_files(g, inputs).map_err(QcError::Usage)?;
+    let xs = files.iter().map(|f| read_tensor(f)).collect::<Result<Vec<Tensor>, _>>()?;
+    let what = files.iter().map(|f| f.display().to_string()).collect::<Vec<_>>().join(", ");
+    let fixed = matches!(g.params().first().and_then(|&p| g.ty(p).dims.first()), Some(Dim::Fixed(_)));
+    let ys = match engine {
         Engine::Jit => {
             let compiled = CompiledModel::compile_with(g, &options).map_err(|e| QcError::Input(format!("{e}")))?;
-            match g.ty(g.params()[0]).dims.first() {
-                // A model specialized to a batch size runs a larger batch in chunks of it.
-                Some(Dim::Fixed(b)) if x.shape().first() != Some(&(*b as usize)) => qc::exec::run_batch_with(g, &x, 1, |xi| {
-                    compiled.run(&[xi]).map(|mut v| v.remove(0)).map_err(|e| e.to_string())
-                }),
-                _ => compiled.run(&[x]).map(|mut v| v.remove(0)).map_err(|e| e.to_string()),
-            }
+            let run = |xs: Vec<Tensor>| compiled.run(&xs).map_err(|e| e.to_string());
+            // A model specialized to a batch size runs a larger batch in chunks of it.
+            if fixed { qc::exec::run_batches(g, &xs, 1, run) } else { run(xs) }
         }
-        Engine::Interp => match g.ty(g.params()[0]).dims.first() {
-            Some(Dim::Fixed(_)) if x.as_f32().is_some() => qc::exec::run_batch(g, &x, 1),
-            _ => evaluate(g, &[x]).map(|mut v| v.remove(0)).map_err(|e| e.to_string()),
-        },
+        Engine::Interp => {
+            let run = |xs: Vec<Tensor>| evaluate(g, &xs).map_err(|e| e.to_string());
+            if fixed { qc::exec::run_batches(g, &xs, 1, run) } else { run(xs) }
+        }
     }
-    .map_err(|e| QcError::Input(format!("{file}: {e}")))?;
-    write_tensor(out, &y)?;
+    .map_err(|e| QcError::Input(format!("{what}: {e}")))?;
+    let outs = qc::io::output_files(g, out);
+    for (file, y) in outs.iter().zip(&ys) {
+        write_tensor(file, y)?;
+    }
+    if outs.len() > 1 {
+        let names: Vec<String> = outs.iter().map(|f| f.display().to_string()).collect();
+        say!("wrote {}", names.join(", "));
+    }
     Ok(())
+}
+
+/// An input of type `ty` at batch `batch` for timing: a repeating pattern in [0, 1) for floats,
+/// 0 for integers (a valid index and a mask that keeps nothing).
+fn made_up_input(ty: &qc_ir::TensorType, batch: usize) -> Result<Tensor, QcError> {
+    let mut dims: Vec<usize> = ty.dims.iter().map(|d| d.fixed().map_or(batch, |n| n as usize)).collect();
+    if let Some(d) = dims.first_mut() {
+        *d = batch;
+    }
+    let n: usize = dims.iter().product();
+    let data = (0..n).map(|i| ((i * 7) % 11) as f32 / 11.0).collect();
+    let x = Tensor::F32(
+        ndarray::ArrayD::from_shape_vec(ndarray::IxDyn(&dims), data)
+            .map_err(|e| QcError::Input(format!("an input of shape {dims:?} cannot be made: {e}")))?,
+    );
+    // Values in [0, 1) become 0 as integers.
+    Ok(x.cast(ty.elem.storage()))
 }
 
 /// The `q`-quantile (0 ≤ q ≤ 1) of times sorted in ascending order.
@@ -72,37 +77,25 @@ fn quantile(sorted: &[f64], q: f64) -> f64 {
 
 pub(crate) fn bench(args: BenchArgs) -> Result<(), QcError> {
     let BenchArgs { model: path, input, batch, runs, weights, evict_kib, isa, threads, against } = args;
-    let (path, input, weights) = (path.as_path(), input.as_deref(), weights.as_deref());
+    let (path, weights) = (path.as_path(), weights.as_deref());
     let options = super::codegen_options(&isa, threads)?;
     let model = load_model(path, weights)?;
     let g = &model.graph;
-    if g.params().len() != 1 {
-        return Err(QcError::Usage("qc bench times models with one input".into()));
-    }
-    let batch = match g.ty(g.params()[0]).dims.first() {
+    let batch = match g.params().first().and_then(|&p| g.ty(p).dims.first()) {
         Some(Dim::Fixed(b)) => *b as usize,
         _ => batch.max(1),
     };
     qc_ir::eval::check_sizes(g, batch).map_err(|e| QcError::Input(format!("{}: {e}", path.display())))?;
-    let mut dims: Vec<usize> = g.ty(g.params()[0]).dims.iter().map(|d| d.fixed().map_or(batch, |n| n as usize)).collect();
-    dims[0] = batch;
-    let x = match input {
-        Some(p) => {
-            let t = read_tensor(p)?;
-            let a = t.as_f32().ok_or_else(|| QcError::Input(format!("{}: inputs must be f32", p.display())))?;
-            if a.shape().first().copied().unwrap_or(0) < batch {
-                return Err(QcError::Input(format!("{} holds fewer than {batch} samples", p.display())));
-            }
-            Tensor::F32(a.slice_axis(ndarray::Axis(0), ndarray::Slice::from(0..batch)).to_owned())
+    let x: Vec<Tensor> = if input.is_empty() {
+        g.params().iter().map(|&p| made_up_input(g.ty(p), batch)).collect::<Result<_, _>>()?
+    } else {
+        let files = qc::io::input_files(g, &input).map_err(QcError::Usage)?;
+        let mut xs = Vec::new();
+        for f in &files {
+            let t = read_tensor(f)?;
+            xs.push(t.rows(0, batch).ok_or_else(|| QcError::Input(format!("{} holds fewer than {batch} samples", f.display())))?);
         }
-        None => {
-            let n: usize = dims.iter().product();
-            let data = (0..n).map(|i| ((i * 7) % 11) as f32 / 11.0).collect();
-            Tensor::F32(
-                ndarray::ArrayD::from_shape_vec(ndarray::IxDyn(&dims), data)
-                    .map_err(|e| QcError::Input(format!("an input of shape {dims:?} cannot be made: {e}")))?,
-            )
-        }
+        xs
     };
     let t = std::time::Instant::now();
     let compiled = CompiledModel::compile_with(g, &options).map_err(|e| QcError::Input(format!("{e}")))?;
@@ -134,13 +127,12 @@ pub(crate) fn bench(args: BenchArgs) -> Result<(), QcError> {
         v.sort_by(f64::total_cmp);
         Ok(v)
     };
-    let jit_times = time(&|| compiled.run(std::slice::from_ref(&x)).map(|_| ()).map_err(|e| e.to_string()), runs, evict_kib > 0)?;
+    let jit_times = time(&|| compiled.run(&x).map(|_| ()).map_err(|e| e.to_string()), runs, evict_kib > 0)?;
     let jit = quantile(&jit_times, 0.5);
     let interp = match against {
-        Some(Against::Interp) => Some(quantile(
-            &time(&|| evaluate(g, std::slice::from_ref(&x)).map(|_| ()).map_err(|e| e.to_string()), runs.div_ceil(5), false)?,
-            0.5,
-        )),
+        Some(Against::Interp) => {
+            Some(quantile(&time(&|| evaluate(g, &x).map(|_| ()).map_err(|e| e.to_string()), runs.div_ceil(5), false)?, 0.5))
+        }
         None => None,
     };
     say!(
@@ -176,7 +168,7 @@ pub(crate) fn bench(args: BenchArgs) -> Result<(), QcError> {
             n => format!("; {n} ops on the evaluator"),
         }
     );
-    let mut profile = compiled.profile(std::slice::from_ref(&x), runs).map_err(|e| QcError::Input(format!("{e}")))?;
+    let mut profile = compiled.profile(&x, runs).map_err(|e| QcError::Input(format!("{e}")))?;
     profile.sort_by(|a, b| b.seconds.total_cmp(&a.seconds));
     say!("  per layer (median):");
     for p in profile.iter().take(12) {

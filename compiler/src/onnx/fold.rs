@@ -1,40 +1,13 @@
 //! ONNX ops that exporters use to build constants from shapes — a detector's anchor grid and
 //! strides, a mask's shape — computed at import when their inputs are constant (once the input
-//! shape is fixed, `Shape` is): `Expand`, `ConstantOfShape`, `Range`, `Tile`, `Where`, `Equal`.
+//! shape is fixed, `Shape` is): `ConstantOfShape`, `Range`, `Tile`.
 //! Each follows its ONNX definition; nothing of them reaches the QIR but their values.
 
 use ndarray::{ArrayD, IxDyn};
 use qc_ir::Tensor;
 
-/// numpy's broadcast of two shapes (ONNX's multidirectional broadcasting).
-pub fn broadcast(a: &[usize], b: &[usize]) -> Result<Vec<usize>, String> {
-    let n = a.len().max(b.len());
-    let dim = |s: &[usize], i: usize| if i + s.len() >= n { s[i + s.len() - n] } else { 1 };
-    (0..n)
-        .map(|i| match (dim(a, i), dim(b, i)) {
-            (x, y) if x == y || y == 1 => Ok(x),
-            (1, y) => Ok(y),
-            (x, y) => Err(format!("shapes {a:?} and {b:?} do not broadcast (dim {i}: {x} against {y})")),
-        })
-        .collect()
-}
-
 fn dims(shape: &[i64], what: &str) -> Result<Vec<usize>, String> {
     shape.iter().map(|&d| usize::try_from(d).map_err(|_| format!("{what} holds {d}"))).collect()
-}
-
-/// `Expand`: `x` broadcast with `shape` (either may be the larger in a dim).
-pub fn expand(x: &Tensor, shape: &[i64]) -> Result<Tensor, String> {
-    let to = broadcast(x.shape(), &dims(shape, "Expand's shape")?)?;
-    let mut failed = false;
-    let out = qc_ir::map_tensor!(x, a => match a.broadcast(IxDyn(&to)) {
-        Some(v) => v.to_owned(),
-        None => {
-            failed = true;
-            ArrayD::from_elem(IxDyn(&[0]), Default::default())
-        }
-    });
-    if failed { Err(format!("cannot expand {:?} to {to:?}", x.shape())) } else { Ok(out) }
 }
 
 /// `ConstantOfShape`: a tensor of `shape` filled with `value`'s one element (f32 0 without it).
@@ -94,36 +67,6 @@ pub fn tile(x: &Tensor, repeats: &[i64]) -> Result<Tensor, String> {
     })))
 }
 
-/// `Where`: `x` where `cond`, else `y`, all three broadcast together.
-pub fn where_(cond: &Tensor, x: &Tensor, y: &Tensor) -> Result<Tensor, String> {
-    let Tensor::Bool(c) = cond else { return Err(format!("Where's condition is {}, not bool", cond.scalar_type())) };
-    let to = broadcast(&broadcast(c.shape(), x.shape())?, y.shape())?;
-    let c = c.broadcast(IxDyn(&to)).ok_or("broadcast")?;
-    macro_rules! pick {
-        ($v:ident, $a:expr, $b:expr) => {{
-            let (a, b) = ($a.broadcast(IxDyn(&to)).ok_or("broadcast")?, $b.broadcast(IxDyn(&to)).ok_or("broadcast")?);
-            Tensor::$v(ndarray::Zip::from(&c).and(&a).and(&b).map_collect(|&c, p, q| if c { p.clone() } else { q.clone() }))
-        }};
-    }
-    Ok(match (x, y) {
-        (Tensor::F32(a), Tensor::F32(b)) => pick!(F32, a, b),
-        (Tensor::I64(a), Tensor::I64(b)) => pick!(I64, a, b),
-        (Tensor::I32(a), Tensor::I32(b)) => pick!(I32, a, b),
-        (Tensor::Bool(a), Tensor::Bool(b)) => pick!(Bool, a, b),
-        _ => return Err(format!("Where of {} and {}", x.scalar_type(), y.scalar_type())),
-    })
-}
-
-/// `Equal`: elementwise `a == b` with broadcasting, as bool.
-pub fn equal(a: &Tensor, b: &Tensor) -> Result<Tensor, String> {
-    let to = broadcast(a.shape(), b.shape())?;
-    let (p, q) = (a.to_f64_vec(), b.to_f64_vec());
-    let pa = ArrayD::from_shape_vec(IxDyn(a.shape()), p).map_err(|e| e.to_string())?;
-    let qa = ArrayD::from_shape_vec(IxDyn(b.shape()), q).map_err(|e| e.to_string())?;
-    let (pa, qa) = (pa.broadcast(IxDyn(&to)).ok_or("broadcast")?, qa.broadcast(IxDyn(&to)).ok_or("broadcast")?);
-    Ok(Tensor::Bool(ndarray::Zip::from(&pa).and(&qa).map_collect(|x, y| x == y)))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -134,20 +77,11 @@ mod tests {
 
     #[test]
     fn shape_ops_follow_onnx() {
-        let x = i64s(&[1, 2, 3], &[3, 1]);
-        assert_eq!(expand(&x, &[2, 1, 4]).unwrap().shape(), [2, 3, 4]);
-        assert!(expand(&x, &[2, 2]).is_err());
         assert_eq!(range(&i64s(&[1], &[]), &i64s(&[10], &[]), &i64s(&[3], &[])).unwrap(), i64s(&[1, 4, 7], &[3]));
         let f = |v: f32| Tensor::F32(ArrayD::from_elem(IxDyn(&[]), v));
         assert_eq!(range(&f(0.5), &f(2.0), &f(0.5)).unwrap().to_f64_vec(), vec![0.5, 1.0, 1.5]);
         assert_eq!(range(&f(3.0), &f(1.0), &f(1.0)).unwrap().len(), 0);
         assert_eq!(tile(&i64s(&[1, 2], &[1, 2]), &[2, 2]).unwrap(), i64s(&[1, 2, 1, 2, 1, 2, 1, 2], &[2, 4]));
         assert_eq!(constant_of_shape(&[2, 3], Some(&i64s(&[7], &[1]))).unwrap(), i64s(&[7; 6], &[2, 3]));
-        let c = Tensor::Bool(ArrayD::from_shape_vec(IxDyn(&[2]), vec![true, false]).unwrap());
-        assert_eq!(where_(&c, &i64s(&[1, 2], &[2]), &i64s(&[9], &[1])).unwrap(), i64s(&[1, 9], &[2]));
-        assert_eq!(
-            equal(&i64s(&[1, 2], &[2]), &i64s(&[2], &[])).unwrap(),
-            Tensor::Bool(ArrayD::from_shape_vec(IxDyn(&[2]), vec![false, true]).unwrap())
-        );
     }
 }

@@ -28,33 +28,53 @@ pub const OPSETS: std::ops::RangeInclusive<i64> = 11..=21;
 /// The ONNX op types qc imports (default domain).
 pub const SUPPORTED_OPS: &[&str] = &[
     "Add",
+    "And",
     "AveragePool",
     "BatchNormalization",
     "Cast",
     "Clip",
     "Concat",
     "Constant",
+    "ConstantOfShape",
     "Conv",
     "ConvTranspose",
     "DequantizeLinear",
     "Div",
     "DynamicQuantizeLinear",
+    "Equal",
+    "Erf",
+    "Exp",
+    "Expand",
     "Flatten",
     "Gather",
+    "Gelu",
     "Gemm",
     "GlobalAveragePool",
+    "Greater",
+    "GreaterOrEqual",
     "HardSigmoid",
     "HardSwish",
     "Identity",
+    "LayerNormalization",
+    "Less",
+    "LessOrEqual",
     "MatMul",
     "MatMulInteger",
     "MaxPool",
     "Mul",
+    "Neg",
+    "Not",
+    "Or",
     "Pad",
+    "Pow",
     "QLinearConv",
     "QLinearMatMul",
     "QuantizeLinear",
+    "Range",
+    "ReduceMax",
     "ReduceMean",
+    "ReduceMin",
+    "ReduceSum",
     "Relu",
     "Reshape",
     "Resize",
@@ -63,10 +83,14 @@ pub const SUPPORTED_OPS: &[&str] = &[
     "Slice",
     "Softmax",
     "Split",
+    "Sqrt",
     "Squeeze",
     "Sub",
+    "Tanh",
+    "Tile",
     "Transpose",
     "Unsqueeze",
+    "Where",
 ];
 
 /// Constants up to this many elements, and all i64 constants, are written inline.
@@ -298,23 +322,11 @@ impl Importer {
     }
 
     /// The ops exporters build constants from shapes with ([`super::fold`]): computed now when
-    /// their inputs are constant. An `Expand` of a computed value (to a constant shape) becomes
-    /// a multiply by ones of that shape, which is the same broadcast, value for value.
+    /// their inputs are constant.
     fn shape_op(&mut self, c: &Ctx) -> R<Vec<Val>> {
         use super::fold;
         let op = c.node.op_type.as_str();
         let all_const = (0..c.inputs.len()).all(|i| matches!(c.input(i), Some(Val::Const(_)) | None));
-        if op == "Expand" && !all_const {
-            let shape = c.const_ints(1, "shape")?.ok_or_else(|| Fail::Error("Expand needs a shape".into()))?;
-            let x = self.operand(c, 0)?;
-            if !self.g.ty(x).elem.is_f32() {
-                return Err(Fail::Unsupported(format!("Expand of a computed {} value", self.g.ty(x).elem)));
-            }
-            let dims: Vec<usize> = shape.iter().map(|&d| d.max(0) as usize).collect();
-            let ones = Tensor::F32(ndarray::ArrayD::from_elem(ndarray::IxDyn(&dims), 1.0));
-            let ones = self.materialize(&format!("{}.ones", c.node.name), &ones, None);
-            return Ok(vec![self.emit_values(OpKind::Mul, vec![x, ones], Attrs::new(), None, &c.loc)?]);
-        }
         if !all_const {
             return Err(Fail::Unsupported(format!(
                 "{op} of computed values (qc folds it when its inputs are constant, as they are once the input shape is fixed: --input-shape)"
@@ -327,7 +339,6 @@ impl Importer {
             c.const_ints(i, what)?.ok_or_else(|| Fail::Error(format!("{what} is required")))
         };
         let out = match op {
-            "Expand" => fold::expand(&*t(0)?, &ints(1, "shape")?),
             "ConstantOfShape" => {
                 let value = match c.attr("value").and_then(|a| a.t.as_ref()) {
                     Some(v) => Some(super::tensor::decode(v).map_err(Fail::Error)?),
@@ -337,8 +348,6 @@ impl Importer {
             }
             "Range" => fold::range(&*t(0)?, &*t(1)?, &*t(2)?),
             "Tile" => fold::tile(&*t(0)?, &ints(1, "repeats")?),
-            "Where" => fold::where_(&*t(0)?, &*t(1)?, &*t(2)?),
-            "Equal" => fold::equal(&*t(0)?, &*t(1)?),
             _ => unreachable!("dispatched by name"),
         };
         Ok(vec![Val::Const(Arc::new(out.map_err(Fail::Error)?))])
@@ -420,8 +429,10 @@ impl Importer {
                 Ok(outs)
             }
             "MaxPool" | "AveragePool" => self.pool(c),
-            "ReduceMean" => {
-                let axes = if self.opset >= 18 { c.const_ints(1, "axes")? } else { c.ints("axes") };
+            "ReduceMean" | "ReduceSum" | "ReduceMax" | "ReduceMin" => {
+                // Axes became an input in opset 13 for ReduceSum, in 18 for the others.
+                let axes_input = self.opset >= if op == "ReduceSum" { 13 } else { 18 };
+                let axes = if axes_input { c.const_ints(1, "axes")? } else { c.ints("axes") };
                 let axes = axes.unwrap_or_default();
                 if axes.is_empty() && c.int("noop_with_empty_axes", 0) != 0 {
                     return Ok(vec![c.req(0)?.clone()]);
@@ -430,7 +441,71 @@ impl Importer {
                 if !axes.is_empty() {
                     a.set("axes", ints(&axes));
                 }
-                one(self.emit(c, OpKind::ReduceMean, &[0], a, None))
+                let kind = match op {
+                    "ReduceMean" => OpKind::ReduceMean,
+                    "ReduceSum" => OpKind::ReduceSum,
+                    "ReduceMax" => OpKind::ReduceMax,
+                    _ => OpKind::ReduceMin,
+                };
+                one(self.emit(c, kind, &[0], a, None))
+            }
+            "LayerNormalization" => {
+                if c.node.output.iter().skip(1).any(|o| !o.is_empty()) {
+                    return Err(Fail::Unsupported("LayerNormalization with its Mean or InvStdDev output used".into()));
+                }
+                if c.int("stash_type", 1) != 1 {
+                    return Err(Fail::Unsupported("LayerNormalization with a stash_type other than float".into()));
+                }
+                let a = Attrs::new()
+                    .with("axis", Attr::Int(c.int("axis", -1)))
+                    .with("epsilon", Attr::Float(c.float("epsilon", 1e-5)));
+                let inputs: Vec<usize> = (0..c.inputs.len()).filter(|&i| c.input(i).is_some()).collect();
+                one(self.emit(c, OpKind::LayerNorm, &inputs, a, None))
+            }
+            "Gelu" => {
+                let approximate = c.string("approximate").unwrap_or_else(|| "none".into());
+                one(self.emit(c, OpKind::Gelu, &[0], Attrs::new().with("approximate", Attr::Str(approximate)), None))
+            }
+            "Erf" | "Tanh" | "Sqrt" | "Exp" | "Neg" | "Not" => {
+                let kind = match op {
+                    "Erf" => OpKind::Erf,
+                    "Tanh" => OpKind::Tanh,
+                    "Sqrt" => OpKind::Sqrt,
+                    "Exp" => OpKind::Exp,
+                    "Neg" => OpKind::Neg,
+                    _ => OpKind::Not,
+                };
+                one(self.emit(c, kind, &[0], Attrs::new(), None))
+            }
+            "Pow" => {
+                // The exponent may be of another type than the base; a constant one becomes f32.
+                if let Some(Val::Const(e)) = c.input(1)
+                    && e.scalar_type() != ScalarType::F32
+                {
+                    let base = self.operand(c, 0)?;
+                    let e = self.materialize(&c.node.input[1], &e.cast(ScalarType::F32), None);
+                    return one(self.emit_values(OpKind::Pow, vec![base, e], Attrs::new(), None, &c.loc));
+                }
+                one(self.emit(c, OpKind::Pow, &[0, 1], Attrs::new(), None))
+            }
+            "Where" => one(self.emit(c, OpKind::Where, &[0, 1, 2], Attrs::new(), None)),
+            "Equal" | "Less" | "LessOrEqual" | "Greater" | "GreaterOrEqual" | "And" | "Or" => {
+                let kind = match op {
+                    "Equal" => OpKind::Equal,
+                    "Less" => OpKind::Less,
+                    "LessOrEqual" => OpKind::LessOrEqual,
+                    "Greater" => OpKind::Greater,
+                    "GreaterOrEqual" => OpKind::GreaterOrEqual,
+                    "And" => OpKind::And,
+                    _ => OpKind::Or,
+                };
+                one(self.emit(c, kind, &[0, 1], Attrs::new(), None))
+            }
+            "Expand" => {
+                let shape = c.const_ints(1, "shape")?.ok_or_else(|| {
+                    Fail::Error("its shape is computed at run time; fix the input dims with --input-shape".into())
+                })?;
+                one(self.emit(c, OpKind::Expand, &[0], Attrs::new().with("shape", ints(&shape)), None))
             }
             "Flatten" => one(self.emit(c, OpKind::Flatten, &[0], Attrs::new().with("axis", Attr::Int(c.int("axis", 1))), None)),
             "Reshape" => {
@@ -490,7 +565,7 @@ impl Importer {
                 }
                 one(self.emit(c, OpKind::Slice, &[0], a, None))
             }
-            "Expand" | "ConstantOfShape" | "Range" | "Tile" | "Where" | "Equal" => self.shape_op(c),
+            "ConstantOfShape" | "Range" | "Tile" => self.shape_op(c),
             "Split" => self.split(c),
             "Pad" => self.pad(c),
             "Resize" => self.resize(c),

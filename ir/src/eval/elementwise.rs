@@ -18,7 +18,7 @@ pub fn broadcast_shape(a: &[usize], b: &[usize]) -> Result<Vec<usize>, String> {
         .collect()
 }
 
-fn zip_broadcast<T: Copy, U>(a: &ArrayD<T>, b: &ArrayD<T>, f: impl Fn(T, T) -> U) -> Result<ArrayD<U>, String> {
+pub(crate) fn zip_broadcast<T: Copy, U>(a: &ArrayD<T>, b: &ArrayD<T>, f: impl Fn(T, T) -> U) -> Result<ArrayD<U>, String> {
     let shape = broadcast_shape(a.shape(), b.shape())?;
     // Same shapes, both in standard order: one loop over the two slices.
     if a.shape() == b.shape()

@@ -4,13 +4,16 @@
 
 mod elementwise;
 mod integer;
+mod logic;
+mod math;
 mod nn;
 mod quant;
 mod shape_ops;
 
 pub use elementwise::{broadcast_shape, exp, fused_activation, hard_sigmoid, hard_swish, sigmoid};
 pub use integer::{mul_multiplier, weight_output_axis};
-pub use nn::product;
+pub use math::{erf, gelu, gelu_tanh, pow, tanh};
+pub use nn::{layer_norm_row, product};
 pub use quant::{dequantize_value, dynamic_params, quantize_value};
 
 use crate::attr::Attrs;
@@ -308,6 +311,41 @@ pub fn eval_op(kind: OpKind, attrs: &Attrs, args: &[&Tensor], tys: &[&TensorType
         OpKind::DynamicQuantize => return Err("dynamic_quantize has three results".into()),
         OpKind::MatMulInteger => quant::matmul_integer(args)?,
         OpKind::ConvInteger => quant::conv_integer(args, attrs)?,
+        OpKind::LayerNorm => Tensor::F32(nn::layer_norm(
+            f(0)?,
+            f(1)?,
+            args.get(2).map(|_| f(2)).transpose()?,
+            attrs.int("axis", -1),
+            attrs.float("epsilon", 1e-5),
+        )?),
+        OpKind::Gelu => Tensor::F32(match attrs.str("approximate") {
+            Some("tanh") => f(0)?.mapv(math::gelu_tanh),
+            _ => f(0)?.mapv(math::gelu),
+        }),
+        OpKind::Erf => Tensor::F32(f(0)?.mapv(math::erf)),
+        OpKind::Tanh => Tensor::F32(f(0)?.mapv(math::tanh)),
+        OpKind::Sqrt => Tensor::F32(f(0)?.mapv(f32::sqrt)),
+        OpKind::Exp => Tensor::F32(f(0)?.mapv(elementwise::exp)),
+        OpKind::Neg => match args[0] {
+            Tensor::I64(a) => Tensor::I64(a.mapv(i64::wrapping_neg)),
+            Tensor::I32(a) => Tensor::I32(a.mapv(i32::wrapping_neg)),
+            _ => Tensor::F32(f(0)?.mapv(|v| -v)),
+        },
+        OpKind::Pow => Tensor::F32(elementwise::zip_broadcast(f(0)?, f(1)?, math::pow)?),
+        OpKind::Where => logic::where_(args[0], args[1], args[2])?,
+        OpKind::Equal | OpKind::Less | OpKind::LessOrEqual | OpKind::Greater | OpKind::GreaterOrEqual => {
+            logic::comparison(kind, args[0], args[1])?
+        }
+        OpKind::And | OpKind::Or | OpKind::Not => logic::logical(kind, args)?,
+        OpKind::Expand => logic::expand(args[0], attrs.ints("shape").unwrap_or(&[]))?,
+        OpKind::ReduceSum | OpKind::ReduceMax | OpKind::ReduceMin => {
+            let rank = f(0)?.ndim();
+            let axes = match attrs.ints("axes") {
+                Some(a) if !a.is_empty() => crate::infer::normalize_axes(a, rank)?,
+                _ => (0..rank).collect(),
+            };
+            Tensor::F32(shape_ops::reduce(kind, f(0)?, &axes, attrs.bool("keepdims", true)))
+        }
         OpKind::Squeeze | OpKind::Unsqueeze => {
             let dims: Vec<usize> = out
                 .dims

@@ -535,3 +535,54 @@ pub fn softmax(x: &ArrayD<f32>, axis: i64) -> Result<ArrayD<f32>, String> {
     }
     Ok(y)
 }
+
+/// Layer normalization of one row `x` (the normalized dims, flattened): `mean = Σx / n` and
+/// `var = Σ(x − mean)² / n`, each sum in index order; then `(x − mean) · (1 / sqrt(var + eps))
+/// · scale + bias` per element. `scale` and `bias` hold one value per element of the row.
+#[inline(always)]
+pub fn layer_norm_row(x: &[f32], scale: &[f32], bias: Option<&[f32]>, eps: f32, y: &mut [f32]) {
+    let n = x.len() as f32;
+    let mean = x.iter().fold(0.0f32, |a, &v| a + v) / n;
+    let var = x.iter().fold(0.0f32, |a, &v| a + (v - mean) * (v - mean)) / n;
+    let inv = 1.0 / (var + eps).sqrt();
+    match bias {
+        Some(b) => {
+            for (((o, &v), &s), &b) in y.iter_mut().zip(x).zip(scale).zip(b) {
+                *o = (v - mean) * inv * s + b;
+            }
+        }
+        None => {
+            for ((o, &v), &s) in y.iter_mut().zip(x).zip(scale) {
+                *o = (v - mean) * inv * s;
+            }
+        }
+    }
+}
+
+/// `layer_norm` over the dims from `axis` on (see [`layer_norm_row`]); `scale` and `bias`
+/// broadcast to those dims.
+pub fn layer_norm(
+    x: &ArrayD<f32>,
+    scale: &ArrayD<f32>,
+    bias: Option<&ArrayD<f32>>,
+    axis: i64,
+    eps: f32,
+) -> Result<ArrayD<f32>, String> {
+    let axis = normalize_axis(axis, x.ndim())?;
+    let norm = &x.shape()[axis..];
+    let row: usize = norm.iter().product();
+    let spread = |t: &ArrayD<f32>, what: &str| -> Result<Vec<f32>, String> {
+        let v = t.broadcast(IxDyn(norm)).ok_or_else(|| format!("the layer_norm {what} does not broadcast to {norm:?}"))?;
+        Ok(v.iter().copied().collect())
+    };
+    let scale = spread(scale, "scale")?;
+    let bias = bias.map(|b| spread(b, "bias")).transpose()?;
+    let xs = x.as_standard_layout();
+    let mut y = vec![0.0f32; x.len()];
+    if row > 0 {
+        for (src, dst) in xs.as_slice().expect("standard layout").chunks_exact(row).zip(y.chunks_exact_mut(row)) {
+            layer_norm_row(src, &scale, bias.as_deref(), eps, dst);
+        }
+    }
+    ArrayD::from_shape_vec(x.raw_dim(), y).map_err(|e| e.to_string())
+}

@@ -179,22 +179,37 @@ pub fn gather(x: &Tensor, indices: &Tensor, axis: i64) -> Result<Tensor, String>
 /// Mean over `axes`: each result is the sum of its inputs in index order, one add at a time
 /// from 0, divided by their count.
 pub fn reduce_mean(x: &ArrayD<f32>, axes: &[usize], keepdims: bool) -> ArrayD<f32> {
+    reduce(OpKind::ReduceMean, x, axes, keepdims)
+}
+
+/// `reduce_mean`, `reduce_sum`, `reduce_max` or `reduce_min` over `axes`: each result folds its
+/// elements in index order (a mean is that sum divided by the count; an empty mean is NaN, an
+/// empty maximum −∞).
+pub fn reduce(kind: OpKind, x: &ArrayD<f32>, axes: &[usize], keepdims: bool) -> ArrayD<f32> {
     let rank = x.ndim();
     let kept: Vec<usize> = (0..rank).filter(|a| !axes.contains(a)).collect();
     let perm: Vec<usize> = kept.iter().copied().chain((0..rank).filter(|a| axes.contains(a))).collect();
     let moved = x.view().permuted_axes(IxDyn(&perm));
     let moved = moved.as_standard_layout();
     let count: usize = (0..rank).filter(|a| axes.contains(a)).map(|a| x.shape()[a]).product();
-    let sums: Vec<f32> = match count {
-        0 => vec![f32::NAN; kept.iter().map(|&a| x.shape()[a]).product()],
-        _ => {
-            moved.as_slice().expect("standard layout").chunks_exact(count).map(|c| c.iter().fold(0.0f32, |a, &b| a + b)).collect()
+    let outer: usize = kept.iter().map(|&a| x.shape()[a]).product();
+    let fold = |c: &[f32]| match kind {
+        OpKind::ReduceMax => c.iter().fold(f32::NEG_INFINITY, |a, &b| a.max(b)),
+        OpKind::ReduceMin => c.iter().fold(f32::INFINITY, |a, &b| a.min(b)),
+        _ => c.iter().fold(0.0f32, |a, &b| a + b),
+    };
+    let values: Vec<f32> = match (count, kind) {
+        (0, OpKind::ReduceMean) => vec![f32::NAN; outer],
+        (0, _) => vec![fold(&[]); outer],
+        (_, OpKind::ReduceMean) => {
+            let n = count as f32;
+            moved.as_slice().expect("standard layout").chunks_exact(count).map(|c| fold(c) / n).collect()
         }
+        _ => moved.as_slice().expect("standard layout").chunks_exact(count).map(fold).collect(),
     };
     let shape: Vec<usize> =
         (0..rank).filter_map(|a| if axes.contains(&a) { keepdims.then_some(1) } else { Some(x.shape()[a]) }).collect();
-    let n = count as f32;
-    ArrayD::from_shape_vec(IxDyn(&shape), sums.into_iter().map(|v| v / n).collect()).expect("sized")
+    ArrayD::from_shape_vec(IxDyn(&shape), values).expect("sized")
 }
 
 /// The result dims of squeeze / unsqueeze for a concrete input shape.
