@@ -14,8 +14,10 @@
 //!                                                 %y = add(mul(cast(%acc), mul(%x.scale, %w.scale)), %b)
 //! ```
 //!
-//! Leaves alone: ops whose weight is not a constant, batched matmuls, gemm with `trans_a`, alpha
-//! or beta other than 1, and biases that are not a vector of the output width.
+//! A matmul's input may have batch dims before its rows (a transformer's `[batch, tokens,
+//! hidden]`); its weight is a constant matrix. Leaves alone: ops whose weight is not a constant
+//! (attention's activation × activation products), gemm with `trans_a`, alpha or beta other than
+//! 1, and biases that are not a vector of the output width.
 
 use crate::rewrite::{add_const, const_f32, const_value, origin_name};
 use crate::{Changed, Pass, PassContext, PassError, PassOptions};
@@ -112,7 +114,12 @@ impl QuantizeDynamic {
                 })
             }
             _ => {
-                if wa.ndim() != 2 || g.ty(x).rank() != 2 || node.attrs.bool("trans_a", false) {
+                // A gemm's input is a matrix; a matmul's may carry batch dims before its rows.
+                let rank_ok = match node.kind {
+                    OpKind::Gemm => g.ty(x).rank() == 2,
+                    _ => g.ty(x).rank() >= 2,
+                };
+                if wa.ndim() != 2 || !rank_ok || node.attrs.bool("trans_a", false) {
                     return None;
                 }
                 if node.attrs.float("alpha", 1.0) != 1.0 || node.attrs.float("beta", 1.0) != 1.0 {

@@ -3,10 +3,11 @@
 //! inputs (`qc_ir::eval::elementwise`), so any loop order gives the same bits.
 
 use super::{F32Kernel, activate, fused, slice, tensor, twin};
-use qc_ir::eval::{broadcast_shape, hard_sigmoid, hard_swish, sigmoid};
+use qc_ir::eval::{broadcast_shape, erf, exp, gelu, gelu_tanh, hard_sigmoid, hard_swish, pow, sigmoid, tanh};
 use qc_ir::{Attrs, OpKind, Tensor, TensorType};
 
-/// relu, clip, sigmoid, hard_sigmoid, hard_swish.
+/// relu, clip, sigmoid, hard_sigmoid, hard_swish, gelu, erf, tanh, sqrt, exp, neg: the
+/// evaluator's functions of `qc_ir::eval`, element by element.
 pub struct Unary {
     kind: OpKind,
     /// clip's bounds, hard_sigmoid's alpha and beta.
@@ -21,6 +22,8 @@ impl Unary {
         let (a, b) = match kind {
             OpKind::Clip => (attrs.float("min", f32::NEG_INFINITY), attrs.float("max", f32::INFINITY)),
             OpKind::HardSigmoid => (attrs.float("alpha", 0.2), attrs.float("beta", 0.5)),
+            // 1 selects gelu's tanh form.
+            OpKind::Gelu => (f32::from(u8::from(attrs.str("approximate") == Some("tanh"))), 0.0),
             _ => (0.0, 0.0),
         };
         Unary { kind, a, b, avx2 }
@@ -48,7 +51,14 @@ impl F32Kernel for Unary {
                     OpKind::Clip => map(x, y, |v| v.max(a).min(b)),
                     OpKind::Sigmoid => map(x, y, sigmoid),
                     OpKind::HardSigmoid => map(x, y, |v| hard_sigmoid(v, a, b)),
-                    _ => map(x, y, hard_swish),
+                    OpKind::HardSwish => map(x, y, hard_swish),
+                    OpKind::Gelu if a == 1.0 => map(x, y, gelu_tanh),
+                    OpKind::Gelu => map(x, y, gelu),
+                    OpKind::Erf => map(x, y, erf),
+                    OpKind::Tanh => map(x, y, tanh),
+                    OpKind::Sqrt => map(x, y, f32::sqrt),
+                    OpKind::Exp => map(x, y, exp),
+                    _ => map(x, y, |v| -v),
                 }
             }
         }
@@ -61,7 +71,7 @@ impl F32Kernel for Unary {
     }
 }
 
-/// add, sub, mul, div with broadcasting, then the fused activation.
+/// add, sub, mul, div, pow with broadcasting, then the fused activation.
 pub struct Binary {
     kind: OpKind,
     act: Option<(f32, f32)>,
@@ -165,6 +175,7 @@ impl F32Kernel for Binary {
                     OpKind::Add => zip_runs(a, b, runs, y, |p, q| p + q),
                     OpKind::Sub => zip_runs(a, b, runs, y, |p, q| p - q),
                     OpKind::Mul => zip_runs(a, b, runs, y, |p, q| p * q),
+                    OpKind::Pow => zip_runs(a, b, runs, y, pow),
                     _ => zip_runs(a, b, runs, y, |p, q| p / q),
                 }
                 activate(y, act);

@@ -142,3 +142,76 @@ impl F32Kernel for GemmF32 {
         2 * (len / self.k.max(1) * self.k * self.n) as u64
     }
 }
+
+/// A matmul of two computed operands (attention's `q · kᵀ` and `p · v`): the evaluator's
+/// product per batch (`[m][k]` by `[k][n]`), its batch dims broadcast.
+pub struct BatchedMatMul {
+    act: Option<(f32, f32)>,
+    avx2: bool,
+}
+
+impl BatchedMatMul {
+    /// matmul of operands of rank 2 or more.
+    pub fn new(attrs: &Attrs, tys: &[&TensorType], avx2: bool) -> Option<BatchedMatMul> {
+        (tys.len() == 2 && tys.iter().all(|t| t.rank() >= 2)).then_some(())?;
+        Some(BatchedMatMul { act: fused(attrs)?, avx2 })
+    }
+}
+
+/// The offset of batch `i` of `out` (row-major) in an operand of batch dims `dims` (broadcast).
+fn batch_offset(mut i: usize, out: &[usize], dims: &[usize], matrix: usize) -> usize {
+    let (mut offset, mut stride) = (0, matrix);
+    for (d, &n) in out.iter().enumerate().rev() {
+        let at = i % n;
+        i /= n;
+        let k = d + dims.len();
+        if k >= out.len() {
+            let own = dims[k - out.len()];
+            offset += if own == 1 { 0 } else { at * stride };
+            stride *= own;
+        }
+    }
+    offset
+}
+
+impl F32Kernel for BatchedMatMul {
+    fn run(&self, args: &[&Tensor]) -> Result<Tensor, String> {
+        let [a, b] = args else { return Err("matmul has two operands".into()) };
+        let (sa, sb) = (a.shape(), b.shape());
+        let (ra, rb) = (sa.len(), sb.len());
+        if ra < 2 || rb < 2 || sa[ra - 1] != sb[rb - 2] {
+            return Err(format!("a matmul of shapes {sa:?} and {sb:?}"));
+        }
+        let (m, k, n) = (sa[ra - 2], sa[ra - 1], sb[rb - 1]);
+        let batch = qc_ir::eval::broadcast_shape(&sa[..ra - 2], &sb[..rb - 2])?;
+        let (xa, xb) = (slice(a)?, slice(b)?);
+        let count: usize = batch.iter().product();
+        let mut y = vec![0.0f32; count * m * n];
+        twin! {
+            fn product(a: &[f32], b: &[f32], k: usize, n: usize, y: &mut [f32]) {
+                for (row, a_row) in y.chunks_exact_mut(n.max(1)).zip(a.chunks_exact(k.max(1))) {
+                    for (&aik, b_row) in a_row.iter().zip(b.chunks_exact(n.max(1))) {
+                        for (o, &bkj) in row.iter_mut().zip(b_row) {
+                            *o += aik * bkj;
+                        }
+                    }
+                }
+            }
+        }
+        if m * n > 0 {
+            for (i, out) in y.chunks_exact_mut(m * n).enumerate() {
+                let oa = batch_offset(i, &batch, &sa[..ra - 2], m * k);
+                let ob = batch_offset(i, &batch, &sb[..rb - 2], k * n);
+                product(self.avx2, &xa[oa..oa + m * k], &xb[ob..ob + k * n], k, n, out);
+                activate(out, self.act);
+            }
+        }
+        let mut shape = batch;
+        shape.extend([m, n]);
+        tensor(&shape, y)
+    }
+
+    fn describe(&self) -> &'static str {
+        if self.avx2 { "f32 batched product, avx2" } else { "f32 batched product, rust loop" }
+    }
+}

@@ -50,11 +50,27 @@ pub fn select(
     let c = |i: usize| consts.get(i).copied().flatten();
     Some(match kind {
         OpKind::Conv2d => Box::new(conv::ConvF32::new(attrs, tys[0], c(1)?, c(2), out, isa)?),
+        OpKind::MatMul if c(1).is_none() => Box::new(gemm::BatchedMatMul::new(attrs, tys, avx2)?),
         OpKind::Gemm | OpKind::MatMul => Box::new(gemm::GemmF32::new(kind, attrs, tys, c(1)?, c(2), avx2)?),
-        OpKind::Relu | OpKind::Clip | OpKind::Sigmoid | OpKind::HardSigmoid | OpKind::HardSwish if tys.len() == 1 => {
+        OpKind::LayerNorm if tys.len() == 2 || c(2).is_some() => {
+            Box::new(reduce::LayerNorm::new(attrs, tys[0], c(1)?, c(2), avx2)?)
+        }
+        OpKind::Relu
+        | OpKind::Clip
+        | OpKind::Sigmoid
+        | OpKind::HardSigmoid
+        | OpKind::HardSwish
+        | OpKind::Gelu
+        | OpKind::Erf
+        | OpKind::Tanh
+        | OpKind::Sqrt
+        | OpKind::Exp
+        | OpKind::Neg
+            if tys.len() == 1 =>
+        {
             Box::new(elementwise::Unary::new(kind, attrs, avx2))
         }
-        OpKind::Add | OpKind::Sub | OpKind::Mul | OpKind::Div if tys.len() == 2 => {
+        OpKind::Add | OpKind::Sub | OpKind::Mul | OpKind::Div | OpKind::Pow if tys.len() == 2 => {
             Box::new(elementwise::Binary::new(kind, attrs, avx2)?)
         }
         OpKind::BatchNorm => Box::new(elementwise::BatchNorm::new(attrs, tys[0], [c(1)?, c(2)?, c(3)?, c(4)?], avx2)?),

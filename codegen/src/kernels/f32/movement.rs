@@ -75,13 +75,58 @@ impl F32Kernel for Transpose {
         if a.ndim() != self.perm.len() {
             return Err(format!("a transpose of rank {} got shape {:?}", self.perm.len(), a.shape()));
         }
-        let v = a.view().permuted_axes(ndarray::IxDyn(&self.perm));
-        let shape = v.shape().to_vec();
-        tensor(&shape, v.iter().copied().collect())
+        let shape = a.shape().to_vec();
+        let (out, y) = permute(&slice(args[0])?, &shape, &self.perm);
+        tensor(&out, y)
     }
 
     fn describe(&self) -> &'static str {
         "f32 transpose"
+    }
+}
+
+/// `src` (row-major, of `shape`) with its dims permuted by `perm`: the result's shape and
+/// elements, written in order, a row of its last dim at a time (copied whole when that dim is
+/// the source's last too).
+fn permute(src: &[f32], shape: &[usize], perm: &[usize]) -> (Vec<usize>, Vec<f32>) {
+    let rank = shape.len();
+    let mut strides = vec![1usize; rank];
+    for i in (0..rank.saturating_sub(1)).rev() {
+        strides[i] = strides[i + 1] * shape[i + 1];
+    }
+    let out: Vec<usize> = perm.iter().map(|&p| shape[p]).collect();
+    let step: Vec<usize> = perm.iter().map(|&p| strides[p]).collect();
+    let mut y = Vec::with_capacity(src.len());
+    let Some((&inner, outer)) = out.split_last() else {
+        y.extend_from_slice(src);
+        return (out, y);
+    };
+    if src.is_empty() {
+        return (out, y);
+    }
+    let inner_step = step[rank - 1];
+    let mut idx = vec![0usize; outer.len()];
+    let mut base = 0usize;
+    loop {
+        if inner_step == 1 {
+            y.extend_from_slice(&src[base..base + inner]);
+        } else {
+            y.extend((0..inner).map(|j| src[base + j * inner_step]));
+        }
+        let mut d = outer.len();
+        loop {
+            if d == 0 {
+                return (out, y);
+            }
+            d -= 1;
+            idx[d] += 1;
+            base += step[d];
+            if idx[d] < outer[d] {
+                break;
+            }
+            base -= step[d] * outer[d];
+            idx[d] = 0;
+        }
     }
 }
 

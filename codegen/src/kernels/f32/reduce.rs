@@ -1,9 +1,9 @@
-//! f32 reductions over trailing axes: the mean (global average pooling, reduce_mean) and softmax
-//! on the last axis. A sum is the evaluator's: in index order, one add at a time from 0; eight
+//! f32 reductions over trailing axes: the mean (global average pooling, reduce_mean), softmax
+//! on the last axis and layer normalization. A sum is the evaluator's: in index order, one add at a time from 0; eight
 //! sums run side by side so that their adds overlap.
 
 use super::{F32Kernel, slice, tensor, twin};
-use qc_ir::eval::exp;
+use qc_ir::eval::{exp, layer_norm_row};
 use qc_ir::infer::{normalize_axes, normalize_axis};
 use qc_ir::{Attrs, OpKind, Tensor, TensorType};
 
@@ -127,5 +127,60 @@ impl F32Kernel for Softmax {
 
     fn describe(&self) -> &'static str {
         if self.avx2 { "f32 softmax, avx2" } else { "f32 softmax, rust loop" }
+    }
+}
+
+/// Layer normalization over the dims from `axis` on, row by row as the evaluator's
+/// `layer_norm_row`, with constant scale and bias spread over a row once.
+pub struct LayerNorm {
+    /// Elements per row (the normalized dims).
+    row: usize,
+    scale: Vec<f32>,
+    bias: Option<Vec<f32>>,
+    eps: f32,
+    avx2: bool,
+}
+
+impl LayerNorm {
+    /// layer_norm of `x` (fixed normalized dims) by the constants `scale` and `bias`.
+    pub fn new(attrs: &Attrs, x: &TensorType, scale: &Tensor, bias: Option<&Tensor>, avx2: bool) -> Option<LayerNorm> {
+        let axis = normalize_axis(attrs.int("axis", -1), x.rank()).ok()?;
+        let norm: Vec<usize> = x.dims[axis..].iter().map(|d| d.fixed().map(|n| n as usize)).collect::<Option<_>>()?;
+        let spread =
+            |t: &Tensor| -> Option<Vec<f32>> { Some(t.as_f32()?.broadcast(ndarray::IxDyn(&norm))?.iter().copied().collect()) };
+        Some(LayerNorm {
+            row: norm.iter().product(),
+            scale: spread(scale)?,
+            bias: match bias {
+                Some(b) => Some(spread(b)?),
+                None => None,
+            },
+            eps: attrs.float("epsilon", 1e-5),
+            avx2,
+        })
+    }
+}
+
+impl F32Kernel for LayerNorm {
+    fn run(&self, args: &[&Tensor]) -> Result<Tensor, String> {
+        let x = args.first().ok_or("layer_norm has operands")?;
+        let xs = slice(x)?;
+        if self.row == 0 || xs.len() % self.row != 0 {
+            return Err(format!("a layer_norm over rows of {} got shape {:?}", self.row, x.shape()));
+        }
+        let mut y = vec![0.0f32; xs.len()];
+        twin! {
+            fn rows(x: &[f32], row: usize, scale: &[f32], bias: Option<&[f32]>, eps: f32, y: &mut [f32]) {
+                for (src, dst) in x.chunks_exact(row).zip(y.chunks_exact_mut(row)) {
+                    layer_norm_row(src, scale, bias, eps, dst);
+                }
+            }
+        }
+        rows(self.avx2, &xs, self.row, &self.scale, self.bias.as_deref(), self.eps, &mut y);
+        tensor(x.shape(), y)
+    }
+
+    fn describe(&self) -> &'static str {
+        if self.avx2 { "f32 layer_norm, avx2" } else { "f32 layer_norm, rust loop" }
     }
 }
