@@ -208,3 +208,68 @@ fn zoo_qdq_models_match_onnx_runtimes_int8_outputs() {
         }
     }
 }
+
+/// The zoo's transformers with the dims their symbolic sequence length and image width are
+/// fixed to (`--input-shape`), and how close their fp32 outputs come to ONNX Runtime's: the
+/// largest difference relative to the largest output. The recognizer's softmax over 6625
+/// classes amplifies rounding: ONNX Runtime's own outputs move by 1.8·10⁻⁴ with its graph
+/// optimizations off.
+const TRANSFORMERS: [(&str, &[(&str, &[u64])], f64); 3] = [
+    ("bert_mini", &[("input_ids", &[1, 128]), ("attention_mask", &[1, 128]), ("token_type_ids", &[1, 128])], 1e-4),
+    ("vit_tiny", &[("pixel_values", &[1, 3, 112, 112])], 1e-4),
+    ("ppocrv4_rec", &[("x", &[1, 3, 48, 320])], 5e-4),
+];
+
+fn import_transformer(zoo: &std::path::Path, name: &str, shapes: &[(&str, &[u64])]) -> qc::model::Model {
+    let mut opts = qc::onnx::ImportOptions::default();
+    for (input, dims) in shapes {
+        opts.input_shapes.push((input.to_string(), dims.iter().map(|&d| qc_ir::Dim::Fixed(d)).collect()));
+    }
+    let path = zoo.join(format!("models/{name}.onnx"));
+    let graph = qc::onnx::import_file(&path, &opts).unwrap_or_else(|e| panic!("{name}: {e}"));
+    let source = qc_ir::text::print(&graph);
+    qc::model::Model { graph, path, source }
+}
+
+/// `g`'s outputs on the zoo's test inputs of `name`, on the JIT (checked bit for bit against the
+/// evaluator on the first sample), and the zoo's golden file of each output for `variant`.
+fn run_transformer(zoo: &std::path::Path, name: &str, g: &qc_ir::Graph, variant: &str) -> Vec<(Tensor, Tensor)> {
+    let files = qc::io::input_files(g, &[zoo.join(format!("data/{name}_test.npy")).display().to_string()]).unwrap();
+    let xs: Vec<Tensor> = files.iter().map(|f| read_tensor(f).unwrap()).collect();
+    let compiled = CompiledModel::compile(g).unwrap_or_else(|e| panic!("{name}: {e}"));
+    let ys = qc::exec::run_batches(g, &xs, 1, |x| compiled.run(&x).map_err(|e| e.to_string())).unwrap();
+    let first: Vec<Tensor> = xs.iter().map(|x| x.rows(0, 1).unwrap()).collect();
+    assert_eq!(compiled.run(&first).unwrap(), evaluate(g, &first).unwrap(), "{name}: the JIT differs from the evaluator");
+    let goldens = qc::io::output_files(g, &zoo.join(format!("goldens/{name}_{variant}.npy")));
+    ys.into_iter().zip(goldens).map(|(y, f)| (y, read_tensor(&f).unwrap())).collect()
+}
+
+#[test]
+#[ignore = "minutes long; needs the zoo (.ci/run runs it when the zoo is built)"]
+fn zoo_transformers_import_equal_to_onnx_runtime_and_quantize_dynamically() {
+    let Some(zoo) = zoo() else { return };
+    for (name, shapes, tolerance) in TRANSFORMERS {
+        let model = import_transformer(&zoo, name, shapes);
+        let compiled = CompiledModel::compile(&model.graph).unwrap();
+        eprintln!("{name}: on the evaluator: {:?}", compiled.fallback_ops());
+        for (y, want) in run_transformer(&zoo, name, &model.graph, "fp32") {
+            let (y, want) = (y.to_f64_vec(), want.to_f64_vec());
+            assert_eq!(y.len(), want.len(), "{name}");
+            let largest = want.iter().fold(0f64, |m, v| m.max(v.abs()));
+            let diff = y.iter().zip(&want).fold(0f64, |m, (a, b)| m.max((a - b).abs()));
+            eprintln!("{name}: fp32 differs from ONNX Runtime's by {:.2e} of the largest output", diff / largest);
+            assert!(diff <= tolerance * largest, "{name}: fp32 differs from ONNX Runtime's by {diff} (largest {largest})");
+        }
+    }
+    // Dynamic quantization against ONNX Runtime's `quantize_dynamic`.
+    for (name, shapes, _) in &TRANSFORMERS[..2] {
+        let mut model = import_transformer(&zoo, name, shapes);
+        let request = Request { dynamic: true, ..Request::default() };
+        compile(&mut model, &request, &mut std::io::sink()).unwrap_or_else(|e| panic!("{name}: {e}"));
+        let fp32 = run_transformer(&zoo, name, &model.graph, "fp32");
+        let (y, want) = &fp32[0];
+        let (ours, theirs) = (sqnr_db(want, y), ort_sqnr(&zoo, name, "dyn"));
+        eprintln!("{name}: dynamic int8 SQNR {ours:.2} dB, ONNX Runtime's quantize_dynamic {theirs:.2} dB");
+        assert!(ours >= theirs - 0.5, "{name}: dynamic SQNR {ours:.2} dB against ONNX Runtime's {theirs:.2} dB");
+    }
+}

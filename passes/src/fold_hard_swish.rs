@@ -15,33 +15,12 @@
 //! Leaves alone: other constants (e.g. `clip(x + 3, 0, 5)`), shared intermediates, and
 //! anything not on f32.
 
-use crate::rewrite::const_value;
+use crate::rewrite::{collapse_into, single_use_producer as single_use, split_scalar as with_scalar};
 use crate::{Changed, Pass, PassContext, PassError};
 use qc_ir::{Graph, NodeId, OpKind, ValueId};
 
 /// The `fold-hard-swish` pass.
 pub struct FoldHardSwish;
-
-fn scalar(g: &Graph, v: ValueId) -> Option<f32> {
-    let t = const_value(g, v)?;
-    let a = t.as_f32()?;
-    (a.len() == 1).then(|| *a.iter().next().expect("one"))
-}
-
-/// The single-use producer of `v` if it is a `kind` op.
-fn single_use(g: &Graph, v: ValueId, kind: OpKind) -> Option<NodeId> {
-    g.producer_of_kind(v, kind).filter(|_| g.use_count(v) == 1)
-}
-
-/// Splits a binary op's operands into (the non-constant one, the constant scalar).
-fn with_scalar(g: &Graph, n: NodeId) -> Option<(ValueId, f32)> {
-    let ops = &g.node(n).operands;
-    match (scalar(g, ops[0]), scalar(g, ops[1])) {
-        (None, Some(c)) => Some((ops[0], c)),
-        (Some(c), None) if g.node(n).kind != OpKind::Div => Some((ops[1], c)),
-        _ => None,
-    }
-}
 
 /// If `root` computes hard-swish of some `x`, returns `x` and the ops to absorb.
 fn match_at(g: &Graph, root: NodeId) -> Option<(ValueId, Vec<NodeId>)> {
@@ -93,18 +72,7 @@ impl Pass for FoldHardSwish {
                 continue;
             }
             let Some((x, absorbed)) = match_at(g, root) else { continue };
-            let mut loc = g.node(root).loc.clone();
-            for &n in &absorbed {
-                loc.absorb(&g.node(n).loc);
-            }
-            let node = g.node_mut(root);
-            node.kind = OpKind::HardSwish;
-            node.operands = vec![x];
-            node.attrs = Default::default();
-            node.loc = loc;
-            for n in absorbed {
-                g.remove_node(n);
-            }
+            collapse_into(g, root, OpKind::HardSwish, vec![x], Default::default(), absorbed);
             changed = true;
         }
         if changed {

@@ -142,6 +142,10 @@ declare_passes! {
         "evaluate ops whose operands are all constant (shape arithmetic included); constant shape operands become attributes";
     "fold-hard-swish" => fold_hard_swish::FoldHardSwish, |_| FoldHardSwish, Placement::Listed,
         "replace x * clip(x + 3, 0, 6) / 6 and x * hard_sigmoid(x) with hard_swish";
+    "fold-gelu" => fold_gelu::FoldGelu, |_| FoldGelu, Placement::Listed,
+        "replace x * 0.5 * (1 + erf(x / sqrt(2))), as exporters spell GELU, with gelu";
+    "fold-layer-norm" => fold_layer_norm::FoldLayerNorm, |_| FoldLayerNorm, Placement::Listed,
+        "replace layer normalization spelled op by op (reduce_mean, sub, pow, reduce_mean, add, sqrt, div, then a scale and bias) with layer_norm";
     "fold-bn" => fold_bn::FoldBn, |_| FoldBn, Placement::Listed,
         "fold batch_norm into the conv2d/gemm before it, or into a standalone mul + add";
     "prune-channels" => prune_channels::PruneChannels, |o| PruneChannels::new(o), Placement::Before("fold-bn"),
@@ -175,8 +179,16 @@ declare_passes! {
 }
 
 /// The fp32 clean-up every quantizing pipeline starts with.
-const FP32_CLEANUP: &[&str] =
-    &["fold-constants", "fold-hard-swish", "fold-bn", "fold-bias-add", "fuse-matmul-add", "fuse-activation"];
+const FP32_CLEANUP: &[&str] = &[
+    "fold-constants",
+    "fold-hard-swish",
+    "fold-gelu",
+    "fold-layer-norm",
+    "fold-bn",
+    "fold-bias-add",
+    "fuse-matmul-add",
+    "fuse-activation",
+];
 
 /// Named pipelines: (name, their passes as a sequence of parts, doc).
 pub const PIPELINES: &[(&str, &[&[&str]], &str)] = &[
@@ -194,7 +206,16 @@ pub const PIPELINES: &[(&str, &[&[&str]], &str)] = &[
     ),
     (
         "qdq",
-        &[&["fold-constants", "fold-hard-swish", "fold-bn", "fold-qdq", "fuse-requant", "dead-code"]],
+        &[&[
+            "fold-constants",
+            "fold-hard-swish",
+            "fold-gelu",
+            "fold-layer-norm",
+            "fold-bn",
+            "fold-qdq",
+            "fuse-requant",
+            "dead-code",
+        ]],
         "compile a model quantized elsewhere (QDQ from ONNX Runtime or quantization-aware training) to integer ops",
     ),
 ];
@@ -362,7 +383,7 @@ mod tests {
         }
         assert_eq!(
             names.join(","),
-            "fold-constants,fold-hard-swish,prune-channels,fold-bn,sparsify,cluster-weights,fold-bias-add,\
+            "fold-constants,fold-hard-swish,fold-gelu,fold-layer-norm,prune-channels,fold-bn,sparsify,cluster-weights,fold-bias-add,\
              fuse-matmul-add,\
              fuse-activation,equalize,calibrate,insert-qdq,bias-correction,fold-qdq,fuse-requant,dead-code"
         );

@@ -1,6 +1,6 @@
 //! Small helpers the passes share for reading constants and adding new ones.
 
-use qc_ir::{ConstValue, Graph, Loc, Node, OpKind, ScalarType, Tensor, TensorType, ValueId};
+use qc_ir::{ConstValue, Graph, Loc, Node, NodeId, OpKind, ScalarType, Tensor, TensorType, ValueId};
 use std::sync::Arc;
 
 /// Constants of at most this many elements, and i64 constants (shapes, axes, indices), are
@@ -69,4 +69,51 @@ pub fn derived_name(g: &Graph, v: Option<ValueId>, fallback: &str, suffix: &str)
     });
     let base = weight.or_else(|| v.and_then(|v| g.value(v).name.clone())).unwrap_or_else(|| fallback.to_string());
     format!("{base}.{suffix}")
+}
+
+/// The value of `v` when it is a constant f32 of one element.
+pub fn const_scalar(g: &Graph, v: ValueId) -> Option<f32> {
+    let t = const_value(g, v)?;
+    let a = t.as_f32()?;
+    (a.len() == 1).then(|| *a.iter().next().expect("one"))
+}
+
+/// The producer of `v` if it is a `kind` op and `v` has no other use.
+pub fn single_use_producer(g: &Graph, v: ValueId, kind: OpKind) -> Option<NodeId> {
+    g.producer_of_kind(v, kind).filter(|_| g.use_count(v) == 1)
+}
+
+/// A binary op's (non-constant operand, constant scalar), the scalar on either side (a `div`'s
+/// must be its divisor).
+pub fn split_scalar(g: &Graph, n: NodeId) -> Option<(ValueId, f32)> {
+    let ops = &g.node(n).operands;
+    match (const_scalar(g, ops[0]), const_scalar(g, ops[1])) {
+        (None, Some(c)) => Some((ops[0], c)),
+        (Some(c), None) if g.node(n).kind != OpKind::Div => Some((ops[1], c)),
+        _ => None,
+    }
+}
+
+/// Makes `root` a `kind` op on `operands` with `attrs`, absorbing the ops of `absorbed` (their
+/// locations join its own; they are removed). The caller rebuilds the edges.
+pub fn collapse_into(
+    g: &mut Graph,
+    root: NodeId,
+    kind: OpKind,
+    operands: Vec<ValueId>,
+    attrs: qc_ir::Attrs,
+    absorbed: Vec<NodeId>,
+) {
+    let mut loc = g.node(root).loc.clone();
+    for &n in &absorbed {
+        loc.absorb(&g.node(n).loc);
+    }
+    let node = g.node_mut(root);
+    node.kind = kind;
+    node.operands = operands;
+    node.attrs = attrs;
+    node.loc = loc;
+    for n in absorbed {
+        g.remove_node(n);
+    }
 }
