@@ -319,7 +319,12 @@ fn i32_output_is_the_exact_product_on_every_path() {
         let (m, n, k) = (next(6) as usize, 1 + next(40) as usize, 1 + next(80) as usize);
         let a_signed = next(2) == 1;
         let zp_a = if a_signed { next(256) as i32 - 128 } else { next(256) as i32 };
-        let (wlo, wspan) = if case % 5 == 0 { (-32768, 65536) } else { (-128, 256) };
+        let (wlo, wspan) = match case % 5 {
+            0 => (-32768, 65536),
+            // 7-bit weights: the AVX2 `vpmaddubsw` path takes them.
+            1 | 3 => (-64, 129),
+            _ => (-128, 256),
+        };
         let weights: Vec<i32> =
             (0..n * k).map(|i| if (i / 4) % 3 == 0 && case % 2 == 0 { 0 } else { wlo + next(wspan) as i32 }).collect();
         let bias: Vec<i32> = (0..n).map(|_| next(2001) as i32 - 1000).collect();
@@ -344,10 +349,14 @@ fn i32_output_is_the_exact_product_on_every_path() {
                 (bias[c] as i64 + dot) as i32
             })
             .collect();
-        for path in [Path::Scalar, Path::Sse, Path::Vnni] {
-            // Weights beyond i8 (i16) have no VNNI kernel; beyond i16 none but the scalar one.
+        let maddubs = cfg!(target_arch = "x86_64") && std::is_x86_feature_detected!("avx2");
+        let paths = [Path::Scalar, Path::Sse, Path::Vnni, Path::Avx2Maddubs];
+        for path in paths.into_iter().filter(|&p| p != Path::Avx2Maddubs || maddubs) {
+            // Weights beyond i8 (i16) have no VNNI kernel; beyond i16 none but the scalar one;
+            // `vpmaddubsw` takes 7-bit weights (and wider ones whose pairs cannot saturate).
             let Ok(kernel) = GemmKernel::compile_output(&spec, path, Output::I32) else {
-                assert!(path != Path::Scalar && weights.iter().any(|&w| w < -128 || w > 127), "{path:?} refused");
+                let limit = if path == Path::Avx2Maddubs { 64 } else { 127 };
+                assert!(path != Path::Scalar && weights.iter().any(|&w| w < -limit - 1 || w > limit), "{path:?} refused");
                 continue;
             };
             let mut got = vec![0i32; m * n];

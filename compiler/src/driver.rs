@@ -167,6 +167,18 @@ impl Request {
         if self.calibration == Calibration::Auto && self.options.calibration.is_none() {
             return Err(QcError::Usage("--calib-method auto needs --calib".into()));
         }
+        if names.iter().any(|n| n == "quantize-dynamic") {
+            if self.options.weight_bits == 4 {
+                return Err(QcError::Usage(
+                    "--weight-bits 4 is for static quantization; dynamic quantization takes 8 or 7".into(),
+                ));
+            }
+            if !self.options.layer_weight_bits.is_empty() {
+                return Err(QcError::Usage(
+                    "--layer-weight-bits is for static quantization; --dynamic takes --weight-bits".into(),
+                ));
+            }
+        }
         Ok(names)
     }
 

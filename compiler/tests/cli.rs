@@ -136,6 +136,9 @@ fn usage_errors_exit_2() {
         "{}",
         stderr(&o)
     );
+    let o = qc(&["compile", "examples/mlp.qir", "--dynamic", "--weight-bits", "4"]);
+    assert_eq!(code(&o), 2);
+    assert!(stderr(&o).contains("dynamic quantization takes 8 or 7"), "{}", stderr(&o));
     let o = qc(&["compile", "examples/mlp.qir", "--pipeline", "fast"]);
     assert_eq!(code(&o), 2);
     assert!(stderr(&o).contains("valid pipelines: default"));

@@ -3,7 +3,8 @@
 //!
 //! Dynamic quantization, as ONNX Runtime's `quantize_dynamic` does it: the constant weight of
 //! every f32 gemm, matmul and conv2d becomes i8 (symmetric, per output channel, or per tensor with
-//! `--per-tensor`), and its input is quantized on every call with `dynamic_quantize` (u8, the
+//! `--per-tensor`; in [−64, 64] with `--weight-bits 7`, which AVX2 CPUs without VNNI multiply
+//! exactly with `vpmaddubsw`), and its input is quantized on every call with `dynamic_quantize` (u8, the
 //! range of the whole tensor widened to include 0). The product is exact in i32
 //! (`matmul_integer`, `conv_integer`); the result is `f32(acc) · f32(s_x · s_w[c]) + b`, then the
 //! op's fused activation.
@@ -29,12 +30,14 @@ use std::collections::HashMap;
 /// The `quantize-dynamic` pass.
 pub struct QuantizeDynamic {
     per_channel: bool,
+    /// The weights' largest magnitude: 127, or 64 for 7-bit weights.
+    qmax: f32,
 }
 
 impl QuantizeDynamic {
     /// The pass with its options.
     pub fn new(opts: &PassOptions) -> QuantizeDynamic {
-        QuantizeDynamic { per_channel: !opts.per_tensor_weights }
+        QuantizeDynamic { per_channel: !opts.per_tensor_weights, qmax: if opts.weight_bits == 7 { 64.0 } else { 127.0 } }
     }
 }
 
@@ -67,7 +70,7 @@ fn f32_tensor(shape: &[usize], v: Vec<f32>) -> Tensor {
 impl QuantizeDynamic {
     /// Symmetric per-channel (or per-tensor) scales for the channel maxima `absmax`.
     fn scales(&self, absmax: Vec<f32>) -> Vec<f32> {
-        let mut s: Vec<f32> = absmax.iter().map(|m| m / 127.0).collect();
+        let mut s: Vec<f32> = absmax.iter().map(|m| m / self.qmax).collect();
         if !self.per_channel {
             let m = s.iter().fold(0f32, |a, &b| a.max(b));
             s = vec![m; s.len()];
@@ -87,7 +90,8 @@ impl QuantizeDynamic {
             None => None,
             Some(&b) => Some(const_f32(g, b).filter(|_| g.ty(b).rank() == 1)?),
         };
-        let q = |v: f32, s: f32| qc_ir::eval::quantize_value(v, s, 0, -127, 127) as i8;
+        let qmax = self.qmax as i32;
+        let q = |v: f32, s: f32| qc_ir::eval::quantize_value(v, s, 0, -qmax, qmax) as i8;
         match node.kind {
             OpKind::Conv2d => {
                 let o = wa.shape()[0];

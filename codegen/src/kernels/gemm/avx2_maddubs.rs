@@ -91,6 +91,51 @@ impl Avx2MaddubsGemm {
         Ok(())
     }
 
+    /// `m` rows of `a` into `out` as the accumulators themselves (`m × n` i32: the products of
+    /// `matmul_integer`, whose zero points and scales the caller applies).
+    pub(crate) fn run_i32(&self, a: &[u8], m: usize, out: &mut [i32]) -> Result<(), String> {
+        if a.len() != m * self.stride || out.len() != m * self.n {
+            return Err(format!("AVX2 vpmaddubsw GEMM: {} input bytes and {} outputs for {m} rows", a.len(), out.len()));
+        }
+        if !std::is_x86_feature_detected!("avx2") {
+            return Err("the AVX2 GEMM path runs on a CPU without AVX2".into());
+        }
+        // SAFETY: AVX2 is present (checked just above).
+        unsafe { self.run_i32_avx2(a, m, out) };
+        Ok(())
+    }
+
+    #[target_feature(enable = "avx2")]
+    fn run_i32_avx2(&self, a: &[u8], m: usize, out: &mut [i32]) {
+        with_rows(MR * self.w.quads, |rows| {
+            for r0 in (0..m).step_by(MR) {
+                let mr = MR.min(m - r0);
+                self.w.load_rows(a, self.stride, r0, mr, self.flip, rows);
+                let out = &mut out[r0 * self.n..(r0 + mr) * self.n];
+                match mr {
+                    4 => self.tile_rows_i32::<4>(rows, out),
+                    3 => self.tile_rows_i32::<3>(rows, out),
+                    2 => self.tile_rows_i32::<2>(rows, out),
+                    _ => self.tile_rows_i32::<1>(rows, out),
+                }
+            }
+        })
+    }
+
+    /// [`Self::tile_rows`] storing the accumulators.
+    #[target_feature(enable = "avx2")]
+    fn tile_rows_i32<const R: usize>(&self, rows: &[i32], out: &mut [i32]) {
+        for (col0, weights, nonzero, full) in self.w.panels(self.n) {
+            if full {
+                let acc = self.micro::<R, 2>(rows, weights, nonzero, col0);
+                store_i32(&acc, col0, self.n, out);
+            } else {
+                let acc = self.micro::<R, 1>(rows, weights, nonzero, col0);
+                store_i32(&acc, col0, self.n, out);
+            }
+        }
+    }
+
     #[target_feature(enable = "avx2")]
     fn run_avx2(&self, a: &[u8], m: usize, out: &mut [u8]) {
         with_rows(MR * self.w.quads, |rows| {
@@ -171,5 +216,21 @@ impl Avx2MaddubsGemm {
             }
         }
         acc
+    }
+}
+
+/// Stores the accumulators of an `R`-row tile from column `col0` into `out` (rows of `n`),
+/// the columns past `n` left out.
+#[target_feature(enable = "avx2")]
+fn store_i32<const R: usize, const V: usize>(acc: &[[__m256i; V]; R], col0: usize, n: usize, out: &mut [i32]) {
+    let cols = (V * L).min(n - col0);
+    for (r, row) in acc.iter().enumerate() {
+        let mut lanes = [0i32; 2 * L];
+        for (v, a) in row.iter().enumerate() {
+            let dst: &mut [i32; L] = (&mut lanes[v * L..(v + 1) * L]).try_into().expect("8 lanes");
+            // SAFETY: `dst` is exactly 8 i32s.
+            unsafe { _mm256_storeu_si256(dst.as_mut_ptr().cast(), *a) };
+        }
+        out[r * n + col0..][..cols].copy_from_slice(&lanes[..cols]);
     }
 }

@@ -290,8 +290,9 @@ impl GemmKernel {
     pub fn compile_i32(spec: &GemmSpec, isa: Isa) -> Result<GemmKernel, String> {
         let f32_spec = GemmSpec { requant: vec![Requant::F32(1.0); spec.n], ..spec.clone() };
         let path = match Path::choose(&f32_spec, isa) {
-            // The precompiled paths write bytes; i32 accumulators take the 128-bit ones.
-            Path::Avx2 | Path::Avx2Maddubs => Path::Sse,
+            // Of the precompiled paths only `vpmaddubsw`'s writes i32 accumulators; the others
+            // give way to the 128-bit JIT paths.
+            Path::Avx2 => Path::Sse,
             Path::Avx512 => Path::Vnni,
             p => p,
         };
@@ -311,7 +312,7 @@ impl GemmKernel {
                 Ok(GemmKernel { f, n: spec.n, k: spec.k, path, output, offsets: None, _jit: None })
             }
             #[cfg(target_arch = "x86_64")]
-            Path::Avx2Maddubs if output == Output::Bytes => {
+            Path::Avx2Maddubs => {
                 let stride = crate::kernels::gemm::simd::row_stride(spec.k);
                 let native = avx2_maddubs::Avx2MaddubsGemm::new(spec, stride)
                     .ok_or("the AVX2 vpmaddubsw path takes f32 requantization and i8 weights whose pairs cannot saturate")?;
@@ -329,9 +330,9 @@ impl GemmKernel {
                 let f = Entry::Native512(Box::new(native));
                 Ok(GemmKernel { f, n: spec.n, k: spec.k, path, output, offsets: None, _jit: None })
             }
-            Path::Avx2 | Path::Avx2Maddubs | Path::Avx512 => {
-                Err("the precompiled paths write requantized bytes on x86-64".into())
-            }
+            Path::Avx2 | Path::Avx512 => Err("the AVX2 vpmaddwd and AVX-512 paths write requantized bytes on x86-64 only".into()),
+            #[cfg(not(target_arch = "x86_64"))]
+            Path::Avx2Maddubs => Err("the AVX2 vpmaddubsw path runs on x86-64 only".into()),
         }
     }
 
@@ -578,6 +579,10 @@ impl GemmKernel {
     pub fn run_rows_i32(&self, a: &[u8], m: usize, out: &mut [i32]) -> Result<(), String> {
         if self.output != Output::I32 {
             return Err("this GEMM kernel writes requantized bytes".into());
+        }
+        #[cfg(target_arch = "x86_64")]
+        if let Entry::NativeMaddubs(native) = &self.f {
+            return native.run_i32(a, m, out);
         }
         self.call(a, m, out.as_mut_ptr().cast(), out.len())
     }
