@@ -98,10 +98,13 @@ pub(crate) enum Lowered {
         b: ValueId,
         y: ValueId,
     },
+    /// A gemm, or a matmul whose input has dims between the batch and its rows' (a
+    /// transformer's tokens): `rows` rows per image.
     Gemm {
         kernel: GemmKernel,
         a: ValueId,
         y: ValueId,
+        rows: usize,
     },
     /// An f32 op on tensors (all its operands, constants included).
     F32 {
@@ -210,7 +213,14 @@ pub(crate) fn lower(
         };
         let kernel = match (node.kind, integer && activation_out, &weight, x) {
             _ if fused.is_some() => fused,
-            (OpKind::Gemm | OpKind::MatMul, true, Some(w), Some(x)) if tys[0].rank() == 2 && w.shape().len() == 2 => {
+            (OpKind::Gemm | OpKind::MatMul, true, Some(w), Some(x))
+                if (tys[0].rank() == 2 || (node.kind == OpKind::MatMul && tys[0].rank() > 2))
+                    && w.shape().len() == 2
+                    && per_image(tys[0], fixed_batch).is_some() =>
+            {
+                // Rows per image: the dims between the batch and the last.
+                let per = per_image(tys[0], fixed_batch).expect("checked");
+                let rows = per[..per.len().saturating_sub(1)].iter().product::<usize>();
                 let spec = GemmSpec::from_node(node.kind, &node.attrs, &tys, w, bias.as_deref(), out_ty)
                     .map_err(|e| err(format!("{}: {e}", who())))?;
                 match spec.accumulators_fit() {
@@ -218,6 +228,7 @@ pub(crate) fn lower(
                         kernel: GemmKernel::compile(&spec, isa).map_err(|e| err(format!("{}: {e}", who())))?,
                         a: x,
                         y,
+                        rows,
                     }),
                     false => None,
                 }

@@ -391,7 +391,7 @@ fn direct_calls(ops: &[((String, String), Op)], activations: &[Activation], plan
         let (direct, x, y, buffer) = match op {
             Op::Window { kernel, x, y, scratch } => (kernel.direct(), *x, *y, scratch.clone()),
             Op::Mean { kernel, x, y } => (kernel.direct(), *x, *y, 0..0),
-            Op::Gemm { kernel, a, y } => (kernel.direct_rows(1), *a, *y, 0..0),
+            Op::Gemm { kernel, a, y, rows } => (kernel.direct_rows(*rows), *a, *y, 0..0),
             Op::Add { a, b, y, .. } => return StepView::Add { a: range(*a), b: range(*b), y: range(*y) },
             _ => return StepView::Other,
         };

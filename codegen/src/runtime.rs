@@ -277,9 +277,9 @@ impl Run<'_> {
     pub(crate) fn exec(&mut self, op: &Op) -> Result<(), CodegenError> {
         let batch = self.arena.batch;
         match op {
-            Op::Gemm { kernel, a, y } => {
+            Op::Gemm { kernel, a, y, rows } => {
                 let ([x], out) = self.arena.io([*a], *y)?;
-                kernel.run(x, batch, out).map_err(run_err)?;
+                kernel.run(x, batch * rows, out).map_err(run_err)?;
             }
             Op::Window { kernel, x, y, scratch } => {
                 let ([x], out, mut scratch) = self.arena.io_scratch([*x], *y, scratch.clone())?;
@@ -407,7 +407,7 @@ impl Run<'_> {
             Arg::A(a) => Ok(self.arena.range(a).len()),
         };
         Ok(match op {
-            Op::Gemm { kernel, .. } => 2 * (batch * kernel.columns() * kernel.depth()) as u64,
+            Op::Gemm { kernel, rows, .. } => 2 * (batch * rows * kernel.columns() * kernel.depth()) as u64,
             Op::Window { kernel, .. } => kernel.ops(batch),
             Op::Integer { product, args, .. } | Op::Dequantized { product, args, .. } => product.ops(len(&args[0])?),
             Op::F32 { kernel, args, .. } => kernel.ops(match args.first() {

@@ -106,6 +106,8 @@ pub(crate) enum Op {
         kernel: GemmKernel,
         a: usize,
         y: usize,
+        /// Rows per image.
+        rows: usize,
     },
     F32 {
         kernel: Box<dyn F32Kernel>,
@@ -348,9 +350,9 @@ impl<'g> Builder<'g> {
                 let (a, b) = (self.activation(a, layout)?, self.activation(b, layout)?);
                 (Op::Mul { kernel, a, b, y: self.new_activation(y, layout, None)?, layout }, vec![Arg::A(a), Arg::A(b)])
             }
-            Lowered::Gemm { kernel, a, y } => {
+            Lowered::Gemm { kernel, a, y, rows } => {
                 let a = self.activation(a, Layout::Nchw)?;
-                (Op::Gemm { kernel, a, y: self.new_activation(y, Layout::Nchw, None)? }, vec![Arg::A(a)])
+                (Op::Gemm { kernel, a, y: self.new_activation(y, Layout::Nchw, None)?, rows }, vec![Arg::A(a)])
             }
             Lowered::Reshape { x, y } => {
                 let x = self.activation(x, Layout::Nchw)?;

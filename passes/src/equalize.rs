@@ -14,6 +14,11 @@
 //!   `s_c = max|x_c|^α / max|W2[:, c]|^(1−α)` from the calibration samples' activations `x` at L2's
 //!   input, migrating activation outliers into the weights.
 //!
+//! - SmoothQuant through a `layer_norm` (with `--smooth-alpha`): a layer_norm over the last axis
+//!   whose every use is a gemm or matmul by a constant weight (a transformer's Q, K, V or first
+//!   MLP layer) divides its scale and bias by `s_c = max|x_c|^α / max|W[c, :]|^(1−α)`, `W` all
+//!   its consumers' weights together, and each consumer's input channel `c` is multiplied by it.
+//!
 //! Sweeps repeat until no scale moves by more than 0.1 % (at most 20). A model with no such pair,
 //! or whose pairs are already balanced, is left unchanged.
 //!
@@ -149,6 +154,13 @@ impl Pass for Equalize {
                 .map_err(|e| PassError::msg(e.to_string()))?;
             }
         }
+        if let Some(alpha) = self.alpha {
+            for (ln, consumers, s) in smooth_layer_norms(g, &act_ln(g, self.samples.as_ref())?, alpha) {
+                let (lo, hi) = s.iter().fold((f32::INFINITY, 0f32), |(l, h), &x| (l.min(x), h.max(x)));
+                let layers = if consumers.len() == 1 { "1 layer".to_string() } else { format!("{} layers", consumers.len()) };
+                notes.push(format!("{} → {layers}: smoothed, channel scales in [{lo:.4}, {hi:.4}]", g.node(ln).loc.name));
+            }
+        }
         // Each pair's accumulated scale per channel.
         let mut total: HashMap<(NodeId, NodeId), Vec<f32>> = HashMap::new();
         let mut smoothed: Vec<ValueId> = Vec::new();
@@ -198,7 +210,7 @@ impl Pass for Equalize {
                 break;
             }
         }
-        let mut changed = false;
+        let mut changed = !notes.is_empty();
         for ((a, b), s) in total {
             let name = |n: NodeId| g.node(n).loc.name.clone();
             let (lo, hi) = s.iter().fold((f32::INFINITY, 0f32), |(l, h), &x| (l.min(x), h.max(x)));
@@ -216,4 +228,113 @@ impl Pass for Equalize {
         notes.sort();
         Ok(changed.into())
     }
+}
+
+/// A layer_norm over the last axis whose every use is a gemm or matmul by a constant weight,
+/// with those consumers and the weight axis each reads the channels on.
+fn layer_norm_groups(g: &Graph) -> Vec<(NodeId, Vec<(NodeId, usize)>)> {
+    let mut out = Vec::new();
+    for n in g.node_ids() {
+        let node = g.node(n);
+        let y = node.results[0];
+        let last = g.ty(y).rank().checked_sub(1);
+        let over_last = last.is_some_and(|l| qc_ir::infer::normalize_axis(node.attrs.int("axis", -1), l + 1) == Ok(l));
+        if node.kind != OpKind::LayerNorm || !over_last || node.operands.iter().skip(1).any(|&c| const_value(g, c).is_none()) {
+            continue;
+        }
+        let consumers: Option<Vec<(NodeId, usize)>> = g
+            .uses(y)
+            .iter()
+            .map(|&(u, slot)| {
+                let c = g.node(u);
+                let w = c.operands.get(1).filter(|_| slot == 0).and_then(|&w| const_value(g, w))?;
+                let axis = match c.kind {
+                    OpKind::MatMul => 0,
+                    OpKind::Gemm if !c.attrs.bool("trans_a", false) => usize::from(c.attrs.bool("trans_b", false)),
+                    _ => return None,
+                };
+                (w.shape().len() == 2 && g.ty(c.results[0]).elem.is_f32()).then_some((u, axis))
+            })
+            .collect();
+        if let Some(consumers) = consumers.filter(|c| !c.is_empty()) {
+            out.push((n, consumers));
+        }
+    }
+    out
+}
+
+/// max |x_c| over the calibration samples of each smoothable layer_norm's result.
+fn act_ln(g: &Graph, samples: Option<&Arc<Tensor>>) -> Result<HashMap<ValueId, Vec<f32>>, PassError> {
+    let wanted: Vec<ValueId> = layer_norm_groups(g).iter().map(|(n, _)| g.node(*n).results[0]).collect();
+    let mut act: HashMap<ValueId, Vec<f32>> = HashMap::new();
+    if wanted.is_empty() {
+        return Ok(act);
+    }
+    let samples = samples.ok_or_else(|| PassError::msg("--smooth-alpha needs --calib"))?;
+    for b in batches(g, samples).map_err(PassError::msg)? {
+        evaluate_observed(g, &[b], |v, t| {
+            if wanted.contains(&v)
+                && let Some(a) = t.as_f32()
+            {
+                let last = a.ndim() - 1;
+                let r = ranges(t, last);
+                let e = act.entry(v).or_insert_with(|| vec![0.0; a.shape()[last]]);
+                for (m, x) in e.iter_mut().zip(r) {
+                    *m = m.max(x);
+                }
+            }
+        })
+        .map_err(|e| PassError::msg(e.to_string()))?;
+    }
+    Ok(act)
+}
+
+/// Applies SmoothQuant through each layer_norm of [`layer_norm_groups`]; returns what it scaled.
+fn smooth_layer_norms(g: &mut Graph, act: &HashMap<ValueId, Vec<f32>>, alpha: f32) -> Vec<(NodeId, Vec<NodeId>, Vec<f32>)> {
+    let mut done = Vec::new();
+    for (ln, consumers) in layer_norm_groups(g) {
+        let Some(a) = act.get(&g.node(ln).results[0]) else { continue };
+        let c = a.len();
+        // The largest weight magnitude of each input channel over every consumer.
+        let mut r = vec![0f32; c];
+        for &(u, axis) in &consumers {
+            let w = const_value(g, g.node(u).operands[1]).expect("a constant weight");
+            for (m, x) in r.iter_mut().zip(ranges(&w, axis)) {
+                *m = m.max(x);
+            }
+        }
+        let s: Vec<f32> = (0..c)
+            .map(|i| {
+                let s = a[i].powf(alpha) / r[i].powf(1.0 - alpha);
+                if s.is_finite() && s > 0.0 { s } else { 1.0 }
+            })
+            .collect();
+        // The scale and bias must spread over the channels to be divided.
+        let params: Vec<Option<Tensor>> = g.node(ln).operands[1..]
+            .iter()
+            .map(|&p| {
+                let t = const_value(g, p)?;
+                let spread = t.as_f32()?.broadcast(ndarray::IxDyn(&[c]))?.to_owned();
+                Some(Tensor::F32(spread))
+            })
+            .collect();
+        if params.iter().any(Option::is_none) || s.iter().all(|&x| (x - 1.0).abs() < 1e-3) {
+            continue;
+        }
+        for (i, t) in params.into_iter().enumerate() {
+            let t = scaled(&t.expect("checked"), 0, &s, true);
+            let v = g.node(ln).operands[i + 1];
+            let ty = qc_ir::TensorType::new(&[c as u64], qc_ir::ScalarType::F32);
+            let base = format!("{}.smooth", crate::rewrite::origin_name(g, v));
+            let loc = g.node(ln).loc.clone();
+            let nv = add_const(g, &base, t, ty, loc);
+            g.set_operand(ln, i + 1, nv);
+        }
+        for &(u, axis) in &consumers {
+            let w = const_value(g, g.node(u).operands[1]).expect("a constant weight");
+            replace(g, u, 1, scaled(&w, axis, &s, false));
+        }
+        done.push((ln, consumers.into_iter().map(|(u, _)| u).collect(), s));
+    }
+    done
 }

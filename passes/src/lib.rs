@@ -161,7 +161,7 @@ declare_passes! {
     "fuse-activation" => fuse_activation::FuseActivation, |_| FuseActivation, Placement::Listed,
         "mark a relu/clip that follows a conv2d/gemm/matmul as that op's fused activation";
     "equalize" => equalize::Equalize, |o| Equalize::new(o), Placement::RightAfter("fuse-activation"),
-        "cross-layer equalization of conv/gemm pairs through relu and max pooling; SmoothQuant for gemm/matmul pairs (--smooth-alpha)";
+        "cross-layer equalization of conv/gemm pairs through relu and max pooling; SmoothQuant for gemm/matmul pairs and through layer_norm (--smooth-alpha)";
     "calibrate" => calibrate::Calibrate, |o| Calibrate::new(o), Placement::Listed,
         "run the evaluator on --calib samples and record each activation's range in a stats op (--calib-method, --calib-override)";
     "insert-qdq" => insert_qdq::InsertQdq, |o| InsertQdq::new(o), Placement::Listed,

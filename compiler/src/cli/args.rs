@@ -131,7 +131,8 @@ pub(crate) struct CompileArgs {
     /// Cross-layer equalization before calibration (adds `equalize` after `fuse-activation`).
     #[arg(long)]
     pub(crate) equalize: bool,
-    /// SmoothQuant for gemm/matmul pairs with this migration strength (implies --equalize).
+    /// SmoothQuant for gemm/matmul pairs, and through a layer_norm into the layers reading it,
+    /// with this migration strength (implies --equalize).
     #[arg(long)]
     pub(crate) smooth_alpha: Option<f32>,
     /// Weight bits: 8; 7 (weights in [-64, 64], ONNX Runtime's reduce_range: CPUs with AVX2 but
