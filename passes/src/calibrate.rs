@@ -30,6 +30,8 @@ pub struct Calibrate {
     progress: Option<crate::Progress>,
     cache: Option<crate::CalibCache>,
     samples: Option<Arc<Tensor>>,
+    /// The samples of the other inputs.
+    rest: Vec<Arc<Tensor>>,
     method: CalibMethod,
     overrides: Vec<(String, CalibMethod)>,
 }
@@ -41,6 +43,7 @@ impl Calibrate {
             progress: opts.progress.clone(),
             cache: opts.calib_cache.clone(),
             samples: opts.calibration.clone(),
+            rest: opts.calibration_rest.clone(),
             method: opts.calib_method,
             overrides: opts.calib_overrides.clone(),
         }
@@ -81,26 +84,46 @@ impl Pass for Calibrate {
     fn run(&self, g: &mut Graph, _: &mut PassContext) -> Result<Changed, PassError> {
         let samples = self.samples.as_ref().ok_or_else(|| err("calibration needs samples: pass --calib X.npy"))?;
         remove_stats(g);
-        if g.params().len() != 1 {
-            return Err(err(format!("calibration feeds one input; @{} has {}", g.name, g.params().len())));
-        }
-        let x = samples.as_f32().ok_or_else(|| err(format!("calibration samples must be f32, got {}", samples.scalar_type())))?;
-        let param_ty = g.ty(g.params()[0]).clone();
-        let fits = x.ndim() == param_ty.rank()
-            && param_ty.dims.iter().zip(x.shape()).skip(1).all(|(d, &n)| d.fixed().is_none_or(|f| f as usize == n));
-        if !fits || x.shape().first().copied().unwrap_or(0) == 0 {
-            return Err(err(format!("calibration samples of shape {:?} do not fit the input {param_ty}", x.shape())));
-        }
-        if let Some(i) = x.iter().position(|v| !v.is_finite()) {
-            let per = x.len() / x.shape()[0];
-            return Err(err(format!(
-                "calibration sample {} holds {} in input {} (flat index {})",
-                i / per,
-                x.iter().nth(i).expect("found"),
-                g.display_value(g.params()[0]),
-                i % per
-            )));
-        }
+        let batches = if g.params().len() == 1 && self.rest.is_empty() {
+            let x = samples.as_f32().ok_or_else(|| err(format!("calibration samples must be f32, got {}", samples.scalar_type())))?;
+            let param_ty = g.ty(g.params()[0]).clone();
+            let fits = x.ndim() == param_ty.rank()
+                && param_ty.dims.iter().zip(x.shape()).skip(1).all(|(d, &n)| d.fixed().is_none_or(|f| f as usize == n));
+            if !fits || x.shape().first().copied().unwrap_or(0) == 0 {
+                return Err(err(format!("calibration samples of shape {:?} do not fit the input {param_ty}", x.shape())));
+            }
+            if let Some(i) = x.iter().position(|v| !v.is_finite()) {
+                let per = x.len() / x.shape()[0];
+                return Err(err(format!(
+                    "calibration sample {} holds {} in input {} (flat index {})",
+                    i / per,
+                    x.iter().nth(i).expect("found"),
+                    g.display_value(g.params()[0]),
+                    i % per
+                )));
+            }
+            let batch = match param_ty.dims[0] {
+                Dim::Fixed(b) => b as usize,
+                Dim::Dynamic => BATCH,
+            };
+            // A model of fixed batch size sees only whole batches.
+            let n = match param_ty.dims[0] {
+                Dim::Fixed(_) => x.shape()[0] / batch * batch,
+                Dim::Dynamic => x.shape()[0],
+            };
+            (0..n).step_by(batch).map(|s| vec![samples.rows(s, (s + batch).min(n)).expect("counted")]).collect()
+        } else {
+            let batches = crate::samples::input_batches(g, samples, &self.rest).map_err(|e| err(format!("calibration: {e}")))?;
+            for (i, t) in batches.iter().flatten().enumerate() {
+                if let Some(a) = t.as_f32()
+                    && let Some(v) = a.iter().find(|v| !v.is_finite())
+                {
+                    let input = g.display_value(g.params()[i % g.params().len()]);
+                    return Err(err(format!("the calibration samples of {input} hold {v}")));
+                }
+            }
+            batches
+        };
         let values = observed_values(g);
         // The same graph on the same samples observes the same values: reuse them.
         let key = self.cache.as_ref().map(|_| (qc_ir::text::print(g), Arc::as_ptr(samples) as usize));
@@ -115,7 +138,7 @@ impl Pass for Calibrate {
         let observers = match cached {
             Some(observers) => observers,
             None => {
-                let observers = self.observe(g, &values, x, &param_ty)?;
+                let observers = self.observe(g, &values, batches)?;
                 if let (Some(cache), Some((text, ptr))) = (&self.cache, key)
                     && let Ok(mut c) = cache.0.lock()
                 {
@@ -158,24 +181,17 @@ impl Pass for Calibrate {
 }
 
 impl Calibrate {
-    /// Runs the samples through `g` and observes `values` (the forward pass).
-    fn observe(&self, g: &Graph, values: &[ValueId], x: &ndarray::ArrayD<f32>, param_ty: &qc_ir::TensorType) -> Result<Vec<Observer>, PassError> {
-        let batch = match param_ty.dims[0] {
-            Dim::Fixed(b) => b as usize,
-            Dim::Dynamic => BATCH,
-        };
+    /// Runs the sample batches (a tensor per input each) through `g` and observes `values`
+    /// (the forward pass).
+    fn observe(&self, g: &Graph, values: &[ValueId], batches: Vec<Vec<Tensor>>) -> Result<Vec<Observer>, PassError> {
         let index: HashMap<ValueId, usize> = values.iter().enumerate().map(|(i, &v)| (v, i)).collect();
         let mut observers = vec![Observer::default(); values.len()];
-        let n = x.shape()[0];
+        let n: usize = batches.iter().map(|b| b[0].shape()[0]).sum();
         let mut start = 0;
-        while start < n {
-            let end = (start + batch).min(n);
-            if end - start != batch && param_ty.dims[0] != Dim::Dynamic {
-                break; // A model of fixed batch size sees only whole batches.
-            }
-            let xb = Tensor::F32(x.slice_axis(ndarray::Axis(0), ndarray::Slice::from(start..end)).to_owned());
+        for b in batches {
+            let end = start + b[0].shape()[0];
             let mut bad: Option<(ValueId, f32)> = None;
-            evaluate_observed(g, &[xb], |v, t| {
+            evaluate_observed(g, &b, |v, t| {
                 if let (Some(&i), Some(a)) = (index.get(&v), t.as_f32()) {
                     if bad.is_none()
                         && let Some(&nf) = a.iter().find(|x| !x.is_finite())

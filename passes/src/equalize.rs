@@ -14,10 +14,12 @@
 //!   `s_c = max|x_c|^α / max|W2[:, c]|^(1−α)` from the calibration samples' activations `x` at L2's
 //!   input, migrating activation outliers into the weights.
 //!
-//! - SmoothQuant through a `layer_norm` (with `--smooth-alpha`): a layer_norm over the last axis
-//!   whose every use is a gemm or matmul by a constant weight (a transformer's Q, K, V or first
-//!   MLP layer) divides its scale and bias by `s_c = max|x_c|^α / max|W[c, :]|^(1−α)`, `W` all
-//!   its consumers' weights together, and each consumer's input channel `c` is multiplied by it.
+//! - SmoothQuant through a `layer_norm` (with `--smooth-alpha`): for a layer_norm over the last
+//!   axis read by gemms or matmuls by a constant weight (a transformer's Q, K, V or first MLP
+//!   layer), `s_c = max|x_c|^α / max|W[c, :]|^(1−α)`, `W` those consumers' weights together;
+//!   each consumer's input channel `c` is multiplied by `s_c`, and the layer_norm's scale and
+//!   bias divided by it — or, when something else reads the layer_norm too (a post-norm
+//!   encoder's residual add), a `mul` by `1 / s_c` feeds the consumers alone.
 //!
 //! Sweeps repeat until no scale moves by more than 0.1 % (at most 20). A model with no such pair,
 //! or whose pairs are already balanced, is left unchanged.
@@ -29,7 +31,6 @@
 
 use crate::channel_flow::{Rule, rule};
 use crate::rewrite::{add_const, const_value};
-use crate::samples::batches;
 use crate::{Changed, Pass, PassContext, PassError, PassOptions};
 use ndarray::Axis;
 use qc_ir::eval::evaluate_observed;
@@ -41,12 +42,14 @@ use std::sync::Arc;
 pub struct Equalize {
     alpha: Option<f32>,
     samples: Option<Arc<Tensor>>,
+    /// The samples of the model's other inputs.
+    rest: Vec<Arc<Tensor>>,
 }
 
 impl Equalize {
     /// The pass with its options.
     pub fn new(o: &PassOptions) -> Equalize {
-        Equalize { alpha: o.smooth_alpha, samples: o.calibration.clone() }
+        Equalize { alpha: o.smooth_alpha, samples: o.calibration.clone(), rest: o.calibration_rest.clone() }
     }
 }
 
@@ -139,8 +142,8 @@ impl Pass for Equalize {
             let samples = self.samples.as_ref().ok_or_else(|| PassError::msg("--smooth-alpha needs --calib"))?;
             let wanted: Vec<ValueId> =
                 pairs(g).iter().filter(|p| g.node(p.second).kind != OpKind::Conv2d).map(|p| p.input).collect();
-            for b in batches(g, samples).map_err(|e| PassError::msg(e))? {
-                evaluate_observed(g, &[b], |v, t| {
+            for b in crate::samples::input_batches(g, samples, &self.rest).map_err(PassError::msg)? {
+                evaluate_observed(g, &b, |v, t| {
                     if wanted.contains(&v)
                         && let Some(a) = t.as_f32()
                     {
@@ -155,7 +158,7 @@ impl Pass for Equalize {
             }
         }
         if let Some(alpha) = self.alpha {
-            for (ln, consumers, s) in smooth_layer_norms(g, &act_ln(g, self.samples.as_ref())?, alpha) {
+            for (ln, consumers, s) in smooth_layer_norms(g, &act_ln(g, self.samples.as_ref(), &self.rest)?, alpha) {
                 let (lo, hi) = s.iter().fold((f32::INFINITY, 0f32), |(l, h), &x| (l.min(x), h.max(x)));
                 let layers = if consumers.len() == 1 { "1 layer".to_string() } else { format!("{} layers", consumers.len()) };
                 notes.push(format!("{} → {layers}: smoothed, channel scales in [{lo:.4}, {hi:.4}]", g.node(ln).loc.name));
@@ -230,9 +233,10 @@ impl Pass for Equalize {
     }
 }
 
-/// A layer_norm over the last axis whose every use is a gemm or matmul by a constant weight,
-/// with those consumers and the weight axis each reads the channels on.
-fn layer_norm_groups(g: &Graph) -> Vec<(NodeId, Vec<(NodeId, usize)>)> {
+/// A layer_norm over the last axis read by gemms or matmuls by a constant weight, with those
+/// consumers, the weight axis each reads the channels on, and whether anything else reads it
+/// too (a post-norm transformer's residual add).
+fn layer_norm_groups(g: &Graph) -> Vec<(NodeId, Vec<(NodeId, usize)>, bool)> {
     let mut out = Vec::new();
     for n in g.node_ids() {
         let node = g.node(n);
@@ -242,10 +246,10 @@ fn layer_norm_groups(g: &Graph) -> Vec<(NodeId, Vec<(NodeId, usize)>)> {
         if node.kind != OpKind::LayerNorm || !over_last || node.operands.iter().skip(1).any(|&c| const_value(g, c).is_none()) {
             continue;
         }
-        let consumers: Option<Vec<(NodeId, usize)>> = g
-            .uses(y)
+        let uses = g.uses(y);
+        let consumers: Vec<(NodeId, usize)> = uses
             .iter()
-            .map(|&(u, slot)| {
+            .filter_map(|&(u, slot)| {
                 let c = g.node(u);
                 let w = c.operands.get(1).filter(|_| slot == 0).and_then(|&w| const_value(g, w))?;
                 let axis = match c.kind {
@@ -256,23 +260,24 @@ fn layer_norm_groups(g: &Graph) -> Vec<(NodeId, Vec<(NodeId, usize)>)> {
                 (w.shape().len() == 2 && g.ty(c.results[0]).elem.is_f32()).then_some((u, axis))
             })
             .collect();
-        if let Some(consumers) = consumers.filter(|c| !c.is_empty()) {
-            out.push((n, consumers));
+        let shared = consumers.len() < uses.len() || g.is_output(y);
+        if !consumers.is_empty() {
+            out.push((n, consumers, shared));
         }
     }
     out
 }
 
 /// max |x_c| over the calibration samples of each smoothable layer_norm's result.
-fn act_ln(g: &Graph, samples: Option<&Arc<Tensor>>) -> Result<HashMap<ValueId, Vec<f32>>, PassError> {
-    let wanted: Vec<ValueId> = layer_norm_groups(g).iter().map(|(n, _)| g.node(*n).results[0]).collect();
+fn act_ln(g: &Graph, samples: Option<&Arc<Tensor>>, rest: &[Arc<Tensor>]) -> Result<HashMap<ValueId, Vec<f32>>, PassError> {
+    let wanted: Vec<ValueId> = layer_norm_groups(g).iter().map(|(n, _, _)| g.node(*n).results[0]).collect();
     let mut act: HashMap<ValueId, Vec<f32>> = HashMap::new();
     if wanted.is_empty() {
         return Ok(act);
     }
     let samples = samples.ok_or_else(|| PassError::msg("--smooth-alpha needs --calib"))?;
-    for b in batches(g, samples).map_err(PassError::msg)? {
-        evaluate_observed(g, &[b], |v, t| {
+    for b in crate::samples::input_batches(g, samples, rest).map_err(PassError::msg)? {
+        evaluate_observed(g, &b, |v, t| {
             if wanted.contains(&v)
                 && let Some(a) = t.as_f32()
             {
@@ -292,7 +297,7 @@ fn act_ln(g: &Graph, samples: Option<&Arc<Tensor>>) -> Result<HashMap<ValueId, V
 /// Applies SmoothQuant through each layer_norm of [`layer_norm_groups`]; returns what it scaled.
 fn smooth_layer_norms(g: &mut Graph, act: &HashMap<ValueId, Vec<f32>>, alpha: f32) -> Vec<(NodeId, Vec<NodeId>, Vec<f32>)> {
     let mut done = Vec::new();
-    for (ln, consumers) in layer_norm_groups(g) {
+    for (ln, consumers, shared) in layer_norm_groups(g) {
         let Some(a) = act.get(&g.node(ln).results[0]) else { continue };
         let c = a.len();
         // The largest weight magnitude of each input channel over every consumer.
@@ -309,26 +314,42 @@ fn smooth_layer_norms(g: &mut Graph, act: &HashMap<ValueId, Vec<f32>>, alpha: f3
                 if s.is_finite() && s > 0.0 { s } else { 1.0 }
             })
             .collect();
-        // The scale and bias must spread over the channels to be divided.
-        let params: Vec<Option<Tensor>> = g.node(ln).operands[1..]
-            .iter()
-            .map(|&p| {
-                let t = const_value(g, p)?;
-                let spread = t.as_f32()?.broadcast(ndarray::IxDyn(&[c]))?.to_owned();
-                Some(Tensor::F32(spread))
-            })
-            .collect();
-        if params.iter().any(Option::is_none) || s.iter().all(|&x| (x - 1.0).abs() < 1e-3) {
+        if s.iter().all(|&x| (x - 1.0).abs() < 1e-3) {
             continue;
         }
-        for (i, t) in params.into_iter().enumerate() {
-            let t = scaled(&t.expect("checked"), 0, &s, true);
-            let v = g.node(ln).operands[i + 1];
-            let ty = qc_ir::TensorType::new(&[c as u64], qc_ir::ScalarType::F32);
-            let base = format!("{}.smooth", crate::rewrite::origin_name(g, v));
-            let loc = g.node(ln).loc.clone();
-            let nv = add_const(g, &base, t, ty, loc);
-            g.set_operand(ln, i + 1, nv);
+        let ty = qc_ir::TensorType::new(&[c as u64], qc_ir::ScalarType::F32);
+        let loc = g.node(ln).loc.clone();
+        let base = format!("{}.smooth", loc.name);
+        if shared {
+            // Others read the normalized values as they are: the consumers read them divided.
+            let inv: Vec<f32> = s.iter().map(|&x| 1.0 / x).collect();
+            let k = add_const(g, &base, Tensor::F32(ndarray::Array1::from(inv).into_dyn()), ty, loc.clone());
+            let y = g.node(ln).results[0];
+            let node = qc_ir::Node::new(OpKind::Mul, vec![y, k], Default::default(), loc);
+            let m = g.add_node(node, vec![g.ty(y).clone()]);
+            let my = g.node(m).results[0];
+            g.value_mut(my).name = Some(g.unique_name(&base));
+            for &(u, _) in &consumers {
+                g.set_operand(u, 0, my);
+            }
+        } else {
+            // The scale and bias must spread over the channels to be divided.
+            let params: Vec<Option<Tensor>> = g.node(ln).operands[1..]
+                .iter()
+                .map(|&p| {
+                    let t = const_value(g, p)?;
+                    let spread = t.as_f32()?.broadcast(ndarray::IxDyn(&[c]))?.to_owned();
+                    Some(Tensor::F32(spread))
+                })
+                .collect();
+            if params.iter().any(Option::is_none) {
+                continue;
+            }
+            for (i, t) in params.into_iter().enumerate() {
+                let t = scaled(&t.expect("checked"), 0, &s, true);
+                let nv = add_const(g, &base, t, ty.clone(), loc.clone());
+                g.set_operand(ln, i + 1, nv);
+            }
         }
         for &(u, axis) in &consumers {
             let w = const_value(g, g.node(u).operands[1]).expect("a constant weight");

@@ -24,7 +24,9 @@
 //!                                                    %c.dq = dequantize(%c.q) : tensor<...xf32>
 //! ```
 //!
-//! Leaves alone: values next to no integer-capable op (their `stats` is dropped), weights of ops
+//! Leaves alone: values next to no integer-capable op (their `stats` is dropped), values whose
+//! calibrated range reaches 10³⁰ — an attention mask's stand-in for −∞, which would give every
+//! real value the same step (a note names them) —, weights of ops
 //! whose input is not quantized, and ops the user keeps in fp32 (`--keep-fp32 NAME`, by location
 //! or result name: their weights stay f32 and they do not call for their neighbours' values to be
 //! quantized). Run `fold-qdq` and `fuse-requant` after it.
@@ -118,6 +120,9 @@ fn base_name(g: &Graph, v: ValueId) -> String {
     g.value(v).name.clone().map(|n| n.trim_end_matches(".stats").to_string()).unwrap_or_else(|| format!("v{}", v.0))
 }
 
+/// Calibrated magnitudes from here on are masks' stand-ins for infinity, not data.
+const STAND_IN_FOR_INFINITY: f32 = 1e30;
+
 impl InsertQdq {
     fn activations(&self, g: &mut Graph, notes: &mut Vec<String>) -> bool {
         let stats: Vec<NodeId> = g.node_ids().filter(|&n| g.node(n).kind == OpKind::Stats).collect();
@@ -137,7 +142,16 @@ impl InsertQdq {
                     || users.iter().any(|&(u, _)| integer_capable(g, u, &self.keep_fp32)));
             let base = base_name(g, r);
             g.remove_node(s);
-            if next_to_integer {
+            // A range reaching a stand-in for infinity (an attention mask: where(keep, 0, −3.4e38))
+            // would give every real value one step; such a value stays f32.
+            let infinite = lo.abs().max(hi.abs()) >= STAND_IN_FOR_INFINITY;
+            if next_to_integer && infinite {
+                notes.push(format!(
+                    "{}: its calibrated range [{lo:e}, {hi:e}] reaches a stand-in for infinity (an attention mask); it stays f32",
+                    g.display_value(v)
+                ));
+            }
+            if next_to_integer && !infinite {
                 if !(hi > lo) {
                     // A constant (or NaN) activation over the samples: the scale falls back to 1.
                     notes.push(format!(

@@ -13,8 +13,12 @@ use qc_ir::requant::RequantMode;
 pub struct PassOptions {
     /// How `fuse-requant` requantizes: `f32` (ONNX Runtime's formula) or `q31`.
     pub requant: RequantMode,
-    /// `calibrate`'s samples (a batch of model inputs).
+    /// `calibrate`'s samples (a batch of model inputs): of the first input.
     pub calibration: Option<std::sync::Arc<qc_ir::Tensor>>,
+    /// The samples of the model's other inputs, in parameter order (as many along their first
+    /// dim as `calibration`): a transformer's attention mask and token types. `calibrate` and
+    /// SmoothQuant read them; the passes that evaluate on samples otherwise take one input.
+    pub calibration_rest: Vec<std::sync::Arc<qc_ir::Tensor>>,
     /// `calibrate`'s method.
     pub calib_method: CalibMethod,
     /// Per-tensor methods, by value name or op location.
@@ -72,6 +76,7 @@ impl Default for PassOptions {
         PassOptions {
             requant: Default::default(),
             calibration: None,
+            calibration_rest: Vec::new(),
             calib_method: CalibMethod::MinMax,
             calib_overrides: Vec::new(),
             activations: ScalarType::U8,

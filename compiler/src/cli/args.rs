@@ -105,9 +105,10 @@ pub(crate) struct CompileArgs {
     /// How integer ops requantize: f32 (ONNX Runtime's formula) or q31 (integer only).
     #[arg(long, value_enum, default_value = "f32")]
     pub(crate) requant: Requant,
-    /// Calibration samples: a batch of model inputs (.npy).
+    /// Calibration samples: a batch of model inputs (.npy); for a model of several inputs,
+    /// NAME=X.npy for each (repeatable) or X.npy for X.NAME.npy.
     #[arg(long)]
-    pub(crate) calib: Option<PathBuf>,
+    pub(crate) calib: Vec<String>,
     /// Calibration method: minmax, percentile[:P], kl, js, mse, or auto (the best SQNR on the
     /// calibration samples).
     #[arg(long, default_value = "minmax")]

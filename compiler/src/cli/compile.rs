@@ -15,12 +15,16 @@ use std::path::Path;
 
 pub(crate) fn analyze(a: CompileArgs, quantized: Option<&Path>, plots: Option<&Path>, json: bool) -> Result<(), QcError> {
     reject_outputs("analyze", &a)?;
-    if a.calib.is_none() {
+    if a.calib.is_empty() {
         return Err(usage("qc analyze needs --calib X.npy"));
     }
     let model = load_model(&a.model, a.weights.as_deref())?;
     let q = quantized.map(|p| load_model(p, None)).transpose()?;
-    let opts = qc_passes::PipelineOptions { check_weights: true, pass_options: request(&a)?.options, ..Default::default() };
+    let opts = qc_passes::PipelineOptions {
+        check_weights: true,
+        pass_options: request(&a, &model.graph)?.options,
+        ..Default::default()
+    };
     let r = qc::analyze::analyze(&model.graph, q.as_ref().map(|m| &m.graph), &opts).map_err(|e| QcError::Input(e.to_string()))?;
     if let Some(dir) = plots {
         std::fs::create_dir_all(dir).map_err(|e| QcError::Input(format!("cannot create {}: {e}", dir.display())))?;
@@ -75,11 +79,11 @@ pub(crate) fn size(a: CompileArgs, test: Option<(&Path, &Path)>, json: bool) -> 
                 .map_err(|e| QcError::Input(e.to_string()))?;
         Ok(Some(qc::exec::argmax_rows(&out).iter().zip(y).filter(|(p, l)| **p as i64 != **l).count()))
     };
-    let full = request(&a)?;
+    let full = request(&a, &model.graph)?;
     let compiled = |r: &Request| qc::driver::compile_quietly(&model.graph, r);
     let mut stages = vec![qc::size_report::stage("fp32", &model.graph, errors(&model.graph)?)];
     let mut last = model.graph.clone();
-    if a.calib.is_some() {
+    if !a.calib.is_empty() {
         last = compiled(&full.without_compression())?;
         stages.push(qc::size_report::stage("int8", &last, errors(&last)?));
     }
@@ -107,7 +111,8 @@ pub(crate) fn size(a: CompileArgs, test: Option<(&Path, &Path)>, json: bool) -> 
 /// The driver's request for `a`: flags parsed into typed options (choices by clap, the
 /// `NAME=VALUE` ones and calibration methods by [`PassOptions::set`], the parser the test
 /// directives share), the calibration samples read.
-pub(crate) fn request(a: &CompileArgs) -> Result<Request, QcError> {
+/// The request `a` makes of compiling `g` (whose inputs name the calibration files).
+pub(crate) fn request(a: &CompileArgs, g: &qc_ir::Graph) -> Result<Request, QcError> {
     if a.distill > 0 && a.prune_ratio.is_none() && a.prune_layer.is_empty() {
         return Err(usage("--distill recovers what pruning lost: it needs --prune-ratio or --prune-layer"));
     }
@@ -170,10 +175,13 @@ pub(crate) fn request(a: &CompileArgs) -> Result<Request, QcError> {
             o.set(key, Some(v)).map_err(usage)?;
         }
     }
-    if let Some(path) = &a.calib {
-        let samples = read_tensor(path)?;
-        o.progress = progress_bar(samples.shape().first().copied().unwrap_or(0));
-        o.calibration = Some(std::sync::Arc::new(samples));
+    if !a.calib.is_empty() {
+        let files = qc::io::input_files(g, &a.calib).map_err(|e| usage(format!("--calib: {e}")))?;
+        let mut samples = files.iter().map(|f| read_tensor(f).map(std::sync::Arc::new)).collect::<Result<Vec<_>, _>>()?;
+        let first = samples.remove(0);
+        o.progress = progress_bar(first.shape().first().copied().unwrap_or(0));
+        o.calibration = Some(first);
+        o.calibration_rest = samples;
     }
     let mixed_precision = match (a.mixed_precision, a.max_loss) {
         (false, _) => None,
@@ -219,9 +227,9 @@ fn progress_bar(samples: usize) -> Option<qc_passes::Progress> {
 }
 
 pub(crate) fn compile(a: CompileArgs) -> Result<(), QcError> {
-    let request = request(&a)?;
-    request.check()?;
     let mut model = load_model(&a.model, a.weights.as_deref())?;
+    let request = request(&a, &model.graph)?;
+    request.check()?;
     let mut out = super::QuietPipe(std::io::stdout().lock());
     let outcome = qc::driver::compile(&mut model, &request, &mut out)?;
     if outcome.pipeline == Some("qdq") {

@@ -50,3 +50,33 @@ pub fn agreement(a: &Graph, b: &Graph, batches: &[Tensor]) -> Result<f64, String
     }
     Ok(if all == 0 { 1.0 } else { same as f64 / all as f64 })
 }
+
+/// Like [`batches`] for a model of any number of inputs: `first` feeds the first, `rest` the
+/// others in order, each holding as many samples along its first dim; each batch holds one
+/// tensor per input. Checks the shapes (and that f32 inputs get finite f32 samples).
+pub fn input_batches(g: &Graph, first: &Arc<Tensor>, rest: &[Arc<Tensor>]) -> Result<Vec<Vec<Tensor>>, String> {
+    let inputs: Vec<&Tensor> = std::iter::once(first.as_ref()).chain(rest.iter().map(|t| t.as_ref())).collect();
+    if inputs.len() != g.params().len() {
+        return Err(format!("@{} takes {} inputs, and samples were given for {}", g.name, g.params().len(), inputs.len()));
+    }
+    let n = first.shape().first().copied().unwrap_or(0);
+    for (&p, t) in g.params().iter().zip(&inputs) {
+        let ty = g.ty(p);
+        let fits = t.shape().len() == ty.rank()
+            && ty.dims.iter().zip(t.shape()).skip(1).all(|(d, &k)| d.fixed().is_none_or(|f| f as usize == k))
+            && t.scalar_type() == ty.elem.storage();
+        if !fits || t.shape().first() != Some(&n) || n == 0 {
+            return Err(format!(
+                "samples of {} {:?} do not fit the input {} {ty} (or differ in count from the first input's {n})",
+                t.scalar_type(),
+                t.shape(),
+                g.display_value(p)
+            ));
+        }
+    }
+    let (n, chunk) = match g.ty(g.params()[0]).dims[0] {
+        Dim::Fixed(b) => (n / b as usize * b as usize, b as usize),
+        Dim::Dynamic => (n, CHUNK),
+    };
+    Ok((0..n).step_by(chunk).map(|s| inputs.iter().map(|t| t.rows(s, (s + chunk).min(n)).expect("counted")).collect()).collect())
+}

@@ -81,6 +81,7 @@ pub fn select(
         OpKind::Concat => Box::new(movement::Concat::new(attrs, tys)?),
         OpKind::Transpose => Box::new(movement::Transpose::new(attrs, tys[0])?),
         OpKind::Slice => Box::new(movement::Slice::new(attrs, tys[0])?),
+        OpKind::Expand => Box::new(movement::Expand::new(attrs)?),
         _ => return None,
     })
 }

@@ -1,4 +1,4 @@
-//! f32 data movement: concat, transpose, slice. Copies, so any order gives the evaluator's
+//! f32 data movement: concat, transpose, slice, expand. Copies, so any order gives the evaluator's
 //! values; the axes, permutation and ranges are resolved once, at compile time.
 
 use super::{F32Kernel, slice, tensor};
@@ -86,37 +86,47 @@ impl F32Kernel for Transpose {
 }
 
 /// `src` (row-major, of `shape`) with its dims permuted by `perm`: the result's shape and
-/// elements, written in order, a row of its last dim at a time (copied whole when that dim is
-/// the source's last too).
+/// elements.
 fn permute(src: &[f32], shape: &[usize], perm: &[usize]) -> (Vec<usize>, Vec<f32>) {
-    let rank = shape.len();
-    let mut strides = vec![1usize; rank];
-    for i in (0..rank.saturating_sub(1)).rev() {
-        strides[i] = strides[i + 1] * shape[i + 1];
-    }
+    let strides = row_major_strides(shape);
     let out: Vec<usize> = perm.iter().map(|&p| shape[p]).collect();
     let step: Vec<usize> = perm.iter().map(|&p| strides[p]).collect();
-    let mut y = Vec::with_capacity(src.len());
-    let Some((&inner, outer)) = out.split_last() else {
-        y.extend_from_slice(src);
-        return (out, y);
-    };
-    if src.is_empty() {
-        return (out, y);
+    let y = strided(src, &out, &step);
+    (out, y)
+}
+
+fn row_major_strides(shape: &[usize]) -> Vec<usize> {
+    let mut strides = vec![1usize; shape.len()];
+    for i in (0..shape.len().saturating_sub(1)).rev() {
+        strides[i] = strides[i + 1] * shape[i + 1];
     }
-    let inner_step = step[rank - 1];
+    strides
+}
+
+/// The elements of a tensor of shape `out` whose element at index `i` is `src[Σ i_d · step_d]`,
+/// written in order, a row of the last dim at a time (copied whole when its step is 1).
+fn strided(src: &[f32], out: &[usize], step: &[usize]) -> Vec<f32> {
+    let mut y = Vec::with_capacity(out.iter().product());
+    let Some((&inner, outer)) = out.split_last() else {
+        y.extend_from_slice(&src[..1.min(src.len())]);
+        return y;
+    };
+    if out.contains(&0) {
+        return y;
+    }
+    let inner_step = step[out.len() - 1];
     let mut idx = vec![0usize; outer.len()];
     let mut base = 0usize;
     loop {
-        if inner_step == 1 {
-            y.extend_from_slice(&src[base..base + inner]);
-        } else {
-            y.extend((0..inner).map(|j| src[base + j * inner_step]));
+        match inner_step {
+            1 => y.extend_from_slice(&src[base..base + inner]),
+            0 => y.extend(std::iter::repeat_n(src[base], inner)),
+            _ => y.extend((0..inner).map(|j| src[base + j * inner_step])),
         }
         let mut d = outer.len();
         loop {
             if d == 0 {
-                return (out, y);
+                return y;
             }
             d -= 1;
             idx[d] += 1;
@@ -127,6 +137,40 @@ fn permute(src: &[f32], shape: &[usize], perm: &[usize]) -> (Vec<usize>, Vec<f32
             base -= step[d] * outer[d];
             idx[d] = 0;
         }
+    }
+}
+
+/// `expand`: the operand broadcast to its result's shape.
+pub struct Expand {
+    shape: Vec<i64>,
+}
+
+impl Expand {
+    /// expand by the `shape` attribute.
+    pub fn new(attrs: &Attrs) -> Option<Expand> {
+        Some(Expand { shape: attrs.ints("shape")?.to_vec() })
+    }
+}
+
+impl F32Kernel for Expand {
+    fn run(&self, args: &[&Tensor]) -> Result<Tensor, String> {
+        let x = args.first().ok_or("expand has an operand")?;
+        let dims: Vec<usize> = self.shape.iter().map(|&d| d.max(0) as usize).collect();
+        let out = qc_ir::eval::broadcast_shape(x.shape(), &dims)?;
+        let strides = row_major_strides(x.shape());
+        // Each result dim's step in `x`: 0 where `x` is broadcast (or absent).
+        let lead = out.len() - x.shape().len();
+        let step: Vec<usize> = (0..out.len())
+            .map(|i| match i.checked_sub(lead) {
+                Some(j) if x.shape()[j] != 1 => strides[j],
+                _ => 0,
+            })
+            .collect();
+        tensor(&out, strided(&slice(x)?, &out, &step))
+    }
+
+    fn describe(&self) -> &'static str {
+        "f32 expand"
     }
 }
 
