@@ -279,3 +279,74 @@ fn zoo_transformers_import_equal_to_onnx_runtime_and_quantize_dynamically() {
         }
     }
 }
+
+/// Greedy CTC decoding of `[lines, steps, classes]` probabilities: the arg-max class of each
+/// step, repeats merged and blanks (class 0) dropped; and the arg-maxes themselves.
+fn ctc_greedy(p: &Tensor) -> (Vec<Vec<usize>>, Vec<usize>) {
+    let a = p.as_f32().expect("f32 probabilities");
+    let (lines, steps, classes) = (a.shape()[0], a.shape()[1], a.shape()[2]);
+    let v: Vec<f32> = a.iter().copied().collect();
+    let argmax: Vec<usize> =
+        v.chunks_exact(classes).map(|row| row.iter().enumerate().fold(0, |b, (i, x)| if *x > row[b] { i } else { b })).collect();
+    let decoded = (0..lines)
+        .map(|l| {
+            let mut out = Vec::new();
+            let mut prev = usize::MAX;
+            for &c in &argmax[l * steps..(l + 1) * steps] {
+                if c != prev && c != 0 {
+                    out.push(c);
+                }
+                prev = c;
+            }
+            out
+        })
+        .collect();
+    (decoded, argmax)
+}
+
+#[test]
+#[ignore = "minutes long; needs the zoo (.ci/run runs it when the zoo is built)"]
+fn zoo_transformers_quantize_statically_at_least_as_well_as_onnx_runtime() {
+    let Some(zoo) = zoo() else { return };
+    let calibrated = |name: &str, shapes: &[(&str, &[u64])], method: &str| {
+        let mut model = import_transformer(&zoo, name, shapes);
+        let mut request = Request::default();
+        let files =
+            qc::io::input_files(&model.graph, &[zoo.join(format!("data/{name}_calib.npy")).display().to_string()]).unwrap();
+        let mut samples: Vec<_> = files.iter().map(|f| std::sync::Arc::new(read_tensor(f).unwrap())).collect();
+        request.options.calibration = Some(samples.remove(0));
+        request.options.calibration_rest = samples;
+        request.options.set("calib-method", Some(method)).unwrap();
+        request.calibration = qc::driver::Calibration::Method(request.options.calib_method);
+        compile(&mut model, &request, &mut std::io::sink()).unwrap_or_else(|e| panic!("{name}: {e}"));
+        run_transformer(&zoo, name, &model.graph, "fp32")
+    };
+    // The encoder (its attention mask kept f32) and the ViT against ONNX Runtime's best static
+    // QDQ model (MinMax or Percentile).
+    for (name, shapes, _) in &TRANSFORMERS[..2] {
+        let outs = calibrated(name, shapes, "percentile");
+        let (y, want) = &outs[0];
+        let ours = sqnr_db(want, y);
+        let theirs = ort_sqnr(&zoo, name, "qdq").max(ort_sqnr(&zoo, name, "qdq_percentile"));
+        eprintln!("{name}: static int8 (percentile) SQNR {ours:.2} dB, ONNX Runtime's best static {theirs:.2} dB");
+        assert!(ours >= theirs, "{name}: static SQNR {ours:.2} dB against ONNX Runtime's {theirs:.2} dB");
+    }
+    // The text recognizer: its lines read as fp32 reads them, step by step more often than
+    // ONNX Runtime's best int8 model.
+    let (name, shapes, _) = TRANSFORMERS[2];
+    let outs = calibrated(name, shapes, "mse");
+    let (y, want) = &outs[0];
+    let ((lines, steps), (ref_lines, ref_steps)) = (ctc_greedy(y), ctc_greedy(want));
+    let same_lines = lines.iter().zip(&ref_lines).filter(|(a, b)| a == b).count();
+    let agreement = steps.iter().zip(&ref_steps).filter(|(a, b)| a == b).count() as f64 / steps.len() as f64;
+    let text = std::fs::read_to_string(zoo.join("results.json")).unwrap();
+    let v: serde_json::Value = serde_json::from_str(&text).unwrap();
+    let theirs = ["qdq", "qdq_percentile"]
+        .iter()
+        .filter_map(|k| v["models"][name]["variants"][k]["step_argmax_agreement"].as_f64())
+        .fold(0f64, f64::max);
+    eprintln!(
+        "{name}: static int8 (mse) reads {same_lines}/8 lines as fp32 does, step agreement {agreement:.4} (ONNX Runtime's best {theirs:.4})"
+    );
+    assert!(same_lines >= 7 && agreement > theirs, "{name}: {same_lines}/8 lines, agreement {agreement:.4} against {theirs:.4}");
+}
