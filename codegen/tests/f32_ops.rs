@@ -1,7 +1,9 @@
 //! The f32 kernels other than the convolution (`kernels/f32/`) through `CompiledModel` against
 //! the reference evaluator, bit for bit, on every ISA level of this CPU: activations,
 //! broadcasting arithmetic with fused activations, batch norm, means, softmax, max and average
-//! pooling (every attribute), gemm and matmul by constants, reshapes. Inputs include zeros,
+//! pooling (every attribute), gemm and matmul by constants, reshapes; the transformer
+//! functions (gelu, erf, tanh, sqrt, exp, neg, pow), layer_norm, matmuls of two computed
+//! operands, transpose and expand. Inputs include zeros,
 //! negative zeros, large values and the ends of `exp`'s range (the evaluator refuses inputs
 //! that are not finite); batches of 0 to 3. `QC_SLOW=1` runs 1000
 //! cases.
@@ -294,5 +296,59 @@ proptest! {
             }
         };
         check(&text, &[tensor(&shape, x)])?;
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(cases()))]
+
+    /// The transformer functions: gelu in both forms, erf, tanh, sqrt (of |x|), exp, neg, and
+    /// pow by a constant exponent.
+    #[test]
+    fn transformer_functions(op in 0usize..9, (shape, x) in batch_of(4)) {
+        let call = ["gelu(%x)", "gelu(%x) {approximate = \"tanh\"}", "erf(%x)", "tanh(%x)", "sqrt(%a)", "exp(%x)", "neg(%x)",
+            "pow(%a, %two)", "pow(%a, %half)"][op];
+        let t = ty(&shape[1..]);
+        let text = format!(
+            "func @f(%x: tensor<?{t}xf32>) -> tensor<?{t}xf32> {{\n  %a = relu(%x) : tensor<?{t}xf32>\n  \
+             %two = const dense<[2.0]> : tensor<f32>\n  %half = const dense<[0.5]> : tensor<f32>\n  \
+             %y = {call} : tensor<?{t}xf32>\n  return %y\n}}"
+        );
+        check(&text, &[tensor(&shape, x)])?;
+    }
+
+    /// layer_norm over the last one or two dims, with and without a bias.
+    #[test]
+    fn layer_norm(two: bool, bias: bool, (shape, x) in batch_of(4), seed in prop::collection::vec(value(), 100)) {
+        let rest = &shape[1..];
+        let axis = if two && rest.len() >= 2 { -2 } else { -1 };
+        let norm = &rest[rest.len() - (-axis) as usize..];
+        let n: usize = norm.iter().product();
+        let values = |k: usize| (0..n).map(|i| format!("{:?}", seed[(i + k) % seed.len()])).collect::<Vec<_>>().join(", ");
+        let (t, tn) = (ty(rest), list(norm).replace(", ", "x"));
+        let b = if bias { ", %b" } else { "" };
+        let text = format!(
+            "func @f(%x: tensor<?{t}xf32>) -> tensor<?{t}xf32> {{\n  %g = const dense<[{}]> : tensor<{tn}xf32>\n  \
+             %b = const dense<[{}]> : tensor<{tn}xf32>\n  %y = layer_norm(%x, %g{b}) {{axis = {axis}, epsilon = 1e-5}} : tensor<?{t}xf32>\n  return %y\n}}",
+            values(0), values(7)
+        );
+        check(&text, &[tensor(&shape, x)])?;
+    }
+
+    /// Attention's products of two computed operands, the second's batch dims broadcast, and a
+    /// transpose and an expand around them.
+    #[test]
+    fn batched_matmul_transpose_expand(n in 0usize..3, h in 1usize..4, m in 1usize..9, k in 1usize..9, shared: bool,
+                                       seed in prop::collection::vec(value(), 600)) {
+        let x: Vec<f32> = (0..n * h * m * k).map(|i| seed[i % seed.len()]).collect();
+        let y: Vec<f32> = (0..n * (if shared { 1 } else { h }) * m * k).map(|i| seed[(i * 7 + 3) % seed.len()]).collect();
+        let hb = if shared { 1 } else { h };
+        let text = format!(
+            "func @f(%x: tensor<?x{h}x{m}x{k}xf32>, %k: tensor<?x{hb}x{m}x{k}xf32>) -> (tensor<?x{h}x{m}x{m}xf32>, tensor<?x{h}x{k}x{m}xf32>) {{\n  \
+             %kt = transpose(%k) {{perm = [0, 1, 3, 2]}} : tensor<?x{hb}x{k}x{m}xf32>\n  \
+             %s = matmul(%x, %kt) : tensor<?x{h}x{m}x{m}xf32>\n  \
+             %e = expand(%kt) {{shape = [1, {h}, 1, 1]}} : tensor<?x{h}x{k}x{m}xf32>\n  return %s, %e\n}}"
+        );
+        check(&text, &[tensor(&[n, h, m, k], x), tensor(&[n, hb, m, k], y)])?;
     }
 }
