@@ -17,7 +17,7 @@
 use qc_ir::eval::{eval_op, evaluate, evaluate_observed};
 use qc_ir::{Graph, NodeId, OpKind, Tensor, ValueId};
 use qc_passes::observer::Observer;
-use qc_passes::samples::batches;
+use qc_passes::samples::input_batches;
 use qc_passes::{CalibMethod, PipelineOptions};
 use serde_json::{Value, json};
 use std::collections::HashMap;
@@ -148,10 +148,10 @@ fn dequantize(t: &Tensor, ty: &qc_ir::TensorType) -> Result<Vec<f32>, String> {
 }
 
 /// Output SQNR (first output) of `g` against `reference_out` over the batches.
-fn output_sqnr(g: &Graph, batches: &[Tensor], reference_out: &[Tensor]) -> Result<(f64, f64), String> {
+fn output_sqnr(g: &Graph, batches: &[Vec<Tensor>], reference_out: &[Tensor]) -> Result<(f64, f64), String> {
     let (mut acc, mut same, mut all) = (Acc::default(), 0, 0);
     for (x, r) in batches.iter().zip(reference_out) {
-        let y = evaluate(g, std::slice::from_ref(x)).map_err(|e| e.to_string())?.remove(0);
+        let y = evaluate(g, x).map_err(|e| e.to_string())?.remove(0);
         acc.add(&flat(r), &flat(&y));
         let (a, b) = (qc_passes::samples::argmax_rows(r), qc_passes::samples::argmax_rows(&y));
         same += a.iter().zip(&b).filter(|(p, q)| p == q).count();
@@ -169,14 +169,14 @@ pub fn analyze(fp32: &Graph, quantized: Option<&Graph>, opts: &PipelineOptions) 
     let mut ours = calibrated.clone();
     crate::exec::run_passes(&mut ours, &lower, opts)?;
     let q = quantized.unwrap_or(&ours);
-    let batches = batches(&reference, &samples)?;
+    let batches = input_batches(&reference, &samples, &opts.pass_options.calibration_rest)?;
 
     // The reference: every value on every batch.
     let mut values: Vec<HashMap<ValueId, Tensor>> = Vec::new();
     let mut reference_out = Vec::new();
     for x in &batches {
         let mut m = HashMap::new();
-        let out = evaluate_observed(&reference, std::slice::from_ref(x), |v, t| {
+        let out = evaluate_observed(&reference, x, |v, t| {
             m.insert(v, t.clone());
         })
         .map_err(|e| e.to_string())?;
@@ -191,7 +191,7 @@ pub fn analyze(fp32: &Graph, quantized: Option<&Graph>, opts: &PipelineOptions) 
     let results: HashMap<ValueId, usize> = layers.iter().enumerate().map(|(i, &n)| (q.node(n).results[0], i)).collect();
     for (b, x) in batches.iter().enumerate() {
         let mut err = None;
-        evaluate_observed(q, std::slice::from_ref(x), |v, t| {
+        evaluate_observed(q, x, |v, t| {
             if let Some(&i) = results.get(&v) {
                 let r = &values[b][&reference.node(by_loc[&q.node(layers[i]).loc.name]).results[0]];
                 match dequantize(t, q.ty(v)) {

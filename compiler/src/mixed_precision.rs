@@ -12,7 +12,7 @@
 use qc_ir::eval::evaluate;
 use qc_ir::{Graph, OpKind, Tensor};
 use qc_passes::PipelineOptions;
-use qc_passes::samples::{argmax_rows, batches};
+use qc_passes::samples::{argmax_rows, input_batches};
 
 /// A layer's precision.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -60,7 +60,7 @@ impl Plan {
 }
 
 struct Scorer {
-    batches: Vec<Tensor>,
+    batches: Vec<Vec<Tensor>>,
     reference: Vec<Tensor>,
 }
 
@@ -69,7 +69,7 @@ impl Scorer {
     fn score(&self, g: &Graph) -> Result<(f64, f64), String> {
         let (mut same, mut all, mut signal, mut noise) = (0usize, 0usize, 0f64, 0f64);
         for (x, r) in self.batches.iter().zip(&self.reference) {
-            let y = evaluate(g, std::slice::from_ref(x)).map_err(|e| e.to_string())?.remove(0);
+            let y = evaluate(g, x).map_err(|e| e.to_string())?.remove(0);
             let (a, b) = (argmax_rows(r), argmax_rows(&y));
             same += a.iter().zip(&b).filter(|(p, q)| p == q).count();
             all += a.len();
@@ -88,11 +88,9 @@ impl Scorer {
 pub fn choose(fp32: &Graph, opts: &PipelineOptions, max_loss: f64, min_sqnr: Option<f64>) -> Result<Plan, String> {
     let samples = opts.pass_options.calibration.clone().ok_or("--mixed-precision needs --calib")?;
     let (reference, calibrated) = crate::exec::reference_and_calibrated(fp32, opts)?;
-    let batches = batches(&reference, &samples)?;
-    let outputs: Result<Vec<Tensor>, String> = batches
-        .iter()
-        .map(|x| evaluate(&reference, std::slice::from_ref(x)).map(|mut v| v.remove(0)).map_err(|e| e.to_string()))
-        .collect();
+    let batches = input_batches(&reference, &samples, &opts.pass_options.calibration_rest)?;
+    let outputs: Result<Vec<Tensor>, String> =
+        batches.iter().map(|x| evaluate(&reference, x).map(|mut v| v.remove(0)).map_err(|e| e.to_string())).collect();
     let scorer = Scorer { batches, reference: outputs? };
     let names: Vec<String> = calibrated
         .topo_order()
