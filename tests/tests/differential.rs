@@ -8,8 +8,13 @@
 //! - the int8 pipeline (calibrated on seeded random samples) runs, and the JIT's outputs equal the
 //!   evaluator's bit for bit.
 //!
-//! Proptest shrinks a failure to a minimal program, reported as its QIR text. 200 graphs in CI;
-//! `QC_SLOW=1` runs 10 000.
+//! Random transformer blocks too: layer_norm (pre- or post-norm), Q/K/V projections, heads split
+//! by reshape and transpose, scaled scores with or without a constant attention mask, softmax,
+//! the output projection, residual adds and an MLP whose GELU is `gelu` or spelled out with
+//! `erf`; the same three checks.
+//!
+//! Proptest shrinks a failure to a minimal program, reported as its QIR text. 200 graphs in CI
+//! (50 blocks); `QC_SLOW=1` runs 10 000.
 
 use proptest::prelude::*;
 use qc_ir::eval::evaluate;
@@ -161,8 +166,113 @@ fn qir(p: &Program) -> String {
     format!("func @random(%x: {}) -> {out_ty} {{\n{}\n  return %{cur}\n}}\n", ty(p.c, p.h, p.w), lines.join("\n"))
 }
 
+/// A random transformer block on `t` tokens of width `h · dh`.
+#[derive(Clone, Debug)]
+struct Block {
+    t: usize,
+    heads: usize,
+    dh: usize,
+    ff: usize,
+    post_norm: bool,
+    masked: Option<usize>,
+    erf_gelu: bool,
+}
+
+fn block() -> impl Strategy<Value = Block> {
+    (1usize..7, 1usize..4, 1usize..6, 1usize..17, any::<bool>(), prop::option::of(0usize..6), any::<bool>())
+        .prop_map(|(t, heads, dh, ff, post_norm, masked, erf_gelu)| Block { t, heads, dh, ff, post_norm, masked, erf_gelu })
+}
+
+/// The QIR text of a block.
+fn block_qir(b: &Block) -> String {
+    let Block { t, heads: h, dh, ff, post_norm, masked, erf_gelu } = b.clone();
+    let d = h * dh;
+    let ty = |dims: &[usize]| format!("tensor<{}xf32>", dims.iter().map(|n| n.to_string()).collect::<Vec<_>>().join("x"));
+    let x3 = ty(&[1, t, d]);
+    let mut l: Vec<String> = Vec::new();
+    let ln = |l: &mut Vec<String>, name: &str, x: &str| {
+        l.push(format!("  %{name}.g = const @\"{name}.g\" : {}", ty(&[d])));
+        l.push(format!("  %{name}.b = const @\"{name}.b\" : {}", ty(&[d])));
+        l.push(format!("  %{name} = layer_norm(%{x}, %{name}.g, %{name}.b) : {x3} loc(\"{name}\")"));
+    };
+    let linear = |l: &mut Vec<String>, name: &str, x: &str, k: usize, n: usize| {
+        l.push(format!("  %{name}.w = const @\"{name}.w\" : {}", ty(&[k, n])));
+        l.push(format!("  %{name} = matmul(%{x}, %{name}.w) : {} loc(\"{name}\")", ty(&[1, t, n])));
+    };
+    let input = if post_norm {
+        "x".to_string()
+    } else {
+        ln(&mut l, "ln1", "x");
+        "ln1".to_string()
+    };
+    for (name, perm, dims) in
+        [("q", "0, 2, 1, 3", [1, h, t, dh]), ("k", "0, 2, 3, 1", [1, h, dh, t]), ("v", "0, 2, 1, 3", [1, h, t, dh])]
+    {
+        linear(&mut l, name, &input, d, d);
+        l.push(format!(
+            "  %{name}.r = reshape(%{name}) {{shape = [1, {t}, {h}, {dh}]}} : {} loc(\"{name}.r\")",
+            ty(&[1, t, h, dh])
+        ));
+        l.push(format!("  %{name}.h = transpose(%{name}.r) {{perm = [{perm}]}} : {} loc(\"{name}.h\")", ty(&dims)));
+    }
+    let scores = ty(&[1, h, t, t]);
+    l.push(format!("  %s = matmul(%q.h, %k.h) : {scores} loc(\"scores\")"));
+    l.push(format!("  %scale = const dense<[{:?}]> : tensor<f32>", 1.0 / (dh as f32).sqrt()));
+    l.push(format!("  %s2 = mul(%s, %scale) : {scores} loc(\"scaled\")"));
+    let mut logits = "s2".to_string();
+    if let Some(m) = masked {
+        let keep: Vec<&str> = (0..t).map(|j| if j == m % t && t > 1 { "false" } else { "true" }).collect();
+        l.push(format!("  %keep = const dense<[{}]> : tensor<1x1x1x{t}xbool>", keep.join(", ")));
+        l.push("  %zero = const dense<[0.0]> : tensor<f32>".into());
+        l.push("  %low = const dense<[-3.4028235e38]> : tensor<f32>".into());
+        l.push(format!("  %mask = where(%keep, %zero, %low) : {} loc(\"mask\")", ty(&[1, 1, 1, t])));
+        l.push(format!("  %s3 = add(%s2, %mask) : {scores} loc(\"masked\")"));
+        logits = "s3".into();
+    }
+    l.push(format!("  %p = softmax(%{logits}) {{axis = -1}} : {scores} loc(\"softmax\")"));
+    l.push(format!("  %o = matmul(%p, %v.h) : {} loc(\"context\")", ty(&[1, h, t, dh])));
+    l.push(format!("  %o.t = transpose(%o) {{perm = [0, 2, 1, 3]}} : {} loc(\"context.t\")", ty(&[1, t, h, dh])));
+    l.push(format!("  %o.r = reshape(%o.t) {{shape = [1, {t}, {d}]}} : {x3} loc(\"context.r\")"));
+    linear(&mut l, "out", "o.r", d, d);
+    l.push(format!("  %r1 = add(%out, %x) : {x3} loc(\"residual1\")"));
+    let mlp_in = if post_norm {
+        ln(&mut l, "ln1", "r1");
+        "ln1"
+    } else {
+        ln(&mut l, "ln2", "r1");
+        "ln2"
+    };
+    linear(&mut l, "fc1", mlp_in, d, ff);
+    let hidden = ty(&[1, t, ff]);
+    if erf_gelu {
+        l.push("  %r2 = const dense<[1.4142135]> : tensor<f32>".into());
+        l.push(format!("  %gd = div(%fc1, %r2) : {hidden} loc(\"gelu.div\")"));
+        l.push(format!("  %ge = erf(%gd) : {hidden} loc(\"gelu.erf\")"));
+        l.push("  %one = const dense<[1.0]> : tensor<f32>".into());
+        l.push(format!("  %ga = add(%ge, %one) : {hidden} loc(\"gelu.add\")"));
+        l.push(format!("  %gm = mul(%fc1, %ga) : {hidden} loc(\"gelu.mul\")"));
+        l.push("  %half = const dense<[0.5]> : tensor<f32>".into());
+        l.push(format!("  %gelu = mul(%gm, %half) : {hidden} loc(\"gelu\")"));
+    } else {
+        l.push(format!("  %gelu = gelu(%fc1) : {hidden} loc(\"gelu\")"));
+    }
+    linear(&mut l, "fc2", "gelu", ff, d);
+    let residual = if post_norm { "ln1" } else { "r1" };
+    l.push(format!("  %y = add(%fc2, %{residual}) : {x3} loc(\"residual2\")"));
+    let out = if post_norm {
+        ln(&mut l, "ln2", "y");
+        "ln2"
+    } else {
+        "y"
+    };
+    format!("func @block(%x: {x3}) -> {x3} {{\n{}\n  return %{out}\n}}\n", l.join("\n"))
+}
+
 fn check(p: &Program) -> Result<(), TestCaseError> {
-    let text = qir(p);
+    check_text(qir(p))
+}
+
+fn check_text(text: String) -> Result<(), TestCaseError> {
     let fail = |what: String| TestCaseError::fail(format!("{what}\n--- the program ---\n{text}"));
     let mut g = parse(&text).map_err(|d| fail(format!("does not parse: {d:?}")))?;
     // Round trip.
@@ -201,5 +311,14 @@ proptest! {
     #[test]
     fn random_graphs_compile_consistently(p in program()) {
         check(&p)?;
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(if std::env::var("QC_SLOW").is_ok() { 2_000 } else { 50 }))]
+
+    #[test]
+    fn random_attention_blocks_compile_consistently(b in block()) {
+        check_text(block_qir(&b))?;
     }
 }
