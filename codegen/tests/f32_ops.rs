@@ -352,3 +352,25 @@ proptest! {
         check(&text, &[tensor(&[n, h, m, k], x), tensor(&[n, hb, m, k], y)])?;
     }
 }
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(cases()))]
+
+    /// An embedding lookup: a constant f32 table gathered by i64 ids given at run time (negative
+    /// ones count from the end), and a computed value gathered by a constant scalar index.
+    #[test]
+    fn gather(rows in 1usize..9, width in 1usize..6, n in 0usize..3, t in 1usize..5, ids in prop::collection::vec(-8i64..8, 12),
+              seed in prop::collection::vec(value(), 60)) {
+        let table: Vec<String> = (0..rows * width).map(|i| format!("{:?}", seed[i % seed.len()])).collect();
+        let ids: Vec<i64> = (0..n * t).map(|i| ids[i % ids.len()].rem_euclid(2 * rows as i64) - rows as i64).collect();
+        let text = format!(
+            "func @f(%ids: tensor<?x{t}xi64>) -> (tensor<?x{t}x{width}xf32>, tensor<?x{width}xf32>) {{\n  \
+             %table = const dense<[{}]> : tensor<{rows}x{width}xf32>\n  \
+             %e = gather(%table, %ids) {{axis = 0}} : tensor<?x{t}x{width}xf32>\n  \
+             %first = const dense<[0]> : tensor<i64>\n  \
+             %c = gather(%e, %first) {{axis = 1}} : tensor<?x{width}xf32>\n  return %e, %c\n}}",
+            table.join(", ")
+        );
+        check(&text, &[Tensor::I64(ArrayD::from_shape_vec(IxDyn(&[n, t]), ids).unwrap())])?;
+    }
+}

@@ -595,6 +595,10 @@ impl Importer {
             "Cast" => {
                 let to = c.int("to", 0) as i32;
                 let st = scalar_type(to).ok_or_else(|| Fail::Unsupported(format!("Cast to ONNX data type {to}")))?;
+                // A cast to its input's own type is the identity.
+                if self.ty_of(c.req(0)?).is_some_and(|t| t.elem == st.into()) {
+                    return Ok(vec![c.req(0)?.clone()]);
+                }
                 one(self.emit(c, OpKind::Cast, &[0], Attrs::new().with("to", Attr::Str(st.name().into())), None))
             }
             "QuantizeLinear" => {

@@ -43,6 +43,10 @@ pub fn select(
     out: &TensorType,
     isa: Isa,
 ) -> Option<Box<dyn F32Kernel>> {
+    // A lookup in an f32 table (an embedding) by integer indices.
+    if kind == OpKind::Gather && tys[0].elem.is_f32() && out.elem.is_f32() {
+        return Some(Box::new(movement::Gather::new(attrs, tys)?));
+    }
     if !tys.iter().all(|t| t.elem.is_f32()) || !out.elem.is_f32() {
         return None;
     }

@@ -1,4 +1,4 @@
-//! f32 data movement: concat, transpose, slice, expand. Copies, so any order gives the evaluator's
+//! f32 data movement: concat, transpose, slice, expand, gather. Copies, so any order gives the evaluator's
 //! values; the axes, permutation and ranges are resolved once, at compile time.
 
 use super::{F32Kernel, slice, tensor};
@@ -219,5 +219,49 @@ impl F32Kernel for Slice {
 
     fn describe(&self) -> &'static str {
         "f32 slice"
+    }
+}
+
+/// `gather` of f32 data by integer indices along one axis (an embedding lookup): for each
+/// index, a block of the data copied. An index out of range is an error, as in the evaluator.
+pub struct Gather {
+    axis: usize,
+}
+
+impl Gather {
+    /// gather of `tys[0]` (rank ≥ 1) by integer indices `tys[1]`.
+    pub fn new(attrs: &Attrs, tys: &[&TensorType]) -> Option<Gather> {
+        let integer = matches!(tys.get(1)?.elem.storage(), qc_ir::ScalarType::I64 | qc_ir::ScalarType::I32);
+        let axis = normalize_axis(attrs.int("axis", 0), tys[0].rank()).ok()?;
+        integer.then_some(Gather { axis })
+    }
+}
+
+impl F32Kernel for Gather {
+    fn run(&self, args: &[&Tensor]) -> Result<Tensor, String> {
+        let [x, idx] = args else { return Err("gather has two operands".into()) };
+        let shape = x.shape();
+        let d = *shape.get(self.axis).ok_or("gather along a missing axis")?;
+        let indices = idx.to_i64_vec().ok_or("gather indices must be integers")?;
+        let (outer, inner): (usize, usize) = (shape[..self.axis].iter().product(), shape[self.axis + 1..].iter().product());
+        let data = slice(x)?;
+        let mut y = Vec::with_capacity(outer * indices.len() * inner);
+        for o in 0..outer {
+            for &i in &indices {
+                let j = if i < 0 { i + d as i64 } else { i };
+                if j < 0 || j >= d as i64 {
+                    return Err(format!("gather index {i} is out of range for size {d}"));
+                }
+                y.extend_from_slice(&data[(o * d + j as usize) * inner..][..inner]);
+            }
+        }
+        let mut out = shape[..self.axis].to_vec();
+        out.extend_from_slice(idx.shape());
+        out.extend_from_slice(&shape[self.axis + 1..]);
+        tensor(&out, y)
+    }
+
+    fn describe(&self) -> &'static str {
+        "f32 gather"
     }
 }
