@@ -264,14 +264,15 @@ fn beside(path: &Path, name: &str) -> std::path::PathBuf {
     path.with_file_name(format!("{stem}.{name}{ext}"))
 }
 
-/// The file of each of `g`'s inputs, in order, from `specs`: `NAME=FILE` for each input; or,
-/// for a model of one input, `FILE`; or, for a model of several, one `FILE` whose stem names
-/// them all (`x.npy` → `x.NAME.npy`, as the zoo and `qc run` name such files).
-pub fn input_files(g: &qc_ir::Graph, specs: &[String]) -> std::result::Result<Vec<std::path::PathBuf>, String> {
+/// The file of each of `g`'s inputs, in order, from `specs` (given with the option `flag`, which
+/// errors name): `NAME=FILE` for each input; or, for a model of one input, `FILE`; or, for a
+/// model of several, one `FILE` whose stem names them all (`x.npy` → `x.NAME.npy`, as the zoo
+/// and `qc run` name such files).
+pub fn input_files(g: &qc_ir::Graph, specs: &[String], flag: &str) -> std::result::Result<Vec<std::path::PathBuf>, String> {
     let names: Vec<String> = g.params().iter().enumerate().map(|(i, &p)| value_file_name(g, p, i)).collect();
     let named: Vec<Option<(&str, &str)>> = specs.iter().map(|s| s.split_once('=')).collect();
     match (&named[..], names.len()) {
-        ([], _) => Err("give the inputs with --input".into()),
+        ([], _) => Err(format!("give the inputs with {flag}")),
         ([None], 1) => Ok(vec![specs[0].clone().into()]),
         ([None], _) => Ok(names.iter().map(|n| beside(Path::new(&specs[0]), n)).collect()),
         _ if named.iter().all(Option::is_some) => {
@@ -283,13 +284,13 @@ pub fn input_files(g: &qc_ir::Graph, specs: &[String]) -> std::result::Result<Ve
                 .iter()
                 .map(|n| match pairs.iter().filter(|(m, _)| m == n).collect::<Vec<_>>()[..] {
                     [(_, f)] => Ok(f.into()),
-                    [] => Err(format!("input {n} is not given: add --input {n}=FILE")),
+                    [] => Err(format!("input {n} is not given: add {flag} {n}=FILE")),
                     _ => Err(format!("input {n} is given more than once")),
                 })
                 .collect()
         }
         _ => Err(format!(
-            "@{} takes {} inputs ({}): give each as --input NAME=FILE, or one --input FILE for FILE's stem.NAME files",
+            "@{} takes {} inputs ({}): give each as {flag} NAME=FILE, or one {flag} FILE for FILE's stem.NAME files",
             g.name,
             names.len(),
             names.join(", ")

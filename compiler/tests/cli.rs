@@ -665,11 +665,15 @@ fn run_takes_several_named_inputs_and_writes_each_output() {
     let o = by_name(&[x_arg.clone(), ids_arg.clone(), format!("mask={}", p(&d.join("in.x.npy")))]);
     assert_eq!(code(&o), 2);
     assert!(stderr(&o).contains("@m has no input named mask; its inputs are ids, x"), "{}", stderr(&o));
-    let o = by_name(&[x_arg, p(&d.join("in.ids.npy")).to_string()]);
+    let o = by_name(&[x_arg.clone(), p(&d.join("in.ids.npy")).to_string()]);
     assert_eq!(code(&o), 2);
     assert!(stderr(&o).contains("give each as --input NAME=FILE"), "{}", stderr(&o));
     // A missing stem file is named.
     fails_with(&qc(&["run", p(&model), "--input", p(&d.join("nope.npy")), "-o", p(&d.join("o.npy"))]), "nope.ids.npy");
+    // So does --calib, naming itself.
+    let o = qc(&["compile", p(&model), "--calib", &x_arg]);
+    assert_eq!(code(&o), 2);
+    assert!(stderr(&o).contains("input ids is not given: add --calib ids=FILE"), "{}", stderr(&o));
     // bench takes the same inputs.
     let o = qc(&["bench", p(&model), "--input", p(&d.join("in.npy")), "--runs", "2", "--batch", "2"]);
     assert_eq!(code(&o), 0, "{}", stderr(&o));

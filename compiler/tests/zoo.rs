@@ -234,7 +234,7 @@ fn import_transformer(zoo: &std::path::Path, name: &str, shapes: &[(&str, &[u64]
 /// `g`'s outputs on the zoo's test inputs of `name`, on the JIT (checked bit for bit against the
 /// evaluator on the first sample), and the zoo's golden file of each output for `variant`.
 fn run_transformer(zoo: &std::path::Path, name: &str, g: &qc_ir::Graph, variant: &str) -> Vec<(Tensor, Tensor)> {
-    let files = qc::io::input_files(g, &[zoo.join(format!("data/{name}_test.npy")).display().to_string()]).unwrap();
+    let files = qc::io::input_files(g, &[zoo.join(format!("data/{name}_test.npy")).display().to_string()], "--input").unwrap();
     let xs: Vec<Tensor> = files.iter().map(|f| read_tensor(f).unwrap()).collect();
     let compiled = CompiledModel::compile(g).unwrap_or_else(|e| panic!("{name}: {e}"));
     let ys = qc::exec::run_batches(g, &xs, 1, |x| compiled.run(&x).map_err(|e| e.to_string())).unwrap();
@@ -320,7 +320,8 @@ fn zoo_transformers_quantize_statically_at_least_as_well_as_onnx_runtime() {
         let mut model = import_transformer(&zoo, name, shapes);
         let mut request = Request::default();
         let files =
-            qc::io::input_files(&model.graph, &[zoo.join(format!("data/{name}_calib.npy")).display().to_string()]).unwrap();
+            qc::io::input_files(&model.graph, &[zoo.join(format!("data/{name}_calib.npy")).display().to_string()], "--calib")
+                .unwrap();
         let mut samples: Vec<_> = files.iter().map(|f| std::sync::Arc::new(read_tensor(f).unwrap())).collect();
         request.options.calibration = Some(samples.remove(0));
         request.options.calibration_rest = samples;

@@ -176,7 +176,7 @@ pub(crate) fn request(a: &CompileArgs, g: &qc_ir::Graph) -> Result<Request, QcEr
         }
     }
     if !a.calib.is_empty() {
-        let files = qc::io::input_files(g, &a.calib).map_err(|e| usage(format!("--calib: {e}")))?;
+        let files = qc::io::input_files(g, &a.calib, "--calib").map_err(usage)?;
         let mut samples = files.iter().map(|f| read_tensor(f).map(std::sync::Arc::new)).collect::<Result<Vec<_>, _>>()?;
         let first = samples.remove(0);
         o.progress = progress_bar(first.shape().first().copied().unwrap_or(0));

@@ -25,7 +25,7 @@ pub(crate) fn run(
     }
     let model = load_model(path, weights)?;
     let g = &model.graph;
-    let files = qc::io::input_files(g, inputs).map_err(QcError::Usage)?;
+    let files = qc::io::input_files(g, inputs, "--input").map_err(QcError::Usage)?;
     let xs = files.iter().map(|f| read_tensor(f)).collect::<Result<Vec<Tensor>, _>>()?;
     let what = files.iter().map(|f| f.display().to_string()).collect::<Vec<_>>().join(", ");
     let fixed = matches!(g.params().first().and_then(|&p| g.ty(p).dims.first()), Some(Dim::Fixed(_)));
@@ -89,7 +89,7 @@ pub(crate) fn bench(args: BenchArgs) -> Result<(), QcError> {
     let x: Vec<Tensor> = if input.is_empty() {
         g.params().iter().map(|&p| made_up_input(g.ty(p), batch)).collect::<Result<_, _>>()?
     } else {
-        let files = qc::io::input_files(g, &input).map_err(QcError::Usage)?;
+        let files = qc::io::input_files(g, &input, "--input").map_err(QcError::Usage)?;
         let mut xs = Vec::new();
         for f in &files {
             let t = read_tensor(f)?;
