@@ -11,6 +11,7 @@ use cli::args::{Cli, Command};
 
 fn main() {
     let cli = Cli::parse();
+    cli::set_verbosity(cli.quiet, cli.verbose);
     let result = match cli.command {
         Command::Import { model, output, input_shape } => cli::files::import(&model, &output, &input_shape),
         Command::Fmt { model, check } => cli::files::fmt(&model, check),
@@ -18,17 +19,17 @@ fn main() {
             cli::files::list_passes();
             Ok(())
         }
-        Command::Compile(args) => cli::compile::compile(args),
+        Command::Compile { args, json } => cli::compile::compile(args, json),
         Command::Analyze { args, quantized, plots, json } => {
             cli::compile::analyze(args, quantized.as_deref(), plots.as_deref(), json)
         }
         Command::Pack { model, output, weights } => cli::files::pack(&model, &output, weights.as_deref()),
         Command::Size { args, test, labels, json } => cli::compile::size(args, test.as_deref().zip(labels.as_deref()), json),
-        Command::Eval(args) => cli::measure::eval(args),
-        Command::Bench(args) => cli::measure::bench(args),
+        Command::Eval { args, json } => cli::measure::eval(args, json),
+        Command::Bench { args, json } => cli::measure::bench(args, json),
         Command::Export { model, output, weights } => cli::files::export(&model, &output, weights.as_deref()),
-        Command::Run { model, input, output, weights, engine, isa, threads } => {
-            cli::measure::run(&model, &input, &output, weights.as_deref(), engine, &isa, threads)
+        Command::Run { model, input, output, weights, engine, isa, threads, json } => {
+            cli::measure::run(&model, &input, &output, weights.as_deref(), engine, &isa, threads, json)
         }
     };
     if let Err(e) = result {

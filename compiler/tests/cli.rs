@@ -678,3 +678,51 @@ fn run_takes_several_named_inputs_and_writes_each_output() {
     let o = qc(&["bench", p(&model), "--input", p(&d.join("in.npy")), "--runs", "2", "--batch", "2"]);
     assert_eq!(code(&o), 0, "{}", stderr(&o));
 }
+
+/// `--json` on compile, run, eval and bench prints one JSON document on stdout with what the
+/// text says; `--quiet` silences the notes on stderr and `--verbose` adds each step's time.
+#[test]
+fn json_outputs_and_quiet_and_verbose() {
+    let d = scratch("json");
+    let (model, q) = ("../shared/corpus/models/digits_mlp_fp32.onnx", d.join("q.qir"));
+    let json = |o: &Output| -> serde_json::Value {
+        assert_eq!(code(o), 0, "{}", stderr(o));
+        serde_json::from_str(&stdout(o)).unwrap_or_else(|e| panic!("{e}: {}", stdout(o)))
+    };
+    let v = json(&qc(&["compile", model, "--calib", CALIB, "-o", p(&q), "--json"]));
+    let stages: Vec<&str> = v["timings_ms"].as_array().unwrap().iter().map(|t| t["stage"].as_str().unwrap()).collect();
+    assert!(stages.contains(&"calibrate") && stages.contains(&"fuse-requant"), "{v}");
+    assert_eq!(v["pipeline"].as_array().unwrap().len(), stages.len(), "{v}");
+    assert!(v["integer_ops"].as_u64().unwrap() > 0, "{v}");
+    assert_eq!(v["output"], p(&q));
+    // JSON goes to stdout, where the QIR goes without -o.
+    assert_eq!(code(&qc(&["compile", model, "--json"])), 2);
+
+    let v = json(&qc(&["eval", p(&q), "--input", TEST_X, "--labels", TEST_Y, "--reference", model, "--json"]));
+    assert_eq!(v["samples"], 540);
+    let acc = v["accuracy_percent"].as_f64().unwrap();
+    assert!(acc > 90.0 && acc == 100.0 * v["correct"].as_f64().unwrap() / 540.0, "{v}");
+    assert!(v["reference"]["top1_agreement_percent"].as_f64().unwrap() > 95.0, "{v}");
+
+    let y = d.join("y.npy");
+    let v = json(&qc(&["run", p(&q), "--input", TEST_X, "-o", p(&y), "--json"]));
+    assert_eq!(v["outputs"][0]["shape"], serde_json::json!([540, 10]), "{v}");
+    assert_eq!(v["outputs"][0]["file"], p(&y));
+    assert!(y.exists());
+
+    let v = json(&qc(&["bench", p(&q), "--input", TEST_X, "--runs", "3", "--json"]));
+    let layers = v["layers"].as_array().unwrap();
+    assert!(layers.iter().any(|l| l["label"].as_str().unwrap().contains("gemm") && l["gops"].as_f64().unwrap() > 0.0), "{v}");
+    assert!(v["jit_ms"]["p10"].as_f64().unwrap() <= v["jit_ms"]["median"].as_f64().unwrap(), "{v}");
+    assert!(v["isa"].is_string() && v["cpu"].is_string() && v["interp_ms"].is_null(), "{v}");
+
+    // An ONNX Runtime QDQ model gets a note on which pipeline compiles it, unless --quiet.
+    let qdq = "../shared/corpus/models/digits_mlp_qdq_raw_u8s8_minmax.onnx";
+    let o = qc(&["compile", qdq, "-o", p(&d.join("a.qir"))]);
+    assert!(stderr(&o).contains("qdq pipeline"), "{}", stderr(&o));
+    let o = qc(&["compile", qdq, "-o", p(&d.join("b.qir")), "--quiet"]);
+    assert_eq!((code(&o), stderr(&o)), (0, String::new()));
+    let o = qc(&["-v", "compile", qdq, "-o", p(&d.join("c.qir"))]);
+    assert!(stderr(&o).contains("time: fold-qdq"), "{}", stderr(&o));
+    assert_eq!(code(&qc(&["compile", qdq, "-q", "-v"])), 2);
+}

@@ -5,7 +5,7 @@
 //! run time:
 //!
 //! ```sh
-//! cd bench/ort && cargo run --release -- [RUNS]
+//! cd bench/ort && cargo run --release -- [RUNS] [ZOO_MODEL...]
 //! ```
 //!
 //! (`ORT_DYLIB_PATH` overrides where `libonnxruntime.so` is looked for.) Static: qc's model is the
@@ -17,7 +17,8 @@
 //! runs the fp32 file and the zoo's QDQ files; batch 1 and 8, `RUNS / 10` runs (at least 10); then
 //! batch 8 on two threads for both (qc splitting the batch, ONNX Runtime's intra-op threads). qc
 //! runs each zoo model twice, with 8-bit weights and with 7-bit ones (`--weight-bits 7`, rows
-//! marked `w7`: what CPUs without VNNI multiply with `vpmaddubsw`).
+//! marked `w7`: what CPUs without VNNI multiply with `vpmaddubsw`). Naming zoo models (e.g.
+//! `mobilenet_v2`) measures only those, and not the corpus.
 
 use ort::session::Session;
 use ort::session::builder::GraphOptimizationLevel;
@@ -86,56 +87,79 @@ fn ort_run(s: &mut Session, shape: &[usize], x: &[f32]) -> Result<Vec<f32>, Erro
 
 fn main() -> Result<(), Error> {
     let runs: usize = std::env::args().nth(1).and_then(|s| s.parse().ok()).unwrap_or(300);
+    let only: Vec<String> = std::env::args().skip(2).collect();
+    let names = ["resnet18", "mobilenet_v2", "mobilenet_v3_small", "efficientnet_b0"];
+    if let Some(unknown) = only.iter().find(|n| !names.contains(&n.as_str())) {
+        return Err(format!("`{unknown}` is not a zoo CNN (one of {})", names.join(", ")).into());
+    }
     let env = ort::init_from(ort_library()?)?.build()?;
+    if only.is_empty() {
+        corpus_models(&env, runs)?;
+    }
+    if let Some(zoo) = zoo() {
+        let names: Vec<&str> = names.into_iter().filter(|n| only.is_empty() || only.iter().any(|o| o == n)).collect();
+        zoo_models(&env, &zoo, &names, runs)?;
+    } else if !only.is_empty() {
+        return Err("the zoo has not been built (../shared/zoo/build; QC_ZOO overrides ~/.cache/qc-zoo)".into());
+    }
+    Ok(())
+}
+
+/// The corpus's digits models, static and dynamic.
+fn corpus_models(env: &ort::environment::Environment, runs: usize) -> Result<(), Error> {
     let x_all = qc::io::read_tensor(&corpus().join("data/digits_test_x.npy"))?;
     let x_all = x_all.as_f32().ok_or("test data is not f32")?.clone();
     println!("Static int8: qc's `int8` pipeline against ONNX Runtime's fp32 model and every int8 (QDQ) variant.");
     header("qc int8 ms", "ORT int8 ms", "(ORT's fastest int8 variant)");
     for name in ["digits_mlp", "digits_cnn", "digits_resdw"] {
-        side_by_side(&env, name, "int8", "qdq", &x_all, runs)?;
+        side_by_side(env, name, "int8", "qdq", &x_all, runs)?;
     }
     println!();
     println!("Dynamic: qc's `dynamic` pipeline against ONNX Runtime's fp32 model and its quantize_dynamic variants.");
     header("qc dyn ms", "ORT dyn ms", "(ORT's fastest dynamic variant)");
     for name in ["digits_mlp", "digits_mlpmm"] {
-        side_by_side(&env, name, "dynamic", "dyn", &x_all, runs)?;
+        side_by_side(env, name, "dynamic", "dyn", &x_all, runs)?;
     }
-    if let Some(zoo) = zoo() {
-        println!();
-        println!("Zoo CNNs at 224×224: qc compiled with the zoo's calibration samples against ONNX Runtime's fp32 model and its QDQ models.");
-        header("qc int8 ms", "ORT int8 ms", "(ORT's fastest int8 variant)");
-        let x_all = qc::io::read_tensor(&zoo.join("data/resnet18_test.npy"))?;
-        let x_all = x_all.as_f32().ok_or("test data is not f32")?.clone();
-        let names = ["resnet18", "mobilenet_v2", "mobilenet_v3_small", "efficientnet_b0"];
-        let mut graphs = Vec::new();
-        for name in names {
-            let fp32 = zoo.join(format!("models/{name}.onnx"));
-            let calib = Arc::new(qc::io::read_tensor(&zoo.join(format!("data/{name}_calib.npy")))?);
-            let mut compiled = Vec::new();
-            for (label, bits) in [(name.to_string(), 8), (format!("{name} w7"), 7)] {
-                let mut model = qc::model::load_model(&fp32, None)?;
-                let mut request = qc::driver::Request::default();
-                request.options.calibration = Some(calib.clone());
-                request.options.weight_bits = bits;
-                qc::driver::compile(&mut model, &request, &mut std::io::sink())?;
-                compiled.push((label, model.graph));
-            }
-            let variants = files_starting(&zoo.join("models"), &format!("{name}_qdq"))?;
-            let qcs = compiled.iter().map(|(l, g)| Ok((l.clone(), CompiledModel::compile(g)?))).collect::<Result<Vec<_>, Error>>()?;
-            compare(&env, &qcs, &fp32, &variants, &x_all, &[1, 8], (runs / 10).max(10), 1)?;
-            graphs.push((compiled, fp32, variants));
+    println!();
+    Ok(())
+}
+
+/// The zoo's CNNs `names`, at batch 1 and 8 on one thread, then at batch 8 on two.
+fn zoo_models(env: &ort::environment::Environment, zoo: &Path, names: &[&str], runs: usize) -> Result<(), Error> {
+    println!(
+        "Zoo CNNs at 224×224: qc compiled with the zoo's calibration samples against ONNX Runtime's fp32 model and its QDQ models."
+    );
+    header("qc int8 ms", "ORT int8 ms", "(ORT's fastest int8 variant)");
+    let x_all = qc::io::read_tensor(&zoo.join("data/resnet18_test.npy"))?;
+    let x_all = x_all.as_f32().ok_or("test data is not f32")?.clone();
+    let mut graphs = Vec::new();
+    for &name in names {
+        let fp32 = zoo.join(format!("models/{name}.onnx"));
+        let calib = Arc::new(qc::io::read_tensor(&zoo.join(format!("data/{name}_calib.npy")))?);
+        let mut compiled = Vec::new();
+        for (label, bits) in [(name.to_string(), 8), (format!("{name} w7"), 7)] {
+            let mut model = qc::model::load_model(&fp32, None)?;
+            let mut request = qc::driver::Request::default();
+            request.options.calibration = Some(calib.clone());
+            request.options.weight_bits = bits;
+            qc::driver::compile(&mut model, &request, &mut std::io::sink())?;
+            compiled.push((label, model.graph));
         }
-        println!();
-        println!("The same at batch 8 on two threads: qc splits the batch (--threads 2), ONNX Runtime has intra_op_num_threads = 2.");
-        header("qc int8 ms", "ORT int8 ms", "(ORT's fastest int8 variant)");
-        for (compiled, fp32, variants) in &graphs {
-            let options = qc_codegen::CodegenOptions { threads: 2, ..qc_codegen::CodegenOptions::host() };
-            let qcs = compiled
-                .iter()
-                .map(|(l, g)| Ok((l.clone(), CompiledModel::compile_with(g, &options)?)))
-                .collect::<Result<Vec<_>, Error>>()?;
-            compare(&env, &qcs, fp32, variants, &x_all, &[8], (runs / 10).max(10), 2)?;
-        }
+        let variants = files_starting(&zoo.join("models"), &format!("{name}_qdq"))?;
+        let qcs = compiled.iter().map(|(l, g)| Ok((l.clone(), CompiledModel::compile(g)?))).collect::<Result<Vec<_>, Error>>()?;
+        compare(env, &qcs, &fp32, &variants, &x_all, &[1, 8], (runs / 10).max(10), 1)?;
+        graphs.push((compiled, fp32, variants));
+    }
+    println!();
+    println!("The same at batch 8 on two threads: qc splits the batch (--threads 2), ONNX Runtime has intra_op_num_threads = 2.");
+    header("qc int8 ms", "ORT int8 ms", "(ORT's fastest int8 variant)");
+    for (compiled, fp32, variants) in &graphs {
+        let options = qc_codegen::CodegenOptions { threads: 2, ..qc_codegen::CodegenOptions::host() };
+        let qcs = compiled
+            .iter()
+            .map(|(l, g)| Ok((l.clone(), CompiledModel::compile_with(g, &options)?)))
+            .collect::<Result<Vec<_>, Error>>()?;
+        compare(env, &qcs, fp32, variants, &x_all, &[8], (runs / 10).max(10), 2)?;
     }
     Ok(())
 }
@@ -152,14 +176,19 @@ fn zoo() -> Option<PathBuf> {
 fn files_starting(dir: &Path, prefix: &str) -> Result<Vec<PathBuf>, Error> {
     let mut v: Vec<PathBuf> = std::fs::read_dir(dir)?
         .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|p| p.extension().is_some_and(|e| e == "onnx") && p.file_name().is_some_and(|n| n.to_string_lossy().starts_with(prefix)))
+        .filter(|p| {
+            p.extension().is_some_and(|e| e == "onnx") && p.file_name().is_some_and(|n| n.to_string_lossy().starts_with(prefix))
+        })
         .collect();
     v.sort();
     Ok(v)
 }
 
 fn header(qc: &str, ort: &str, variant: &str) {
-    println!("{:<18} {:>5} {:>11} {:>12} {:>12}  {:<38} {:>13}", "model", "batch", qc, "ORT fp32 ms", ort, variant, "qc / best ORT");
+    println!(
+        "{:<18} {:>5} {:>11} {:>12} {:>12}  {:<38} {:>13}",
+        "model", "batch", qc, "ORT fp32 ms", ort, variant, "qc / best ORT"
+    );
 }
 
 /// One corpus model at batch 1 and 64: qc through `pipeline`, ONNX Runtime's fp32 model and its

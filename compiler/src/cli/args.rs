@@ -8,6 +8,12 @@ use std::path::PathBuf;
 pub(crate) struct Cli {
     #[command(subcommand)]
     pub(crate) command: Command,
+    /// Print no notes and no progress on stderr (errors still).
+    #[arg(short, long, global = true, conflicts_with = "verbose")]
+    pub(crate) quiet: bool,
+    /// Also print how long each step took (each pass, the JIT compile, the run) on stderr.
+    #[arg(short, long, global = true)]
+    pub(crate) verbose: bool,
 }
 
 /// `--activations`.
@@ -276,7 +282,14 @@ pub(crate) enum Command {
         weights: Option<PathBuf>,
     },
     /// Run a pipeline of passes over a model and write the result.
-    Compile(CompileArgs),
+    Compile {
+        #[command(flatten)]
+        args: CompileArgs,
+        /// Print what compiling did as JSON on stdout (the pipeline, each stage's time, the
+        /// calibration choice, the fusion report); needs -o.
+        #[arg(long, requires = "output", conflicts_with_all = ["print_after_all", "print_after"])]
+        json: bool,
+    },
     /// Write a model as ONNX (QDQ for quantized graphs) that ONNX Runtime runs.
     Export {
         /// The model.
@@ -289,9 +302,21 @@ pub(crate) enum Command {
         weights: Option<PathBuf>,
     },
     /// Accuracy of a model on labelled inputs, and top-1 agreement with a reference model.
-    Eval(EvalArgs),
+    Eval {
+        #[command(flatten)]
+        args: EvalArgs,
+        /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
+    },
     /// Latency of the JIT and the evaluator, the JIT compile time, and time per layer.
-    Bench(BenchArgs),
+    Bench {
+        #[command(flatten)]
+        args: BenchArgs,
+        /// Print JSON instead of text (every layer, not the slowest 12).
+        #[arg(long)]
+        json: bool,
+    },
     /// Run a model on inputs from .npy files.
     Run {
         /// The model.
@@ -317,6 +342,9 @@ pub(crate) enum Command {
         /// Threads the JIT splits the batch over (the model's images must be independent).
         #[arg(long, default_value = "1", value_parser = at_least_one)]
         threads: usize,
+        /// Print the outputs written (file, name, shape, type) and the times as JSON.
+        #[arg(long)]
+        json: bool,
     },
 }
 

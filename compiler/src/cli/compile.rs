@@ -3,7 +3,7 @@
 
 use super::args::{Activations, CompileArgs, Criterion, Requant};
 use super::usage;
-use crate::say;
+use crate::{note, say};
 use qc::driver::{Calibration, MixedPrecision, Pipeline, Printing, Request};
 use qc::io::read_tensor;
 use qc::{QcError, load_model, save_model};
@@ -34,10 +34,10 @@ pub(crate) fn analyze(a: CompileArgs, quantized: Option<&Path>, plots: Option<&P
                 h.value.trim_start_matches('%').chars().map(|c| if c.is_alphanumeric() || c == '_' { c } else { '_' }).collect();
             qc::io::write_atomic(&dir.join(format!("hist_{name}.svg")), qc::plots::histogram(h).as_bytes())?;
         }
-        eprintln!("plots: {} files in {}", 1 + r.histograms.len(), dir.display());
+        note!("plots: {} files in {}", 1 + r.histograms.len(), dir.display());
     }
     if json {
-        say!("{}", serde_json::to_string_pretty(&r.to_json()).expect("JSON"));
+        super::say_json(&r.to_json());
     } else {
         say!("{}", r.summary().trim_end());
     }
@@ -101,7 +101,7 @@ pub(crate) fn size(a: CompileArgs, test: Option<(&Path, &Path)>, json: bool) -> 
     let (bytes, packed) = qc::packed_weights::pack(&w);
     stages.push(qc::size_report::packed_stage(&last, &packed, bytes.len() as u64, stages.last().and_then(|s| s.errors)));
     if json {
-        say!("{}", serde_json::to_string_pretty(&qc::size_report::to_json(&stages)).expect("JSON"));
+        super::say_json(&qc::size_report::to_json(&stages));
     } else {
         say!("{}", qc::size_report::summary(&stages).trim_end());
     }
@@ -213,7 +213,7 @@ pub(crate) fn request(a: &CompileArgs, g: &qc_ir::Graph) -> Result<Request, QcEr
 
 /// A progress bar on stderr when a person is watching a long calibration.
 fn progress_bar(samples: usize) -> Option<qc_passes::Progress> {
-    if !std::io::IsTerminal::is_terminal(&std::io::stderr()) || samples < 64 {
+    if super::quiet() || !std::io::IsTerminal::is_terminal(&std::io::stderr()) || samples < 64 {
         return None;
     }
     let bar = indicatif::ProgressBar::new(samples as u64);
@@ -226,37 +226,38 @@ fn progress_bar(samples: usize) -> Option<qc_passes::Progress> {
     })))
 }
 
-pub(crate) fn compile(a: CompileArgs) -> Result<(), QcError> {
+pub(crate) fn compile(a: CompileArgs, json: bool) -> Result<(), QcError> {
     let mut model = load_model(&a.model, a.weights.as_deref())?;
     let request = request(&a, &model.graph)?;
     request.check()?;
     let mut out = super::QuietPipe(std::io::stdout().lock());
     let outcome = qc::driver::compile(&mut model, &request, &mut out)?;
     if outcome.pipeline == Some("qdq") {
-        eprintln!("note: the model is already quantized (it has quantize/dequantize ops): compiling it with the qdq pipeline");
+        note!("note: the model is already quantized (it has quantize/dequantize ops): compiling it with the qdq pipeline");
     }
     if let Some((method, scores)) = &outcome.calibration {
         let table: Vec<String> = scores.iter().map(|(m, s)| format!("{m} {s:.2} dB")).collect();
-        eprintln!("calibration: {method} (output SQNR on the calibration samples: {})", table.join(", "));
+        note!("calibration: {method} (output SQNR on the calibration samples: {})", table.join(", "));
     }
     for d in &outcome.mixed_precision {
-        eprintln!("mixed precision: {d}");
+        note!("mixed precision: {d}");
     }
     for n in &outcome.fusion.notes {
-        eprintln!("note: {n}");
+        note!("note: {n}");
     }
-    if outcome.fusion.has_findings() {
+    if outcome.fusion.has_findings() && !super::quiet() {
         eprint!("{}", outcome.fusion.summary());
     }
-    if let Some(path) = &a.report {
-        let mut json = outcome.fusion.to_json();
-        if !outcome.pruning.is_empty() {
-            for r in &outcome.pruning {
-                eprint!("{}", r.summary());
-            }
-            json["pruning"] = outcome.pruning.iter().map(|r| r.to_json()).collect();
+    if super::verbose() {
+        for (stage, t) in &outcome.timings {
+            eprintln!("time: {stage:<24} {:>10.2} ms", t.as_secs_f64() * 1e3);
         }
-        let text = serde_json::to_string_pretty(&json).expect("JSON") + "\n";
+    }
+    for r in &outcome.pruning {
+        note!("{}", r.summary().trim_end());
+    }
+    if let Some(path) = &a.report {
+        let text = serde_json::to_string_pretty(&report_json(&outcome)).expect("JSON") + "\n";
         qc::io::write_atomic(path, text.as_bytes())?;
     }
     match &a.output {
@@ -281,5 +282,32 @@ pub(crate) fn compile(a: CompileArgs) -> Result<(), QcError> {
         }
         None => {}
     }
+    if json {
+        let mut v = report_json(&outcome);
+        v["model"] = a.model.display().to_string().into();
+        v["output"] = a.output.as_ref().map(|o| o.display().to_string()).into();
+        v["pipeline"] = outcome.records.iter().map(|r| r.name.clone()).collect();
+        v["calibration"] = match &outcome.calibration {
+            Some((method, scores)) => serde_json::json!({
+                "method": method.to_string(),
+                "output_sqnr_db": scores.iter().map(|(m, s)| (m.clone(), serde_json::json!(s))).collect::<serde_json::Map<_, _>>(),
+            }),
+            None => serde_json::Value::Null,
+        };
+        v["mixed_precision"] = outcome.mixed_precision.clone().into();
+        super::say_json(&v);
+    }
     Ok(())
+}
+
+/// The `--report` file: the fusion report, each stage's wall time (`timings_ms`, in order) and
+/// the pruning reports when asked for.
+fn report_json(outcome: &qc::driver::Outcome) -> serde_json::Value {
+    let mut json = outcome.fusion.to_json();
+    json["timings_ms"] =
+        outcome.timings.iter().map(|(stage, t)| serde_json::json!({ "stage": stage, "ms": t.as_secs_f64() * 1e3 })).collect();
+    if !outcome.pruning.is_empty() {
+        json["pruning"] = outcome.pruning.iter().map(|r| r.to_json()).collect();
+    }
+    json
 }

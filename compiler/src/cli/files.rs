@@ -120,7 +120,7 @@ pub(crate) fn write_onnx(g: &qc_ir::Graph, out: &Path) -> Result<(), String> {
     qc::io::write_atomic(out, &onnx.encode_to_vec()).map_err(|e| e.to_string())?;
     let wide = layers_with_wide_weights(g);
     if !wide.is_empty() {
-        eprintln!(
+        crate::note!(
             "note: {} integer layers (first: {}) have weights beyond [-64, 64]: ONNX Runtime's integer kernels on x86 CPUs \
              without VNNI (AVX2 only) saturate such products, so its results there differ a little from qc's \
              (the digits: 98.3-99.4 % arg-max agreement); `qc compile --weight-bits 7` quantizes weights they compute exactly",

@@ -10,6 +10,7 @@ use qc_ir::{Dim, Tensor};
 use std::io::Write;
 use std::path::Path;
 
+#[allow(clippy::too_many_arguments)]
 pub(crate) fn run(
     path: &Path,
     inputs: &[String],
@@ -18,6 +19,7 @@ pub(crate) fn run(
     engine: Engine,
     isa: &str,
     threads: usize,
+    json: bool,
 ) -> Result<(), QcError> {
     let options = super::codegen_options(isa, threads)?;
     if matches!(engine, Engine::Interp) && threads != 1 {
@@ -29,9 +31,12 @@ pub(crate) fn run(
     let xs = files.iter().map(|f| read_tensor(f)).collect::<Result<Vec<Tensor>, _>>()?;
     let what = files.iter().map(|f| f.display().to_string()).collect::<Vec<_>>().join(", ");
     let fixed = matches!(g.params().first().and_then(|&p| g.ty(p).dims.first()), Some(Dim::Fixed(_)));
+    let mut compile_ms = None;
+    let t = std::time::Instant::now();
     let ys = match engine {
         Engine::Jit => {
             let compiled = CompiledModel::compile_with(g, &options).map_err(|e| QcError::Input(format!("{e}")))?;
+            compile_ms = Some(t.elapsed().as_secs_f64() * 1e3);
             let run = |xs: Vec<Tensor>| compiled.run(&xs).map_err(|e| e.to_string());
             // A model specialized to a batch size runs a larger batch in chunks of it.
             if fixed { qc::exec::run_batches(g, &xs, 1, run) } else { run(xs) }
@@ -42,11 +47,39 @@ pub(crate) fn run(
         }
     }
     .map_err(|e| QcError::Input(format!("{what}: {e}")))?;
+    let run_ms = t.elapsed().as_secs_f64() * 1e3 - compile_ms.unwrap_or(0.0);
     let outs = qc::io::output_files(g, out);
     for (file, y) in outs.iter().zip(&ys) {
         write_tensor(file, y)?;
     }
-    if outs.len() > 1 {
+    if super::verbose() {
+        if let Some(c) = compile_ms {
+            eprintln!("time: JIT compile {c:.2} ms");
+        }
+        eprintln!("time: run {run_ms:.2} ms");
+    }
+    if json {
+        let outputs: Vec<serde_json::Value> = outs
+            .iter()
+            .zip(&ys)
+            .zip(g.outputs())
+            .map(|((file, y), &r)| {
+                serde_json::json!({
+                    "name": g.value(r).name.clone(),
+                    "file": file.display().to_string(),
+                    "shape": y.shape(),
+                    "dtype": y.scalar_type().to_string(),
+                })
+            })
+            .collect();
+        super::say_json(&serde_json::json!({
+            "model": path.display().to_string(),
+            "engine": match engine { Engine::Jit => "jit", Engine::Interp => "interp" },
+            "compile_ms": compile_ms,
+            "run_ms": run_ms,
+            "outputs": outputs,
+        }));
+    } else if outs.len() > 1 {
         let names: Vec<String> = outs.iter().map(|f| f.display().to_string()).collect();
         say!("wrote {}", names.join(", "));
     }
@@ -75,7 +108,7 @@ fn quantile(sorted: &[f64], q: f64) -> f64 {
     sorted[((sorted.len() - 1) as f64 * q).round() as usize]
 }
 
-pub(crate) fn bench(args: BenchArgs) -> Result<(), QcError> {
+pub(crate) fn bench(args: BenchArgs, json: bool) -> Result<(), QcError> {
     let BenchArgs { model: path, input, batch, runs, weights, evict_kib, isa, threads, against } = args;
     let (path, weights) = (path.as_path(), weights.as_deref());
     let options = super::codegen_options(&isa, threads)?;
@@ -135,6 +168,52 @@ pub(crate) fn bench(args: BenchArgs) -> Result<(), QcError> {
         }
         None => None,
     };
+    let mem = compiled.memory();
+    let mut profile = compiled.profile(&x, runs).map_err(|e| QcError::Input(format!("{e}")))?;
+    profile.sort_by(|a, b| b.seconds.total_cmp(&a.seconds));
+    // The steps' time by op (or by what the step does: a layout change, a tensor copied in).
+    let mut by_op: Vec<(String, f64, usize)> = Vec::new();
+    for p in &profile {
+        let op = match p.label.split_once(" = ") {
+            Some((_, rest)) => rest.split([' ', '(']).next().unwrap_or(rest).to_string(),
+            None if p.label.contains(" → ") => "layout change / copy".to_string(),
+            None => p.label.clone(),
+        };
+        match by_op.iter_mut().find(|(o, _, _)| *o == op) {
+            Some(e) => (e.1, e.2) = (e.1 + p.seconds, e.2 + 1),
+            None => by_op.push((op, p.seconds, 1)),
+        }
+    }
+    by_op.sort_by(|a, b| b.1.total_cmp(&a.1));
+    let gops = |p: &qc_codegen::StepProfile| (p.ops > 0).then(|| p.ops as f64 / p.seconds / 1e9);
+    if json {
+        let ms = |q: f64| quantile(&jit_times, q) * 1e3;
+        super::say_json(&serde_json::json!({
+            "model": path.display().to_string(),
+            "cpu": cpu_model(),
+            "isa": compiled.isa().to_string(),
+            "batch": batch,
+            "threads": threads,
+            "runs": runs,
+            "kernels": compiled.kernel_count(),
+            "compile_ms": compile_ms,
+            "jit_ms": { "median": ms(0.5), "p10": ms(0.1), "p90": ms(0.9) },
+            "evict_kib": evict_kib,
+            "interp_ms": interp.map(|t| t * 1e3),
+            "arena_bytes": mem.arena * batch,
+            "ops_on_evaluator": compiled.fallback_ops().len(),
+            "layers": profile.iter().map(|p| serde_json::json!({
+                "label": p.label,
+                "kernel": p.kernel,
+                "engine": if p.jit { "jit" } else { "rust" },
+                "median_ms": p.seconds * 1e3,
+                "ops": p.ops,
+                "gops": gops(p),
+            })).collect::<Vec<_>>(),
+            "op_kinds": by_op.iter().map(|(op, t, n)| serde_json::json!({ "op": op, "count": n, "ms": t * 1e3 })).collect::<Vec<_>>(),
+        }));
+        return Ok(());
+    }
     say!(
         "{}: batch {batch}, {} JIT kernels compiled in {compile_ms:.2} ms for ISA level {} on {}{}",
         path.display(),
@@ -155,7 +234,6 @@ pub(crate) fn bench(args: BenchArgs) -> Result<(), QcError> {
     if let Some(interp) = interp {
         say!("  interp  {:>10.4} ms ({:.1}x the JIT's time)", interp * 1e3, interp / jit);
     }
-    let mem = compiled.memory();
     say!(
         "  arena   {} bytes at batch {batch} ({} per image; lower bound {}, {} activations unshared {}){}",
         mem.arena * batch,
@@ -168,11 +246,9 @@ pub(crate) fn bench(args: BenchArgs) -> Result<(), QcError> {
             n => format!("; {n} ops on the evaluator"),
         }
     );
-    let mut profile = compiled.profile(&x, runs).map_err(|e| QcError::Input(format!("{e}")))?;
-    profile.sort_by(|a, b| b.seconds.total_cmp(&a.seconds));
     say!("  per layer (median):");
     for p in profile.iter().take(12) {
-        let gops = if p.ops > 0 { format!("{:>7.1} GOPS", p.ops as f64 / p.seconds / 1e9) } else { String::new() };
+        let gops = gops(p).map(|g| format!("{g:>7.1} GOPS")).unwrap_or_default();
         say!(
             "    {:>9.4} ms  {:<4} {gops:>12}  {}  [{}]",
             p.seconds * 1e3,
@@ -181,20 +257,6 @@ pub(crate) fn bench(args: BenchArgs) -> Result<(), QcError> {
             p.kernel
         );
     }
-    // The steps' time by op (or by what the step does: a layout change, a tensor copied in).
-    let mut by_op: Vec<(String, f64, usize)> = Vec::new();
-    for p in &profile {
-        let op = match p.label.split_once(" = ") {
-            Some((_, rest)) => rest.split([' ', '(']).next().unwrap_or(rest).to_string(),
-            None if p.label.contains(" → ") => "layout change / copy".to_string(),
-            None => p.label.clone(),
-        };
-        match by_op.iter_mut().find(|(o, _, _)| *o == op) {
-            Some(e) => (e.1, e.2) = (e.1 + p.seconds, e.2 + 1),
-            None => by_op.push((op, p.seconds, 1)),
-        }
-    }
-    by_op.sort_by(|a, b| b.1.total_cmp(&a.1));
     say!("  per op kind (sum of medians):");
     for (op, t, n) in by_op {
         say!("    {:>9.4} ms  {n:>4} × {op}", t * 1e3);
@@ -202,7 +264,7 @@ pub(crate) fn bench(args: BenchArgs) -> Result<(), QcError> {
     Ok(())
 }
 
-pub(crate) fn eval(a: EvalArgs) -> Result<(), QcError> {
+pub(crate) fn eval(a: EvalArgs, json: bool) -> Result<(), QcError> {
     let model = load_model(&a.model, a.weights.as_deref())?;
     let x = read_tensor(&a.input)?;
     let labels = read_tensor(&a.labels)?
@@ -221,16 +283,38 @@ pub(crate) fn eval(a: EvalArgs) -> Result<(), QcError> {
     }
     let correct = pred.iter().zip(&labels).filter(|(p, l)| **p as i64 == **l).count();
     let n = labels.len();
-    say!("{}: accuracy {:.2} % ({correct}/{n}, {} errors)", a.model.display(), 100.0 * correct as f64 / n as f64, n - correct);
-    if let Some(r) = &a.reference {
-        let reference = load_model(r, None)?;
-        let ry = run(&reference.graph)?;
-        let rp = qc::exec::argmax_rows(&ry);
-        let same = pred.iter().zip(&rp).filter(|(a, b)| a == b).count();
-        let rc = rp.iter().zip(&labels).filter(|(p, l)| **p as i64 == **l).count();
-        say!("{}: accuracy {:.2} % ({rc}/{n})", r.display(), 100.0 * rc as f64 / n as f64);
-        say!("top-1 agreement {:.2} % ({same}/{n})", 100.0 * same as f64 / n as f64);
-        say!("output SQNR against the reference {:.2} dB", qc::exec::sqnr_db(&ry, &y));
+    let percent = |k: usize| 100.0 * k as f64 / n as f64;
+    let reference = match &a.reference {
+        Some(r) => {
+            let ry = run(&load_model(r, None)?.graph)?;
+            let rp = qc::exec::argmax_rows(&ry);
+            let same = pred.iter().zip(&rp).filter(|(a, b)| a == b).count();
+            let rc = rp.iter().zip(&labels).filter(|(p, l)| **p as i64 == **l).count();
+            Some((r, rc, same, qc::exec::sqnr_db(&ry, &y)))
+        }
+        None => None,
+    };
+    if json {
+        super::say_json(&serde_json::json!({
+            "model": a.model.display().to_string(),
+            "samples": n,
+            "correct": correct,
+            "accuracy_percent": percent(correct),
+            "reference": reference.map(|(r, rc, same, sqnr)| serde_json::json!({
+                "model": r.display().to_string(),
+                "correct": rc,
+                "accuracy_percent": percent(rc),
+                "top1_agreement_percent": percent(same),
+                "output_sqnr_db": sqnr,
+            })),
+        }));
+        return Ok(());
+    }
+    say!("{}: accuracy {:.2} % ({correct}/{n}, {} errors)", a.model.display(), percent(correct), n - correct);
+    if let Some((r, rc, same, sqnr)) = reference {
+        say!("{}: accuracy {:.2} % ({rc}/{n})", r.display(), percent(rc));
+        say!("top-1 agreement {:.2} % ({same}/{n})", percent(same));
+        say!("output SQNR against the reference {sqnr:.2} dB");
     }
     Ok(())
 }

@@ -7,6 +7,44 @@ pub(crate) mod measure;
 
 use qc::QcError;
 use std::io::Write;
+use std::sync::atomic::{AtomicU8, Ordering};
+
+/// How much `qc` says on stderr beyond errors: 0 with `--quiet`, 1 by default, 2 with `--verbose`.
+static VERBOSITY: AtomicU8 = AtomicU8::new(1);
+
+/// Sets what [`quiet`] and [`verbose`] answer (from `--quiet`, `--verbose`).
+pub(crate) fn set_verbosity(quiet: bool, verbose: bool) {
+    VERBOSITY.store(
+        if quiet {
+            0
+        } else if verbose {
+            2
+        } else {
+            1
+        },
+        Ordering::Relaxed,
+    );
+}
+
+/// `--quiet`: no notes, no progress bars.
+pub(crate) fn quiet() -> bool {
+    VERBOSITY.load(Ordering::Relaxed) == 0
+}
+
+/// `--verbose`: timings as well.
+pub(crate) fn verbose() -> bool {
+    VERBOSITY.load(Ordering::Relaxed) == 2
+}
+
+/// Prints a note to stderr, unless `--quiet`.
+#[macro_export]
+macro_rules! note {
+    ($($t:tt)*) => {{
+        if !$crate::cli::quiet() {
+            eprintln!($($t)*);
+        }
+    }};
+}
 
 /// Prints a line to stdout; a closed pipe (`qc ... | head`) ends the output quietly instead of
 /// panicking.
@@ -51,4 +89,9 @@ pub(crate) fn codegen_options(isa: &str, threads: usize) -> Result<qc_codegen::C
         return Err(usage("--threads: a model runs on at least one thread"));
     }
     Ok(qc_codegen::CodegenOptions { isa, threads })
+}
+
+/// Prints JSON to stdout, pretty, ending the line.
+pub(crate) fn say_json(v: &serde_json::Value) {
+    say!("{}", serde_json::to_string_pretty(v).expect("JSON values serialize"));
 }
