@@ -1,6 +1,6 @@
 //! Integer depthwise conv2d (`groups = C_in = C_out`) on NHWC bytes. Layers that requantize in
-//! f32 run a Cranelift kernel specialized to the layer (`simd.rs`, `rows.rs`, x64) — on the AVX2
-//! levels without VNNI the 256-bit `std::arch` kernel of `avx2.rs` instead; the
+//! f32 run a Cranelift kernel specialized to the layer (`simd.rs`, x64) — on the AVX2 and
+//! AVX-512 levels the 256- and 512-bit `std::arch` kernel of `native.rs` instead; the
 //! others (`--requant q31`), and every layer on the `scalar` ISA level, run the Rust loop here: each
 //! image is widened once to `x − zp_x` as i32, then every output pixel accumulates
 //! `w[tap][c] · x[p][c]` over its in-bounds taps, a loop over contiguous channels that the
@@ -11,8 +11,7 @@
 //! bounds are in its module.
 
 #[cfg(target_arch = "x86_64")]
-mod avx2;
-mod rows;
+mod native;
 pub(crate) mod simd;
 
 use crate::kernel::WindowKernel;
@@ -38,9 +37,9 @@ pub struct Depthwise {
     out_hw: [usize; 2],
     /// The compiled kernel, where the layer has one.
     kernel: Option<DepthwiseKernel>,
-    /// The precompiled AVX2 kernel, on the AVX2 levels without VNNI.
+    /// The precompiled `std::arch` kernel, on the AVX2 and AVX-512 levels.
     #[cfg(target_arch = "x86_64")]
-    native: Option<avx2::Avx2Depthwise>,
+    native: Option<native::NativeDepthwise>,
 }
 
 impl Depthwise {
@@ -121,14 +120,14 @@ impl Depthwise {
             }),
             _ => None,
         };
-        // The AVX2 levels without VNNI run the 256-bit `std::arch` kernel; the others, or where
-        // it cannot be built, the Cranelift one.
+        // The AVX2 and AVX-512 levels run the `std::arch` kernel (512-bit vectors on the AVX-512
+        // ones); `sse4.1`, or where it cannot be built, the Cranelift one.
         #[cfg(target_arch = "x86_64")]
-        let native = spec.as_ref().filter(|_| isa.avx2() && !isa.vnni()).and_then(avx2::Avx2Depthwise::new);
+        let native = spec.as_ref().filter(|_| isa.avx2()).and_then(|s| native::NativeDepthwise::new(s, isa.avx512()));
         #[cfg(not(target_arch = "x86_64"))]
         let native: Option<()> = None;
         let kernel = match &spec {
-            Some(spec) if native.is_none() => DepthwiseKernel::compile(spec, isa).ok(),
+            Some(spec) if native.is_none() => DepthwiseKernel::compile(spec).ok(),
             _ => None,
         };
         Some(Depthwise {
@@ -286,7 +285,7 @@ impl WindowKernel for Depthwise {
     fn describe(&self) -> String {
         match &self.kernel {
             Some(k) => format!("depthwise, {}", k.describe()),
-            None if self.native() => "depthwise, avx2 vpmaddwd".into(),
+            None if self.native() => format!("depthwise, {}", self.native_describe()),
             None => "depthwise, rust loop".into(),
         }
     }
@@ -298,12 +297,21 @@ impl WindowKernel for Depthwise {
 }
 
 impl Depthwise {
-    /// Whether the precompiled AVX2 kernel runs the layer.
+    /// Whether the precompiled `std::arch` kernel runs the layer.
     fn native(&self) -> bool {
         #[cfg(target_arch = "x86_64")]
         return self.native.is_some();
         #[cfg(not(target_arch = "x86_64"))]
         false
+    }
+
+    /// What the `std::arch` kernel multiplies with: `avx2 vpmaddwd` or `avx512 vpmaddwd`.
+    fn native_describe(&self) -> &'static str {
+        #[cfg(target_arch = "x86_64")]
+        if let Some(n) = &self.native {
+            return n.describe();
+        }
+        "none"
     }
 }
 

@@ -12,27 +12,17 @@
 //! the raw bytes: `Σ (x − zp_x)·w = Σ x·w − zp_x·Σ w`. The epilogue is the GEMM's: f32
 //! requantization, clamp in f32, narrow to bytes. `pmaddwd` is SSE2, so this runs on every x64.
 //!
-//! Where the CPU has VNNI (and the weights `w − zp_w` fit i8, and there are more than 8 channels,
-//! below which the pmaddwd kernel is faster), channels go 16 at a time and taps
-//! 4 at a time instead: the four taps' 16 bytes are interleaved (`punpcklbw`/`punpckhbw`, then
-//! `punpcklwd`/`punpckhwd`) into 4 channels × 4 taps per vector, the u8 form of the input (an i8
-//! input flipped by `^ 0x80`), so one `vpdpbusd` with weights packed as `[4 channels][4 taps]`
-//! adds 16 products into 4 channels; the taps past the last multiple of 4 have zero weights (and
-//! read the quad's first tap again). The bias starts at `b − zp_u·Σ w`, `zp_u` the u8 form's
-//! zero point, which the padding pixel holds after the flip.
-//!
-//! With VNNI, layers of stride 1 whose C divides 16 or is a multiple of 16 run neither: the row
-//! kernel ([`crate::kernels::depthwise::rows`]) reads their taps at immediate offsets in an image with a
-//! border, and fills its vectors with several pixels when C is below 16.
+//! This is the portable path: the `sse4.1` level runs it. The AVX2 and AVX-512 levels run the
+//! `std::arch` kernel of `native.rs` instead, which does the same arithmetic on 256- and 512-bit
+//! vectors (a VNNI form of this kernel, 4 channels × 4 taps per `vpdpbusd`, and a row form for
+//! stride 1 were slower than it on Zen 4 and were removed; see docs/decisions.md).
 //!
 //! Bounds (see [`crate::kernels::window::jit`], which checks them before the call): the kernel reads 8
-//! bytes at `pixel + 8g` with `8g < C` (VNNI: 16 bytes at `pixel + 16g`, `16g < C`), so at most
-//! 16 bytes past the pixel's `C` ([`SLACK`]); it writes 8 (16) bytes at `out + pos·C + 8g`
-//! (`16g`) for whole groups and single bytes below `out + pos·C + C` for the last, partial one;
+//! bytes at `pixel + 8g` with `8g < C`, so at most 16 bytes past the pixel's `C` ([`SLACK`]); it
+//! writes 8 bytes at `out + pos·C + 8g` for whole groups and single bytes below `out + pos·C + C` for the last, partial one;
 //! and it reads its own tables.
 
-use crate::emit::{Epilogue, dot_vnni, pmaddwd, small, store_lanes};
-use crate::kernels::depthwise::rows::RowsKernel;
+use crate::emit::{Epilogue, pmaddwd, small, store_lanes};
 use crate::kernels::window::Window;
 use crate::kernels::window::halo::Scratch;
 use crate::kernels::window::jit::{self as window_jit, ImageFn};
@@ -63,27 +53,17 @@ pub struct DepthwiseSpec<'a> {
     pub hi: i32,
 }
 
-/// A compiled depthwise kernel: one that walks a window table, or one that walks output rows
-/// ([`RowsKernel`]).
-pub enum DepthwiseKernel {
-    /// Positions from the window table, an image at a time.
-    Table {
-        /// The compiled function.
-        f: ImageFn,
-        /// Whether it multiplies with `vpdpbusd` (else `pmaddwd`).
-        vnni: bool,
-        /// What it reads.
-        _tables: Box<Tables>,
-    },
-    /// Output rows of an image with a border.
-    Rows(RowsKernel),
+/// A compiled depthwise kernel: it walks a window table, an image at a time.
+pub struct DepthwiseKernel {
+    /// The compiled function.
+    f: ImageFn,
+    /// What it reads.
+    _tables: Box<Tables>,
 }
 
 pub struct Tables {
     /// `[group of 8 channels][tap pair][half][4 channels][2 taps]` as i16.
     weights: Box<[i16]>,
-    /// VNNI: `[group of 16 channels][tap quad][4 × 4 channels][4 taps]` as i8.
-    quads: Box<[i8]>,
     /// `b − zp_x·Σ w`, padded to whole groups.
     bias: Box<[i32]>,
     /// Multipliers, padded to whole groups.
@@ -96,7 +76,7 @@ type Constants = ([i64; 3], bool, (i32, i32, i32), u8);
 
 impl Tables {
     fn constants(&self, s: &DepthwiseSpec) -> Constants {
-        let weights = if self.quads.is_empty() { self.weights.as_ptr() as i64 } else { self.quads.as_ptr() as i64 };
+        let weights = self.weights.as_ptr() as i64;
         let pad = if s.x_signed { s.zp_x as i8 as u8 } else { s.zp_x as u8 };
         let addresses = [weights, self.bias.as_ptr() as i64, self.mult.as_ptr() as i64];
         (addresses, s.x_signed, (s.zp_y, s.lo, s.hi), pad)
@@ -104,34 +84,22 @@ impl Tables {
 }
 
 impl DepthwiseKernel {
-    /// Which kernel it is: `rows, vnni`, `table, vnni` or `table, pmaddwd`.
+    /// Which kernel it is.
     pub(crate) fn describe(&self) -> &'static str {
-        match self {
-            DepthwiseKernel::Rows(_) => "rows, vnni",
-            DepthwiseKernel::Table { vnni: true, .. } => "table, vnni",
-            DepthwiseKernel::Table { vnni: false, .. } => "table, pmaddwd",
-        }
+        "table, pmaddwd"
     }
 }
 
 impl DepthwiseKernel {
     /// Compiles the kernel; an error when the tables are inconsistent or the weights do not fit
     /// i16 (they are `w − zp_w` of 8-bit weights, so they always do).
-    pub fn compile(s: &DepthwiseSpec, isa: crate::target::Isa) -> Result<DepthwiseKernel, String> {
+    pub fn compile(s: &DepthwiseSpec) -> Result<DepthwiseKernel, String> {
         let (c, taps) = (s.c, s.window.taps);
         if c == 0 || taps == 0 || s.weights.len() != taps * c || s.bias.len() != c || s.mult.len() != c {
             return Err("inconsistent depthwise kernel tables".into());
         }
         if s.mult.iter().any(|m| !m.is_finite()) {
             return Err("the depthwise kernel requantizes with finite f32 multipliers".into());
-        }
-        let vnni = isa.vnni();
-        if vnni && let Some(rows) = RowsKernel::compile(s)? {
-            return Ok(DepthwiseKernel::Rows(rows));
-        }
-        // Eight channels or fewer fill half a VNNI group: the pmaddwd kernel is faster there.
-        if vnni && c > 8 && s.weights.iter().all(|w| i8::try_from(*w).is_ok()) {
-            return DepthwiseKernel::compile_vnni(s);
         }
         DepthwiseKernel::compile_pmaddwd(s)
     }
@@ -151,7 +119,7 @@ impl DepthwiseKernel {
             }
         }
         let (bias, mult) = folded(s, groups * 8, s.zp_x)?;
-        let tables = Box::new(Tables { weights: weights.into_boxed_slice(), quads: Box::new([]), bias, mult });
+        let tables = Box::new(Tables { weights: weights.into_boxed_slice(), bias, mult });
         let ([wt, bt, mt], x_signed, (zp_y, lo, hi), pad) = tables.constants(s);
         let small_mults = small(&tables.mult);
         let f = window_jit::compile(w, c, pad, SLACK, |b, pixels, o_pos| {
@@ -189,121 +157,29 @@ impl DepthwiseKernel {
             };
             window_jit::emit_groups(b, c, 8, group);
         })?;
-        Ok(DepthwiseKernel::Table { f, vnni: false, _tables: tables })
-    }
-
-    /// The VNNI kernel: 16 channels × 4 taps at a time.
-    fn compile_vnni(s: &DepthwiseSpec) -> Result<DepthwiseKernel, String> {
-        let (c, w) = (s.c, s.window);
-        let taps = w.taps;
-        let (groups, quads) = (c.div_ceil(16), taps.div_ceil(4));
-        let mut packed = vec![0i8; groups * quads * 64];
-        for ch in 0..c {
-            for t in 0..taps {
-                let v = i8::try_from(s.weights[t * c + ch]).map_err(|_| "a depthwise weight does not fit i8")?;
-                packed[((ch / 16) * quads + t / 4) * 64 + (ch % 16) * 4 + t % 4] = v;
-            }
-        }
-        let (bias, mult) = folded(s, groups * 16, s.zp_x + if s.x_signed { 128 } else { 0 })?;
-        let tables = Box::new(Tables { weights: Box::new([]), quads: packed.into_boxed_slice(), bias, mult });
-        let ([wt, bt, mt], x_signed, (zp_y, lo, hi), pad) = tables.constants(s);
-        let small_mults = small(&tables.mult);
-        let f = window_jit::compile(w, c, pad, SLACK, |b, pixels, o_pos| {
-            let raw = MemFlagsData::new().with_notrap();
-            // One group of 16 channels starting at byte `16g`, `lanes` of them stored.
-            let group = |b: &mut FunctionBuilder, g: Value, lanes: usize| {
-                let ch = b.ins().imul_imm_s(g, 16);
-                let ch4 = b.ins().imul_imm_s(g, 64);
-                let b_addr = b.ins().iadd_imm_s(ch4, bt);
-                let mut acc: Vec<Value> = (0..4).map(|j| b.ins().load(types::I32X4, raw, b_addr, 16 * j)).collect();
-                let w_base = b.ins().imul_imm_s(g, 64 * quads as i64);
-                let w_base = b.ins().iadd_imm_s(w_base, wt);
-                for q in 0..quads {
-                    let x: Vec<Value> = (4 * q..(4 * q + 4).min(taps))
-                        .map(|t| {
-                            let a = b.ins().iadd(pixels[t], ch);
-                            load_u8x16(b, a, 0, x_signed)
-                        })
-                        .collect();
-                    dot_quad(b, &x, w_base, 64 * q as i32, &mut acc);
-                }
-                let m_addr = b.ins().iadd_imm_s(ch4, mt);
-                let bytes = requantized(b, &acc, m_addr, [zp_y, lo, hi], small_mults);
-                let o_addr = b.ins().iadd(o_pos, ch);
-                store_lanes(b, bytes, o_addr, lanes);
-            };
-            window_jit::emit_groups(b, c, 16, group);
-        })?;
-        Ok(DepthwiseKernel::Table { f, vnni: true, _tables: tables })
+        Ok(DepthwiseKernel { f, _tables: tables })
     }
 
     /// The bytes of the buffer it copies an image into.
     pub(crate) fn scratch_len(&self) -> usize {
-        match self {
-            DepthwiseKernel::Rows(rows) => rows.scratch_len(),
-            DepthwiseKernel::Table { f, .. } => f.scratch_len(),
-        }
+        self.f.scratch_len()
     }
 
     /// Its function for a direct call on one image (see [`crate::direct`]).
     pub(crate) fn direct(&self) -> crate::direct::Direct {
-        match self {
-            DepthwiseKernel::Rows(rows) => rows.direct(),
-            DepthwiseKernel::Table { f, .. } => f.direct(),
-        }
+        self.f.direct()
     }
 
     /// Runs `batch` NHWC images (`plane · C` bytes each) into `y` (`positions · C` bytes each),
     /// each copied into `scratch` ([`DepthwiseKernel::scratch_len`] bytes).
     pub(crate) fn run(&self, x: &[u8], batch: usize, y: &mut [u8], scratch: &mut Scratch<'_>) -> Result<(), String> {
-        match self {
-            DepthwiseKernel::Rows(rows) => rows.run(x, batch, y, scratch),
-            DepthwiseKernel::Table { f, .. } => {
-                let (image, out) = (x.len() / batch.max(1), y.len() / batch.max(1));
-                if x.len() != batch * image || y.len() != batch * out {
-                    return Err(format!("a depthwise kernel got {} and {} bytes for {batch} images", x.len(), y.len()));
-                }
-                x.chunks_exact(image.max(1))
-                    .zip(y.chunks_exact_mut(out.max(1)))
-                    .try_for_each(|(img, dst)| f.run_image(img, dst, scratch))
-            }
+        let (image, out) = (x.len() / batch.max(1), y.len() / batch.max(1));
+        if x.len() != batch * image || y.len() != batch * out {
+            return Err(format!("a depthwise kernel got {} and {} bytes for {batch} images", x.len(), y.len()));
         }
-    }
-}
-
-/// 16 input bytes at `addr + off` in their u8 form: an i8 input flipped by `^ 0x80`.
-pub(crate) fn load_u8x16(b: &mut FunctionBuilder, addr: Value, off: i32, x_signed: bool) -> Value {
-    let x = b.ins().load(types::I8X16, MemFlagsData::new().with_notrap(), addr, off);
-    if x_signed {
-        let flip = b.ins().iconst(types::I8, -128);
-        let flip = b.ins().splat(types::I8X16, flip);
-        b.ins().bxor(x, flip)
-    } else {
-        x
-    }
-}
-
-/// One tap quad of the VNNI kernels: the u8 bytes `x` of up to 4 taps (16 lanes each; a
-/// missing tap reads the first again and meets zero weights) interleaved into 4 lanes × 4 taps
-/// per vector (`punpcklbw`/`punpckhbw`, then `punpcklwd`/`punpckhwd`), each multiplied with its
-/// 16 weight bytes at `w + off + 16j` by one `vpdpbusd` into `acc[j]`.
-pub(crate) fn dot_quad(b: &mut FunctionBuilder, x: &[Value], w: Value, off: i32, acc: &mut [Value]) {
-    let interleave = |b: &mut FunctionBuilder, x: Value, y: Value, mask: [u8; 16]| {
-        let mask = b.func.dfg.immediates.push(mask.as_slice().into());
-        b.ins().shuffle(x, y, mask)
-    };
-    let tap = |i: usize| x.get(i).copied().unwrap_or(x[0]);
-    let (lo01, hi01) = (interleave(b, tap(0), tap(1), PUNPCKLBW), interleave(b, tap(0), tap(1), PUNPCKHBW));
-    let (lo23, hi23) = (interleave(b, tap(2), tap(3), PUNPCKLBW), interleave(b, tap(2), tap(3), PUNPCKHBW));
-    let v = [
-        interleave(b, lo01, lo23, PUNPCKLWD),
-        interleave(b, lo01, lo23, PUNPCKHWD),
-        interleave(b, hi01, hi23, PUNPCKLWD),
-        interleave(b, hi01, hi23, PUNPCKHWD),
-    ];
-    for (j, v) in v.into_iter().enumerate() {
-        let wv = b.ins().load(types::I8X16, MemFlagsData::new().with_notrap(), w, off + 16 * j as i32);
-        acc[j] = dot_vnni(b, acc[j], wv, v);
+        x.chunks_exact(image.max(1))
+            .zip(y.chunks_exact_mut(out.max(1)))
+            .try_for_each(|(img, dst)| self.f.run_image(img, dst, scratch))
     }
 }
 
@@ -344,6 +220,3 @@ const SLACK: usize = 16;
 /// backend emits as `punpcklwd` (`punpckhwd`).
 const PUNPCKLWD: [u8; 16] = [0, 1, 16, 17, 2, 3, 18, 19, 4, 5, 20, 21, 6, 7, 22, 23];
 const PUNPCKHWD: [u8; 16] = [8, 9, 24, 25, 10, 11, 26, 27, 12, 13, 28, 29, 14, 15, 30, 31];
-/// ... and the bytes 0–7 (8–15) of two vectors (`punpcklbw`, `punpckhbw`).
-const PUNPCKLBW: [u8; 16] = [0, 16, 1, 17, 2, 18, 3, 19, 4, 20, 5, 21, 6, 22, 7, 23];
-const PUNPCKHBW: [u8; 16] = [8, 24, 9, 25, 10, 26, 11, 27, 12, 28, 13, 29, 14, 30, 15, 31];

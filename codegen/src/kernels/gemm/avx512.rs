@@ -121,27 +121,40 @@ impl Avx512Gemm {
         nonzero: Option<&[u32]>,
         col0: usize,
     ) -> [[__m512i; V]; R] {
-        let load = |s: &[i32]| -> __m512i {
-            let s: &[i32; L] = s[..L].try_into().expect("16 lanes");
-            // SAFETY: `s` is exactly 16 i32s.
-            unsafe { _mm512_loadu_si512(s.as_ptr().cast()) }
-        };
+        // Plain loops, no `array::from_fn`, `for_each` or closures: a generic function compiled
+        // without this function's target features cannot inline the intrinsics, and whether a
+        // closure is inlined depends on the embedding build's code-generation units (measured:
+        // with 16, MobileNetV2 took 5.7 ms instead of 3.6, its GEMM steps calls out of line).
         let start = &self.req.start[col0..][..V * L];
-        let mut acc: [[__m512i; V]; R] = [std::array::from_fn(|v| load(&start[v * L..])); R];
+        let mut acc = [[_mm512_setzero_si512(); V]; R];
+        for row in acc.iter_mut() {
+            for (v, a) in row.iter_mut().enumerate() {
+                let s: &[i32; L] = start[v * L..][..L].try_into().expect("16 lanes");
+                // SAFETY: `s` is exactly 16 i32s.
+                *a = unsafe { _mm512_loadu_si512(s.as_ptr().cast()) };
+            }
+        }
         let quads = self.w.quads;
-        let rows: [&[i32]; R] = std::array::from_fn(|r| &rows[r * quads..][..quads]);
-        let mut step = |q: usize, w: &[i32]| {
-            let w: [__m512i; V] = std::array::from_fn(|v| load(&w[v * L..]));
-            for (row, x) in acc.iter_mut().zip(&rows) {
-                let x = _mm512_set1_epi32(x[q]);
-                for (a, &w) in row.iter_mut().zip(&w) {
+        let rows = &rows[..R * quads];
+        let steps = nonzero.map_or(weights.len() / (V * L), <[u32]>::len);
+        for i in 0..steps {
+            let q = match nonzero {
+                None => i,
+                Some(nz) => nz[i] as usize,
+            };
+            let w = &weights[q * V * L..][..V * L];
+            let mut wv = [_mm512_setzero_si512(); V];
+            for (v, wv) in wv.iter_mut().enumerate() {
+                let s: &[i32; L] = w[v * L..][..L].try_into().expect("16 lanes");
+                // SAFETY: `s` is exactly 16 i32s.
+                *wv = unsafe { _mm512_loadu_si512(s.as_ptr().cast()) };
+            }
+            for (r, row) in acc.iter_mut().enumerate() {
+                let x = _mm512_set1_epi32(rows[r * quads + q]);
+                for (a, &w) in row.iter_mut().zip(&wv) {
                     *a = _mm512_dpbusd_epi32(*a, x, w);
                 }
             }
-        };
-        match nonzero {
-            None => weights.chunks_exact(V * L).enumerate().for_each(|(q, w)| step(q, w)),
-            Some(nz) => nz.iter().for_each(|&q| step(q as usize, &weights[q as usize * V * L..][..V * L])),
         }
         acc
     }
@@ -150,11 +163,12 @@ impl Avx512Gemm {
     #[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
     fn epilogue<const R: usize, const V: usize>(&self, acc: &[[__m512i; V]; R], col0: usize, out: &mut [u8]) {
         let mult = &self.req.mult[col0..][..V * L];
-        let m: [__m512; V] = std::array::from_fn(|v| {
+        let mut m = [_mm512_setzero_ps(); V];
+        for (v, m) in m.iter_mut().enumerate() {
             let s: &[f32; L] = mult[v * L..][..L].try_into().expect("16 lanes");
             // SAFETY: `s` is exactly 16 f32s.
-            unsafe { _mm512_loadu_ps(s.as_ptr()) }
-        });
+            *m = unsafe { _mm512_loadu_ps(s.as_ptr()) };
+        }
         let (lo, hi) = (_mm512_set1_ps((self.req.lo - self.req.zp) as f32), _mm512_set1_ps((self.req.hi - self.req.zp) as f32));
         let zp = _mm512_set1_epi32(self.req.zp);
         for (r, row) in acc.iter().enumerate() {
