@@ -245,6 +245,7 @@ pub fn compile(model: &mut Model, request: &Request, print_to: &mut dyn std::io:
         print_after_all: request.printing.after_all,
         print_after: request.printing.after.clone(),
         dump_dir: request.printing.dump_dir.clone(),
+        dump_weights: request.printing.dump_dir.as_ref().map(|_| crate::model::dump_weights_writer()),
         stop_after: request.printing.stop_after.clone(),
         check_weights: true,
         pass_options: options.clone(),

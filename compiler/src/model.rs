@@ -125,6 +125,28 @@ pub fn save_model(g: &Graph, out: &Path) -> Result<(), QcError> {
     Ok(())
 }
 
+/// What writes each `--dump-dir` dump's weights beside it (`NN-pass.qir` → `NN-pass.safetensors`),
+/// so that every dump compiles again: a hard link to the previous dump's file when the bytes are
+/// the same (most passes leave the weights alone), else a file of its own.
+pub fn dump_weights_writer() -> qc_passes::DumpWeights {
+    let last: std::sync::Mutex<Option<(Vec<u8>, PathBuf)>> = std::sync::Mutex::new(None);
+    qc_passes::DumpWeights(std::sync::Arc::new(move |g: &Graph, qir: &Path| {
+        let Some(w) = needed_weights(g) else { return Ok(()) };
+        let bytes = weights_to_bytes(&w, &i4_weights(g)).map_err(|e| e.to_string())?;
+        let path = weights_path(qir);
+        remove_stale(&path).map_err(|e| e.to_string())?;
+        let mut last = last.lock().map_err(|_| "a dump's weights writer failed before".to_string())?;
+        match &*last {
+            Some((same, previous)) if *same == bytes && std::fs::hard_link(previous, &path).is_ok() => {}
+            _ => {
+                write_atomic(&path, &bytes).map_err(|e| e.to_string())?;
+                *last = Some((bytes, path));
+            }
+        }
+        Ok(())
+    }))
+}
+
 /// Writes `OUT.qir` and its weights compressed as `OUT.qcw`; returns what each tensor became.
 pub fn save_model_packed(g: &Graph, out: &Path) -> Result<Vec<crate::packed_weights::Packed>, QcError> {
     let mut report = Vec::new();

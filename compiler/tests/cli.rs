@@ -726,3 +726,26 @@ fn json_outputs_and_quiet_and_verbose() {
     assert!(stderr(&o).contains("time: fold-qdq"), "{}", stderr(&o));
     assert_eq!(code(&qc(&["compile", qdq, "-q", "-v"])), 2);
 }
+
+/// Each `--dump-dir` dump has its weights beside it (shared by a hard link while a pass leaves
+/// them alone), so a dump compiles again: the rest of the pipeline from one gives the same model.
+#[test]
+fn every_dump_compiles_again() {
+    let d = scratch("dump-weights");
+    let (dir, whole, rest) = (d.join("dumps"), d.join("whole.qir"), d.join("rest.qir"));
+    let model = "../shared/corpus/models/digits_cnn_fp32.onnx";
+    let o = qc(&["compile", model, "--calib", CALIB, "--dump-dir", p(&dir), "-o", p(&whole)]);
+    assert_eq!(code(&o), 0, "{}", stderr(&o));
+    let dumps: Vec<String> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.ends_with(".qir"))
+        .collect();
+    for qir in &dumps {
+        assert!(dir.join(qir.replace(".qir", ".safetensors")).exists(), "{qir} has no weights beside it");
+    }
+    let insert = dumps.iter().find(|n| n.ends_with("-insert-qdq.qir")).expect("insert-qdq dumped");
+    let o = qc(&["compile", p(&dir.join(insert)), "--passes", "fold-qdq,fuse-requant,dead-code", "-o", p(&rest)]);
+    assert_eq!(code(&o), 0, "{}", stderr(&o));
+    assert_eq!(std::fs::read_to_string(&rest).unwrap(), std::fs::read_to_string(&whole).unwrap());
+}

@@ -285,12 +285,25 @@ pub struct PipelineOptions {
     pub print_after: Vec<String>,
     /// Write `NN-name.qir` after each pass (and `00-input.qir`) into this directory.
     pub dump_dir: Option<PathBuf>,
+    /// With `dump_dir`: what writes each dump's weights beside its QIR, so that every dump loads
+    /// again (this crate writes no weights files; `qc` hands its writer in).
+    pub dump_weights: Option<DumpWeights>,
     /// Stop after the pass of this name.
     pub stop_after: Option<String>,
     /// Verify against the weights too (they are loaded).
     pub check_weights: bool,
     /// The passes' options.
     pub pass_options: PassOptions,
+}
+
+/// Writes the weights of a graph dumped to the QIR file it is given, beside that file.
+#[derive(Clone)]
+pub struct DumpWeights(pub std::sync::Arc<dyn Fn(&Graph, &std::path::Path) -> Result<(), String> + Send + Sync>);
+
+impl std::fmt::Debug for DumpWeights {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("DumpWeights")
+    }
 }
 
 /// What one pass did.
@@ -334,6 +347,10 @@ pub fn run_pipeline(
             std::fs::create_dir_all(dir).map_err(|e| PassError::new(name, format!("cannot create {}: {e}", dir.display())))?;
             let path = dir.join(format!("{index:02}-{name}.qir"));
             std::fs::write(&path, print(g)).map_err(|e| PassError::new(name, format!("cannot write {}: {e}", path.display())))?;
+            if let Some(DumpWeights(write)) = &opts.dump_weights {
+                write(g, &path)
+                    .map_err(|e| PassError::new(name, format!("cannot write the weights of {}: {e}", path.display())))?;
+            }
         }
         Ok(())
     };
