@@ -15,6 +15,16 @@ tmp="$(mktemp -d)"
 trap 'rm -rf "$tmp"' EXIT
 
 cargo build --release -p qc --quiet
+# ONNX Runtime's library: ORT_DYLIB_PATH, else the wheel of python3 or of the zoo's venv.
+ort_lib="${ORT_DYLIB_PATH:-}"
+if [ -z "$ort_lib" ]; then
+  for py in python3 "${QC_ZOO:-$HOME/.cache/qc-zoo}/venv/bin/python"; do
+    if dir="$("$py" -c 'import onnxruntime, os; print(os.path.dirname(onnxruntime.__file__))' 2>/dev/null)"; then
+      ort_lib="$(ls "$dir"/capi/libonnxruntime.so* 2>/dev/null | head -1)"
+      [ -n "$ort_lib" ] && break
+    fi
+  done
+fi
 qc=target/release/qc
 cpu="$(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ *//')"
 flags="$(grep -o -w -E 'avx512_?vnni|avx_vnni|avx512bw|avx2' /proc/cpuinfo | sort -u | paste -sd ' ')"
@@ -57,11 +67,11 @@ flags="$(grep -o -w -E 'avx512_?vnni|avx_vnni|avx512bw|avx2' /proc/cpuinfo | sor
   echo
   echo "## qc and ONNX Runtime in one process"
   echo
-  if python3 -c 'import onnxruntime' 2>/dev/null; then
+  if [ -n "$ort_lib" ]; then
     echo "\`cd bench/ort && cargo run --release -- $runs\` (one thread each, f32 in and out, runs interleaved; median ms):"
     echo
     echo '```'
-    (cd bench/ort && cargo run --release --quiet -- "$runs" 2>/dev/null)
+    (cd bench/ort && ORT_DYLIB_PATH="$ort_lib" cargo run --release --quiet -- "$runs" 2>/dev/null)
     echo '```'
   else
     echo "Not measured: the onnxruntime wheel is not installed (\`pip install onnxruntime\`)."

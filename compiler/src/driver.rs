@@ -251,6 +251,7 @@ pub fn compile(model: &mut Model, request: &Request, print_to: &mut dyn std::io:
         pass_options: options.clone(),
     };
     let unpruned_input = (request.prunes() && request.pruning_report).then(|| model.graph.clone());
+    let output_names: Vec<Option<String>> = model.graph.outputs().iter().map(|&v| model.graph.value(v).name.clone()).collect();
     let records = run_pipeline(&mut model.graph, &names, &opts, print_to).map_err(|e| {
         if e.diagnostics.is_empty() {
             QcError::Input(format!("{e}"))
@@ -259,6 +260,7 @@ pub fn compile(model: &mut Model, request: &Request, print_to: &mut dyn std::io:
         }
     })?;
     outcome.timings.extend(records.iter().map(|r| (r.name.clone(), r.elapsed)));
+    restore_output_names(&mut model.graph, &output_names);
     outcome.fusion = crate::report::fusion_report(&model.graph);
     outcome.fusion.notes = records.iter().flat_map(|r| r.notes.iter().map(|n| format!("{}: {n}", r.name))).collect();
     outcome.records = records;
@@ -268,6 +270,27 @@ pub fn compile(model: &mut Model, request: &Request, print_to: &mut dyn std::io:
         outcome.timings.push(("pruning-report".into(), t.elapsed()));
     }
     Ok(outcome)
+}
+
+/// Gives each output of `g` back the name the model's output had (`%logits`, not the
+/// `%logits.dq` quantizing left), so that what reads the outputs by name (`qc run`'s files, an
+/// exported model's outputs) finds the names of the model it started from; a value that took
+/// the name meanwhile gets another.
+fn restore_output_names(g: &mut Graph, names: &[Option<String>]) {
+    for (i, name) in names.iter().enumerate() {
+        let (Some(name), Some(&out)) = (name, g.outputs().get(i)) else { continue };
+        if g.value(out).name.as_deref() == Some(name.as_str())
+            || g.outputs().iter().any(|&o| o != out && g.value(o).name.as_deref() == Some(name.as_str()))
+        {
+            continue;
+        }
+        let holder = g.value_ids().find(|&v| g.value(v).name.as_deref() == Some(name.as_str()));
+        if let Some(holder) = holder {
+            let other = g.unique_name(&format!("{name}.inner"));
+            g.value_mut(holder).name = Some(other);
+        }
+        g.value_mut(out).name = Some(name.clone());
+    }
 }
 
 /// The same pipeline without pruning, timed against the pruned graph at batch 1 and 64.
