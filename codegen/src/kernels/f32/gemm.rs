@@ -1,16 +1,59 @@
 //! f32 gemm and matmul by a constant matrix: `y = α · (a · b) + β · c`, then the fused
 //! activation. The product is the evaluator's (`qc_ir::eval::product`): each element's sum starts
 //! at 0 and takes its products in `k` order, a multiply and then an add. Here `b` is stored
-//! `[k][n]`; for a block of four rows and up to [`NC`] columns the rows' partial sums stay in L1
-//! while each row of `b` is read once for all four.
+//! `[k][n]`; a tile of [`TR`] rows × [`TC`] columns keeps its partial sums in registers (twelve
+//! 256-bit accumulators) while the `k` loop reads a row of `b`'s tile and one value of each row
+//! of `a` per step; the rows and columns past the last whole tile go a row at a time.
 
 use super::{F32Kernel, activate, fused, slice, tensor, twin};
 use qc_ir::{Attrs, OpKind, Tensor, TensorType};
 
-/// Columns per block.
-const NC: usize = 512;
-/// Rows per block.
-const MR: usize = 4;
+/// Rows per register tile.
+const TR: usize = 6;
+/// Columns per register tile (two 256-bit vectors).
+const TC: usize = 16;
+
+/// `y` (`[m][n]`, zeros) `= a · b` for `a` `[m][k]` and `b` `[k][n]`: each element's products
+/// added in `k` order from 0, as the evaluator's product does, by register tiles (see the
+/// module's documentation).
+#[inline(always)]
+fn tiled_product(a: &[f32], b: &[f32], m: usize, k: usize, n: usize, y: &mut [f32]) {
+    let (a, b, y) = (&a[..m * k], &b[..k * n], &mut y[..m * n]);
+    let (tiled_rows, tiled_cols) = (m / TR * TR, n / TC * TC);
+    for r0 in (0..tiled_rows).step_by(TR) {
+        let a_rows: [&[f32]; TR] = std::array::from_fn(|r| &a[(r0 + r) * k..][..k]);
+        for c0 in (0..tiled_cols).step_by(TC) {
+            let mut acc = [[0.0f32; TC]; TR];
+            for kk in 0..k {
+                let bv: &[f32; TC] = b[kk * n + c0..][..TC].try_into().expect("a tile's columns");
+                for (acc, a_row) in acc.iter_mut().zip(&a_rows) {
+                    let av = a_row[kk];
+                    for (o, &bv) in acc.iter_mut().zip(bv) {
+                        *o += av * bv;
+                    }
+                }
+            }
+            for (r, acc) in acc.iter().enumerate() {
+                y[(r0 + r) * n + c0..][..TC].copy_from_slice(acc);
+            }
+        }
+    }
+    // What the tiles left: the last columns of the tiled rows, then the last rows.
+    let rest = |rows: std::ops::Range<usize>, cols: std::ops::Range<usize>, y: &mut [f32]| {
+        for r in rows {
+            let row = &mut y[r * n..][..n];
+            for (kk, &av) in a[r * k..][..k].iter().enumerate() {
+                for (o, &bv) in row[cols.clone()].iter_mut().zip(&b[kk * n + cols.start..kk * n + cols.end]) {
+                    *o += av * bv;
+                }
+            }
+        }
+    };
+    if tiled_cols < n {
+        rest(0..tiled_rows, tiled_cols..n, y);
+    }
+    rest(tiled_rows..m, 0..n, y);
+}
 
 /// A compiled f32 gemm or matmul by a constant matrix.
 pub struct GemmF32 {
@@ -69,36 +112,19 @@ impl GemmF32 {
         })
     }
 
-    /// `y` (`[m][n]`) from `a` (`[m][k]`).
+    /// `y` (`[m][n]`, zeros) from `a` (`[m][k]`).
     #[inline(always)]
     fn rows(&self, a: &[f32], m: usize, y: &mut [f32]) {
-        let (k, n) = (self.k, self.n);
-        for r0 in (0..m).step_by(MR) {
-            let rows = MR.min(m - r0);
-            for n0 in (0..n).step_by(NC) {
-                let nc = NC.min(n - n0);
-                let mut block = [[0.0f32; NC]; MR];
-                for kk in 0..k {
-                    let b_row = &self.b[kk * n + n0..][..nc];
-                    for (r, acc) in block.iter_mut().enumerate().take(rows) {
-                        let av = a[(r0 + r) * k + kk];
-                        for (o, &bv) in acc[..nc].iter_mut().zip(b_row) {
-                            *o += av * bv;
-                        }
-                    }
-                }
-                for (r, acc) in block.iter_mut().enumerate().take(rows) {
-                    let acc = &mut acc[..nc];
-                    if self.alpha != 1.0 {
-                        acc.iter_mut().for_each(|v| *v *= self.alpha);
-                    }
-                    if let Some(bias) = &self.bias {
-                        acc.iter_mut().zip(&bias[n0..n0 + nc]).for_each(|(v, &c)| *v += c);
-                    }
-                    activate(acc, self.act);
-                    y[(r0 + r) * n + n0..][..nc].copy_from_slice(acc);
-                }
+        let n = self.n;
+        tiled_product(a, &self.b, m, self.k, n, y);
+        for row in y[..m * n].chunks_exact_mut(n.max(1)) {
+            if self.alpha != 1.0 {
+                row.iter_mut().for_each(|v| *v *= self.alpha);
             }
+            if let Some(bias) = &self.bias {
+                row.iter_mut().zip(bias).for_each(|(v, &c)| *v += c);
+            }
+            activate(row, self.act);
         }
     }
 }
@@ -188,21 +214,15 @@ impl F32Kernel for BatchedMatMul {
         let count: usize = batch.iter().product();
         let mut y = vec![0.0f32; count * m * n];
         twin! {
-            fn product(a: &[f32], b: &[f32], k: usize, n: usize, y: &mut [f32]) {
-                for (row, a_row) in y.chunks_exact_mut(n.max(1)).zip(a.chunks_exact(k.max(1))) {
-                    for (&aik, b_row) in a_row.iter().zip(b.chunks_exact(n.max(1))) {
-                        for (o, &bkj) in row.iter_mut().zip(b_row) {
-                            *o += aik * bkj;
-                        }
-                    }
-                }
+            fn product(a: &[f32], b: &[f32], m: usize, k: usize, n: usize, y: &mut [f32]) {
+                tiled_product(a, b, m, k, n, y)
             }
         }
         if m * n > 0 {
             for (i, out) in y.chunks_exact_mut(m * n).enumerate() {
                 let oa = batch_offset(i, &batch, &sa[..ra - 2], m * k);
                 let ob = batch_offset(i, &batch, &sb[..rb - 2], k * n);
-                product(self.avx2, &xa[oa..oa + m * k], &xb[ob..ob + k * n], k, n, out);
+                product(self.avx2, &xa[oa..oa + m * k], &xb[ob..ob + k * n], m, k, n, out);
                 activate(out, self.act);
             }
         }
