@@ -276,11 +276,16 @@ pub(crate) fn lower(
                 Some(Lowered::Reshape { x, y })
             }
             (OpKind::Quantize, _, _, Some(x)) if tys[0].elem.is_f32() && activation_out => Q8::of(out_ty).map(|q| {
-                Lowered::Quantize { q, kernel: isa.jit_kernels().then(|| QuantizeKernel::compile(q).ok()).flatten(), x, y }
+                Lowered::Quantize { q, kernel: isa.jit_kernels().then(|| QuantizeKernel::compile(q, isa).ok()).flatten(), x, y }
             }),
-            (OpKind::Dequantize, _, _, Some(x)) if out_ty.elem.is_f32() && batched(tys[0]) => Q8::of(tys[0]).map(|q| {
-                Lowered::Dequantize { q, kernel: isa.jit_kernels().then(|| DequantizeKernel::compile(q).ok()).flatten(), x, y }
-            }),
+            (OpKind::Dequantize, _, _, Some(x)) if out_ty.elem.is_f32() && batched(tys[0]) => {
+                Q8::of(tys[0]).map(|q| Lowered::Dequantize {
+                    q,
+                    kernel: isa.jit_kernels().then(|| DequantizeKernel::compile(q, isa).ok()).flatten(),
+                    x,
+                    y,
+                })
+            }
             (OpKind::DynamicQuantize, _, _, Some(x)) if tys[0].elem.is_f32() && node.results.len() == 3 => {
                 Some(Lowered::DynamicQuantize { x, results: [node.results[0], node.results[1], node.results[2]] })
             }

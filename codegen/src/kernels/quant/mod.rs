@@ -1,6 +1,8 @@
 //! Per-tensor quantize (f32 → 8 bits) and dequantize (8 bits → f32) as Cranelift functions
 //! specialized to one value's scale, zero point and storage, 16 elements per iteration; the
-//! elements past the last multiple of 16 go through the evaluator's scalar functions.
+//! elements past the last multiple of 16 go through the evaluator's scalar functions. On the
+//! AVX-512 levels the 512-bit `std::arch` kernels of `native.rs` run instead (BERT-mini's 52
+//! quantizes 0.87 → 0.35 ms on Zen 4: the 128-bit kernels were bound by `divps`).
 //!
 //! Both repeat the evaluator's f32 operations lane by lane, so they equal it exactly:
 //! quantize is `clamp(rne(x / s) + zp, lo, hi)` (`divps`, `roundps` to nearest even, `addps`; a NaN
@@ -10,6 +12,8 @@
 //! [`QuantizeKernel::run`] and [`DequantizeKernel::run`] derive from the lengths of their slices.
 
 pub mod lanes;
+#[cfg(target_arch = "x86_64")]
+mod native;
 
 use crate::emit::emit_loop;
 use crate::emit::store_bytes;
@@ -101,16 +105,30 @@ fn splat_f(b: &mut FunctionBuilder, v: f32) -> Value {
     b.ins().splat(types::F32X4, c)
 }
 
+/// Whether the 512-bit `std::arch` kernels of `native.rs` run the (de)quantize: on the AVX-512
+/// levels of a CPU that has it.
+fn use_native(isa: crate::target::Isa) -> bool {
+    #[cfg(target_arch = "x86_64")]
+    return isa.avx512() && native::available();
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        let _ = isa;
+        false
+    }
+}
+
 /// A compiled quantize.
 pub(crate) struct QuantizeKernel {
     f: Kernel,
     q: Q8,
     _code: Arc<JitCode>,
+    /// The 512-bit `std::arch` kernel runs instead of `f`.
+    native: bool,
 }
 
 impl QuantizeKernel {
-    /// Compiles the quantize of f32 values to `q`.
-    pub(crate) fn compile(q: Q8) -> Result<QuantizeKernel, String> {
+    /// Compiles the quantize of f32 values to `q` for `isa`.
+    pub(crate) fn compile(q: Q8, isa: crate::target::Isa) -> Result<QuantizeKernel, String> {
         let (lo, hi) = q.range();
         let (f, code) = compile(4, 1, |b, src, dst| {
             let raw = MemFlagsData::new().with_notrap();
@@ -141,15 +159,22 @@ impl QuantizeKernel {
                 store_bytes(b, [ints[2 * half], ints[2 * half + 1]], !q.signed, at, 8);
             }
         })?;
-        Ok(QuantizeKernel { f, q, _code: code })
+        Ok(QuantizeKernel { f, q, _code: code, native: use_native(isa) })
     }
 
     /// Quantizes `x` into `out` (as many bytes as values).
     pub(crate) fn run(&self, x: &[f32], out: &mut [u8]) -> Result<(), String> {
-        // SAFETY: a quantize kernel reads f32 and writes bytes.
-        let n = unsafe { call(self.f, x, out)? };
+        let done = match self.native {
+            #[cfg(target_arch = "x86_64")]
+            true if x.len() == out.len() => {
+                // SAFETY: `native` is set only where the CPU has AVX-512 F and BW.
+                unsafe { native::quantize(self.q, x, out) }
+            }
+            // SAFETY: a quantize kernel reads f32 and writes bytes.
+            _ => 16 * unsafe { call(self.f, x, out)? },
+        };
         let (lo, hi) = self.q.range();
-        for (o, &v) in out[16 * n..].iter_mut().zip(&x[16 * n..]) {
+        for (o, &v) in out[done..].iter_mut().zip(&x[done..]) {
             *o = quantize_value(v, self.q.scale, self.q.zp, lo, hi) as u8;
         }
         Ok(())
@@ -161,11 +186,13 @@ pub(crate) struct DequantizeKernel {
     f: Kernel,
     q: Q8,
     _code: Arc<JitCode>,
+    /// The 512-bit `std::arch` kernel runs instead of `f`.
+    native: bool,
 }
 
 impl DequantizeKernel {
-    /// Compiles the dequantize of values stored as `q`.
-    pub(crate) fn compile(q: Q8) -> Result<DequantizeKernel, String> {
+    /// Compiles the dequantize of values stored as `q` for `isa`.
+    pub(crate) fn compile(q: Q8, isa: crate::target::Isa) -> Result<DequantizeKernel, String> {
         let (f, code) = compile(1, 4, |b, src, dst| {
             let raw = MemFlagsData::new().with_notrap();
             let scale = splat_f(b, q.scale);
@@ -188,14 +215,21 @@ impl DequantizeKernel {
                 }
             }
         })?;
-        Ok(DequantizeKernel { f, q, _code: code })
+        Ok(DequantizeKernel { f, q, _code: code, native: use_native(isa) })
     }
 
     /// Dequantizes `bytes` into `out` (as many values as bytes).
     pub(crate) fn run(&self, bytes: &[u8], out: &mut [f32]) -> Result<(), String> {
-        // SAFETY: a dequantize kernel reads bytes and writes f32.
-        let n = unsafe { call(self.f, bytes, out)? };
-        for (o, &b) in out[16 * n..].iter_mut().zip(&bytes[16 * n..]) {
+        let done = match self.native {
+            #[cfg(target_arch = "x86_64")]
+            true if bytes.len() == out.len() => {
+                // SAFETY: `native` is set only where the CPU has AVX-512 F and BW.
+                unsafe { native::dequantize(self.q, bytes, out) }
+            }
+            // SAFETY: a dequantize kernel reads bytes and writes f32.
+            _ => 16 * unsafe { call(self.f, bytes, out)? },
+        };
+        for (o, &b) in out[done..].iter_mut().zip(&bytes[done..]) {
             *o = dequantize_value(self.q.value(b), self.q.scale, self.q.zp);
         }
         Ok(())
@@ -221,13 +255,15 @@ mod tests {
         for &scale in &[1e-3f32, 0.0039, 0.5, 1.0, 1e9, 3e-39] {
             for (zp, signed) in [(0, false), (128, false), (255, false), (-3, true), (0, true), (127, true)] {
                 let q = Q8 { scale, zp, signed };
-                let kernel = QuantizeKernel::compile(q).expect("compiles");
-                for n in [0, 15, 16, 17, xs.len()] {
-                    let mut out = vec![0u8; n];
-                    kernel.run(&xs[..n], &mut out).expect("runs");
-                    let (lo, hi) = q.range();
-                    for (&x, &o) in xs.iter().zip(&out) {
-                        assert_eq!(o, quantize_value(x, scale, zp, lo, hi) as u8, "{x} / {scale} + {zp}");
+                for isa in crate::target::Isa::host_levels() {
+                    let kernel = QuantizeKernel::compile(q, isa).expect("compiles");
+                    for n in [0, 15, 16, 17, xs.len()] {
+                        let mut out = vec![0u8; n];
+                        kernel.run(&xs[..n], &mut out).expect("runs");
+                        let (lo, hi) = q.range();
+                        for (&x, &o) in xs.iter().zip(&out) {
+                            assert_eq!(o, quantize_value(x, scale, zp, lo, hi) as u8, "{x} / {scale} + {zp} on {isa}");
+                        }
                     }
                 }
             }
@@ -240,11 +276,13 @@ mod tests {
         for &scale in &[1e-3f32, 0.0039, 0.5, 1.0, 1e9, 3e-39] {
             for (zp, signed) in [(0, false), (128, false), (255, false), (-3, true), (0, true), (127, true)] {
                 let q = Q8 { scale, zp, signed };
-                let kernel = DequantizeKernel::compile(q).expect("compiles");
-                let mut out = vec![0f32; bytes.len()];
-                kernel.run(&bytes, &mut out).expect("runs");
-                for (&b, &o) in bytes.iter().zip(&out) {
-                    assert_eq!(o.to_bits(), dequantize_value(q.value(b), scale, zp).to_bits(), "{b} {scale} {zp}");
+                for isa in crate::target::Isa::host_levels() {
+                    let kernel = DequantizeKernel::compile(q, isa).expect("compiles");
+                    let mut out = vec![0f32; bytes.len()];
+                    kernel.run(&bytes, &mut out).expect("runs");
+                    for (&b, &o) in bytes.iter().zip(&out) {
+                        assert_eq!(o.to_bits(), dequantize_value(q.value(b), scale, zp).to_bits(), "{b} {scale} {zp} on {isa}");
+                    }
                 }
             }
         }
@@ -253,7 +291,9 @@ mod tests {
     #[test]
     fn mismatched_lengths_are_errors() {
         let q = Q8 { scale: 0.1, zp: 3, signed: false };
-        assert!(QuantizeKernel::compile(q).unwrap().run(&[0.0; 17], &mut [0u8; 16]).is_err());
-        assert!(DequantizeKernel::compile(q).unwrap().run(&[0u8; 16], &mut [0.0; 17]).is_err());
+        for isa in crate::target::Isa::host_levels() {
+            assert!(QuantizeKernel::compile(q, isa).unwrap().run(&[0.0; 17], &mut [0u8; 16]).is_err());
+            assert!(DequantizeKernel::compile(q, isa).unwrap().run(&[0u8; 16], &mut [0.0; 17]).is_err());
+        }
     }
 }
