@@ -316,7 +316,7 @@ fn i32_output_is_the_exact_product_on_every_path() {
         seed % n
     };
     for case in 0..super_cases() {
-        let (m, n, k) = (next(6) as usize, 1 + next(40) as usize, 1 + next(80) as usize);
+        let (m, n, k) = (next(20) as usize, 1 + next(40) as usize, 1 + next(80) as usize);
         let a_signed = next(2) == 1;
         let zp_a = if a_signed { next(256) as i32 - 128 } else { next(256) as i32 };
         let (wlo, wspan) = match case % 5 {
@@ -350,8 +350,11 @@ fn i32_output_is_the_exact_product_on_every_path() {
             })
             .collect();
         let maddubs = cfg!(target_arch = "x86_64") && std::is_x86_feature_detected!("avx2");
-        let paths = [Path::Scalar, Path::Sse, Path::Vnni, Path::Avx2Maddubs];
-        for path in paths.into_iter().filter(|&p| p != Path::Avx2Maddubs || maddubs) {
+        let avx512 = cfg!(target_arch = "x86_64")
+            && std::is_x86_feature_detected!("avx512bw")
+            && std::is_x86_feature_detected!("avx512vnni");
+        let paths = [Path::Scalar, Path::Sse, Path::Vnni, Path::Avx2Maddubs, Path::Avx512];
+        for path in paths.into_iter().filter(|&p| (p != Path::Avx2Maddubs || maddubs) && (p != Path::Avx512 || avx512)) {
             // Weights beyond i8 (i16) have no VNNI kernel; beyond i16 none but the scalar one;
             // `vpmaddubsw` takes 7-bit weights (and wider ones whose pairs cannot saturate).
             let Ok(kernel) = GemmKernel::compile_output(&spec, path, Output::I32) else {

@@ -27,6 +27,22 @@ use std::arch::x86_64::*;
 
 /// Rows per micro-tile.
 const MR: usize = 8;
+
+/// Where a run's tiles go: requantized bytes, or the i32 accumulators themselves.
+enum Out<'a> {
+    Bytes(&'a mut [u8]),
+    I32(&'a mut [i32]),
+}
+
+impl Out<'_> {
+    /// The elements `range` of the output, as an output of their own.
+    fn rows(&mut self, range: std::ops::Range<usize>) -> Out<'_> {
+        match self {
+            Out::Bytes(b) => Out::Bytes(&mut b[range]),
+            Out::I32(v) => Out::I32(&mut v[range]),
+        }
+    }
+}
 /// Columns per vector.
 const L: usize = 16;
 
@@ -65,6 +81,19 @@ impl Avx512Gemm {
     /// `m` rows of `a` (`stride` bytes each) into `out` (`m × n` requantized bytes).
     pub(crate) fn run(&self, a: &[u8], m: usize, out: &mut [u8]) -> Result<(), String> {
         check_rows("AVX-512", a, self.stride, m, out, self.n)?;
+        self.run_to(a, m, Out::Bytes(out))
+    }
+
+    /// `m` rows of `a` into `out` as the accumulators themselves (`m × n` i32: the products of
+    /// `matmul_integer`, whose zero points and scales the caller applies).
+    pub(crate) fn run_i32(&self, a: &[u8], m: usize, out: &mut [i32]) -> Result<(), String> {
+        if a.len() != m * self.stride || out.len() != m * self.n {
+            return Err(format!("AVX-512 GEMM: {} input bytes and {} outputs for {m} rows", a.len(), out.len()));
+        }
+        self.run_to(a, m, Out::I32(out))
+    }
+
+    fn run_to(&self, a: &[u8], m: usize, out: Out<'_>) -> Result<(), String> {
         if !Avx512Gemm::on_host() {
             return Err("the AVX-512 VNNI GEMM path runs on a CPU without AVX-512 VNNI".into());
         }
@@ -74,39 +103,56 @@ impl Avx512Gemm {
     }
 
     #[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
-    fn run_avx512(&self, a: &[u8], m: usize, out: &mut [u8]) {
-        with_rows(MR * self.w.quads, |rows| self.run_rows(a, m, out, rows))
-    }
-
-    #[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
-    fn run_rows(&self, a: &[u8], m: usize, out: &mut [u8], rows: &mut [i32]) {
-        for r0 in (0..m).step_by(MR) {
-            let mr = MR.min(m - r0);
-            self.w.load_rows(a, self.stride, r0, mr, self.flip, rows);
-            let out = &mut out[r0 * self.n..(r0 + mr) * self.n];
-            match mr {
-                8 => self.tile_rows::<8>(rows, out),
-                7 => self.tile_rows::<7>(rows, out),
-                6 => self.tile_rows::<6>(rows, out),
-                5 => self.tile_rows::<5>(rows, out),
-                4 => self.tile_rows::<4>(rows, out),
-                3 => self.tile_rows::<3>(rows, out),
-                2 => self.tile_rows::<2>(rows, out),
-                _ => self.tile_rows::<1>(rows, out),
+    fn run_avx512(&self, a: &[u8], m: usize, mut out: Out<'_>) {
+        with_rows(MR * self.w.quads, |rows| {
+            for r0 in (0..m).step_by(MR) {
+                let mr = MR.min(m - r0);
+                self.w.load_rows(a, self.stride, r0, mr, self.flip, rows);
+                let out = out.rows(r0 * self.n..(r0 + mr) * self.n);
+                match mr {
+                    8 => self.tile_rows::<8>(rows, out),
+                    7 => self.tile_rows::<7>(rows, out),
+                    6 => self.tile_rows::<6>(rows, out),
+                    5 => self.tile_rows::<5>(rows, out),
+                    4 => self.tile_rows::<4>(rows, out),
+                    3 => self.tile_rows::<3>(rows, out),
+                    2 => self.tile_rows::<2>(rows, out),
+                    _ => self.tile_rows::<1>(rows, out),
+                }
             }
-        }
+        })
     }
 
     /// `R` rows (their k-quad words in `rows`) against every panel, into `out` (`R × n`).
     #[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
-    fn tile_rows<const R: usize>(&self, rows: &[i32], out: &mut [u8]) {
+    fn tile_rows<const R: usize>(&self, rows: &[i32], mut out: Out<'_>) {
         for (col0, weights, nonzero, full) in self.w.panels(self.n) {
             if full {
                 let acc = self.micro::<R, 2>(rows, weights, nonzero, col0);
-                self.epilogue::<R, 2>(&acc, col0, out);
+                self.store::<R, 2>(&acc, col0, &mut out);
             } else {
                 let acc = self.micro::<R, 1>(rows, weights, nonzero, col0);
-                self.epilogue::<R, 1>(&acc, col0, out);
+                self.store::<R, 1>(&acc, col0, &mut out);
+            }
+        }
+    }
+
+    /// A tile's accumulators into `out`: requantized, or as they are.
+    #[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
+    fn store<const R: usize, const V: usize>(&self, acc: &[[__m512i; V]; R], col0: usize, out: &mut Out<'_>) {
+        match out {
+            Out::Bytes(out) => self.epilogue::<R, V>(acc, col0, out),
+            Out::I32(out) => {
+                let cols = (V * L).min(self.n - col0);
+                for (r, row) in acc.iter().enumerate() {
+                    let mut lanes = [0i32; 2 * L];
+                    for (v, a) in row.iter().enumerate() {
+                        let dst: &mut [i32; L] = (&mut lanes[v * L..(v + 1) * L]).try_into().expect("16 lanes");
+                        // SAFETY: `dst` is exactly 16 i32s.
+                        unsafe { _mm512_storeu_si512(dst.as_mut_ptr().cast(), *a) };
+                    }
+                    out[r * self.n + col0..][..cols].copy_from_slice(&lanes[..cols]);
+                }
             }
         }
     }

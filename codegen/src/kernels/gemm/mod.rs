@@ -290,10 +290,9 @@ impl GemmKernel {
     pub fn compile_i32(spec: &GemmSpec, isa: Isa) -> Result<GemmKernel, String> {
         let f32_spec = GemmSpec { requant: vec![Requant::F32(1.0); spec.n], ..spec.clone() };
         let path = match Path::choose(&f32_spec, isa) {
-            // Of the precompiled paths only `vpmaddubsw`'s writes i32 accumulators; the others
-            // give way to the 128-bit JIT paths.
+            // Of the precompiled paths `vpmaddubsw`'s and AVX-512's write i32 accumulators; the
+            // 256-bit `vpmaddwd` one gives way to the 128-bit JIT path.
             Path::Avx2 => Path::Sse,
-            Path::Avx512 => Path::Vnni,
             p => p,
         };
         GemmKernel::compile_output(&f32_spec, path, Output::I32)
@@ -320,7 +319,7 @@ impl GemmKernel {
                 Ok(GemmKernel { f, n: spec.n, k: spec.k, path, output, offsets: None, _jit: None })
             }
             #[cfg(target_arch = "x86_64")]
-            Path::Avx512 if output == Output::Bytes => {
+            Path::Avx512 => {
                 let stride = crate::kernels::gemm::simd::row_stride(spec.k);
                 let native =
                     avx512::Avx512Gemm::new(spec, stride).ok_or("the AVX-512 path takes f32 requantization and i8 weights")?;
@@ -330,7 +329,9 @@ impl GemmKernel {
                 let f = Entry::Native512(Box::new(native));
                 Ok(GemmKernel { f, n: spec.n, k: spec.k, path, output, offsets: None, _jit: None })
             }
-            Path::Avx2 | Path::Avx512 => Err("the AVX2 vpmaddwd and AVX-512 paths write requantized bytes on x86-64 only".into()),
+            Path::Avx2 => Err("the AVX2 vpmaddwd path writes requantized bytes, on x86-64 only".into()),
+            #[cfg(not(target_arch = "x86_64"))]
+            Path::Avx512 => Err("the AVX-512 path runs on x86-64 only".into()),
             #[cfg(not(target_arch = "x86_64"))]
             Path::Avx2Maddubs => Err("the AVX2 vpmaddubsw path runs on x86-64 only".into()),
         }
@@ -581,8 +582,10 @@ impl GemmKernel {
             return Err("this GEMM kernel writes requantized bytes".into());
         }
         #[cfg(target_arch = "x86_64")]
-        if let Entry::NativeMaddubs(native) = &self.f {
-            return native.run_i32(a, m, out);
+        match &self.f {
+            Entry::NativeMaddubs(native) => return native.run_i32(a, m, out),
+            Entry::Native512(native) => return native.run_i32(a, m, out),
+            _ => {}
         }
         self.call(a, m, out.as_mut_ptr().cast(), out.len())
     }
