@@ -17,8 +17,11 @@
 //! runs the fp32 file and the zoo's QDQ files; batch 1 and 8, `RUNS / 10` runs (at least 10); then
 //! batch 8 on two threads for both (qc splitting the batch, ONNX Runtime's intra-op threads). qc
 //! runs each zoo model twice, with 8-bit weights and with 7-bit ones (`--weight-bits 7`, rows
-//! marked `w7`: what CPUs without VNNI multiply with `vpmaddubsw`). Naming zoo models (e.g.
-//! `mobilenet_v2`) measures only those, and not the corpus.
+//! marked `w7`: what CPUs without VNNI multiply with `vpmaddubsw`). Zoo transformers (BERT-mini
+//! and ViT-tiny, imported with their inputs' shapes fixed): qc's static (percentile) and dynamic
+//! pipelines against ONNX Runtime's fp32, QDQ and `quantize_dynamic` models, batch 1, `RUNS / 2`
+//! runs. Naming zoo models (e.g. `mobilenet_v2 bert_mini`) measures only those, and not the
+//! corpus.
 
 use ort::session::Session;
 use ort::session::builder::GraphOptimizationLevel;
@@ -89,8 +92,9 @@ fn main() -> Result<(), Error> {
     let runs: usize = std::env::args().nth(1).and_then(|s| s.parse().ok()).unwrap_or(300);
     let only: Vec<String> = std::env::args().skip(2).collect();
     let names = ["resnet18", "mobilenet_v2", "mobilenet_v3_small", "efficientnet_b0"];
-    if let Some(unknown) = only.iter().find(|n| !names.contains(&n.as_str())) {
-        return Err(format!("`{unknown}` is not a zoo CNN (one of {})", names.join(", ")).into());
+    let known: Vec<&str> = names.iter().copied().chain(TRANSFORMERS.iter().map(|(n, _)| *n)).collect();
+    if let Some(unknown) = only.iter().find(|n| !known.contains(&n.as_str())) {
+        return Err(format!("`{unknown}` is not a zoo model (one of {})", known.join(", ")).into());
     }
     let env = ort::init_from(ort_library()?)?.build()?;
     if only.is_empty() {
@@ -98,7 +102,14 @@ fn main() -> Result<(), Error> {
     }
     if let Some(zoo) = zoo() {
         let names: Vec<&str> = names.into_iter().filter(|n| only.is_empty() || only.iter().any(|o| o == n)).collect();
-        zoo_models(&env, &zoo, &names, runs)?;
+        if !names.is_empty() {
+            zoo_models(&env, &zoo, &names, runs)?;
+        }
+        let transformers: Vec<_> =
+            TRANSFORMERS.iter().filter(|(n, _)| only.is_empty() || only.iter().any(|o| o == n)).copied().collect();
+        if !transformers.is_empty() {
+            transformer_models(&env, &zoo, &transformers, runs)?;
+        }
     } else if !only.is_empty() {
         return Err("the zoo has not been built (../shared/zoo/build; QC_ZOO overrides ~/.cache/qc-zoo)".into());
     }
@@ -160,6 +171,120 @@ fn zoo_models(env: &ort::environment::Environment, zoo: &Path, names: &[&str], r
             .map(|(l, g)| Ok((l.clone(), CompiledModel::compile_with(g, &options)?)))
             .collect::<Result<Vec<_>, Error>>()?;
         compare(env, &qcs, fp32, variants, &x_all, &[8], (runs / 10).max(10), 2)?;
+    }
+    Ok(())
+}
+
+/// The zoo's transformers and their inputs' fixed shapes (`qc import --input-shape`).
+type Transformer = (&'static str, &'static [(&'static str, &'static [usize])]);
+const TRANSFORMERS: &[Transformer] = &[
+    ("bert_mini", &[("input_ids", &[1, 128]), ("attention_mask", &[1, 128]), ("token_type_ids", &[1, 128])]),
+    ("vit_tiny", &[("pixel_values", &[1, 3, 112, 112])]),
+];
+
+/// The zoo's transformers at batch 1: qc's static (percentile calibration) and dynamic pipelines
+/// against ONNX Runtime's fp32 model and its int8 models (QDQ and `quantize_dynamic`).
+fn transformer_models(env: &ort::environment::Environment, zoo: &Path, models: &[Transformer], runs: usize) -> Result<(), Error> {
+    println!();
+    println!(
+        "Zoo transformers at batch 1: qc static (percentile) and dynamic against ONNX Runtime's fp32 model and its int8 models."
+    );
+    header("qc int8 ms", "ORT int8 ms", "(ORT's fastest int8 variant)");
+    for &(name, inputs) in models {
+        let fp32 = zoo.join(format!("models/{name}.onnx"));
+        let opts = qc::onnx::ImportOptions {
+            input_shapes: inputs
+                .iter()
+                .map(|(n, d)| (n.to_string(), d.iter().map(|&x| qc_ir::Dim::Fixed(x as u64)).collect()))
+                .collect(),
+        };
+        let graph = qc::onnx::import_file(&fp32, &opts)?;
+        // `data/NAME_KIND.npy` for one input, `data/NAME_KIND.INPUT.npy` for each of several.
+        let read = |kind: &str| -> Result<Vec<Tensor>, Error> {
+            inputs
+                .iter()
+                .map(|(input, _)| {
+                    let file =
+                        if inputs.len() == 1 { format!("{name}_{kind}.npy") } else { format!("{name}_{kind}.{input}.npy") };
+                    Ok(qc::io::read_tensor(&zoo.join("data").join(file))?)
+                })
+                .collect()
+        };
+        let calib = read("calib")?;
+        let test: Vec<Tensor> = read("test")?.iter().map(|t| t.rows(0, 1).ok_or("no test sample")).collect::<Result<_, _>>()?;
+        let mut qcs = Vec::new();
+        for (label, dynamic) in [(format!("{name} static"), false), (format!("{name} dynamic"), true)] {
+            let mut model = qc::model::Model { graph: graph.clone(), path: fp32.clone(), source: String::new() };
+            let mut request = qc::driver::Request { dynamic, ..Default::default() };
+            if !dynamic {
+                request.options.calibration = Some(Arc::new(calib[0].clone()));
+                request.options.calibration_rest = calib[1..].iter().cloned().map(Arc::new).collect();
+                request.calibration = qc::driver::Calibration::Method("percentile".parse()?);
+            }
+            qc::driver::compile(&mut model, &request, &mut std::io::sink())?;
+            qcs.push((label, CompiledModel::compile(&model.graph)?));
+        }
+        let mut sessions: Vec<(String, Session)> = std::iter::once(fp32.clone())
+            .chain(files_starting(&zoo.join("models"), &format!("{name}_"))?)
+            .map(|p| Ok((p.file_stem().unwrap_or_default().to_string_lossy().into_owned(), session(env, &p, 1)?)))
+            .collect::<Result<_, Error>>()?;
+        let feeds = || -> Result<Vec<(String, ort::session::SessionInputValue<'static>)>, Error> {
+            inputs
+                .iter()
+                .zip(&test)
+                .map(|((input, _), t)| {
+                    let shape = t.shape().to_vec();
+                    let value: ort::session::SessionInputValue<'static> = match t {
+                        Tensor::F32(a) => ort::value::Tensor::from_array((shape, a.iter().copied().collect::<Vec<_>>()))?.into(),
+                        Tensor::I64(a) => ort::value::Tensor::from_array((shape, a.iter().copied().collect::<Vec<_>>()))?.into(),
+                        _ => return Err(format!("{name}: input {input} is neither f32 nor i64").into()),
+                    };
+                    Ok((input.to_string(), value))
+                })
+                .collect()
+        };
+        for _ in 0..3 {
+            for (_, qc) in &qcs {
+                qc.run(&test)?;
+            }
+            for (_, s) in &mut sessions {
+                s.run(feeds()?)?;
+            }
+        }
+        let mut t_qc = vec![Vec::new(); qcs.len()];
+        let mut t_ort = vec![Vec::new(); sessions.len()];
+        for _ in 0..(runs / 2).max(10) {
+            for ((_, qc), times) in qcs.iter().zip(&mut t_qc) {
+                let t = Instant::now();
+                std::hint::black_box(qc.run(&test)?);
+                times.push(t.elapsed().as_secs_f64());
+            }
+            for ((_, s), times) in sessions.iter_mut().zip(&mut t_ort) {
+                let f = feeds()?;
+                let t = Instant::now();
+                std::hint::black_box(s.run(f)?);
+                times.push(t.elapsed().as_secs_f64());
+            }
+        }
+        let f = median(t_ort.remove(0));
+        sessions.remove(0);
+        let (best, i8_t) = sessions
+            .iter()
+            .zip(t_ort)
+            .map(|((n, _), t)| (n.clone(), median(t)))
+            .min_by(|a, b| a.1.total_cmp(&b.1))
+            .ok_or("no int8 variant")?;
+        for ((label, _), times) in qcs.iter().zip(t_qc) {
+            let q = median(times);
+            println!(
+                "{label:<18} {:>5} {:>11.4} {:>12.4} {:>12.4}  {best:<38} {:>12.2}x",
+                1,
+                q * 1e3,
+                f * 1e3,
+                i8_t * 1e3,
+                q / f.min(i8_t)
+            );
+        }
     }
     Ok(())
 }
