@@ -52,7 +52,12 @@ pub fn dynamic_quantize(x: &ndarray::ArrayD<f32>) -> [qc_ir::Tensor; 3] {
     let (s, zp) = qc_ir::eval::dynamic_params(lo, hi);
     let mut q = vec![0u8; v.len()];
     #[cfg(target_arch = "x86_64")]
-    if std::is_x86_feature_detected!("avx2") {
+    if super::native::available() {
+        let q8 = super::Q8 { scale: s, zp, signed: false };
+        // SAFETY: the CPU has AVX-512 F and BW (checked just above).
+        let done = unsafe { super::native::quantize(q8, v, &mut q) };
+        quantize(&v[done..], s, zp, 0, 255, &mut q[done..]);
+    } else if std::is_x86_feature_detected!("avx2") {
         // SAFETY: the CPU has AVX2 (checked just above).
         unsafe { quantize_avx2(v, s, zp, &mut q) };
     } else {
