@@ -698,6 +698,13 @@ fn json_outputs_and_quiet_and_verbose() {
     assert_eq!(v["pipeline"].as_array().unwrap().len(), stages.len(), "{v}");
     assert!(v["integer_ops"].as_u64().unwrap() > 0, "{v}");
     assert_eq!(v["output"], p(&q));
+    // The compiled model and its ONNX export keep the model's output name.
+    let onnx = d.join("q.onnx");
+    assert_eq!(code(&qc(&["export", p(&q), "-o", p(&onnx)])), 0);
+    for m in [&q, &onnx] {
+        let text = stdout(&qc(&["fmt", p(m)]));
+        assert!(text.contains("return %logits\n"), "{}: {text}", m.display());
+    }
     // JSON goes to stdout, where the QIR goes without -o.
     assert_eq!(code(&qc(&["compile", model, "--json"])), 2);
 
@@ -756,4 +763,21 @@ fn every_dump_compiles_again() {
     // The whole compile gave the output its model's name back; the dumps show the passes' names.
     assert!(last.contains("return %logits.dq"), "{last}");
     assert_eq!(std::fs::read_to_string(&whole).unwrap(), last.replace("%logits.dq", "%logits"));
+}
+
+/// `analyze --quantized` on a model ONNX Runtime quantized (QDQ) compares the integer ops the
+/// qdq pipeline makes of it with the fp32 model's, layer by layer, matched by node name.
+#[test]
+fn analyze_compares_an_onnx_runtime_qdq_model_by_node_name() {
+    let (fp32, qdq) =
+        ("../shared/corpus/models/digits_cnn_fp32pre.onnx", "../shared/corpus/models/digits_cnn_qdq_pre_u8s8_minmax.onnx");
+    let o = qc(&["analyze", fp32, "--calib", CALIB, "--quantized", qdq, "--json"]);
+    assert_eq!(code(&o), 0, "{}", stderr(&o));
+    assert!(stderr(&o).contains("is a QDQ model"), "{}", stderr(&o));
+    let v: serde_json::Value = serde_json::from_str(&stdout(&o)).unwrap();
+    let layers: Vec<&str> = v["layers"].as_array().unwrap().iter().map(|l| l["layer"].as_str().unwrap()).collect();
+    for want in ["node_conv2d", "node_conv2d_1", "node_conv2d_2", "node_linear", "node_linear_1"] {
+        assert!(layers.contains(&want), "{want} not in {layers:?}");
+    }
+    assert!(v["layers"].as_array().unwrap().iter().all(|l| l["cumulative"]["sqnr_db"].as_f64().unwrap() > 30.0), "{v}");
 }

@@ -91,129 +91,130 @@ pub(crate) struct CompileArgs {
     #[arg(long)]
     pub(crate) weights: Option<PathBuf>,
     /// A named pipeline (see `qc passes`); `int8` when --calib is given, else `default`.
-    #[arg(long, conflicts_with = "passes")]
+    #[arg(help_heading = "Pipeline and printing", long, conflicts_with = "passes")]
     pub(crate) pipeline: Option<String>,
     /// Passes to run, comma separated.
-    #[arg(long, value_delimiter = ',')]
+    #[arg(help_heading = "Pipeline and printing", long, value_delimiter = ',')]
     pub(crate) passes: Option<Vec<String>>,
     /// Print the IR after every pass.
-    #[arg(long)]
+    #[arg(help_heading = "Pipeline and printing", long)]
     pub(crate) print_after_all: bool,
     /// Print the IR after this pass (repeatable).
-    #[arg(long)]
+    #[arg(help_heading = "Pipeline and printing", long)]
     pub(crate) print_after: Vec<String>,
     /// Write NN-pass.qir after every pass into this directory.
-    #[arg(long)]
+    #[arg(help_heading = "Pipeline and printing", long)]
     pub(crate) dump_dir: Option<PathBuf>,
     /// Stop after this pass.
-    #[arg(long)]
+    #[arg(help_heading = "Pipeline and printing", long)]
     pub(crate) stop_after: Option<String>,
     /// How integer ops requantize: f32 (ONNX Runtime's formula) or q31 (integer only).
-    #[arg(long, value_enum, default_value = "f32")]
+    #[arg(help_heading = "Quantization", long, value_enum, default_value = "f32")]
     pub(crate) requant: Requant,
     /// Calibration samples: a batch of model inputs (.npy); for a model of several inputs,
     /// NAME=X.npy for each (repeatable) or X.npy for X.NAME.npy.
-    #[arg(long)]
+    #[arg(help_heading = "Quantization", long)]
     pub(crate) calib: Vec<String>,
     /// Calibration method: minmax, percentile[:P], kl, js, mse, or auto (the best SQNR on the
     /// calibration samples).
-    #[arg(long, default_value = "minmax")]
+    #[arg(help_heading = "Quantization", long, default_value = "minmax")]
     pub(crate) calib_method: String,
     /// A method for one tensor, by value name or op location: NAME=METHOD (repeatable).
-    #[arg(long)]
+    #[arg(help_heading = "Quantization", long)]
     pub(crate) calib_override: Vec<String>,
     /// Activation storage.
-    #[arg(long, value_enum, default_value = "u8")]
+    #[arg(help_heading = "Quantization", long, value_enum, default_value = "u8")]
     pub(crate) activations: Activations,
     /// Symmetric activations (zero point 0 for i8, 128 for u8).
-    #[arg(long)]
+    #[arg(help_heading = "Quantization", long)]
     pub(crate) symmetric: bool,
     /// One weight scale per tensor instead of one per output channel.
-    #[arg(long)]
+    #[arg(help_heading = "Quantization", long)]
     pub(crate) per_tensor: bool,
     /// Correct the quantized weights' spread and the outputs' mean shift on the --calib samples
     /// (adds `bias-correction` after `insert-qdq`).
-    #[arg(long)]
+    #[arg(help_heading = "Quantization", long)]
     pub(crate) bias_correction: bool,
     /// Cross-layer equalization before calibration (adds `equalize` after `fuse-activation`).
-    #[arg(long)]
+    #[arg(help_heading = "Quantization", long)]
     pub(crate) equalize: bool,
     /// SmoothQuant for gemm/matmul pairs, and through a layer_norm into the layers reading it,
     /// with this migration strength (implies --equalize).
-    #[arg(long)]
+    #[arg(help_heading = "Quantization", long)]
     pub(crate) smooth_alpha: Option<f32>,
     /// Weight bits: 8; 7 (weights in [-64, 64], ONNX Runtime's reduce_range: CPUs with AVX2 but
     /// no VNNI multiply them exactly with vpmaddubsw, about 1.3x faster); or 4 (i4 weights with
     /// 8-bit activations).
-    #[arg(long, default_value = "8", value_parser = weight_bits)]
+    #[arg(help_heading = "Quantization", long, default_value = "8", value_parser = weight_bits)]
     pub(crate) weight_bits: u8,
     /// Weight bits for one layer: NAME=4, NAME=7 or NAME=8 (repeatable).
-    #[arg(long)]
+    #[arg(help_heading = "Quantization", long)]
     pub(crate) layer_weight_bits: Vec<String>,
     /// Choose each layer's precision (int4 weights, int8, fp32) greedily by measured sensitivity
     /// until the --max-loss budget holds on the --calib samples.
-    #[arg(long, requires = "calib")]
+    #[arg(help_heading = "Quantization", long, requires = "calib")]
     pub(crate) mixed_precision: bool,
     /// With --mixed-precision: also keep the output SQNR against fp32 (calibration samples) at
     /// least this many dB.
-    #[arg(long, requires = "mixed_precision")]
+    #[arg(help_heading = "Quantization", long, requires = "mixed_precision")]
     pub(crate) min_sqnr: Option<f64>,
     /// Keep this op (location or result name) in fp32 when quantizing (repeatable).
-    #[arg(long)]
+    #[arg(help_heading = "Quantization", long)]
     pub(crate) keep_fp32: Vec<String>,
     /// Dynamic quantization (the `dynamic` pipeline) instead of calibrated static quantization.
-    #[arg(long, conflicts_with_all = ["calib", "pipeline", "passes"])]
+    #[arg(help_heading = "Quantization", long, conflicts_with_all = ["calib", "pipeline", "passes"])]
     pub(crate) dynamic: bool,
     /// Write the fusion report (what stayed f32 and why) to this JSON file.
-    #[arg(long)]
+    #[arg(help_heading = "Output", long)]
     pub(crate) report: Option<PathBuf>,
     /// Structured pruning: remove this fraction of every prunable layer's output channels
     /// (adds `prune-channels` before `fold-bn` to the pipeline).
-    #[arg(long, allow_negative_numbers = true, value_parser = fraction)]
+    #[arg(help_heading = "Pruning", long, allow_negative_numbers = true, value_parser = fraction)]
     pub(crate) prune_ratio: Option<f32>,
     /// A pruning ratio for one layer (its location, result or weight name): NAME=RATIO (repeatable).
-    #[arg(long)]
+    #[arg(help_heading = "Pruning", long)]
     pub(crate) prune_layer: Vec<String>,
     /// How channels are ranked for pruning.
-    #[arg(long, value_enum, default_value = "l2")]
+    #[arg(help_heading = "Pruning", long, value_enum, default_value = "l2")]
     pub(crate) prune_criterion: Criterion,
     /// Kept channel counts are multiples of this (4: the JIT's GEMM column panel).
-    #[arg(long, default_value = "4")]
+    #[arg(help_heading = "Pruning", long, default_value = "4")]
     pub(crate) prune_multiple: usize,
     /// After pruning, re-fit the following layers by least squares on the --calib samples.
-    #[arg(long)]
+    #[arg(help_heading = "Pruning", long)]
     pub(crate) reconstruct: bool,
     /// Reach the pruning ratios in this many steps, reconstructing in between.
-    #[arg(long, default_value = "1")]
+    #[arg(help_heading = "Pruning", long, default_value = "1")]
     pub(crate) prune_steps: usize,
     /// After pruning (and --reconstruct), fit every layer jointly to the unpruned model's outputs
     /// on shifted and mixed --calib samples, for this many Adam steps (distillation; 0: off).
-    #[arg(long, default_value = "0")]
+    #[arg(help_heading = "Pruning", long, default_value = "0")]
     pub(crate) distill: usize,
-    /// The most top-1 agreement with the unpruned model (percentage points, on the --calib
-    /// samples) pruning may lose; pruning stops at the last step within it.
-    #[arg(long)]
+    /// The most top-1 agreement (percentage points, on the --calib samples) may be lost: by
+    /// pruning, against the unpruned model (it stops at the last step within it), and by
+    /// --mixed-precision, against fp32.
+    #[arg(help_heading = "Pruning", long)]
     pub(crate) max_loss: Option<f64>,
     /// Unstructured sparsity: zero this fraction of every layer's weights, smallest first (adds
     /// `sparsify` after `fold-bn` to the pipeline; --reconstruct re-fits the rest).
-    #[arg(long, allow_negative_numbers = true, value_parser = fraction)]
+    #[arg(help_heading = "Sparsity and weight sharing", long, allow_negative_numbers = true, value_parser = fraction)]
     pub(crate) sparsity: Option<f32>,
     /// A sparsity for one layer: NAME=FRACTION (repeatable).
-    #[arg(long)]
+    #[arg(help_heading = "Sparsity and weight sharing", long)]
     pub(crate) sparsity_layer: Vec<String>,
     /// One magnitude threshold over all layers instead of the same fraction of each.
-    #[arg(long)]
+    #[arg(help_heading = "Sparsity and weight sharing", long)]
     pub(crate) sparsity_global: bool,
     /// Zero whole blocks of 16 output channels x 4 inputs (which the JIT skips) instead of single weights.
-    #[arg(long)]
+    #[arg(help_heading = "Sparsity and weight sharing", long)]
     pub(crate) block: bool,
     /// Weight sharing: k-means each layer's nonzero weights into this many values (adds
     /// `cluster-weights` before quantization).
-    #[arg(long)]
+    #[arg(help_heading = "Sparsity and weight sharing", long)]
     pub(crate) clusters: Option<usize>,
     /// Write the weights compressed (OUT.qcw: Huffman-coded, codebooks for shared weights)
     /// instead of OUT.safetensors.
-    #[arg(long)]
+    #[arg(help_heading = "Sparsity and weight sharing", long)]
     pub(crate) compress: bool,
 }
 

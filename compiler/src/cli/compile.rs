@@ -19,7 +19,15 @@ pub(crate) fn analyze(a: CompileArgs, quantized: Option<&Path>, plots: Option<&P
         return Err(usage("qc analyze needs --calib X.npy"));
     }
     let model = load_model(&a.model, a.weights.as_deref())?;
-    let q = quantized.map(|p| load_model(p, None)).transpose()?;
+    let mut q = quantized.map(|p| load_model(p, None)).transpose()?;
+    if let (Some(q), Some(path)) = (&mut q, quantized)
+        && Request::default().default_pipeline(Some(&q.graph)) == "qdq"
+    {
+        // A model quantized elsewhere (ONNX Runtime's QDQ form) computes in f32 between its
+        // dequantize and quantize ops: its integer ops are what the qdq pipeline makes of them.
+        note!("note: {} is a QDQ model: comparing the integer ops the qdq pipeline makes of it", path.display());
+        qc::driver::compile(q, &Request::default(), &mut std::io::sink())?;
+    }
     let opts = qc_passes::PipelineOptions {
         check_weights: true,
         pass_options: request(&a, &model.graph)?.options,
@@ -35,6 +43,23 @@ pub(crate) fn analyze(a: CompileArgs, quantized: Option<&Path>, plots: Option<&P
             qc::io::write_atomic(&dir.join(format!("hist_{name}.svg")), qc::plots::histogram(h).as_bytes())?;
         }
         note!("plots: {} files in {}", 1 + r.histograms.len(), dir.display());
+    }
+    if let (Some(q), true) = (&q, r.layers.is_empty()) {
+        // Layers are matched by their op's location (the ONNX node name): say why none did.
+        let locs = |g: &qc_ir::Graph| -> Vec<String> {
+            let mut v: Vec<String> = g.node_ids().map(|n| g.node(n).loc.name.clone()).filter(|l| !l.is_empty()).collect();
+            v.sort();
+            v.dedup();
+            v.truncate(4);
+            v
+        };
+        note!(
+            "note: no integer op of {} has the location (ONNX node name) of an op of {}, so no layer can be compared;              they have e.g. {:?} and {:?}",
+            q.path.display(),
+            a.model.display(),
+            locs(&q.graph),
+            locs(&model.graph)
+        );
     }
     if json {
         super::say_json(&r.to_json());

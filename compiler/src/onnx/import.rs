@@ -1180,7 +1180,15 @@ pub fn import(model: &ModelProto, name: &str, opts: &ImportOptions) -> Result<Gr
     let mut outs = Vec::new();
     for o in &graph.output {
         match im.vals.get(&o.name).cloned() {
-            Some(Val::Value(v)) => outs.push(v),
+            Some(Val::Value(v)) => {
+                // An output renamed by an Identity (as `qc export` writes) takes its ONNX name,
+                // when no other value has it.
+                let name = sanitize(&o.name);
+                if im.g.value(v).name.as_deref() != Some(name.as_str()) && im.g.unique_name(&name) == name {
+                    im.g.value_mut(v).name = Some(name);
+                }
+                outs.push(v)
+            }
             Some(Val::Const(t)) => outs.push(im.materialize(&o.name, &t, None)),
             _ => return Err(format!("graph output \"{}\" is not computed", o.name)),
         }
