@@ -1,7 +1,38 @@
 /* Embeds qc from C: load the example MLP, compile it with the JIT, run one input, and show that a
- * wrong input is an error. Built and run by .ci/run. */
+ * wrong input is an error; then a model of two named inputs (int64 ids and floats) and two
+ * outputs, whose shapes qc reports. Built and run by .ci/run. */
+#include <stdint.h>
 #include <stdio.h>
 #include "qc.h"
+
+/* The two-input example: ids and values in, their sum and its GELU out. */
+static int two_inputs(const char *path) {
+    qc_model *m = qc_load(path);
+    if (!m || qc_compile(m) != 0) {
+        fprintf(stderr, "two inputs: %s\n", qc_last_error());
+        return 1;
+    }
+    for (size_t i = 0; i < qc_input_count(m); i++)
+        printf("input %zu: %s (%s)\n", i, qc_input_name(m, i), qc_input_type(m, i) == QC_I64 ? "int64" : "float");
+    int64_t ids[6] = {0, 1, 2, 2, 1, 0};
+    float x[6] = {1, 0, -1, 0, 0, 0}, sum[6], gelu[6];
+    size_t shape[2] = {2, 3};
+    qc_input in[2] = {{ids, shape, 2}, {x, shape, 2}};
+    qc_output out[2] = {{sum, 6, {0}, 0}, {gelu, 6, {0}, 0}};
+    if (qc_run_many(m, in, 2, out, 2) != 0) {
+        fprintf(stderr, "two inputs: %s\n", qc_last_error());
+        return 1;
+    }
+    for (size_t o = 0; o < qc_output_count(m); o++)
+        printf("output %s: shape %zux%zu, first %.4f\n", qc_output_name(m, o), out[o].shape[0], out[o].shape[1], out[o].data[0]);
+    if (qc_run_many(m, in, 1, out, 2) == 0) {
+        fprintf(stderr, "a missing input was accepted\n");
+        return 1;
+    }
+    printf("missing input rejected: %s\n", qc_last_error());
+    qc_free(m);
+    return 0;
+}
 
 int main(int argc, char **argv) {
     const char *path = argc > 1 ? argv[1] : "examples/mlp.qir";
@@ -34,5 +65,5 @@ int main(int argc, char **argv) {
     }
     printf("wrong shape rejected: %s\n", qc_last_error());
     qc_free(m);
-    return 0;
+    return two_inputs(argc > 2 ? argv[2] : "examples/two_inputs.qir");
 }
