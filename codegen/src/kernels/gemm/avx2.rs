@@ -20,7 +20,8 @@
 //! loops index through slices of the lengths the vector loads and stores take (checked by the
 //! slicing), and the packed panels and tables are sized when the kernel is built.
 
-use crate::kernels::gemm::GemmSpec;
+use crate::kernels::gemm::avx2_maddubs::store_i32;
+use crate::kernels::gemm::{GemmSpec, TileOut};
 use qc_ir::requant::Requant;
 use std::arch::x86_64::*;
 
@@ -71,6 +72,19 @@ impl Avx2Gemm {
     /// `m` rows of `a` (`stride` bytes each) into `out` (`m × n` requantized bytes).
     pub(crate) fn run(&self, a: &[u8], m: usize, out: &mut [u8]) -> Result<(), String> {
         check_rows("AVX2", a, self.stride, m, out, self.n)?;
+        self.run_to(a, m, TileOut::Bytes(out))
+    }
+
+    /// `m` rows of `a` into `out` as the accumulators themselves (`m × n` i32: the products of
+    /// `matmul_integer`, whose zero points and scales the caller applies).
+    pub(crate) fn run_i32(&self, a: &[u8], m: usize, out: &mut [i32]) -> Result<(), String> {
+        if a.len() != m * self.stride || out.len() != m * self.n {
+            return Err(format!("AVX2 GEMM: {} input bytes and {} outputs for {m} rows", a.len(), out.len()));
+        }
+        self.run_to(a, m, TileOut::I32(out))
+    }
+
+    fn run_to(&self, a: &[u8], m: usize, out: TileOut<'_>) -> Result<(), String> {
         if !std::is_x86_feature_detected!("avx2") {
             return Err("the AVX2 GEMM path runs on a CPU without AVX2".into());
         }
@@ -80,7 +94,7 @@ impl Avx2Gemm {
     }
 
     #[target_feature(enable = "avx2")]
-    fn run_avx2(&self, a: &[u8], m: usize, out: &mut [u8]) {
+    fn run_avx2(&self, a: &[u8], m: usize, mut out: TileOut<'_>) {
         let pairs = self.pairs;
         // MR rows widened to i16 pairs, one i32 word per k pair (`a[2p] | a[2p + 1] << 16`), zero
         // past K.
@@ -92,11 +106,14 @@ impl Avx2Gemm {
                     let src = &a[(r0 + r) * self.stride..][..self.stride];
                     self.widen(src, dst);
                 }
-                let out = &mut out[r0 * self.n..(r0 + mr) * self.n];
+                let mut out = out.rows(r0 * self.n..(r0 + mr) * self.n);
                 for blk in 0..self.n.div_ceil(NB) {
                     let panel = &self.packed[blk * pairs * NB * 2..][..pairs * NB * 2];
                     let acc = self.micro(rows, panel, blk);
-                    self.req.store_avx2::<MR, 2>(&acc, mr, blk * NB, self.n, out);
+                    match &mut out {
+                        TileOut::Bytes(out) => self.req.store_avx2::<MR, 2>(&acc, mr, blk * NB, self.n, out),
+                        TileOut::I32(out) => store_i32::<MR, 2>(&acc, mr, blk * NB, self.n, out),
+                    }
                 }
             }
         })

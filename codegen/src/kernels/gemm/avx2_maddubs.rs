@@ -128,10 +128,10 @@ impl Avx2MaddubsGemm {
         for (col0, weights, nonzero, full) in self.w.panels(self.n) {
             if full {
                 let acc = self.micro::<R, 2>(rows, weights, nonzero, col0);
-                store_i32(&acc, col0, self.n, out);
+                store_i32(&acc, R, col0, self.n, out);
             } else {
                 let acc = self.micro::<R, 1>(rows, weights, nonzero, col0);
-                store_i32(&acc, col0, self.n, out);
+                store_i32(&acc, R, col0, self.n, out);
             }
         }
     }
@@ -219,12 +219,18 @@ impl Avx2MaddubsGemm {
     }
 }
 
-/// Stores the accumulators of an `R`-row tile from column `col0` into `out` (rows of `n`),
-/// the columns past `n` left out.
+/// Stores the first `rows` rows of the accumulators of an `R`-row tile from column `col0` into
+/// `out` (rows of `n`), the columns past `n` left out.
 #[target_feature(enable = "avx2")]
-fn store_i32<const R: usize, const V: usize>(acc: &[[__m256i; V]; R], col0: usize, n: usize, out: &mut [i32]) {
+pub(crate) fn store_i32<const R: usize, const V: usize>(
+    acc: &[[__m256i; V]; R],
+    rows: usize,
+    col0: usize,
+    n: usize,
+    out: &mut [i32],
+) {
     let cols = (V * L).min(n - col0);
-    for (r, row) in acc.iter().enumerate() {
+    for (r, row) in acc.iter().enumerate().take(rows) {
         let mut lanes = [0i32; 2 * L];
         for (v, a) in row.iter().enumerate() {
             let dst: &mut [i32; L] = (&mut lanes[v * L..(v + 1) * L]).try_into().expect("8 lanes");

@@ -20,29 +20,14 @@
 //! vector load and store goes through a slice of exactly its width (checked by the slicing), and
 //! the packed panels and tables are sized when the kernel is built.
 
-use crate::kernels::gemm::GemmSpec;
 use crate::kernels::gemm::avx2::{NativeRequant, check_rows};
 use crate::kernels::gemm::quads::{QuadPanels, with_rows};
+use crate::kernels::gemm::{GemmSpec, TileOut};
 use std::arch::x86_64::*;
 
 /// Rows per micro-tile.
 const MR: usize = 8;
 
-/// Where a run's tiles go: requantized bytes, or the i32 accumulators themselves.
-enum Out<'a> {
-    Bytes(&'a mut [u8]),
-    I32(&'a mut [i32]),
-}
-
-impl Out<'_> {
-    /// The elements `range` of the output, as an output of their own.
-    fn rows(&mut self, range: std::ops::Range<usize>) -> Out<'_> {
-        match self {
-            Out::Bytes(b) => Out::Bytes(&mut b[range]),
-            Out::I32(v) => Out::I32(&mut v[range]),
-        }
-    }
-}
 /// Columns per vector.
 const L: usize = 16;
 
@@ -81,7 +66,7 @@ impl Avx512Gemm {
     /// `m` rows of `a` (`stride` bytes each) into `out` (`m × n` requantized bytes).
     pub(crate) fn run(&self, a: &[u8], m: usize, out: &mut [u8]) -> Result<(), String> {
         check_rows("AVX-512", a, self.stride, m, out, self.n)?;
-        self.run_to(a, m, Out::Bytes(out))
+        self.run_to(a, m, TileOut::Bytes(out))
     }
 
     /// `m` rows of `a` into `out` as the accumulators themselves (`m × n` i32: the products of
@@ -90,10 +75,10 @@ impl Avx512Gemm {
         if a.len() != m * self.stride || out.len() != m * self.n {
             return Err(format!("AVX-512 GEMM: {} input bytes and {} outputs for {m} rows", a.len(), out.len()));
         }
-        self.run_to(a, m, Out::I32(out))
+        self.run_to(a, m, TileOut::I32(out))
     }
 
-    fn run_to(&self, a: &[u8], m: usize, out: Out<'_>) -> Result<(), String> {
+    fn run_to(&self, a: &[u8], m: usize, out: TileOut<'_>) -> Result<(), String> {
         if !Avx512Gemm::on_host() {
             return Err("the AVX-512 VNNI GEMM path runs on a CPU without AVX-512 VNNI".into());
         }
@@ -103,7 +88,7 @@ impl Avx512Gemm {
     }
 
     #[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
-    fn run_avx512(&self, a: &[u8], m: usize, mut out: Out<'_>) {
+    fn run_avx512(&self, a: &[u8], m: usize, mut out: TileOut<'_>) {
         with_rows(MR * self.w.quads, |rows| {
             for r0 in (0..m).step_by(MR) {
                 let mr = MR.min(m - r0);
@@ -125,7 +110,7 @@ impl Avx512Gemm {
 
     /// `R` rows (their k-quad words in `rows`) against every panel, into `out` (`R × n`).
     #[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
-    fn tile_rows<const R: usize>(&self, rows: &[i32], mut out: Out<'_>) {
+    fn tile_rows<const R: usize>(&self, rows: &[i32], mut out: TileOut<'_>) {
         for (col0, weights, nonzero, full) in self.w.panels(self.n) {
             if full {
                 let acc = self.micro::<R, 2>(rows, weights, nonzero, col0);
@@ -139,10 +124,10 @@ impl Avx512Gemm {
 
     /// A tile's accumulators into `out`: requantized, or as they are.
     #[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
-    fn store<const R: usize, const V: usize>(&self, acc: &[[__m512i; V]; R], col0: usize, out: &mut Out<'_>) {
+    fn store<const R: usize, const V: usize>(&self, acc: &[[__m512i; V]; R], col0: usize, out: &mut TileOut<'_>) {
         match out {
-            Out::Bytes(out) => self.epilogue::<R, V>(acc, col0, out),
-            Out::I32(out) => {
+            TileOut::Bytes(out) => self.epilogue::<R, V>(acc, col0, out),
+            TileOut::I32(out) => {
                 let cols = (V * L).min(self.n - col0);
                 for (r, row) in acc.iter().enumerate() {
                     let mut lanes = [0i32; 2 * L];

@@ -233,6 +233,22 @@ impl Path {
     }
 }
 
+/// Where a native path's tiles go: requantized bytes, or the i32 accumulators themselves.
+pub(crate) enum TileOut<'a> {
+    Bytes(&'a mut [u8]),
+    I32(&'a mut [i32]),
+}
+
+impl TileOut<'_> {
+    /// The elements `range` of the output, as an output of their own.
+    pub(crate) fn rows(&mut self, range: std::ops::Range<usize>) -> TileOut<'_> {
+        match self {
+            TileOut::Bytes(b) => TileOut::Bytes(&mut b[range]),
+            TileOut::I32(v) => TileOut::I32(&mut v[range]),
+        }
+    }
+}
+
 /// What a kernel writes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Output {
@@ -289,13 +305,7 @@ impl GemmKernel {
     /// would pick for `isa` were the requantization f32 (it is not used).
     pub fn compile_i32(spec: &GemmSpec, isa: Isa) -> Result<GemmKernel, String> {
         let f32_spec = GemmSpec { requant: vec![Requant::F32(1.0); spec.n], ..spec.clone() };
-        let path = match Path::choose(&f32_spec, isa) {
-            // Of the precompiled paths `vpmaddubsw`'s and AVX-512's write i32 accumulators; the
-            // 256-bit `vpmaddwd` one gives way to the 128-bit JIT path.
-            Path::Avx2 => Path::Sse,
-            p => p,
-        };
-        GemmKernel::compile_output(&f32_spec, path, Output::I32)
+        GemmKernel::compile_output(&f32_spec, Path::choose(&f32_spec, isa), Output::I32)
     }
 
     /// Compiles the kernel on a given path, writing `output`.
@@ -304,7 +314,7 @@ impl GemmKernel {
             Path::Scalar => GemmKernel::compile_scalar(spec, output),
             Path::Sse | Path::Vnni => crate::kernels::gemm::simd::compile(spec, path, output, None),
             #[cfg(target_arch = "x86_64")]
-            Path::Avx2 if output == Output::Bytes => {
+            Path::Avx2 => {
                 let stride = crate::kernels::gemm::simd::row_stride(spec.k);
                 let native = avx2::Avx2Gemm::new(spec, stride).ok_or("the AVX2 path takes f32 requantization and i16 weights")?;
                 let f = Entry::Native(Box::new(native));
@@ -329,9 +339,8 @@ impl GemmKernel {
                 let f = Entry::Native512(Box::new(native));
                 Ok(GemmKernel { f, n: spec.n, k: spec.k, path, output, offsets: None, _jit: None })
             }
-            Path::Avx2 => Err("the AVX2 vpmaddwd path writes requantized bytes, on x86-64 only".into()),
             #[cfg(not(target_arch = "x86_64"))]
-            Path::Avx512 => Err("the AVX-512 path runs on x86-64 only".into()),
+            Path::Avx2 | Path::Avx512 => Err("the AVX2 and AVX-512 paths run on x86-64 only".into()),
             #[cfg(not(target_arch = "x86_64"))]
             Path::Avx2Maddubs => Err("the AVX2 vpmaddubsw path runs on x86-64 only".into()),
         }
@@ -583,6 +592,7 @@ impl GemmKernel {
         }
         #[cfg(target_arch = "x86_64")]
         match &self.f {
+            Entry::Native(native) => return native.run_i32(a, m, out),
             Entry::NativeMaddubs(native) => return native.run_i32(a, m, out),
             Entry::Native512(native) => return native.run_i32(a, m, out),
             _ => {}
