@@ -25,9 +25,9 @@
 //! vector load and store goes through a slice of exactly its width (checked by the slicing), and
 //! the packed panels and tables are sized when the kernel is built.
 
-use crate::kernels::gemm::GemmSpec;
 use crate::kernels::gemm::avx2::{NativeRequant, check_rows};
 use crate::kernels::gemm::quads::{QuadPanels, with_rows};
+use crate::kernels::gemm::{GemmSpec, TileOut};
 use std::arch::x86_64::*;
 
 /// Rows per micro-tile.
@@ -83,12 +83,7 @@ impl Avx2MaddubsGemm {
     /// `m` rows of `a` (`stride` bytes each) into `out` (`m × n` requantized bytes).
     pub(crate) fn run(&self, a: &[u8], m: usize, out: &mut [u8]) -> Result<(), String> {
         check_rows("AVX2 vpmaddubsw", a, self.stride, m, out, self.n)?;
-        if !std::is_x86_feature_detected!("avx2") {
-            return Err("the AVX2 GEMM path runs on a CPU without AVX2".into());
-        }
-        // SAFETY: AVX2 is present (checked just above).
-        unsafe { self.run_avx2(a, m, out) };
-        Ok(())
+        self.run_to(a, m, TileOut::Bytes(out))
     }
 
     /// `m` rows of `a` into `out` as the accumulators themselves (`m × n` i32: the products of
@@ -97,52 +92,25 @@ impl Avx2MaddubsGemm {
         if a.len() != m * self.stride || out.len() != m * self.n {
             return Err(format!("AVX2 vpmaddubsw GEMM: {} input bytes and {} outputs for {m} rows", a.len(), out.len()));
         }
+        self.run_to(a, m, TileOut::I32(out))
+    }
+
+    fn run_to(&self, a: &[u8], m: usize, out: TileOut<'_>) -> Result<(), String> {
         if !std::is_x86_feature_detected!("avx2") {
             return Err("the AVX2 GEMM path runs on a CPU without AVX2".into());
         }
         // SAFETY: AVX2 is present (checked just above).
-        unsafe { self.run_i32_avx2(a, m, out) };
+        unsafe { self.run_avx2(a, m, out) };
         Ok(())
     }
 
     #[target_feature(enable = "avx2")]
-    fn run_i32_avx2(&self, a: &[u8], m: usize, out: &mut [i32]) {
+    fn run_avx2(&self, a: &[u8], m: usize, mut out: TileOut<'_>) {
         with_rows(MR * self.w.quads, |rows| {
             for r0 in (0..m).step_by(MR) {
                 let mr = MR.min(m - r0);
                 self.w.load_rows(a, self.stride, r0, mr, self.flip, rows);
-                let out = &mut out[r0 * self.n..(r0 + mr) * self.n];
-                match mr {
-                    4 => self.tile_rows_i32::<4>(rows, out),
-                    3 => self.tile_rows_i32::<3>(rows, out),
-                    2 => self.tile_rows_i32::<2>(rows, out),
-                    _ => self.tile_rows_i32::<1>(rows, out),
-                }
-            }
-        })
-    }
-
-    /// [`Self::tile_rows`] storing the accumulators.
-    #[target_feature(enable = "avx2")]
-    fn tile_rows_i32<const R: usize>(&self, rows: &[i32], out: &mut [i32]) {
-        for (col0, weights, nonzero, full) in self.w.panels(self.n) {
-            if full {
-                let acc = self.micro::<R, 2>(rows, weights, nonzero, col0);
-                store_i32(&acc, R, col0, self.n, out);
-            } else {
-                let acc = self.micro::<R, 1>(rows, weights, nonzero, col0);
-                store_i32(&acc, R, col0, self.n, out);
-            }
-        }
-    }
-
-    #[target_feature(enable = "avx2")]
-    fn run_avx2(&self, a: &[u8], m: usize, out: &mut [u8]) {
-        with_rows(MR * self.w.quads, |rows| {
-            for r0 in (0..m).step_by(MR) {
-                let mr = MR.min(m - r0);
-                self.w.load_rows(a, self.stride, r0, mr, self.flip, rows);
-                let out = &mut out[r0 * self.n..(r0 + mr) * self.n];
+                let out = out.rows(r0 * self.n..(r0 + mr) * self.n);
                 match mr {
                     4 => self.tile_rows::<4>(rows, out),
                     3 => self.tile_rows::<3>(rows, out),
@@ -153,16 +121,23 @@ impl Avx2MaddubsGemm {
         })
     }
 
-    /// `R` rows (their k-quad words in `rows`) against every panel, into `out` (`R × n`).
+    /// `R` rows (their k-quad words in `rows`) against every panel, into `out` (`R × n`):
+    /// requantized, or the accumulators as they are.
     #[target_feature(enable = "avx2")]
-    fn tile_rows<const R: usize>(&self, rows: &[i32], out: &mut [u8]) {
+    fn tile_rows<const R: usize>(&self, rows: &[i32], mut out: TileOut<'_>) {
         for (col0, weights, nonzero, full) in self.w.panels(self.n) {
             if full {
                 let acc = self.micro::<R, 2>(rows, weights, nonzero, col0);
-                self.req.store_avx2::<R, 2>(&acc, R, col0, self.n, out);
+                match &mut out {
+                    TileOut::Bytes(out) => self.req.store_avx2::<R, 2>(&acc, R, col0, self.n, out),
+                    TileOut::I32(out) => store_i32(&acc, R, col0, self.n, out),
+                }
             } else {
                 let acc = self.micro::<R, 1>(rows, weights, nonzero, col0);
-                self.req.store_avx2::<R, 1>(&acc, R, col0, self.n, out);
+                match &mut out {
+                    TileOut::Bytes(out) => self.req.store_avx2::<R, 1>(&acc, R, col0, self.n, out),
+                    TileOut::I32(out) => store_i32(&acc, R, col0, self.n, out),
+                }
             }
         }
     }
