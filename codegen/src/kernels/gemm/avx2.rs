@@ -78,9 +78,7 @@ impl Avx2Gemm {
     /// `m` rows of `a` into `out` as the accumulators themselves (`m × n` i32: the products of
     /// `matmul_integer`, whose zero points and scales the caller applies).
     pub(crate) fn run_i32(&self, a: &[u8], m: usize, out: &mut [i32]) -> Result<(), String> {
-        if a.len() != m * self.stride || out.len() != m * self.n {
-            return Err(format!("AVX2 GEMM: {} input bytes and {} outputs for {m} rows", a.len(), out.len()));
-        }
+        check_rows("AVX2", a, self.stride, m, out, self.n)?;
         self.run_to(a, m, TileOut::I32(out))
     }
 
@@ -258,7 +256,7 @@ impl NativeRequant {
 
 /// Checks what a precompiled path's `run` is given: `m` rows of `stride` bytes in `a`, `m·n`
 /// outputs in `out`.
-pub(crate) fn check_rows(what: &str, a: &[u8], stride: usize, m: usize, out: &[u8], n: usize) -> Result<(), String> {
+pub(crate) fn check_rows<T>(what: &str, a: &[u8], stride: usize, m: usize, out: &[T], n: usize) -> Result<(), String> {
     if a.len() != m * stride || out.len() != m * n {
         return Err(format!("{what} GEMM: {} input bytes and {} outputs for {m} rows", a.len(), out.len()));
     }

@@ -89,9 +89,7 @@ impl Avx2MaddubsGemm {
     /// `m` rows of `a` into `out` as the accumulators themselves (`m × n` i32: the products of
     /// `matmul_integer`, whose zero points and scales the caller applies).
     pub(crate) fn run_i32(&self, a: &[u8], m: usize, out: &mut [i32]) -> Result<(), String> {
-        if a.len() != m * self.stride || out.len() != m * self.n {
-            return Err(format!("AVX2 vpmaddubsw GEMM: {} input bytes and {} outputs for {m} rows", a.len(), out.len()));
-        }
+        check_rows("AVX2 vpmaddubsw", a, self.stride, m, out, self.n)?;
         self.run_to(a, m, TileOut::I32(out))
     }
 
